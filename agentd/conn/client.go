@@ -1,0 +1,375 @@
+// Package conn owns agentd's side of AgentService.Connect: the reconnect
+// loop, the Hello/Welcome handshake, heartbeats, and running commands at
+// most once with their progress and results sent back, results re-sent after
+// reconnects until the server acknowledges them.
+package conn
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"agentplane/agentd/proc"
+	"agentplane/agentd/state"
+	agentv1 "agentplane/gen/agentplane/agent/v1"
+)
+
+// Runner finds and stops the OCP Agent's base processes. *proc.Stopper
+// satisfies it. StopAll must return soon after ctx is done, with an error
+// wrapping ctx.Err().
+type Runner interface {
+	Scan(ctx context.Context) ([]proc.Target, error)
+	StopAll(ctx context.Context, grace time.Duration, emit func(proc.Event)) error
+}
+
+// Defaults of Config.
+const (
+	DefaultWelcomeTimeout  = 10 * time.Second
+	DefaultHeartbeat       = 15 * time.Second
+	DefaultStableAfter     = 10 * time.Second
+	DefaultShutdownTimeout = 5 * time.Second
+	DefaultCommandTimeout  = 10 * time.Minute
+	DefaultGrace           = 30 * time.Second
+	outQueue               = 256
+)
+
+// Config configures a Client. Service, State and Runner are required.
+type Config struct {
+	Service agentv1.AgentServiceClient // the server; the caller owns and closes its connection
+	State   *state.State               // host id and command journal; the caller closes it
+	Runner  Runner                     // finds and stops processes
+
+	Token     string // enrollment token, sent in Hello
+	HostName  string
+	InnerIP   string
+	MachineID string
+	Version   string // agentd's version
+
+	Grace           time.Duration // SIGTERM→SIGKILL when a command leaves it unset; default 30s
+	Backoff         Backoff       // reconnect delays
+	WelcomeTimeout  time.Duration // wait for the Welcome; default 10s
+	StableAfter     time.Duration // a welcomed connection up this long resets the backoff; default 10s
+	ShutdownTimeout time.Duration // on shutdown, wait this long for commands' results to be sent; default 5s
+	Log             zerolog.Logger
+	Rand            *rand.Rand // backoff jitter source; default a random seed
+}
+
+// Client keeps agentd connected to the server. Create it with New and call
+// Run once.
+type Client struct {
+	cfg Config
+	log zerolog.Logger
+
+	hostID atomic.Int64
+
+	mu      sync.Mutex
+	root    context.Context       // Run's ctx: commands run under it
+	cur     *session              // the welcomed connection, nil when disconnected
+	running map[cmdKey]*execution // commands running now
+	closing bool                  // Run's ctx is done: no new commands
+
+	cmds sync.WaitGroup // running command goroutines
+}
+
+type cmdKey struct {
+	subtask int64
+	attempt int32
+}
+
+// execution is a running command.
+type execution struct {
+	cancel context.CancelCauseFunc
+}
+
+// New returns a Client for cfg, with defaults filled in.
+func New(cfg Config) *Client {
+	if cfg.Grace <= 0 {
+		cfg.Grace = DefaultGrace
+	}
+	cfg.Backoff = cfg.Backoff.withDefaults()
+	if cfg.WelcomeTimeout <= 0 {
+		cfg.WelcomeTimeout = DefaultWelcomeTimeout
+	}
+	if cfg.StableAfter <= 0 {
+		cfg.StableAfter = DefaultStableAfter
+	}
+	if cfg.ShutdownTimeout <= 0 {
+		cfg.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
+	}
+	c := &Client{cfg: cfg, log: cfg.Log, running: map[cmdKey]*execution{}}
+	if id, err := cfg.State.HostID(); err == nil {
+		c.hostID.Store(id)
+	}
+	return c
+}
+
+// Run connects and reconnects until ctx is done. Commands run under ctx, not
+// under a connection: a dropped stream does not stop them, and their results
+// are sent on the next connection. When ctx is done, Run stops accepting
+// commands, lets running ones end (they see ctx done) and save their results,
+// sends what it can within ShutdownTimeout, closes the stream and returns nil
+// once every command goroutine has ended.
+func (c *Client) Run(ctx context.Context) error {
+	c.mu.Lock()
+	c.root = ctx
+	c.mu.Unlock()
+	defer c.cmds.Wait()
+	defer func() {
+		c.mu.Lock()
+		c.closing = true
+		c.mu.Unlock()
+	}()
+	retry := 0
+	for {
+		start := time.Now()
+		welcomed, err := c.session(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if welcomed && time.Since(start) >= c.cfg.StableAfter {
+			retry = 0
+		}
+		delay := c.cfg.Backoff.Delay(retry, c.cfg.Rand)
+		retry++
+		ev := c.log.Warn()
+		if s, ok := status.FromError(err); ok && (s.Code() == codes.Unauthenticated || s.Code() == codes.PermissionDenied) {
+			ev = c.log.Error()
+		}
+		ev.Err(err).Int64("host_id", c.hostID.Load()).Dur("retry_in", delay).Msg("connection to server lost")
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// send hands msg to the current connection. Progress (droppable) is dropped
+// when disconnected or when the queue is full; other messages wait until
+// queued or the connection ends. It reports whether msg was queued.
+func (c *Client) send(msg *agentv1.ConnectRequest, droppable bool) bool {
+	c.mu.Lock()
+	s := c.cur
+	c.mu.Unlock()
+	if s == nil {
+		return false
+	}
+	return s.send(msg, droppable)
+}
+
+// handleCommand starts cmd unless it ran before; a repeated command is
+// answered with its stored result.
+func (c *Client) handleCommand(s *session, cmd *agentv1.Command) {
+	k := cmdKey{cmd.GetSubtaskId(), cmd.GetAttempt()}
+	log := s.log.With().Int64("subtask_id", k.subtask).Int32("attempt", k.attempt).Logger()
+	if k.subtask <= 0 || k.attempt <= 0 {
+		log.Warn().Msg("ignoring command without a valid subtask and attempt")
+		return
+	}
+
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		log.Info().Msg("ignoring command during shutdown")
+		return
+	}
+	if _, ok := c.running[k]; ok {
+		c.mu.Unlock()
+		log.Debug().Msg("command already running")
+		return
+	}
+	ran, err := c.cfg.State.Begin(k.subtask, k.attempt)
+	if err != nil {
+		c.mu.Unlock()
+		log.Error().Err(err).Msg("cannot journal command; not running it")
+		s.send(resultMsg(state.Result{SubtaskID: k.subtask, Attempt: k.attempt, Outcome: state.OutcomeFailed,
+			Message: "agentd cannot journal the command: " + err.Error(), FinishTime: time.Now()}), false)
+		return
+	}
+	if ran {
+		c.mu.Unlock()
+		r, err := c.storedResult(k)
+		if err != nil {
+			log.Error().Err(err).Msg("cannot read stored result")
+			return
+		}
+		log.Info().Str("outcome", string(r.Outcome)).Msg("command ran before; re-sending its result")
+		s.send(resultMsg(r), false)
+		return
+	}
+
+	action := cmd.GetStopAgent()
+	timeout := cmd.GetTimeout().AsDuration()
+	if cmd.GetTimeout() == nil || timeout <= 0 {
+		timeout = DefaultCommandTimeout
+	}
+	// The command runs under Run's ctx, not the connection's.
+	base, cancel := context.WithCancelCause(c.root)
+	rctx, cancelTimeout := context.WithTimeoutCause(base, timeout, timeoutError{timeout})
+	c.running[k] = &execution{cancel: cancel}
+	c.cmds.Add(1)
+	c.mu.Unlock()
+
+	go func() {
+		defer c.cmds.Done()
+		defer cancel(nil)
+		defer cancelTimeout()
+		var r state.Result
+		if action == nil {
+			log.Warn().Msg("command without a known action")
+			r = state.Result{Outcome: state.OutcomeFailed, Message: "unsupported command action"}
+		} else {
+			grace := action.GetGrace().AsDuration()
+			if action.GetGrace() == nil || grace <= 0 {
+				grace = c.cfg.Grace
+			}
+			r = c.execute(rctx, log, k, grace, timeout)
+		}
+		r.SubtaskID, r.Attempt, r.FinishTime = k.subtask, k.attempt, time.Now()
+		// Save before leaving the running set, so a repeated command always
+		// finds either a running command or a stored result.
+		if err := c.cfg.State.SaveResult(r); err != nil {
+			log.Error().Err(err).Msg("cannot save command result")
+		}
+		c.mu.Lock()
+		delete(c.running, k)
+		c.mu.Unlock()
+		log.Info().Str("outcome", string(r.Outcome)).Str("detail", r.Message).Msg("command finished")
+		c.send(resultMsg(r), false)
+	}()
+}
+
+// storedResult returns the journal's result of a begun command that is not
+// running in this process. Without one (it was begun but never finished), it
+// stores and returns the not-re-run failure.
+func (c *Client) storedResult(k cmdKey) (state.Result, error) {
+	r, ok, err := c.cfg.State.Lookup(k.subtask, k.attempt)
+	if err != nil || ok {
+		return r, err
+	}
+	r = state.Result{SubtaskID: k.subtask, Attempt: k.attempt, Outcome: state.OutcomeFailed,
+		Message: state.RestartedMessage, FinishTime: time.Now()}
+	return r, c.cfg.State.SaveResult(r)
+}
+
+// execute runs the stop and maps its end to a result.
+func (c *Client) execute(ctx context.Context, log zerolog.Logger, k cmdKey, grace, timeout time.Duration) state.Result {
+	log.Info().Dur("grace", grace).Dur("timeout", timeout).Msg("stopping ocp agent processes")
+	stopped := map[int32]bool{}
+	err := c.cfg.Runner.StopAll(ctx, grace, func(ev proc.Event) {
+		if ev.Kind == proc.EventExited {
+			stopped[ev.Target.PID] = true
+		}
+		log.Info().Int32("pid", ev.Target.PID).Str("process", ev.Target.Name).
+			Str("event", kindName(ev.Kind)).Str("detail", ev.Message).Msg("stop progress")
+		c.send(progressMsg(k, ev), true)
+	})
+	switch {
+	case err == nil:
+		if len(stopped) == 0 {
+			return state.Result{Outcome: state.OutcomeSucceeded, Message: "no OCP Agent base process was running"}
+		}
+		return state.Result{Outcome: state.OutcomeSucceeded, Message: fmt.Sprintf("stopped %d OCP Agent base processes", len(stopped))}
+	case ctx.Err() != nil:
+		return state.Result{Outcome: state.OutcomeCanceled, Message: "canceled: " + cancelReason(context.Cause(ctx))}
+	default:
+		return state.Result{Outcome: state.OutcomeFailed, Message: err.Error()}
+	}
+}
+
+// handleCancel stops a running command. A cancel for a command that never
+// started fences it (it will never run) and answers CANCELED; one for a
+// finished command re-sends its result.
+func (c *Client) handleCancel(s *session, m *agentv1.CancelCommand) {
+	k := cmdKey{m.GetSubtaskId(), m.GetAttempt()}
+	log := s.log.With().Int64("subtask_id", k.subtask).Int32("attempt", k.attempt).Logger()
+	if k.subtask <= 0 || k.attempt <= 0 {
+		log.Warn().Msg("ignoring cancel without a valid subtask and attempt")
+		return
+	}
+	c.mu.Lock()
+	if e, ok := c.running[k]; ok {
+		c.mu.Unlock()
+		log.Info().Str("reason", m.GetReason()).Msg("canceling command")
+		e.cancel(canceledError{m.GetReason()})
+		return
+	}
+	ran, err := c.cfg.State.Begin(k.subtask, k.attempt)
+	c.mu.Unlock()
+	if err != nil {
+		log.Error().Err(err).Msg("cannot journal canceled command")
+		return
+	}
+	var r state.Result
+	if ran {
+		if r, err = c.storedResult(k); err != nil {
+			log.Error().Err(err).Msg("cannot read stored result")
+			return
+		}
+	} else {
+		r = state.Result{SubtaskID: k.subtask, Attempt: k.attempt, Outcome: state.OutcomeCanceled,
+			Message: "canceled before it started: " + cancelReason(canceledError{m.GetReason()}), FinishTime: time.Now()}
+		if err := c.cfg.State.SaveResult(r); err != nil {
+			log.Error().Err(err).Msg("cannot save command result")
+		}
+	}
+	log.Info().Str("outcome", string(r.Outcome)).Msg("cancel for a command not running; sending its result")
+	s.send(resultMsg(r), false)
+}
+
+func (c *Client) handleAck(s *session, m *agentv1.ResultAck) {
+	if err := c.cfg.State.Ack(m.GetSubtaskId(), m.GetAttempt()); err != nil {
+		s.log.Error().Err(err).Int64("subtask_id", m.GetSubtaskId()).Msg("cannot forget acknowledged result")
+		return
+	}
+	s.log.Debug().Int64("subtask_id", m.GetSubtaskId()).Int32("attempt", m.GetAttempt()).Msg("result acknowledged")
+}
+
+// timeoutError is the cause of a command's timeout.
+type timeoutError struct{ d time.Duration }
+
+func (e timeoutError) Error() string { return "timed out after " + fmtDuration(e.d) }
+
+// canceledError is the cause of a CancelCommand.
+type canceledError struct{ reason string }
+
+func (e canceledError) Error() string {
+	if e.reason == "" {
+		return "canceled by the server"
+	}
+	return e.reason
+}
+
+func cancelReason(cause error) string {
+	var te timeoutError
+	var ce canceledError
+	switch {
+	case errors.As(cause, &te):
+		return te.Error()
+	case errors.As(cause, &ce):
+		return ce.Error()
+	default:
+		return "agentd is shutting down"
+	}
+}
+
+// fmtDuration prints whole seconds as "600s", anything else as time.Duration does.
+func fmtDuration(d time.Duration) string {
+	if d%time.Second == 0 {
+		return fmt.Sprintf("%ds", d/time.Second)
+	}
+	return d.String()
+}

@@ -1,0 +1,47 @@
+// Package proc owns finding and stopping the OCP Agent's base processes on
+// this host: discovery filtered from /proc and completed with gopsutil, a
+// process identity checked before every signal, and the stop sequence
+// (ocp_agentd first, SIGTERM, grace, SIGKILL, verify, rescan).
+package proc
+
+import "time"
+
+// BaseNames are the OCP Agent's base processes. ocp_agentd supervises the
+// other two and is stopped first.
+var BaseNames = []string{"ocp_agentd", "ocp_mgragent", "ocp_monagent"}
+
+// Supervisor is the base process that restarts the others.
+const Supervisor = "ocp_agentd"
+
+// Target is a base process found at discovery: its identity (PID, CreateTime,
+// Exe) is checked again right before every signal.
+type Target struct {
+	PID        int32
+	Name       string    // base name, one of BaseNames
+	Exe        string    // executable path, without a " (deleted)" suffix
+	CreateTime time.Time // process start time (millisecond precision)
+	Cmdline    string    // command line, space separated
+	User       string    // user name the process runs as
+	Cwd        string    // working directory, empty when unreadable
+}
+
+// EventKind is a step in stopping one process.
+type EventKind int
+
+// Event kinds.
+const (
+	EventFound       EventKind = iota + 1 // found, will be stopped
+	EventSigtermSent                      // SIGTERM sent
+	EventExited                           // exited (a zombie counts)
+	EventSigkillSent                      // SIGKILL sent after the grace period
+	EventSkipped                          // a base name outside the install home, left alone
+	EventError                            // something failed for this process; see Message
+)
+
+// Event is one step of a stop, reported as it happens.
+type Event struct {
+	Kind    EventKind
+	Target  Target
+	Time    time.Time
+	Message string // a human-readable line for the subtask log
+}

@@ -1,0 +1,401 @@
+// Package state owns agentd's on-disk state in --state-dir: the host id the
+// server assigned, and the command journal that makes every
+// (subtask, attempt) run at most once and keeps its result until the server
+// acknowledges it.
+//
+// Layout:
+//
+//	lock                      flock held while a State is open
+//	host_id                   decimal host id, written atomically
+//	runs/<subtask>-<attempt>  marker created (O_EXCL) before a command runs;
+//	                          holds the result's JSON once the command ended
+//	outbox/<subtask>-<attempt>.json
+//	                          a result not yet acknowledged by the server
+//
+// Markers are kept (a repeated command is answered from them) and removed
+// by Open once older than MarkerTTL, unless their result is still pending.
+package state
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// MarkerTTL is how long a run marker is kept after it was last written.
+const MarkerTTL = 7 * 24 * time.Hour
+
+// RestartedMessage is the result message of a command that was running when
+// agentd stopped: it is not run again.
+const RestartedMessage = "agentd restarted while the command ran; not re-run"
+
+// Errors returned by State.
+var (
+	// ErrInvalidArgument: a subtask id or attempt that is not positive, or a
+	// host id that is not positive.
+	ErrInvalidArgument = errors.New("invalid argument")
+	// ErrLocked: another process holds the state dir.
+	ErrLocked = errors.New("state dir in use by another process")
+)
+
+// Outcome is how a command ended.
+type Outcome string
+
+// Outcomes.
+const (
+	OutcomeSucceeded Outcome = "SUCCEEDED"
+	OutcomeFailed    Outcome = "FAILED"
+	OutcomeCanceled  Outcome = "CANCELED"
+)
+
+// Result is the final outcome of a command, as stored in the journal.
+type Result struct {
+	SubtaskID  int64     `json:"subtask_id"`
+	Attempt    int32     `json:"attempt"`
+	Outcome    Outcome   `json:"outcome"`
+	Message    string    `json:"message"`
+	FinishTime time.Time `json:"finish_time"`
+}
+
+// State is an open state dir. Its methods are safe for concurrent use.
+// Close releases the dir's lock.
+type State struct {
+	dir  string
+	lock *os.File
+	now  func() time.Time
+
+	mu sync.Mutex // serialises journal changes
+}
+
+// Open opens (creating if needed) the state dir and takes its lock. It
+// removes markers older than MarkerTTL whose result is not pending, and
+// turns every marker without a result (a command that was running when
+// agentd stopped) into a FAILED result with RestartedMessage, pending in the
+// outbox. It returns ErrLocked when another process has the dir open.
+func Open(dir string) (*State, error) {
+	return open(dir, time.Now)
+}
+
+func open(dir string, now func() time.Time) (*State, error) {
+	for _, d := range []string{dir, filepath.Join(dir, "runs"), filepath.Join(dir, "outbox")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("creating state dir: %w", err)
+		}
+	}
+	lock, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("opening state lock: %w", err)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		lock.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("locking %s: %w", dir, ErrLocked)
+		}
+		return nil, fmt.Errorf("locking %s: %w", dir, err)
+	}
+	s := &State{dir: dir, lock: lock, now: now}
+	if err := s.recover(); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Close releases the state dir. The State must not be used afterwards.
+func (s *State) Close() error {
+	return s.lock.Close() // closing the descriptor drops the flock
+}
+
+// Dir returns the state dir.
+func (s *State) Dir() string { return s.dir }
+
+// HostID returns the stored host id, 0 when none was stored yet.
+func (s *State) HostID() (int64, error) {
+	b, err := os.ReadFile(filepath.Join(s.dir, "host_id"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("reading host id: %w", err)
+	}
+	id, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("parsing host id file: %w", err)
+	}
+	return id, nil
+}
+
+// SetHostID stores the host id atomically (temp file, fsync, rename).
+func (s *State) SetHostID(id int64) error {
+	if id <= 0 {
+		return fmt.Errorf("host id %d: %w", id, ErrInvalidArgument)
+	}
+	if err := writeAtomic(filepath.Join(s.dir, "host_id"), []byte(strconv.FormatInt(id, 10)+"\n")); err != nil {
+		return fmt.Errorf("writing host id: %w", err)
+	}
+	return nil
+}
+
+// Begin records that (subtask, attempt) is about to run, durably, before it
+// runs. alreadyRan is true when it was begun before (by this process or an
+// earlier one): the caller must not run it, and answers with Lookup's result.
+func (s *State) Begin(subtask int64, attempt int32) (alreadyRan bool, err error) {
+	if err := validKey(subtask, attempt); err != nil {
+		return false, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f, err := os.OpenFile(s.marker(subtask, attempt), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("creating run marker: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return false, fmt.Errorf("syncing run marker: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return false, fmt.Errorf("closing run marker: %w", err)
+	}
+	if err := syncDir(filepath.Join(s.dir, "runs")); err != nil {
+		return false, fmt.Errorf("syncing runs dir: %w", err)
+	}
+	return false, nil
+}
+
+// SaveResult stores the final result of a begun command: in the outbox
+// (pending until Ack) and in its run marker (kept, to answer a repeated
+// command). Both writes are atomic.
+func (s *State) SaveResult(r Result) error {
+	if err := validKey(r.SubtaskID, r.Attempt); err != nil {
+		return err
+	}
+	b, err := json.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("encoding result: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := writeAtomic(s.outbox(r.SubtaskID, r.Attempt), b); err != nil {
+		return fmt.Errorf("writing outbox: %w", err)
+	}
+	if err := writeAtomic(s.marker(r.SubtaskID, r.Attempt), b); err != nil {
+		return fmt.Errorf("writing run marker: %w", err)
+	}
+	return nil
+}
+
+// Lookup returns the stored result of (subtask, attempt); ok is false when
+// it never ran or is still running (or crashed before Open recovered it).
+func (s *State) Lookup(subtask int64, attempt int32) (r Result, ok bool, err error) {
+	if err := validKey(subtask, attempt); err != nil {
+		return Result{}, false, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return readResult(s.marker(subtask, attempt))
+}
+
+// PendingResults returns the results not yet acknowledged, ordered by
+// subtask and attempt.
+func (s *State) PendingResults() ([]Result, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ents, err := os.ReadDir(filepath.Join(s.dir, "outbox"))
+	if err != nil {
+		return nil, fmt.Errorf("reading outbox: %w", err)
+	}
+	var out []Result
+	for _, e := range ents {
+		name, ok := strings.CutSuffix(e.Name(), ".json")
+		if !ok {
+			continue // a temp file of an interrupted write
+		}
+		if _, _, ok := parseKey(name); !ok {
+			continue
+		}
+		r, ok, err := readResult(filepath.Join(s.dir, "outbox", e.Name()))
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			out = append(out, r)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].SubtaskID != out[j].SubtaskID {
+			return out[i].SubtaskID < out[j].SubtaskID
+		}
+		return out[i].Attempt < out[j].Attempt
+	})
+	return out, nil
+}
+
+// Ack forgets the pending result of (subtask, attempt) once the server
+// stored it. Acknowledging an unknown or already acknowledged result is not
+// an error. The run marker is kept.
+func (s *State) Ack(subtask int64, attempt int32) error {
+	if err := validKey(subtask, attempt); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	err := os.Remove(s.outbox(subtask, attempt))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("removing outbox entry: %w", err)
+	}
+	return nil
+}
+
+// recover handles markers left by earlier processes: results of crashed runs,
+// and garbage collection.
+func (s *State) recover() error {
+	for _, d := range []string{s.dir, filepath.Join(s.dir, "outbox")} {
+		tmps, _ := filepath.Glob(filepath.Join(d, ".tmp-*"))
+		for _, t := range tmps {
+			os.Remove(t) // left by an interrupted atomic write
+		}
+	}
+	runs := filepath.Join(s.dir, "runs")
+	ents, err := os.ReadDir(runs)
+	if err != nil {
+		return fmt.Errorf("reading runs: %w", err)
+	}
+	now := s.now()
+	for _, e := range ents {
+		subtask, attempt, ok := parseKey(e.Name())
+		if !ok {
+			if strings.HasPrefix(e.Name(), ".tmp-") {
+				os.Remove(filepath.Join(runs, e.Name()))
+			}
+			continue
+		}
+		path := filepath.Join(runs, e.Name())
+		r, done, err := readResult(path)
+		if err != nil {
+			return err
+		}
+		pending, pendingOK, err := readResult(s.outbox(subtask, attempt))
+		if err != nil {
+			return err
+		}
+		switch {
+		case !done && pendingOK:
+			// Crashed between the outbox write and the marker write.
+			if err := s.SaveResult(pending); err != nil {
+				return err
+			}
+		case !done:
+			r = Result{SubtaskID: subtask, Attempt: attempt, Outcome: OutcomeFailed,
+				Message: RestartedMessage, FinishTime: now}
+			if err := s.SaveResult(r); err != nil {
+				return err
+			}
+		case !pendingOK:
+			info, err := e.Info()
+			if err != nil {
+				continue // removed meanwhile
+			}
+			if now.Sub(info.ModTime()) > MarkerTTL {
+				if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+					return fmt.Errorf("removing old run marker: %w", err)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func (s *State) marker(subtask int64, attempt int32) string {
+	return filepath.Join(s.dir, "runs", key(subtask, attempt))
+}
+
+func (s *State) outbox(subtask int64, attempt int32) string {
+	return filepath.Join(s.dir, "outbox", key(subtask, attempt)+".json")
+}
+
+func key(subtask int64, attempt int32) string {
+	return strconv.FormatInt(subtask, 10) + "-" + strconv.FormatInt(int64(attempt), 10)
+}
+
+func parseKey(name string) (int64, int32, bool) {
+	a, b, ok := strings.Cut(name, "-")
+	if !ok {
+		return 0, 0, false
+	}
+	subtask, err1 := strconv.ParseInt(a, 10, 64)
+	attempt, err2 := strconv.ParseInt(b, 10, 32)
+	if err1 != nil || err2 != nil || validKey(subtask, int32(attempt)) != nil {
+		return 0, 0, false
+	}
+	return subtask, int32(attempt), true
+}
+
+func validKey(subtask int64, attempt int32) error {
+	if subtask <= 0 || attempt <= 0 {
+		return fmt.Errorf("subtask %d attempt %d: %w", subtask, attempt, ErrInvalidArgument)
+	}
+	return nil
+}
+
+// readResult reads a result file; ok is false when it is missing or empty.
+func readResult(path string) (r Result, ok bool, err error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) || (err == nil && len(b) == 0) {
+		return Result{}, false, nil
+	}
+	if err != nil {
+		return Result{}, false, fmt.Errorf("reading result: %w", err)
+	}
+	if err := json.Unmarshal(b, &r); err != nil {
+		return Result{}, false, fmt.Errorf("decoding result %s: %w", filepath.Base(path), err)
+	}
+	return r, true, nil
+}
+
+// writeAtomic replaces path with data: a temp file in the same dir, fsync,
+// rename, fsync of the dir.
+func writeAtomic(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, ".tmp-*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // no-op after the rename
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	return syncDir(dir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}

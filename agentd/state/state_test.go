@@ -1,0 +1,221 @@
+package state
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+)
+
+func mustOpen(t *testing.T, dir string) *State {
+	t.Helper()
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	return s
+}
+
+func TestBeginAtMostOnce(t *testing.T) {
+	s := mustOpen(t, t.TempDir())
+	defer s.Close()
+
+	const n = 16
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	fresh := 0
+	for range n {
+		wg.Go(func() {
+			ran, err := s.Begin(7, 1)
+			if err != nil {
+				t.Errorf("Begin: %v", err)
+				return
+			}
+			if !ran {
+				mu.Lock()
+				fresh++
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if fresh != 1 {
+		t.Fatalf("Begin returned alreadyRan=false %d times, want 1", fresh)
+	}
+	// Another attempt of the same subtask is a different command.
+	if ran, err := s.Begin(7, 2); err != nil || ran {
+		t.Fatalf("Begin(7, 2) = %v, %v; want false, nil", ran, err)
+	}
+}
+
+func TestBeginInvalid(t *testing.T) {
+	s := mustOpen(t, t.TempDir())
+	defer s.Close()
+	for _, tc := range []struct {
+		subtask int64
+		attempt int32
+	}{{0, 1}, {1, 0}, {-1, 1}} {
+		if _, err := s.Begin(tc.subtask, tc.attempt); !errors.Is(err, ErrInvalidArgument) {
+			t.Errorf("Begin(%d, %d) err = %v, want ErrInvalidArgument", tc.subtask, tc.attempt, err)
+		}
+	}
+}
+
+func TestOutboxSurvivesRestartAndAck(t *testing.T) {
+	dir := t.TempDir()
+	s := mustOpen(t, dir)
+	if _, err := s.Begin(3, 1); err != nil {
+		t.Fatal(err)
+	}
+	want := Result{SubtaskID: 3, Attempt: 1, Outcome: OutcomeSucceeded, Message: "stopped 3 processes",
+		FinishTime: time.Date(2026, 1, 2, 3, 4, 5, 6e6, time.UTC)}
+	if err := s.SaveResult(want); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+
+	s = mustOpen(t, dir)
+	defer s.Close()
+	got, err := s.PendingResults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || !got[0].FinishTime.Equal(want.FinishTime) || got[0].Message != want.Message || got[0].Outcome != want.Outcome {
+		t.Fatalf("PendingResults after restart = %+v, want [%+v]", got, want)
+	}
+	if ran, err := s.Begin(3, 1); err != nil || !ran {
+		t.Fatalf("Begin after restart = %v, %v; want true, nil", ran, err)
+	}
+
+	if err := s.Ack(3, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Ack(3, 1); err != nil {
+		t.Fatalf("second Ack: %v", err)
+	}
+	if got, _ := s.PendingResults(); len(got) != 0 {
+		t.Fatalf("PendingResults after Ack = %+v, want none", got)
+	}
+	// The marker keeps the result, to answer a repeated command.
+	r, ok, err := s.Lookup(3, 1)
+	if err != nil || !ok || r.Outcome != OutcomeSucceeded {
+		t.Fatalf("Lookup after Ack = %+v, %v, %v", r, ok, err)
+	}
+}
+
+func TestCrashedMidRunIsNotRerun(t *testing.T) {
+	dir := t.TempDir()
+	s := mustOpen(t, dir)
+	if _, err := s.Begin(9, 2); err != nil {
+		t.Fatal(err)
+	}
+	s.Close() // "crash": no result saved
+
+	s = mustOpen(t, dir)
+	defer s.Close()
+	if ran, err := s.Begin(9, 2); err != nil || !ran {
+		t.Fatalf("Begin after crash = %v, %v; want true, nil", ran, err)
+	}
+	r, ok, err := s.Lookup(9, 2)
+	if err != nil || !ok {
+		t.Fatalf("Lookup = %v, %v", ok, err)
+	}
+	if r.Outcome != OutcomeFailed || r.Message != RestartedMessage {
+		t.Fatalf("result = %+v, want FAILED %q", r, RestartedMessage)
+	}
+	pend, err := s.PendingResults()
+	if err != nil || len(pend) != 1 || pend[0].Message != RestartedMessage {
+		t.Fatalf("PendingResults = %+v, %v", pend, err)
+	}
+}
+
+func TestCrashBetweenOutboxAndMarker(t *testing.T) {
+	dir := t.TempDir()
+	s := mustOpen(t, dir)
+	if _, err := s.Begin(4, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SaveResult(Result{SubtaskID: 4, Attempt: 1, Outcome: OutcomeCanceled, Message: "canceled: x"}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	// Simulate a crash after the outbox write, before the marker write.
+	if err := os.WriteFile(filepath.Join(dir, "runs", "4-1"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s = mustOpen(t, dir)
+	defer s.Close()
+	r, ok, err := s.Lookup(4, 1)
+	if err != nil || !ok || r.Outcome != OutcomeCanceled {
+		t.Fatalf("Lookup = %+v, %v, %v; want the saved CANCELED result", r, ok, err)
+	}
+}
+
+func TestMarkerGC(t *testing.T) {
+	dir := t.TempDir()
+	s := mustOpen(t, dir)
+	for _, st := range []int64{1, 2} {
+		if _, err := s.Begin(st, 1); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.SaveResult(Result{SubtaskID: st, Attempt: 1, Outcome: OutcomeSucceeded}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Ack(1, 1); err != nil { // 2-1 stays pending
+		t.Fatal(err)
+	}
+	s.Close()
+
+	later := time.Now().Add(MarkerTTL + time.Hour)
+	s, err := open(dir, func() time.Time { return later })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := os.Stat(filepath.Join(dir, "runs", "1-1")); !os.IsNotExist(err) {
+		t.Errorf("old acknowledged marker kept (err %v)", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "runs", "2-1")); err != nil {
+		t.Errorf("old marker with a pending result removed: %v", err)
+	}
+}
+
+func TestHostID(t *testing.T) {
+	dir := t.TempDir()
+	s := mustOpen(t, dir)
+	if id, err := s.HostID(); err != nil || id != 0 {
+		t.Fatalf("HostID on empty dir = %d, %v; want 0, nil", id, err)
+	}
+	if err := s.SetHostID(0); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("SetHostID(0) err = %v", err)
+	}
+	for _, id := range []int64{42, 43} {
+		if err := s.SetHostID(id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Close()
+	s = mustOpen(t, dir)
+	defer s.Close()
+	if id, err := s.HostID(); err != nil || id != 43 {
+		t.Fatalf("HostID after restart = %d, %v; want 43", id, err)
+	}
+	// Atomic write leaves no temp files behind.
+	if tmps, _ := filepath.Glob(filepath.Join(dir, ".tmp-*")); len(tmps) != 0 {
+		t.Fatalf("temp files left: %v", tmps)
+	}
+}
+
+func TestLocked(t *testing.T) {
+	dir := t.TempDir()
+	s := mustOpen(t, dir)
+	if _, err := Open(dir); !errors.Is(err, ErrLocked) {
+		t.Fatalf("second Open err = %v, want ErrLocked", err)
+	}
+	s.Close()
+	s2 := mustOpen(t, dir)
+	s2.Close()
+}

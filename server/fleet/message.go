@@ -1,0 +1,107 @@
+// Package fleet owns the connected agentds: one session per host, the
+// commands dispatched to them and waiting for results, and what the agents
+// report (heartbeats, progress, results). It knows nothing of gRPC; the
+// AgentService adapter translates the stream's messages to these types.
+package fleet
+
+import (
+	"time"
+
+	"agentplane/server/host"
+)
+
+// Hello is the first message of an agentd's stream.
+type Hello struct {
+	Token         string
+	HostID        int64 // 0 at first registration
+	HostName      string
+	InnerIP       string
+	MachineID     string
+	AgentdVersion string
+	Processes     []host.Process
+}
+
+// Welcome answers a Hello.
+type Welcome struct {
+	HostID            int64
+	HeartbeatInterval time.Duration
+}
+
+// Command is work for an agentd, fenced by (SubtaskID, Attempt).
+type Command struct {
+	SubtaskID int64
+	Attempt   int
+	Timeout   time.Duration // time left for the work
+	StopAgent *StopAgent    // the action; exactly one action is set
+}
+
+// StopAgent stops the OCP Agent's base processes. Grace 0 means agentd's own.
+type StopAgent struct {
+	Grace time.Duration
+}
+
+// Cancel asks an agentd to stop the work of a command.
+type Cancel struct {
+	SubtaskID int64
+	Attempt   int
+	Reason    string
+}
+
+// Ack tells an agentd that its result is stored.
+type Ack struct {
+	SubtaskID int64
+	Attempt   int
+}
+
+// Outbound is one message to an agentd; exactly one field is set.
+type Outbound struct {
+	Command *Command
+	Cancel  *Cancel
+	Ack     *Ack
+}
+
+// Heartbeat proves an agentd is alive; Processes nil means not reported.
+type Heartbeat struct {
+	Processes []host.Process
+}
+
+// Progress is one step of a running command.
+type Progress struct {
+	SubtaskID int64
+	Attempt   int
+	Time      time.Time
+	Message   string
+	PID       int32
+}
+
+// Outcome is how a command ended.
+type Outcome int
+
+// Outcomes.
+const (
+	Succeeded Outcome = iota + 1
+	Failed
+	Canceled
+)
+
+// Result is the final outcome of a command.
+type Result struct {
+	SubtaskID  int64
+	Attempt    int
+	Outcome    Outcome
+	Message    string
+	FinishTime time.Time
+}
+
+// Inbound is one message from an agentd after its Hello; exactly one field
+// is set.
+type Inbound struct {
+	Heartbeat *Heartbeat
+	Progress  *Progress
+	Result    *Result
+}
+
+type key struct {
+	subtask int64
+	attempt int
+}

@@ -1,0 +1,65 @@
+// Package host owns hosts: their registry record, the OCP Agent's state on
+// them, and the host operations (stop the agent) that turn into tasks.
+package host
+
+import "time"
+
+// Status is a host's status, as in OCP.
+type Status string
+
+// Host statuses.
+const (
+	StatusNew       Status = "NEW"
+	StatusAvailable Status = "AVAILABLE"
+	StatusOnline    Status = "ONLINE"
+	StatusOffline   Status = "OFFLINE"
+	StatusDeleting  Status = "DELETING"
+)
+
+// AgentStatus is the state of the OCP Agent on a host.
+type AgentStatus string
+
+// Agent statuses; the zero value means not known yet.
+const (
+	AgentUnknown AgentStatus = ""
+	AgentStarted AgentStatus = "STARTED"
+	AgentStopped AgentStatus = "STOPPED"
+)
+
+// Host is a machine with an agentd.
+type Host struct {
+	ID            int64
+	Name          string
+	InnerIP       string
+	MachineID     string
+	Status        Status
+	AgentStatus   AgentStatus
+	AgentdVersion string
+	LastSeen      time.Time // last time agentd was heard from; zero if never
+	OpTaskID      int64     // agent-operation task holding the host; 0 if none
+	Processes     []Process // OCP Agent processes as agentd last reported them
+	CreateTime    time.Time
+	UpdateTime    time.Time
+}
+
+// Process is one OCP Agent base process as agentd reported it.
+type Process struct {
+	PID        int32
+	Name       string
+	Exe        string
+	Cmdline    string
+	User       string
+	CreateTime time.Time
+}
+
+// ListQuery pages hosts. Page is 1-based; Size is 1..2000.
+type ListQuery struct {
+	Page int
+	Size int
+}
+
+// Page is one page of hosts and the total count over all pages.
+type Page struct {
+	Hosts []Host
+	Total int64
+}

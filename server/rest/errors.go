@@ -1,0 +1,127 @@
+package rest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"agentplane/server/errs"
+)
+
+// Error codes in the body's error.code, by HTTP status. OCP's own codes are
+// kept where known (20000, 20003, 30014); the others are agentplane's,
+// 10000 + the HTTP status's last digits.
+//
+//	HTTP  code   meaning
+//	400   10000  bad request: malformed id, query parameter or body (errs.ErrInvalidArgument)
+//	400   20003  operation not allowed in this state (errs.ErrFailedPrecondition)
+//	401   10001  no or wrong credentials (errs.ErrUnauthenticated)
+//	403   30014  not authorized: the caller lacks the role (errs.ErrPermissionDenied)
+//	404   20000  task not found (errs.ErrNotFound for a taskInstanceId)
+//	404   10004  not found: host, user, or an unknown path (errs.ErrNotFound)
+//	405   10005  method not allowed on this path (Allow header lists the methods)
+//	409   10009  conflict: already exists, or held by other work (errs.ErrConflict)
+//	413   10013  request body larger than Config.MaxBodyBytes
+//	415   10015  request body is not application/json
+//	500   10500  internal error; the message is generic, the cause only logged
+//	503   10503  a dependency is unavailable, or the request timed out (errs.ErrUnavailable)
+const (
+	CodeBadRequest          = 10000
+	CodeUnauthenticated     = 10001
+	CodeNotFound            = 10004
+	CodeMethodNotAllowed    = 10005
+	CodeConflict            = 10009
+	CodePayloadTooLarge     = 10013
+	CodeUnsupportedMedia    = 10015
+	CodeInternal            = 10500
+	CodeUnavailable         = 10503
+	CodeTaskNotFound        = 20000
+	CodeOperationNotAllowed = 20003
+	CodeNotAuthorized       = 30014
+)
+
+// Errors the adapter itself raises besides the errs kinds.
+var (
+	errRouteNotFound        = errors.New("no such API path")
+	errUnsupportedMediaType = errors.New("request body must be application/json")
+)
+
+// methodNotAllowedError is a known path asked with the wrong method.
+type methodNotAllowedError struct{ allow string }
+
+func (e *methodNotAllowedError) Error() string {
+	return "method not allowed; allowed: " + e.allow
+}
+
+// apiError is an error as the client sees it.
+type apiError struct {
+	Status       int
+	Code         int
+	Message      string
+	DebugMessage string
+	Target       string
+	Allow        string // for 405
+}
+
+// targetTaskID is the path parameter naming a task; a not-found error about
+// it is OCP's "task not found".
+const targetTaskID = "taskInstanceId"
+
+// apiErrorOf is the one mapping from errors to HTTP statuses and codes.
+// Messages of errs kinds are meant for callers and are sent; anything else is
+// an internal error whose text is never sent.
+func apiErrorOf(err error, target string) apiError {
+	e := apiError{Message: err.Error(), Target: target}
+	var tooLarge *http.MaxBytesError
+	var notAllowed *methodNotAllowedError
+	switch {
+	case errors.As(err, &tooLarge):
+		e.Status, e.Code = http.StatusRequestEntityTooLarge, CodePayloadTooLarge
+		e.Message = fmt.Sprintf("request body exceeds %d bytes", tooLarge.Limit)
+	case errors.As(err, &notAllowed):
+		e.Status, e.Code, e.Allow = http.StatusMethodNotAllowed, CodeMethodNotAllowed, notAllowed.allow
+	case errors.Is(err, errRouteNotFound):
+		e.Status, e.Code = http.StatusNotFound, CodeNotFound
+	case errors.Is(err, errUnsupportedMediaType):
+		e.Status, e.Code = http.StatusUnsupportedMediaType, CodeUnsupportedMedia
+	case errors.Is(err, errs.ErrInvalidArgument):
+		e.Status, e.Code = http.StatusBadRequest, CodeBadRequest
+	case errors.Is(err, errs.ErrUnauthenticated):
+		e.Status, e.Code = http.StatusUnauthorized, CodeUnauthenticated
+	case errors.Is(err, errs.ErrPermissionDenied):
+		e.Status, e.Code = http.StatusForbidden, CodeNotAuthorized
+	case errors.Is(err, errs.ErrNotFound):
+		e.Status, e.Code = http.StatusNotFound, CodeNotFound
+		if target == targetTaskID {
+			e.Code = CodeTaskNotFound
+		}
+	case errors.Is(err, errs.ErrConflict):
+		e.Status, e.Code = http.StatusConflict, CodeConflict
+	case errors.Is(err, errs.ErrFailedPrecondition):
+		e.Status, e.Code = http.StatusBadRequest, CodeOperationNotAllowed
+	case errors.Is(err, errs.ErrUnavailable):
+		e.Status, e.Code = http.StatusServiceUnavailable, CodeUnavailable
+	case errors.Is(err, context.DeadlineExceeded):
+		e.Status, e.Code = http.StatusServiceUnavailable, CodeUnavailable
+		e.Message = "request timed out"
+	default:
+		e.Status, e.Code = http.StatusInternalServerError, CodeInternal
+		e.Message = "internal server error"
+	}
+	return e
+}
+
+// notFound answers paths no route serves.
+func (s *server) notFound(w http.ResponseWriter, r *http.Request) {
+	s.writeError(w, r, fmt.Errorf("%s %s: %w", r.Method, r.URL.Path, errRouteNotFound), "")
+}
+
+// methodNotAllowed answers a known path asked with a method it lacks.
+func (s *server) methodNotAllowed(methods []string) http.HandlerFunc {
+	err := &methodNotAllowedError{allow: strings.Join(methods, ", ")}
+	return func(w http.ResponseWriter, r *http.Request) {
+		s.writeError(w, r, err, "")
+	}
+}

@@ -1,0 +1,208 @@
+package rpc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/rs/zerolog"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	agentv1 "agentplane/gen/agentplane/agent/v1"
+	"agentplane/server/errs"
+	"agentplane/server/fleet"
+)
+
+// Fleet is what the agent stream adapter needs.
+type Fleet interface {
+	Connect(ctx context.Context, h fleet.Hello) (*fleet.Session, fleet.Welcome, error)
+	Receive(ctx context.Context, s *fleet.Session, m fleet.Inbound) error
+	Disconnect(s *fleet.Session)
+}
+
+// helloTimeout bounds the wait for an agent's first message.
+const helloTimeout = 10 * time.Second
+
+type agentServer struct {
+	agentv1.UnimplementedAgentServiceServer
+	fleet Fleet
+	log   zerolog.Logger
+}
+
+var _ agentv1.AgentServiceServer = (*agentServer)(nil)
+
+// Connect runs one agent stream: Hello → Welcome, then a send goroutine fed
+// by the session and a receive loop feeding the fleet, until either fails,
+// the session is replaced, or the stream ends.
+func (s *agentServer) Connect(stream agentv1.AgentService_ConnectServer) error {
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+
+	first, err := recvWithin(ctx, stream, helloTimeout)
+	if err != nil {
+		return err
+	}
+	hello := first.GetHello()
+	if hello == nil {
+		return status.Error(codes.InvalidArgument, "the first message must be a hello")
+	}
+	sess, welcome, err := s.fleet.Connect(ctx, fleet.Hello{
+		Token: hello.GetToken(), HostID: hello.GetHostId(), HostName: hello.GetHostName(),
+		InnerIP: hello.GetInnerIpAddress(), MachineID: hello.GetMachineId(), AgentdVersion: hello.GetAgentdVersion(),
+		Processes: fromProcesses(hello.GetProcesses()),
+	})
+	if err != nil {
+		return toStatus(ctx, err)
+	}
+	defer s.fleet.Disconnect(sess)
+	log := s.log.With().Int64("host_id", sess.HostID).Logger()
+	ctx = log.WithContext(ctx)
+
+	err = stream.Send(&agentv1.ConnectResponse{Kind: &agentv1.ConnectResponse_Welcome{Welcome: &agentv1.Welcome{
+		HostId: welcome.HostID, HeartbeatInterval: durationpb.New(welcome.HeartbeatInterval),
+	}}})
+	if err != nil {
+		return err
+	}
+
+	sendErr := make(chan error, 1)
+	go func() { sendErr <- sendLoop(ctx, stream, sess) }()
+	recvErr := make(chan error, 1)
+	go func() { recvErr <- s.recvLoop(ctx, stream, sess) }()
+
+	select {
+	case err = <-sendErr:
+	case err = <-recvErr:
+	}
+	cancel()
+	// The receive loop ends with the stream's context; the send loop on
+	// cancel. A send stuck on flow control ends when the handler returns.
+	select {
+	case <-sendErr:
+	case <-time.After(time.Second):
+		log.Warn().Msg("agent stream sender did not stop in time")
+	}
+	if errors.Is(err, io.EOF) || errors.Is(err, context.Canceled) || status.Code(err) == codes.Canceled {
+		log.Debug().Msg("agent stream ended")
+		return nil
+	}
+	if errors.Is(err, fleet.ErrReplaced) {
+		return status.Error(codes.Aborted, err.Error())
+	}
+	log.Info().Err(err).Msg("agent stream failed")
+	return toStatus(ctx, err)
+}
+
+func recvWithin(ctx context.Context, stream agentv1.AgentService_ConnectServer, d time.Duration) (*agentv1.ConnectRequest, error) {
+	type res struct {
+		m   *agentv1.ConnectRequest
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		m, err := stream.Recv()
+		ch <- res{m, err}
+	}()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case r := <-ch:
+		return r.m, r.err
+	case <-t.C:
+		return nil, status.Errorf(codes.DeadlineExceeded, "no hello within %s", d)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func sendLoop(ctx context.Context, stream agentv1.AgentService_ConnectServer, sess *fleet.Session) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-sess.Done():
+			return fleet.ErrReplaced
+		case m := <-sess.Out():
+			if err := stream.Send(toOutbound(m)); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (s *agentServer) recvLoop(ctx context.Context, stream agentv1.AgentService_ConnectServer, sess *fleet.Session) error {
+	for {
+		m, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		in, err := fromInbound(m)
+		if err != nil {
+			return err
+		}
+		if err := s.fleet.Receive(ctx, sess, in); err != nil {
+			return fmt.Errorf("host %d: %w", sess.HostID, err)
+		}
+	}
+}
+
+func toOutbound(m fleet.Outbound) *agentv1.ConnectResponse {
+	switch {
+	case m.Command != nil:
+		c := m.Command
+		cmd := &agentv1.Command{SubtaskId: c.SubtaskID, Attempt: int32(c.Attempt), Timeout: durationpb.New(c.Timeout)}
+		if c.StopAgent != nil {
+			stop := &agentv1.StopAgentAction{}
+			if c.StopAgent.Grace > 0 {
+				stop.Grace = durationpb.New(c.StopAgent.Grace)
+			}
+			cmd.Action = &agentv1.Command_StopAgent{StopAgent: stop}
+		}
+		return &agentv1.ConnectResponse{Kind: &agentv1.ConnectResponse_Command{Command: cmd}}
+	case m.Cancel != nil:
+		return &agentv1.ConnectResponse{Kind: &agentv1.ConnectResponse_Cancel{Cancel: &agentv1.CancelCommand{
+			SubtaskId: m.Cancel.SubtaskID, Attempt: int32(m.Cancel.Attempt), Reason: m.Cancel.Reason,
+		}}}
+	default:
+		return &agentv1.ConnectResponse{Kind: &agentv1.ConnectResponse_Ack{Ack: &agentv1.ResultAck{
+			SubtaskId: m.Ack.SubtaskID, Attempt: int32(m.Ack.Attempt),
+		}}}
+	}
+}
+
+var outcomes = map[agentv1.CommandOutcome]fleet.Outcome{
+	agentv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED: fleet.Succeeded,
+	agentv1.CommandOutcome_COMMAND_OUTCOME_FAILED:    fleet.Failed,
+	agentv1.CommandOutcome_COMMAND_OUTCOME_CANCELED:  fleet.Canceled,
+}
+
+func fromInbound(m *agentv1.ConnectRequest) (fleet.Inbound, error) {
+	switch k := m.GetKind().(type) {
+	case *agentv1.ConnectRequest_Heartbeat:
+		return fleet.Inbound{Heartbeat: &fleet.Heartbeat{Processes: fromProcesses(k.Heartbeat.GetProcesses())}}, nil
+	case *agentv1.ConnectRequest_Progress:
+		p := k.Progress
+		return fleet.Inbound{Progress: &fleet.Progress{
+			SubtaskID: p.GetSubtaskId(), Attempt: int(p.GetAttempt()), Time: fromTS(p.GetTime()), Message: p.GetMessage(),
+			PID: p.GetProcess().GetPid(),
+		}}, nil
+	case *agentv1.ConnectRequest_Result:
+		r := k.Result
+		o, ok := outcomes[r.GetOutcome()]
+		if !ok {
+			return fleet.Inbound{}, fmt.Errorf("result of subtask %d with outcome %v: %w", r.GetSubtaskId(), r.GetOutcome(), errs.ErrInvalidArgument)
+		}
+		return fleet.Inbound{Result: &fleet.Result{
+			SubtaskID: r.GetSubtaskId(), Attempt: int(r.GetAttempt()), Outcome: o, Message: r.GetMessage(),
+			FinishTime: fromTS(r.GetFinishTime()),
+		}}, nil
+	case *agentv1.ConnectRequest_Hello:
+		return fleet.Inbound{}, fmt.Errorf("a second hello on one stream: %w", errs.ErrInvalidArgument)
+	default:
+		return fleet.Inbound{}, fmt.Errorf("empty message: %w", errs.ErrInvalidArgument)
+	}
+}

@@ -1,0 +1,116 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+)
+
+// migrations are applied in order, each once; schema_version records how many
+// ran. The DDL is SQLite's; a MySQL dialect changes only the key columns
+// (BIGINT AUTO_INCREMENT) and TEXT lengths.
+var migrations = []string{
+	`CREATE TABLE hosts (
+		id            INTEGER PRIMARY KEY AUTOINCREMENT,
+		name          VARCHAR(255) NOT NULL UNIQUE,
+		inner_ip      VARCHAR(64)  NOT NULL DEFAULT '',
+		machine_id    VARCHAR(64)  NOT NULL DEFAULT '',
+		status        VARCHAR(16)  NOT NULL,
+		agent_status  VARCHAR(16)  NOT NULL DEFAULT '',
+		agentd_version VARCHAR(64) NOT NULL DEFAULT '',
+		last_seen     BIGINT       NOT NULL DEFAULT 0,
+		op_task_id    BIGINT       NULL,
+		processes     TEXT         NOT NULL,
+		create_time   BIGINT       NOT NULL,
+		update_time   BIGINT       NOT NULL
+	)`,
+	`CREATE TABLE tasks (
+		id            INTEGER PRIMARY KEY AUTOINCREMENT,
+		name          VARCHAR(128) NOT NULL,
+		type          VARCHAR(16)  NOT NULL,
+		operation     VARCHAR(16)  NOT NULL,
+		status        VARCHAR(16)  NOT NULL,
+		creator       VARCHAR(64)  NOT NULL,
+		executor      VARCHAR(128) NOT NULL,
+		host_id       BIGINT       NOT NULL,
+		task_definition_id BIGINT  NOT NULL,
+		context       TEXT         NOT NULL,
+		start_time    BIGINT       NOT NULL,
+		end_time      BIGINT       NOT NULL DEFAULT 0,
+		update_time   BIGINT       NOT NULL
+	)`,
+	`CREATE INDEX tasks_host ON tasks (host_id, id)`,
+	`CREATE INDEX tasks_status ON tasks (status, id)`,
+	`CREATE TABLE subtasks (
+		id            INTEGER PRIMARY KEY AUTOINCREMENT,
+		task_id       BIGINT       NOT NULL REFERENCES tasks (id),
+		seq           INT          NOT NULL,
+		name          VARCHAR(128) NOT NULL,
+		description   VARCHAR(255) NOT NULL,
+		class_name    VARCHAR(255) NOT NULL,
+		node_type     VARCHAR(32)  NOT NULL,
+		operation     VARCHAR(16)  NOT NULL,
+		status        VARCHAR(16)  NOT NULL,
+		series_id     INT          NOT NULL,
+		upstreams     TEXT         NOT NULL,
+		downstreams   TEXT         NOT NULL,
+		timeout_s     INT          NOT NULL,
+		run_time      INT          NOT NULL,
+		parallel_idx  INT          NOT NULL,
+		prohibit_rollback INT      NOT NULL,
+		host_id       BIGINT       NOT NULL,
+		executor      VARCHAR(128) NOT NULL DEFAULT '',
+		start_time    BIGINT       NOT NULL DEFAULT 0,
+		end_time      BIGINT       NOT NULL DEFAULT 0,
+		message       TEXT         NOT NULL
+	)`,
+	`CREATE INDEX subtasks_task ON subtasks (task_id, seq)`,
+	`CREATE TABLE subtask_logs (
+		id            INTEGER PRIMARY KEY AUTOINCREMENT,
+		subtask_id    BIGINT       NOT NULL REFERENCES subtasks (id),
+		run_time      INT          NOT NULL,
+		at            BIGINT       NOT NULL,
+		line          TEXT         NOT NULL
+	)`,
+	`CREATE INDEX subtask_logs_subtask ON subtask_logs (subtask_id, id)`,
+	`CREATE TABLE users (
+		id            INTEGER PRIMARY KEY AUTOINCREMENT,
+		username      VARCHAR(64)  NOT NULL UNIQUE,
+		password_hash VARCHAR(255) NOT NULL,
+		roles         TEXT         NOT NULL,
+		create_time   BIGINT       NOT NULL
+	)`,
+}
+
+func migrate(ctx context.Context, db *sql.DB) error {
+	if _, err := db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_version (version INT NOT NULL)`); err != nil {
+		return err
+	}
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	var v int
+	switch err := tx.QueryRowContext(ctx, `SELECT version FROM schema_version`).Scan(&v); err {
+	case nil:
+	case sql.ErrNoRows:
+		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_version (version) VALUES (0)`); err != nil {
+			return err
+		}
+	default:
+		return err
+	}
+	if v > len(migrations) {
+		return fmt.Errorf("database schema version %d is newer than this server (%d)", v, len(migrations))
+	}
+	for i := v; i < len(migrations); i++ {
+		if _, err := tx.ExecContext(ctx, migrations[i]); err != nil {
+			return fmt.Errorf("migration %d: %w", i+1, err)
+		}
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE schema_version SET version = ?`, len(migrations)); err != nil {
+		return err
+	}
+	return tx.Commit()
+}

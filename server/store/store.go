@@ -1,0 +1,176 @@
+// Package store owns durable state: hosts, tasks and subtasks, subtask logs
+// and users, in SQL. SQLite (pure Go, WAL, one file) is the embedded default.
+// Statements stay portable to MySQL/OceanBase: `?` placeholders, no
+// RETURNING, no upserts, times as BIGINT Unix milliseconds, lists as JSON
+// text. Only the schema (schema.go) is per dialect.
+//
+// Errors wrap the errs kinds: ErrNotFound for a missing row, ErrConflict for
+// a compare-and-swap that lost or a unique key taken.
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	_ "modernc.org/sqlite" // the "sqlite" database/sql driver
+
+	"agentplane/server/errs"
+)
+
+// Store is the SQL store. It is safe for concurrent use.
+type Store struct {
+	// w serialises writes on one connection (SQLite allows one writer);
+	// r serves reads concurrently (WAL lets them run beside the writer).
+	w, r *sql.DB
+}
+
+// FileName is the database file inside the data dir.
+const FileName = "agentplane.db"
+
+// Open opens (creating if needed) the SQLite database in dataDir and brings
+// its schema up to date.
+func Open(ctx context.Context, dataDir string) (*Store, error) {
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating data dir: %w", err)
+	}
+	path := filepath.Join(dataDir, FileName)
+	q := url.Values{}
+	q.Add("_pragma", "journal_mode(WAL)")
+	q.Add("_pragma", "synchronous(NORMAL)")
+	q.Add("_pragma", "busy_timeout(10000)")
+	q.Add("_pragma", "foreign_keys(1)")
+	q.Set("_txlock", "immediate")
+	dsn := "file:" + path + "?" + q.Encode()
+
+	w, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("opening %s: %w", path, err)
+	}
+	w.SetMaxOpenConns(1)
+	w.SetConnMaxIdleTime(0)
+	s := &Store{w: w}
+	if err := migrate(ctx, w); err != nil {
+		w.Close()
+		return nil, fmt.Errorf("migrating %s: %w", path, err)
+	}
+	r, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		w.Close()
+		return nil, fmt.Errorf("opening %s: %w", path, err)
+	}
+	r.SetMaxOpenConns(4)
+	s.r = r
+	return s, nil
+}
+
+// Close closes the database.
+func (s *Store) Close() error {
+	return errors.Join(s.r.Close(), s.w.Close())
+}
+
+// tx runs fn in a write transaction, committing when it returns nil.
+func (s *Store) tx(ctx context.Context, fn func(*sql.Tx) error) error {
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	if err := fn(tx); err != nil {
+		_ = tx.Rollback()
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}
+
+// querier is what reads need: *sql.DB or *sql.Tx.
+type querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+}
+
+func ms(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMilli()
+}
+
+func fromMS(v int64) time.Time {
+	if v == 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(v)
+}
+
+func toJSON(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(fmt.Sprintf("store: marshal %T: %v", v, err)) // only our own plain types reach here
+	}
+	return string(b)
+}
+
+func fromJSON(s string, v any) error {
+	if s == "" {
+		return nil
+	}
+	if err := json.Unmarshal([]byte(s), v); err != nil {
+		return fmt.Errorf("decoding stored %T: %w", v, err)
+	}
+	return nil
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// isUniqueViolation reports whether err is a unique-key violation, in the
+// words of SQLite or MySQL.
+func isUniqueViolation(err error) bool {
+	if err == nil {
+		return false
+	}
+	m := err.Error()
+	return strings.Contains(m, "UNIQUE constraint failed") || strings.Contains(m, "Duplicate entry")
+}
+
+// expectOne turns an UPDATE that matched no row into a conflict.
+func expectOne(res sql.Result, what string) error {
+	n, err := res.RowsAffected()
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	if n != 1 {
+		return fmt.Errorf("%s: state changed concurrently: %w", what, errs.ErrConflict)
+	}
+	return nil
+}
+
+// page turns a 1-based page and size into LIMIT and OFFSET.
+func page(p, size int) (limit, offset int) {
+	if size <= 0 {
+		size = 20
+	}
+	if p <= 0 {
+		p = 1
+	}
+	return size, (p - 1) * size
+}
+
+func secs(n int) time.Duration { return time.Duration(n) * time.Second }
+
+func nowMS() int64 { return time.Now().UnixMilli() }

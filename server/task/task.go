@@ -1,0 +1,150 @@
+// Package task owns asynchronous DAG tasks: their model, the state machine of
+// tasks and subtasks (OCP's semantics), the built-in task plans, and the
+// event-driven engine that runs them. It knows nothing of protobuf or HTTP.
+package task
+
+import "time"
+
+// Status is a task's status.
+type Status string
+
+// Task statuses.
+const (
+	StatusRunning    Status = "RUNNING"
+	StatusFailed     Status = "FAILED"
+	StatusSuccessful Status = "SUCCESSFUL"
+)
+
+// Final reports whether no more work will happen without an operator.
+func (s Status) Final() bool { return s == StatusFailed || s == StatusSuccessful }
+
+// SubtaskStatus is a subtask's status.
+type SubtaskStatus string
+
+// Subtask statuses.
+const (
+	SubtaskPending    SubtaskStatus = "PENDING"
+	SubtaskReady      SubtaskStatus = "READY"
+	SubtaskRunning    SubtaskStatus = "RUNNING"
+	SubtaskCanceling  SubtaskStatus = "CANCELING"
+	SubtaskFailed     SubtaskStatus = "FAILED"
+	SubtaskSuccessful SubtaskStatus = "SUCCESSFUL"
+)
+
+// Type says who started a task.
+type Type string
+
+// Task types.
+const (
+	TypeManual       Type = "MANUAL"
+	TypeScheduled    Type = "SCHEDULED"
+	TypeSysScheduled Type = "SYS_SCHEDULED"
+)
+
+// Operation is what was last asked of a task or subtask.
+type Operation string
+
+// Operations.
+const (
+	OpExecute      Operation = "EXECUTE"
+	OpRetry        Operation = "RETRY"
+	OpRollback     Operation = "ROLLBACK"
+	OpSkip         Operation = "SKIP"
+	OpCancel       Operation = "CANCEL"
+	OpRollbackSkip Operation = "ROLLBACK_SKIP"
+)
+
+// NodeTypeJavaTask is the node type OCP reports for every built-in subtask.
+const NodeTypeJavaTask = "JAVA_TASK"
+
+// Context holds a task's parameters, as OCP's task context.
+type Context struct {
+	ListMap     map[string][]string
+	Parallel    bool
+	ParallelIdx int
+	StringMap   map[string]string
+}
+
+// Task is an asynchronous DAG task.
+type Task struct {
+	ID               int64
+	Name             string
+	Type             Type
+	Operation        Operation
+	Status           Status
+	Creator          string
+	Executor         string
+	HostID           int64 // 0 when the task acts on no single host
+	StartTime        time.Time
+	EndTime          time.Time // zero while not final
+	TaskDefinitionID int64
+	Context          Context
+	Subtasks         []Subtask // in execution (topological) order
+}
+
+// Subtask is one node of a task's DAG.
+type Subtask struct {
+	ID               int64
+	TaskID           int64
+	Name             string
+	Description      string
+	ClassName        string
+	NodeType         string
+	Operation        Operation
+	Status           SubtaskStatus
+	SeriesID         int
+	Upstreams        []int64
+	Downstreams      []int64
+	Timeout          time.Duration // whole seconds
+	RunTime          int           // attempt number; 1 before the first run
+	ParallelIdx      int
+	ProhibitRollback bool
+	HostID           int64 // host the subtask acts on
+	Executor         string
+	StartTime        time.Time // zero before the first run
+	EndTime          time.Time // zero while not final
+	Message          string
+}
+
+// Subtask returns the subtask with the given id, or nil.
+func (t *Task) Subtask(id int64) *Subtask {
+	for i := range t.Subtasks {
+		if t.Subtasks[i].ID == id {
+			return &t.Subtasks[i]
+		}
+	}
+	return nil
+}
+
+// ListQuery filters and pages tasks. Zero values match everything. Page is
+// 1-based; Size is 1..2000.
+type ListQuery struct {
+	HostID int64
+	Status Status
+	Page   int
+	Size   int
+}
+
+// Page is one page of tasks and the total count over all pages.
+type Page struct {
+	Tasks []Task
+	Total int64
+}
+
+// Plan is a task to create: the task and its subtasks (in execution order,
+// IDs unset) and the DAG's edges as pairs of indexes into Subtasks
+// (upstream, downstream). Locks lists the hosts whose agent-operation lock
+// the task takes at creation; creation fails with ErrConflict when another
+// task holds one.
+type Plan struct {
+	Task  Task
+	Edges [][2]int
+	Locks []int64
+}
+
+// LogLine is one line of a subtask's log.
+type LogLine struct {
+	RunTime int
+	Time    time.Time
+	Line    string
+}
