@@ -3,7 +3,7 @@ SHELL := bash
 .DEFAULT_GOAL := help
 MAKEFLAGS += --no-builtin-rules
 
-BUF := go tool -modfile=tools/go.mod buf
+BUF := go tool -modfile=.ci/tools/go.mod buf
 
 .PHONY: help
 help: ## show the targets
