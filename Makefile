@@ -25,3 +25,31 @@ LDFLAGS := -X main.version=$(VERSION)
 build: ## build bin/agentplane-server and bin/agentplane-agentd
 	go build -ldflags "$(LDFLAGS)" -o bin/agentplane-server ./server/cmd/agentplane-server
 	go build -ldflags "$(LDFLAGS)" -o bin/agentplane-agentd ./agentd/cmd/agentplane-agentd
+
+.PHONY: test
+test: ## run every test (unit and integration, with the real binaries), always with -race
+	go test -race -count=1 -timeout 20m ./...
+
+.PHONY: lint
+lint: ## go vet, gofmt, buf lint and buf format
+	go vet ./... ./testdata/fakeocpagent
+	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^gen/')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(BUF) lint
+	$(BUF) format -d --exit-code
+
+RUN_DIR := $(CURDIR)/.run
+GRPC_ADDR ?= 127.0.0.1:7070
+HTTP_ADDR ?= 127.0.0.1:8080
+
+.PHONY: run
+run: build ## run the server on the embedded store and an agentd for this machine (Ctrl-C stops both)
+	@RUN_DIR=$(RUN_DIR) GRPC_ADDR=$(GRPC_ADDR) HTTP_ADDR=$(HTTP_ADDR) DEMO= bash .ci/run-local
+
+.PHONY: demo
+demo: build ## like run, plus a fake OCP Agent under .run/ocp_agent for the agentd to stop
+	go build -o $(RUN_DIR)/ocp_agent/bin/ocp_agentd ./testdata/fakeocpagent
+	@RUN_DIR=$(RUN_DIR) GRPC_ADDR=$(GRPC_ADDR) HTTP_ADDR=$(HTTP_ADDR) DEMO=1 bash .ci/run-local
+
+.PHONY: clean
+clean: ## remove bin/ and .run/ (the local run's data)
+	rm -rf bin .run
