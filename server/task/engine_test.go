@@ -3,6 +3,7 @@ package task_test
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -226,7 +227,7 @@ func TestEngineHostLockConflict(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = e.Submit(context.Background(), p)
-	if err == nil || !strings.Contains(err.Error(), "task "+itoa(first.ID)) {
+	if err == nil || !strings.Contains(err.Error(), "task "+strconv.FormatInt(first.ID, 10)) {
 		t.Fatalf("second submit: %v, want a conflict naming task %d", err, first.ID)
 	}
 	close(release)
@@ -234,17 +235,4 @@ func TestEngineHostLockConflict(t *testing.T) {
 	if _, err := e.Submit(context.Background(), p); err != nil {
 		t.Fatalf("submit after the first ended: %v", err)
 	}
-}
-
-func itoa(n int64) string { return strings.TrimSpace(strings.Repeat(" ", 0) + fmtInt(n)) }
-
-func fmtInt(n int64) string {
-	if n == 0 {
-		return "0"
-	}
-	var b []byte
-	for ; n > 0; n /= 10 {
-		b = append([]byte{byte('0' + n%10)}, b...)
-	}
-	return string(b)
 }

@@ -1,0 +1,252 @@
+package fleet
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"go.uber.org/goleak"
+
+	"agentplane/server/errs"
+	"agentplane/server/host"
+	"agentplane/server/task"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// registry is a hand-written in-memory Registry and Logs.
+type registry struct {
+	mu     sync.Mutex
+	ids    map[string]int64
+	status map[int64]host.Status
+	logs   map[int64][]string
+}
+
+func newRegistry() *registry {
+	return &registry{ids: map[string]int64{}, status: map[int64]host.Status{}, logs: map[int64][]string{}}
+}
+
+func (r *registry) RegisterHost(_ context.Context, h host.Host, _ time.Time) (host.Host, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	id, ok := r.ids[h.Name]
+	if !ok {
+		id = int64(len(r.ids) + 1)
+		r.ids[h.Name] = id
+	}
+	r.status[id] = host.StatusOnline
+	h.ID = id
+	return h, nil
+}
+
+func (r *registry) HostSeen(context.Context, int64, time.Time, []host.Process) error { return nil }
+
+func (r *registry) SetHostStatus(_ context.Context, id int64, st host.Status) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.status[id] = st
+	return nil
+}
+
+func (r *registry) AppendSubtaskLog(_ context.Context, id int64, l task.LogLine) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.logs[id] = append(r.logs[id], l.Line)
+	return nil
+}
+
+func newFleet(reg *registry) *Fleet {
+	return New(Config{Registry: reg, Logs: reg, Token: "tok", Log: zerolog.Nop(), CancelWait: time.Second})
+}
+
+func connect(t *testing.T, f *Fleet, name string) *Session {
+	t.Helper()
+	s, w, err := f.Connect(context.Background(), Hello{Token: "tok", HostName: name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.HostID != s.HostID || w.HeartbeatInterval <= 0 {
+		t.Fatalf("welcome %+v for session of host %d", w, s.HostID)
+	}
+	return s
+}
+
+func next(t *testing.T, s *Session) Outbound {
+	t.Helper()
+	select {
+	case m := <-s.Out():
+		return m
+	case <-time.After(5 * time.Second):
+		t.Fatal("no message for the agent")
+		return Outbound{}
+	}
+}
+
+func TestConnectRefusesBadHello(t *testing.T) {
+	f := newFleet(newRegistry())
+	if _, _, err := f.Connect(context.Background(), Hello{Token: "wrong", HostName: "h"}); !errors.Is(err, errs.ErrUnauthenticated) {
+		t.Fatalf("wrong token: %v", err)
+	}
+	if _, _, err := f.Connect(context.Background(), Hello{Token: "tok"}); !errors.Is(err, errs.ErrInvalidArgument) {
+		t.Fatalf("no host name: %v", err)
+	}
+}
+
+func TestDispatchDeliversTheResult(t *testing.T) {
+	reg := newRegistry()
+	f := newFleet(reg)
+	s := connect(t, f, "h1")
+	done := make(chan Result, 1)
+	go func() {
+		r, err := f.Dispatch(context.Background(), s.HostID, Command{SubtaskID: 5, Attempt: 1, StopAgent: &StopAgent{}})
+		if err != nil {
+			t.Error(err)
+		}
+		done <- r
+	}()
+	m := next(t, s)
+	if m.Command == nil || m.Command.SubtaskID != 5 {
+		t.Fatalf("got %+v, want the command", m)
+	}
+	ctx := context.Background()
+	if err := f.Receive(ctx, s, Inbound{Progress: &Progress{SubtaskID: 5, Attempt: 1, Message: "sent SIGTERM"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Receive(ctx, s, Inbound{Result: &Result{SubtaskID: 5, Attempt: 1, Outcome: Succeeded, Message: "stopped 3"}}); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-done; r.Outcome != Succeeded || r.Message != "stopped 3" {
+		t.Fatalf("result %+v", r)
+	}
+	if got := reg.logs[5]; len(got) != 1 || got[0] != "sent SIGTERM" {
+		t.Fatalf("log %v", got)
+	}
+	f.Disconnect(s)
+	if reg.status[s.HostID] != host.StatusOffline {
+		t.Fatalf("status after disconnect %s", reg.status[s.HostID])
+	}
+}
+
+func TestMessagesFromAnotherHostAreDropped(t *testing.T) {
+	reg := newRegistry()
+	f := newFleet(reg)
+	a, b := connect(t, f, "a"), connect(t, f, "b")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := f.Dispatch(ctx, a.HostID, Command{SubtaskID: 9, Attempt: 1})
+		done <- err
+	}()
+	next(t, a)
+	_ = f.Receive(context.Background(), b, Inbound{Progress: &Progress{SubtaskID: 9, Attempt: 1, Message: "forged"}})
+	_ = f.Receive(context.Background(), b, Inbound{Result: &Result{SubtaskID: 9, Attempt: 1, Outcome: Succeeded}})
+	select {
+	case err := <-done:
+		t.Fatalf("dispatch ended on another host's result: %v", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	if len(reg.logs[9]) != 0 {
+		t.Fatalf("forged progress was logged: %v", reg.logs[9])
+	}
+	cancel()
+	go func() { // answer the cancel as agentd would
+		if m := next(t, a); m.Cancel != nil {
+			_ = f.Receive(context.Background(), a, Inbound{Result: &Result{SubtaskID: 9, Attempt: 1, Outcome: Canceled}})
+		}
+	}()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("dispatch: %v", err)
+	}
+}
+
+func TestDispatchTimeoutSendsCancelAndWaitsForTheResult(t *testing.T) {
+	f := newFleet(newRegistry())
+	s := connect(t, f, "h1")
+	ctx, cancel := context.WithTimeoutCause(context.Background(), 50*time.Millisecond, errors.New("timed out after 600s"))
+	defer cancel()
+	type out struct {
+		r   Result
+		err error
+	}
+	done := make(chan out, 1)
+	go func() {
+		r, err := f.Dispatch(ctx, s.HostID, Command{SubtaskID: 1, Attempt: 2})
+		done <- out{r, err}
+	}()
+	next(t, s) // the command
+	m := next(t, s)
+	if m.Cancel == nil || m.Cancel.SubtaskID != 1 || m.Cancel.Attempt != 2 || m.Cancel.Reason != "timed out after 600s" {
+		t.Fatalf("got %+v, want the cancel", m)
+	}
+	_ = f.Receive(context.Background(), s, Inbound{Result: &Result{SubtaskID: 1, Attempt: 2, Outcome: Canceled, Message: "stopped after 1 of 3"}})
+	o := <-done
+	if o.err == nil || o.err.Error() != "timed out after 600s" || o.r.Outcome != Canceled {
+		t.Fatalf("dispatch: %+v", o)
+	}
+}
+
+func TestShutdownLeavesTheAgentWorking(t *testing.T) {
+	f := newFleet(newRegistry())
+	s := connect(t, f, "h1")
+	ctx, cancel := context.WithCancelCause(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := f.Dispatch(ctx, s.HostID, Command{SubtaskID: 1, Attempt: 1})
+		done <- err
+	}()
+	next(t, s)
+	cancel(task.ErrShutdown)
+	if err := <-done; !errors.Is(err, task.ErrShutdown) {
+		t.Fatalf("dispatch: %v", err)
+	}
+	select {
+	case m := <-s.Out():
+		t.Fatalf("sent %+v to the agent on shutdown", m)
+	default:
+	}
+}
+
+func TestReconnectResendsWaitingCommandsAndReplacesTheSession(t *testing.T) {
+	f := newFleet(newRegistry())
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(task.ErrShutdown)
+	old := connect(t, f, "h1")
+	f.Disconnect(old)
+	done := make(chan Result, 1)
+	go func() {
+		r, _ := f.Dispatch(ctx, old.HostID, Command{SubtaskID: 3, Attempt: 1})
+		done <- r
+	}()
+	// Wait until the dispatch is registered, then connect twice.
+	deadline := time.Now().Add(5 * time.Second)
+	for !f.dispatchedTo(key{3, 1}, old.HostID) {
+		if time.Now().After(deadline) {
+			t.Fatal("dispatch not registered")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	s1 := connect(t, f, "h1")
+	if m := next(t, s1); m.Command == nil || m.Command.SubtaskID != 3 {
+		t.Fatalf("got %+v, want the waiting command", m)
+	}
+	s2 := connect(t, f, "h1")
+	select {
+	case <-s1.Done():
+	default:
+		t.Fatal("the replaced session is still open")
+	}
+	if m := next(t, s2); m.Command == nil {
+		t.Fatalf("got %+v on the new session", m)
+	}
+	f.Disconnect(s1) // the old stream ending must not take the host offline
+	if !f.Connected(s2.HostID) {
+		t.Fatal("host disconnected by its replaced session")
+	}
+	_ = f.Receive(context.Background(), s2, Inbound{Result: &Result{SubtaskID: 3, Attempt: 1, Outcome: Succeeded}})
+	if r := <-done; r.Outcome != Succeeded {
+		t.Fatalf("result %+v", r)
+	}
+}

@@ -1,0 +1,50 @@
+package rpc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"agentplane/server/errs"
+)
+
+func TestToStatus(t *testing.T) {
+	tests := []struct {
+		err  error
+		code codes.Code
+	}{
+		{fmt.Errorf("host id 0: %w", errs.ErrInvalidArgument), codes.InvalidArgument},
+		{fmt.Errorf("no credentials: %w", errs.ErrUnauthenticated), codes.Unauthenticated},
+		{fmt.Errorf("lacks HOST_MANAGER: %w", errs.ErrPermissionDenied), codes.PermissionDenied},
+		{fmt.Errorf("host 7: %w", errs.ErrNotFound), codes.NotFound},
+		{fmt.Errorf("host 7: agent operation in progress (task 3): %w", errs.ErrConflict), codes.Aborted},
+		{fmt.Errorf("retry RUNNING task: %w", errs.ErrFailedPrecondition), codes.FailedPrecondition},
+		{fmt.Errorf("agentd: %w", errs.ErrUnavailable), codes.Unavailable},
+		{context.Canceled, codes.Canceled},
+		{fmt.Errorf("waiting: %w", context.DeadlineExceeded), codes.DeadlineExceeded},
+		{status.Error(codes.ResourceExhausted, "already a status"), codes.ResourceExhausted},
+		{errors.New("disk I/O error at /var/lib/secret"), codes.Internal},
+	}
+	for _, tt := range tests {
+		t.Run(tt.code.String(), func(t *testing.T) {
+			got := status.Convert(toStatus(context.Background(), tt.err))
+			if got.Code() != tt.code {
+				t.Fatalf("code %s, want %s", got.Code(), tt.code)
+			}
+			if tt.code == codes.Internal && strings.Contains(got.Message(), "secret") {
+				t.Fatalf("internal details leaked: %q", got.Message())
+			}
+			if tt.code != codes.Internal && got.Message() != tt.err.Error() {
+				t.Fatalf("message %q, want %q", got.Message(), tt.err.Error())
+			}
+		})
+	}
+	if toStatus(context.Background(), nil) != nil {
+		t.Fatal("nil error became a status")
+	}
+}
