@@ -20,6 +20,9 @@ type Registry interface {
 	RegisterHost(ctx context.Context, h host.Host, at time.Time) (host.Host, error)
 	HostSeen(ctx context.Context, id int64, at time.Time, procs []host.Process) error
 	SetHostStatus(ctx context.Context, id int64, st host.Status) error
+	// AttemptLive reports whether (subtask, attempt) of the host is still
+	// running, i.e. whether its result may yet be awaited.
+	AttemptLive(ctx context.Context, hostID, subtaskID int64, attempt int) (bool, error)
 }
 
 // Logs receives the progress lines agents stream.
@@ -204,10 +207,7 @@ func (f *Fleet) Receive(ctx context.Context, s *Session, m Inbound) error {
 		c := f.inflight[k]
 		f.mu.Unlock()
 		if c == nil || c.hostID != s.HostID {
-			// Not awaited: stale, or the engine has not resumed it yet (it
-			// will re-dispatch, and the agent answers again).
-			log.Debug().Int64("subtask_id", r.SubtaskID).Int("attempt", r.Attempt).Msg("result not awaited, ignored")
-			return nil
+			return f.unawaited(ctx, s, r)
 		}
 		select {
 		case c.result <- r:
@@ -217,6 +217,26 @@ func (f *Fleet) Receive(ctx context.Context, s *Session, m Inbound) error {
 	default:
 		return fmt.Errorf("empty message: %w", errs.ErrInvalidArgument)
 	}
+}
+
+// unawaited handles a result nobody waits for. If its attempt is still
+// live, the engine has not resumed it yet: it will dispatch again and the
+// agent answer again, so the result is left unacknowledged. Otherwise it is
+// stale (the subtask moved on, e.g. failed by its timeout while the agent was
+// away): it is acknowledged so the agent forgets it.
+func (f *Fleet) unawaited(ctx context.Context, s *Session, r Result) error {
+	live, err := f.cfg.Registry.AttemptLive(ctx, s.HostID, r.SubtaskID, r.Attempt)
+	if err != nil {
+		return err
+	}
+	log := f.cfg.Log.With().Int64("host_id", s.HostID).Int64("subtask_id", r.SubtaskID).Int("attempt", r.Attempt).Logger()
+	if live {
+		log.Debug().Msg("result before its dispatch resumed; left for the agent to re-send")
+		return nil
+	}
+	log.Info().Msg("stale result acknowledged and dropped")
+	s.send(Outbound{Ack: &Ack{SubtaskID: r.SubtaskID, Attempt: r.Attempt}})
+	return nil
 }
 
 func (f *Fleet) dispatchedTo(k key, hostID int64) bool {

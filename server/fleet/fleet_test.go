@@ -51,6 +51,8 @@ func (r *registry) SetHostStatus(_ context.Context, id int64, st host.Status) er
 	return nil
 }
 
+func (r *registry) AttemptLive(context.Context, int64, int64, int) (bool, error) { return false, nil }
+
 func (r *registry) AppendSubtaskLog(_ context.Context, id int64, l task.LogLine) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -143,6 +145,9 @@ func TestMessagesFromAnotherHostAreDropped(t *testing.T) {
 	next(t, a)
 	_ = f.Receive(context.Background(), b, Inbound{Progress: &Progress{SubtaskID: 9, Attempt: 1, Message: "forged"}})
 	_ = f.Receive(context.Background(), b, Inbound{Result: &Result{SubtaskID: 9, Attempt: 1, Outcome: Succeeded}})
+	if m := next(t, b); m.Ack == nil {
+		t.Fatalf("a result nobody awaits got %+v, want an ack so the agent forgets it", m)
+	}
 	select {
 	case err := <-done:
 		t.Fatalf("dispatch ended on another host's result: %v", err)

@@ -58,8 +58,9 @@ func (s *Store) RegisterHost(ctx context.Context, r host.Host, at time.Time) (ho
 			return fmt.Errorf("finding host %q: %w", r.Name, err)
 		}
 		_, err = tx.ExecContext(ctx, `UPDATE hosts SET inner_ip = ?, machine_id = ?, status = ?, agentd_version = ?,
-			last_seen = ?, processes = ?, update_time = ? WHERE id = ?`,
-			r.InnerIP, r.MachineID, host.StatusOnline, r.AgentdVersion, ms(at), toJSON(r.Processes), ms(at), id)
+			last_seen = ?, processes = ?, agent_status = ?, update_time = ? WHERE id = ?`,
+			r.InnerIP, r.MachineID, host.StatusOnline, r.AgentdVersion, ms(at), toJSON(r.Processes),
+			agentStatusOf(r.Processes), ms(at), id)
 		if err != nil {
 			return fmt.Errorf("updating host %d: %w", id, err)
 		}
@@ -75,24 +76,25 @@ func (s *Store) RegisterHost(ctx context.Context, r host.Host, at time.Time) (ho
 	return *h, nil
 }
 
-// agentStatusOf says STARTED when any base process runs; a host with none
-// that was never stopped through agentplane stays unknown until then.
+// agentStatusOf derives the agent's status from the base processes agentd
+// reported: STARTED when any runs, else STOPPED.
 func agentStatusOf(procs []host.Process) host.AgentStatus {
 	if len(procs) > 0 {
 		return host.AgentStarted
 	}
-	return host.AgentUnknown
+	return host.AgentStopped
 }
 
 // HostSeen records that a host's agentd was heard from at `at`, with the OCP
-// Agent processes it reported (nil: unchanged).
+// Agent processes it reported (nil: unchanged), from which the agent's
+// status follows.
 func (s *Store) HostSeen(ctx context.Context, id int64, at time.Time, procs []host.Process) error {
 	var err error
 	if procs == nil {
 		_, err = s.w.ExecContext(ctx, `UPDATE hosts SET last_seen = ? WHERE id = ?`, ms(at), id)
 	} else {
-		_, err = s.w.ExecContext(ctx, `UPDATE hosts SET last_seen = ?, processes = ?, update_time = ? WHERE id = ?`,
-			ms(at), toJSON(procs), ms(at), id)
+		_, err = s.w.ExecContext(ctx, `UPDATE hosts SET last_seen = ?, processes = ?, agent_status = ?, update_time = ?
+			WHERE id = ?`, ms(at), toJSON(procs), agentStatusOf(procs), ms(at), id)
 	}
 	if err != nil {
 		return fmt.Errorf("recording host %d seen: %w", id, err)

@@ -324,3 +324,21 @@ func (s *Store) SubtaskLog(ctx context.Context, subtaskID int64) ([]task.LogLine
 	}
 	return lines, rows.Err()
 }
+
+// AttemptLive reports whether attempt is the current attempt of a subtask
+// of hostID that is still running (RUNNING or CANCELING). A missing subtask,
+// another host's, or an attempt that has moved on is not live.
+func (s *Store) AttemptLive(ctx context.Context, hostID, subtaskID int64, attempt int) (bool, error) {
+	var st task.SubtaskStatus
+	var runTime int
+	var h int64
+	err := s.r.QueryRowContext(ctx, `SELECT status, run_time, host_id FROM subtasks WHERE id = ?`, subtaskID).
+		Scan(&st, &runTime, &h)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("reading subtask %d: %w", subtaskID, err)
+	}
+	return h == hostID && runTime == attempt && (st == task.SubtaskRunning || st == task.SubtaskCanceling), nil
+}

@@ -147,7 +147,7 @@ func (e *Engine) Submit(ctx context.Context, p Plan) (*Task, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating task %q: %w", t.Name, err)
 	}
-	e.cfg.Log.Info().Int64("task_id", created.ID).Int64("host_id", created.HostID).Str("task", created.Name).
+	e.logger(ctx).Info().Int64("task_id", created.ID).Int64("host_id", created.HostID).Str("task", created.Name).
 		Msg("task created")
 	// Start it in the background: the caller's ctx ends with its request.
 	e.wg.Add(1)
@@ -232,7 +232,7 @@ func (e *Engine) launch(t Task, st Subtask) {
 	}
 	deadline := st.StartTime.Add(st.Timeout)
 	ctx, cancel := context.WithDeadlineCause(e.base, deadline,
-		fmt.Errorf("timed out after %s", st.Timeout))
+		fmt.Errorf("timed out after %ds", int(st.Timeout/time.Second)))
 	e.runs[st.ID] = cancel
 	e.wg.Add(1)
 	e.mu.Unlock()
@@ -305,6 +305,15 @@ func (e *Engine) execute(ctx context.Context, t Task, st Subtask) (res Result) {
 		}
 	}()
 	return x.Execute(ctx, Run{Task: t, Subtask: st, Log: func(line string) { e.appendLog(st.ID, st.RunTime, line) }})
+}
+
+// logger is the request's logger (with its trace id) when ctx has one, else
+// the engine's.
+func (e *Engine) logger(ctx context.Context) *zerolog.Logger {
+	if l := zerolog.Ctx(ctx); l.GetLevel() != zerolog.Disabled {
+		return l
+	}
+	return &e.cfg.Log
 }
 
 func (e *Engine) appendLog(subtaskID int64, runTime int, line string) {
