@@ -33,7 +33,8 @@ var errGone = errors.New("process gone")
 var errReused = fmt.Errorf("pid reused by another process: %w", errGone)
 
 // Scan returns the base processes whose executable lies under InstallHome,
-// sorted by PID. Base processes elsewhere are logged and left out; so are
+// sorted by PID. Base processes elsewhere are left out (logged at debug, as
+// Scan runs on every heartbeat; StopAll warns about them); so are
 // zombies and processes that vanish while being read. It reads only
 // /proc/<pid>/comm for every process and looks closer only at those whose
 // comm is a base name. The error is non-nil when InstallHome is not an
@@ -41,7 +42,7 @@ var errReused = fmt.Errorf("pid reused by another process: %w", errGone)
 func (s *Stopper) Scan(ctx context.Context) ([]Target, error) {
 	in, out, err := s.scan(ctx)
 	for _, t := range out {
-		s.Log.Warn().Int32("pid", t.PID).Str("name", t.Name).Str("exe", t.Exe).
+		s.Log.Debug().Int32("pid", t.PID).Str("name", t.Name).Str("exe", t.Exe).
 			Str("install_home", s.InstallHome).Msg("base process outside install home left alone")
 	}
 	return in, err
