@@ -47,6 +47,11 @@ type Config struct {
 type Fleet struct {
 	cfg Config
 
+	// online serialises a host's ONLINE write with installing its session,
+	// and removing a session with its OFFLINE write, so the stored status
+	// always ends as the sessions say.
+	online sync.Mutex
+
 	mu       sync.Mutex
 	sessions map[int64]*Session // by host id
 	inflight map[key]*call
@@ -124,6 +129,8 @@ func (f *Fleet) Connect(ctx context.Context, h Hello) (*Session, Welcome, error)
 	if h.HostName == "" {
 		return nil, Welcome{}, fmt.Errorf("hello without a host name: %w", errs.ErrInvalidArgument)
 	}
+	f.online.Lock()
+	defer f.online.Unlock()
 	reg, err := f.cfg.Registry.RegisterHost(ctx, host.Host{
 		ID: h.HostID, Name: h.HostName, InnerIP: h.InnerIP, MachineID: h.MachineID,
 		AgentdVersion: h.AgentdVersion, Processes: h.Processes,
@@ -156,6 +163,8 @@ func (f *Fleet) Connect(ctx context.Context, h Hello) (*Session, Welcome, error)
 // OFFLINE.
 func (f *Fleet) Disconnect(s *Session) {
 	s.close()
+	f.online.Lock()
+	defer f.online.Unlock()
 	f.mu.Lock()
 	current := f.sessions[s.HostID] == s
 	if current {

@@ -57,6 +57,9 @@ func TestStopREST(t *testing.T) {
 	home := newHome(t)
 	startFake(t, home)
 	a := s.startAgentd(t, home, time.Second)
+	if h := s.getHost(t, a.hostID); h.AgentStatus != "STARTED" || h.OperationTaskID != 0 {
+		t.Errorf("host before the stop: agentStatus %q operationTaskId %d, want STARTED 0", h.AgentStatus, h.OperationTaskID)
+	}
 
 	r := s.stopREST(t, a.hostID, admin)
 	if r.status != http.StatusOK {

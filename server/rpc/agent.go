@@ -84,7 +84,7 @@ func (s *agentServer) Connect(stream agentv1.AgentService_ConnectServer) error {
 	select {
 	case <-sendErr:
 	case <-time.After(time.Second):
-		log.Warn().Msg("agent stream sender did not stop in time")
+		log.Debug().Msg("agent stream sender still in a send; it ends with the stream")
 	}
 	if errors.Is(err, io.EOF) || errors.Is(err, context.Canceled) || status.Code(err) == codes.Canceled {
 		log.Debug().Msg("agent stream ended")

@@ -40,8 +40,9 @@ func (s *Store) RegisterHost(ctx context.Context, r host.Host, at time.Time) (ho
 	if r.Processes == nil {
 		r.Processes = []host.Process{}
 	}
-	var id int64
+	var h host.Host
 	err := s.tx(ctx, func(tx *sql.Tx) error {
+		var id int64
 		err := tx.QueryRowContext(ctx, `SELECT id FROM hosts WHERE name = ?`, r.Name).Scan(&id)
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
@@ -52,28 +53,29 @@ func (s *Store) RegisterHost(ctx context.Context, r host.Host, at time.Time) (ho
 			if err != nil {
 				return fmt.Errorf("inserting host %q: %w", r.Name, err)
 			}
-			id, err = res.LastInsertId()
-			return err
+			if id, err = res.LastInsertId(); err != nil {
+				return err
+			}
 		case err != nil:
 			return fmt.Errorf("finding host %q: %w", r.Name, err)
+		default:
+			_, err = tx.ExecContext(ctx, `UPDATE hosts SET inner_ip = ?, machine_id = ?, status = ?, agentd_version = ?,
+				last_seen = ?, processes = ?, agent_status = ?, update_time = ? WHERE id = ?`,
+				r.InnerIP, r.MachineID, host.StatusOnline, r.AgentdVersion, ms(at), toJSON(r.Processes),
+				agentStatusOf(r.Processes), ms(at), id)
+			if err != nil {
+				return fmt.Errorf("updating host %d: %w", id, err)
+			}
 		}
-		_, err = tx.ExecContext(ctx, `UPDATE hosts SET inner_ip = ?, machine_id = ?, status = ?, agentd_version = ?,
-			last_seen = ?, processes = ?, agent_status = ?, update_time = ? WHERE id = ?`,
-			r.InnerIP, r.MachineID, host.StatusOnline, r.AgentdVersion, ms(at), toJSON(r.Processes),
-			agentStatusOf(r.Processes), ms(at), id)
-		if err != nil {
-			return fmt.Errorf("updating host %d: %w", id, err)
-		}
-		return nil
+		// Read back in the same transaction: once it commits, nothing can
+		// fail and leave the host ONLINE without a session.
+		h, err = scanHost(tx.QueryRowContext(ctx, `SELECT `+hostCols+` FROM hosts WHERE id = ?`, id))
+		return err
 	})
 	if err != nil {
 		return host.Host{}, err
 	}
-	h, err := s.GetHost(ctx, id)
-	if err != nil {
-		return host.Host{}, err
-	}
-	return *h, nil
+	return h, nil
 }
 
 // agentStatusOf derives the agent's status from the base processes agentd

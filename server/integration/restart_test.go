@@ -1,0 +1,93 @@
+package integration_test
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+const stopAllName = "Stop all OCP agent processes"
+
+// startSlowStop starts a server, bystanders, slow fakes (each exits slow
+// after SIGTERM) and an agentd, posts a stop, and waits until agentd is
+// running the stop subtask's command.
+func startSlowStop(t *testing.T, slow string) (*server, *bystanders, string, *agentd, int64) {
+	t.Helper()
+	s := startServer(t)
+	by := startBystanders(t)
+	home := newHome(t)
+	startFake(t, home, "FAKE_OCP_MODE=slow", "FAKE_OCP_SLOW="+slow)
+	a := s.startAgentd(t, home, 20*time.Second)
+	r := s.stopREST(t, a.hostID, admin)
+	if r.status != http.StatusOK {
+		t.Fatalf("stop: status %d: %s", r.status, r.body)
+	}
+	var created taskJSON
+	r.decode(t, &created)
+	s.waitTask(t, created.ID, 30*time.Second, "the stop subtask RUNNING", func(tk taskJSON) bool {
+		return tk.subtask(stopAllName).Status == "RUNNING"
+	})
+	waitLog(t, a.proc, "stopping ocp agent processes", 30*time.Second)
+	return s, by, home, a, created.ID
+}
+
+// waitLog waits until the process's log contains substr.
+func waitLog(t *testing.T, p *process, substr string, timeout time.Duration) {
+	t.Helper()
+	waitFor(t, timeout, p.name+" to log "+substr, func() bool { return strings.Contains(p.log(), substr) })
+}
+
+// logAgentd logs agentd's lines about the connection and the command.
+func logAgentd(t *testing.T, a *agentd) {
+	t.Helper()
+	for _, l := range strings.Split(a.proc.log(), "\n") {
+		for _, m := range []string{"connection to server lost", "stopping ocp agent processes", "command finished",
+			"command already running", "re-sending its result", "result acknowledged", "canceling command"} {
+			if strings.Contains(l, m) {
+				t.Logf("agentd: %s", l)
+				break
+			}
+		}
+	}
+}
+
+// TestServerRestartMidStop kills the server with SIGKILL while agentd is
+// stopping slow processes, restarts it on the same data dir and ports, and
+// expects the task to resume and finish SUCCESSFUL once agentd reconnects
+// (resume plus at-least-once dispatch).
+func TestServerRestartMidStop(t *testing.T) {
+	t.Parallel()
+	s, by, home, a, id := startSlowStop(t, "3s")
+	s.proc.kill(t)
+	t.Logf("server killed with SIGKILL while %q ran on agentd", stopAllName)
+	s.restart(t)
+
+	tk := s.waitFinal(t, id)
+	for _, st := range tk.Subtasks {
+		t.Logf("subtask %q: %s %q", st.Name, st.Status, st.Message)
+	}
+	s.waitHost(t, a.name, 45*time.Second, "ONLINE again", func(h hostJSON) bool { return h.Status == "ONLINE" })
+	checkStopped(t, s, tk, home, by, a.hostID)
+	logAgentd(t, a)
+}
+
+// TestServerDownWhenStopFinishes kills the server while agentd stops, lets
+// agentd finish the command while no server is there, then restarts it: the
+// result must be delivered after the reconnect and the task end SUCCESSFUL.
+func TestServerDownWhenStopFinishes(t *testing.T) {
+	t.Parallel()
+	s, by, home, a, id := startSlowStop(t, "1s")
+	s.proc.kill(t)
+	waitLog(t, a.proc, "command finished", 30*time.Second)
+	t.Logf("agentd finished the stop while the server was down")
+	s.restart(t)
+
+	tk := s.waitFinal(t, id)
+	for _, st := range tk.Subtasks {
+		t.Logf("subtask %q: %s %q", st.Name, st.Status, st.Message)
+	}
+	s.waitHost(t, a.name, 45*time.Second, "ONLINE again", func(h hostJSON) bool { return h.Status == "ONLINE" })
+	checkStopped(t, s, tk, home, by, a.hostID)
+	logAgentd(t, a)
+}
