@@ -20,10 +20,15 @@ type Hosts interface {
 
 // Agents is what the executors need from the fleet.
 type Agents interface {
-	Connected(hostID int64) bool
+	WaitConnected(ctx context.Context, hostID int64) bool
 	Dispatch(ctx context.Context, hostID int64, cmd fleet.Command) (fleet.Result, error)
 	Ack(hostID, subtaskID int64, attempt int)
 }
+
+// ConnectWait is how long Prepare waits for a host's agentd to connect: long
+// enough for agents to come back after a server restart, short enough that a
+// stop of an offline host fails at once to a person.
+const ConnectWait = 5 * time.Second
 
 // Executors returns the executors of the stop task's subtasks, by class.
 func Executors(hosts Hosts, agents Agents) map[string]task.Executor {
@@ -34,9 +39,9 @@ func Executors(hosts Hosts, agents Agents) map[string]task.Executor {
 	}
 }
 
-// prepare checks that the host exists and its agentd is connected, and takes
-// the host's agent-operation lock (held since creation; taking it again is
-// idempotent).
+// prepare checks that the host exists and its agentd is connected (waiting
+// up to ConnectWait for it), and takes the host's agent-operation lock (held
+// since creation; taking it again is idempotent).
 type prepare struct {
 	hosts  Hosts
 	agents Agents
@@ -47,7 +52,10 @@ func (p prepare) Execute(ctx context.Context, r task.Run) task.Result {
 	if _, err := p.hosts.GetHost(ctx, id); err != nil {
 		return task.Result{Err: err}
 	}
-	if !p.agents.Connected(id) {
+	wait, cancel := context.WithTimeout(ctx, ConnectWait)
+	connected := p.agents.WaitConnected(wait, id)
+	cancel()
+	if !connected {
 		return task.Result{Err: fmt.Errorf("host %d: agentd not connected", id)}
 	}
 	if err := p.hosts.LockHost(ctx, id, r.Task.ID); err != nil {

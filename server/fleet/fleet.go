@@ -55,6 +55,7 @@ type Fleet struct {
 	mu       sync.Mutex
 	sessions map[int64]*Session // by host id
 	inflight map[key]*call
+	joined   chan struct{} // closed and replaced whenever a session is installed
 }
 
 // call is a dispatched command waiting for its result.
@@ -75,7 +76,7 @@ func New(cfg Config) *Fleet {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Fleet{cfg: cfg, sessions: map[int64]*Session{}, inflight: map[key]*call{}}
+	return &Fleet{cfg: cfg, sessions: map[int64]*Session{}, inflight: map[key]*call{}, joined: make(chan struct{})}
 }
 
 // Session is one connected agentd stream. The adapter sends what Out yields
@@ -142,6 +143,8 @@ func (f *Fleet) Connect(ctx context.Context, h Hello) (*Session, Welcome, error)
 	f.mu.Lock()
 	old := f.sessions[reg.ID]
 	f.sessions[reg.ID] = s
+	close(f.joined)
+	f.joined = make(chan struct{})
 	var resend []Command
 	for _, c := range f.inflight {
 		if c.hostID == reg.ID {
@@ -189,6 +192,25 @@ func (f *Fleet) Connected(hostID int64) bool {
 	defer f.mu.Unlock()
 	_, ok := f.sessions[hostID]
 	return ok
+}
+
+// WaitConnected returns true as soon as the host's agentd has a session, or
+// false when ctx ends first.
+func (f *Fleet) WaitConnected(ctx context.Context, hostID int64) bool {
+	for {
+		f.mu.Lock()
+		_, ok := f.sessions[hostID]
+		joined := f.joined
+		f.mu.Unlock()
+		if ok {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-joined:
+		}
+	}
 }
 
 // Receive handles one message of a session. Messages about commands that

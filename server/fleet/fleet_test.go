@@ -255,3 +255,27 @@ func TestReconnectResendsWaitingCommandsAndReplacesTheSession(t *testing.T) {
 		t.Fatalf("result %+v", r)
 	}
 }
+
+func TestWaitConnected(t *testing.T) {
+	f := newFleet(newRegistry())
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if f.WaitConnected(ctx, 1) {
+		t.Fatal("connected with no session")
+	}
+	done := make(chan bool, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		done <- f.WaitConnected(ctx, 1)
+	}()
+	connect(t, f, "other") // another host joining wakes the waiter, which waits on
+	s := connect(t, f, "h1")
+	if s.HostID != 2 {
+		t.Fatalf("host id %d", s.HostID)
+	}
+	if !<-done {
+		// host "h1" got id 2; the waiter asked for id 1 ("other"), which joined first
+		t.Fatal("the waiter did not see host 1 join")
+	}
+}

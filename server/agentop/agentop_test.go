@@ -1,0 +1,216 @@
+package agentop
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"agentplane/server/auth"
+	"agentplane/server/errs"
+	"agentplane/server/fleet"
+	"agentplane/server/host"
+	"agentplane/server/task"
+)
+
+func TestStopPlanIsOCPsChain(t *testing.T) {
+	p := StopPlan(7, "ops")
+	if p.Task.Name != "Stop OCP agent" || p.Task.Type != task.TypeManual || p.Task.Creator != "ops" ||
+		p.Task.HostID != 7 || p.Task.TaskDefinitionID != -1 || p.Task.Context.ParallelIdx != -1 {
+		t.Fatalf("task %+v", p.Task)
+	}
+	if m := p.Task.Context.StringMap; m["host_id"] != "7" || m["prohibit_rollback"] != "false" || len(m) != 2 {
+		t.Fatalf("stringMap %v", m)
+	}
+	want := []struct {
+		name, class string
+		series      int
+		timeout     time.Duration
+	}{
+		{"Prepare stop OCP agent", "com.alipay.ocp.service.task.business.obagent.PrepareStopOcpAgentTask", 2, 60 * time.Second},
+		{"Stop all OCP agent processes", "com.alipay.ocp.service.task.business.obagent.StopAllOcpAgentProcessesTask", 1, 600 * time.Second},
+		{"Finish OCP agent operation", "com.alipay.ocp.service.task.business.obagent.FinishOcpAgentOperationTask", 0, 60 * time.Second},
+	}
+	for i, w := range want {
+		st := p.Task.Subtasks[i]
+		if st.Name != w.name || st.Description != w.name || st.ClassName != w.class || st.SeriesID != w.series ||
+			st.Timeout != w.timeout || st.HostID != 7 || st.ParallelIdx != -1 || st.NodeType != "JAVA_TASK" {
+			t.Errorf("subtask %d: %+v", i, st)
+		}
+	}
+	if fmt.Sprint(p.Edges) != "[[0 1] [1 2]]" || fmt.Sprint(p.Locks) != "[7]" {
+		t.Fatalf("edges %v locks %v", p.Edges, p.Locks)
+	}
+}
+
+// fakes
+
+type hosts struct {
+	known    map[int64]bool
+	lockErr  error
+	finished map[int64]host.AgentStatus
+}
+
+func (h *hosts) GetHost(_ context.Context, id int64) (*host.Host, error) {
+	if !h.known[id] {
+		return nil, fmt.Errorf("host %d: %w", id, errs.ErrNotFound)
+	}
+	return &host.Host{ID: id}, nil
+}
+
+func (h *hosts) ListHosts(context.Context, host.ListQuery) (host.Page, error) { return host.Page{}, nil }
+
+func (h *hosts) LockHost(context.Context, int64, int64) error { return h.lockErr }
+
+func (h *hosts) FinishAgentOperation(_ context.Context, hostID, _ int64, st host.AgentStatus) error {
+	h.finished[hostID] = st
+	return nil
+}
+
+type agents struct {
+	connected bool
+	result    fleet.Result
+	err       error
+	sent      fleet.Command
+	acked     bool
+}
+
+func (a *agents) WaitConnected(context.Context, int64) bool { return a.connected }
+
+func (a *agents) Dispatch(_ context.Context, _ int64, cmd fleet.Command) (fleet.Result, error) {
+	a.sent = cmd
+	return a.result, a.err
+}
+
+func (a *agents) Ack(int64, int64, int) { a.acked = true }
+
+func run(id int64) (task.Run, *[]string) {
+	var lines []string
+	return task.Run{
+		Task:    task.Task{ID: 1, HostID: id},
+		Subtask: task.Subtask{ID: 2, HostID: id, RunTime: 3},
+		Log:     func(l string) { lines = append(lines, l) },
+	}, &lines
+}
+
+func TestPrepare(t *testing.T) {
+	tests := []struct {
+		name      string
+		connected bool
+		lockErr   error
+		hostID    int64
+		wantErr   string
+	}{
+		{"ready", true, nil, 7, ""},
+		{"agentd not connected", false, nil, 7, "host 7: agentd not connected"},
+		{"unknown host", true, nil, 8, "host 8: not found"},
+		{"lock held", true, fmt.Errorf("host 7: agent operation in progress (task 4): %w", errs.ErrConflict), 7, "task 4"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			x := prepare{&hosts{known: map[int64]bool{7: true}, lockErr: tt.lockErr}, &agents{connected: tt.connected}}
+			r, _ := run(tt.hostID)
+			res := x.Execute(context.Background(), r)
+			if tt.wantErr == "" && res.Err != nil || tt.wantErr != "" && (res.Err == nil || !strings.Contains(res.Err.Error(), tt.wantErr)) {
+				t.Fatalf("err %v, want %q", res.Err, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestStopAll(t *testing.T) {
+	tests := []struct {
+		name    string
+		result  fleet.Result
+		err     error
+		wantErr string
+		wantAck bool
+	}{
+		{"succeeded", fleet.Result{Outcome: fleet.Succeeded, Message: "stopped 3"}, nil, "", true},
+		{"failed", fleet.Result{Outcome: fleet.Failed, Message: "ocp_monagent (pid 812) still running after 3 rounds"}, nil,
+			"host 7: stop failed: ocp_monagent (pid 812) still running after 3 rounds", true},
+		{"canceled by agentd", fleet.Result{Outcome: fleet.Canceled, Message: "agentd is shutting down"}, nil, "stop canceled", true},
+		{"timed out, agent confirmed", fleet.Result{Outcome: fleet.Canceled, Message: "stopped 1"}, errors.New("timed out after 600s"),
+			"host 7: timed out after 600s", true},
+		{"timed out, agent silent", fleet.Result{}, errors.New("timed out after 600s"), "timed out after 600s", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a := &agents{result: tt.result, err: tt.err}
+			r, _ := run(7)
+			res := stopAll{a}.Execute(context.Background(), r)
+			if a.sent.SubtaskID != 2 || a.sent.Attempt != 3 || a.sent.StopAgent == nil {
+				t.Fatalf("command %+v", a.sent)
+			}
+			if tt.wantErr == "" && res.Err != nil || tt.wantErr != "" && (res.Err == nil || !strings.Contains(res.Err.Error(), tt.wantErr)) {
+				t.Fatalf("err %v, want %q", res.Err, tt.wantErr)
+			}
+			if res.AfterCommit != nil {
+				res.AfterCommit()
+			}
+			if a.acked != tt.wantAck {
+				t.Fatalf("acked %v, want %v", a.acked, tt.wantAck)
+			}
+		})
+	}
+}
+
+func TestFinishRecordsStopped(t *testing.T) {
+	h := &hosts{finished: map[int64]host.AgentStatus{}}
+	r, lines := run(7)
+	if res := (finishOp{h}).Execute(context.Background(), r); res.Err != nil {
+		t.Fatal(res.Err)
+	}
+	if h.finished[7] != host.AgentStopped || len(*lines) != 1 {
+		t.Fatalf("finished %v, log %v", h.finished, *lines)
+	}
+}
+
+type submitter struct{ plan task.Plan }
+
+func (s *submitter) Submit(_ context.Context, p task.Plan) (*task.Task, error) {
+	s.plan = p
+	return &p.Task, nil
+}
+
+func TestServicePermissions(t *testing.T) {
+	as := func(roles ...auth.Role) context.Context {
+		return auth.WithPrincipal(context.Background(), auth.Principal{Username: "u", Roles: roles})
+	}
+	h := &hosts{known: map[int64]bool{7: true}}
+	sub := &submitter{}
+	s := NewService(h, sub)
+	tests := []struct {
+		name string
+		ctx  context.Context
+		id   int64
+		want error
+	}{
+		{"manager", as(auth.RoleHostManager), 7, nil},
+		{"admin", as(auth.RoleAdmin), 7, nil},
+		{"viewer", as(auth.RoleHostViewer), 7, errs.ErrPermissionDenied},
+		{"task manager", as(auth.RoleTaskManager), 7, errs.ErrPermissionDenied},
+		{"anonymous", context.Background(), 7, errs.ErrUnauthenticated},
+		{"bad id", as(auth.RoleHostManager), 0, errs.ErrInvalidArgument},
+		{"unknown host", as(auth.RoleHostManager), 9, errs.ErrNotFound},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := s.StopAgent(tt.ctx, tt.id)
+			if !errors.Is(err, tt.want) || (tt.want == nil && err != nil) {
+				t.Fatalf("err %v, want %v", err, tt.want)
+			}
+		})
+	}
+	if sub.plan.Task.Creator != "u" {
+		t.Fatalf("creator %q", sub.plan.Task.Creator)
+	}
+	if _, err := s.GetHost(as(auth.RoleHostViewer), 7); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ListHosts(as(auth.RoleTaskViewer), host.ListQuery{}); !errors.Is(err, errs.ErrPermissionDenied) {
+		t.Fatalf("task viewer listing hosts: %v", err)
+	}
+}
