@@ -60,7 +60,9 @@ func (h *hosts) GetHost(_ context.Context, id int64) (*host.Host, error) {
 	return &host.Host{ID: id}, nil
 }
 
-func (h *hosts) ListHosts(context.Context, host.ListQuery) (host.Page, error) { return host.Page{}, nil }
+func (h *hosts) ListHosts(context.Context, host.ListQuery) (host.Page, error) {
+	return host.Page{}, nil
+}
 
 func (h *hosts) LockHost(context.Context, int64, int64) error { return h.lockErr }
 
