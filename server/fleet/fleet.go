@@ -53,6 +53,7 @@ type Fleet struct {
 	online sync.Mutex
 
 	mu       sync.Mutex
+	closing  bool
 	sessions map[int64]*Session // by host id
 	inflight map[key]*call
 	joined   chan struct{} // closed and replaced whenever a session is installed
@@ -86,6 +87,7 @@ type Session struct {
 	out    chan Outbound
 	done   chan struct{}
 	once   sync.Once
+	err    error // why it ended; set before done is closed
 }
 
 // sessionBuffer bounds the messages queued for one agent; an agent that
@@ -95,10 +97,26 @@ const sessionBuffer = 256
 // Out yields the messages to send to the agent.
 func (s *Session) Out() <-chan Outbound { return s.out }
 
-// Done is closed when the session ends.
+// Done is closed when the session ends; Err then says why.
 func (s *Session) Done() <-chan struct{} { return s.done }
 
-func (s *Session) close() { s.once.Do(func() { close(s.done) }) }
+// Err says why the session ended: ErrReplaced, ErrSlowAgent, ErrClosing,
+// or ErrDisconnected. It is nil while Done is open.
+func (s *Session) Err() error {
+	select {
+	case <-s.done:
+		return s.err
+	default:
+		return nil
+	}
+}
+
+func (s *Session) close(reason error) {
+	s.once.Do(func() {
+		s.err = reason
+		close(s.done)
+	})
+}
 
 // send queues m without blocking; a full queue ends the session.
 func (s *Session) send(m Outbound) bool {
@@ -111,13 +129,18 @@ func (s *Session) send(m Outbound) bool {
 	case s.out <- m:
 		return true
 	default:
-		s.close()
+		s.close(ErrSlowAgent)
 		return false
 	}
 }
 
-// ErrReplaced ends a session whose host connected again on another stream.
-var ErrReplaced = errors.New("replaced by a newer stream of the same host")
+// Reasons a session ends.
+var (
+	ErrReplaced     = errors.New("replaced by a newer stream of the same host")
+	ErrSlowAgent    = fmt.Errorf("agent reads too slowly: more than %d messages queued", sessionBuffer)
+	ErrClosing      = fmt.Errorf("server shutting down: %w", errs.ErrUnavailable)
+	ErrDisconnected = errors.New("disconnected")
+)
 
 // Connect authenticates and registers an agent, and opens its session. A
 // previous session of the same host is closed. Commands waiting for the host
@@ -141,6 +164,10 @@ func (f *Fleet) Connect(ctx context.Context, h Hello) (*Session, Welcome, error)
 	}
 	s := &Session{HostID: reg.ID, out: make(chan Outbound, sessionBuffer), done: make(chan struct{})}
 	f.mu.Lock()
+	if f.closing {
+		f.mu.Unlock()
+		return nil, Welcome{}, ErrClosing
+	}
 	old := f.sessions[reg.ID]
 	f.sessions[reg.ID] = s
 	close(f.joined)
@@ -153,7 +180,7 @@ func (f *Fleet) Connect(ctx context.Context, h Hello) (*Session, Welcome, error)
 	}
 	f.mu.Unlock()
 	if old != nil {
-		old.close()
+		old.close(ErrReplaced)
 	}
 	for _, c := range resend {
 		s.send(Outbound{Command: &c})
@@ -162,10 +189,26 @@ func (f *Fleet) Connect(ctx context.Context, h Hello) (*Session, Welcome, error)
 	return s, Welcome{HostID: reg.ID, HeartbeatInterval: f.cfg.HeartbeatInterval}, nil
 }
 
+// Close ends every session with ErrClosing and refuses new ones, so agent
+// streams end at once when the server shuts down (agents reconnect to the
+// next server); their hosts go OFFLINE as the streams end.
+func (f *Fleet) Close() {
+	f.mu.Lock()
+	f.closing = true
+	sessions := make([]*Session, 0, len(f.sessions))
+	for _, s := range f.sessions {
+		sessions = append(sessions, s)
+	}
+	f.mu.Unlock()
+	for _, s := range sessions {
+		s.close(ErrClosing)
+	}
+}
+
 // Disconnect ends a session. If it is the host's current one, the host goes
 // OFFLINE.
 func (f *Fleet) Disconnect(s *Session) {
-	s.close()
+	s.close(ErrDisconnected)
 	f.online.Lock()
 	defer f.online.Unlock()
 	f.mu.Lock()

@@ -279,3 +279,25 @@ func TestWaitConnected(t *testing.T) {
 		t.Fatal("the waiter did not see host 1 join")
 	}
 }
+
+func TestCloseEndsSessionsAndRefusesNewOnes(t *testing.T) {
+	reg := newRegistry()
+	f := newFleet(reg)
+	s := connect(t, f, "h1")
+	f.Close()
+	select {
+	case <-s.Done():
+	default:
+		t.Fatal("session still open after Close")
+	}
+	if !errors.Is(s.Err(), ErrClosing) || !errors.Is(s.Err(), errs.ErrUnavailable) {
+		t.Fatalf("session ended with %v, want ErrClosing", s.Err())
+	}
+	if _, _, err := f.Connect(context.Background(), Hello{Token: "tok", HostName: "h2"}); !errors.Is(err, ErrClosing) {
+		t.Fatalf("connect after Close: %v", err)
+	}
+	f.Disconnect(s)
+	if reg.status[s.HostID] != host.StatusOffline {
+		t.Fatalf("status %s after the stream ended", reg.status[s.HostID])
+	}
+}

@@ -74,24 +74,33 @@ func (s *agentServer) Connect(stream agentv1.AgentService_ConnectServer) error {
 	recvErr := make(chan error, 1)
 	go func() { recvErr <- s.recvLoop(ctx, stream, sess) }()
 
+	senderDone := false
 	select {
 	case err = <-sendErr:
+		senderDone = true
 	case err = <-recvErr:
 	}
 	cancel()
 	// The receive loop ends with the stream's context; the send loop on
-	// cancel. A send stuck on flow control ends when the handler returns.
-	select {
-	case <-sendErr:
-	case <-time.After(time.Second):
-		log.Debug().Msg("agent stream sender still in a send; it ends with the stream")
+	// cancel, unless it is stuck in a Send on flow control, which ends when
+	// the handler returns.
+	if !senderDone {
+		select {
+		case <-sendErr:
+		case <-time.After(time.Second):
+			log.Debug().Msg("agent stream sender still in a send; it ends with the stream")
+		}
 	}
 	if errors.Is(err, io.EOF) || errors.Is(err, context.Canceled) || status.Code(err) == codes.Canceled {
 		log.Debug().Msg("agent stream ended")
 		return nil
 	}
-	if errors.Is(err, fleet.ErrReplaced) {
+	if errors.Is(err, fleet.ErrReplaced) || errors.Is(err, fleet.ErrSlowAgent) {
+		log.Info().Err(err).Msg("agent stream ended by the server")
 		return status.Error(codes.Aborted, err.Error())
+	}
+	if errors.Is(err, fleet.ErrClosing) {
+		return toStatus(ctx, err)
 	}
 	log.Info().Err(err).Msg("agent stream failed")
 	return toStatus(ctx, err)
@@ -125,7 +134,7 @@ func sendLoop(ctx context.Context, stream agentv1.AgentService_ConnectServer, se
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-sess.Done():
-			return fleet.ErrReplaced
+			return sess.Err()
 		case m := <-sess.Out():
 			if err := stream.Send(toOutbound(m)); err != nil {
 				return err

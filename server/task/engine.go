@@ -106,8 +106,9 @@ func (e *Engine) Start(ctx context.Context) error {
 	return nil
 }
 
-// Close stops every running attempt and waits for them to return. Their
-// subtasks stay RUNNING in the store, to be resumed by the next Start.
+// Close stops every running attempt and waits for them to return, and ends
+// every WatchTask with ErrUnavailable. The attempts' subtasks stay RUNNING in
+// the store, to be resumed by the next Start. Close is idempotent.
 func (e *Engine) Close() {
 	e.cancel(ErrShutdown)
 	e.wg.Wait()
@@ -385,6 +386,8 @@ func (e *Engine) WatchTask(ctx context.Context, id int64, send func(*Task) error
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-e.base.Done():
+			return fmt.Errorf("watching task %d: server shutting down: %w", id, errs.ErrUnavailable)
 		case <-ch:
 		}
 	}

@@ -153,7 +153,7 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 	case err = <-errc:
 		log.Error().Err(err).Msg("listener failed; shutting down")
 	}
-	shutdown(gs, hs, c.shutdownWait)
+	shutdown(c.shutdownWait, hs, agents, engine, gs)
 	return err
 }
 
@@ -164,12 +164,15 @@ func serveGRPC(s *grpc.Server, lis net.Listener) error {
 	return nil
 }
 
-// shutdown stops REST first, then gRPC gracefully; open agent streams would
-// hold GracefulStop forever, so past the deadline it stops hard.
-func shutdown(gs *grpc.Server, hs *http.Server, wait time.Duration) {
+// shutdown stops REST, ends the agent streams (agents reconnect to the next
+// server) and the engine's attempts and watches (their subtasks stay RUNNING
+// for the next start), then stops gRPC gracefully, hard past the deadline.
+func shutdown(wait time.Duration, hs *http.Server, agents *fleet.Fleet, engine *task.Engine, gs *grpc.Server) {
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
 	_ = hs.Shutdown(ctx)
+	agents.Close()
+	engine.Close()
 	done := make(chan struct{})
 	go func() {
 		gs.GracefulStop()
