@@ -3,6 +3,7 @@ package integration_test
 import (
 	"net/http"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -90,4 +91,24 @@ func TestServerDownWhenStopFinishes(t *testing.T) {
 	s.waitHost(t, a.name, 45*time.Second, "ONLINE again", func(h hostJSON) bool { return h.Status == "ONLINE" })
 	checkStopped(t, s, tk, home, by, a.hostID)
 	logAgentd(t, a)
+}
+
+// TestServerSIGTERMMidStop stops the server gracefully while agentd stops
+// slow processes: it must exit at once with status 0 (agent streams do not
+// hold it), leave the task RUNNING, and the restarted server must finish it.
+func TestServerSIGTERMMidStop(t *testing.T) {
+	t.Parallel()
+	s, by, home, a, id := startSlowStop(t, "2s")
+	begin := time.Now()
+	_ = s.proc.cmd.Process.Signal(syscall.SIGTERM)
+	waitFor(t, 10*time.Second, "the server to exit after SIGTERM", s.proc.exited)
+	if s.proc.err != nil {
+		t.Fatalf("server exited with %v after SIGTERM:\n%s", s.proc.err, tail(s.proc.logPath, 20))
+	}
+	t.Logf("server exited %s after SIGTERM", time.Since(begin).Round(time.Millisecond))
+	s.restart(t)
+
+	tk := s.waitFinal(t, id)
+	s.waitHost(t, a.name, 45*time.Second, "ONLINE again", func(h hostJSON) bool { return h.Status == "ONLINE" })
+	checkStopped(t, s, tk, home, by, a.hostID)
 }
