@@ -64,13 +64,7 @@ func TestServerRestartMidStop(t *testing.T) {
 	t.Logf("server killed with SIGKILL while %q ran on agentd", stopAllName)
 	s.restart(t)
 
-	tk := s.waitFinal(t, id)
-	for _, st := range tk.Subtasks {
-		t.Logf("subtask %q: %s %q", st.Name, st.Status, st.Message)
-	}
-	s.waitHost(t, a.name, 45*time.Second, "ONLINE again", func(h hostJSON) bool { return h.Status == "ONLINE" })
-	checkStopped(t, s, tk, home, by, a.hostID)
-	logAgentd(t, a)
+	checkResumed(t, s, by, home, a, id)
 }
 
 // TestServerDownWhenStopFinishes kills the server while agentd stops, lets
@@ -84,13 +78,7 @@ func TestServerDownWhenStopFinishes(t *testing.T) {
 	t.Logf("agentd finished the stop while the server was down")
 	s.restart(t)
 
-	tk := s.waitFinal(t, id)
-	for _, st := range tk.Subtasks {
-		t.Logf("subtask %q: %s %q", st.Name, st.Status, st.Message)
-	}
-	s.waitHost(t, a.name, 45*time.Second, "ONLINE again", func(h hostJSON) bool { return h.Status == "ONLINE" })
-	checkStopped(t, s, tk, home, by, a.hostID)
-	logAgentd(t, a)
+	checkResumed(t, s, by, home, a, id)
 }
 
 // TestServerSIGTERMMidStop stops the server gracefully while agentd stops
@@ -108,7 +96,18 @@ func TestServerSIGTERMMidStop(t *testing.T) {
 	t.Logf("server exited %s after SIGTERM", time.Since(begin).Round(time.Millisecond))
 	s.restart(t)
 
+	checkResumed(t, s, by, home, a, id)
+}
+
+// checkResumed waits for the restarted server to finish task id and for
+// agentd to be back, then checks the stop's aftermath.
+func checkResumed(t *testing.T, s *server, by *bystanders, home string, a *agentd, id int64) {
+	t.Helper()
 	tk := s.waitFinal(t, id)
+	for _, st := range tk.Subtasks {
+		t.Logf("subtask %q: %s %q", st.Name, st.Status, st.Message)
+	}
 	s.waitHost(t, a.name, 45*time.Second, "ONLINE again", func(h hostJSON) bool { return h.Status == "ONLINE" })
 	checkStopped(t, s, tk, home, by, a.hostID)
+	logAgentd(t, a)
 }
