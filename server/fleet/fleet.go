@@ -2,7 +2,6 @@ package fleet
 
 import (
 	"context"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"sync"
@@ -10,6 +9,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"agentplane/server/auth"
 	"agentplane/server/errs"
 	"agentplane/server/host"
 	"agentplane/server/task"
@@ -147,7 +147,7 @@ var (
 // are queued on the new session. ErrUnauthenticated for a wrong token,
 // ErrInvalidArgument for a Hello without a host name.
 func (f *Fleet) Connect(ctx context.Context, h Hello) (*Session, Welcome, error) {
-	if subtle.ConstantTimeCompare([]byte(h.Token), []byte(f.cfg.Token)) != 1 || f.cfg.Token == "" {
+	if f.cfg.Token == "" || !auth.CheckAgentToken(f.cfg.Token, h.Token) {
 		return nil, Welcome{}, fmt.Errorf("agent enrollment token: %w", errs.ErrUnauthenticated)
 	}
 	if h.HostName == "" {
@@ -227,14 +227,6 @@ func (f *Fleet) Disconnect(s *Session) {
 		f.cfg.Log.Error().Err(err).Int64("host_id", s.HostID).Msg("marking host offline failed")
 	}
 	f.cfg.Log.Info().Int64("host_id", s.HostID).Msg("agent disconnected")
-}
-
-// Connected reports whether the host's agentd has a session.
-func (f *Fleet) Connected(hostID int64) bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	_, ok := f.sessions[hostID]
-	return ok
 }
 
 // WaitConnected returns true as soon as the host's agentd has a session, or

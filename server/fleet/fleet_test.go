@@ -247,7 +247,7 @@ func TestReconnectResendsWaitingCommandsAndReplacesTheSession(t *testing.T) {
 		t.Fatalf("got %+v on the new session", m)
 	}
 	f.Disconnect(s1) // the old stream ending must not take the host offline
-	if !f.Connected(s2.HostID) {
+	if f.sessions[s2.HostID] != s2 {
 		t.Fatal("host disconnected by its replaced session")
 	}
 	_ = f.Receive(context.Background(), s2, Inbound{Result: &Result{SubtaskID: 3, Attempt: 1, Outcome: Succeeded}})
