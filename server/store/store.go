@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	_ "modernc.org/sqlite" // the "sqlite" database/sql driver
@@ -30,17 +31,30 @@ type Store struct {
 	// w serialises writes on one connection (SQLite allows one writer);
 	// r serves reads concurrently (WAL lets them run beside the writer).
 	w, r *sql.DB
+	// lock holds an exclusive flock on the data dir: two servers running
+	// the same tasks would each execute them.
+	lock *os.File
 }
 
 // FileName is the database file inside the data dir.
 const FileName = "agentplane.db"
 
 // Open opens (creating if needed) the SQLite database in dataDir and brings
-// its schema up to date.
-func Open(ctx context.Context, dataDir string) (*Store, error) {
+// its schema up to date. It fails with ErrConflict when another process has
+// the data dir open.
+func Open(ctx context.Context, dataDir string) (s *Store, err error) {
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating data dir: %w", err)
 	}
+	lock, err := lockDir(dataDir)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			lock.Close()
+		}
+	}()
 	path := filepath.Join(dataDir, FileName)
 	q := url.Values{}
 	q.Add("_pragma", "journal_mode(WAL)")
@@ -56,7 +70,7 @@ func Open(ctx context.Context, dataDir string) (*Store, error) {
 	}
 	w.SetMaxOpenConns(1)
 	w.SetConnMaxIdleTime(0)
-	s := &Store{w: w}
+	s = &Store{w: w, lock: lock}
 	if err := migrate(ctx, w); err != nil {
 		w.Close()
 		return nil, fmt.Errorf("migrating %s: %w", path, err)
@@ -71,9 +85,27 @@ func Open(ctx context.Context, dataDir string) (*Store, error) {
 	return s, nil
 }
 
-// Close closes the database.
+// Close closes the database and releases the data dir.
 func (s *Store) Close() error {
-	return errors.Join(s.r.Close(), s.w.Close())
+	return errors.Join(s.r.Close(), s.w.Close(), s.lock.Close())
+}
+
+// lockDir takes an exclusive, non-blocking flock on dataDir/lock; the kernel
+// releases it when the process ends, however it ends.
+func lockDir(dataDir string) (*os.File, error) {
+	path := filepath.Join(dataDir, "lock")
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("opening %s: %w", path, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("data dir %s is in use by another agentplane-server: %w", dataDir, errs.ErrConflict)
+		}
+		return nil, fmt.Errorf("locking %s: %w", path, err)
+	}
+	return f, nil
 }
 
 // tx runs fn in a write transaction, committing when it returns nil.

@@ -210,3 +210,18 @@ func TestSubtaskLogInOrder(t *testing.T) {
 		t.Fatalf("%+v %v", lines, err)
 	}
 }
+
+func TestOpenRefusesADataDirInUse(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir)
+	if _, err := store.Open(context.Background(), dir); !errors.Is(err, errs.ErrConflict) ||
+		!strings.Contains(err.Error(), "in use by another agentplane-server") {
+		t.Fatalf("second open: %v, want a conflict", err)
+	}
+	s.Close()
+	again, err := store.Open(context.Background(), dir)
+	if err != nil {
+		t.Fatalf("open after close: %v", err)
+	}
+	again.Close()
+}
