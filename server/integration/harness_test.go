@@ -696,8 +696,7 @@ type hostJSON struct {
 	OperationTaskID int64  `json:"operationTaskId"`
 }
 
-// getTask reads a task over REST as admin; ok false when the server did not
-// answer (it may be restarting).
+// getTask reads a task over REST as admin.
 func (s *server) getTask(t *testing.T, id int64) taskJSON {
 	t.Helper()
 	r := s.call(t, http.MethodGet, fmt.Sprintf("/api/v2/tasks/instances/%d", id), admin, nil)
@@ -769,6 +768,29 @@ func (s *server) waitHost(t *testing.T, name string, timeout time.Duration, what
 func (s *server) stopREST(t *testing.T, hostID int64, c *creds) apiResponse {
 	t.Helper()
 	return s.call(t, http.MethodPost, fmt.Sprintf("/compute/hosts/%d/agent/stop", hostID), c, nil)
+}
+
+// stopOK posts the stop as admin, expects 200 and returns the created task.
+func (s *server) stopOK(t *testing.T, hostID int64) taskJSON {
+	t.Helper()
+	r := s.stopREST(t, hostID, admin)
+	if r.status != http.StatusOK {
+		t.Fatalf("stop of host %d: status %d: %s", hostID, r.status, r.body)
+	}
+	var created taskJSON
+	r.decode(t, &created)
+	return created
+}
+
+// fleetOfOne starts a server, the bystanders, a fake OCP Agent (with
+// fakeEnv) and an agentd with the given grace: the stage of a stop test.
+func fleetOfOne(t *testing.T, grace time.Duration, fakeEnv ...string) (*server, *bystanders, string, *agentd) {
+	t.Helper()
+	s := startServer(t)
+	by := startBystanders(t)
+	home := newHome(t)
+	startFake(t, home, fakeEnv...)
+	return s, by, home, s.startAgentd(t, home, grace)
 }
 
 // ---- agentd ----

@@ -1,7 +1,6 @@
 package integration_test
 
 import (
-	"net/http"
 	"strings"
 	"syscall"
 	"testing"
@@ -15,17 +14,8 @@ const stopAllName = "Stop all OCP agent processes"
 // running the stop subtask's command.
 func startSlowStop(t *testing.T, slow string) (*server, *bystanders, string, *agentd, int64) {
 	t.Helper()
-	s := startServer(t)
-	by := startBystanders(t)
-	home := newHome(t)
-	startFake(t, home, "FAKE_OCP_MODE=slow", "FAKE_OCP_SLOW="+slow)
-	a := s.startAgentd(t, home, 20*time.Second)
-	r := s.stopREST(t, a.hostID, admin)
-	if r.status != http.StatusOK {
-		t.Fatalf("stop: status %d: %s", r.status, r.body)
-	}
-	var created taskJSON
-	r.decode(t, &created)
+	s, by, home, a := fleetOfOne(t, 20*time.Second, "FAKE_OCP_MODE=slow", "FAKE_OCP_SLOW="+slow)
+	created := s.stopOK(t, a.hostID)
 	s.waitTask(t, created.ID, 30*time.Second, "the stop subtask RUNNING", func(tk taskJSON) bool {
 		return tk.subtask(stopAllName).Status == "RUNNING"
 	})

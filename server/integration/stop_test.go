@@ -52,11 +52,7 @@ func checkStopped(t *testing.T, s *server, tk taskJSON, home string, by *bystand
 
 func TestStopREST(t *testing.T) {
 	t.Parallel()
-	s := startServer(t)
-	by := startBystanders(t)
-	home := newHome(t)
-	startFake(t, home)
-	a := s.startAgentd(t, home, time.Second)
+	s, by, home, a := fleetOfOne(t, time.Second)
 	if h := s.getHost(t, a.hostID); h.AgentStatus != "STARTED" || h.OperationTaskID != 0 {
 		t.Errorf("host before the stop: agentStatus %q operationTaskId %d, want STARTED 0", h.AgentStatus, h.OperationTaskID)
 	}
@@ -120,11 +116,7 @@ var statusRank = map[string]int{
 
 func TestStopGRPC(t *testing.T) {
 	t.Parallel()
-	s := startServer(t)
-	by := startBystanders(t)
-	home := newHome(t)
-	startFake(t, home)
-	a := s.startAgentd(t, home, time.Second)
+	s, by, home, a := fleetOfOne(t, time.Second)
 
 	cc := s.conn(t)
 	ctx, cancel := context.WithTimeout(withCreds(context.Background(), admin), 90*time.Second)
@@ -243,18 +235,9 @@ func TestStopGrpcurl(t *testing.T) {
 // must SIGKILL each.
 func TestStopIgnoringSIGTERM(t *testing.T) {
 	t.Parallel()
-	s := startServer(t)
-	by := startBystanders(t)
-	home := newHome(t)
-	startFake(t, home, "FAKE_OCP_MODE=ignore-term")
-	a := s.startAgentd(t, home, time.Second)
+	s, by, home, a := fleetOfOne(t, time.Second, "FAKE_OCP_MODE=ignore-term")
 
-	r := s.stopREST(t, a.hostID, admin)
-	if r.status != http.StatusOK {
-		t.Fatalf("stop: status %d: %s", r.status, r.body)
-	}
-	var created taskJSON
-	r.decode(t, &created)
+	created := s.stopOK(t, a.hostID)
 	tk := s.waitFinal(t, created.ID)
 	checkStopped(t, s, tk, home, by, a.hostID)
 	log := a.proc.log()
