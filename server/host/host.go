@@ -35,6 +35,7 @@ type Host struct {
 	Status        Status
 	AgentStatus   AgentStatus
 	AgentdVersion string
+	InstallHome   string // the OCP Agent install home agentd watches
 	LastSeen      time.Time // last time agentd was heard from; zero if never
 	OpTaskID      int64     // agent-operation task holding the host; 0 if none
 	Processes     []Process // OCP Agent processes as agentd last reported them
@@ -42,14 +43,32 @@ type Host struct {
 	UpdateTime    time.Time
 }
 
-// Process is one OCP Agent base process as agentd reported it.
+// Process is one OCP Agent base process as agentd reported it. A host's
+// record keeps every base process agentd has seen there: STARTED while
+// agentd reports it, STOPPED (with its last details) once it does not.
 type Process struct {
-	PID        int32
-	Name       string
-	Exe        string
-	Cmdline    string
-	User       string
-	CreateTime time.Time
+	PID            int32
+	Name           string
+	Exe            string
+	Cmdline        string
+	User           string
+	CreateTime     time.Time
+	Status         AgentStatus // STARTED or STOPPED; as reported by agentd, STARTED
+	LastActiveTime time.Time   // last report that had it running
+}
+
+// Agent is the OCP Agent on a host, as agentd last reported it (OCP's
+// HostAgent).
+type Agent struct {
+	HostID      int64
+	InnerIP     string
+	InstallHome string
+	Version     string // empty: agentd does not know it
+	Status      AgentStatus
+	LastSeen    time.Time
+	Processes   []Process // every base process seen on the host, by name
+	CreateTime  time.Time
+	UpdateTime  time.Time
 }
 
 // ListQuery pages hosts. Page is 1-based; Size is 1..2000.

@@ -80,6 +80,15 @@ var migrations = []string{
 		roles         TEXT         NOT NULL,
 		create_time   BIGINT       NOT NULL
 	)`,
+	// Idempotency-Key: one task per (caller, key).
+	`CREATE TABLE idempotency_keys (
+		scope         VARCHAR(255) NOT NULL PRIMARY KEY,
+		fingerprint   VARCHAR(255) NOT NULL,
+		task_id       BIGINT       NOT NULL,
+		create_time   BIGINT       NOT NULL
+	)`,
+	`CREATE INDEX subtasks_host ON subtasks (host_id, task_id)`,
+	`ALTER TABLE hosts ADD COLUMN install_home VARCHAR(1024) NOT NULL DEFAULT ''`,
 }
 
 func migrate(ctx context.Context, db *sql.DB) error {

@@ -41,6 +41,10 @@ const (
 	ProcessEventKind_PROCESS_EVENT_KIND_SKIPPED ProcessEventKind = 5
 	// Something went wrong with this process (see message).
 	ProcessEventKind_PROCESS_EVENT_KIND_ERROR ProcessEventKind = 6
+	// The process was started, or found running already.
+	ProcessEventKind_PROCESS_EVENT_KIND_STARTED ProcessEventKind = 7
+	// A line of output of the control script.
+	ProcessEventKind_PROCESS_EVENT_KIND_OUTPUT ProcessEventKind = 8
 )
 
 // Enum value maps for ProcessEventKind.
@@ -53,6 +57,8 @@ var (
 		4: "PROCESS_EVENT_KIND_SIGKILL_SENT",
 		5: "PROCESS_EVENT_KIND_SKIPPED",
 		6: "PROCESS_EVENT_KIND_ERROR",
+		7: "PROCESS_EVENT_KIND_STARTED",
+		8: "PROCESS_EVENT_KIND_OUTPUT",
 	}
 	ProcessEventKind_value = map[string]int32{
 		"PROCESS_EVENT_KIND_UNSPECIFIED":  0,
@@ -62,6 +68,8 @@ var (
 		"PROCESS_EVENT_KIND_SIGKILL_SENT": 4,
 		"PROCESS_EVENT_KIND_SKIPPED":      5,
 		"PROCESS_EVENT_KIND_ERROR":        6,
+		"PROCESS_EVENT_KIND_STARTED":      7,
+		"PROCESS_EVENT_KIND_OUTPUT":       8,
 	}
 )
 
@@ -407,7 +415,9 @@ type Hello struct {
 	// agentd's version.
 	AgentdVersion string `protobuf:"bytes,6,opt,name=agentd_version,json=agentdVersion,proto3" json:"agentd_version,omitempty"`
 	// OCP Agent processes running now.
-	Processes     []*Process `protobuf:"bytes,7,rep,name=processes,proto3" json:"processes,omitempty"`
+	Processes []*Process `protobuf:"bytes,7,rep,name=processes,proto3" json:"processes,omitempty"`
+	// The OCP Agent's install home agentd watches.
+	InstallHome   string `protobuf:"bytes,8,opt,name=install_home,json=installHome,proto3" json:"install_home,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -489,6 +499,13 @@ func (x *Hello) GetProcesses() []*Process {
 		return x.Processes
 	}
 	return nil
+}
+
+func (x *Hello) GetInstallHome() string {
+	if x != nil {
+		return x.InstallHome
+	}
+	return ""
 }
 
 // Welcome accepts a Hello.
@@ -707,6 +724,7 @@ type Command struct {
 	// Types that are valid to be assigned to Action:
 	//
 	//	*Command_StopAgent
+	//	*Command_StartAgent
 	Action        isCommand_Action `protobuf_oneof:"action"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -779,6 +797,15 @@ func (x *Command) GetStopAgent() *StopAgentAction {
 	return nil
 }
 
+func (x *Command) GetStartAgent() *StartAgentAction {
+	if x != nil {
+		if x, ok := x.Action.(*Command_StartAgent); ok {
+			return x.StartAgent
+		}
+	}
+	return nil
+}
+
 type isCommand_Action interface {
 	isCommand_Action()
 }
@@ -788,7 +815,14 @@ type Command_StopAgent struct {
 	StopAgent *StopAgentAction `protobuf:"bytes,4,opt,name=stop_agent,json=stopAgent,proto3,oneof"`
 }
 
+type Command_StartAgent struct {
+	// Start the OCP Agent's base processes.
+	StartAgent *StartAgentAction `protobuf:"bytes,5,opt,name=start_agent,json=startAgent,proto3,oneof"`
+}
+
 func (*Command_StopAgent) isCommand_Action() {}
+
+func (*Command_StartAgent) isCommand_Action() {}
 
 // StopAgentAction stops every OCP Agent base process of the host.
 type StopAgentAction struct {
@@ -836,6 +870,47 @@ func (x *StopAgentAction) GetGrace() *durationpb.Duration {
 	return nil
 }
 
+// StartAgentAction starts the OCP Agent's base processes: with
+// <install home>/bin/ocp_agentctl start where that exists, else from the
+// command lines, users and working directories agentd recorded when it last
+// saw them running, ocp_agentd first. It succeeds once every recorded base
+// process runs.
+type StartAgentAction struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartAgentAction) Reset() {
+	*x = StartAgentAction{}
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartAgentAction) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartAgentAction) ProtoMessage() {}
+
+func (x *StartAgentAction) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartAgentAction.ProtoReflect.Descriptor instead.
+func (*StartAgentAction) Descriptor() ([]byte, []int) {
+	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{8}
+}
+
 // CancelCommand asks agentd to stop the work of a command. agentd stops
 // signalling and answers with the command's result.
 type CancelCommand struct {
@@ -852,7 +927,7 @@ type CancelCommand struct {
 
 func (x *CancelCommand) Reset() {
 	*x = CancelCommand{}
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -864,7 +939,7 @@ func (x *CancelCommand) String() string {
 func (*CancelCommand) ProtoMessage() {}
 
 func (x *CancelCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -877,7 +952,7 @@ func (x *CancelCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelCommand.ProtoReflect.Descriptor instead.
 func (*CancelCommand) Descriptor() ([]byte, []int) {
-	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CancelCommand) GetSubtaskId() int64 {
@@ -922,7 +997,7 @@ type CommandProgress struct {
 
 func (x *CommandProgress) Reset() {
 	*x = CommandProgress{}
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -934,7 +1009,7 @@ func (x *CommandProgress) String() string {
 func (*CommandProgress) ProtoMessage() {}
 
 func (x *CommandProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -947,7 +1022,7 @@ func (x *CommandProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandProgress.ProtoReflect.Descriptor instead.
 func (*CommandProgress) Descriptor() ([]byte, []int) {
-	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CommandProgress) GetSubtaskId() int64 {
@@ -1011,7 +1086,7 @@ type CommandResult struct {
 
 func (x *CommandResult) Reset() {
 	*x = CommandResult{}
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1023,7 +1098,7 @@ func (x *CommandResult) String() string {
 func (*CommandResult) ProtoMessage() {}
 
 func (x *CommandResult) ProtoReflect() protoreflect.Message {
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1036,7 +1111,7 @@ func (x *CommandResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandResult.ProtoReflect.Descriptor instead.
 func (*CommandResult) Descriptor() ([]byte, []int) {
-	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CommandResult) GetSubtaskId() int64 {
@@ -1087,7 +1162,7 @@ type ResultAck struct {
 
 func (x *ResultAck) Reset() {
 	*x = ResultAck{}
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1099,7 +1174,7 @@ func (x *ResultAck) String() string {
 func (*ResultAck) ProtoMessage() {}
 
 func (x *ResultAck) ProtoReflect() protoreflect.Message {
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1112,7 +1187,7 @@ func (x *ResultAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResultAck.ProtoReflect.Descriptor instead.
 func (*ResultAck) Descriptor() ([]byte, []int) {
-	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ResultAck) GetSubtaskId() int64 {
@@ -1145,7 +1220,7 @@ const file_agentplane_agent_v1_agent_proto_rawDesc = "" +
 	"\acommand\x18\x02 \x01(\v2\x1c.agentplane.agent.v1.CommandH\x00R\acommand\x12<\n" +
 	"\x06cancel\x18\x03 \x01(\v2\".agentplane.agent.v1.CancelCommandH\x00R\x06cancel\x122\n" +
 	"\x03ack\x18\x04 \x01(\v2\x1e.agentplane.agent.v1.ResultAckH\x00R\x03ackB\x06\n" +
-	"\x04kind\"\xff\x01\n" +
+	"\x04kind\"\xa2\x02\n" +
 	"\x05Hello\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x17\n" +
 	"\ahost_id\x18\x02 \x01(\x03R\x06hostId\x12\x1b\n" +
@@ -1154,7 +1229,8 @@ const file_agentplane_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"machine_id\x18\x05 \x01(\tR\tmachineId\x12%\n" +
 	"\x0eagentd_version\x18\x06 \x01(\tR\ragentdVersion\x12:\n" +
-	"\tprocesses\x18\a \x03(\v2\x1c.agentplane.agent.v1.ProcessR\tprocesses\"l\n" +
+	"\tprocesses\x18\a \x03(\v2\x1c.agentplane.agent.v1.ProcessR\tprocesses\x12!\n" +
+	"\finstall_home\x18\b \x01(\tR\vinstallHome\"l\n" +
 	"\aWelcome\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\x03R\x06hostId\x12H\n" +
 	"\x12heartbeat_interval\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\"|\n" +
@@ -1168,17 +1244,20 @@ const file_agentplane_agent_v1_agent_proto_rawDesc = "" +
 	"\acmdline\x18\x04 \x01(\tR\acmdline\x12\x12\n" +
 	"\x04user\x18\x05 \x01(\tR\x04user\x12;\n" +
 	"\vcreate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\"\xc8\x01\n" +
+	"createTime\"\x92\x02\n" +
 	"\aCommand\x12\x1d\n" +
 	"\n" +
 	"subtask_id\x18\x01 \x01(\x03R\tsubtaskId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\x05R\aattempt\x123\n" +
 	"\atimeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12E\n" +
 	"\n" +
-	"stop_agent\x18\x04 \x01(\v2$.agentplane.agent.v1.StopAgentActionH\x00R\tstopAgentB\b\n" +
+	"stop_agent\x18\x04 \x01(\v2$.agentplane.agent.v1.StopAgentActionH\x00R\tstopAgent\x12H\n" +
+	"\vstart_agent\x18\x05 \x01(\v2%.agentplane.agent.v1.StartAgentActionH\x00R\n" +
+	"startAgentB\b\n" +
 	"\x06action\"B\n" +
 	"\x0fStopAgentAction\x12/\n" +
-	"\x05grace\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x05grace\"`\n" +
+	"\x05grace\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x05grace\"\x12\n" +
+	"\x10StartAgentAction\"`\n" +
 	"\rCancelCommand\x12\x1d\n" +
 	"\n" +
 	"subtask_id\x18\x01 \x01(\x03R\tsubtaskId\x12\x18\n" +
@@ -1203,7 +1282,7 @@ const file_agentplane_agent_v1_agent_proto_rawDesc = "" +
 	"\tResultAck\x12\x1d\n" +
 	"\n" +
 	"subtask_id\x18\x01 \x01(\x03R\tsubtaskId\x12\x18\n" +
-	"\aattempt\x18\x02 \x01(\x05R\aattempt*\xfb\x01\n" +
+	"\aattempt\x18\x02 \x01(\x05R\aattempt*\xba\x02\n" +
 	"\x10ProcessEventKind\x12\"\n" +
 	"\x1ePROCESS_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18PROCESS_EVENT_KIND_FOUND\x10\x01\x12#\n" +
@@ -1211,7 +1290,9 @@ const file_agentplane_agent_v1_agent_proto_rawDesc = "" +
 	"\x19PROCESS_EVENT_KIND_EXITED\x10\x03\x12#\n" +
 	"\x1fPROCESS_EVENT_KIND_SIGKILL_SENT\x10\x04\x12\x1e\n" +
 	"\x1aPROCESS_EVENT_KIND_SKIPPED\x10\x05\x12\x1c\n" +
-	"\x18PROCESS_EVENT_KIND_ERROR\x10\x06*\x8a\x01\n" +
+	"\x18PROCESS_EVENT_KIND_ERROR\x10\x06\x12\x1e\n" +
+	"\x1aPROCESS_EVENT_KIND_STARTED\x10\a\x12\x1d\n" +
+	"\x19PROCESS_EVENT_KIND_OUTPUT\x10\b*\x8a\x01\n" +
 	"\x0eCommandOutcome\x12\x1f\n" +
 	"\x1bCOMMAND_OUTCOME_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19COMMAND_OUTCOME_SUCCEEDED\x10\x01\x12\x1a\n" +
@@ -1235,7 +1316,7 @@ func file_agentplane_agent_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agentplane_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_agentplane_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_agentplane_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_agentplane_agent_v1_agent_proto_goTypes = []any{
 	(ProcessEventKind)(0),         // 0: agentplane.agent.v1.ProcessEventKind
 	(CommandOutcome)(0),           // 1: agentplane.agent.v1.CommandOutcome
@@ -1247,42 +1328,44 @@ var file_agentplane_agent_v1_agent_proto_goTypes = []any{
 	(*Process)(nil),               // 7: agentplane.agent.v1.Process
 	(*Command)(nil),               // 8: agentplane.agent.v1.Command
 	(*StopAgentAction)(nil),       // 9: agentplane.agent.v1.StopAgentAction
-	(*CancelCommand)(nil),         // 10: agentplane.agent.v1.CancelCommand
-	(*CommandProgress)(nil),       // 11: agentplane.agent.v1.CommandProgress
-	(*CommandResult)(nil),         // 12: agentplane.agent.v1.CommandResult
-	(*ResultAck)(nil),             // 13: agentplane.agent.v1.ResultAck
-	(*durationpb.Duration)(nil),   // 14: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
+	(*StartAgentAction)(nil),      // 10: agentplane.agent.v1.StartAgentAction
+	(*CancelCommand)(nil),         // 11: agentplane.agent.v1.CancelCommand
+	(*CommandProgress)(nil),       // 12: agentplane.agent.v1.CommandProgress
+	(*CommandResult)(nil),         // 13: agentplane.agent.v1.CommandResult
+	(*ResultAck)(nil),             // 14: agentplane.agent.v1.ResultAck
+	(*durationpb.Duration)(nil),   // 15: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
 }
 var file_agentplane_agent_v1_agent_proto_depIdxs = []int32{
 	4,  // 0: agentplane.agent.v1.ConnectRequest.hello:type_name -> agentplane.agent.v1.Hello
 	6,  // 1: agentplane.agent.v1.ConnectRequest.heartbeat:type_name -> agentplane.agent.v1.Heartbeat
-	11, // 2: agentplane.agent.v1.ConnectRequest.progress:type_name -> agentplane.agent.v1.CommandProgress
-	12, // 3: agentplane.agent.v1.ConnectRequest.result:type_name -> agentplane.agent.v1.CommandResult
+	12, // 2: agentplane.agent.v1.ConnectRequest.progress:type_name -> agentplane.agent.v1.CommandProgress
+	13, // 3: agentplane.agent.v1.ConnectRequest.result:type_name -> agentplane.agent.v1.CommandResult
 	5,  // 4: agentplane.agent.v1.ConnectResponse.welcome:type_name -> agentplane.agent.v1.Welcome
 	8,  // 5: agentplane.agent.v1.ConnectResponse.command:type_name -> agentplane.agent.v1.Command
-	10, // 6: agentplane.agent.v1.ConnectResponse.cancel:type_name -> agentplane.agent.v1.CancelCommand
-	13, // 7: agentplane.agent.v1.ConnectResponse.ack:type_name -> agentplane.agent.v1.ResultAck
+	11, // 6: agentplane.agent.v1.ConnectResponse.cancel:type_name -> agentplane.agent.v1.CancelCommand
+	14, // 7: agentplane.agent.v1.ConnectResponse.ack:type_name -> agentplane.agent.v1.ResultAck
 	7,  // 8: agentplane.agent.v1.Hello.processes:type_name -> agentplane.agent.v1.Process
-	14, // 9: agentplane.agent.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	15, // 10: agentplane.agent.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
+	15, // 9: agentplane.agent.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	16, // 10: agentplane.agent.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
 	7,  // 11: agentplane.agent.v1.Heartbeat.processes:type_name -> agentplane.agent.v1.Process
-	15, // 12: agentplane.agent.v1.Process.create_time:type_name -> google.protobuf.Timestamp
-	14, // 13: agentplane.agent.v1.Command.timeout:type_name -> google.protobuf.Duration
+	16, // 12: agentplane.agent.v1.Process.create_time:type_name -> google.protobuf.Timestamp
+	15, // 13: agentplane.agent.v1.Command.timeout:type_name -> google.protobuf.Duration
 	9,  // 14: agentplane.agent.v1.Command.stop_agent:type_name -> agentplane.agent.v1.StopAgentAction
-	14, // 15: agentplane.agent.v1.StopAgentAction.grace:type_name -> google.protobuf.Duration
-	15, // 16: agentplane.agent.v1.CommandProgress.time:type_name -> google.protobuf.Timestamp
-	0,  // 17: agentplane.agent.v1.CommandProgress.kind:type_name -> agentplane.agent.v1.ProcessEventKind
-	7,  // 18: agentplane.agent.v1.CommandProgress.process:type_name -> agentplane.agent.v1.Process
-	1,  // 19: agentplane.agent.v1.CommandResult.outcome:type_name -> agentplane.agent.v1.CommandOutcome
-	15, // 20: agentplane.agent.v1.CommandResult.finish_time:type_name -> google.protobuf.Timestamp
-	2,  // 21: agentplane.agent.v1.AgentService.Connect:input_type -> agentplane.agent.v1.ConnectRequest
-	3,  // 22: agentplane.agent.v1.AgentService.Connect:output_type -> agentplane.agent.v1.ConnectResponse
-	22, // [22:23] is the sub-list for method output_type
-	21, // [21:22] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	10, // 15: agentplane.agent.v1.Command.start_agent:type_name -> agentplane.agent.v1.StartAgentAction
+	15, // 16: agentplane.agent.v1.StopAgentAction.grace:type_name -> google.protobuf.Duration
+	16, // 17: agentplane.agent.v1.CommandProgress.time:type_name -> google.protobuf.Timestamp
+	0,  // 18: agentplane.agent.v1.CommandProgress.kind:type_name -> agentplane.agent.v1.ProcessEventKind
+	7,  // 19: agentplane.agent.v1.CommandProgress.process:type_name -> agentplane.agent.v1.Process
+	1,  // 20: agentplane.agent.v1.CommandResult.outcome:type_name -> agentplane.agent.v1.CommandOutcome
+	16, // 21: agentplane.agent.v1.CommandResult.finish_time:type_name -> google.protobuf.Timestamp
+	2,  // 22: agentplane.agent.v1.AgentService.Connect:input_type -> agentplane.agent.v1.ConnectRequest
+	3,  // 23: agentplane.agent.v1.AgentService.Connect:output_type -> agentplane.agent.v1.ConnectResponse
+	23, // [23:24] is the sub-list for method output_type
+	22, // [22:23] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_agentplane_agent_v1_agent_proto_init() }
@@ -1304,6 +1387,7 @@ func file_agentplane_agent_v1_agent_proto_init() {
 	}
 	file_agentplane_agent_v1_agent_proto_msgTypes[6].OneofWrappers = []any{
 		(*Command_StopAgent)(nil),
+		(*Command_StartAgent)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1311,7 +1395,7 @@ func file_agentplane_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentplane_agent_v1_agent_proto_rawDesc), len(file_agentplane_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   12,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

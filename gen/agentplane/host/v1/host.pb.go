@@ -571,6 +571,711 @@ func (x *ListHostsResponse) GetTotalElements() int64 {
 	return 0
 }
 
+// StartAgentRequest names the host whose OCP Agent to start.
+type StartAgentRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Host id. Required, positive.
+	HostId        int64 `protobuf:"varint,1,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartAgentRequest) Reset() {
+	*x = StartAgentRequest{}
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartAgentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartAgentRequest) ProtoMessage() {}
+
+func (x *StartAgentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartAgentRequest.ProtoReflect.Descriptor instead.
+func (*StartAgentRequest) Descriptor() ([]byte, []int) {
+	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *StartAgentRequest) GetHostId() int64 {
+	if x != nil {
+		return x.HostId
+	}
+	return 0
+}
+
+// StartAgentResponse is the created task.
+type StartAgentResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The task "Start OCP agent", RUNNING.
+	Task          *v1.Task `protobuf:"bytes,1,opt,name=task,proto3" json:"task,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartAgentResponse) Reset() {
+	*x = StartAgentResponse{}
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartAgentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartAgentResponse) ProtoMessage() {}
+
+func (x *StartAgentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartAgentResponse.ProtoReflect.Descriptor instead.
+func (*StartAgentResponse) Descriptor() ([]byte, []int) {
+	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *StartAgentResponse) GetTask() *v1.Task {
+	if x != nil {
+		return x.Task
+	}
+	return nil
+}
+
+// RestartAgentRequest names the host whose OCP Agent to restart.
+type RestartAgentRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Host id. Required, positive.
+	HostId        int64 `protobuf:"varint,1,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestartAgentRequest) Reset() {
+	*x = RestartAgentRequest{}
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestartAgentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestartAgentRequest) ProtoMessage() {}
+
+func (x *RestartAgentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestartAgentRequest.ProtoReflect.Descriptor instead.
+func (*RestartAgentRequest) Descriptor() ([]byte, []int) {
+	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *RestartAgentRequest) GetHostId() int64 {
+	if x != nil {
+		return x.HostId
+	}
+	return 0
+}
+
+// RestartAgentResponse is the created task.
+type RestartAgentResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The task "Restart OCP agent", RUNNING.
+	Task          *v1.Task `protobuf:"bytes,1,opt,name=task,proto3" json:"task,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestartAgentResponse) Reset() {
+	*x = RestartAgentResponse{}
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestartAgentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestartAgentResponse) ProtoMessage() {}
+
+func (x *RestartAgentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestartAgentResponse.ProtoReflect.Descriptor instead.
+func (*RestartAgentResponse) Descriptor() ([]byte, []int) {
+	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *RestartAgentResponse) GetTask() *v1.Task {
+	if x != nil {
+		return x.Task
+	}
+	return nil
+}
+
+// BatchStopAgentsRequest names the hosts whose OCP Agents to stop.
+type BatchStopAgentsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Host ids: 1..2000 distinct positive ids.
+	HostIds       []int64 `protobuf:"varint,1,rep,packed,name=host_ids,json=hostIds,proto3" json:"host_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchStopAgentsRequest) Reset() {
+	*x = BatchStopAgentsRequest{}
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchStopAgentsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchStopAgentsRequest) ProtoMessage() {}
+
+func (x *BatchStopAgentsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchStopAgentsRequest.ProtoReflect.Descriptor instead.
+func (*BatchStopAgentsRequest) Descriptor() ([]byte, []int) {
+	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *BatchStopAgentsRequest) GetHostIds() []int64 {
+	if x != nil {
+		return x.HostIds
+	}
+	return nil
+}
+
+// BatchStopAgentsResponse is the created task.
+type BatchStopAgentsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The task "Batch stop OCP agent", RUNNING.
+	Task          *v1.Task `protobuf:"bytes,1,opt,name=task,proto3" json:"task,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchStopAgentsResponse) Reset() {
+	*x = BatchStopAgentsResponse{}
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchStopAgentsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchStopAgentsResponse) ProtoMessage() {}
+
+func (x *BatchStopAgentsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchStopAgentsResponse.ProtoReflect.Descriptor instead.
+func (*BatchStopAgentsResponse) Descriptor() ([]byte, []int) {
+	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *BatchStopAgentsResponse) GetTask() *v1.Task {
+	if x != nil {
+		return x.Task
+	}
+	return nil
+}
+
+// BatchRestartAgentsRequest names the hosts whose OCP Agents to restart.
+type BatchRestartAgentsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Host ids: 1..2000 distinct positive ids.
+	HostIds       []int64 `protobuf:"varint,1,rep,packed,name=host_ids,json=hostIds,proto3" json:"host_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchRestartAgentsRequest) Reset() {
+	*x = BatchRestartAgentsRequest{}
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchRestartAgentsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchRestartAgentsRequest) ProtoMessage() {}
+
+func (x *BatchRestartAgentsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchRestartAgentsRequest.ProtoReflect.Descriptor instead.
+func (*BatchRestartAgentsRequest) Descriptor() ([]byte, []int) {
+	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *BatchRestartAgentsRequest) GetHostIds() []int64 {
+	if x != nil {
+		return x.HostIds
+	}
+	return nil
+}
+
+// BatchRestartAgentsResponse is the created task.
+type BatchRestartAgentsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The task "Batch restart OCP agent", RUNNING.
+	Task          *v1.Task `protobuf:"bytes,1,opt,name=task,proto3" json:"task,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchRestartAgentsResponse) Reset() {
+	*x = BatchRestartAgentsResponse{}
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchRestartAgentsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchRestartAgentsResponse) ProtoMessage() {}
+
+func (x *BatchRestartAgentsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchRestartAgentsResponse.ProtoReflect.Descriptor instead.
+func (*BatchRestartAgentsResponse) Descriptor() ([]byte, []int) {
+	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *BatchRestartAgentsResponse) GetTask() *v1.Task {
+	if x != nil {
+		return x.Task
+	}
+	return nil
+}
+
+// GetHostAgentRequest names the host.
+type GetHostAgentRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Host id. Required, positive.
+	HostId        int64 `protobuf:"varint,1,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetHostAgentRequest) Reset() {
+	*x = GetHostAgentRequest{}
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetHostAgentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetHostAgentRequest) ProtoMessage() {}
+
+func (x *GetHostAgentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetHostAgentRequest.ProtoReflect.Descriptor instead.
+func (*GetHostAgentRequest) Descriptor() ([]byte, []int) {
+	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *GetHostAgentRequest) GetHostId() int64 {
+	if x != nil {
+		return x.HostId
+	}
+	return 0
+}
+
+// GetHostAgentResponse is the host's OCP Agent.
+type GetHostAgentResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The OCP Agent.
+	Agent         *HostAgent `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetHostAgentResponse) Reset() {
+	*x = GetHostAgentResponse{}
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetHostAgentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetHostAgentResponse) ProtoMessage() {}
+
+func (x *GetHostAgentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetHostAgentResponse.ProtoReflect.Descriptor instead.
+func (*GetHostAgentResponse) Descriptor() ([]byte, []int) {
+	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *GetHostAgentResponse) GetAgent() *HostAgent {
+	if x != nil {
+		return x.Agent
+	}
+	return nil
+}
+
+// HostAgent is the OCP Agent on one host.
+type HostAgent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Id of the agent record; the host's id (one agent per host).
+	Id int64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// OCP Agent version, when agentd could read it; empty otherwise.
+	Version string `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
+	// Install home agentd watches, e.g. /home/admin/ocp_agent.
+	InstallHome string `protobuf:"bytes,3,opt,name=install_home,json=installHome,proto3" json:"install_home,omitempty"`
+	// Log directory, <install home>/log.
+	LogHome string `protobuf:"bytes,4,opt,name=log_home,json=logHome,proto3" json:"log_home,omitempty"`
+	// Last time agentd reported the agent.
+	LastAvailableTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=last_available_time,json=lastAvailableTime,proto3" json:"last_available_time,omitempty"`
+	// The host.
+	HostId int64 `protobuf:"varint,6,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	// The host's inner IP address.
+	HostInnerIpAddress string `protobuf:"bytes,7,opt,name=host_inner_ip_address,json=hostInnerIpAddress,proto3" json:"host_inner_ip_address,omitempty"`
+	// STARTED when any base process runs, else STOPPED.
+	Status AgentStatus `protobuf:"varint,8,opt,name=status,proto3,enum=agentplane.host.v1.AgentStatus" json:"status,omitempty"`
+	// The base processes agentd has seen on the host.
+	Processes []*AgentProcess `protobuf:"bytes,9,rep,name=processes,proto3" json:"processes,omitempty"`
+	// When the host registered.
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// Last change of the record.
+	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HostAgent) Reset() {
+	*x = HostAgent{}
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HostAgent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HostAgent) ProtoMessage() {}
+
+func (x *HostAgent) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HostAgent.ProtoReflect.Descriptor instead.
+func (*HostAgent) Descriptor() ([]byte, []int) {
+	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *HostAgent) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *HostAgent) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *HostAgent) GetInstallHome() string {
+	if x != nil {
+		return x.InstallHome
+	}
+	return ""
+}
+
+func (x *HostAgent) GetLogHome() string {
+	if x != nil {
+		return x.LogHome
+	}
+	return ""
+}
+
+func (x *HostAgent) GetLastAvailableTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastAvailableTime
+	}
+	return nil
+}
+
+func (x *HostAgent) GetHostId() int64 {
+	if x != nil {
+		return x.HostId
+	}
+	return 0
+}
+
+func (x *HostAgent) GetHostInnerIpAddress() string {
+	if x != nil {
+		return x.HostInnerIpAddress
+	}
+	return ""
+}
+
+func (x *HostAgent) GetStatus() AgentStatus {
+	if x != nil {
+		return x.Status
+	}
+	return AgentStatus_AGENT_STATUS_UNSPECIFIED
+}
+
+func (x *HostAgent) GetProcesses() []*AgentProcess {
+	if x != nil {
+		return x.Processes
+	}
+	return nil
+}
+
+func (x *HostAgent) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *HostAgent) GetUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdateTime
+	}
+	return nil
+}
+
+// AgentProcess is one base process of the OCP Agent.
+type AgentProcess struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The host.
+	HostId int64 `protobuf:"varint,1,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	// Base name: ocp_agentd, ocp_mgragent or ocp_monagent.
+	Alias string `protobuf:"bytes,2,opt,name=alias,proto3" json:"alias,omitempty"`
+	// Process id while STARTED; the last one seen while STOPPED.
+	Pid int32 `protobuf:"varint,3,opt,name=pid,proto3" json:"pid,omitempty"`
+	// User the process runs as.
+	User string `protobuf:"bytes,4,opt,name=user,proto3" json:"user,omitempty"`
+	// Its command line.
+	StartCommand string `protobuf:"bytes,5,opt,name=start_command,json=startCommand,proto3" json:"start_command,omitempty"`
+	// When it started.
+	StartTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	// Last time agentd saw it running.
+	LastActiveTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=last_active_time,json=lastActiveTime,proto3" json:"last_active_time,omitempty"`
+	// STARTED when running at the last report, else STOPPED.
+	Status        AgentStatus `protobuf:"varint,8,opt,name=status,proto3,enum=agentplane.host.v1.AgentStatus" json:"status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AgentProcess) Reset() {
+	*x = AgentProcess{}
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentProcess) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentProcess) ProtoMessage() {}
+
+func (x *AgentProcess) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentProcess.ProtoReflect.Descriptor instead.
+func (*AgentProcess) Descriptor() ([]byte, []int) {
+	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *AgentProcess) GetHostId() int64 {
+	if x != nil {
+		return x.HostId
+	}
+	return 0
+}
+
+func (x *AgentProcess) GetAlias() string {
+	if x != nil {
+		return x.Alias
+	}
+	return ""
+}
+
+func (x *AgentProcess) GetPid() int32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *AgentProcess) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *AgentProcess) GetStartCommand() string {
+	if x != nil {
+		return x.StartCommand
+	}
+	return ""
+}
+
+func (x *AgentProcess) GetStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartTime
+	}
+	return nil
+}
+
+func (x *AgentProcess) GetLastActiveTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastActiveTime
+	}
+	return nil
+}
+
+func (x *AgentProcess) GetStatus() AgentStatus {
+	if x != nil {
+		return x.Status
+	}
+	return AgentStatus_AGENT_STATUS_UNSPECIFIED
+}
+
 var File_agentplane_host_v1_host_proto protoreflect.FileDescriptor
 
 const file_agentplane_host_v1_host_proto_rawDesc = "" +
@@ -605,7 +1310,52 @@ const file_agentplane_host_v1_host_proto_rawDesc = "" +
 	"\x04size\x18\x02 \x01(\x05R\x04size\"j\n" +
 	"\x11ListHostsResponse\x12.\n" +
 	"\x05hosts\x18\x01 \x03(\v2\x18.agentplane.host.v1.HostR\x05hosts\x12%\n" +
-	"\x0etotal_elements\x18\x02 \x01(\x03R\rtotalElements*\xa4\x01\n" +
+	"\x0etotal_elements\x18\x02 \x01(\x03R\rtotalElements\",\n" +
+	"\x11StartAgentRequest\x12\x17\n" +
+	"\ahost_id\x18\x01 \x01(\x03R\x06hostId\"B\n" +
+	"\x12StartAgentResponse\x12,\n" +
+	"\x04task\x18\x01 \x01(\v2\x18.agentplane.task.v1.TaskR\x04task\".\n" +
+	"\x13RestartAgentRequest\x12\x17\n" +
+	"\ahost_id\x18\x01 \x01(\x03R\x06hostId\"D\n" +
+	"\x14RestartAgentResponse\x12,\n" +
+	"\x04task\x18\x01 \x01(\v2\x18.agentplane.task.v1.TaskR\x04task\"3\n" +
+	"\x16BatchStopAgentsRequest\x12\x19\n" +
+	"\bhost_ids\x18\x01 \x03(\x03R\ahostIds\"G\n" +
+	"\x17BatchStopAgentsResponse\x12,\n" +
+	"\x04task\x18\x01 \x01(\v2\x18.agentplane.task.v1.TaskR\x04task\"6\n" +
+	"\x19BatchRestartAgentsRequest\x12\x19\n" +
+	"\bhost_ids\x18\x01 \x03(\x03R\ahostIds\"J\n" +
+	"\x1aBatchRestartAgentsResponse\x12,\n" +
+	"\x04task\x18\x01 \x01(\v2\x18.agentplane.task.v1.TaskR\x04task\".\n" +
+	"\x13GetHostAgentRequest\x12\x17\n" +
+	"\ahost_id\x18\x01 \x01(\x03R\x06hostId\"K\n" +
+	"\x14GetHostAgentResponse\x123\n" +
+	"\x05agent\x18\x01 \x01(\v2\x1d.agentplane.host.v1.HostAgentR\x05agent\"\xfe\x03\n" +
+	"\tHostAgent\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\tR\aversion\x12!\n" +
+	"\finstall_home\x18\x03 \x01(\tR\vinstallHome\x12\x19\n" +
+	"\blog_home\x18\x04 \x01(\tR\alogHome\x12J\n" +
+	"\x13last_available_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x11lastAvailableTime\x12\x17\n" +
+	"\ahost_id\x18\x06 \x01(\x03R\x06hostId\x121\n" +
+	"\x15host_inner_ip_address\x18\a \x01(\tR\x12hostInnerIpAddress\x127\n" +
+	"\x06status\x18\b \x01(\x0e2\x1f.agentplane.host.v1.AgentStatusR\x06status\x12>\n" +
+	"\tprocesses\x18\t \x03(\v2 .agentplane.host.v1.AgentProcessR\tprocesses\x12;\n" +
+	"\vcreate_time\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x12;\n" +
+	"\vupdate_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"updateTime\"\xc2\x02\n" +
+	"\fAgentProcess\x12\x17\n" +
+	"\ahost_id\x18\x01 \x01(\x03R\x06hostId\x12\x14\n" +
+	"\x05alias\x18\x02 \x01(\tR\x05alias\x12\x10\n" +
+	"\x03pid\x18\x03 \x01(\x05R\x03pid\x12\x12\n" +
+	"\x04user\x18\x04 \x01(\tR\x04user\x12#\n" +
+	"\rstart_command\x18\x05 \x01(\tR\fstartCommand\x129\n" +
+	"\n" +
+	"start_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x12D\n" +
+	"\x10last_active_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x0elastActiveTime\x127\n" +
+	"\x06status\x18\b \x01(\x0e2\x1f.agentplane.host.v1.AgentStatusR\x06status*\xa4\x01\n" +
 	"\n" +
 	"HostStatus\x12\x1b\n" +
 	"\x17HOST_STATUS_UNSPECIFIED\x10\x00\x12\x13\n" +
@@ -617,11 +1367,17 @@ const file_agentplane_host_v1_host_proto_rawDesc = "" +
 	"\vAgentStatus\x12\x1c\n" +
 	"\x18AGENT_STATUS_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14AGENT_STATUS_STARTED\x10\x01\x12\x18\n" +
-	"\x14AGENT_STATUS_STOPPED\x10\x022\x95\x02\n" +
+	"\x14AGENT_STATUS_STOPPED\x10\x022\x99\x06\n" +
 	"\vHostService\x12X\n" +
 	"\tStopAgent\x12$.agentplane.host.v1.StopAgentRequest\x1a%.agentplane.host.v1.StopAgentResponse\x12R\n" +
 	"\aGetHost\x12\".agentplane.host.v1.GetHostRequest\x1a#.agentplane.host.v1.GetHostResponse\x12X\n" +
-	"\tListHosts\x12$.agentplane.host.v1.ListHostsRequest\x1a%.agentplane.host.v1.ListHostsResponseB\xb7\x01\n" +
+	"\tListHosts\x12$.agentplane.host.v1.ListHostsRequest\x1a%.agentplane.host.v1.ListHostsResponse\x12[\n" +
+	"\n" +
+	"StartAgent\x12%.agentplane.host.v1.StartAgentRequest\x1a&.agentplane.host.v1.StartAgentResponse\x12a\n" +
+	"\fRestartAgent\x12'.agentplane.host.v1.RestartAgentRequest\x1a(.agentplane.host.v1.RestartAgentResponse\x12j\n" +
+	"\x0fBatchStopAgents\x12*.agentplane.host.v1.BatchStopAgentsRequest\x1a+.agentplane.host.v1.BatchStopAgentsResponse\x12s\n" +
+	"\x12BatchRestartAgents\x12-.agentplane.host.v1.BatchRestartAgentsRequest\x1a..agentplane.host.v1.BatchRestartAgentsResponse\x12a\n" +
+	"\fGetHostAgent\x12'.agentplane.host.v1.GetHostAgentRequest\x1a(.agentplane.host.v1.GetHostAgentResponseB\xb7\x01\n" +
 	"\x16com.agentplane.host.v1B\tHostProtoP\x01Z(agentplane/gen/agentplane/host/v1;hostv1\xa2\x02\x03AHX\xaa\x02\x12Agentplane.Host.V1\xca\x02\x12Agentplane\\Host\\V1\xe2\x02\x1eAgentplane\\Host\\V1\\GPBMetadata\xea\x02\x14Agentplane::Host::V1b\x06proto3"
 
 var (
@@ -637,40 +1393,75 @@ func file_agentplane_host_v1_host_proto_rawDescGZIP() []byte {
 }
 
 var file_agentplane_host_v1_host_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_agentplane_host_v1_host_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_agentplane_host_v1_host_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_agentplane_host_v1_host_proto_goTypes = []any{
-	(HostStatus)(0),               // 0: agentplane.host.v1.HostStatus
-	(AgentStatus)(0),              // 1: agentplane.host.v1.AgentStatus
-	(*Host)(nil),                  // 2: agentplane.host.v1.Host
-	(*StopAgentRequest)(nil),      // 3: agentplane.host.v1.StopAgentRequest
-	(*StopAgentResponse)(nil),     // 4: agentplane.host.v1.StopAgentResponse
-	(*GetHostRequest)(nil),        // 5: agentplane.host.v1.GetHostRequest
-	(*GetHostResponse)(nil),       // 6: agentplane.host.v1.GetHostResponse
-	(*ListHostsRequest)(nil),      // 7: agentplane.host.v1.ListHostsRequest
-	(*ListHostsResponse)(nil),     // 8: agentplane.host.v1.ListHostsResponse
-	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
-	(*v1.Task)(nil),               // 10: agentplane.task.v1.Task
+	(HostStatus)(0),                    // 0: agentplane.host.v1.HostStatus
+	(AgentStatus)(0),                   // 1: agentplane.host.v1.AgentStatus
+	(*Host)(nil),                       // 2: agentplane.host.v1.Host
+	(*StopAgentRequest)(nil),           // 3: agentplane.host.v1.StopAgentRequest
+	(*StopAgentResponse)(nil),          // 4: agentplane.host.v1.StopAgentResponse
+	(*GetHostRequest)(nil),             // 5: agentplane.host.v1.GetHostRequest
+	(*GetHostResponse)(nil),            // 6: agentplane.host.v1.GetHostResponse
+	(*ListHostsRequest)(nil),           // 7: agentplane.host.v1.ListHostsRequest
+	(*ListHostsResponse)(nil),          // 8: agentplane.host.v1.ListHostsResponse
+	(*StartAgentRequest)(nil),          // 9: agentplane.host.v1.StartAgentRequest
+	(*StartAgentResponse)(nil),         // 10: agentplane.host.v1.StartAgentResponse
+	(*RestartAgentRequest)(nil),        // 11: agentplane.host.v1.RestartAgentRequest
+	(*RestartAgentResponse)(nil),       // 12: agentplane.host.v1.RestartAgentResponse
+	(*BatchStopAgentsRequest)(nil),     // 13: agentplane.host.v1.BatchStopAgentsRequest
+	(*BatchStopAgentsResponse)(nil),    // 14: agentplane.host.v1.BatchStopAgentsResponse
+	(*BatchRestartAgentsRequest)(nil),  // 15: agentplane.host.v1.BatchRestartAgentsRequest
+	(*BatchRestartAgentsResponse)(nil), // 16: agentplane.host.v1.BatchRestartAgentsResponse
+	(*GetHostAgentRequest)(nil),        // 17: agentplane.host.v1.GetHostAgentRequest
+	(*GetHostAgentResponse)(nil),       // 18: agentplane.host.v1.GetHostAgentResponse
+	(*HostAgent)(nil),                  // 19: agentplane.host.v1.HostAgent
+	(*AgentProcess)(nil),               // 20: agentplane.host.v1.AgentProcess
+	(*timestamppb.Timestamp)(nil),      // 21: google.protobuf.Timestamp
+	(*v1.Task)(nil),                    // 22: agentplane.task.v1.Task
 }
 var file_agentplane_host_v1_host_proto_depIdxs = []int32{
 	0,  // 0: agentplane.host.v1.Host.status:type_name -> agentplane.host.v1.HostStatus
 	1,  // 1: agentplane.host.v1.Host.agent_status:type_name -> agentplane.host.v1.AgentStatus
-	9,  // 2: agentplane.host.v1.Host.last_available_time:type_name -> google.protobuf.Timestamp
-	9,  // 3: agentplane.host.v1.Host.create_time:type_name -> google.protobuf.Timestamp
-	9,  // 4: agentplane.host.v1.Host.update_time:type_name -> google.protobuf.Timestamp
-	10, // 5: agentplane.host.v1.StopAgentResponse.task:type_name -> agentplane.task.v1.Task
+	21, // 2: agentplane.host.v1.Host.last_available_time:type_name -> google.protobuf.Timestamp
+	21, // 3: agentplane.host.v1.Host.create_time:type_name -> google.protobuf.Timestamp
+	21, // 4: agentplane.host.v1.Host.update_time:type_name -> google.protobuf.Timestamp
+	22, // 5: agentplane.host.v1.StopAgentResponse.task:type_name -> agentplane.task.v1.Task
 	2,  // 6: agentplane.host.v1.GetHostResponse.host:type_name -> agentplane.host.v1.Host
 	2,  // 7: agentplane.host.v1.ListHostsResponse.hosts:type_name -> agentplane.host.v1.Host
-	3,  // 8: agentplane.host.v1.HostService.StopAgent:input_type -> agentplane.host.v1.StopAgentRequest
-	5,  // 9: agentplane.host.v1.HostService.GetHost:input_type -> agentplane.host.v1.GetHostRequest
-	7,  // 10: agentplane.host.v1.HostService.ListHosts:input_type -> agentplane.host.v1.ListHostsRequest
-	4,  // 11: agentplane.host.v1.HostService.StopAgent:output_type -> agentplane.host.v1.StopAgentResponse
-	6,  // 12: agentplane.host.v1.HostService.GetHost:output_type -> agentplane.host.v1.GetHostResponse
-	8,  // 13: agentplane.host.v1.HostService.ListHosts:output_type -> agentplane.host.v1.ListHostsResponse
-	11, // [11:14] is the sub-list for method output_type
-	8,  // [8:11] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	22, // 8: agentplane.host.v1.StartAgentResponse.task:type_name -> agentplane.task.v1.Task
+	22, // 9: agentplane.host.v1.RestartAgentResponse.task:type_name -> agentplane.task.v1.Task
+	22, // 10: agentplane.host.v1.BatchStopAgentsResponse.task:type_name -> agentplane.task.v1.Task
+	22, // 11: agentplane.host.v1.BatchRestartAgentsResponse.task:type_name -> agentplane.task.v1.Task
+	19, // 12: agentplane.host.v1.GetHostAgentResponse.agent:type_name -> agentplane.host.v1.HostAgent
+	21, // 13: agentplane.host.v1.HostAgent.last_available_time:type_name -> google.protobuf.Timestamp
+	1,  // 14: agentplane.host.v1.HostAgent.status:type_name -> agentplane.host.v1.AgentStatus
+	20, // 15: agentplane.host.v1.HostAgent.processes:type_name -> agentplane.host.v1.AgentProcess
+	21, // 16: agentplane.host.v1.HostAgent.create_time:type_name -> google.protobuf.Timestamp
+	21, // 17: agentplane.host.v1.HostAgent.update_time:type_name -> google.protobuf.Timestamp
+	21, // 18: agentplane.host.v1.AgentProcess.start_time:type_name -> google.protobuf.Timestamp
+	21, // 19: agentplane.host.v1.AgentProcess.last_active_time:type_name -> google.protobuf.Timestamp
+	1,  // 20: agentplane.host.v1.AgentProcess.status:type_name -> agentplane.host.v1.AgentStatus
+	3,  // 21: agentplane.host.v1.HostService.StopAgent:input_type -> agentplane.host.v1.StopAgentRequest
+	5,  // 22: agentplane.host.v1.HostService.GetHost:input_type -> agentplane.host.v1.GetHostRequest
+	7,  // 23: agentplane.host.v1.HostService.ListHosts:input_type -> agentplane.host.v1.ListHostsRequest
+	9,  // 24: agentplane.host.v1.HostService.StartAgent:input_type -> agentplane.host.v1.StartAgentRequest
+	11, // 25: agentplane.host.v1.HostService.RestartAgent:input_type -> agentplane.host.v1.RestartAgentRequest
+	13, // 26: agentplane.host.v1.HostService.BatchStopAgents:input_type -> agentplane.host.v1.BatchStopAgentsRequest
+	15, // 27: agentplane.host.v1.HostService.BatchRestartAgents:input_type -> agentplane.host.v1.BatchRestartAgentsRequest
+	17, // 28: agentplane.host.v1.HostService.GetHostAgent:input_type -> agentplane.host.v1.GetHostAgentRequest
+	4,  // 29: agentplane.host.v1.HostService.StopAgent:output_type -> agentplane.host.v1.StopAgentResponse
+	6,  // 30: agentplane.host.v1.HostService.GetHost:output_type -> agentplane.host.v1.GetHostResponse
+	8,  // 31: agentplane.host.v1.HostService.ListHosts:output_type -> agentplane.host.v1.ListHostsResponse
+	10, // 32: agentplane.host.v1.HostService.StartAgent:output_type -> agentplane.host.v1.StartAgentResponse
+	12, // 33: agentplane.host.v1.HostService.RestartAgent:output_type -> agentplane.host.v1.RestartAgentResponse
+	14, // 34: agentplane.host.v1.HostService.BatchStopAgents:output_type -> agentplane.host.v1.BatchStopAgentsResponse
+	16, // 35: agentplane.host.v1.HostService.BatchRestartAgents:output_type -> agentplane.host.v1.BatchRestartAgentsResponse
+	18, // 36: agentplane.host.v1.HostService.GetHostAgent:output_type -> agentplane.host.v1.GetHostAgentResponse
+	29, // [29:37] is the sub-list for method output_type
+	21, // [21:29] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_agentplane_host_v1_host_proto_init() }
@@ -684,7 +1475,7 @@ func file_agentplane_host_v1_host_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentplane_host_v1_host_proto_rawDesc), len(file_agentplane_host_v1_host_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   7,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,9 +19,14 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	HostService_StopAgent_FullMethodName = "/agentplane.host.v1.HostService/StopAgent"
-	HostService_GetHost_FullMethodName   = "/agentplane.host.v1.HostService/GetHost"
-	HostService_ListHosts_FullMethodName = "/agentplane.host.v1.HostService/ListHosts"
+	HostService_StopAgent_FullMethodName          = "/agentplane.host.v1.HostService/StopAgent"
+	HostService_GetHost_FullMethodName            = "/agentplane.host.v1.HostService/GetHost"
+	HostService_ListHosts_FullMethodName          = "/agentplane.host.v1.HostService/ListHosts"
+	HostService_StartAgent_FullMethodName         = "/agentplane.host.v1.HostService/StartAgent"
+	HostService_RestartAgent_FullMethodName       = "/agentplane.host.v1.HostService/RestartAgent"
+	HostService_BatchStopAgents_FullMethodName    = "/agentplane.host.v1.HostService/BatchStopAgents"
+	HostService_BatchRestartAgents_FullMethodName = "/agentplane.host.v1.HostService/BatchRestartAgents"
+	HostService_GetHostAgent_FullMethodName       = "/agentplane.host.v1.HostService/GetHostAgent"
 )
 
 // HostServiceClient is the client API for HostService service.
@@ -39,6 +44,22 @@ type HostServiceClient interface {
 	GetHost(ctx context.Context, in *GetHostRequest, opts ...grpc.CallOption) (*GetHostResponse, error)
 	// ListHosts returns hosts by ascending id. Needs HOST_VIEWER.
 	ListHosts(ctx context.Context, in *ListHostsRequest, opts ...grpc.CallOption) (*ListHostsResponse, error)
+	// StartAgent creates the task "Start OCP agent" that starts the OCP Agent's
+	// base processes (bin/ocp_agentctl start where it exists, else the command
+	// lines agentd recorded, ocp_agentd first). Needs HOST_MANAGER.
+	StartAgent(ctx context.Context, in *StartAgentRequest, opts ...grpc.CallOption) (*StartAgentResponse, error)
+	// RestartAgent creates the task "Restart OCP agent": stop, then start.
+	// Needs HOST_MANAGER.
+	RestartAgent(ctx context.Context, in *RestartAgentRequest, opts ...grpc.CallOption) (*RestartAgentResponse, error)
+	// BatchStopAgents creates one task "Batch stop OCP agent" with a parallel
+	// branch per host. One host's failure does not stop the others. Needs
+	// HOST_MANAGER. ABORTED when another agent operation holds one of the hosts.
+	BatchStopAgents(ctx context.Context, in *BatchStopAgentsRequest, opts ...grpc.CallOption) (*BatchStopAgentsResponse, error)
+	// BatchRestartAgents is BatchStopAgents for restart. Needs HOST_MANAGER.
+	BatchRestartAgents(ctx context.Context, in *BatchRestartAgentsRequest, opts ...grpc.CallOption) (*BatchRestartAgentsResponse, error)
+	// GetHostAgent returns the OCP Agent of a host with its base processes, as
+	// agentd last reported them. Needs HOST_VIEWER.
+	GetHostAgent(ctx context.Context, in *GetHostAgentRequest, opts ...grpc.CallOption) (*GetHostAgentResponse, error)
 }
 
 type hostServiceClient struct {
@@ -79,6 +100,56 @@ func (c *hostServiceClient) ListHosts(ctx context.Context, in *ListHostsRequest,
 	return out, nil
 }
 
+func (c *hostServiceClient) StartAgent(ctx context.Context, in *StartAgentRequest, opts ...grpc.CallOption) (*StartAgentResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(StartAgentResponse)
+	err := c.cc.Invoke(ctx, HostService_StartAgent_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *hostServiceClient) RestartAgent(ctx context.Context, in *RestartAgentRequest, opts ...grpc.CallOption) (*RestartAgentResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RestartAgentResponse)
+	err := c.cc.Invoke(ctx, HostService_RestartAgent_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *hostServiceClient) BatchStopAgents(ctx context.Context, in *BatchStopAgentsRequest, opts ...grpc.CallOption) (*BatchStopAgentsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BatchStopAgentsResponse)
+	err := c.cc.Invoke(ctx, HostService_BatchStopAgents_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *hostServiceClient) BatchRestartAgents(ctx context.Context, in *BatchRestartAgentsRequest, opts ...grpc.CallOption) (*BatchRestartAgentsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BatchRestartAgentsResponse)
+	err := c.cc.Invoke(ctx, HostService_BatchRestartAgents_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *hostServiceClient) GetHostAgent(ctx context.Context, in *GetHostAgentRequest, opts ...grpc.CallOption) (*GetHostAgentResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetHostAgentResponse)
+	err := c.cc.Invoke(ctx, HostService_GetHostAgent_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // HostServiceServer is the server API for HostService service.
 // All implementations must embed UnimplementedHostServiceServer
 // for forward compatibility.
@@ -94,6 +165,22 @@ type HostServiceServer interface {
 	GetHost(context.Context, *GetHostRequest) (*GetHostResponse, error)
 	// ListHosts returns hosts by ascending id. Needs HOST_VIEWER.
 	ListHosts(context.Context, *ListHostsRequest) (*ListHostsResponse, error)
+	// StartAgent creates the task "Start OCP agent" that starts the OCP Agent's
+	// base processes (bin/ocp_agentctl start where it exists, else the command
+	// lines agentd recorded, ocp_agentd first). Needs HOST_MANAGER.
+	StartAgent(context.Context, *StartAgentRequest) (*StartAgentResponse, error)
+	// RestartAgent creates the task "Restart OCP agent": stop, then start.
+	// Needs HOST_MANAGER.
+	RestartAgent(context.Context, *RestartAgentRequest) (*RestartAgentResponse, error)
+	// BatchStopAgents creates one task "Batch stop OCP agent" with a parallel
+	// branch per host. One host's failure does not stop the others. Needs
+	// HOST_MANAGER. ABORTED when another agent operation holds one of the hosts.
+	BatchStopAgents(context.Context, *BatchStopAgentsRequest) (*BatchStopAgentsResponse, error)
+	// BatchRestartAgents is BatchStopAgents for restart. Needs HOST_MANAGER.
+	BatchRestartAgents(context.Context, *BatchRestartAgentsRequest) (*BatchRestartAgentsResponse, error)
+	// GetHostAgent returns the OCP Agent of a host with its base processes, as
+	// agentd last reported them. Needs HOST_VIEWER.
+	GetHostAgent(context.Context, *GetHostAgentRequest) (*GetHostAgentResponse, error)
 	mustEmbedUnimplementedHostServiceServer()
 }
 
@@ -112,6 +199,21 @@ func (UnimplementedHostServiceServer) GetHost(context.Context, *GetHostRequest) 
 }
 func (UnimplementedHostServiceServer) ListHosts(context.Context, *ListHostsRequest) (*ListHostsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListHosts not implemented")
+}
+func (UnimplementedHostServiceServer) StartAgent(context.Context, *StartAgentRequest) (*StartAgentResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method StartAgent not implemented")
+}
+func (UnimplementedHostServiceServer) RestartAgent(context.Context, *RestartAgentRequest) (*RestartAgentResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RestartAgent not implemented")
+}
+func (UnimplementedHostServiceServer) BatchStopAgents(context.Context, *BatchStopAgentsRequest) (*BatchStopAgentsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method BatchStopAgents not implemented")
+}
+func (UnimplementedHostServiceServer) BatchRestartAgents(context.Context, *BatchRestartAgentsRequest) (*BatchRestartAgentsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method BatchRestartAgents not implemented")
+}
+func (UnimplementedHostServiceServer) GetHostAgent(context.Context, *GetHostAgentRequest) (*GetHostAgentResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetHostAgent not implemented")
 }
 func (UnimplementedHostServiceServer) mustEmbedUnimplementedHostServiceServer() {}
 func (UnimplementedHostServiceServer) testEmbeddedByValue()                     {}
@@ -188,6 +290,96 @@ func _HostService_ListHosts_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _HostService_StartAgent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StartAgentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(HostServiceServer).StartAgent(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: HostService_StartAgent_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(HostServiceServer).StartAgent(ctx, req.(*StartAgentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _HostService_RestartAgent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RestartAgentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(HostServiceServer).RestartAgent(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: HostService_RestartAgent_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(HostServiceServer).RestartAgent(ctx, req.(*RestartAgentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _HostService_BatchStopAgents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BatchStopAgentsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(HostServiceServer).BatchStopAgents(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: HostService_BatchStopAgents_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(HostServiceServer).BatchStopAgents(ctx, req.(*BatchStopAgentsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _HostService_BatchRestartAgents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BatchRestartAgentsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(HostServiceServer).BatchRestartAgents(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: HostService_BatchRestartAgents_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(HostServiceServer).BatchRestartAgents(ctx, req.(*BatchRestartAgentsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _HostService_GetHostAgent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetHostAgentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(HostServiceServer).GetHostAgent(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: HostService_GetHostAgent_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(HostServiceServer).GetHostAgent(ctx, req.(*GetHostAgentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // HostService_ServiceDesc is the grpc.ServiceDesc for HostService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -206,6 +398,26 @@ var HostService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListHosts",
 			Handler:    _HostService_ListHosts_Handler,
+		},
+		{
+			MethodName: "StartAgent",
+			Handler:    _HostService_StartAgent_Handler,
+		},
+		{
+			MethodName: "RestartAgent",
+			Handler:    _HostService_RestartAgent_Handler,
+		},
+		{
+			MethodName: "BatchStopAgents",
+			Handler:    _HostService_BatchStopAgents_Handler,
+		},
+		{
+			MethodName: "BatchRestartAgents",
+			Handler:    _HostService_BatchRestartAgents_Handler,
+		},
+		{
+			MethodName: "GetHostAgent",
+			Handler:    _HostService_GetHostAgent_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

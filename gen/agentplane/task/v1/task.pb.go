@@ -848,7 +848,14 @@ type ListTasksRequest struct {
 	// Page number, 1-based; 0 means 1.
 	Page int32 `protobuf:"varint,3,opt,name=page,proto3" json:"page,omitempty"`
 	// Page size, 1..2000; 0 means 20.
-	Size          int32 `protobuf:"varint,4,opt,name=size,proto3" json:"size,omitempty"`
+	Size int32 `protobuf:"varint,4,opt,name=size,proto3" json:"size,omitempty"`
+	// Only tasks whose name contains this text (case-insensitive); empty for all.
+	Name string `protobuf:"bytes,5,opt,name=name,proto3" json:"name,omitempty"`
+	// Only tasks of this type; UNSPECIFIED for all.
+	Type TaskType `protobuf:"varint,6,opt,name=type,proto3,enum=agentplane.task.v1.TaskType" json:"type,omitempty"`
+	// Order as "field,direction": field one of id, name, status, startTime,
+	// endTime; direction asc or desc. Empty means "id,desc".
+	Sort          string `protobuf:"bytes,7,opt,name=sort,proto3" json:"sort,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -911,10 +918,31 @@ func (x *ListTasksRequest) GetSize() int32 {
 	return 0
 }
 
+func (x *ListTasksRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ListTasksRequest) GetType() TaskType {
+	if x != nil {
+		return x.Type
+	}
+	return TaskType_TASK_TYPE_UNSPECIFIED
+}
+
+func (x *ListTasksRequest) GetSort() string {
+	if x != nil {
+		return x.Sort
+	}
+	return ""
+}
+
 // ListTasksResponse is one page of tasks.
 type ListTasksResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The tasks on this page, newest first.
+	// The tasks on this page, in the requested order.
 	Tasks []*Task `protobuf:"bytes,1,rep,name=tasks,proto3" json:"tasks,omitempty"`
 	// Number of tasks that match the filter, over all pages.
 	TotalElements int64 `protobuf:"varint,2,opt,name=total_elements,json=totalElements,proto3" json:"total_elements,omitempty"`
@@ -1058,6 +1086,595 @@ func (x *WatchTaskResponse) GetTask() *Task {
 	return nil
 }
 
+// RetryTaskRequest names the task to retry.
+type RetryTaskRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Task id. Required, positive.
+	Id            int64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryTaskRequest) Reset() {
+	*x = RetryTaskRequest{}
+	mi := &file_agentplane_task_v1_task_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryTaskRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryTaskRequest) ProtoMessage() {}
+
+func (x *RetryTaskRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_task_v1_task_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryTaskRequest.ProtoReflect.Descriptor instead.
+func (*RetryTaskRequest) Descriptor() ([]byte, []int) {
+	return file_agentplane_task_v1_task_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *RetryTaskRequest) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+// RetryTaskResponse is the task after the retry began.
+type RetryTaskResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The task, RUNNING.
+	Task          *Task `protobuf:"bytes,1,opt,name=task,proto3" json:"task,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryTaskResponse) Reset() {
+	*x = RetryTaskResponse{}
+	mi := &file_agentplane_task_v1_task_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryTaskResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryTaskResponse) ProtoMessage() {}
+
+func (x *RetryTaskResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_task_v1_task_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryTaskResponse.ProtoReflect.Descriptor instead.
+func (*RetryTaskResponse) Descriptor() ([]byte, []int) {
+	return file_agentplane_task_v1_task_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *RetryTaskResponse) GetTask() *Task {
+	if x != nil {
+		return x.Task
+	}
+	return nil
+}
+
+// RollbackTaskRequest names the task to roll back.
+type RollbackTaskRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Task id. Required, positive.
+	Id            int64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RollbackTaskRequest) Reset() {
+	*x = RollbackTaskRequest{}
+	mi := &file_agentplane_task_v1_task_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RollbackTaskRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RollbackTaskRequest) ProtoMessage() {}
+
+func (x *RollbackTaskRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_task_v1_task_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RollbackTaskRequest.ProtoReflect.Descriptor instead.
+func (*RollbackTaskRequest) Descriptor() ([]byte, []int) {
+	return file_agentplane_task_v1_task_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *RollbackTaskRequest) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+// RollbackTaskResponse is the task after the rollback began.
+type RollbackTaskResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The task, RUNNING with operation ROLLBACK.
+	Task          *Task `protobuf:"bytes,1,opt,name=task,proto3" json:"task,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RollbackTaskResponse) Reset() {
+	*x = RollbackTaskResponse{}
+	mi := &file_agentplane_task_v1_task_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RollbackTaskResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RollbackTaskResponse) ProtoMessage() {}
+
+func (x *RollbackTaskResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_task_v1_task_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RollbackTaskResponse.ProtoReflect.Descriptor instead.
+func (*RollbackTaskResponse) Descriptor() ([]byte, []int) {
+	return file_agentplane_task_v1_task_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *RollbackTaskResponse) GetTask() *Task {
+	if x != nil {
+		return x.Task
+	}
+	return nil
+}
+
+// RetrySubtaskRequest names the subtask to retry.
+type RetrySubtaskRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Task id. Required, positive.
+	TaskId int64 `protobuf:"varint,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	// Subtask id, of that task. Required, positive.
+	SubtaskId     int64 `protobuf:"varint,2,opt,name=subtask_id,json=subtaskId,proto3" json:"subtask_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetrySubtaskRequest) Reset() {
+	*x = RetrySubtaskRequest{}
+	mi := &file_agentplane_task_v1_task_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetrySubtaskRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetrySubtaskRequest) ProtoMessage() {}
+
+func (x *RetrySubtaskRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_task_v1_task_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetrySubtaskRequest.ProtoReflect.Descriptor instead.
+func (*RetrySubtaskRequest) Descriptor() ([]byte, []int) {
+	return file_agentplane_task_v1_task_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *RetrySubtaskRequest) GetTaskId() int64 {
+	if x != nil {
+		return x.TaskId
+	}
+	return 0
+}
+
+func (x *RetrySubtaskRequest) GetSubtaskId() int64 {
+	if x != nil {
+		return x.SubtaskId
+	}
+	return 0
+}
+
+// RetrySubtaskResponse is the task after the retry began.
+type RetrySubtaskResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The task.
+	Task          *Task `protobuf:"bytes,1,opt,name=task,proto3" json:"task,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetrySubtaskResponse) Reset() {
+	*x = RetrySubtaskResponse{}
+	mi := &file_agentplane_task_v1_task_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetrySubtaskResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetrySubtaskResponse) ProtoMessage() {}
+
+func (x *RetrySubtaskResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_task_v1_task_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetrySubtaskResponse.ProtoReflect.Descriptor instead.
+func (*RetrySubtaskResponse) Descriptor() ([]byte, []int) {
+	return file_agentplane_task_v1_task_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *RetrySubtaskResponse) GetTask() *Task {
+	if x != nil {
+		return x.Task
+	}
+	return nil
+}
+
+// SkipSubtaskRequest names the subtask to skip.
+type SkipSubtaskRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Task id. Required, positive.
+	TaskId int64 `protobuf:"varint,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	// Subtask id, of that task. Required, positive.
+	SubtaskId     int64 `protobuf:"varint,2,opt,name=subtask_id,json=subtaskId,proto3" json:"subtask_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SkipSubtaskRequest) Reset() {
+	*x = SkipSubtaskRequest{}
+	mi := &file_agentplane_task_v1_task_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SkipSubtaskRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SkipSubtaskRequest) ProtoMessage() {}
+
+func (x *SkipSubtaskRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_task_v1_task_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SkipSubtaskRequest.ProtoReflect.Descriptor instead.
+func (*SkipSubtaskRequest) Descriptor() ([]byte, []int) {
+	return file_agentplane_task_v1_task_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *SkipSubtaskRequest) GetTaskId() int64 {
+	if x != nil {
+		return x.TaskId
+	}
+	return 0
+}
+
+func (x *SkipSubtaskRequest) GetSubtaskId() int64 {
+	if x != nil {
+		return x.SubtaskId
+	}
+	return 0
+}
+
+// SkipSubtaskResponse is the task after the skip.
+type SkipSubtaskResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The task.
+	Task          *Task `protobuf:"bytes,1,opt,name=task,proto3" json:"task,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SkipSubtaskResponse) Reset() {
+	*x = SkipSubtaskResponse{}
+	mi := &file_agentplane_task_v1_task_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SkipSubtaskResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SkipSubtaskResponse) ProtoMessage() {}
+
+func (x *SkipSubtaskResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_task_v1_task_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SkipSubtaskResponse.ProtoReflect.Descriptor instead.
+func (*SkipSubtaskResponse) Descriptor() ([]byte, []int) {
+	return file_agentplane_task_v1_task_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *SkipSubtaskResponse) GetTask() *Task {
+	if x != nil {
+		return x.Task
+	}
+	return nil
+}
+
+// CancelSubtaskRequest names the subtask to cancel.
+type CancelSubtaskRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Task id. Required, positive.
+	TaskId int64 `protobuf:"varint,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	// Subtask id, of that task. Required, positive.
+	SubtaskId     int64 `protobuf:"varint,2,opt,name=subtask_id,json=subtaskId,proto3" json:"subtask_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelSubtaskRequest) Reset() {
+	*x = CancelSubtaskRequest{}
+	mi := &file_agentplane_task_v1_task_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelSubtaskRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelSubtaskRequest) ProtoMessage() {}
+
+func (x *CancelSubtaskRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_task_v1_task_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelSubtaskRequest.ProtoReflect.Descriptor instead.
+func (*CancelSubtaskRequest) Descriptor() ([]byte, []int) {
+	return file_agentplane_task_v1_task_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *CancelSubtaskRequest) GetTaskId() int64 {
+	if x != nil {
+		return x.TaskId
+	}
+	return 0
+}
+
+func (x *CancelSubtaskRequest) GetSubtaskId() int64 {
+	if x != nil {
+		return x.SubtaskId
+	}
+	return 0
+}
+
+// CancelSubtaskResponse is the task once the cancel is recorded.
+type CancelSubtaskResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The task; the subtask is CANCELING until its work has stopped.
+	Task          *Task `protobuf:"bytes,1,opt,name=task,proto3" json:"task,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelSubtaskResponse) Reset() {
+	*x = CancelSubtaskResponse{}
+	mi := &file_agentplane_task_v1_task_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelSubtaskResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelSubtaskResponse) ProtoMessage() {}
+
+func (x *CancelSubtaskResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_task_v1_task_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelSubtaskResponse.ProtoReflect.Descriptor instead.
+func (*CancelSubtaskResponse) Descriptor() ([]byte, []int) {
+	return file_agentplane_task_v1_task_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *CancelSubtaskResponse) GetTask() *Task {
+	if x != nil {
+		return x.Task
+	}
+	return nil
+}
+
+// GetSubtaskLogRequest names the subtask whose log to read.
+type GetSubtaskLogRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Task id. Required, positive.
+	TaskId int64 `protobuf:"varint,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	// Subtask id, of that task. Required, positive.
+	SubtaskId     int64 `protobuf:"varint,2,opt,name=subtask_id,json=subtaskId,proto3" json:"subtask_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSubtaskLogRequest) Reset() {
+	*x = GetSubtaskLogRequest{}
+	mi := &file_agentplane_task_v1_task_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSubtaskLogRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSubtaskLogRequest) ProtoMessage() {}
+
+func (x *GetSubtaskLogRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_task_v1_task_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSubtaskLogRequest.ProtoReflect.Descriptor instead.
+func (*GetSubtaskLogRequest) Descriptor() ([]byte, []int) {
+	return file_agentplane_task_v1_task_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *GetSubtaskLogRequest) GetTaskId() int64 {
+	if x != nil {
+		return x.TaskId
+	}
+	return 0
+}
+
+func (x *GetSubtaskLogRequest) GetSubtaskId() int64 {
+	if x != nil {
+		return x.SubtaskId
+	}
+	return 0
+}
+
+// GetSubtaskLogResponse is a subtask's log.
+type GetSubtaskLogResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The log text, one line per event, each attempt starting with
+	// ############{OPERATION}{timestamp}############.
+	Log           string `protobuf:"bytes,1,opt,name=log,proto3" json:"log,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSubtaskLogResponse) Reset() {
+	*x = GetSubtaskLogResponse{}
+	mi := &file_agentplane_task_v1_task_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSubtaskLogResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSubtaskLogResponse) ProtoMessage() {}
+
+func (x *GetSubtaskLogResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_task_v1_task_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSubtaskLogResponse.ProtoReflect.Descriptor instead.
+func (*GetSubtaskLogResponse) Descriptor() ([]byte, []int) {
+	return file_agentplane_task_v1_task_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *GetSubtaskLogResponse) GetLog() string {
+	if x != nil {
+		return x.Log
+	}
+	return ""
+}
+
 var File_agentplane_task_v1_task_proto protoreflect.FileDescriptor
 
 const file_agentplane_task_v1_task_proto_rawDesc = "" +
@@ -1119,19 +1736,54 @@ const file_agentplane_task_v1_task_proto_rawDesc = "" +
 	"\x0eGetTaskRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x03R\x02id\"?\n" +
 	"\x0fGetTaskResponse\x12,\n" +
-	"\x04task\x18\x01 \x01(\v2\x18.agentplane.task.v1.TaskR\x04task\"\x8b\x01\n" +
+	"\x04task\x18\x01 \x01(\v2\x18.agentplane.task.v1.TaskR\x04task\"\xe5\x01\n" +
 	"\x10ListTasksRequest\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\x03R\x06hostId\x126\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x1e.agentplane.task.v1.TaskStatusR\x06status\x12\x12\n" +
 	"\x04page\x18\x03 \x01(\x05R\x04page\x12\x12\n" +
-	"\x04size\x18\x04 \x01(\x05R\x04size\"j\n" +
+	"\x04size\x18\x04 \x01(\x05R\x04size\x12\x12\n" +
+	"\x04name\x18\x05 \x01(\tR\x04name\x120\n" +
+	"\x04type\x18\x06 \x01(\x0e2\x1c.agentplane.task.v1.TaskTypeR\x04type\x12\x12\n" +
+	"\x04sort\x18\a \x01(\tR\x04sort\"j\n" +
 	"\x11ListTasksResponse\x12.\n" +
 	"\x05tasks\x18\x01 \x03(\v2\x18.agentplane.task.v1.TaskR\x05tasks\x12%\n" +
 	"\x0etotal_elements\x18\x02 \x01(\x03R\rtotalElements\"\"\n" +
 	"\x10WatchTaskRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x03R\x02id\"A\n" +
 	"\x11WatchTaskResponse\x12,\n" +
-	"\x04task\x18\x01 \x01(\v2\x18.agentplane.task.v1.TaskR\x04task*v\n" +
+	"\x04task\x18\x01 \x01(\v2\x18.agentplane.task.v1.TaskR\x04task\"\"\n" +
+	"\x10RetryTaskRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x03R\x02id\"A\n" +
+	"\x11RetryTaskResponse\x12,\n" +
+	"\x04task\x18\x01 \x01(\v2\x18.agentplane.task.v1.TaskR\x04task\"%\n" +
+	"\x13RollbackTaskRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x03R\x02id\"D\n" +
+	"\x14RollbackTaskResponse\x12,\n" +
+	"\x04task\x18\x01 \x01(\v2\x18.agentplane.task.v1.TaskR\x04task\"M\n" +
+	"\x13RetrySubtaskRequest\x12\x17\n" +
+	"\atask_id\x18\x01 \x01(\x03R\x06taskId\x12\x1d\n" +
+	"\n" +
+	"subtask_id\x18\x02 \x01(\x03R\tsubtaskId\"D\n" +
+	"\x14RetrySubtaskResponse\x12,\n" +
+	"\x04task\x18\x01 \x01(\v2\x18.agentplane.task.v1.TaskR\x04task\"L\n" +
+	"\x12SkipSubtaskRequest\x12\x17\n" +
+	"\atask_id\x18\x01 \x01(\x03R\x06taskId\x12\x1d\n" +
+	"\n" +
+	"subtask_id\x18\x02 \x01(\x03R\tsubtaskId\"C\n" +
+	"\x13SkipSubtaskResponse\x12,\n" +
+	"\x04task\x18\x01 \x01(\v2\x18.agentplane.task.v1.TaskR\x04task\"N\n" +
+	"\x14CancelSubtaskRequest\x12\x17\n" +
+	"\atask_id\x18\x01 \x01(\x03R\x06taskId\x12\x1d\n" +
+	"\n" +
+	"subtask_id\x18\x02 \x01(\x03R\tsubtaskId\"E\n" +
+	"\x15CancelSubtaskResponse\x12,\n" +
+	"\x04task\x18\x01 \x01(\v2\x18.agentplane.task.v1.TaskR\x04task\"N\n" +
+	"\x14GetSubtaskLogRequest\x12\x17\n" +
+	"\atask_id\x18\x01 \x01(\x03R\x06taskId\x12\x1d\n" +
+	"\n" +
+	"subtask_id\x18\x02 \x01(\x03R\tsubtaskId\")\n" +
+	"\x15GetSubtaskLogResponse\x12\x10\n" +
+	"\x03log\x18\x01 \x01(\tR\x03log*v\n" +
 	"\n" +
 	"TaskStatus\x12\x1b\n" +
 	"\x17TASK_STATUS_UNSPECIFIED\x10\x00\x12\x17\n" +
@@ -1158,11 +1810,17 @@ const file_agentplane_task_v1_task_proto_rawDesc = "" +
 	"\x16SUBTASK_STATUS_RUNNING\x10\x03\x12\x1c\n" +
 	"\x18SUBTASK_STATUS_CANCELING\x10\x04\x12\x19\n" +
 	"\x15SUBTASK_STATUS_FAILED\x10\x05\x12\x1d\n" +
-	"\x19SUBTASK_STATUS_SUCCESSFUL\x10\x062\x97\x02\n" +
+	"\x19SUBTASK_STATUS_SUCCESSFUL\x10\x062\xe3\x06\n" +
 	"\vTaskService\x12R\n" +
 	"\aGetTask\x12\".agentplane.task.v1.GetTaskRequest\x1a#.agentplane.task.v1.GetTaskResponse\x12X\n" +
 	"\tListTasks\x12$.agentplane.task.v1.ListTasksRequest\x1a%.agentplane.task.v1.ListTasksResponse\x12Z\n" +
-	"\tWatchTask\x12$.agentplane.task.v1.WatchTaskRequest\x1a%.agentplane.task.v1.WatchTaskResponse0\x01B\xb7\x01\n" +
+	"\tWatchTask\x12$.agentplane.task.v1.WatchTaskRequest\x1a%.agentplane.task.v1.WatchTaskResponse0\x01\x12X\n" +
+	"\tRetryTask\x12$.agentplane.task.v1.RetryTaskRequest\x1a%.agentplane.task.v1.RetryTaskResponse\x12a\n" +
+	"\fRollbackTask\x12'.agentplane.task.v1.RollbackTaskRequest\x1a(.agentplane.task.v1.RollbackTaskResponse\x12a\n" +
+	"\fRetrySubtask\x12'.agentplane.task.v1.RetrySubtaskRequest\x1a(.agentplane.task.v1.RetrySubtaskResponse\x12^\n" +
+	"\vSkipSubtask\x12&.agentplane.task.v1.SkipSubtaskRequest\x1a'.agentplane.task.v1.SkipSubtaskResponse\x12d\n" +
+	"\rCancelSubtask\x12(.agentplane.task.v1.CancelSubtaskRequest\x1a).agentplane.task.v1.CancelSubtaskResponse\x12d\n" +
+	"\rGetSubtaskLog\x12(.agentplane.task.v1.GetSubtaskLogRequest\x1a).agentplane.task.v1.GetSubtaskLogResponseB\xb7\x01\n" +
 	"\x16com.agentplane.task.v1B\tTaskProtoP\x01Z(agentplane/gen/agentplane/task/v1;taskv1\xa2\x02\x03ATX\xaa\x02\x12Agentplane.Task.V1\xca\x02\x12Agentplane\\Task\\V1\xe2\x02\x1eAgentplane\\Task\\V1\\GPBMetadata\xea\x02\x14Agentplane::Task::V1b\x06proto3"
 
 var (
@@ -1178,7 +1836,7 @@ func file_agentplane_task_v1_task_proto_rawDescGZIP() []byte {
 }
 
 var file_agentplane_task_v1_task_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_agentplane_task_v1_task_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_agentplane_task_v1_task_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_agentplane_task_v1_task_proto_goTypes = []any{
 	(TaskStatus)(0),               // 0: agentplane.task.v1.TaskStatus
 	(TaskType)(0),                 // 1: agentplane.task.v1.TaskType
@@ -1194,40 +1852,70 @@ var file_agentplane_task_v1_task_proto_goTypes = []any{
 	(*ListTasksResponse)(nil),     // 11: agentplane.task.v1.ListTasksResponse
 	(*WatchTaskRequest)(nil),      // 12: agentplane.task.v1.WatchTaskRequest
 	(*WatchTaskResponse)(nil),     // 13: agentplane.task.v1.WatchTaskResponse
-	nil,                           // 14: agentplane.task.v1.TaskContext.ListMapEntry
-	nil,                           // 15: agentplane.task.v1.TaskContext.StringMapEntry
-	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
+	(*RetryTaskRequest)(nil),      // 14: agentplane.task.v1.RetryTaskRequest
+	(*RetryTaskResponse)(nil),     // 15: agentplane.task.v1.RetryTaskResponse
+	(*RollbackTaskRequest)(nil),   // 16: agentplane.task.v1.RollbackTaskRequest
+	(*RollbackTaskResponse)(nil),  // 17: agentplane.task.v1.RollbackTaskResponse
+	(*RetrySubtaskRequest)(nil),   // 18: agentplane.task.v1.RetrySubtaskRequest
+	(*RetrySubtaskResponse)(nil),  // 19: agentplane.task.v1.RetrySubtaskResponse
+	(*SkipSubtaskRequest)(nil),    // 20: agentplane.task.v1.SkipSubtaskRequest
+	(*SkipSubtaskResponse)(nil),   // 21: agentplane.task.v1.SkipSubtaskResponse
+	(*CancelSubtaskRequest)(nil),  // 22: agentplane.task.v1.CancelSubtaskRequest
+	(*CancelSubtaskResponse)(nil), // 23: agentplane.task.v1.CancelSubtaskResponse
+	(*GetSubtaskLogRequest)(nil),  // 24: agentplane.task.v1.GetSubtaskLogRequest
+	(*GetSubtaskLogResponse)(nil), // 25: agentplane.task.v1.GetSubtaskLogResponse
+	nil,                           // 26: agentplane.task.v1.TaskContext.ListMapEntry
+	nil,                           // 27: agentplane.task.v1.TaskContext.StringMapEntry
+	(*timestamppb.Timestamp)(nil), // 28: google.protobuf.Timestamp
 }
 var file_agentplane_task_v1_task_proto_depIdxs = []int32{
-	14, // 0: agentplane.task.v1.TaskContext.list_map:type_name -> agentplane.task.v1.TaskContext.ListMapEntry
-	15, // 1: agentplane.task.v1.TaskContext.string_map:type_name -> agentplane.task.v1.TaskContext.StringMapEntry
+	26, // 0: agentplane.task.v1.TaskContext.list_map:type_name -> agentplane.task.v1.TaskContext.ListMapEntry
+	27, // 1: agentplane.task.v1.TaskContext.string_map:type_name -> agentplane.task.v1.TaskContext.StringMapEntry
 	1,  // 2: agentplane.task.v1.Task.type:type_name -> agentplane.task.v1.TaskType
 	2,  // 3: agentplane.task.v1.Task.operation:type_name -> agentplane.task.v1.Operation
 	0,  // 4: agentplane.task.v1.Task.status:type_name -> agentplane.task.v1.TaskStatus
-	16, // 5: agentplane.task.v1.Task.start_time:type_name -> google.protobuf.Timestamp
-	16, // 6: agentplane.task.v1.Task.end_time:type_name -> google.protobuf.Timestamp
+	28, // 5: agentplane.task.v1.Task.start_time:type_name -> google.protobuf.Timestamp
+	28, // 6: agentplane.task.v1.Task.end_time:type_name -> google.protobuf.Timestamp
 	4,  // 7: agentplane.task.v1.Task.context:type_name -> agentplane.task.v1.TaskContext
 	7,  // 8: agentplane.task.v1.Task.subtasks:type_name -> agentplane.task.v1.Subtask
 	2,  // 9: agentplane.task.v1.Subtask.operation:type_name -> agentplane.task.v1.Operation
 	3,  // 10: agentplane.task.v1.Subtask.status:type_name -> agentplane.task.v1.SubtaskStatus
-	16, // 11: agentplane.task.v1.Subtask.start_time:type_name -> google.protobuf.Timestamp
-	16, // 12: agentplane.task.v1.Subtask.end_time:type_name -> google.protobuf.Timestamp
+	28, // 11: agentplane.task.v1.Subtask.start_time:type_name -> google.protobuf.Timestamp
+	28, // 12: agentplane.task.v1.Subtask.end_time:type_name -> google.protobuf.Timestamp
 	6,  // 13: agentplane.task.v1.GetTaskResponse.task:type_name -> agentplane.task.v1.Task
 	0,  // 14: agentplane.task.v1.ListTasksRequest.status:type_name -> agentplane.task.v1.TaskStatus
-	6,  // 15: agentplane.task.v1.ListTasksResponse.tasks:type_name -> agentplane.task.v1.Task
-	6,  // 16: agentplane.task.v1.WatchTaskResponse.task:type_name -> agentplane.task.v1.Task
-	5,  // 17: agentplane.task.v1.TaskContext.ListMapEntry.value:type_name -> agentplane.task.v1.StringList
-	8,  // 18: agentplane.task.v1.TaskService.GetTask:input_type -> agentplane.task.v1.GetTaskRequest
-	10, // 19: agentplane.task.v1.TaskService.ListTasks:input_type -> agentplane.task.v1.ListTasksRequest
-	12, // 20: agentplane.task.v1.TaskService.WatchTask:input_type -> agentplane.task.v1.WatchTaskRequest
-	9,  // 21: agentplane.task.v1.TaskService.GetTask:output_type -> agentplane.task.v1.GetTaskResponse
-	11, // 22: agentplane.task.v1.TaskService.ListTasks:output_type -> agentplane.task.v1.ListTasksResponse
-	13, // 23: agentplane.task.v1.TaskService.WatchTask:output_type -> agentplane.task.v1.WatchTaskResponse
-	21, // [21:24] is the sub-list for method output_type
-	18, // [18:21] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	1,  // 15: agentplane.task.v1.ListTasksRequest.type:type_name -> agentplane.task.v1.TaskType
+	6,  // 16: agentplane.task.v1.ListTasksResponse.tasks:type_name -> agentplane.task.v1.Task
+	6,  // 17: agentplane.task.v1.WatchTaskResponse.task:type_name -> agentplane.task.v1.Task
+	6,  // 18: agentplane.task.v1.RetryTaskResponse.task:type_name -> agentplane.task.v1.Task
+	6,  // 19: agentplane.task.v1.RollbackTaskResponse.task:type_name -> agentplane.task.v1.Task
+	6,  // 20: agentplane.task.v1.RetrySubtaskResponse.task:type_name -> agentplane.task.v1.Task
+	6,  // 21: agentplane.task.v1.SkipSubtaskResponse.task:type_name -> agentplane.task.v1.Task
+	6,  // 22: agentplane.task.v1.CancelSubtaskResponse.task:type_name -> agentplane.task.v1.Task
+	5,  // 23: agentplane.task.v1.TaskContext.ListMapEntry.value:type_name -> agentplane.task.v1.StringList
+	8,  // 24: agentplane.task.v1.TaskService.GetTask:input_type -> agentplane.task.v1.GetTaskRequest
+	10, // 25: agentplane.task.v1.TaskService.ListTasks:input_type -> agentplane.task.v1.ListTasksRequest
+	12, // 26: agentplane.task.v1.TaskService.WatchTask:input_type -> agentplane.task.v1.WatchTaskRequest
+	14, // 27: agentplane.task.v1.TaskService.RetryTask:input_type -> agentplane.task.v1.RetryTaskRequest
+	16, // 28: agentplane.task.v1.TaskService.RollbackTask:input_type -> agentplane.task.v1.RollbackTaskRequest
+	18, // 29: agentplane.task.v1.TaskService.RetrySubtask:input_type -> agentplane.task.v1.RetrySubtaskRequest
+	20, // 30: agentplane.task.v1.TaskService.SkipSubtask:input_type -> agentplane.task.v1.SkipSubtaskRequest
+	22, // 31: agentplane.task.v1.TaskService.CancelSubtask:input_type -> agentplane.task.v1.CancelSubtaskRequest
+	24, // 32: agentplane.task.v1.TaskService.GetSubtaskLog:input_type -> agentplane.task.v1.GetSubtaskLogRequest
+	9,  // 33: agentplane.task.v1.TaskService.GetTask:output_type -> agentplane.task.v1.GetTaskResponse
+	11, // 34: agentplane.task.v1.TaskService.ListTasks:output_type -> agentplane.task.v1.ListTasksResponse
+	13, // 35: agentplane.task.v1.TaskService.WatchTask:output_type -> agentplane.task.v1.WatchTaskResponse
+	15, // 36: agentplane.task.v1.TaskService.RetryTask:output_type -> agentplane.task.v1.RetryTaskResponse
+	17, // 37: agentplane.task.v1.TaskService.RollbackTask:output_type -> agentplane.task.v1.RollbackTaskResponse
+	19, // 38: agentplane.task.v1.TaskService.RetrySubtask:output_type -> agentplane.task.v1.RetrySubtaskResponse
+	21, // 39: agentplane.task.v1.TaskService.SkipSubtask:output_type -> agentplane.task.v1.SkipSubtaskResponse
+	23, // 40: agentplane.task.v1.TaskService.CancelSubtask:output_type -> agentplane.task.v1.CancelSubtaskResponse
+	25, // 41: agentplane.task.v1.TaskService.GetSubtaskLog:output_type -> agentplane.task.v1.GetSubtaskLogResponse
+	33, // [33:42] is the sub-list for method output_type
+	24, // [24:33] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_agentplane_task_v1_task_proto_init() }
@@ -1241,7 +1929,7 @@ func file_agentplane_task_v1_task_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentplane_task_v1_task_proto_rawDesc), len(file_agentplane_task_v1_task_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   12,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

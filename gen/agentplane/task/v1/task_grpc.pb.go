@@ -19,9 +19,15 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	TaskService_GetTask_FullMethodName   = "/agentplane.task.v1.TaskService/GetTask"
-	TaskService_ListTasks_FullMethodName = "/agentplane.task.v1.TaskService/ListTasks"
-	TaskService_WatchTask_FullMethodName = "/agentplane.task.v1.TaskService/WatchTask"
+	TaskService_GetTask_FullMethodName       = "/agentplane.task.v1.TaskService/GetTask"
+	TaskService_ListTasks_FullMethodName     = "/agentplane.task.v1.TaskService/ListTasks"
+	TaskService_WatchTask_FullMethodName     = "/agentplane.task.v1.TaskService/WatchTask"
+	TaskService_RetryTask_FullMethodName     = "/agentplane.task.v1.TaskService/RetryTask"
+	TaskService_RollbackTask_FullMethodName  = "/agentplane.task.v1.TaskService/RollbackTask"
+	TaskService_RetrySubtask_FullMethodName  = "/agentplane.task.v1.TaskService/RetrySubtask"
+	TaskService_SkipSubtask_FullMethodName   = "/agentplane.task.v1.TaskService/SkipSubtask"
+	TaskService_CancelSubtask_FullMethodName = "/agentplane.task.v1.TaskService/CancelSubtask"
+	TaskService_GetSubtaskLog_FullMethodName = "/agentplane.task.v1.TaskService/GetSubtaskLog"
 )
 
 // TaskServiceClient is the client API for TaskService service.
@@ -33,11 +39,35 @@ const (
 type TaskServiceClient interface {
 	// GetTask returns one task with all its subtasks. NOT_FOUND when no task has the id.
 	GetTask(ctx context.Context, in *GetTaskRequest, opts ...grpc.CallOption) (*GetTaskResponse, error)
-	// ListTasks returns tasks, newest first, optionally filtered by host and status.
+	// ListTasks returns a page of tasks, newest first unless sorted otherwise,
+	// filtered by name, status, type and host. Needs TASK_VIEWER.
 	ListTasks(ctx context.Context, in *ListTasksRequest, opts ...grpc.CallOption) (*ListTasksResponse, error)
 	// WatchTask sends the whole task at once and again on every change, and ends
 	// (status OK) after sending the task in a final status (SUCCESSFUL or FAILED).
 	WatchTask(ctx context.Context, in *WatchTaskRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchTaskResponse], error)
+	// RetryTask re-runs the failed subtasks of a FAILED task: each goes back to
+	// READY with operation RETRY and run_time + 1. A task that failed while
+	// rolling back retries the rollback. Needs TASK_MANAGER. FAILED_PRECONDITION
+	// when the task is not FAILED; ABORTED when another task now holds one of
+	// its hosts.
+	RetryTask(ctx context.Context, in *RetryTaskRequest, opts ...grpc.CallOption) (*RetryTaskResponse, error)
+	// RollbackTask undoes a FAILED task: the subtasks that ran are rolled back in
+	// reverse DAG order and return to PENDING; the task then ends SUCCESSFUL with
+	// operation ROLLBACK. Needs TASK_MANAGER. FAILED_PRECONDITION when the task is
+	// not FAILED or rollback is prohibited (the message says which).
+	RollbackTask(ctx context.Context, in *RollbackTaskRequest, opts ...grpc.CallOption) (*RollbackTaskResponse, error)
+	// RetrySubtask re-runs one FAILED subtask. Needs TASK_MANAGER.
+	RetrySubtask(ctx context.Context, in *RetrySubtaskRequest, opts ...grpc.CallOption) (*RetrySubtaskResponse, error)
+	// SkipSubtask marks one FAILED subtask done without running it (operation
+	// SKIP; ROLLBACK_SKIP while rolling back). Needs TASK_MANAGER.
+	SkipSubtask(ctx context.Context, in *SkipSubtaskRequest, opts ...grpc.CallOption) (*SkipSubtaskResponse, error)
+	// CancelSubtask stops a RUNNING subtask: it becomes CANCELING, the work is
+	// stopped (agentd stops signalling and reports what it did), and it ends
+	// FAILED with operation CANCEL. Needs TASK_MANAGER.
+	CancelSubtask(ctx context.Context, in *CancelSubtaskRequest, opts ...grpc.CallOption) (*CancelSubtaskResponse, error)
+	// GetSubtaskLog returns a subtask's log: a header line per attempt, then the
+	// lines of that attempt. Readable while the subtask runs. Needs TASK_VIEWER.
+	GetSubtaskLog(ctx context.Context, in *GetSubtaskLogRequest, opts ...grpc.CallOption) (*GetSubtaskLogResponse, error)
 }
 
 type taskServiceClient struct {
@@ -87,6 +117,66 @@ func (c *taskServiceClient) WatchTask(ctx context.Context, in *WatchTaskRequest,
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type TaskService_WatchTaskClient = grpc.ServerStreamingClient[WatchTaskResponse]
 
+func (c *taskServiceClient) RetryTask(ctx context.Context, in *RetryTaskRequest, opts ...grpc.CallOption) (*RetryTaskResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RetryTaskResponse)
+	err := c.cc.Invoke(ctx, TaskService_RetryTask_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *taskServiceClient) RollbackTask(ctx context.Context, in *RollbackTaskRequest, opts ...grpc.CallOption) (*RollbackTaskResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RollbackTaskResponse)
+	err := c.cc.Invoke(ctx, TaskService_RollbackTask_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *taskServiceClient) RetrySubtask(ctx context.Context, in *RetrySubtaskRequest, opts ...grpc.CallOption) (*RetrySubtaskResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RetrySubtaskResponse)
+	err := c.cc.Invoke(ctx, TaskService_RetrySubtask_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *taskServiceClient) SkipSubtask(ctx context.Context, in *SkipSubtaskRequest, opts ...grpc.CallOption) (*SkipSubtaskResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SkipSubtaskResponse)
+	err := c.cc.Invoke(ctx, TaskService_SkipSubtask_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *taskServiceClient) CancelSubtask(ctx context.Context, in *CancelSubtaskRequest, opts ...grpc.CallOption) (*CancelSubtaskResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CancelSubtaskResponse)
+	err := c.cc.Invoke(ctx, TaskService_CancelSubtask_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *taskServiceClient) GetSubtaskLog(ctx context.Context, in *GetSubtaskLogRequest, opts ...grpc.CallOption) (*GetSubtaskLogResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetSubtaskLogResponse)
+	err := c.cc.Invoke(ctx, TaskService_GetSubtaskLog_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // TaskServiceServer is the server API for TaskService service.
 // All implementations must embed UnimplementedTaskServiceServer
 // for forward compatibility.
@@ -96,11 +186,35 @@ type TaskService_WatchTaskClient = grpc.ServerStreamingClient[WatchTaskResponse]
 type TaskServiceServer interface {
 	// GetTask returns one task with all its subtasks. NOT_FOUND when no task has the id.
 	GetTask(context.Context, *GetTaskRequest) (*GetTaskResponse, error)
-	// ListTasks returns tasks, newest first, optionally filtered by host and status.
+	// ListTasks returns a page of tasks, newest first unless sorted otherwise,
+	// filtered by name, status, type and host. Needs TASK_VIEWER.
 	ListTasks(context.Context, *ListTasksRequest) (*ListTasksResponse, error)
 	// WatchTask sends the whole task at once and again on every change, and ends
 	// (status OK) after sending the task in a final status (SUCCESSFUL or FAILED).
 	WatchTask(*WatchTaskRequest, grpc.ServerStreamingServer[WatchTaskResponse]) error
+	// RetryTask re-runs the failed subtasks of a FAILED task: each goes back to
+	// READY with operation RETRY and run_time + 1. A task that failed while
+	// rolling back retries the rollback. Needs TASK_MANAGER. FAILED_PRECONDITION
+	// when the task is not FAILED; ABORTED when another task now holds one of
+	// its hosts.
+	RetryTask(context.Context, *RetryTaskRequest) (*RetryTaskResponse, error)
+	// RollbackTask undoes a FAILED task: the subtasks that ran are rolled back in
+	// reverse DAG order and return to PENDING; the task then ends SUCCESSFUL with
+	// operation ROLLBACK. Needs TASK_MANAGER. FAILED_PRECONDITION when the task is
+	// not FAILED or rollback is prohibited (the message says which).
+	RollbackTask(context.Context, *RollbackTaskRequest) (*RollbackTaskResponse, error)
+	// RetrySubtask re-runs one FAILED subtask. Needs TASK_MANAGER.
+	RetrySubtask(context.Context, *RetrySubtaskRequest) (*RetrySubtaskResponse, error)
+	// SkipSubtask marks one FAILED subtask done without running it (operation
+	// SKIP; ROLLBACK_SKIP while rolling back). Needs TASK_MANAGER.
+	SkipSubtask(context.Context, *SkipSubtaskRequest) (*SkipSubtaskResponse, error)
+	// CancelSubtask stops a RUNNING subtask: it becomes CANCELING, the work is
+	// stopped (agentd stops signalling and reports what it did), and it ends
+	// FAILED with operation CANCEL. Needs TASK_MANAGER.
+	CancelSubtask(context.Context, *CancelSubtaskRequest) (*CancelSubtaskResponse, error)
+	// GetSubtaskLog returns a subtask's log: a header line per attempt, then the
+	// lines of that attempt. Readable while the subtask runs. Needs TASK_VIEWER.
+	GetSubtaskLog(context.Context, *GetSubtaskLogRequest) (*GetSubtaskLogResponse, error)
 	mustEmbedUnimplementedTaskServiceServer()
 }
 
@@ -119,6 +233,24 @@ func (UnimplementedTaskServiceServer) ListTasks(context.Context, *ListTasksReque
 }
 func (UnimplementedTaskServiceServer) WatchTask(*WatchTaskRequest, grpc.ServerStreamingServer[WatchTaskResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchTask not implemented")
+}
+func (UnimplementedTaskServiceServer) RetryTask(context.Context, *RetryTaskRequest) (*RetryTaskResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RetryTask not implemented")
+}
+func (UnimplementedTaskServiceServer) RollbackTask(context.Context, *RollbackTaskRequest) (*RollbackTaskResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RollbackTask not implemented")
+}
+func (UnimplementedTaskServiceServer) RetrySubtask(context.Context, *RetrySubtaskRequest) (*RetrySubtaskResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RetrySubtask not implemented")
+}
+func (UnimplementedTaskServiceServer) SkipSubtask(context.Context, *SkipSubtaskRequest) (*SkipSubtaskResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SkipSubtask not implemented")
+}
+func (UnimplementedTaskServiceServer) CancelSubtask(context.Context, *CancelSubtaskRequest) (*CancelSubtaskResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CancelSubtask not implemented")
+}
+func (UnimplementedTaskServiceServer) GetSubtaskLog(context.Context, *GetSubtaskLogRequest) (*GetSubtaskLogResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetSubtaskLog not implemented")
 }
 func (UnimplementedTaskServiceServer) mustEmbedUnimplementedTaskServiceServer() {}
 func (UnimplementedTaskServiceServer) testEmbeddedByValue()                     {}
@@ -188,6 +320,114 @@ func _TaskService_WatchTask_Handler(srv interface{}, stream grpc.ServerStream) e
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type TaskService_WatchTaskServer = grpc.ServerStreamingServer[WatchTaskResponse]
 
+func _TaskService_RetryTask_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RetryTaskRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TaskServiceServer).RetryTask(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TaskService_RetryTask_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TaskServiceServer).RetryTask(ctx, req.(*RetryTaskRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _TaskService_RollbackTask_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RollbackTaskRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TaskServiceServer).RollbackTask(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TaskService_RollbackTask_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TaskServiceServer).RollbackTask(ctx, req.(*RollbackTaskRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _TaskService_RetrySubtask_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RetrySubtaskRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TaskServiceServer).RetrySubtask(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TaskService_RetrySubtask_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TaskServiceServer).RetrySubtask(ctx, req.(*RetrySubtaskRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _TaskService_SkipSubtask_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SkipSubtaskRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TaskServiceServer).SkipSubtask(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TaskService_SkipSubtask_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TaskServiceServer).SkipSubtask(ctx, req.(*SkipSubtaskRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _TaskService_CancelSubtask_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CancelSubtaskRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TaskServiceServer).CancelSubtask(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TaskService_CancelSubtask_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TaskServiceServer).CancelSubtask(ctx, req.(*CancelSubtaskRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _TaskService_GetSubtaskLog_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetSubtaskLogRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TaskServiceServer).GetSubtaskLog(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TaskService_GetSubtaskLog_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TaskServiceServer).GetSubtaskLog(ctx, req.(*GetSubtaskLogRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // TaskService_ServiceDesc is the grpc.ServiceDesc for TaskService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -202,6 +442,30 @@ var TaskService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListTasks",
 			Handler:    _TaskService_ListTasks_Handler,
+		},
+		{
+			MethodName: "RetryTask",
+			Handler:    _TaskService_RetryTask_Handler,
+		},
+		{
+			MethodName: "RollbackTask",
+			Handler:    _TaskService_RollbackTask_Handler,
+		},
+		{
+			MethodName: "RetrySubtask",
+			Handler:    _TaskService_RetrySubtask_Handler,
+		},
+		{
+			MethodName: "SkipSubtask",
+			Handler:    _TaskService_SkipSubtask_Handler,
+		},
+		{
+			MethodName: "CancelSubtask",
+			Handler:    _TaskService_CancelSubtask_Handler,
+		},
+		{
+			MethodName: "GetSubtaskLog",
+			Handler:    _TaskService_GetSubtaskLog_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
