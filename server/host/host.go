@@ -35,7 +35,7 @@ type Host struct {
 	Status        Status
 	AgentStatus   AgentStatus
 	AgentdVersion string
-	InstallHome   string // the OCP Agent install home agentd watches
+	InstallHome   string    // the OCP Agent install home agentd watches
 	LastSeen      time.Time // last time agentd was heard from; zero if never
 	OpTaskID      int64     // agent-operation task holding the host; 0 if none
 	Processes     []Process // OCP Agent processes as agentd last reported them
