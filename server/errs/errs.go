@@ -21,6 +21,9 @@ var (
 	ErrConflict = errors.New("conflict")
 	// ErrFailedPrecondition: the operation is not allowed in the current state.
 	ErrFailedPrecondition = errors.New("operation not allowed in this state")
+	// ErrRollbackProhibited: the task may not be rolled back (OCP's
+	// prohibitRollback).
+	ErrRollbackProhibited = errors.New("rollback prohibited")
 	// ErrUnavailable: a dependency (e.g. the host's agentd) cannot be reached now.
 	ErrUnavailable = errors.New("unavailable")
 )
@@ -28,7 +31,7 @@ var (
 // Kind returns the sentinel kind that err wraps, or nil when it wraps none
 // (an internal error).
 func Kind(err error) error {
-	for _, k := range []error{ErrInvalidArgument, ErrUnauthenticated, ErrPermissionDenied, ErrNotFound, ErrConflict, ErrFailedPrecondition, ErrUnavailable} {
+	for _, k := range []error{ErrInvalidArgument, ErrUnauthenticated, ErrPermissionDenied, ErrNotFound, ErrConflict, ErrFailedPrecondition, ErrRollbackProhibited, ErrUnavailable} {
 		if errors.Is(err, k) {
 			return k
 		}

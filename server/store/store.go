@@ -24,6 +24,7 @@ import (
 	_ "modernc.org/sqlite" // the "sqlite" database/sql driver
 
 	"agentplane/server/errs"
+	"agentplane/server/task"
 )
 
 // Store is the SQL store. It is safe for concurrent use.
@@ -187,7 +188,7 @@ func expectOne(res sql.Result, what string) error {
 		return fmt.Errorf("%s: %w", what, err)
 	}
 	if n != 1 {
-		return fmt.Errorf("%s: state changed concurrently: %w", what, errs.ErrConflict)
+		return fmt.Errorf("%s: %w", what, task.ErrChanged)
 	}
 	return nil
 }

@@ -50,7 +50,7 @@ func TestTaskRoundTripAndDurability(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	created, err := s.CreateTask(ctx, withSubtasks(plan(h.ID)))
+	created, _, err := s.CreateTask(ctx, withSubtasks(plan(h.ID)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,11 +82,11 @@ func TestCreateTaskLockConflictAndMissingHost(t *testing.T) {
 	ctx := context.Background()
 	s := open(t, t.TempDir())
 	h, _ := s.RegisterHost(ctx, host.Host{Name: "h1"}, time.Now())
-	first, err := s.CreateTask(ctx, withSubtasks(plan(h.ID)))
+	first, _, err := s.CreateTask(ctx, withSubtasks(plan(h.ID)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = s.CreateTask(ctx, withSubtasks(plan(h.ID)))
+	_, _, err = s.CreateTask(ctx, withSubtasks(plan(h.ID)))
 	if !errors.Is(err, errs.ErrConflict) {
 		t.Fatalf("second task on a locked host: %v, want ErrConflict", err)
 	}
@@ -97,7 +97,7 @@ func TestCreateTaskLockConflictAndMissingHost(t *testing.T) {
 	if page.Total != 1 {
 		t.Fatalf("a refused task was stored: %d tasks", page.Total)
 	}
-	if _, err := s.CreateTask(ctx, withSubtasks(plan(999))); !errors.Is(err, errs.ErrNotFound) {
+	if _, _, err := s.CreateTask(ctx, withSubtasks(plan(999))); !errors.Is(err, errs.ErrNotFound) {
 		t.Fatalf("task on a missing host: %v, want ErrNotFound", err)
 	}
 }
@@ -106,21 +106,21 @@ func TestUpdateTaskIsCompareAndSwap(t *testing.T) {
 	ctx := context.Background()
 	s := open(t, t.TempDir())
 	h, _ := s.RegisterHost(ctx, host.Host{Name: "h1"}, time.Now())
-	before, err := s.CreateTask(ctx, withSubtasks(plan(h.ID)))
+	before, _, err := s.CreateTask(ctx, withSubtasks(plan(h.ID)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	after := *before
 	after.Subtasks = append([]task.Subtask(nil), before.Subtasks...)
 	after.Subtasks[0].Status = task.SubtaskRunning
-	if err := s.UpdateTask(ctx, before, &after); err != nil {
+	if err := s.UpdateTask(ctx, before, &after, nil); err != nil {
 		t.Fatal(err)
 	}
 	// A second writer that read the old state loses.
 	stale := *before
 	stale.Subtasks = append([]task.Subtask(nil), before.Subtasks...)
 	stale.Subtasks[0].Status = task.SubtaskFailed
-	if err := s.UpdateTask(ctx, before, &stale); !errors.Is(err, errs.ErrConflict) {
+	if err := s.UpdateTask(ctx, before, &stale, nil); !errors.Is(err, errs.ErrConflict) {
 		t.Fatalf("stale update: %v, want ErrConflict", err)
 	}
 	got, _ := s.GetTask(ctx, before.ID)
@@ -131,7 +131,7 @@ func TestUpdateTaskIsCompareAndSwap(t *testing.T) {
 	final := *got
 	final.Subtasks = append([]task.Subtask(nil), got.Subtasks...)
 	final.Status, final.EndTime = task.StatusFailed, time.Now()
-	if err := s.UpdateTask(ctx, got, &final); err != nil {
+	if err := s.UpdateTask(ctx, got, &final, nil); err != nil {
 		t.Fatal(err)
 	}
 	if hh, _ := s.GetHost(ctx, h.ID); hh.OpTaskID != 0 {
@@ -198,7 +198,7 @@ func TestSubtaskLogInOrder(t *testing.T) {
 	ctx := context.Background()
 	s := open(t, t.TempDir())
 	h, _ := s.RegisterHost(ctx, host.Host{Name: "h1"}, time.Now())
-	tk, _ := s.CreateTask(ctx, withSubtasks(plan(h.ID)))
+	tk, _, _ := s.CreateTask(ctx, withSubtasks(plan(h.ID)))
 	id := tk.Subtasks[0].ID
 	for i, l := range []string{"header", "found ocp_agentd", "exited"} {
 		if err := s.AppendSubtaskLog(ctx, id, task.LogLine{RunTime: 1, Time: time.Now(), Line: l}); err != nil {

@@ -16,10 +16,38 @@ import (
 // lock of every host in p.Locks, all in one transaction. It returns the task
 // with IDs, upstreams and downstreams set. A lock held by another task is an
 // ErrConflict error naming that task; a missing host is ErrNotFound.
-func (s *Store) CreateTask(ctx context.Context, p task.Plan) (*task.Task, error) {
+//
+// With p.Idempotency set, a task stored earlier under the same scope is
+// returned instead (existed true), or ErrConflict when it was created for
+// another request (fingerprint).
+func (s *Store) CreateTask(ctx context.Context, p task.Plan) (created *task.Task, existed bool, err error) {
+	created, existed, err = s.createTask(ctx, p)
+	if p.Idempotency != nil && isUniqueViolation(err) {
+		// A concurrent request with the same key committed first (possible
+		// where transactions do not serialise, as on MySQL): return its task.
+		return s.createTask(ctx, p)
+	}
+	return created, existed, err
+}
+
+func (s *Store) createTask(ctx context.Context, p task.Plan) (created *task.Task, existed bool, err error) {
 	t := p.Task
 	t.Subtasks = slices.Clone(p.Task.Subtasks)
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	var earlier int64
+	err = s.tx(ctx, func(tx *sql.Tx) error {
+		if k := p.Idempotency; k != nil {
+			var fp string
+			err := tx.QueryRowContext(ctx, `SELECT task_id, fingerprint FROM idempotency_keys WHERE scope = ?`, k.Scope).
+				Scan(&earlier, &fp)
+			switch {
+			case err == nil && fp != k.Fingerprint:
+				return fmt.Errorf("Idempotency-Key already used for another request (task %d): %w", earlier, errs.ErrConflict)
+			case err == nil:
+				return nil
+			case !errors.Is(err, sql.ErrNoRows):
+				return fmt.Errorf("reading idempotency key: %w", err)
+			}
+		}
 		res, err := tx.ExecContext(ctx, `INSERT INTO tasks (name, type, operation, status, creator, executor, host_id,
 			task_definition_id, context, start_time, end_time, update_time) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)`,
 			t.Name, t.Type, t.Operation, t.Status, t.Creator, t.Executor, t.HostID, t.TaskDefinitionID,
@@ -29,6 +57,12 @@ func (s *Store) CreateTask(ctx context.Context, p task.Plan) (*task.Task, error)
 		}
 		if t.ID, err = res.LastInsertId(); err != nil {
 			return err
+		}
+		if k := p.Idempotency; k != nil {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO idempotency_keys (scope, fingerprint, task_id, create_time)
+				VALUES (?,?,?,?)`, k.Scope, k.Fingerprint, t.ID, ms(t.StartTime)); err != nil {
+				return fmt.Errorf("storing idempotency key: %w", err)
+			}
 		}
 		for _, h := range p.Locks {
 			if err := lockHost(ctx, tx, h, t.ID); err != nil {
@@ -73,9 +107,13 @@ func (s *Store) CreateTask(ctx context.Context, p task.Plan) (*task.Task, error)
 		return nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	return &t, nil
+	if earlier != 0 {
+		prev, err := s.GetTask(ctx, earlier)
+		return prev, true, err
+	}
+	return &t, false, nil
 }
 
 // lockHost takes host's agent-operation lock for taskID.
@@ -191,10 +229,18 @@ func (s *Store) loadSubtasks(ctx context.Context, ts []*task.Task) error {
 func (s *Store) ListTasks(ctx context.Context, q task.ListQuery) (task.Page, error) {
 	where, args := []string{"1 = 1"}, []any{}
 	if q.HostID != 0 {
-		where, args = append(where, "host_id = ?"), append(args, q.HostID)
+		where = append(where, "(host_id = ? OR id IN (SELECT task_id FROM subtasks WHERE host_id = ?))")
+		args = append(args, q.HostID, q.HostID)
 	}
 	if q.Status != "" {
 		where, args = append(where, "status = ?"), append(args, q.Status)
+	}
+	if q.Type != "" {
+		where, args = append(where, "type = ?"), append(args, q.Type)
+	}
+	if q.Name != "" {
+		where = append(where, `LOWER(name) LIKE ? ESCAPE '!'`)
+		args = append(args, "%"+likeEscaper.Replace(strings.ToLower(q.Name))+"%")
 	}
 	cond := strings.Join(where, " AND ")
 	var p task.Page
@@ -202,7 +248,7 @@ func (s *Store) ListTasks(ctx context.Context, q task.ListQuery) (task.Page, err
 		return p, fmt.Errorf("counting tasks: %w", err)
 	}
 	limit, offset := page(q.Page, q.Size)
-	rows, err := s.r.QueryContext(ctx, `SELECT `+taskCols+` FROM tasks WHERE `+cond+` ORDER BY id DESC LIMIT ? OFFSET ?`,
+	rows, err := s.r.QueryContext(ctx, `SELECT `+taskCols+` FROM tasks WHERE `+cond+` ORDER BY `+orderBy(q.Sort)+` LIMIT ? OFFSET ?`,
 		append(args, limit, offset)...)
 	if err != nil {
 		return p, fmt.Errorf("listing tasks: %w", err)
@@ -226,13 +272,47 @@ func (s *Store) ListTasks(ctx context.Context, q task.ListQuery) (task.Page, err
 	return p, s.loadSubtasks(ctx, ptrs)
 }
 
+// likeEscaper escapes LIKE's wildcards with '!', portable across SQLite and
+// MySQL (whose default escape, backslash, SQLite lacks).
+var likeEscaper = strings.NewReplacer("!", "!!", "%", "!%", "_", "!_")
+
+// sortColumns maps the API's sort fields to columns.
+var sortColumns = map[string]string{
+	task.SortID: "id", task.SortName: "name", task.SortStatus: "status",
+	task.SortStartTime: "start_time", task.SortEndTime: "end_time",
+}
+
+// orderBy renders a sort (validated by the engine; unknown fields sort by
+// id), with id as the tie-breaker so pages are stable.
+func orderBy(s task.Sort) string {
+	col, ok := sortColumns[s.Field]
+	if !ok {
+		col, s.Desc = "id", s.Field == "" || s.Desc
+	}
+	dir := " ASC"
+	if s.Desc {
+		dir = " DESC"
+	}
+	if col == "id" {
+		return col + dir
+	}
+	return col + dir + ", id" + dir
+}
+
 // UpdateTask writes the difference between before and after (the same task)
 // in one transaction, as compare-and-swap: each changed row is written only
 // if it still has before's status, operation and run time; otherwise
-// nothing is written and the error is ErrConflict. When after is final, the
-// host locks the task holds are released too.
-func (s *Store) UpdateTask(ctx context.Context, before, after *task.Task) error {
+// nothing is written and the error is task.ErrChanged. The agent-operation
+// locks of the hosts in lock are taken (ErrConflict naming the holder when
+// another task holds one). When after is final, the host locks the task
+// holds are released.
+func (s *Store) UpdateTask(ctx context.Context, before, after *task.Task, lock []int64) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
+		for _, h := range lock {
+			if err := lockHost(ctx, tx, h, after.ID); err != nil {
+				return err
+			}
+		}
 		for i := range after.Subtasks {
 			b, a := before.Subtask(after.Subtasks[i].ID), &after.Subtasks[i]
 			if b == nil {

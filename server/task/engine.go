@@ -17,20 +17,33 @@ import (
 
 // Store is what the engine needs from durable storage.
 type Store interface {
-	CreateTask(ctx context.Context, p Plan) (*Task, error)
+	// CreateTask stores a new task (taking p.Locks). With p.Idempotency
+	// set and a task already stored under its scope, it returns that task
+	// and existed true instead.
+	CreateTask(ctx context.Context, p Plan) (t *Task, existed bool, err error)
 	GetTask(ctx context.Context, id int64) (*Task, error)
 	ListTasks(ctx context.Context, q ListQuery) (Page, error)
-	UpdateTask(ctx context.Context, before, after *Task) error
+	// UpdateTask stores after over before as a compare-and-swap (ErrChanged
+	// when before is not what is stored), taking the agent-operation locks
+	// of the hosts in lock.
+	UpdateTask(ctx context.Context, before, after *Task, lock []int64) error
 	RunningTaskIDs(ctx context.Context) ([]int64, error)
 	AppendSubtaskLog(ctx context.Context, subtaskID int64, l LogLine) error
+	SubtaskLog(ctx context.Context, subtaskID int64) ([]LogLine, error)
 }
 
-// Executor does the work of one kind of subtask (by class name). Execute
-// must return soon after ctx is done (cancel or timeout), having stopped its
-// work. It is called again with the same attempt after a server restart, so
-// it must be idempotent per (subtask id, attempt).
+// ErrChanged is the store's answer to a compare-and-swap that lost: the task
+// changed since it was read.
+var ErrChanged = fmt.Errorf("task changed concurrently: %w", errs.ErrConflict)
+
+// Executor does the work of one kind of subtask (by class name): Execute
+// runs it forward, Rollback undoes it. Both must return soon after ctx is
+// done (cancel or timeout), having stopped their work. They are called again
+// with the same attempt after a server restart, so they must be idempotent
+// per (subtask id, attempt).
 type Executor interface {
 	Execute(ctx context.Context, r Run) Result
+	Rollback(ctx context.Context, r Run) Result
 }
 
 // Run is one attempt of a subtask handed to an Executor.
@@ -45,6 +58,8 @@ type Run struct {
 type Result struct {
 	Message string
 	Err     error
+	// ProhibitRollback marks the subtask as one whose work cannot be undone.
+	ProhibitRollback bool
 	// AfterCommit, if set, runs once the outcome is durably stored (e.g. to
 	// acknowledge the agent that reported it).
 	AfterCommit func()
@@ -71,7 +86,7 @@ type Engine struct {
 	wg     sync.WaitGroup
 
 	mu       sync.Mutex
-	runs     map[int64]context.CancelFunc // running attempts, by subtask id
+	runs     map[int64]context.CancelCauseFunc // running attempts, by subtask id
 	watchers map[int64]map[chan struct{}]struct{}
 }
 
@@ -85,7 +100,7 @@ func New(cfg Config) *Engine {
 		cfg:      cfg,
 		base:     base,
 		cancel:   cancel,
-		runs:     map[int64]context.CancelFunc{},
+		runs:     map[int64]context.CancelCauseFunc{},
 		watchers: map[int64]map[chan struct{}]struct{}{},
 	}
 }
@@ -99,7 +114,7 @@ func (e *Engine) Start(ctx context.Context) error {
 	}
 	for _, id := range ids {
 		e.cfg.Log.Info().Int64("task_id", id).Msg("resuming task")
-		if err := e.step(ctx, id, nil); err != nil {
+		if _, err := e.step(ctx, id, nil); err != nil {
 			e.cfg.Log.Error().Err(err).Int64("task_id", id).Msg("resuming task failed")
 		}
 	}
@@ -144,9 +159,16 @@ func (e *Engine) Submit(ctx context.Context, p Plan) (*Task, error) {
 			t.Subtasks[i].Status = SubtaskReady
 		}
 	}
-	created, err := e.cfg.Store.CreateTask(ctx, p)
+	if key := idempotencyKey(ctx); key != "" {
+		p.Idempotency = &Idempotency{Scope: digest(t.Creator, key), Fingerprint: fingerprint(p)}
+	}
+	created, existed, err := e.cfg.Store.CreateTask(ctx, p)
 	if err != nil {
 		return nil, fmt.Errorf("creating task %q: %w", t.Name, err)
+	}
+	if existed {
+		e.logger(ctx).Info().Int64("task_id", created.ID).Msg("idempotent repeat: returning the task created before")
+		return created, nil
 	}
 	e.logger(ctx).Info().Int64("task_id", created.ID).Int64("host_id", created.HostID).Str("task", created.Name).
 		Msg("task created")
@@ -154,7 +176,7 @@ func (e *Engine) Submit(ctx context.Context, p Plan) (*Task, error) {
 	e.wg.Add(1)
 	go func() {
 		defer e.wg.Done()
-		if err := e.step(e.base, created.ID, nil); err != nil && e.base.Err() == nil {
+		if _, err := e.step(e.base, created.ID, nil); err != nil && e.base.Err() == nil {
 			e.cfg.Log.Error().Err(err).Int64("task_id", created.ID).Msg("starting task failed")
 		}
 	}()
@@ -162,25 +184,26 @@ func (e *Engine) Submit(ctx context.Context, p Plan) (*Task, error) {
 }
 
 // step applies mutate (if any) to the stored task, advances it, starts its
-// READY subtasks, stores the change as one compare-and-swap (retried on a
-// lost race), tells watchers, and launches the attempts it started (and any
-// running attempt this engine does not run yet, after a restart).
-func (e *Engine) step(ctx context.Context, id int64, mutate func(t *Task) error) error {
+// runnable READY subtasks, stores the change as one compare-and-swap
+// (retried on a lost race), tells watchers, stops the work of canceled
+// subtasks, and launches the attempts it started (and any running attempt
+// this engine does not run yet, after a restart). It returns the task as
+// stored.
+func (e *Engine) step(ctx context.Context, id int64, mutate func(t *Task) error) (*Task, error) {
 	mu := &e.locks[id%int64(len(e.locks))]
 	mu.Lock()
-	var launch []Subtask
 	var after *Task
 	for try := 0; ; try++ {
 		before, err := e.cfg.Store.GetTask(ctx, id)
 		if err != nil {
 			mu.Unlock()
-			return err
+			return nil, err
 		}
 		after = cloneTask(before)
 		if mutate != nil {
 			if err := mutate(after); err != nil {
 				mu.Unlock()
-				return err
+				return nil, err
 			}
 		}
 		now := e.cfg.Now()
@@ -188,40 +211,57 @@ func (e *Engine) step(ctx context.Context, id int64, mutate func(t *Task) error)
 		var started []Subtask
 		for i := range after.Subtasks {
 			st := &after.Subtasks[i]
-			if st.Status == SubtaskReady {
+			if st.Status == SubtaskReady && runnable(after, st) {
 				start(st, e.cfg.Executor, now)
 				started = append(started, *st)
 			}
 		}
 		advance(after, now)
 		if !reflect.DeepEqual(before, after) {
-			err = e.cfg.Store.UpdateTask(ctx, before, after)
+			var lock []int64
+			if before.Status.Final() && !after.Status.Final() {
+				lock = lockHosts(after)
+			}
+			err = e.cfg.Store.UpdateTask(ctx, before, after, lock)
 		}
-		if errors.Is(err, errs.ErrConflict) && try < 5 {
+		if errors.Is(err, ErrChanged) && try < 5 {
 			continue
 		}
 		if err != nil {
 			mu.Unlock()
-			return err
+			return nil, err
 		}
 		for _, st := range started {
 			e.appendLog(st.ID, st.RunTime, logHeader(st.Operation, st.StartTime))
-		}
-		launch = launch[:0]
-		for _, st := range after.Subtasks {
-			if st.Status.active() {
-				launch = append(launch, st)
-			}
 		}
 		break
 	}
 	mu.Unlock()
 	e.notify(id)
-	for _, st := range launch {
-		e.launch(*after, st)
+	for _, st := range after.Subtasks {
+		if st.Status == SubtaskCanceling {
+			e.stop(st.ID, ErrCanceled)
+		}
+		if st.Status.active() {
+			e.launch(*after, st)
+		}
 	}
-	return nil
+	return after, nil
 }
+
+// stop cancels the running attempt of a subtask, if this engine runs one.
+func (e *Engine) stop(subtaskID int64, cause error) {
+	e.mu.Lock()
+	cancel := e.runs[subtaskID]
+	e.mu.Unlock()
+	if cancel != nil {
+		cancel(cause)
+	}
+}
+
+// ErrCanceled is the cause of the context of an attempt an operator
+// canceled.
+var ErrCanceled = errors.New("canceled by an operator")
 
 // launch runs an attempt in the background unless this engine runs it
 // already.
@@ -232,13 +272,15 @@ func (e *Engine) launch(t Task, st Subtask) {
 		return
 	}
 	deadline := st.StartTime.Add(st.Timeout)
-	ctx, cancel := context.WithDeadlineCause(e.base, deadline,
+	base, cancelBase := context.WithCancelCause(e.base)
+	ctx, cancelDeadline := context.WithDeadlineCause(base, deadline,
 		fmt.Errorf("timed out after %ds", int(st.Timeout/time.Second)))
+	cancel := func(cause error) { cancelBase(cause); cancelDeadline() }
 	e.runs[st.ID] = cancel
 	e.wg.Add(1)
 	e.mu.Unlock()
 	if st.Status == SubtaskCanceling {
-		cancel()
+		cancel(ErrCanceled)
 	}
 
 	go func() {
@@ -247,7 +289,7 @@ func (e *Engine) launch(t Task, st Subtask) {
 			e.mu.Lock()
 			delete(e.runs, st.ID)
 			e.mu.Unlock()
-			cancel()
+			cancel(nil)
 		}()
 		log := e.cfg.Log.With().Int64("task_id", t.ID).Int64("subtask_id", st.ID).Int("attempt", st.RunTime).Logger()
 		log.Debug().Str("subtask", st.Name).Msg("subtask attempt started")
@@ -255,15 +297,15 @@ func (e *Engine) launch(t Task, st Subtask) {
 		if e.base.Err() != nil {
 			return // shutting down: the next Start resumes this attempt
 		}
-		if res.Err != nil && ctx.Err() != nil {
-			res.Err = fmt.Errorf("%w: %w", context.Cause(ctx), res.Err)
+		if cause := context.Cause(ctx); res.Err != nil && ctx.Err() != nil && !errors.Is(res.Err, cause) {
+			res.Err = fmt.Errorf("%w: %w", cause, res.Err)
 		}
-		err := e.step(e.base, t.ID, func(cur *Task) error {
+		_, err := e.step(e.base, t.ID, func(cur *Task) error {
 			s := cur.Subtask(st.ID)
 			if s == nil || !s.Status.active() || s.RunTime != st.RunTime {
 				return errStale
 			}
-			finish(s, res.Message, res.Err, e.cfg.Now())
+			finish(cur, s, res, e.cfg.Now())
 			return nil
 		})
 		switch {
@@ -305,7 +347,11 @@ func (e *Engine) execute(ctx context.Context, t Task, st Subtask) (res Result) {
 			res = Result{Err: errors.New("internal error in the executor")}
 		}
 	}()
-	return x.Execute(ctx, Run{Task: t, Subtask: st, Log: func(line string) { e.appendLog(st.ID, st.RunTime, line) }})
+	r := Run{Task: t, Subtask: st, Log: func(line string) { e.appendLog(st.ID, st.RunTime, line) }}
+	if t.RollingBack() {
+		return x.Rollback(ctx, r)
+	}
+	return x.Execute(ctx, r)
 }
 
 // logger is the request's logger (with its trace id) when ctx has one, else
@@ -335,13 +381,22 @@ func (e *Engine) GetTask(ctx context.Context, id int64) (*Task, error) {
 	return e.cfg.Store.GetTask(ctx, id)
 }
 
-// ListTasks returns a page of tasks, newest first. Needs TASK_VIEWER.
+// ListTasks returns a page of tasks, newest first unless q.Sort says
+// otherwise. Needs TASK_VIEWER.
 func (e *Engine) ListTasks(ctx context.Context, q ListQuery) (Page, error) {
 	if err := auth.Require(ctx, auth.RoleTaskViewer); err != nil {
 		return Page{}, err
 	}
 	if q.Page < 0 || q.Size < 0 || q.Size > 2000 {
 		return Page{}, fmt.Errorf("page %d size %d: page must be ≥ 1 and size 1..2000: %w", q.Page, q.Size, errs.ErrInvalidArgument)
+	}
+	switch q.Sort.Field {
+	case "", SortID, SortName, SortStatus, SortStartTime, SortEndTime:
+	default:
+		return Page{}, fmt.Errorf("sort field %q: must be one of id, name, status, startTime, endTime: %w", q.Sort.Field, errs.ErrInvalidArgument)
+	}
+	if len(q.Name) > 128 {
+		return Page{}, fmt.Errorf("name filter longer than 128 characters: %w", errs.ErrInvalidArgument)
 	}
 	return e.cfg.Store.ListTasks(ctx, q)
 }

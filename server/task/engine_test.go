@@ -23,6 +23,9 @@ type execFunc func(ctx context.Context, r task.Run) task.Result
 
 func (f execFunc) Execute(ctx context.Context, r task.Run) task.Result { return f(ctx, r) }
 
+// Rollback runs the same function; r.Task.Operation says which it is.
+func (f execFunc) Rollback(ctx context.Context, r task.Run) task.Result { return f(ctx, r) }
+
 func ok(context.Context, task.Run) task.Result { return task.Result{Message: "done"} }
 
 func openStore(t *testing.T, dir string) *store.Store {

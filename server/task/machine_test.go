@@ -94,12 +94,13 @@ func TestStartAndFinish(t *testing.T) {
 	if st.Status != SubtaskRunning || st.Executor != "10.0.0.1" || !st.StartTime.Equal(now) || st.Message != "" {
 		t.Fatalf("after start: %+v", st)
 	}
-	finish(&st, "done", nil, now)
+	tk := &Task{Operation: OpExecute}
+	finish(tk, &st, Result{Message: "done"}, now)
 	if st.Status != SubtaskSuccessful || st.Message != "done" || st.EndTime.IsZero() {
 		t.Fatalf("after success: %+v", st)
 	}
 	st.Status = SubtaskRunning
-	finish(&st, "", errors.New("host 7: agentd not connected"), now)
+	finish(tk, &st, Result{Err: errors.New("host 7: agentd not connected")}, now)
 	if st.Status != SubtaskFailed || st.Message != "host 7: agentd not connected" {
 		t.Fatalf("after failure: %+v", st)
 	}

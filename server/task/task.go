@@ -116,14 +116,32 @@ func (t *Task) Subtask(id int64) *Subtask {
 	return nil
 }
 
-// ListQuery filters and pages tasks. Zero values match everything. Page is
-// 1-based; Size is 1..2000.
+// ListQuery filters, orders and pages tasks. Zero values match everything.
+// Page is 1-based; Size is 1..2000.
 type ListQuery struct {
-	HostID int64
+	Name   string // contained in the name, case-insensitive
 	Status Status
+	Type   Type
+	HostID int64 // tasks with a subtask on this host
+	Sort   Sort
 	Page   int
 	Size   int
 }
+
+// Sort orders a list: by Field (SortID when empty), descending when Desc.
+type Sort struct {
+	Field string
+	Desc  bool
+}
+
+// Sort fields.
+const (
+	SortID        = "id"
+	SortName      = "name"
+	SortStatus    = "status"
+	SortStartTime = "startTime"
+	SortEndTime   = "endTime"
+)
 
 // Page is one page of tasks and the total count over all pages.
 type Page struct {
@@ -140,6 +158,17 @@ type Plan struct {
 	Task  Task
 	Edges [][2]int
 	Locks []int64
+	// Idempotency, when set, makes creation return the task created earlier
+	// with the same Scope (and refuse one whose Fingerprint differs).
+	Idempotency *Idempotency
+}
+
+// Idempotency identifies a create request that may be repeated: Scope is
+// the caller and their Idempotency-Key, Fingerprint what was asked (both
+// hashed to fixed length).
+type Idempotency struct {
+	Scope       string
+	Fingerprint string
 }
 
 // LogLine is one line of a subtask's log.

@@ -1,0 +1,164 @@
+package task
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"agentplane/server/auth"
+	"agentplane/server/errs"
+)
+
+// The operator's operations on tasks (OCP's task API). Each needs
+// TASK_MANAGER, applies one state-machine transition as a compare-and-swap,
+// and returns the task as stored after it. A transition the state does not
+// allow fails with ErrFailedPrecondition naming the task, the operation and
+// the state.
+
+// RetryTask re-runs the failed subtasks of a FAILED task.
+func (e *Engine) RetryTask(ctx context.Context, id int64) (*Task, error) {
+	return e.operate(ctx, id, 0, retryTask)
+}
+
+// RollbackTask rolls a FAILED task back; ErrRollbackProhibited when its
+// context or a subtask that ran prohibits it.
+func (e *Engine) RollbackTask(ctx context.Context, id int64) (*Task, error) {
+	return e.operate(ctx, id, 0, rollbackTask)
+}
+
+// RetrySubtask re-runs one FAILED subtask.
+func (e *Engine) RetrySubtask(ctx context.Context, taskID, subtaskID int64) (*Task, error) {
+	return e.operate(ctx, taskID, subtaskID, func(t *Task) error { return retrySubtask(t, subtaskID) })
+}
+
+// SkipSubtask marks one FAILED subtask done without running it.
+func (e *Engine) SkipSubtask(ctx context.Context, taskID, subtaskID int64) (*Task, error) {
+	return e.operate(ctx, taskID, subtaskID, func(t *Task) error { return skipSubtask(t, subtaskID, e.cfg.Now()) })
+}
+
+// CancelSubtask stops one RUNNING subtask. It returns once the subtask is
+// CANCELING; it ends FAILED (operation CANCEL) when its work has stopped.
+func (e *Engine) CancelSubtask(ctx context.Context, taskID, subtaskID int64) (*Task, error) {
+	t, err := e.operate(ctx, taskID, subtaskID, func(t *Task) error { return cancelSubtask(t, subtaskID) })
+	if err == nil {
+		if st := t.Subtask(subtaskID); st != nil {
+			e.appendLog(st.ID, st.RunTime, logHeader(OpCancel, e.cfg.Now()))
+		}
+	}
+	return t, err
+}
+
+// operate checks the caller and the ids, then applies mutate in one step.
+// subtaskID 0 means a task-level operation.
+func (e *Engine) operate(ctx context.Context, id, subtaskID int64, mutate func(*Task) error) (*Task, error) {
+	if err := auth.Require(ctx, auth.RoleTaskManager); err != nil {
+		return nil, err
+	}
+	if err := validIDs(id, subtaskID); err != nil {
+		return nil, err
+	}
+	if err := e.base.Err(); err != nil {
+		return nil, fmt.Errorf("task %d: server shutting down: %w", id, errs.ErrUnavailable)
+	}
+	t, err := e.step(ctx, id, mutate)
+	if err != nil {
+		return nil, err
+	}
+	p, _ := auth.FromContext(ctx)
+	e.logger(ctx).Info().Int64("task_id", id).Int64("subtask_id", subtaskID).Str("user", p.Username).
+		Str("operation", string(t.Operation)).Msg("task operation")
+	return t, nil
+}
+
+func validIDs(id, subtaskID int64) error {
+	if id <= 0 {
+		return fmt.Errorf("task id %d: must be positive: %w", id, errs.ErrInvalidArgument)
+	}
+	if subtaskID < 0 {
+		return fmt.Errorf("subtask id %d: must be positive: %w", subtaskID, errs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+// SubtaskLog returns a subtask's log as text: each attempt's header line,
+// then that attempt's lines, each prefixed with its time. It is readable
+// while the subtask runs. Needs TASK_VIEWER.
+func (e *Engine) SubtaskLog(ctx context.Context, taskID, subtaskID int64) (string, error) {
+	if err := auth.Require(ctx, auth.RoleTaskViewer); err != nil {
+		return "", err
+	}
+	if err := validIDs(taskID, subtaskID); err != nil {
+		return "", err
+	}
+	if subtaskID == 0 {
+		return "", fmt.Errorf("subtask id 0: must be positive: %w", errs.ErrInvalidArgument)
+	}
+	t, err := e.cfg.Store.GetTask(ctx, taskID)
+	if err != nil {
+		return "", err
+	}
+	if t.Subtask(subtaskID) == nil {
+		return "", fmt.Errorf("subtask %d is not in task %d: %w", subtaskID, taskID, errs.ErrNotFound)
+	}
+	lines, err := e.cfg.Store.SubtaskLog(ctx, subtaskID)
+	if err != nil {
+		return "", err
+	}
+	var b strings.Builder
+	for _, l := range lines {
+		if !strings.HasPrefix(l.Line, "############{") {
+			b.WriteString(l.Time.Format(LogHeaderLayout))
+			b.WriteByte(' ')
+		}
+		b.WriteString(l.Line)
+		b.WriteByte('\n')
+	}
+	return b.String(), nil
+}
+
+type idempotencyKeyCtx struct{}
+
+// MaxIdempotencyKey is the longest Idempotency-Key accepted.
+const MaxIdempotencyKey = 255
+
+// WithIdempotencyKey returns ctx carrying a request's Idempotency-Key:
+// Submit then returns the task the same caller created before with the same
+// key, instead of creating another. The key must be 1..255 printable ASCII
+// characters.
+func WithIdempotencyKey(ctx context.Context, key string) (context.Context, error) {
+	if key == "" || len(key) > MaxIdempotencyKey {
+		return ctx, fmt.Errorf("Idempotency-Key must be 1..%d characters, got %d: %w", MaxIdempotencyKey, len(key), errs.ErrInvalidArgument)
+	}
+	for i := 0; i < len(key); i++ {
+		if key[i] < 0x20 || key[i] > 0x7e {
+			return ctx, fmt.Errorf("Idempotency-Key must be printable ASCII: %w", errs.ErrInvalidArgument)
+		}
+	}
+	return context.WithValue(ctx, idempotencyKeyCtx{}, key), nil
+}
+
+func idempotencyKey(ctx context.Context) string {
+	k, _ := ctx.Value(idempotencyKeyCtx{}).(string)
+	return k
+}
+
+// fingerprint identifies what a plan asks: its name and hosts.
+func fingerprint(p Plan) string {
+	parts := []string{p.Task.Name}
+	for _, h := range p.Locks {
+		parts = append(parts, strconv.FormatInt(h, 10))
+	}
+	return digest(parts...)
+}
+
+func digest(parts ...string) string {
+	h := sha256.New()
+	for _, p := range parts {
+		h.Write([]byte(p))
+		h.Write([]byte{0})
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
