@@ -64,6 +64,13 @@ func (h *hosts) ListHosts(context.Context, host.ListQuery) (host.Page, error) {
 	return host.Page{}, nil
 }
 
+func (h *hosts) GetHostAgent(_ context.Context, id int64) (*host.Agent, error) {
+	if !h.known[id] {
+		return nil, fmt.Errorf("host %d: %w", id, errs.ErrNotFound)
+	}
+	return &host.Agent{HostID: id}, nil
+}
+
 func (h *hosts) LockHost(context.Context, int64, int64) error { return h.lockErr }
 
 func (h *hosts) FinishAgentOperation(_ context.Context, hostID, _ int64, st host.AgentStatus) error {
@@ -142,7 +149,7 @@ func TestStopAll(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			a := &agents{result: tt.result, err: tt.err}
 			r, _ := run(7)
-			res := stopAll{a}.Execute(context.Background(), r)
+			res := dispatch{a, actionStop}.Execute(context.Background(), r)
 			if a.sent.SubtaskID != 2 || a.sent.Attempt != 3 || a.sent.StopAgent == nil {
 				t.Fatalf("command %+v", a.sent)
 			}
@@ -167,6 +174,83 @@ func TestFinishRecordsStopped(t *testing.T) {
 	}
 	if h.finished[7] != host.AgentStopped || len(*lines) != 1 {
 		t.Fatalf("finished %v, log %v", h.finished, *lines)
+	}
+}
+
+func TestFinishRecordsStartedAfterAStart(t *testing.T) {
+	h := &hosts{finished: map[int64]host.AgentStatus{}}
+	r, _ := run(7)
+	r.Task.Subtasks = HostPlan(OpRestart, 7, "ops").Task.Subtasks
+	if res := (finishOp{h}).Execute(context.Background(), r); res.Err != nil {
+		t.Fatal(res.Err)
+	}
+	if h.finished[7] != host.AgentStarted {
+		t.Fatalf("finished %v", h.finished)
+	}
+}
+
+func TestDispatchRollbackSendsTheReverseAction(t *testing.T) {
+	for _, tt := range []struct {
+		a         action
+		wantStart bool
+	}{{actionStop, true}, {actionStart, false}} {
+		a := &agents{result: fleet.Result{Outcome: fleet.Succeeded, Message: "ok"}}
+		r, _ := run(7)
+		if res := (dispatch{a, tt.a}).Rollback(context.Background(), r); res.Err != nil {
+			t.Fatal(res.Err)
+		}
+		if (a.sent.StartAgent != nil) != tt.wantStart || (a.sent.StopAgent != nil) == tt.wantStart {
+			t.Fatalf("rollback of %s sent %+v", tt.a, a.sent)
+		}
+	}
+}
+
+func TestRestartAndBatchPlans(t *testing.T) {
+	p := HostPlan(OpRestart, 7, "ops")
+	var names []string
+	for _, st := range p.Task.Subtasks {
+		names = append(names, fmt.Sprintf("%s/%d", st.Name, st.SeriesID))
+	}
+	if p.Task.Name != "Restart OCP agent" || strings.Join(names, ",") !=
+		"Prepare restart OCP agent/3,Stop all OCP agent processes/2,Start all OCP agent processes/1,Finish OCP agent operation/0" {
+		t.Fatalf("restart plan %q: %v", p.Task.Name, names)
+	}
+	b := BatchPlan(OpStop, []int64{4, 9, 2}, "ops")
+	if b.Task.Name != "Batch stop OCP agent" || !b.Task.Context.Parallel || b.Task.HostID != 0 ||
+		fmt.Sprint(b.Task.Context.ListMap["host_ids"]) != "[4 9 2]" || fmt.Sprint(b.Locks) != "[4 9 2]" {
+		t.Fatalf("batch task %+v locks %v", b.Task, b.Locks)
+	}
+	if len(b.Task.Subtasks) != 9 || fmt.Sprint(b.Edges) != "[[0 1] [1 2] [3 4] [4 5] [6 7] [7 8]]" {
+		t.Fatalf("batch subtasks %d edges %v", len(b.Task.Subtasks), b.Edges)
+	}
+	for i, st := range b.Task.Subtasks {
+		if st.ParallelIdx != i/3 || st.HostID != []int64{4, 9, 2}[i/3] {
+			t.Fatalf("subtask %d: parallelIdx %d host %d", i, st.ParallelIdx, st.HostID)
+		}
+	}
+	if BatchPlan(OpRestart, []int64{1}, "ops").Task.Name != "Batch restart OCP agent" {
+		t.Fatal("batch restart name")
+	}
+}
+
+func TestBatchValidation(t *testing.T) {
+	ctx := auth.WithPrincipal(context.Background(), auth.Principal{Username: "u", Roles: []auth.Role{auth.RoleHostManager}})
+	s := NewService(&hosts{known: map[int64]bool{1: true, 2: true}}, &submitter{})
+	for _, tt := range []struct {
+		ids  []int64
+		want error
+	}{
+		{nil, errs.ErrInvalidArgument},
+		{[]int64{1, 1}, errs.ErrInvalidArgument},
+		{[]int64{1, -2}, errs.ErrInvalidArgument},
+		{[]int64{1, 3}, errs.ErrNotFound},
+		{make([]int64, MaxBatch+1), errs.ErrInvalidArgument},
+		{[]int64{1, 2}, nil},
+	} {
+		_, err := s.BatchStopAgents(ctx, tt.ids)
+		if !errors.Is(err, tt.want) || tt.want == nil && err != nil {
+			t.Errorf("%v: err %v, want %v", tt.ids, err, tt.want)
+		}
 	}
 }
 

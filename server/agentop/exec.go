@@ -14,6 +14,7 @@ import (
 type Hosts interface {
 	GetHost(ctx context.Context, id int64) (*host.Host, error)
 	ListHosts(ctx context.Context, q host.ListQuery) (host.Page, error)
+	GetHostAgent(ctx context.Context, id int64) (*host.Agent, error)
 	LockHost(ctx context.Context, hostID, taskID int64) error
 	FinishAgentOperation(ctx context.Context, hostID, taskID int64, st host.AgentStatus) error
 }
@@ -30,13 +31,24 @@ type Agents interface {
 // stop of an offline host fails at once to a person.
 const ConnectWait = 5 * time.Second
 
-// Executors returns the executors of the stop task's subtasks, by class.
+// Executors returns the executors of the agent tasks' subtasks, by class.
 func Executors(hosts Hosts, agents Agents) map[string]task.Executor {
+	p := prepare{hosts, agents}
 	return map[string]task.Executor{
-		ClassPrepareStop: prepare{hosts, agents},
-		ClassStopAll:     stopAll{agents},
-		ClassFinish:      finishOp{hosts},
+		ClassPrepareStop:    p,
+		ClassPrepareStart:   p,
+		ClassPrepareRestart: p,
+		ClassStopAll:        dispatch{agents, actionStop},
+		ClassStartAll:       dispatch{agents, actionStart},
+		ClassFinish:         finishOp{hosts},
 	}
+}
+
+// nothingToUndo is the rollback of a subtask whose work leaves nothing to
+// undo.
+func nothingToUndo(_ context.Context, r task.Run) task.Result {
+	r.Log("nothing to roll back")
+	return task.Result{Message: "nothing to roll back"}
 }
 
 // prepare checks that the host exists and its agentd is connected (waiting
@@ -65,50 +77,100 @@ func (p prepare) Execute(ctx context.Context, r task.Run) task.Result {
 	return task.Result{Message: fmt.Sprintf("host %d ready", id)}
 }
 
-// stopAll dispatches the stop to the host's agentd and waits for its result.
-// The subtask's deadline is the command's timeout; when it passes, agentd is
-// told to stop signalling.
-type stopAll struct {
-	agents Agents
+func (p prepare) Rollback(ctx context.Context, r task.Run) task.Result { return nothingToUndo(ctx, r) }
+
+// action is what a dispatch asks of agentd.
+type action int
+
+const (
+	actionStop action = iota + 1
+	actionStart
+)
+
+func (a action) String() string {
+	if a == actionStart {
+		return "start"
+	}
+	return "stop"
 }
 
-func (s stopAll) Execute(ctx context.Context, r task.Run) task.Result {
-	id := r.Subtask.HostID
-	cmd := fleet.Command{SubtaskID: r.Subtask.ID, Attempt: r.Subtask.RunTime, StopAgent: &fleet.StopAgent{}}
-	if d, ok := ctx.Deadline(); ok {
-		cmd.Timeout = time.Until(d)
+// undo is the action that reverses a.
+func (a action) undo() action {
+	if a == actionStart {
+		return actionStop
 	}
-	r.Log(fmt.Sprintf("dispatching stop to the agentd of host %d (attempt %d)", id, cmd.Attempt))
-	res, err := s.agents.Dispatch(ctx, id, cmd)
-	ack := func() { s.agents.Ack(id, cmd.SubtaskID, cmd.Attempt) }
+	return actionStart
+}
+
+// dispatch sends an action to the host's agentd and waits for its result;
+// its rollback sends the reverse action (a stop is undone by a start). The
+// subtask's deadline is the command's timeout; when it passes, or an
+// operator cancels, agentd is told to stop, and reports what it had done.
+type dispatch struct {
+	agents Agents
+	action action
+}
+
+func (d dispatch) Execute(ctx context.Context, r task.Run) task.Result {
+	return d.run(ctx, r, d.action)
+}
+
+func (d dispatch) Rollback(ctx context.Context, r task.Run) task.Result {
+	return d.run(ctx, r, d.action.undo())
+}
+
+func (d dispatch) run(ctx context.Context, r task.Run, a action) task.Result {
+	id := r.Subtask.HostID
+	cmd := fleet.Command{SubtaskID: r.Subtask.ID, Attempt: r.Subtask.RunTime}
+	if a == actionStart {
+		cmd.StartAgent = &fleet.StartAgent{}
+	} else {
+		cmd.StopAgent = &fleet.StopAgent{}
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		cmd.Timeout = time.Until(dl)
+	}
+	r.Log(fmt.Sprintf("dispatching %s to the agentd of host %d (attempt %d)", a, id, cmd.Attempt))
+	res, err := d.agents.Dispatch(ctx, id, cmd)
+	ack := func() { d.agents.Ack(id, cmd.SubtaskID, cmd.Attempt) }
 	if err != nil {
 		if res.Outcome != 0 {
 			r.Log("agentd: " + res.Message)
-			return task.Result{Err: fmt.Errorf("host %d: %w", id, err), AfterCommit: ack}
+			return task.Result{Err: fmt.Errorf("host %d: %w (agentd: %s)", id, err, res.Message), AfterCommit: ack}
 		}
 		return task.Result{Err: fmt.Errorf("host %d: %w", id, err)}
 	}
+	r.Log("agentd: " + res.Message)
 	switch res.Outcome {
 	case fleet.Succeeded:
-		r.Log("agentd: " + res.Message)
 		return task.Result{Message: res.Message, AfterCommit: ack}
 	case fleet.Canceled:
-		return task.Result{Err: fmt.Errorf("host %d: stop canceled: %s", id, res.Message), AfterCommit: ack}
+		return task.Result{Err: fmt.Errorf("host %d: %s canceled: %s", id, a, res.Message), AfterCommit: ack}
 	default:
-		return task.Result{Err: fmt.Errorf("host %d: stop failed: %s", id, res.Message), AfterCommit: ack}
+		return task.Result{Err: fmt.Errorf("host %d: %s failed: %s", id, a, res.Message), AfterCommit: ack}
 	}
 }
 
-// finishOp records the agent as STOPPED and releases the host's lock.
+// finishOp records the agent's status after the operation (STARTED when
+// the task's chain on this host starts the agent, else STOPPED) and
+// releases the host's lock.
 type finishOp struct {
 	hosts Hosts
 }
 
 func (f finishOp) Execute(ctx context.Context, r task.Run) task.Result {
 	id := r.Subtask.HostID
-	if err := f.hosts.FinishAgentOperation(ctx, id, r.Task.ID, host.AgentStopped); err != nil {
+	st := host.AgentStopped
+	for _, s := range r.Task.Subtasks {
+		if s.HostID == id && s.ClassName == ClassStartAll {
+			st = host.AgentStarted
+		}
+	}
+	if err := f.hosts.FinishAgentOperation(ctx, id, r.Task.ID, st); err != nil {
 		return task.Result{Err: err}
 	}
-	r.Log(fmt.Sprintf("host %d: OCP agent STOPPED, lock released", id))
-	return task.Result{Message: fmt.Sprintf("host %d: OCP agent stopped", id)}
+	r.Log(fmt.Sprintf("host %d: OCP agent %s, lock released", id, st))
+	return task.Result{Message: fmt.Sprintf("host %d: OCP agent %s", id, st)}
 }
+
+func (f finishOp) Rollback(ctx context.Context, r task.Run) task.Result { return nothingToUndo(ctx, r) }

@@ -39,8 +39,16 @@ type Config struct {
 	// CancelWait bounds how long a dispatch whose context ended waits for the
 	// agent's result after sending Cancel; default 5s.
 	CancelWait time.Duration
-	Log        zerolog.Logger
-	Now        func() time.Time
+	// LostAfter is how long an agentd may stay silent (no hello, heartbeat,
+	// progress or result) before it counts as lost: its session ends with
+	// ErrLost, and a dispatch to its host fails with ErrAgentLost unless the
+	// host connects again first. Default 30s, or three heartbeat intervals
+	// when that is longer.
+	LostAfter time.Duration
+	Log       zerolog.Logger
+	// Now stamps what is stored (registration, heartbeats); default time.Now.
+	// Liveness (LostAfter) always runs on the real monotonic clock.
+	Now func() time.Time
 }
 
 // Fleet tracks agent sessions and routes commands and results.
@@ -57,13 +65,27 @@ type Fleet struct {
 	sessions map[int64]*Session // by host id
 	inflight map[key]*call
 	joined   chan struct{} // closed and replaced whenever a session is installed
+	// heard is when each host's agentd was last heard from in this process
+	// (monotonic clock), by host id. It outlives the host's sessions.
+	heard map[int64]time.Time
+	// pending holds, by host id, the cancels that found no session to take
+	// them, oldest first; Connect delivers them. At most maxPendingCancels
+	// per host.
+	pending map[int64][]Cancel
 }
+
+// maxPendingCancels bounds the cancels remembered for one host, so a host
+// that keeps failing cannot grow memory; the oldest is dropped first (its
+// command's own timeout still stops the agent's work). Half the session
+// buffer, so Connect can queue them all with the commands it re-sends.
+const maxPendingCancels = sessionBuffer / 2
 
 // call is a dispatched command waiting for its result.
 type call struct {
-	hostID int64
-	cmd    Command
-	result chan Result // buffered 1; later duplicates are dropped
+	hostID   int64
+	cmd      Command
+	result   chan Result // buffered 1; later duplicates are dropped
+	canceled bool        // Cancel was sent or is pending: never (re)send cmd; guarded by Fleet.mu
 }
 
 // New returns a fleet.
@@ -74,20 +96,32 @@ func New(cfg Config) *Fleet {
 	if cfg.CancelWait <= 0 {
 		cfg.CancelWait = 5 * time.Second
 	}
+	if cfg.LostAfter <= 0 {
+		cfg.LostAfter = max(30*time.Second, 3*cfg.HeartbeatInterval)
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Fleet{cfg: cfg, sessions: map[int64]*Session{}, inflight: map[key]*call{}, joined: make(chan struct{})}
+	return &Fleet{
+		cfg: cfg, sessions: map[int64]*Session{}, inflight: map[key]*call{}, joined: make(chan struct{}),
+		heard: map[int64]time.Time{}, pending: map[int64][]Cancel{},
+	}
 }
 
 // Session is one connected agentd stream. The adapter sends what Out yields
-// and stops when Done is closed (the session was replaced or closed).
+// and stops when Done is closed (the session was replaced, lost or closed).
+//
+// Each session has a watchdog: a timer (no goroutine) that fires LostAfter
+// after the host was last heard from and ends the session with ErrLost if
+// nothing came since, else re-arms for the rest. It is stopped when the
+// session ends, so nothing outlives a closed session or a closed Fleet.
 type Session struct {
 	HostID int64
 	out    chan Outbound
 	done   chan struct{}
 	once   sync.Once
-	err    error // why it ended; set before done is closed
+	err    error       // why it ended; set before done is closed
+	lost   *time.Timer // the watchdog; set before the session is published
 }
 
 // sessionBuffer bounds the messages queued for one agent; an agent that
@@ -100,8 +134,9 @@ func (s *Session) Out() <-chan Outbound { return s.out }
 // Done is closed when the session ends; Err then says why.
 func (s *Session) Done() <-chan struct{} { return s.done }
 
-// Err says why the session ended: ErrReplaced, ErrSlowAgent, ErrClosing,
-// or ErrDisconnected. It is nil while Done is open.
+// Err says why the session ended: ErrReplaced, ErrSlowAgent, ErrLost,
+// ErrClosing, or ErrDisconnected (possibly wrapped). It is nil while Done is
+// open.
 func (s *Session) Err() error {
 	select {
 	case <-s.done:
@@ -115,6 +150,9 @@ func (s *Session) close(reason error) {
 	s.once.Do(func() {
 		s.err = reason
 		close(s.done)
+		if s.lost != nil {
+			s.lost.Stop()
+		}
 	})
 }
 
@@ -140,12 +178,18 @@ var (
 	ErrSlowAgent    = fmt.Errorf("agent reads too slowly: more than %d messages queued", sessionBuffer)
 	ErrClosing      = fmt.Errorf("server shutting down: %w", errs.ErrUnavailable)
 	ErrDisconnected = errors.New("disconnected")
+	ErrLost         = errors.New("agentd silent for longer than the lost bound")
 )
 
+// ErrAgentLost is why a dispatch fails when the host's agentd has not been
+// heard from for LostAfter and has no session.
+var ErrAgentLost = errors.New("agentd lost")
+
 // Connect authenticates and registers an agent, and opens its session. A
-// previous session of the same host is closed. Commands waiting for the host
-// are queued on the new session. ErrUnauthenticated for a wrong token,
-// ErrInvalidArgument for a Hello without a host name.
+// previous session of the same host is closed. The cancels pending for the
+// host, then the commands waiting for it, are queued on the new session.
+// ErrUnauthenticated for a wrong token, ErrInvalidArgument for a Hello
+// without a host name.
 func (f *Fleet) Connect(ctx context.Context, h Hello) (*Session, Welcome, error) {
 	if f.cfg.Token == "" || !auth.CheckAgentToken(f.cfg.Token, h.Token) {
 		return nil, Welcome{}, fmt.Errorf("agent enrollment token: %w", errs.ErrUnauthenticated)
@@ -157,7 +201,7 @@ func (f *Fleet) Connect(ctx context.Context, h Hello) (*Session, Welcome, error)
 	defer f.online.Unlock()
 	reg, err := f.cfg.Registry.RegisterHost(ctx, host.Host{
 		ID: h.HostID, Name: h.HostName, InnerIP: h.InnerIP, MachineID: h.MachineID,
-		AgentdVersion: h.AgentdVersion, Processes: h.Processes,
+		AgentdVersion: h.AgentdVersion, InstallHome: h.InstallHome, Processes: h.Processes,
 	}, f.cfg.Now())
 	if err != nil {
 		return nil, Welcome{}, fmt.Errorf("registering host %q: %w", h.HostName, err)
@@ -168,30 +212,41 @@ func (f *Fleet) Connect(ctx context.Context, h Hello) (*Session, Welcome, error)
 		f.mu.Unlock()
 		return nil, Welcome{}, ErrClosing
 	}
+	s.lost = time.AfterFunc(f.cfg.LostAfter, func() { f.watch(s) })
 	old := f.sessions[reg.ID]
 	f.sessions[reg.ID] = s
+	f.heard[reg.ID] = time.Now()
 	close(f.joined)
 	f.joined = make(chan struct{})
-	var resend []Command
+	// Queued under mu, so nothing dispatched meanwhile overtakes them: a
+	// pending cancel goes out before any command of the same (subtask,
+	// attempt).
+	cancels := f.pending[reg.ID]
+	delete(f.pending, reg.ID)
+	for _, c := range cancels {
+		s.send(Outbound{Cancel: &c})
+	}
+	resent := 0
 	for _, c := range f.inflight {
-		if c.hostID == reg.ID {
-			resend = append(resend, c.cmd)
+		if c.hostID == reg.ID && !c.canceled {
+			cmd := c.cmd
+			s.send(Outbound{Command: &cmd})
+			resent++
 		}
 	}
 	f.mu.Unlock()
 	if old != nil {
 		old.close(ErrReplaced)
 	}
-	for _, c := range resend {
-		s.send(Outbound{Command: &c})
-	}
-	f.cfg.Log.Info().Int64("host_id", reg.ID).Str("host_name", reg.Name).Int("resent", len(resend)).Msg("agent connected")
+	f.cfg.Log.Info().Int64("host_id", reg.ID).Str("host_name", reg.Name).Int("resent", resent).
+		Int("cancels", len(cancels)).Msg("agent connected")
 	return s, Welcome{HostID: reg.ID, HeartbeatInterval: f.cfg.HeartbeatInterval}, nil
 }
 
-// Close ends every session with ErrClosing and refuses new ones, so agent
-// streams end at once when the server shuts down (agents reconnect to the
-// next server); their hosts go OFFLINE as the streams end.
+// Close ends every session with ErrClosing (stopping their watchdogs) and
+// refuses new ones, so agent streams end at once when the server shuts down
+// (agents reconnect to the next server); their hosts go OFFLINE as the
+// streams end.
 func (f *Fleet) Close() {
 	f.mu.Lock()
 	f.closing = true
@@ -226,7 +281,35 @@ func (f *Fleet) Disconnect(s *Session) {
 	if err := f.cfg.Registry.SetHostStatus(ctx, s.HostID, host.StatusOffline); err != nil {
 		f.cfg.Log.Error().Err(err).Int64("host_id", s.HostID).Msg("marking host offline failed")
 	}
-	f.cfg.Log.Info().Int64("host_id", s.HostID).Msg("agent disconnected")
+	f.cfg.Log.Info().Int64("host_id", s.HostID).AnErr("reason", s.Err()).Msg("agent disconnected")
+}
+
+// watch runs when a session's watchdog fires: it ends the session with
+// ErrLost if the host has been silent for LostAfter, else re-arms the timer
+// for the rest of the bound.
+func (f *Fleet) watch(s *Session) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if s.Err() != nil {
+		return
+	}
+	idle := time.Since(f.heard[s.HostID])
+	if idle < f.cfg.LostAfter {
+		s.lost.Reset(f.cfg.LostAfter - idle)
+		return
+	}
+	s.close(fmt.Errorf("%w: not heard from for %s", ErrLost, roundDuration(idle)))
+	f.cfg.Log.Warn().Int64("host_id", s.HostID).Dur("silent", idle).Msg("agent lost; ending its stream")
+}
+
+// live returns the host's session unless it has none or it has ended.
+// Callers hold mu.
+func (f *Fleet) live(hostID int64) *Session {
+	s := f.sessions[hostID]
+	if s == nil || s.Err() != nil {
+		return nil
+	}
+	return s
 }
 
 // WaitConnected returns true as soon as the host's agentd has a session, or
@@ -234,7 +317,7 @@ func (f *Fleet) Disconnect(s *Session) {
 func (f *Fleet) WaitConnected(ctx context.Context, hostID int64) bool {
 	for {
 		f.mu.Lock()
-		_, ok := f.sessions[hostID]
+		ok := f.live(hostID) != nil
 		joined := f.joined
 		f.mu.Unlock()
 		if ok {
@@ -248,9 +331,13 @@ func (f *Fleet) WaitConnected(ctx context.Context, hostID int64) bool {
 	}
 }
 
-// Receive handles one message of a session. Messages about commands that
-// were not dispatched to this session's host are dropped with a warning.
+// Receive handles one message of a session; any message proves the host
+// alive. Messages about commands that were not dispatched to this session's
+// host are dropped with a warning.
 func (f *Fleet) Receive(ctx context.Context, s *Session, m Inbound) error {
+	f.mu.Lock()
+	f.heard[s.HostID] = time.Now()
+	f.mu.Unlock()
 	log := f.cfg.Log.With().Int64("host_id", s.HostID).Logger()
 	switch {
 	case m.Heartbeat != nil:
@@ -270,6 +357,7 @@ func (f *Fleet) Receive(ctx context.Context, s *Session, m Inbound) error {
 		r := *m.Result
 		k := key{r.SubtaskID, r.Attempt}
 		f.mu.Lock()
+		f.forgetCancel(s.HostID, k)
 		c := f.inflight[k]
 		f.mu.Unlock()
 		if c == nil || c.hostID != s.HostID {
@@ -313,40 +401,60 @@ func (f *Fleet) dispatchedTo(k key, hostID int64) bool {
 }
 
 // Dispatch sends cmd to the host's agentd and waits for its result. A host
-// not connected gets the command when it connects. When ctx ends (timeout or
-// cancel) Dispatch sends Cancel, waits up to CancelWait for the agent's
-// result, and returns the result it got (if any) with ctx's cause. When ctx
-// ends because the server shuts down (task.ErrShutdown), the agent is left to
-// finish: the next server resumes the wait.
+// not connected gets the command when it connects, and again whenever it
+// reconnects while Dispatch waits.
+//
+// When the host has no session and was last heard from LostAfter ago (or,
+// if never heard from in this process, LostAfter after Dispatch began),
+// Dispatch fails with an error wrapping ErrAgentLost; the Cancel is kept for
+// the host's next connection.
+//
+// When ctx ends (timeout or cancel) Dispatch sends Cancel (kept for the
+// host's next connection if it has no session), waits up to CancelWait for
+// the agent's result, and returns the result it got (if any) with ctx's
+// cause. A ctx already done sends the Cancel only, never the command. When
+// ctx ends because the server shuts down (task.ErrShutdown), the agent is
+// left to finish: the next server resumes the wait.
 func (f *Fleet) Dispatch(ctx context.Context, hostID int64, cmd Command) (Result, error) {
 	k := key{cmd.SubtaskID, cmd.Attempt}
 	c := &call{hostID: hostID, cmd: cmd, result: make(chan Result, 1)}
+	began := time.Now()
 	f.mu.Lock()
 	if prev := f.inflight[k]; prev != nil {
 		f.mu.Unlock()
 		return Result{}, fmt.Errorf("subtask %d attempt %d is already dispatched: %w", cmd.SubtaskID, cmd.Attempt, errs.ErrConflict)
 	}
 	f.inflight[k] = c
-	s := f.sessions[hostID]
+	if s := f.live(hostID); s != nil && ctx.Err() == nil {
+		s.send(Outbound{Command: &cmd})
+	}
 	f.mu.Unlock()
 	defer func() {
 		f.mu.Lock()
 		delete(f.inflight, k)
 		f.mu.Unlock()
 	}()
-	if s != nil {
-		s.send(Outbound{Command: &cmd})
-	}
-	select {
-	case r := <-c.result:
+
+	r, cause, err := f.await(ctx, hostID, c, began)
+	if err == nil && cause == nil {
 		return r, nil
-	case <-ctx.Done():
 	}
-	cause := context.Cause(ctx)
 	if errors.Is(cause, task.ErrShutdown) {
 		return Result{}, cause
 	}
-	f.send(hostID, Outbound{Cancel: &Cancel{SubtaskID: cmd.SubtaskID, Attempt: cmd.Attempt, Reason: cause.Error()}})
+	if err != nil {
+		cause = err
+	}
+	cancel := Cancel{SubtaskID: cmd.SubtaskID, Attempt: cmd.Attempt, Reason: cause.Error()}
+	f.mu.Lock()
+	c.canceled = true
+	if s := f.live(hostID); s == nil || !s.send(Outbound{Cancel: &cancel}) {
+		f.keepCancel(hostID, cancel)
+	}
+	f.mu.Unlock()
+	if err != nil {
+		return Result{}, err
+	}
 	t := time.NewTimer(f.cfg.CancelWait)
 	defer t.Stop()
 	select {
@@ -355,6 +463,102 @@ func (f *Fleet) Dispatch(ctx context.Context, hostID int64, cmd Command) (Result
 	case <-t.C:
 		return Result{}, fmt.Errorf("%w; agentd did not confirm the cancel within %s", cause, f.cfg.CancelWait)
 	}
+}
+
+// await waits for c's result. It returns the result; or ctx's cause when
+// ctx ends first; or, as lost, an error wrapping ErrAgentLost when the host
+// has no session LostAfter after it was last heard from (or after began, if
+// never heard from in this process). It wakes on its timer, when the host's
+// session ends and when any session joins; it never polls.
+func (f *Fleet) await(ctx context.Context, hostID int64, c *call, began time.Time) (res Result, cause, lost error) {
+	for {
+		select {
+		case r := <-c.result:
+			return r, nil, nil
+		default:
+		}
+		if ctx.Err() != nil {
+			return Result{}, context.Cause(ctx), nil
+		}
+		f.mu.Lock()
+		s := f.live(hostID)
+		joined := f.joined
+		heard, ok := f.heard[hostID]
+		f.mu.Unlock()
+		var ended <-chan struct{}
+		var expired <-chan time.Time
+		var t *time.Timer
+		if s != nil {
+			ended = s.Done()
+		} else {
+			if !ok {
+				heard = began
+			}
+			if left := time.Until(heard.Add(f.cfg.LostAfter)); left > 0 {
+				t = time.NewTimer(left)
+				expired = t.C
+			} else if ok {
+				return Result{}, nil, fmt.Errorf("%w: not heard from for %s", ErrAgentLost, roundDuration(time.Since(heard)))
+			} else {
+				return Result{}, nil, fmt.Errorf("%w: not connected within %s", ErrAgentLost, roundDuration(time.Since(heard)))
+			}
+		}
+		select {
+		case r := <-c.result:
+			if t != nil {
+				t.Stop()
+			}
+			return r, nil, nil
+		case <-ctx.Done():
+		case <-ended:
+		case <-joined:
+		case <-expired:
+		}
+		if t != nil {
+			t.Stop()
+		}
+	}
+}
+
+// keepCancel remembers a cancel for the host's next session, replacing one
+// for the same command and dropping the oldest beyond maxPendingCancels.
+// Callers hold mu.
+func (f *Fleet) keepCancel(hostID int64, c Cancel) {
+	k := key{c.SubtaskID, c.Attempt}
+	f.forgetCancel(hostID, k)
+	p := f.pending[hostID]
+	if len(p) >= maxPendingCancels {
+		f.cfg.Log.Warn().Int64("host_id", hostID).Int64("subtask_id", p[0].SubtaskID).Int("attempt", p[0].Attempt).
+			Msg("too many cancels pending for the host; the oldest is dropped")
+		p = p[1:]
+	}
+	f.pending[hostID] = append(p, c)
+}
+
+// forgetCancel drops the pending cancel of (subtask, attempt) k, if any.
+// Callers hold mu.
+func (f *Fleet) forgetCancel(hostID int64, k key) {
+	p := f.pending[hostID]
+	for i, c := range p {
+		if (key{c.SubtaskID, c.Attempt}) == k {
+			p = append(p[:i], p[i+1:]...)
+			if len(p) == 0 {
+				delete(f.pending, hostID)
+			} else {
+				f.pending[hostID] = p
+			}
+			return
+		}
+	}
+}
+
+// roundDuration rounds d for messages: to seconds from a second up, else to
+// milliseconds.
+func roundDuration(d time.Duration) time.Duration {
+	if d >= time.Second {
+		return d.Round(time.Second)
+	}
+	return d.Round(time.Millisecond)
 }
 
 // Ack tells the host's agentd that the result of (subtask, attempt) is
@@ -366,7 +570,7 @@ func (f *Fleet) Ack(hostID, subtaskID int64, attempt int) {
 
 func (f *Fleet) send(hostID int64, m Outbound) {
 	f.mu.Lock()
-	s := f.sessions[hostID]
+	s := f.live(hostID)
 	f.mu.Unlock()
 	if s != nil {
 		s.send(m)

@@ -53,6 +53,12 @@ func (r *registry) SetHostStatus(_ context.Context, id int64, st host.Status) er
 
 func (r *registry) AttemptLive(context.Context, int64, int64, int) (bool, error) { return false, nil }
 
+func (r *registry) statusOf(id int64) host.Status {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.status[id]
+}
+
 func (r *registry) AppendSubtaskLog(_ context.Context, id int64, l task.LogLine) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -18,7 +18,8 @@ type Hello struct {
 	InnerIP       string
 	MachineID     string
 	AgentdVersion string
-	Processes     []host.Process
+	InstallHome   string         // the OCP Agent install home agentd watches
+	Processes     []host.Process // base processes running now
 }
 
 // Welcome answers a Hello.
@@ -32,13 +33,19 @@ type Command struct {
 	SubtaskID int64
 	Attempt   int
 	Timeout   time.Duration // time left for the work
-	StopAgent *StopAgent    // the action; exactly one action is set
+	// The action; exactly one is set.
+	StopAgent  *StopAgent
+	StartAgent *StartAgent
 }
 
 // StopAgent stops the OCP Agent's base processes. Grace 0 means agentd's own.
 type StopAgent struct {
 	Grace time.Duration
 }
+
+// StartAgent starts the OCP Agent's base processes (see the proto's
+// StartAgentAction).
+type StartAgent struct{}
 
 // Cancel asks an agentd to stop the work of a command.
 type Cancel struct {

@@ -37,7 +37,7 @@ var _ agentv1.AgentServiceServer = (*agentServer)(nil)
 
 // Connect runs one agent stream: Hello → Welcome, then a send goroutine fed
 // by the session and a receive loop feeding the fleet, until either fails,
-// the session is replaced, or the stream ends.
+// the session ends (replaced, lost, closed), or the stream ends.
 func (s *agentServer) Connect(stream agentv1.AgentService_ConnectServer) error {
 	ctx, cancel := context.WithCancel(stream.Context())
 	defer cancel()
@@ -53,7 +53,7 @@ func (s *agentServer) Connect(stream agentv1.AgentService_ConnectServer) error {
 	sess, welcome, err := s.fleet.Connect(ctx, fleet.Hello{
 		Token: hello.GetToken(), HostID: hello.GetHostId(), HostName: hello.GetHostName(),
 		InnerIP: hello.GetInnerIpAddress(), MachineID: hello.GetMachineId(), AgentdVersion: hello.GetAgentdVersion(),
-		Processes: fromProcesses(hello.GetProcesses()),
+		InstallHome: hello.GetInstallHome(), Processes: fromProcesses(hello.GetProcesses()),
 	})
 	if err != nil {
 		return toStatus(ctx, err)
@@ -95,7 +95,7 @@ func (s *agentServer) Connect(stream agentv1.AgentService_ConnectServer) error {
 		log.Debug().Msg("agent stream ended")
 		return nil
 	}
-	if errors.Is(err, fleet.ErrReplaced) || errors.Is(err, fleet.ErrSlowAgent) {
+	if errors.Is(err, fleet.ErrReplaced) || errors.Is(err, fleet.ErrSlowAgent) || errors.Is(err, fleet.ErrLost) {
 		log.Info().Err(err).Msg("agent stream ended by the server")
 		return status.Error(codes.Aborted, err.Error())
 	}
@@ -170,6 +170,9 @@ func toOutbound(m fleet.Outbound) *agentv1.ConnectResponse {
 				stop.Grace = durationpb.New(c.StopAgent.Grace)
 			}
 			cmd.Action = &agentv1.Command_StopAgent{StopAgent: stop}
+		}
+		if c.StartAgent != nil {
+			cmd.Action = &agentv1.Command_StartAgent{StartAgent: &agentv1.StartAgentAction{}}
 		}
 		return &agentv1.ConnectResponse{Kind: &agentv1.ConnectResponse_Command{Command: cmd}}
 	case m.Cancel != nil:

@@ -111,12 +111,13 @@ func toHost(h *host.Host) *hostv1.Host {
 	}
 }
 
+// fromProcesses converts the processes agentd reports: all running now.
 func fromProcesses(ps []*agentv1.Process) []host.Process {
 	out := make([]host.Process, 0, len(ps))
 	for _, p := range ps {
 		out = append(out, host.Process{
 			PID: p.GetPid(), Name: p.GetName(), Exe: p.GetExe(), Cmdline: p.GetCmdline(), User: p.GetUser(),
-			CreateTime: fromTS(p.GetCreateTime()),
+			CreateTime: fromTS(p.GetCreateTime()), Status: host.AgentStarted,
 		})
 	}
 	return out

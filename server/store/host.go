@@ -5,51 +5,97 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"agentplane/server/errs"
 	"agentplane/server/host"
 )
 
-const hostCols = `id, name, inner_ip, machine_id, status, agent_status, agentd_version, last_seen, op_task_id, processes,
-	create_time, update_time`
+const hostCols = `id, name, inner_ip, machine_id, status, agent_status, agentd_version, install_home, last_seen,
+	op_task_id, processes, create_time, update_time`
 
 func scanHost(sc interface{ Scan(...any) error }) (host.Host, error) {
 	var h host.Host
 	var lastSeen, created, updated int64
 	var op sql.NullInt64
 	var procs string
-	err := sc.Scan(&h.ID, &h.Name, &h.InnerIP, &h.MachineID, &h.Status, &h.AgentStatus, &h.AgentdVersion, &lastSeen,
-		&op, &procs, &created, &updated)
+	err := sc.Scan(&h.ID, &h.Name, &h.InnerIP, &h.MachineID, &h.Status, &h.AgentStatus, &h.AgentdVersion,
+		&h.InstallHome, &lastSeen, &op, &procs, &created, &updated)
 	if err != nil {
 		return h, err
 	}
 	h.LastSeen, h.CreateTime, h.UpdateTime = fromMS(lastSeen), fromMS(created), fromMS(updated)
 	h.OpTaskID = op.Int64
-	h.Processes = []host.Process{}
-	return h, fromJSON(procs, &h.Processes)
+	h.Processes, err = decodeProcesses(procs)
+	return h, err
 }
 
-// RegisterHost records a connecting agentd's host and marks it ONLINE. The
-// host is found by r.ID when that exists with the same name, else by name,
-// else created; the stored host is returned with its id.
+// decodeProcesses reads a stored process list. Lists stored before
+// processes had a status held only the last report: those ran.
+func decodeProcesses(text string) ([]host.Process, error) {
+	ps := []host.Process{}
+	if err := fromJSON(text, &ps); err != nil {
+		return nil, err
+	}
+	for i := range ps {
+		if ps[i].Status == host.AgentUnknown {
+			ps[i].Status = host.AgentStarted
+		}
+	}
+	return ps, nil
+}
+
+// mergeProcesses merges a report of the running base processes, made at
+// `at`, into the list known for a host. Every process ever seen stays,
+// keyed by name: those reported are STARTED with the report's details and
+// LastActiveTime at; the others become STOPPED with their last details. A
+// name reported twice keeps its first entry. The result is sorted by name.
+func mergeProcesses(known, reported []host.Process, at time.Time) []host.Process {
+	byName := make(map[string]host.Process, len(known)+len(reported))
+	for _, p := range known {
+		p.Status = host.AgentStopped
+		byName[p.Name] = p
+	}
+	seen := make(map[string]bool, len(reported))
+	for _, p := range reported {
+		if seen[p.Name] {
+			continue
+		}
+		seen[p.Name] = true
+		p.Status, p.LastActiveTime = host.AgentStarted, at
+		byName[p.Name] = p
+	}
+	out := make([]host.Process, 0, len(byName))
+	for _, p := range byName {
+		out = append(out, p)
+	}
+	slices.SortFunc(out, func(a, b host.Process) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// RegisterHost records a connecting agentd's host and marks it ONLINE, with
+// its install home, and r.Processes (the base processes running now; nil:
+// none) merged into the host's process list as HostSeen does. The host is
+// found by name, else created; the stored host is returned with its id.
 func (s *Store) RegisterHost(ctx context.Context, r host.Host, at time.Time) (host.Host, error) {
 	if r.Name == "" {
 		return host.Host{}, fmt.Errorf("registering a host with no name: %w", errs.ErrInvalidArgument)
 	}
-	if r.Processes == nil {
-		r.Processes = []host.Process{}
-	}
 	var h host.Host
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		var id int64
-		err := tx.QueryRowContext(ctx, `SELECT id FROM hosts WHERE name = ?`, r.Name).Scan(&id)
+		var stored string
+		err := tx.QueryRowContext(ctx, `SELECT id, processes FROM hosts WHERE name = ?`, r.Name).Scan(&id, &stored)
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
+			procs := mergeProcesses(nil, r.Processes, at)
 			res, err := tx.ExecContext(ctx, `INSERT INTO hosts (name, inner_ip, machine_id, status, agent_status,
-				agentd_version, last_seen, processes, create_time, update_time) VALUES (?,?,?,?,?,?,?,?,?,?)`,
-				r.Name, r.InnerIP, r.MachineID, host.StatusOnline, agentStatusOf(r.Processes), r.AgentdVersion,
-				ms(at), toJSON(r.Processes), ms(at), ms(at))
+				agentd_version, install_home, last_seen, processes, create_time, update_time)
+				VALUES (?,?,?,?,?,?,?,?,?,?,?)`,
+				r.Name, r.InnerIP, r.MachineID, host.StatusOnline, agentStatusOf(procs), r.AgentdVersion,
+				r.InstallHome, ms(at), toJSON(procs), ms(at), ms(at))
 			if err != nil {
 				return fmt.Errorf("inserting host %q: %w", r.Name, err)
 			}
@@ -59,10 +105,15 @@ func (s *Store) RegisterHost(ctx context.Context, r host.Host, at time.Time) (ho
 		case err != nil:
 			return fmt.Errorf("finding host %q: %w", r.Name, err)
 		default:
+			known, err := decodeProcesses(stored)
+			if err != nil {
+				return fmt.Errorf("host %d: %w", id, err)
+			}
+			procs := mergeProcesses(known, r.Processes, at)
 			_, err = tx.ExecContext(ctx, `UPDATE hosts SET inner_ip = ?, machine_id = ?, status = ?, agentd_version = ?,
-				last_seen = ?, processes = ?, agent_status = ?, update_time = ? WHERE id = ?`,
-				r.InnerIP, r.MachineID, host.StatusOnline, r.AgentdVersion, ms(at), toJSON(r.Processes),
-				agentStatusOf(r.Processes), ms(at), id)
+				install_home = ?, last_seen = ?, processes = ?, agent_status = ?, update_time = ? WHERE id = ?`,
+				r.InnerIP, r.MachineID, host.StatusOnline, r.AgentdVersion, r.InstallHome, ms(at), toJSON(procs),
+				agentStatusOf(procs), ms(at), id)
 			if err != nil {
 				return fmt.Errorf("updating host %d: %w", id, err)
 			}
@@ -78,26 +129,46 @@ func (s *Store) RegisterHost(ctx context.Context, r host.Host, at time.Time) (ho
 	return h, nil
 }
 
-// agentStatusOf derives the agent's status from the base processes agentd
-// reported: STARTED when any runs, else STOPPED.
+// agentStatusOf derives the agent's status from a host's merged process
+// list: STARTED when any process is STARTED, else STOPPED.
 func agentStatusOf(procs []host.Process) host.AgentStatus {
-	if len(procs) > 0 {
-		return host.AgentStarted
+	for _, p := range procs {
+		if p.Status == host.AgentStarted {
+			return host.AgentStarted
+		}
 	}
 	return host.AgentStopped
 }
 
-// HostSeen records that a host's agentd was heard from at `at`, with the OCP
-// Agent processes it reported (nil: unchanged), from which the agent's
-// status follows.
+// HostSeen records that a host's agentd was heard from at `at`, with the
+// base processes it reported running (nil: not reported, list unchanged),
+// merged into the host's process list (see RegisterHost); the agent's status
+// follows. It is one write either way.
 func (s *Store) HostSeen(ctx context.Context, id int64, at time.Time, procs []host.Process) error {
-	var err error
 	if procs == nil {
-		_, err = s.w.ExecContext(ctx, `UPDATE hosts SET last_seen = ? WHERE id = ?`, ms(at), id)
-	} else {
-		_, err = s.w.ExecContext(ctx, `UPDATE hosts SET last_seen = ?, processes = ?, agent_status = ?, update_time = ?
-			WHERE id = ?`, ms(at), toJSON(procs), agentStatusOf(procs), ms(at), id)
+		if _, err := s.w.ExecContext(ctx, `UPDATE hosts SET last_seen = ? WHERE id = ?`, ms(at), id); err != nil {
+			return fmt.Errorf("recording host %d seen: %w", id, err)
+		}
+		return nil
 	}
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		var stored string
+		err := tx.QueryRowContext(ctx, `SELECT processes FROM hosts WHERE id = ?`, id).Scan(&stored)
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("host %d: %w", id, errs.ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		known, err := decodeProcesses(stored)
+		if err != nil {
+			return err
+		}
+		merged := mergeProcesses(known, procs, at)
+		_, err = tx.ExecContext(ctx, `UPDATE hosts SET last_seen = ?, processes = ?, agent_status = ?, update_time = ?
+			WHERE id = ?`, ms(at), toJSON(merged), agentStatusOf(merged), ms(at), id)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("recording host %d seen: %w", id, err)
 	}
@@ -144,6 +215,22 @@ func (s *Store) GetHost(ctx context.Context, id int64) (*host.Host, error) {
 		return nil, fmt.Errorf("reading host %d: %w", id, err)
 	}
 	return &h, nil
+}
+
+// GetHostAgent returns the OCP Agent of a host as agentd last reported it,
+// with every base process seen there, by name. Version is empty: agentd
+// does not report it. ErrNotFound when there is no such host.
+func (s *Store) GetHostAgent(ctx context.Context, hostID int64) (*host.Agent, error) {
+	h, err := s.GetHost(ctx, hostID)
+	if err != nil {
+		return nil, err
+	}
+	procs := slices.Clone(h.Processes)
+	slices.SortFunc(procs, func(a, b host.Process) int { return strings.Compare(a.Name, b.Name) })
+	return &host.Agent{
+		HostID: h.ID, InnerIP: h.InnerIP, InstallHome: h.InstallHome, Status: h.AgentStatus, LastSeen: h.LastSeen,
+		Processes: procs, CreateTime: h.CreateTime, UpdateTime: h.UpdateTime,
+	}, nil
 }
 
 // ListHosts returns a page of hosts by ascending id.

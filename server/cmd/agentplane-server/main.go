@@ -40,6 +40,7 @@ type config struct {
 	logFormat    string
 	logLevel     string
 	heartbeat    time.Duration
+	lostAfter    time.Duration
 	shutdownWait time.Duration
 }
 
@@ -54,6 +55,7 @@ func main() {
 	fs.StringVar(&c.logFormat, "log-format", "auto", "log format: auto (console on a terminal, else json), json or console")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.DurationVar(&c.heartbeat, "heartbeat-interval", 10*time.Second, "how often agents send heartbeats")
+	fs.DurationVar(&c.lostAfter, "agent-lost-after", 30*time.Second, "an agentd silent this long is lost: its host goes OFFLINE and its running commands fail")
 	fs.DurationVar(&c.shutdownWait, "shutdown-timeout", 10*time.Second, "how long shutdown waits for calls in flight")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(os.Args[1:]); err != nil {
@@ -62,6 +64,10 @@ func main() {
 	if *showVersion {
 		fmt.Println("agentplane-server", version)
 		return
+	}
+	if c.heartbeat <= 0 || c.lostAfter < 2*c.heartbeat {
+		fmt.Fprintf(os.Stderr, "agentplane-server: --agent-lost-after (%s) must be at least twice --heartbeat-interval (%s), which must be positive\n", c.lostAfter, c.heartbeat)
+		os.Exit(2)
 	}
 	log, err := logging.New(os.Stderr, c.logFormat, c.logLevel)
 	if err != nil {
@@ -110,7 +116,7 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 	}
 
 	agents := fleet.New(fleet.Config{
-		Registry: st, Logs: st, Token: token, HeartbeatInterval: c.heartbeat,
+		Registry: st, Logs: st, Token: token, HeartbeatInterval: c.heartbeat, LostAfter: c.lostAfter,
 		Log: log.With().Str("component", "fleet").Logger(),
 	})
 	engine := task.New(task.Config{
