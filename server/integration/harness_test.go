@@ -487,15 +487,17 @@ type server struct {
 	dataDir  string
 	grpcAddr string
 	httpAddr string
+	args     []string // extra flags, kept across restarts
 	proc     *process
 	client   *http.Client
 }
 
 // startServer starts agentplane-server on free loopback ports with a fresh
-// data dir, retrying with other ports when one was taken meanwhile.
-func startServer(t *testing.T) *server {
+// data dir and the extra flags in args, retrying with other ports when one
+// was taken meanwhile.
+func startServer(t *testing.T, args ...string) *server {
 	t.Helper()
-	s := &server{dataDir: filepath.Join(tempDir(t), "data"), client: &http.Client{Timeout: 10 * time.Second}}
+	s := &server{dataDir: filepath.Join(tempDir(t), "data"), args: args, client: &http.Client{Timeout: 10 * time.Second}}
 	for try := 1; ; try++ {
 		s.grpcAddr, s.httpAddr = freeAddr(t), freeAddr(t)
 		err := s.launch(t)
@@ -530,8 +532,8 @@ var errAddrInUse = errors.New("address already in use")
 func (s *server) launch(t *testing.T) error {
 	t.Helper()
 	p := startProcess(t, "agentplane-server", []string{"AGENTPLANE_ADMIN_PASSWORD=" + adminPassword},
-		serverBin, "--data-dir", s.dataDir, "--grpc-addr", s.grpcAddr, "--http-addr", s.httpAddr,
-		"--log-format", "json", "--shutdown-timeout", "2s")
+		append([]string{serverBin, "--data-dir", s.dataDir, "--grpc-addr", s.grpcAddr, "--http-addr", s.httpAddr,
+			"--log-format", "json", "--shutdown-timeout", "2s"}, s.args...)...)
 	deadline := time.Now().Add(60 * time.Second)
 	for interval := 10 * time.Millisecond; ; interval = min(interval*2, 100*time.Millisecond) {
 		if p.exited() {
@@ -799,6 +801,8 @@ type agentd struct {
 	proc   *process
 	name   string
 	hostID int64
+	argv   []string   // to start it again with the same state
+	logs   []*process // every process run as this agentd, for checkOnce
 }
 
 var agentdSeq atomic.Int64
@@ -807,19 +811,119 @@ var agentdSeq atomic.Int64
 // until its host is ONLINE.
 func (s *server) startAgentd(t *testing.T, home string, grace time.Duration) *agentd {
 	t.Helper()
+	return s.startAgentdVia(t, home, grace, s.grpcAddr)
+}
+
+// startAgentdVia is startAgentd connecting to addr (e.g. a proxy).
+func (s *server) startAgentdVia(t *testing.T, home string, grace time.Duration, addr string) *agentd {
+	t.Helper()
+	a := s.launchAgentd(t, home, grace, addr)
+	h := s.waitHost(t, a.name, 30*time.Second, "ONLINE", func(h hostJSON) bool { return h.Status == "ONLINE" })
+	a.hostID = h.ID
+	return a
+}
+
+// launchAgentd starts an agentd without waiting for it to connect.
+func (s *server) launchAgentd(t *testing.T, home string, grace time.Duration, addr string) *agentd {
+	t.Helper()
 	name := fmt.Sprintf("it-%s-%d", strings.ReplaceAll(t.Name(), "/", "-"), agentdSeq.Add(1))
-	a := &agentd{name: name}
-	a.proc = startProcess(t, "agentd-"+name, nil, agentdBin,
-		"--server", s.grpcAddr,
+	a := &agentd{name: name, argv: []string{agentdBin,
+		"--server", addr,
 		"--token-file", filepath.Join(s.dataDir, "agent-token"),
 		"--state-dir", filepath.Join(tempDir(t), "agentd-state"),
 		"--host-name", name,
 		"--install-home", home,
 		"--grace", grace.String(),
-		"--log-format", "json")
-	h := s.waitHost(t, name, 30*time.Second, "ONLINE", func(h hostJSON) bool { return h.Status == "ONLINE" })
-	a.hostID = h.ID
+		"--log-format", "json",
+		"--log-level", "debug"}}
+	a.start(t)
 	return a
+}
+
+// start runs the agentd process (again, with the same state dir and host
+// name).
+func (a *agentd) start(t *testing.T) {
+	t.Helper()
+	a.proc = startProcess(t, fmt.Sprintf("agentd-%s-%d", a.name, len(a.logs)+1), nil, a.argv...)
+	a.logs = append(a.logs, a.proc)
+}
+
+// checkOnce fails the test if any (subtask, attempt) was started more than
+// once by this agentd, over all its runs.
+func (a *agentd) checkOnce(t *testing.T) {
+	t.Helper()
+	seen := map[string]int{}
+	for _, p := range a.logs {
+		for _, line := range strings.Split(p.log(), "\n") {
+			var e struct {
+				Msg     string `json:"message"`
+				Subtask int64  `json:"subtask_id"`
+				Attempt int    `json:"attempt"`
+			}
+			if json.Unmarshal([]byte(line), &e) == nil && strings.HasPrefix(e.Msg, "command started") {
+				seen[fmt.Sprintf("subtask %d attempt %d", e.Subtask, e.Attempt)]++
+			}
+		}
+	}
+	for k, n := range seen {
+		if n > 1 {
+			t.Errorf("agentd %s executed %s %d times", a.name, k, n)
+		}
+	}
+}
+
+// ---- a TCP proxy whose connections a test can cut ----
+
+type proxy struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	conns  []net.Conn
+}
+
+// startProxy forwards connections on a free loopback port to target.
+func startProxy(t *testing.T, target string) *proxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{ln: ln, target: target}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); p.cut(); wg.Wait() })
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c, u)
+			p.mu.Unlock()
+			wg.Go(func() { io.Copy(u, c); u.Close() })
+			wg.Go(func() { io.Copy(c, u); c.Close() })
+		}
+	})
+	return p
+}
+
+func (p *proxy) addr() string { return p.ln.Addr().String() }
+
+// cut closes every connection through the proxy; new ones are accepted.
+func (p *proxy) cut() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	n := len(p.conns) / 2
+	p.conns = nil
+	return n
 }
 
 // ---- gRPC ----
