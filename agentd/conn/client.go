@@ -1,5 +1,6 @@
 // Package conn owns agentd's side of AgentService.Connect: the reconnect
-// loop, the Hello/Welcome handshake, heartbeats, and running commands at
+// loop, the Hello/Welcome handshake, heartbeats, recording how the base
+// processes it sees were started, and running commands (stop, start) at
 // most once with their progress and results sent back, results re-sent after
 // reconnects until the server acknowledges them.
 package conn
@@ -22,13 +23,17 @@ import (
 	agentv1 "agentplane/gen/agentplane/agent/v1"
 )
 
-// Runner finds and stops the OCP Agent's base processes. *proc.Stopper
-// satisfies it. StopAll must return soon after ctx is done, with an error
-// wrapping ctx.Err().
+// Runner finds, stops and starts the OCP Agent's base processes.
+// *proc.Stopper satisfies it. StopAll and StartAll must return soon after ctx
+// is done, with an error wrapping ctx.Err().
 type Runner interface {
 	Scan(ctx context.Context) ([]proc.Target, error)
+	ReadStartSpec(ctx context.Context, t proc.Target) (proc.StartSpec, error)
 	StopAll(ctx context.Context, grace time.Duration, emit func(proc.Event)) error
+	StartAll(ctx context.Context, specs []proc.StartSpec, emit func(proc.Event)) (int, error)
 }
+
+var _ Runner = (*proc.Stopper)(nil)
 
 // Defaults of Config.
 const (
@@ -45,13 +50,14 @@ const (
 type Config struct {
 	Service agentv1.AgentServiceClient // the server; the caller owns and closes its connection
 	State   *state.State               // host id and command journal; the caller closes it
-	Runner  Runner                     // finds and stops processes
+	Runner  Runner                     // finds, stops and starts processes
 
-	Token     string // enrollment token, sent in Hello
-	HostName  string
-	InnerIP   string
-	MachineID string
-	Version   string // agentd's version
+	Token       string // enrollment token, sent in Hello
+	HostName    string
+	InnerIP     string
+	MachineID   string
+	Version     string // agentd's version
+	InstallHome string // the OCP Agent's install home, sent in Hello
 
 	Grace           time.Duration // SIGTERM→SIGKILL when a command leaves it unset; default 30s
 	Backoff         Backoff       // reconnect delays
@@ -67,6 +73,7 @@ type Config struct {
 type Client struct {
 	cfg Config
 	log zerolog.Logger
+	rec *recorder
 
 	hostID atomic.Int64
 
@@ -108,6 +115,7 @@ func New(cfg Config) *Client {
 		cfg.Rand = rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
 	}
 	c := &Client{cfg: cfg, log: cfg.Log, running: map[cmdKey]*execution{}}
+	c.rec = newRecorder(cfg.Runner, cfg.State, cfg.Log)
 	if id, err := cfg.State.HostID(); err == nil {
 		c.hostID.Store(id)
 	}
@@ -211,10 +219,20 @@ func (c *Client) handleCommand(s *session, cmd *agentv1.Command) {
 		return
 	}
 
-	action := cmd.GetStopAgent()
 	timeout := cmd.GetTimeout().AsDuration()
 	if cmd.GetTimeout() == nil || timeout <= 0 {
 		timeout = DefaultCommandTimeout
+	}
+	var work func(context.Context) state.Result
+	switch a := cmd.GetAction().(type) {
+	case *agentv1.Command_StopAgent:
+		grace := a.StopAgent.GetGrace().AsDuration()
+		if a.StopAgent.GetGrace() == nil || grace <= 0 {
+			grace = c.cfg.Grace
+		}
+		work = func(ctx context.Context) state.Result { return c.stop(ctx, log, k, grace, timeout) }
+	case *agentv1.Command_StartAgent:
+		work = func(ctx context.Context) state.Result { return c.start(ctx, log, k, timeout) }
 	}
 	// The command runs under Run's ctx, not the connection's.
 	base, cancel := context.WithCancelCause(c.root)
@@ -227,16 +245,13 @@ func (c *Client) handleCommand(s *session, cmd *agentv1.Command) {
 		defer c.cmds.Done()
 		defer cancel(nil)
 		defer cancelTimeout()
+		log.Info().Str("action", actionName(cmd)).Dur("timeout", timeout).Msg("command started")
 		var r state.Result
-		if action == nil {
+		if work == nil {
 			log.Warn().Msg("command without a known action")
 			r = state.Result{Outcome: state.OutcomeFailed, Message: "unsupported command action"}
 		} else {
-			grace := action.GetGrace().AsDuration()
-			if action.GetGrace() == nil || grace <= 0 {
-				grace = c.cfg.Grace
-			}
-			r = c.execute(rctx, log, k, grace, timeout)
+			r = work(rctx)
 		}
 		r.SubtaskID, r.Attempt, r.FinishTime = k.subtask, k.attempt, time.Now()
 		// Save before leaving the running set, so a repeated command always
@@ -248,6 +263,9 @@ func (c *Client) handleCommand(s *session, cmd *agentv1.Command) {
 		delete(c.running, k)
 		c.mu.Unlock()
 		log.Info().Str("outcome", string(r.Outcome)).Str("detail", r.Message).Msg("command finished")
+		// Report the processes as they are now before the result, so the
+		// server's view of the host is fresh when the subtask ends.
+		c.send(c.heartbeat(c.root), false)
 		c.send(resultMsg(r), false)
 	}()
 }
@@ -265,17 +283,18 @@ func (c *Client) storedResult(k cmdKey) (state.Result, error) {
 	return r, c.cfg.State.SaveResult(r)
 }
 
-// execute runs the stop and maps its end to a result.
-func (c *Client) execute(ctx context.Context, log zerolog.Logger, k cmdKey, grace, timeout time.Duration) state.Result {
+// stop runs a StopAgent command and maps its end to a result. It records
+// the running processes first, so that they can be started again.
+func (c *Client) stop(ctx context.Context, log zerolog.Logger, k cmdKey, grace, timeout time.Duration) state.Result {
 	log.Info().Dur("grace", grace).Dur("timeout", timeout).Msg("stopping ocp agent processes")
+	c.scan(ctx)
 	stopped := map[int32]bool{}
+	progress := c.progress(log, k)
 	err := c.cfg.Runner.StopAll(ctx, grace, func(ev proc.Event) {
 		if ev.Kind == proc.EventExited {
 			stopped[ev.Target.PID] = true
 		}
-		log.Info().Int32("pid", ev.Target.PID).Str("process", ev.Target.Name).
-			Str("event", kindName(ev.Kind)).Str("detail", ev.Message).Msg("stop progress")
-		c.send(progressMsg(k, ev), true)
+		progress(ev)
 	})
 	switch {
 	case err == nil:
@@ -287,6 +306,36 @@ func (c *Client) execute(ctx context.Context, log zerolog.Logger, k cmdKey, grac
 		return state.Result{Outcome: state.OutcomeCanceled, Message: "canceled: " + cancelReason(context.Cause(ctx))}
 	default:
 		return state.Result{Outcome: state.OutcomeFailed, Message: err.Error()}
+	}
+}
+
+// start runs a StartAgent command with the recorded start specs and maps its
+// end to a result. It records the running processes first.
+func (c *Client) start(ctx context.Context, log zerolog.Logger, k cmdKey, timeout time.Duration) state.Result {
+	c.scan(ctx)
+	specs := c.rec.specs()
+	log.Info().Int("recorded", len(specs)).Dur("timeout", timeout).Msg("starting ocp agent processes")
+	n, err := c.cfg.Runner.StartAll(ctx, specs, c.progress(log, k))
+	switch {
+	case err == nil:
+		if n == 0 {
+			return state.Result{Outcome: state.OutcomeSucceeded, Message: "OCP Agent already running"}
+		}
+		return state.Result{Outcome: state.OutcomeSucceeded, Message: fmt.Sprintf("started %d OCP Agent base processes", n)}
+	case ctx.Err() != nil:
+		return state.Result{Outcome: state.OutcomeCanceled, Message: "canceled: " + cancelReason(context.Cause(ctx))}
+	default:
+		return state.Result{Outcome: state.OutcomeFailed, Message: err.Error()}
+	}
+}
+
+// progress returns an emit func that logs each event and sends it as the
+// command's progress.
+func (c *Client) progress(log zerolog.Logger, k cmdKey) func(proc.Event) {
+	return func(ev proc.Event) {
+		log.Info().Int32("pid", ev.Target.PID).Str("process", ev.Target.Name).
+			Str("event", kindName(ev.Kind)).Str("detail", ev.Message).Msg("command progress")
+		c.send(progressMsg(k, ev), true)
 	}
 }
 
@@ -372,4 +421,16 @@ func fmtDuration(d time.Duration) string {
 		return fmt.Sprintf("%ds", d/time.Second)
 	}
 	return d.String()
+}
+
+// actionName names a command's action for the log.
+func actionName(cmd *agentv1.Command) string {
+	switch cmd.GetAction().(type) {
+	case *agentv1.Command_StopAgent:
+		return "stop"
+	case *agentv1.Command_StartAgent:
+		return "start"
+	default:
+		return "unknown"
+	}
 }

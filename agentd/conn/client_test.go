@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -95,15 +96,17 @@ func (f *fakeServer) Connect(stream agentv1.AgentService_ConnectServer) error {
 	}
 }
 
-// fakeRunner is a Runner whose StopAll emits events, then optionally blocks
-// until released or its ctx is done.
+// fakeRunner is a Runner whose StopAll and StartAll emit events, then
+// optionally block until released or their ctx is done.
 type fakeRunner struct {
-	mu      sync.Mutex
-	calls   int
-	ctxErr  error
-	block   bool
-	started chan struct{} // receives once per StopAll call
-	release chan struct{}
+	mu         sync.Mutex
+	calls      int // StopAll and StartAll calls
+	specReads  int // ReadStartSpec calls
+	startSpecs []proc.StartSpec
+	ctxErr     error
+	block      bool
+	started    chan struct{} // receives once per StopAll or StartAll call
+	release    chan struct{}
 }
 
 func newFakeRunner(block bool) *fakeRunner {
@@ -134,6 +137,41 @@ func (r *fakeRunner) StopAll(ctx context.Context, grace time.Duration, emit func
 	}
 	emit(proc.Event{Kind: proc.EventExited, Target: target, Time: time.Now(), Message: "exited"})
 	return nil
+}
+
+func (r *fakeRunner) ReadStartSpec(_ context.Context, t proc.Target) (proc.StartSpec, error) {
+	r.mu.Lock()
+	r.specReads++
+	r.mu.Unlock()
+	return proc.StartSpec{Name: t.Name, PID: t.PID, CreateTime: t.CreateTime, Exe: t.Exe,
+		Args: []string{t.Exe, "--flag"}, Env: []string{"A=1"}, Dir: "/", User: "admin", UID: 500, GID: 500}, nil
+}
+
+func (r *fakeRunner) StartAll(ctx context.Context, specs []proc.StartSpec, emit func(proc.Event)) (int, error) {
+	r.mu.Lock()
+	r.calls++
+	r.startSpecs = specs
+	r.mu.Unlock()
+	r.started <- struct{}{}
+	if r.block {
+		select {
+		case <-r.release:
+		case <-ctx.Done():
+			r.mu.Lock()
+			r.ctxErr = ctx.Err()
+			r.mu.Unlock()
+			return 0, ctx.Err()
+		}
+	}
+	emit(proc.Event{Kind: proc.EventOutput, Time: time.Now(), Message: "ocp_agentctl: starting"})
+	emit(proc.Event{Kind: proc.EventStarted, Target: target, Time: time.Now(), Message: "started"})
+	return 1, nil
+}
+
+func (r *fakeRunner) SpecReads() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.specReads
 }
 
 func (r *fakeRunner) Calls() int {
@@ -187,6 +225,7 @@ func (h *harness) run() {
 	c := New(Config{
 		Service: agentv1.NewAgentServiceClient(h.cc), State: st, Runner: h.runner,
 		Token: "tok", HostName: "h1", InnerIP: "10.0.0.1", MachineID: "mid", Version: "test",
+		InstallHome:     "/home/admin/ocp_agent",
 		Backoff:         Backoff{Base: 5 * time.Millisecond, Cap: 50 * time.Millisecond},
 		ShutdownTimeout: 2 * time.Second,
 		Log:             zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.DebugLevel),
@@ -271,6 +310,13 @@ func command(subtask int64, attempt int32, timeout time.Duration) *agentv1.Conne
 	}}}
 }
 
+func startCommand(subtask int64, attempt int32, timeout time.Duration) *agentv1.ConnectResponse {
+	return &agentv1.ConnectResponse{Kind: &agentv1.ConnectResponse_Command{Command: &agentv1.Command{
+		SubtaskId: subtask, Attempt: attempt, Timeout: durationpb.New(timeout),
+		Action: &agentv1.Command_StartAgent{StartAgent: &agentv1.StartAgentAction{}},
+	}}}
+}
+
 func ack(subtask int64, attempt int32) *agentv1.ConnectResponse {
 	return &agentv1.ConnectResponse{Kind: &agentv1.ConnectResponse_Ack{Ack: &agentv1.ResultAck{SubtaskId: subtask, Attempt: attempt}}}
 }
@@ -302,7 +348,8 @@ func TestHelloWelcomePersistsHostID(t *testing.T) {
 	fs := h.stream()
 	hello := fs.hello
 	if hello.GetToken() != "tok" || hello.GetHostId() != 0 || hello.GetHostName() != "h1" ||
-		hello.GetInnerIpAddress() != "10.0.0.1" || hello.GetMachineId() != "mid" || hello.GetAgentdVersion() != "test" {
+		hello.GetInnerIpAddress() != "10.0.0.1" || hello.GetMachineId() != "mid" || hello.GetAgentdVersion() != "test" ||
+		hello.GetInstallHome() != "/home/admin/ocp_agent" {
 		t.Fatalf("hello = %v", hello)
 	}
 	if len(hello.GetProcesses()) != 1 || hello.GetProcesses()[0].GetPid() != target.PID {
@@ -455,18 +502,21 @@ func TestPendingResultResentOnConnect(t *testing.T) {
 func TestCancelAndTimeout(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
+		cmd     func(int64, int32, time.Duration) *agentv1.ConnectResponse
 		timeout time.Duration
 		cancel  bool
 		want    string
 	}{
-		{"cancel", time.Minute, true, "canceled: timed out after 600s"},
-		{"timeout", 100 * time.Millisecond, false, "canceled: timed out after 100ms"},
+		{"stop cancel", command, time.Minute, true, "canceled: timed out after 600s"},
+		{"stop timeout", command, 100 * time.Millisecond, false, "canceled: timed out after 100ms"},
+		{"start cancel", startCommand, time.Minute, true, "canceled: timed out after 600s"},
+		{"start timeout", startCommand, 100 * time.Millisecond, false, "canceled: timed out after 100ms"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := newFakeRunner(true)
 			h := start(t, r, t.TempDir())
 			fs := h.stream()
-			fs.push(t, command(14, 1, tc.timeout))
+			fs.push(t, tc.cmd(14, 1, tc.timeout))
 			<-r.started
 			if tc.cancel {
 				fs.push(t, &agentv1.ConnectResponse{Kind: &agentv1.ConnectResponse_Cancel{Cancel: &agentv1.CancelCommand{
@@ -546,5 +596,87 @@ func TestBackoffFullJitter(t *testing.T) {
 	}
 	if got := (Backoff{}).Ceiling(1000); got != DefaultBackoffCap {
 		t.Fatalf("default cap = %v", got)
+	}
+}
+
+func TestStartAgentCommand(t *testing.T) {
+	r := newFakeRunner(false)
+	h := start(t, r, t.TempDir())
+	fs := h.stream()
+	fs.push(t, startCommand(20, 1, time.Minute))
+	var kinds []agentv1.ProcessEventKind
+	var res *agentv1.CommandResult
+	for res == nil {
+		m := fs.next(t)
+		if p := m.GetProgress(); p != nil {
+			kinds = append(kinds, p.GetKind())
+		}
+		res = m.GetResult()
+	}
+	want := []agentv1.ProcessEventKind{
+		agentv1.ProcessEventKind_PROCESS_EVENT_KIND_OUTPUT,
+		agentv1.ProcessEventKind_PROCESS_EVENT_KIND_STARTED,
+	}
+	if !slices.Equal(kinds, want) {
+		t.Fatalf("progress kinds = %v, want %v", kinds, want)
+	}
+	if res.GetOutcome() != agentv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED || res.GetSubtaskId() != 20 ||
+		res.GetMessage() != "started 1 OCP Agent base processes" {
+		t.Fatalf("result = %v", res)
+	}
+	r.mu.Lock()
+	specs := r.startSpecs
+	r.mu.Unlock()
+	if len(specs) != 1 || specs[0].Name != target.Name || specs[0].PID != target.PID || !slices.Equal(specs[0].Args, []string{target.Exe, "--flag"}) {
+		t.Fatalf("StartAll got specs %+v, want the one recorded from the scan", specs)
+	}
+	fs.push(t, startCommand(20, 1, time.Minute)) // repeated: the stored result
+	if again := fs.result(t); again.GetMessage() != res.GetMessage() {
+		t.Fatalf("repeated result = %v", again)
+	}
+	if n := r.Calls(); n != 1 {
+		t.Fatalf("StartAll called %d times, want 1", n)
+	}
+}
+
+func TestStartSpecsRecordedOncePerProcess(t *testing.T) {
+	dir := t.TempDir()
+	r := newFakeRunner(false)
+	h := start(t, r, dir)
+	fs := h.stream()
+	for range 3 { // heartbeats scan again; the process is the same
+		select {
+		case m := <-fs.reqs:
+			if m.GetHeartbeat() == nil {
+				t.Fatalf("message %v, want a heartbeat", m)
+			}
+		case <-time.After(waitFor):
+			t.Fatal("no heartbeat")
+		}
+	}
+	if n := r.SpecReads(); n != 1 {
+		t.Fatalf("ReadStartSpec called %d times over several scans, want 1", n)
+	}
+	specs, err := h.state.StartSpecs()
+	if err != nil || len(specs) != 1 || specs[0].PID != target.PID || specs[0].User != "admin" {
+		t.Fatalf("stored specs = %+v, %v", specs, err)
+	}
+	h.stop()
+
+	// A restarted agentd knows the process from the state dir.
+	h.run()
+	fs = h.stream() // its Hello carried a scan
+	if n := r.SpecReads(); n != 1 {
+		t.Fatalf("ReadStartSpec called %d times after a restart, want 1", n)
+	}
+	fs.push(t, startCommand(21, 1, time.Minute))
+	if res := fs.result(t); res.GetOutcome() != agentv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED {
+		t.Fatalf("result = %v", res)
+	}
+	r.mu.Lock()
+	specs = r.startSpecs
+	r.mu.Unlock()
+	if len(specs) != 1 || specs[0].PID != target.PID {
+		t.Fatalf("StartAll got specs %+v after a restart", specs)
 	}
 }

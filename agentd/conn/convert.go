@@ -18,6 +18,14 @@ func processMsg(t proc.Target) *agentv1.Process {
 	return p
 }
 
+func processMsgs(ts []proc.Target) []*agentv1.Process {
+	out := make([]*agentv1.Process, 0, len(ts))
+	for _, t := range ts {
+		out = append(out, processMsg(t))
+	}
+	return out
+}
+
 var eventKinds = map[proc.EventKind]agentv1.ProcessEventKind{
 	proc.EventFound:       agentv1.ProcessEventKind_PROCESS_EVENT_KIND_FOUND,
 	proc.EventSigtermSent: agentv1.ProcessEventKind_PROCESS_EVENT_KIND_SIGTERM_SENT,
@@ -25,6 +33,8 @@ var eventKinds = map[proc.EventKind]agentv1.ProcessEventKind{
 	proc.EventSigkillSent: agentv1.ProcessEventKind_PROCESS_EVENT_KIND_SIGKILL_SENT,
 	proc.EventSkipped:     agentv1.ProcessEventKind_PROCESS_EVENT_KIND_SKIPPED,
 	proc.EventError:       agentv1.ProcessEventKind_PROCESS_EVENT_KIND_ERROR,
+	proc.EventStarted:     agentv1.ProcessEventKind_PROCESS_EVENT_KIND_STARTED,
+	proc.EventOutput:      agentv1.ProcessEventKind_PROCESS_EVENT_KIND_OUTPUT,
 }
 
 // kindName is a lowercase name of an event kind, for logs.
@@ -42,6 +52,10 @@ func kindName(k proc.EventKind) string {
 		return "skipped"
 	case proc.EventError:
 		return "error"
+	case proc.EventStarted:
+		return "started"
+	case proc.EventOutput:
+		return "output"
 	}
 	return "unknown"
 }

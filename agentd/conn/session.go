@@ -11,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"agentplane/agentd/proc"
 	agentv1 "agentplane/gen/agentplane/agent/v1"
 )
 
@@ -105,7 +106,8 @@ func (c *Client) session(ctx context.Context) (welcomed bool, err error) {
 		InnerIpAddress: c.cfg.InnerIP,
 		MachineId:      c.cfg.MachineID,
 		AgentdVersion:  c.cfg.Version,
-		Processes:      c.scan(sctx),
+		Processes:      processMsgs(c.scan(sctx)),
+		InstallHome:    c.cfg.InstallHome,
 	}}}, false)
 
 	// The first message must be the Welcome.
@@ -175,10 +177,7 @@ func (c *Client) session(ctx context.Context) (welcomed bool, err error) {
 		case err := <-errc:
 			return true, err
 		case <-hb.C:
-			s.send(&agentv1.ConnectRequest{Kind: &agentv1.ConnectRequest_Heartbeat{Heartbeat: &agentv1.Heartbeat{
-				SentAt:    timestamppb.Now(),
-				Processes: c.scan(sctx),
-			}}}, false)
+			s.send(c.heartbeat(sctx), false)
 		case m := <-in:
 			c.handle(s, m)
 		}
@@ -242,16 +241,22 @@ func (c *Client) shutdown(s *session, in <-chan *agentv1.ConnectResponse, errc <
 	s.log.Info().Msg("disconnected from server")
 }
 
-// scan lists the base processes for Hello and Heartbeat.
-func (c *Client) scan(ctx context.Context) []*agentv1.Process {
+// heartbeat is a Heartbeat with the base processes running now.
+func (c *Client) heartbeat(ctx context.Context) *agentv1.ConnectRequest {
+	return &agentv1.ConnectRequest{Kind: &agentv1.ConnectRequest_Heartbeat{Heartbeat: &agentv1.Heartbeat{
+		SentAt:    timestamppb.Now(),
+		Processes: processMsgs(c.scan(ctx)),
+	}}}
+}
+
+// scan lists the base processes, for Hello, Heartbeat and before a command,
+// and records how they were started. It returns nil when the scan fails.
+func (c *Client) scan(ctx context.Context) []proc.Target {
 	ts, err := c.cfg.Runner.Scan(ctx)
 	if err != nil {
 		c.log.Warn().Err(err).Msg("cannot scan processes")
 		return nil
 	}
-	out := make([]*agentv1.Process, 0, len(ts))
-	for _, t := range ts {
-		out = append(out, processMsg(t))
-	}
-	return out
+	c.rec.observe(ctx, ts)
+	return ts
 }

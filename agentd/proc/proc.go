@@ -1,7 +1,10 @@
-// Package proc owns finding and stopping the OCP Agent's base processes on
-// this host: discovery filtered from /proc and completed with gopsutil, a
-// process identity checked before every signal, and the stop sequence
-// (ocp_agentd first, SIGTERM, grace, SIGKILL, verify, rescan).
+// Package proc owns finding, stopping and starting the OCP Agent's base
+// processes on this host: discovery filtered from /proc and completed with
+// gopsutil, a process identity checked before every signal, the stop
+// sequence (ocp_agentd first, SIGTERM, grace, SIGKILL, verify, rescan), what
+// a running process needs to be started again (StartSpec), and the start
+// sequence (bin/ocp_agentctl start, else the recorded command lines with
+// ocp_agentd first, then verify).
 package proc
 
 import "time"
@@ -25,7 +28,7 @@ type Target struct {
 	Cwd        string    // working directory, empty when unreadable
 }
 
-// EventKind is a step in stopping one process.
+// EventKind is a step in stopping or starting one process.
 type EventKind int
 
 // Event kinds.
@@ -36,9 +39,11 @@ const (
 	EventSigkillSent                      // SIGKILL sent after the grace period
 	EventSkipped                          // a base name outside the install home, left alone
 	EventError                            // something failed for this process; see Message
+	EventStarted                          // started, or found running already
+	EventOutput                           // a line of bin/ocp_agentctl's output; Target is empty
 )
 
-// Event is one step of a stop, reported as it happens.
+// Event is one step of a stop or a start, reported as it happens.
 type Event struct {
 	Kind    EventKind
 	Target  Target

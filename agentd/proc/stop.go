@@ -44,11 +44,13 @@ func (e *StillRunningError) Error() string {
 // Unwrap makes errors.Is(err, ErrStillRunning) hold.
 func (e *StillRunningError) Unwrap() error { return ErrStillRunning }
 
-// Stopper finds and stops the base processes whose executable lies under InstallHome.
+// Stopper finds, stops and starts the base processes whose executable lies
+// under InstallHome.
 type Stopper struct {
 	InstallHome string        // e.g. /home/admin/ocp_agent; must be absolute
 	Grace       time.Duration // default grace between SIGTERM and SIGKILL (used when StopAll's grace is 0)
 	MaxRounds   int           // rescan/restop rounds bound; 0 means 3
+	StartWait   time.Duration // how long StartAll waits for the processes to run after starting them; 0 means 30s
 	Log         zerolog.Logger
 }
 
@@ -114,7 +116,7 @@ func (s *Stopper) StopAll(ctx context.Context, grace time.Duration, emit func(Ev
 	}
 }
 
-// run is the state of one StopAll call.
+// run is the state of one StopAll or StartAll call.
 type run struct {
 	s        *Stopper
 	mu       sync.Mutex // serializes emit
@@ -279,6 +281,10 @@ func (k EventKind) String() string {
 		return "skipped"
 	case EventError:
 		return "error"
+	case EventStarted:
+		return "started"
+	case EventOutput:
+		return "output"
 	}
 	return fmt.Sprintf("EventKind(%d)", int(k))
 }

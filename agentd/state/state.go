@@ -1,12 +1,14 @@
 // Package state owns agentd's on-disk state in --state-dir: the host id the
-// server assigned, and the command journal that makes every
-// (subtask, attempt) run at most once and keeps its result until the server
-// acknowledges it.
+// server assigned, how the OCP Agent's base processes were started, and the
+// command journal that makes every (subtask, attempt) run at most once and
+// keeps its result until the server acknowledges it.
 //
 // Layout:
 //
 //	lock                      flock held while a State is open
 //	host_id                   decimal host id, written atomically
+//	processes.json            start specs of the base processes last seen
+//	                          running (0600: it holds their environments)
 //	runs/<subtask>-<attempt>  marker created (O_EXCL) before a command runs;
 //	                          holds the result's JSON once the command ended
 //	outbox/<subtask>-<attempt>.json
@@ -29,6 +31,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"agentplane/agentd/proc"
 )
 
 // MarkerTTL is how long a run marker is kept after it was last written.
@@ -141,6 +145,41 @@ func (s *State) SetHostID(id int64) error {
 	}
 	if err := writeAtomic(filepath.Join(s.dir, "host_id"), []byte(strconv.FormatInt(id, 10)+"\n")); err != nil {
 		return fmt.Errorf("writing host id: %w", err)
+	}
+	return nil
+}
+
+// specsFile is the JSON document in processes.json.
+type specsFile struct {
+	StartSpecs []proc.StartSpec `json:"start_specs"`
+}
+
+// StartSpecs returns the recorded start specs in the order saved; none when
+// nothing was recorded yet.
+func (s *State) StartSpecs() ([]proc.StartSpec, error) {
+	b, err := os.ReadFile(filepath.Join(s.dir, "processes.json"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading start specs: %w", err)
+	}
+	var f specsFile
+	if err := json.Unmarshal(b, &f); err != nil {
+		return nil, fmt.Errorf("decoding start specs: %w", err)
+	}
+	return f.StartSpecs, nil
+}
+
+// SaveStartSpecs replaces the recorded start specs atomically. The file is
+// 0600: the specs hold the processes' environments.
+func (s *State) SaveStartSpecs(specs []proc.StartSpec) error {
+	b, err := json.MarshalIndent(specsFile{StartSpecs: specs}, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encoding start specs: %w", err)
+	}
+	if err := writeAtomic(filepath.Join(s.dir, "processes.json"), append(b, '\n')); err != nil {
+		return fmt.Errorf("writing start specs: %w", err)
 	}
 	return nil
 }

@@ -4,9 +4,12 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"sync"
 	"testing"
 	"time"
+
+	"agentplane/agentd/proc"
 )
 
 func mustOpen(t *testing.T, dir string) *State {
@@ -218,4 +221,50 @@ func TestLocked(t *testing.T) {
 	s.Close()
 	s2 := mustOpen(t, dir)
 	s2.Close()
+}
+
+func TestStartSpecsPersist(t *testing.T) {
+	dir := t.TempDir()
+	s := mustOpen(t, dir)
+	if specs, err := s.StartSpecs(); err != nil || len(specs) != 0 {
+		t.Fatalf("StartSpecs on empty dir = %+v, %v; want none", specs, err)
+	}
+	want := []proc.StartSpec{
+		{Name: "ocp_agentd", PID: 10, CreateTime: time.UnixMilli(1700000000123), Exe: "/home/admin/ocp_agent/bin/ocp_agentd",
+			Args: []string{"bin/ocp_agentd", "-c", "conf"}, Env: []string{"HOME=/home/admin", "SECRET=x"}, Dir: "/home/admin/ocp_agent",
+			UID: 500, GID: 501, Groups: []uint32{501, 10}, User: "admin"},
+		{Name: "ocp_monagent", PID: 12, CreateTime: time.UnixMilli(1700000000456), Exe: "/home/admin/ocp_agent/bin/ocp_monagent",
+			Args: []string{"/home/admin/ocp_agent/bin/ocp_monagent"}, Env: []string{}, User: "admin"},
+	}
+	if err := s.SaveStartSpecs(want); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+
+	s = mustOpen(t, dir)
+	defer s.Close()
+	got, err := s.StartSpecs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(want) {
+		t.Fatalf("StartSpecs after reopen = %+v, want %+v", got, want)
+	}
+	for i := range want {
+		g, w := got[i], want[i]
+		if !g.CreateTime.Equal(w.CreateTime) {
+			t.Errorf("spec %d create time %v, want %v", i, g.CreateTime, w.CreateTime)
+		}
+		g.CreateTime = w.CreateTime
+		if !reflect.DeepEqual(g, w) {
+			t.Errorf("spec %d = %+v, want %+v", i, g, w)
+		}
+	}
+	fi, err := os.Stat(filepath.Join(dir, "processes.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if perm := fi.Mode().Perm(); perm != 0o600 {
+		t.Errorf("processes.json mode %v, want 0600", perm)
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"reflect"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"time"
 
@@ -134,6 +135,7 @@ func (e *Engine) Close() {
 func (e *Engine) Submit(ctx context.Context, p Plan) (*Task, error) {
 	now := e.cfg.Now()
 	t := &p.Task
+	t.Subtasks = slices.Clone(t.Subtasks) // the caller's plan stays as it was
 	t.Status, t.StartTime, t.Executor = StatusRunning, now, e.cfg.Executor
 	if t.Operation == "" {
 		t.Operation = OpExecute
@@ -159,7 +161,7 @@ func (e *Engine) Submit(ctx context.Context, p Plan) (*Task, error) {
 			t.Subtasks[i].Status = SubtaskReady
 		}
 	}
-	if key := idempotencyKey(ctx); key != "" {
+	if key := IdempotencyKey(ctx); key != "" {
 		p.Idempotency = &Idempotency{Scope: digest(t.Creator, key), Fingerprint: fingerprint(p)}
 	}
 	created, existed, err := e.cfg.Store.CreateTask(ctx, p)

@@ -140,7 +140,9 @@ func WithIdempotencyKey(ctx context.Context, key string) (context.Context, error
 	return context.WithValue(ctx, idempotencyKeyCtx{}, key), nil
 }
 
-func idempotencyKey(ctx context.Context) string {
+// IdempotencyKey returns the Idempotency-Key ctx carries (see
+// WithIdempotencyKey), or "" when it carries none.
+func IdempotencyKey(ctx context.Context) string {
 	k, _ := ctx.Value(idempotencyKeyCtx{}).(string)
 	return k
 }

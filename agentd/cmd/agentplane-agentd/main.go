@@ -1,6 +1,7 @@
 // Command agentplane-agentd is the per-host daemon of agentplane: it keeps
-// one stream to agentplane-server, registers the host, sends heartbeats and
-// stops the OCP Agent's base processes when the server asks.
+// one stream to agentplane-server, registers the host, sends heartbeats,
+// records how the OCP Agent's base processes were started, and stops and
+// starts them when the server asks.
 package main
 
 import (
@@ -62,7 +63,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.tokenFile, "token-file", "", "file holding the enrollment token (or set $"+tokenEnv+")")
 	fs.StringVar(&o.stateDir, "state-dir", "/var/lib/agentplane-agentd", "directory for the host id and the command journal")
 	fs.StringVar(&o.hostName, "host-name", hostname, "host name to register (several agentds on one machine act as several hosts)")
-	fs.StringVar(&o.installHome, "install-home", "/home/admin/ocp_agent", "OCP Agent install home; only processes whose executable lies under it are stopped")
+	fs.StringVar(&o.installHome, "install-home", "/home/admin/ocp_agent", "OCP Agent install home; only processes whose executable lies under it are stopped or started")
 	fs.DurationVar(&o.grace, "grace", 30*time.Second, "time between SIGTERM and SIGKILL when the server does not say")
 	fs.BoolVar(&o.insecure, "insecure", false, "allow plaintext gRPC to a non-loopback server (TLS is not supported yet)")
 	fs.StringVar(&o.logFormat, "log-format", "auto", "log format: auto (console on a terminal, else json), json or console")
@@ -125,16 +126,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	ip := innerIP(o.server)
 	client := conn.New(conn.Config{
-		Service:   agentv1.NewAgentServiceClient(cc),
-		State:     st,
-		Runner:    &proc.Stopper{InstallHome: o.installHome, Grace: o.grace, Log: log},
-		Token:     token,
-		HostName:  o.hostName,
-		InnerIP:   ip,
-		MachineID: machineID(),
-		Version:   version,
-		Grace:     o.grace,
-		Log:       log,
+		Service:     agentv1.NewAgentServiceClient(cc),
+		State:       st,
+		Runner:      &proc.Stopper{InstallHome: o.installHome, Grace: o.grace, Log: log},
+		Token:       token,
+		HostName:    o.hostName,
+		InnerIP:     ip,
+		MachineID:   machineID(),
+		Version:     version,
+		InstallHome: o.installHome,
+		Grace:       o.grace,
+		Log:         log,
 	})
 	log.Info().Str("server", o.server).Str("host_name", o.hostName).Str("inner_ip", ip).
 		Str("state_dir", o.stateDir).Str("install_home", o.installHome).Str("version", version).Msg("agentd starting")
