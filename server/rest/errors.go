@@ -5,24 +5,26 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 
 	"agentplane/server/errs"
 )
 
 // Error codes in the body's error.code, by HTTP status. OCP's own codes are
-// kept where known (20000, 20003, 30014); the others are agentplane's,
+// kept where known (20000, 20003, 20004, 30014); the others are agentplane's,
 // 10000 + the HTTP status's last digits.
 //
 //	HTTP  code   meaning
-//	400   10000  bad request: malformed id, query parameter or body (errs.ErrInvalidArgument)
+//	400   10000  bad request: malformed id, query parameter, body or Idempotency-Key (errs.ErrInvalidArgument)
 //	400   20003  operation not allowed in this state (errs.ErrFailedPrecondition)
+//	400   20004  rollback prohibited (errs.ErrRollbackProhibited)
 //	401   10001  no or wrong credentials (errs.ErrUnauthenticated)
 //	403   30014  not authorized: the caller lacks the role (errs.ErrPermissionDenied)
-//	404   20000  task not found (errs.ErrNotFound for a taskInstanceId)
+//	404   20000  task or subtask not found (errs.ErrNotFound for a taskInstanceId or subtaskInstanceId)
 //	404   10004  not found: host, user, or an unknown path (errs.ErrNotFound)
 //	405   10005  method not allowed on this path (Allow header lists the methods)
-//	409   10009  conflict: already exists, or held by other work (errs.ErrConflict)
+//	409   10009  conflict: already exists, or held by other work, named in the message (errs.ErrConflict)
 //	413   10013  request body larger than Config.MaxBodyBytes
 //	415   10015  request body is not application/json
 //	500   10500  internal error; the message is generic, the cause only logged
@@ -39,6 +41,7 @@ const (
 	CodeUnavailable         = 10503
 	CodeTaskNotFound        = 20000
 	CodeOperationNotAllowed = 20003
+	CodeRollbackProhibited  = 20004
 	CodeNotAuthorized       = 30014
 )
 
@@ -65,9 +68,29 @@ type apiError struct {
 	Allow        string // for 405
 }
 
-// targetTaskID is the path parameter naming a task; a not-found error about
-// it is OCP's "task not found".
-const targetTaskID = "taskInstanceId"
+// targetTaskID and targetSubtaskID are the path parameters naming a task
+// and a subtask; a not-found error about either is OCP's "task not found".
+const (
+	targetTaskID    = "taskInstanceId"
+	targetSubtaskID = "subtaskInstanceId"
+)
+
+// subtaskTarget is the target of a domain error from a subtask operation:
+// the subtask when the error names it (the domain's "subtask 7 is not in
+// task 5", "cannot retry subtask 7"), else the task.
+func subtaskTarget(err error, subtaskID int64) string {
+	msg, name := err.Error(), "subtask "+strconv.FormatInt(subtaskID, 10)
+	for {
+		i := strings.Index(msg, name)
+		if i < 0 {
+			return targetTaskID
+		}
+		msg = msg[i+len(name):]
+		if msg == "" || msg[0] < '0' || msg[0] > '9' {
+			return targetSubtaskID
+		}
+	}
+}
 
 // apiErrorOf is the one mapping from errors to HTTP statuses and codes.
 // Messages of errs kinds are meant for callers and are sent; anything else is
@@ -94,13 +117,15 @@ func apiErrorOf(err error, target string) apiError {
 		e.Status, e.Code = http.StatusForbidden, CodeNotAuthorized
 	case errors.Is(err, errs.ErrNotFound):
 		e.Status, e.Code = http.StatusNotFound, CodeNotFound
-		if target == targetTaskID {
+		if target == targetTaskID || target == targetSubtaskID {
 			e.Code = CodeTaskNotFound
 		}
 	case errors.Is(err, errs.ErrConflict):
 		e.Status, e.Code = http.StatusConflict, CodeConflict
 	case errors.Is(err, errs.ErrFailedPrecondition):
 		e.Status, e.Code = http.StatusBadRequest, CodeOperationNotAllowed
+	case errors.Is(err, errs.ErrRollbackProhibited):
+		e.Status, e.Code = http.StatusBadRequest, CodeRollbackProhibited
 	case errors.Is(err, errs.ErrUnavailable):
 		e.Status, e.Code = http.StatusServiceUnavailable, CodeUnavailable
 	case errors.Is(err, context.DeadlineExceeded):

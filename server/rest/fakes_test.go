@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -26,8 +27,21 @@ const (
 	hostBroken      = 500
 	hostPanics      = 666
 	hostTimeout     = 504
+	hostBare        = 3 // an agent with nothing known yet
 	taskOK          = 30443
 	hostsTotal      = 45
+
+	// Task ids the fake task service answers specially.
+	taskRunning    = 20003 // operations refused: the task is RUNNING
+	taskProhibited = 20004 // rollback prohibited
+	taskHostHeld   = 4090  // another task holds its host
+	heldBy         = 777   // the task that holds it
+	tasksTotal     = 41
+
+	// Subtasks of specTask: subtaskFailed may be retried or skipped,
+	// subtaskRunning canceled; each refuses the others.
+	subtaskFailed  = 32074
+	subtaskRunning = 32073
 )
 
 var start = time.Date(2021, 9, 3, 14, 27, 59, 687_000_000, time.FixedZone("CST", 8*3600))
@@ -59,20 +73,51 @@ func specTask() *task.Task {
 type fakeHosts struct {
 	mu        sync.Mutex
 	lastQuery host.ListQuery
+	lastOp    string  // the last task-creating call
+	lastKey   string  // its Idempotency-Key
+	lastIDs   []int64 // its host ids
 }
 
 func (f *fakeHosts) StopAgent(ctx context.Context, id int64) (*task.Task, error) {
+	return f.hostOp(ctx, "Stop OCP agent", id)
+}
+
+func (f *fakeHosts) StartAgent(ctx context.Context, id int64) (*task.Task, error) {
+	return f.hostOp(ctx, "Start OCP agent", id)
+}
+
+func (f *fakeHosts) RestartAgent(ctx context.Context, id int64) (*task.Task, error) {
+	return f.hostOp(ctx, "Restart OCP agent", id)
+}
+
+// record remembers a task-creating call and the Idempotency-Key it carried.
+func (f *fakeHosts) record(ctx context.Context, op string, ids ...int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.lastOp, f.lastKey, f.lastIDs = op, task.IdempotencyKey(ctx), ids
+}
+
+func (f *fakeHosts) last() (op, key string, ids []int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.lastOp, f.lastKey, f.lastIDs
+}
+
+func (f *fakeHosts) hostOp(ctx context.Context, name string, id int64) (*task.Task, error) {
 	if err := auth.Require(ctx, auth.RoleHostManager); err != nil {
 		return nil, err
 	}
-	zerolog.Ctx(ctx).Info().Int64("host_id", id).Msg("stopping agent")
+	zerolog.Ctx(ctx).Info().Int64("host_id", id).Str("task", name).Msg("stopping agent")
+	f.record(ctx, name, id)
 	switch id {
 	case hostOK:
-		return specTask(), nil
+		t := specTask()
+		t.Name = name
+		return t, nil
 	case hostMissing:
 		return nil, fmt.Errorf("host %d: %w", id, errs.ErrNotFound)
 	case hostBusy:
-		return nil, fmt.Errorf("host %d: agent operation running: %w", id, errs.ErrConflict)
+		return nil, fmt.Errorf("host %d: agent operation in progress (task %d): %w", id, heldBy, errs.ErrConflict)
 	case hostWrongState:
 		return nil, fmt.Errorf("host %d is deleting: %w", id, errs.ErrFailedPrecondition)
 	case hostUnreachable:
@@ -83,6 +128,76 @@ func (f *fakeHosts) StopAgent(ctx context.Context, id int64) (*task.Task, error)
 		panic("boom: secret panic detail")
 	case hostTimeout:
 		return nil, fmt.Errorf("waiting for store: %w", context.DeadlineExceeded)
+	}
+	return nil, fmt.Errorf("host %d: %w", id, errs.ErrNotFound)
+}
+
+func (f *fakeHosts) BatchStopAgents(ctx context.Context, ids []int64) (*task.Task, error) {
+	return f.batchOp(ctx, "Batch stop OCP agent", ids)
+}
+
+func (f *fakeHosts) BatchRestartAgents(ctx context.Context, ids []int64) (*task.Task, error) {
+	return f.batchOp(ctx, "Batch restart OCP agent", ids)
+}
+
+// batchOp validates as agentop.Service does, then answers as hostOp for the
+// first host that is not hostOK.
+func (f *fakeHosts) batchOp(ctx context.Context, name string, ids []int64) (*task.Task, error) {
+	if err := auth.Require(ctx, auth.RoleHostManager); err != nil {
+		return nil, err
+	}
+	f.record(ctx, name, ids...)
+	if len(ids) == 0 {
+		return nil, fmt.Errorf("hostIds: 0 hosts, must be 1..2000: %w", errs.ErrInvalidArgument)
+	}
+	seen := map[int64]bool{}
+	for _, id := range ids {
+		if seen[id] {
+			return nil, fmt.Errorf("hostIds: host id %d is listed twice: %w", id, errs.ErrInvalidArgument)
+		}
+		seen[id] = true
+	}
+	for _, id := range ids {
+		if id == hostBusy {
+			return nil, fmt.Errorf("host %d: agent operation in progress (task %d): %w", id, heldBy, errs.ErrConflict)
+		}
+		if id != hostOK && id != hostBare {
+			return nil, fmt.Errorf("host %d: %w", id, errs.ErrNotFound)
+		}
+	}
+	t := specTask()
+	t.Name, t.HostID = name, 0
+	t.Context.Parallel = true
+	for _, id := range ids {
+		t.Context.ListMap["host_ids"] = append(t.Context.ListMap["host_ids"], fmt.Sprint(id))
+	}
+	return t, nil
+}
+
+// agentStarted is when the running process of hostOK's agent started,
+// relative to the call.
+const agentStarted = 90 * time.Second
+
+func (f *fakeHosts) GetHostAgent(ctx context.Context, id int64) (*host.Agent, error) {
+	if err := auth.Require(ctx, auth.RoleHostViewer); err != nil {
+		return nil, err
+	}
+	switch id {
+	case hostOK:
+		return &host.Agent{
+			HostID: id, InnerIP: "10.0.0.2", InstallHome: "/home/admin/ocp_agent", Version: "4.2.1",
+			Status: host.AgentStarted, LastSeen: start, CreateTime: start, UpdateTime: start,
+			Processes: []host.Process{
+				{PID: 4242, Name: "ocp_agentd", Exe: "/home/admin/ocp_agent/bin/ocp_agentd", User: "admin",
+					Cmdline: "/home/admin/ocp_agent/bin/ocp_agentd -c conf/agentd.yaml", CreateTime: time.Now().Add(-agentStarted),
+					Status: host.AgentStarted, LastActiveTime: start},
+				{PID: 4243, Name: "ocp_mgragent", Exe: "/home/admin/ocp_agent/bin/ocp_mgragent", User: "admin",
+					Cmdline: "/home/admin/ocp_agent/bin/ocp_mgragent", CreateTime: start.Add(-time.Hour),
+					Status: host.AgentStopped, LastActiveTime: start},
+			},
+		}, nil
+	case hostBare:
+		return &host.Agent{HostID: id, InnerIP: "10.0.0.3", CreateTime: start, UpdateTime: start}, nil
 	}
 	return nil, fmt.Errorf("host %d: %w", id, errs.ErrNotFound)
 }
@@ -126,9 +241,12 @@ func (f *fakeHosts) query() host.ListQuery {
 	return f.lastQuery
 }
 
-type fakeTasks struct{}
+type fakeTasks struct {
+	mu        sync.Mutex
+	lastQuery task.ListQuery
+}
 
-func (fakeTasks) GetTask(ctx context.Context, id int64) (*task.Task, error) {
+func (f *fakeTasks) GetTask(ctx context.Context, id int64) (*task.Task, error) {
 	if err := auth.Require(ctx, auth.RoleTaskViewer); err != nil {
 		return nil, err
 	}
@@ -138,6 +256,114 @@ func (fakeTasks) GetTask(ctx context.Context, id int64) (*task.Task, error) {
 	return specTask(), nil
 }
 
+func (f *fakeTasks) ListTasks(ctx context.Context, q task.ListQuery) (task.Page, error) {
+	if err := auth.Require(ctx, auth.RoleTaskViewer); err != nil {
+		return task.Page{}, err
+	}
+	f.mu.Lock()
+	f.lastQuery = q
+	f.mu.Unlock()
+	p := task.Page{Total: tasksTotal, Tasks: []task.Task{}}
+	for i := (q.Page-1)*q.Size + 1; i <= min(q.Page*q.Size, tasksTotal); i++ {
+		t := specTask()
+		t.ID = int64(i)
+		p.Tasks = append(p.Tasks, *t)
+	}
+	return p, nil
+}
+
+func (f *fakeTasks) query() task.ListQuery {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.lastQuery
+}
+
+func (f *fakeTasks) RetryTask(ctx context.Context, id int64) (*task.Task, error) {
+	return f.taskOp(ctx, id, task.OpRetry)
+}
+
+func (f *fakeTasks) RollbackTask(ctx context.Context, id int64) (*task.Task, error) {
+	return f.taskOp(ctx, id, task.OpRollback)
+}
+
+// taskOp answers as the engine would for the special task ids.
+func (f *fakeTasks) taskOp(ctx context.Context, id int64, op task.Operation) (*task.Task, error) {
+	if err := auth.Require(ctx, auth.RoleTaskManager); err != nil {
+		return nil, err
+	}
+	switch id {
+	case taskOK:
+		t := specTask()
+		t.Operation = op
+		return t, nil
+	case taskRunning:
+		return nil, fmt.Errorf("task %d: cannot %s: task is RUNNING: %w", id, strings.ToLower(string(op)), errs.ErrFailedPrecondition)
+	case taskProhibited:
+		if op == task.OpRollback {
+			return nil, fmt.Errorf("task %d: cannot roll back: the task's context prohibits rollback: %w", id, errs.ErrRollbackProhibited)
+		}
+		return specTask(), nil
+	case taskHostHeld:
+		return nil, fmt.Errorf("host %d: agent operation in progress (task %d): %w", hostOK, heldBy, errs.ErrConflict)
+	}
+	return nil, fmt.Errorf("task %d: %w", id, errs.ErrNotFound)
+}
+
+func (f *fakeTasks) RetrySubtask(ctx context.Context, taskID, subtaskID int64) (*task.Task, error) {
+	return f.subtaskOp(ctx, taskID, subtaskID, task.OpRetry)
+}
+
+func (f *fakeTasks) SkipSubtask(ctx context.Context, taskID, subtaskID int64) (*task.Task, error) {
+	return f.subtaskOp(ctx, taskID, subtaskID, task.OpSkip)
+}
+
+func (f *fakeTasks) CancelSubtask(ctx context.Context, taskID, subtaskID int64) (*task.Task, error) {
+	return f.subtaskOp(ctx, taskID, subtaskID, task.OpCancel)
+}
+
+// subtaskOp answers as the engine would: subtaskFailed may be retried or
+// skipped, subtaskRunning canceled.
+func (f *fakeTasks) subtaskOp(ctx context.Context, taskID, subtaskID int64, op task.Operation) (*task.Task, error) {
+	if err := auth.Require(ctx, auth.RoleTaskManager); err != nil {
+		return nil, err
+	}
+	t, err := f.subtask(ctx, taskID, subtaskID)
+	if err != nil {
+		return nil, err
+	}
+	st := t.Subtask(subtaskID)
+	want := map[task.Operation]int64{task.OpRetry: subtaskFailed, task.OpSkip: subtaskFailed, task.OpCancel: subtaskRunning}[op]
+	if subtaskID != want {
+		return nil, fmt.Errorf("task %d: cannot %s subtask %d: subtask is %s: %w", taskID, strings.ToLower(string(op)), subtaskID, st.Status, errs.ErrFailedPrecondition)
+	}
+	st.Operation = op
+	return t, nil
+}
+
+func (f *fakeTasks) subtask(_ context.Context, taskID, subtaskID int64) (*task.Task, error) {
+	if taskID != taskOK {
+		return nil, fmt.Errorf("task %d: %w", taskID, errs.ErrNotFound)
+	}
+	t := specTask()
+	if t.Subtask(subtaskID) == nil {
+		return nil, fmt.Errorf("subtask %d is not in task %d: %w", subtaskID, taskID, errs.ErrNotFound)
+	}
+	return t, nil
+}
+
+// subtaskLogText is every subtask's log.
+const subtaskLogText = "############{EXECUTE}{2021-09-03T14:27:59.694+08:00}############\n2021-09-03T14:27:59.700+08:00 stopping ocp_agentd \"quoted\"\n"
+
+func (f *fakeTasks) SubtaskLog(ctx context.Context, taskID, subtaskID int64) (string, error) {
+	if err := auth.Require(ctx, auth.RoleTaskViewer); err != nil {
+		return "", err
+	}
+	if _, err := f.subtask(ctx, taskID, subtaskID); err != nil {
+		return "", err
+	}
+	return subtaskLogText, nil
+}
+
 // fakeUsers knows a few users by plaintext password.
 type fakeUsers struct{}
 
@@ -145,9 +371,11 @@ var testUsers = map[string]struct {
 	password string
 	roles    []auth.Role
 }{
-	"admin":   {"admin-pass", []auth.Role{auth.RoleAdmin}},
-	"manager": {"manager-pass", []auth.Role{auth.RoleHostManager, auth.RoleTaskViewer}},
-	"viewer":  {"viewer-pass", []auth.Role{auth.RoleHostViewer, auth.RoleTaskViewer}},
+	"admin":    {"admin-pass", []auth.Role{auth.RoleAdmin}},
+	"manager":  {"manager-pass", []auth.Role{auth.RoleHostManager, auth.RoleTaskViewer}},
+	"viewer":   {"viewer-pass", []auth.Role{auth.RoleHostViewer, auth.RoleTaskViewer}},
+	"tasker":   {"tasker-pass", []auth.Role{auth.RoleTaskManager}},
+	"operator": {"operator-pass", []auth.Role{auth.RoleHostManager}},
 }
 
 func (fakeUsers) Authenticate(_ context.Context, username, password string) (auth.Principal, error) {

@@ -1,16 +1,19 @@
 package rest
 
 import (
+	"context"
 	"net/http"
 
 	"agentplane/server/auth"
 	"agentplane/server/host"
+	"agentplane/server/task"
 )
 
 // Path parameters; also the error.target of errors about them.
 const (
-	paramHostID = "hostId"
-	paramTaskID = targetTaskID
+	paramHostID    = "hostId"
+	paramTaskID    = targetTaskID
+	paramSubtaskID = targetSubtaskID
 )
 
 // List paging: page is 1-based.
@@ -19,27 +22,72 @@ const (
 	maxPageSize     = 2000
 )
 
-// stopAgent: POST /compute/hosts/{hostId}/agent/stop → the created task.
-// The call has no body; one may be sent only as application/json, and is
-// ignored.
-func (s *server) stopAgent(w http.ResponseWriter, r *http.Request) {
+// hostOp serves POST /compute/hosts/{hostId}/agent/{stop,start,restart}
+// → the created task. The call has no body; one may be sent only as
+// application/json, and is ignored. An Idempotency-Key header makes a
+// repeated call return the task the first one created.
+func (s *server) hostOp(op func(ctx context.Context, hostID int64) (*task.Task, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id, err := pathID(r, paramHostID)
+		if err != nil {
+			s.writeError(w, r, err, paramHostID)
+			return
+		}
+		if err := ignoreBody(r); err != nil {
+			s.writeError(w, r, err, "body")
+			return
+		}
+		ctx, err := withIdempotencyKey(r)
+		if err != nil {
+			s.writeError(w, r, err, headerIdempotencyKey)
+			return
+		}
+		t, err := op(ctx, id)
+		if err != nil {
+			s.writeError(w, r, err, paramHostID)
+			return
+		}
+		s.writeData(w, r, toTaskJSON(t))
+	}
+}
+
+// batchOp serves POST /compute/hosts/{batchStopAgents,batchRestartAgents}
+// {"hostIds":[...]} → the created task. The host service validates the ids
+// (1..2000 distinct positive ids of known hosts). Idempotency-Key as hostOp.
+func (s *server) batchOp(op func(ctx context.Context, hostIDs []int64) (*task.Task, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var req batchRequest
+		if err := decodeJSON(r, &req); err != nil {
+			s.writeError(w, r, err, "body")
+			return
+		}
+		ctx, err := withIdempotencyKey(r)
+		if err != nil {
+			s.writeError(w, r, err, headerIdempotencyKey)
+			return
+		}
+		t, err := op(ctx, req.HostIDs)
+		if err != nil {
+			s.writeError(w, r, err, "hostIds")
+			return
+		}
+		s.writeData(w, r, toTaskJSON(t))
+	}
+}
+
+// getHostAgent: GET /compute/hosts/{hostId}/agent → the host's OCP Agent.
+func (s *server) getHostAgent(w http.ResponseWriter, r *http.Request) {
 	id, err := pathID(r, paramHostID)
 	if err != nil {
 		s.writeError(w, r, err, paramHostID)
 		return
 	}
-	if r.ContentLength != 0 {
-		if err := requireJSON(r); err != nil {
-			s.writeError(w, r, err, "body")
-			return
-		}
-	}
-	t, err := s.cfg.Hosts.StopAgent(r.Context(), id)
+	a, err := s.cfg.Hosts.GetHostAgent(r.Context(), id)
 	if err != nil {
 		s.writeError(w, r, err, paramHostID)
 		return
 	}
-	s.writeData(w, r, toTaskJSON(t))
+	s.writeData(w, r, toHostAgentJSON(a, s.cfg.Now()))
 }
 
 // getHost: GET /compute/hosts/{hostId} → the host.
@@ -94,6 +142,127 @@ func (s *server) getTask(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.writeData(w, r, toTaskJSON(t))
+}
+
+// listTasks: GET /tasks/instances?name=&status=&type=&hostId=&page=&size=&sort=
+// → a page of tasks, newest first unless sorted otherwise.
+func (s *server) listTasks(w http.ResponseWriter, r *http.Request) {
+	q, target, err := taskListQuery(r)
+	if err != nil {
+		s.writeError(w, r, err, target)
+		return
+	}
+	p, err := s.cfg.Tasks.ListTasks(r.Context(), q)
+	if err != nil {
+		s.writeError(w, r, err, "")
+		return
+	}
+	out := pageJSON[taskJSON]{Contents: make([]taskJSON, 0, len(p.Tasks)), Page: newPageRef(p.Total, q.Page, q.Size)}
+	for i := range p.Tasks {
+		out.Contents = append(out.Contents, toTaskJSON(&p.Tasks[i]))
+	}
+	s.writeData(w, r, out)
+}
+
+// taskListQuery parses listTasks' query parameters; on error it also
+// returns the parameter at fault.
+func taskListQuery(r *http.Request) (task.ListQuery, string, error) {
+	var q task.ListQuery
+	var err error
+	if q.Page, err = queryInt(r, "page", 1, 1, maxInt); err != nil {
+		return q, "page", err
+	}
+	if q.Size, err = queryInt(r, "size", defaultPageSize, 1, maxPageSize); err != nil {
+		return q, "size", err
+	}
+	v := r.URL.Query()
+	q.Name = v.Get("name")
+	if q.Status, err = queryEnum(r, "status", task.StatusRunning, task.StatusFailed, task.StatusSuccessful); err != nil {
+		return q, "status", err
+	}
+	if q.Type, err = queryEnum(r, "type", task.TypeManual, task.TypeScheduled, task.TypeSysScheduled); err != nil {
+		return q, "type", err
+	}
+	if q.HostID, err = queryID(r, paramHostID); err != nil {
+		return q, paramHostID, err
+	}
+	if q.Sort, err = parseSort(v.Get("sort")); err != nil {
+		return q, "sort", err
+	}
+	return q, "", nil
+}
+
+// taskOp serves POST /tasks/instances/{taskInstanceId}/{retry,rollback} →
+// the task after the operation. No body, as hostOp.
+func (s *server) taskOp(op func(ctx context.Context, id int64) (*task.Task, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id, err := pathID(r, paramTaskID)
+		if err != nil {
+			s.writeError(w, r, err, paramTaskID)
+			return
+		}
+		if err := ignoreBody(r); err != nil {
+			s.writeError(w, r, err, "body")
+			return
+		}
+		t, err := op(r.Context(), id)
+		if err != nil {
+			s.writeError(w, r, err, paramTaskID)
+			return
+		}
+		s.writeData(w, r, toTaskJSON(t))
+	}
+}
+
+// subtaskOp serves POST
+// /tasks/instances/{taskInstanceId}/subtasks/{subtaskInstanceId}/{retry,skip,cancel}
+// → the task after the operation. No body, as hostOp.
+func (s *server) subtaskOp(op func(ctx context.Context, taskID, subtaskID int64) (*task.Task, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		taskID, subtaskID, target, err := subtaskPath(r)
+		if err != nil {
+			s.writeError(w, r, err, target)
+			return
+		}
+		if err := ignoreBody(r); err != nil {
+			s.writeError(w, r, err, "body")
+			return
+		}
+		t, err := op(r.Context(), taskID, subtaskID)
+		if err != nil {
+			s.writeError(w, r, err, subtaskTarget(err, subtaskID))
+			return
+		}
+		s.writeData(w, r, toTaskJSON(t))
+	}
+}
+
+// subtaskLog: GET /tasks/instances/{taskInstanceId}/subtasks/{subtaskInstanceId}/log
+// → {"log": "..."}.
+func (s *server) subtaskLog(w http.ResponseWriter, r *http.Request) {
+	taskID, subtaskID, target, err := subtaskPath(r)
+	if err != nil {
+		s.writeError(w, r, err, target)
+		return
+	}
+	text, err := s.cfg.Tasks.SubtaskLog(r.Context(), taskID, subtaskID)
+	if err != nil {
+		s.writeError(w, r, err, subtaskTarget(err, subtaskID))
+		return
+	}
+	s.writeData(w, r, logJSON{Log: text})
+}
+
+// subtaskPath parses the task and subtask ids of a subtask path; on error it
+// also returns the parameter at fault.
+func subtaskPath(r *http.Request) (taskID, subtaskID int64, target string, err error) {
+	if taskID, err = pathID(r, paramTaskID); err != nil {
+		return 0, 0, paramTaskID, err
+	}
+	if subtaskID, err = pathID(r, paramSubtaskID); err != nil {
+		return 0, 0, paramSubtaskID, err
+	}
+	return taskID, subtaskID, "", nil
 }
 
 // createUser: POST /iam/users {"username","password","roles"} → the user.

@@ -1,6 +1,7 @@
 package rest
 
 import (
+	"path"
 	"time"
 
 	"agentplane/server/auth"
@@ -148,6 +149,90 @@ func toHostJSON(h *host.Host) hostJSON {
 	}
 }
 
+// hostAgentJSON is OCP's HostAgent: the OCP Agent on one host.
+type hostAgentJSON struct {
+	ID                 int64         `json:"id"` // the host's id: one agent per host
+	Version            string        `json:"version"`
+	InstallHome        string        `json:"installHome"`
+	LogHome            string        `json:"logHome"` // installHome + "/log"
+	LastAvailableTime  *string       `json:"lastAvailableTime"`
+	HostID             int64         `json:"hostId"`
+	HostInnerIPAddress string        `json:"hostInnerIpAddress"`
+	Status             string        `json:"status"` // STARTED or STOPPED
+	Processes          []processJSON `json:"processes"`
+	CreateTime         *string       `json:"createTime"`
+	UpdateTime         *string       `json:"updateTime"`
+}
+
+// processJSON is one OCP Agent base process of a HostAgent.
+type processJSON struct {
+	HostID         int64   `json:"hostId"`
+	Alias          string  `json:"alias"` // ocp_agentd, ocp_mgragent, ocp_monagent
+	PID            int32   `json:"pid"`
+	User           string  `json:"user"`
+	StartCommand   string  `json:"startCommand"`
+	Ports          []int   `json:"ports"`       // not known: always []
+	ElapsedTime    int64   `json:"elapsedTime"` // seconds since it started while STARTED, else 0
+	LastActiveTime *string `json:"lastActiveTime"`
+	Status         string  `json:"status"` // STARTED or STOPPED
+}
+
+// toHostAgentJSON renders a host's agent as of now. An agent whose status is
+// not known yet is STARTED when a base process runs, else STOPPED.
+func toHostAgentJSON(a *host.Agent, now time.Time) hostAgentJSON {
+	procs := make([]processJSON, 0, len(a.Processes))
+	running := false
+	for _, p := range a.Processes {
+		status, elapsed := host.AgentStopped, int64(0)
+		if p.Status == host.AgentStarted {
+			status, running = host.AgentStarted, true
+			if !p.CreateTime.IsZero() && now.After(p.CreateTime) {
+				elapsed = int64(now.Sub(p.CreateTime) / time.Second)
+			}
+		}
+		procs = append(procs, processJSON{
+			HostID:         a.HostID,
+			Alias:          p.Name,
+			PID:            p.PID,
+			User:           p.User,
+			StartCommand:   p.Cmdline,
+			Ports:          []int{},
+			ElapsedTime:    elapsed,
+			LastActiveTime: optTime(p.LastActiveTime),
+			Status:         string(status),
+		})
+	}
+	status := a.Status
+	if status == host.AgentUnknown {
+		status = host.AgentStopped
+		if running {
+			status = host.AgentStarted
+		}
+	}
+	logHome := ""
+	if a.InstallHome != "" {
+		logHome = path.Join(a.InstallHome, "log")
+	}
+	return hostAgentJSON{
+		ID:                 a.HostID,
+		Version:            a.Version,
+		InstallHome:        a.InstallHome,
+		LogHome:            logHome,
+		LastAvailableTime:  optTime(a.LastSeen),
+		HostID:             a.HostID,
+		HostInnerIPAddress: a.InnerIP,
+		Status:             string(status),
+		Processes:          procs,
+		CreateTime:         optTime(a.CreateTime),
+		UpdateTime:         optTime(a.UpdateTime),
+	}
+}
+
+// logJSON is the body of a subtask's log.
+type logJSON struct {
+	Log string `json:"log"`
+}
+
 // pageJSON is OCP's list body: data{contents[], page{...}}.
 type pageJSON[T any] struct {
 	Contents []T     `json:"contents"`
@@ -184,6 +269,12 @@ func toUserJSON(u auth.User) userJSON {
 		roles = append(roles, string(r))
 	}
 	return userJSON{ID: u.ID, Username: u.Username, Roles: roles, CreateTime: optTime(u.CreateTime)}
+}
+
+// batchRequest is the body of POST /compute/hosts/batchStopAgents and
+// batchRestartAgents.
+type batchRequest struct {
+	HostIDs []int64 `json:"hostIds"`
 }
 
 // createUserRequest is the body of POST /iam/users.

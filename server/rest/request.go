@@ -1,6 +1,7 @@
 package rest
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,9 +9,12 @@ import (
 	"math"
 	"mime"
 	"net/http"
+	"slices"
 	"strconv"
+	"strings"
 
 	"agentplane/server/errs"
+	"agentplane/server/task"
 )
 
 const maxInt = math.MaxInt
@@ -86,4 +90,81 @@ func bodyError(err error) error {
 	default:
 		return fmt.Errorf("malformed JSON body: %v: %w", err, errs.ErrInvalidArgument)
 	}
+}
+
+// queryID parses query parameter name as a positive 64-bit integer, or
+// returns 0 when it is absent; an ErrInvalidArgument error otherwise.
+func queryID(r *http.Request, name string) (int64, error) {
+	v := r.URL.Query().Get(name)
+	if v == "" {
+		return 0, nil
+	}
+	id, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || id <= 0 {
+		return 0, fmt.Errorf("%s must be a positive 64-bit integer, got %q: %w", name, v, errs.ErrInvalidArgument)
+	}
+	return id, nil
+}
+
+// queryEnum returns query parameter name when it is one of allowed, or ""
+// when it is absent; an ErrInvalidArgument error otherwise.
+func queryEnum[T ~string](r *http.Request, name string, allowed ...T) (T, error) {
+	v := T(r.URL.Query().Get(name))
+	if v == "" || slices.Contains(allowed, v) {
+		return v, nil
+	}
+	names := make([]string, len(allowed))
+	for i, a := range allowed {
+		names[i] = string(a)
+	}
+	return "", fmt.Errorf("%s must be one of %s, got %q: %w", name, strings.Join(names, ", "), v, errs.ErrInvalidArgument)
+}
+
+// sortFields are the fields a task list may be sorted by.
+var sortFields = []string{task.SortID, task.SortName, task.SortStatus, task.SortStartTime, task.SortEndTime}
+
+// parseSort parses a sort parameter, "field" or "field,asc" or "field,desc"
+// (the direction in any case); "" is the default order (newest first).
+func parseSort(v string) (task.Sort, error) {
+	if v == "" {
+		return task.Sort{}, nil
+	}
+	field, dir, hasDir := strings.Cut(v, ",")
+	if !slices.Contains(sortFields, field) {
+		return task.Sort{}, fmt.Errorf("sort field must be one of %s, got %q: %w", strings.Join(sortFields, ", "), field, errs.ErrInvalidArgument)
+	}
+	switch {
+	case !hasDir || strings.EqualFold(dir, "asc"):
+		return task.Sort{Field: field}, nil
+	case strings.EqualFold(dir, "desc"):
+		return task.Sort{Field: field, Desc: true}, nil
+	}
+	return task.Sort{}, fmt.Errorf("sort direction must be asc or desc, got %q: %w", dir, errs.ErrInvalidArgument)
+}
+
+// ignoreBody accepts a request whose body is meant to be empty: a body may be
+// sent only as application/json, and is not read.
+func ignoreBody(r *http.Request) error {
+	if r.ContentLength != 0 {
+		return requireJSON(r)
+	}
+	return nil
+}
+
+// headerIdempotencyKey makes a task-creating call repeatable: the same
+// caller sending the same key gets the task the first call created.
+const headerIdempotencyKey = "Idempotency-Key"
+
+// withIdempotencyKey returns r's context carrying its Idempotency-Key, if it
+// sent one; an ErrInvalidArgument error when the key is malformed (empty,
+// too long, not printable ASCII) or sent more than once.
+func withIdempotencyKey(r *http.Request) (context.Context, error) {
+	keys := r.Header.Values(headerIdempotencyKey)
+	switch len(keys) {
+	case 0:
+		return r.Context(), nil
+	case 1:
+		return task.WithIdempotencyKey(r.Context(), keys[0])
+	}
+	return nil, fmt.Errorf("%s sent %d times, at most once allowed: %w", headerIdempotencyKey, len(keys), errs.ErrInvalidArgument)
 }

@@ -16,18 +16,35 @@ import (
 	"agentplane/server/task"
 )
 
-// Hosts is what the adapter needs from the host service. Each method checks
-// the caller's role itself (auth.Require).
+// Hosts is what the adapter needs from the host service (agentop.Service).
+// Each method checks the caller's role itself (auth.Require). The methods
+// that create a task honour an Idempotency-Key in ctx
+// (task.WithIdempotencyKey).
 type Hosts interface {
 	StopAgent(ctx context.Context, hostID int64) (*task.Task, error)
+	StartAgent(ctx context.Context, hostID int64) (*task.Task, error)
+	RestartAgent(ctx context.Context, hostID int64) (*task.Task, error)
+	BatchStopAgents(ctx context.Context, hostIDs []int64) (*task.Task, error)
+	BatchRestartAgents(ctx context.Context, hostIDs []int64) (*task.Task, error)
 	GetHost(ctx context.Context, id int64) (*host.Host, error)
 	ListHosts(ctx context.Context, q host.ListQuery) (host.Page, error)
+	GetHostAgent(ctx context.Context, hostID int64) (*host.Agent, error)
 }
 
-// Tasks is what the adapter needs from the task service.
+// Tasks is what the adapter needs from the task service (task.Engine).
+// Each method checks the caller's role itself.
 type Tasks interface {
 	GetTask(ctx context.Context, id int64) (*task.Task, error)
+	ListTasks(ctx context.Context, q task.ListQuery) (task.Page, error)
+	RetryTask(ctx context.Context, id int64) (*task.Task, error)
+	RollbackTask(ctx context.Context, id int64) (*task.Task, error)
+	RetrySubtask(ctx context.Context, taskID, subtaskID int64) (*task.Task, error)
+	SkipSubtask(ctx context.Context, taskID, subtaskID int64) (*task.Task, error)
+	CancelSubtask(ctx context.Context, taskID, subtaskID int64) (*task.Task, error)
+	SubtaskLog(ctx context.Context, taskID, subtaskID int64) (string, error)
 }
+
+var _ Tasks = (*task.Engine)(nil)
 
 // Users is what the adapter needs from the user service (auth.Service).
 type Users interface {
@@ -82,36 +99,75 @@ type route struct {
 	h            http.HandlerFunc
 }
 
-// routes registers every endpoint at its bare path and under apiPrefix, a
-// 405 handler per path for the other methods, and a 404 handler for the
-// rest, so that every answer is an OCP envelope.
+// routes registers every path, bare and under apiPrefix, with a handler
+// that dispatches on the method (HEAD served as GET) and answers the other
+// methods with 405; a 404 handler takes the rest, so that every answer is an
+// OCP envelope. Patterns carry no method, so a literal segment always wins
+// over a wildcard whatever the method: GET /compute/hosts/batchStopAgents is
+// a 405, not getHost with hostId "batchStopAgents".
 func (s *server) routes() {
 	rs := []route{
-		{http.MethodPost, "/compute/hosts/{hostId}/agent/stop", s.stopAgent},
 		{http.MethodGet, "/compute/hosts", s.listHosts},
 		{http.MethodGet, "/compute/hosts/{hostId}", s.getHost},
+		{http.MethodGet, "/compute/hosts/{hostId}/agent", s.getHostAgent},
+		{http.MethodPost, "/compute/hosts/{hostId}/agent/stop", s.hostOp(s.cfg.Hosts.StopAgent)},
+		{http.MethodPost, "/compute/hosts/{hostId}/agent/start", s.hostOp(s.cfg.Hosts.StartAgent)},
+		{http.MethodPost, "/compute/hosts/{hostId}/agent/restart", s.hostOp(s.cfg.Hosts.RestartAgent)},
+		{http.MethodPost, "/compute/hosts/batchStopAgents", s.batchOp(s.cfg.Hosts.BatchStopAgents)},
+		{http.MethodPost, "/compute/hosts/batchRestartAgents", s.batchOp(s.cfg.Hosts.BatchRestartAgents)},
+		{http.MethodGet, "/tasks/instances", s.listTasks},
 		{http.MethodGet, "/tasks/instances/{taskInstanceId}", s.getTask},
+		{http.MethodPost, "/tasks/instances/{taskInstanceId}/retry", s.taskOp(s.cfg.Tasks.RetryTask)},
+		{http.MethodPost, "/tasks/instances/{taskInstanceId}/rollback", s.taskOp(s.cfg.Tasks.RollbackTask)},
+		{http.MethodPost, "/tasks/instances/{taskInstanceId}/subtasks/{subtaskInstanceId}/retry", s.subtaskOp(s.cfg.Tasks.RetrySubtask)},
+		{http.MethodPost, "/tasks/instances/{taskInstanceId}/subtasks/{subtaskInstanceId}/skip", s.subtaskOp(s.cfg.Tasks.SkipSubtask)},
+		{http.MethodPost, "/tasks/instances/{taskInstanceId}/subtasks/{subtaskInstanceId}/cancel", s.subtaskOp(s.cfg.Tasks.CancelSubtask)},
+		{http.MethodGet, "/tasks/instances/{taskInstanceId}/subtasks/{subtaskInstanceId}/log", s.subtaskLog},
 		{http.MethodPost, "/iam/users", s.createUser},
 	}
-	allow := map[string][]string{}
+	byPath := map[string]*pathRoutes{}
 	var paths []string
 	for _, r := range rs {
-		if _, ok := allow[r.path]; !ok {
+		pr, ok := byPath[r.path]
+		if !ok {
+			pr = &pathRoutes{byMethod: map[string]http.HandlerFunc{}}
+			byPath[r.path] = pr
 			paths = append(paths, r.path)
 		}
-		allow[r.path] = append(allow[r.path], r.method)
+		pr.byMethod[r.method] = r.h
+		pr.allow = append(pr.allow, r.method)
 		if r.method == http.MethodGet {
-			allow[r.path] = append(allow[r.path], http.MethodHead)
-		}
-		for _, prefix := range []string{"", apiPrefix} {
-			s.mux.HandleFunc(r.method+" "+prefix+r.path, r.h)
+			pr.allow = append(pr.allow, http.MethodHead)
 		}
 	}
 	for _, p := range paths {
-		h := s.methodNotAllowed(allow[p])
+		h := s.dispatch(byPath[p])
 		for _, prefix := range []string{"", apiPrefix} {
 			s.mux.HandleFunc(prefix+p, h)
 		}
 	}
 	s.mux.HandleFunc("/", s.notFound)
+}
+
+// pathRoutes is the handlers of one path, by method.
+type pathRoutes struct {
+	byMethod map[string]http.HandlerFunc
+	allow    []string // in table order, HEAD after GET
+}
+
+// dispatch calls the path's handler for the request's method (GET's for
+// HEAD), or answers 405 listing the allowed methods.
+func (s *server) dispatch(pr *pathRoutes) http.HandlerFunc {
+	notAllowed := s.methodNotAllowed(pr.allow)
+	return func(w http.ResponseWriter, r *http.Request) {
+		h, ok := pr.byMethod[r.Method]
+		if !ok && r.Method == http.MethodHead {
+			h, ok = pr.byMethod[http.MethodGet]
+		}
+		if !ok {
+			notAllowed(w, r)
+			return
+		}
+		h(w, r)
+	}
 }

@@ -16,15 +16,16 @@ import (
 type testEnv struct {
 	srv   *httptest.Server
 	hosts *fakeHosts
+	tasks *fakeTasks
 	logs  *syncBuffer
 }
 
 func newTestEnv(t *testing.T) *testEnv {
 	t.Helper()
-	env := &testEnv{hosts: &fakeHosts{}, logs: &syncBuffer{}}
+	env := &testEnv{hosts: &fakeHosts{}, tasks: &fakeTasks{}, logs: &syncBuffer{}}
 	h := NewHandler(Config{
 		Hosts:        env.hosts,
-		Tasks:        fakeTasks{},
+		Tasks:        env.tasks,
 		Users:        fakeUsers{},
 		Log:          zerolog.New(env.logs),
 		MaxBodyBytes: 1024,
@@ -40,6 +41,7 @@ type req struct {
 	user         string
 	body         string
 	contentType  string
+	header       map[string][]string // extra request headers
 }
 
 type resp struct {
@@ -68,6 +70,11 @@ func (e *testEnv) do(t *testing.T, rq req) resp {
 	}
 	if rq.contentType != "" {
 		r.Header.Set("Content-Type", rq.contentType)
+	}
+	for k, vs := range rq.header {
+		for _, v := range vs {
+			r.Header.Add(k, v)
+		}
 	}
 	res, err := e.srv.Client().Do(r)
 	if err != nil {
@@ -124,7 +131,7 @@ func TestStatuses(t *testing.T) {
 		{name: "get unknown host", req: req{method: "GET", path: "/api/v2/compute/hosts/77", user: "viewer"}, status: 404, code: CodeNotFound, target: "hostId"},
 		{name: "get unknown task", req: req{method: "GET", path: "/api/v2/tasks/instances/77", user: "viewer"}, status: 404, code: CodeTaskNotFound, target: "taskInstanceId"},
 		{name: "unknown path", req: req{method: "GET", path: "/api/v2/nope", user: "viewer"}, status: 404, code: CodeNotFound},
-		{name: "unknown path bare", req: req{method: "POST", path: "/compute/hosts/2/agent/start", user: "viewer"}, status: 404, code: CodeNotFound},
+		{name: "unknown path bare", req: req{method: "POST", path: "/compute/hosts/2/agent/kill", user: "viewer"}, status: 404, code: CodeNotFound},
 		{name: "GET on stop", req: req{method: "GET", path: p(stop, "2"), user: "manager"}, status: 405, code: CodeMethodNotAllowed, allow: "POST"},
 		{name: "DELETE on host", req: req{method: "DELETE", path: "/compute/hosts/2", user: "manager"}, status: 405, code: CodeMethodNotAllowed, allow: "GET, HEAD"},
 		{name: "PUT on users", req: req{method: "PUT", path: "/api/v2/iam/users", user: "admin"}, status: 405, code: CodeMethodNotAllowed, allow: "POST"},

@@ -19,6 +19,7 @@ var codeOf = map[error]codes.Code{
 	errs.ErrNotFound:           codes.NotFound,
 	errs.ErrConflict:           codes.Aborted,
 	errs.ErrFailedPrecondition: codes.FailedPrecondition,
+	errs.ErrRollbackProhibited: codes.FailedPrecondition,
 	errs.ErrUnavailable:        codes.Unavailable,
 }
 

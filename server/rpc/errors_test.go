@@ -24,6 +24,7 @@ func TestToStatus(t *testing.T) {
 		{fmt.Errorf("host 7: %w", errs.ErrNotFound), codes.NotFound},
 		{fmt.Errorf("host 7: agent operation in progress (task 3): %w", errs.ErrConflict), codes.Aborted},
 		{fmt.Errorf("retry RUNNING task: %w", errs.ErrFailedPrecondition), codes.FailedPrecondition},
+		{fmt.Errorf("task 5: cannot roll back: the task's context prohibits rollback: %w", errs.ErrRollbackProhibited), codes.FailedPrecondition},
 		{fmt.Errorf("agentd: %w", errs.ErrUnavailable), codes.Unavailable},
 		{context.Canceled, codes.Canceled},
 		{fmt.Errorf("waiting: %w", context.DeadlineExceeded), codes.DeadlineExceeded},
