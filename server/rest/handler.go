@@ -186,7 +186,7 @@ func taskListQuery(r *http.Request) (task.ListQuery, string, error) {
 	if q.HostID, err = queryID(r, paramHostID); err != nil {
 		return q, paramHostID, err
 	}
-	if q.Sort, err = parseSort(v.Get("sort")); err != nil {
+	if q.Sort, err = task.ParseSort(v.Get("sort")); err != nil {
 		return q, "sort", err
 	}
 	return q, "", nil

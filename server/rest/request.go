@@ -120,28 +120,6 @@ func queryEnum[T ~string](r *http.Request, name string, allowed ...T) (T, error)
 	return "", fmt.Errorf("%s must be one of %s, got %q: %w", name, strings.Join(names, ", "), v, errs.ErrInvalidArgument)
 }
 
-// sortFields are the fields a task list may be sorted by.
-var sortFields = []string{task.SortID, task.SortName, task.SortStatus, task.SortStartTime, task.SortEndTime}
-
-// parseSort parses a sort parameter, "field" or "field,asc" or "field,desc"
-// (the direction in any case); "" is the default order (newest first).
-func parseSort(v string) (task.Sort, error) {
-	if v == "" {
-		return task.Sort{}, nil
-	}
-	field, dir, hasDir := strings.Cut(v, ",")
-	if !slices.Contains(sortFields, field) {
-		return task.Sort{}, fmt.Errorf("sort field must be one of %s, got %q: %w", strings.Join(sortFields, ", "), field, errs.ErrInvalidArgument)
-	}
-	switch {
-	case !hasDir || strings.EqualFold(dir, "asc"):
-		return task.Sort{Field: field}, nil
-	case strings.EqualFold(dir, "desc"):
-		return task.Sort{Field: field, Desc: true}, nil
-	}
-	return task.Sort{}, fmt.Errorf("sort direction must be asc or desc, got %q: %w", dir, errs.ErrInvalidArgument)
-}
-
 // ignoreBody accepts a request whose body is meant to be empty: a body may be
 // sent only as application/json, and is not read.
 func ignoreBody(r *http.Request) error {

@@ -3,8 +3,6 @@ package rpc
 import (
 	"context"
 	"fmt"
-	"slices"
-	"strings"
 
 	taskv1 "agentplane/gen/agentplane/task/v1"
 	"agentplane/server/errs"
@@ -72,7 +70,7 @@ func listQuery(req *taskv1.ListTasksRequest) (task.ListQuery, error) {
 		return q, fmt.Errorf("type %d: unknown task type: %w", req.GetType(), errs.ErrInvalidArgument)
 	}
 	var err error
-	q.Sort, err = parseSort(req.GetSort())
+	q.Sort, err = task.ParseSort(req.GetSort())
 	return q, err
 }
 
@@ -83,29 +81,6 @@ func fromTaskType(t taskv1.TaskType) task.Type {
 		}
 	}
 	return ""
-}
-
-// sortFields are the fields a task list may be sorted by.
-var sortFields = []string{task.SortID, task.SortName, task.SortStatus, task.SortStartTime, task.SortEndTime}
-
-// parseSort parses "field", "field,asc" or "field,desc" (the direction in
-// any case), as the REST API's sort parameter; "" is the default order
-// (newest first).
-func parseSort(v string) (task.Sort, error) {
-	if v == "" {
-		return task.Sort{}, nil
-	}
-	field, dir, hasDir := strings.Cut(v, ",")
-	if !slices.Contains(sortFields, field) {
-		return task.Sort{}, fmt.Errorf("sort field must be one of %s, got %q: %w", strings.Join(sortFields, ", "), field, errs.ErrInvalidArgument)
-	}
-	switch {
-	case !hasDir || strings.EqualFold(dir, "asc"):
-		return task.Sort{Field: field}, nil
-	case strings.EqualFold(dir, "desc"):
-		return task.Sort{Field: field, Desc: true}, nil
-	}
-	return task.Sort{}, fmt.Errorf("sort direction must be asc or desc, got %q: %w", dir, errs.ErrInvalidArgument)
 }
 
 func (s *taskServer) WatchTask(req *taskv1.WatchTaskRequest, stream taskv1.TaskService_WatchTaskServer) error {

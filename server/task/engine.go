@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"runtime/debug"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -392,10 +393,8 @@ func (e *Engine) ListTasks(ctx context.Context, q ListQuery) (Page, error) {
 	if q.Page < 0 || q.Size < 0 || q.Size > 2000 {
 		return Page{}, fmt.Errorf("page %d size %d: page must be ≥ 1 and size 1..2000: %w", q.Page, q.Size, errs.ErrInvalidArgument)
 	}
-	switch q.Sort.Field {
-	case "", SortID, SortName, SortStatus, SortStartTime, SortEndTime:
-	default:
-		return Page{}, fmt.Errorf("sort field %q: must be one of id, name, status, startTime, endTime: %w", q.Sort.Field, errs.ErrInvalidArgument)
+	if q.Sort.Field != "" && !slices.Contains(sortFields, q.Sort.Field) {
+		return Page{}, fmt.Errorf("sort field %q: must be one of %s: %w", q.Sort.Field, strings.Join(sortFields, ", "), errs.ErrInvalidArgument)
 	}
 	if len(q.Name) > 128 {
 		return Page{}, fmt.Errorf("name filter longer than 128 characters: %w", errs.ErrInvalidArgument)

@@ -3,7 +3,14 @@
 // event-driven engine that runs them. It knows nothing of protobuf or HTTP.
 package task
 
-import "time"
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"agentplane/server/errs"
+)
 
 // Status is a task's status.
 type Status string
@@ -142,6 +149,29 @@ const (
 	SortStartTime = "startTime"
 	SortEndTime   = "endTime"
 )
+
+// sortFields are the fields a task list may be sorted by.
+var sortFields = []string{SortID, SortName, SortStatus, SortStartTime, SortEndTime}
+
+// ParseSort parses the API's sort parameter: "field", "field,asc" or
+// "field,desc" (the direction in any case); "" is the default order
+// (newest first). ErrInvalidArgument otherwise.
+func ParseSort(v string) (Sort, error) {
+	if v == "" {
+		return Sort{}, nil
+	}
+	field, dir, hasDir := strings.Cut(v, ",")
+	if !slices.Contains(sortFields, field) {
+		return Sort{}, fmt.Errorf("sort field must be one of %s, got %q: %w", strings.Join(sortFields, ", "), field, errs.ErrInvalidArgument)
+	}
+	switch {
+	case !hasDir || strings.EqualFold(dir, "asc"):
+		return Sort{Field: field}, nil
+	case strings.EqualFold(dir, "desc"):
+		return Sort{Field: field, Desc: true}, nil
+	}
+	return Sort{}, fmt.Errorf("sort direction must be asc or desc, got %q: %w", dir, errs.ErrInvalidArgument)
+}
 
 // Page is one page of tasks and the total count over all pages.
 type Page struct {
