@@ -146,7 +146,9 @@ func startProcess(t *testing.T, name string, env []string, argv ...string) *proc
 	var cmd *exec.Cmd
 	for try := 0; ; try++ {
 		cmd = exec.Command(argv[0], argv[1:]...)
-		cmd.Env = append(os.Environ(), env...)
+		// The race runtime sleeps 1s at exit by default; the suite starts
+		// and stops dozens of race-built processes.
+		cmd.Env = append(append(os.Environ(), "GORACE=atexit_sleep_ms=0"), env...)
 		cmd.Stdout, cmd.Stderr = f, f
 		procMu.Lock()
 		err = cmd.Start()
