@@ -46,8 +46,10 @@ var implies = map[Role][]Role{
 
 // Principal is an authenticated caller.
 type Principal struct {
-	Username string
-	Roles    []Role
+	Username    string
+	Roles       []Role
+	AccessKeyID string // the access key that signed the request; empty for a password
+	Addr        string // the caller's network address (ip:port), for audit and throttling
 }
 
 // Has reports whether the principal holds role r, directly or implied.

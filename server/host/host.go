@@ -36,6 +36,7 @@ type Host struct {
 	AgentStatus   AgentStatus
 	AgentdVersion string
 	InstallHome   string    // the OCP Agent install home agentd watches
+	RevokeTime    time.Time // when an admin revoked the host's agent identity; zero if not
 	LastSeen      time.Time // last time agentd was heard from; zero if never
 	OpTaskID      int64     // agent-operation task holding the host; 0 if none
 	Processes     []Process // OCP Agent processes as agentd last reported them

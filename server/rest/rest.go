@@ -125,6 +125,10 @@ func (s *server) routes() {
 		{http.MethodGet, "/tasks/instances/{taskInstanceId}/subtasks/{subtaskInstanceId}/log", s.subtaskLog},
 		{http.MethodPost, "/iam/users", s.createUser},
 	}
+	// Security routes, each group in its own file.
+	rs = append(rs, s.enrollRoutes()...)
+	rs = append(rs, s.iamRoutes()...)
+	rs = append(rs, s.auditRoutes()...)
 	byPath := map[string]*pathRoutes{}
 	var paths []string
 	for _, r := range rs {

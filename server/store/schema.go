@@ -89,6 +89,43 @@ var migrations = []string{
 	)`,
 	`CREATE INDEX subtasks_host ON subtasks (host_id, task_id)`,
 	`ALTER TABLE hosts ADD COLUMN install_home VARCHAR(1024) NOT NULL DEFAULT ''`,
+	// Agent identity: single-use join tokens (stored hashed) and revocation.
+	`CREATE TABLE join_tokens (
+		id            INTEGER PRIMARY KEY AUTOINCREMENT,
+		token_hash    VARCHAR(64)  NOT NULL UNIQUE,
+		host_name     VARCHAR(255) NOT NULL DEFAULT '',
+		creator       VARCHAR(64)  NOT NULL,
+		create_time   BIGINT       NOT NULL,
+		expire_time   BIGINT       NOT NULL,
+		used_time     BIGINT       NOT NULL DEFAULT 0,
+		used_host_id  BIGINT       NOT NULL DEFAULT 0
+	)`,
+	`ALTER TABLE hosts ADD COLUMN revoke_time BIGINT NOT NULL DEFAULT 0`,
+	// API access keys: the secret is stored sealed with the data dir's key.
+	`CREATE TABLE access_keys (
+		id            INTEGER PRIMARY KEY AUTOINCREMENT,
+		access_key_id VARCHAR(64)  NOT NULL UNIQUE,
+		username      VARCHAR(64)  NOT NULL,
+		sealed_secret TEXT         NOT NULL,
+		create_time   BIGINT       NOT NULL,
+		last_used_time BIGINT      NOT NULL DEFAULT 0
+	)`,
+	`CREATE INDEX access_keys_user ON access_keys (username, id)`,
+	// Audit: who did what, when, and how it ended.
+	`CREATE TABLE audit_events (
+		id            INTEGER PRIMARY KEY AUTOINCREMENT,
+		at            BIGINT       NOT NULL,
+		username      VARCHAR(64)  NOT NULL,
+		access_key_id VARCHAR(64)  NOT NULL DEFAULT '',
+		source_addr   VARCHAR(128) NOT NULL DEFAULT '',
+		operation     VARCHAR(128) NOT NULL,
+		host_id       BIGINT       NOT NULL DEFAULT 0,
+		task_id       BIGINT       NOT NULL DEFAULT 0,
+		target        VARCHAR(255) NOT NULL DEFAULT '',
+		outcome       VARCHAR(32)  NOT NULL,
+		message       TEXT         NOT NULL
+	)`,
+	`CREATE INDEX audit_events_at ON audit_events (at, id)`,
 }
 
 func migrate(ctx context.Context, db *sql.DB) error {

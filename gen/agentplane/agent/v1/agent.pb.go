@@ -157,6 +157,244 @@ func (CommandOutcome) EnumDescriptor() ([]byte, []int) {
 	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{1}
 }
 
+// EnrollRequest asks for a client certificate.
+type EnrollRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The join token. Required.
+	JoinToken string `protobuf:"bytes,1,opt,name=join_token,json=joinToken,proto3" json:"join_token,omitempty"`
+	// Host name to register. Required; must match the token's when it names one.
+	HostName string `protobuf:"bytes,2,opt,name=host_name,json=hostName,proto3" json:"host_name,omitempty"`
+	// PKCS #10 certificate signing request, DER. Required; its key must be ECDSA P-256 or Ed25519.
+	Csr []byte `protobuf:"bytes,3,opt,name=csr,proto3" json:"csr,omitempty"`
+	// Inner IP address of the host.
+	InnerIpAddress string `protobuf:"bytes,4,opt,name=inner_ip_address,json=innerIpAddress,proto3" json:"inner_ip_address,omitempty"`
+	// Machine id (/etc/machine-id).
+	MachineId     string `protobuf:"bytes,5,opt,name=machine_id,json=machineId,proto3" json:"machine_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EnrollRequest) Reset() {
+	*x = EnrollRequest{}
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EnrollRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EnrollRequest) ProtoMessage() {}
+
+func (x *EnrollRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EnrollRequest.ProtoReflect.Descriptor instead.
+func (*EnrollRequest) Descriptor() ([]byte, []int) {
+	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *EnrollRequest) GetJoinToken() string {
+	if x != nil {
+		return x.JoinToken
+	}
+	return ""
+}
+
+func (x *EnrollRequest) GetHostName() string {
+	if x != nil {
+		return x.HostName
+	}
+	return ""
+}
+
+func (x *EnrollRequest) GetCsr() []byte {
+	if x != nil {
+		return x.Csr
+	}
+	return nil
+}
+
+func (x *EnrollRequest) GetInnerIpAddress() string {
+	if x != nil {
+		return x.InnerIpAddress
+	}
+	return ""
+}
+
+func (x *EnrollRequest) GetMachineId() string {
+	if x != nil {
+		return x.MachineId
+	}
+	return ""
+}
+
+// EnrollResponse is the host's identity.
+type EnrollResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The host's id.
+	HostId int64 `protobuf:"varint,1,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	// The client certificate, DER.
+	Certificate []byte `protobuf:"bytes,2,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	// The CA certificates to trust for the server, PEM.
+	CaCertificates string `protobuf:"bytes,3,opt,name=ca_certificates,json=caCertificates,proto3" json:"ca_certificates,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *EnrollResponse) Reset() {
+	*x = EnrollResponse{}
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EnrollResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EnrollResponse) ProtoMessage() {}
+
+func (x *EnrollResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EnrollResponse.ProtoReflect.Descriptor instead.
+func (*EnrollResponse) Descriptor() ([]byte, []int) {
+	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *EnrollResponse) GetHostId() int64 {
+	if x != nil {
+		return x.HostId
+	}
+	return 0
+}
+
+func (x *EnrollResponse) GetCertificate() []byte {
+	if x != nil {
+		return x.Certificate
+	}
+	return nil
+}
+
+func (x *EnrollResponse) GetCaCertificates() string {
+	if x != nil {
+		return x.CaCertificates
+	}
+	return ""
+}
+
+// RenewCertificateRequest asks for a fresh client certificate.
+type RenewCertificateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// PKCS #10 certificate signing request, DER, for a new key.
+	Csr           []byte `protobuf:"bytes,1,opt,name=csr,proto3" json:"csr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewCertificateRequest) Reset() {
+	*x = RenewCertificateRequest{}
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewCertificateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewCertificateRequest) ProtoMessage() {}
+
+func (x *RenewCertificateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewCertificateRequest.ProtoReflect.Descriptor instead.
+func (*RenewCertificateRequest) Descriptor() ([]byte, []int) {
+	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *RenewCertificateRequest) GetCsr() []byte {
+	if x != nil {
+		return x.Csr
+	}
+	return nil
+}
+
+// RenewCertificateResponse is the new certificate.
+type RenewCertificateResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The client certificate, DER.
+	Certificate   []byte `protobuf:"bytes,1,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewCertificateResponse) Reset() {
+	*x = RenewCertificateResponse{}
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewCertificateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewCertificateResponse) ProtoMessage() {}
+
+func (x *RenewCertificateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewCertificateResponse.ProtoReflect.Descriptor instead.
+func (*RenewCertificateResponse) Descriptor() ([]byte, []int) {
+	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *RenewCertificateResponse) GetCertificate() []byte {
+	if x != nil {
+		return x.Certificate
+	}
+	return nil
+}
+
 // ConnectRequest is one message from agentd to the server.
 type ConnectRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -175,7 +413,7 @@ type ConnectRequest struct {
 
 func (x *ConnectRequest) Reset() {
 	*x = ConnectRequest{}
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[0]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -187,7 +425,7 @@ func (x *ConnectRequest) String() string {
 func (*ConnectRequest) ProtoMessage() {}
 
 func (x *ConnectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[0]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -200,7 +438,7 @@ func (x *ConnectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectRequest.ProtoReflect.Descriptor instead.
 func (*ConnectRequest) Descriptor() ([]byte, []int) {
-	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{0}
+	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ConnectRequest) GetKind() isConnectRequest_Kind {
@@ -296,7 +534,7 @@ type ConnectResponse struct {
 
 func (x *ConnectResponse) Reset() {
 	*x = ConnectResponse{}
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[1]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -308,7 +546,7 @@ func (x *ConnectResponse) String() string {
 func (*ConnectResponse) ProtoMessage() {}
 
 func (x *ConnectResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[1]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -321,7 +559,7 @@ func (x *ConnectResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectResponse.ProtoReflect.Descriptor instead.
 func (*ConnectResponse) Descriptor() ([]byte, []int) {
-	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{1}
+	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ConnectResponse) GetKind() isConnectResponse_Kind {
@@ -402,7 +640,8 @@ func (*ConnectResponse_Ack) isConnectResponse_Kind() {}
 // Hello registers the host and authenticates agentd.
 type Hello struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Enrollment token from the server's data dir. Required.
+	// Bootstrap token from the server's data dir: only when the server runs
+	// with --insecure; with mTLS the client certificate identifies the host.
 	Token string `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
 	// Host id the server assigned earlier; 0 at first registration.
 	HostId int64 `protobuf:"varint,2,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
@@ -424,7 +663,7 @@ type Hello struct {
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[2]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -436,7 +675,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[2]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -449,7 +688,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{2}
+	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Hello) GetToken() string {
@@ -521,7 +760,7 @@ type Welcome struct {
 
 func (x *Welcome) Reset() {
 	*x = Welcome{}
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[3]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -533,7 +772,7 @@ func (x *Welcome) String() string {
 func (*Welcome) ProtoMessage() {}
 
 func (x *Welcome) ProtoReflect() protoreflect.Message {
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[3]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -546,7 +785,7 @@ func (x *Welcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Welcome.ProtoReflect.Descriptor instead.
 func (*Welcome) Descriptor() ([]byte, []int) {
-	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{3}
+	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Welcome) GetHostId() int64 {
@@ -576,7 +815,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[4]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -588,7 +827,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[4]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -601,7 +840,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{4}
+	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Heartbeat) GetSentAt() *timestamppb.Timestamp {
@@ -639,7 +878,7 @@ type Process struct {
 
 func (x *Process) Reset() {
 	*x = Process{}
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -651,7 +890,7 @@ func (x *Process) String() string {
 func (*Process) ProtoMessage() {}
 
 func (x *Process) ProtoReflect() protoreflect.Message {
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -664,7 +903,7 @@ func (x *Process) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Process.ProtoReflect.Descriptor instead.
 func (*Process) Descriptor() ([]byte, []int) {
-	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{5}
+	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Process) GetPid() int32 {
@@ -732,7 +971,7 @@ type Command struct {
 
 func (x *Command) Reset() {
 	*x = Command{}
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -744,7 +983,7 @@ func (x *Command) String() string {
 func (*Command) ProtoMessage() {}
 
 func (x *Command) ProtoReflect() protoreflect.Message {
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -757,7 +996,7 @@ func (x *Command) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Command.ProtoReflect.Descriptor instead.
 func (*Command) Descriptor() ([]byte, []int) {
-	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Command) GetSubtaskId() int64 {
@@ -835,7 +1074,7 @@ type StopAgentAction struct {
 
 func (x *StopAgentAction) Reset() {
 	*x = StopAgentAction{}
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -847,7 +1086,7 @@ func (x *StopAgentAction) String() string {
 func (*StopAgentAction) ProtoMessage() {}
 
 func (x *StopAgentAction) ProtoReflect() protoreflect.Message {
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -860,7 +1099,7 @@ func (x *StopAgentAction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopAgentAction.ProtoReflect.Descriptor instead.
 func (*StopAgentAction) Descriptor() ([]byte, []int) {
-	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *StopAgentAction) GetGrace() *durationpb.Duration {
@@ -883,7 +1122,7 @@ type StartAgentAction struct {
 
 func (x *StartAgentAction) Reset() {
 	*x = StartAgentAction{}
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -895,7 +1134,7 @@ func (x *StartAgentAction) String() string {
 func (*StartAgentAction) ProtoMessage() {}
 
 func (x *StartAgentAction) ProtoReflect() protoreflect.Message {
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -908,7 +1147,7 @@ func (x *StartAgentAction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartAgentAction.ProtoReflect.Descriptor instead.
 func (*StartAgentAction) Descriptor() ([]byte, []int) {
-	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 // CancelCommand asks agentd to stop the work of a command. agentd stops
@@ -927,7 +1166,7 @@ type CancelCommand struct {
 
 func (x *CancelCommand) Reset() {
 	*x = CancelCommand{}
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -939,7 +1178,7 @@ func (x *CancelCommand) String() string {
 func (*CancelCommand) ProtoMessage() {}
 
 func (x *CancelCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -952,7 +1191,7 @@ func (x *CancelCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelCommand.ProtoReflect.Descriptor instead.
 func (*CancelCommand) Descriptor() ([]byte, []int) {
-	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CancelCommand) GetSubtaskId() int64 {
@@ -997,7 +1236,7 @@ type CommandProgress struct {
 
 func (x *CommandProgress) Reset() {
 	*x = CommandProgress{}
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1009,7 +1248,7 @@ func (x *CommandProgress) String() string {
 func (*CommandProgress) ProtoMessage() {}
 
 func (x *CommandProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1022,7 +1261,7 @@ func (x *CommandProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandProgress.ProtoReflect.Descriptor instead.
 func (*CommandProgress) Descriptor() ([]byte, []int) {
-	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CommandProgress) GetSubtaskId() int64 {
@@ -1086,7 +1325,7 @@ type CommandResult struct {
 
 func (x *CommandResult) Reset() {
 	*x = CommandResult{}
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1098,7 +1337,7 @@ func (x *CommandResult) String() string {
 func (*CommandResult) ProtoMessage() {}
 
 func (x *CommandResult) ProtoReflect() protoreflect.Message {
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1111,7 +1350,7 @@ func (x *CommandResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandResult.ProtoReflect.Descriptor instead.
 func (*CommandResult) Descriptor() ([]byte, []int) {
-	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CommandResult) GetSubtaskId() int64 {
@@ -1162,7 +1401,7 @@ type ResultAck struct {
 
 func (x *ResultAck) Reset() {
 	*x = ResultAck{}
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1174,7 +1413,7 @@ func (x *ResultAck) String() string {
 func (*ResultAck) ProtoMessage() {}
 
 func (x *ResultAck) ProtoReflect() protoreflect.Message {
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1187,7 +1426,7 @@ func (x *ResultAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResultAck.ProtoReflect.Descriptor instead.
 func (*ResultAck) Descriptor() ([]byte, []int) {
-	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ResultAck) GetSubtaskId() int64 {
@@ -1208,7 +1447,23 @@ var File_agentplane_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_agentplane_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x1fagentplane/agent/v1/agent.proto\x12\x13agentplane.agent.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8e\x02\n" +
+	"\x1fagentplane/agent/v1/agent.proto\x12\x13agentplane.agent.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa6\x01\n" +
+	"\rEnrollRequest\x12\x1d\n" +
+	"\n" +
+	"join_token\x18\x01 \x01(\tR\tjoinToken\x12\x1b\n" +
+	"\thost_name\x18\x02 \x01(\tR\bhostName\x12\x10\n" +
+	"\x03csr\x18\x03 \x01(\fR\x03csr\x12(\n" +
+	"\x10inner_ip_address\x18\x04 \x01(\tR\x0einnerIpAddress\x12\x1d\n" +
+	"\n" +
+	"machine_id\x18\x05 \x01(\tR\tmachineId\"t\n" +
+	"\x0eEnrollResponse\x12\x17\n" +
+	"\ahost_id\x18\x01 \x01(\x03R\x06hostId\x12 \n" +
+	"\vcertificate\x18\x02 \x01(\fR\vcertificate\x12'\n" +
+	"\x0fca_certificates\x18\x03 \x01(\tR\x0ecaCertificates\"+\n" +
+	"\x17RenewCertificateRequest\x12\x10\n" +
+	"\x03csr\x18\x01 \x01(\fR\x03csr\"<\n" +
+	"\x18RenewCertificateResponse\x12 \n" +
+	"\vcertificate\x18\x01 \x01(\fR\vcertificate\"\x8e\x02\n" +
 	"\x0eConnectRequest\x122\n" +
 	"\x05hello\x18\x01 \x01(\v2\x1a.agentplane.agent.v1.HelloH\x00R\x05hello\x12>\n" +
 	"\theartbeat\x18\x02 \x01(\v2\x1e.agentplane.agent.v1.HeartbeatH\x00R\theartbeat\x12B\n" +
@@ -1297,9 +1552,11 @@ const file_agentplane_agent_v1_agent_proto_rawDesc = "" +
 	"\x1bCOMMAND_OUTCOME_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19COMMAND_OUTCOME_SUCCEEDED\x10\x01\x12\x1a\n" +
 	"\x16COMMAND_OUTCOME_FAILED\x10\x02\x12\x1c\n" +
-	"\x18COMMAND_OUTCOME_CANCELED\x10\x032h\n" +
+	"\x18COMMAND_OUTCOME_CANCELED\x10\x032\xac\x02\n" +
 	"\fAgentService\x12X\n" +
-	"\aConnect\x12#.agentplane.agent.v1.ConnectRequest\x1a$.agentplane.agent.v1.ConnectResponse(\x010\x01B\xbf\x01\n" +
+	"\aConnect\x12#.agentplane.agent.v1.ConnectRequest\x1a$.agentplane.agent.v1.ConnectResponse(\x010\x01\x12Q\n" +
+	"\x06Enroll\x12\".agentplane.agent.v1.EnrollRequest\x1a#.agentplane.agent.v1.EnrollResponse\x12o\n" +
+	"\x10RenewCertificate\x12,.agentplane.agent.v1.RenewCertificateRequest\x1a-.agentplane.agent.v1.RenewCertificateResponseB\xbf\x01\n" +
 	"\x17com.agentplane.agent.v1B\n" +
 	"AgentProtoP\x01Z*agentplane/gen/agentplane/agent/v1;agentv1\xa2\x02\x03AAX\xaa\x02\x13Agentplane.Agent.V1\xca\x02\x13Agentplane\\Agent\\V1\xe2\x02\x1fAgentplane\\Agent\\V1\\GPBMetadata\xea\x02\x15Agentplane::Agent::V1b\x06proto3"
 
@@ -1316,53 +1573,61 @@ func file_agentplane_agent_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agentplane_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_agentplane_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_agentplane_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_agentplane_agent_v1_agent_proto_goTypes = []any{
-	(ProcessEventKind)(0),         // 0: agentplane.agent.v1.ProcessEventKind
-	(CommandOutcome)(0),           // 1: agentplane.agent.v1.CommandOutcome
-	(*ConnectRequest)(nil),        // 2: agentplane.agent.v1.ConnectRequest
-	(*ConnectResponse)(nil),       // 3: agentplane.agent.v1.ConnectResponse
-	(*Hello)(nil),                 // 4: agentplane.agent.v1.Hello
-	(*Welcome)(nil),               // 5: agentplane.agent.v1.Welcome
-	(*Heartbeat)(nil),             // 6: agentplane.agent.v1.Heartbeat
-	(*Process)(nil),               // 7: agentplane.agent.v1.Process
-	(*Command)(nil),               // 8: agentplane.agent.v1.Command
-	(*StopAgentAction)(nil),       // 9: agentplane.agent.v1.StopAgentAction
-	(*StartAgentAction)(nil),      // 10: agentplane.agent.v1.StartAgentAction
-	(*CancelCommand)(nil),         // 11: agentplane.agent.v1.CancelCommand
-	(*CommandProgress)(nil),       // 12: agentplane.agent.v1.CommandProgress
-	(*CommandResult)(nil),         // 13: agentplane.agent.v1.CommandResult
-	(*ResultAck)(nil),             // 14: agentplane.agent.v1.ResultAck
-	(*durationpb.Duration)(nil),   // 15: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
+	(ProcessEventKind)(0),            // 0: agentplane.agent.v1.ProcessEventKind
+	(CommandOutcome)(0),              // 1: agentplane.agent.v1.CommandOutcome
+	(*EnrollRequest)(nil),            // 2: agentplane.agent.v1.EnrollRequest
+	(*EnrollResponse)(nil),           // 3: agentplane.agent.v1.EnrollResponse
+	(*RenewCertificateRequest)(nil),  // 4: agentplane.agent.v1.RenewCertificateRequest
+	(*RenewCertificateResponse)(nil), // 5: agentplane.agent.v1.RenewCertificateResponse
+	(*ConnectRequest)(nil),           // 6: agentplane.agent.v1.ConnectRequest
+	(*ConnectResponse)(nil),          // 7: agentplane.agent.v1.ConnectResponse
+	(*Hello)(nil),                    // 8: agentplane.agent.v1.Hello
+	(*Welcome)(nil),                  // 9: agentplane.agent.v1.Welcome
+	(*Heartbeat)(nil),                // 10: agentplane.agent.v1.Heartbeat
+	(*Process)(nil),                  // 11: agentplane.agent.v1.Process
+	(*Command)(nil),                  // 12: agentplane.agent.v1.Command
+	(*StopAgentAction)(nil),          // 13: agentplane.agent.v1.StopAgentAction
+	(*StartAgentAction)(nil),         // 14: agentplane.agent.v1.StartAgentAction
+	(*CancelCommand)(nil),            // 15: agentplane.agent.v1.CancelCommand
+	(*CommandProgress)(nil),          // 16: agentplane.agent.v1.CommandProgress
+	(*CommandResult)(nil),            // 17: agentplane.agent.v1.CommandResult
+	(*ResultAck)(nil),                // 18: agentplane.agent.v1.ResultAck
+	(*durationpb.Duration)(nil),      // 19: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),    // 20: google.protobuf.Timestamp
 }
 var file_agentplane_agent_v1_agent_proto_depIdxs = []int32{
-	4,  // 0: agentplane.agent.v1.ConnectRequest.hello:type_name -> agentplane.agent.v1.Hello
-	6,  // 1: agentplane.agent.v1.ConnectRequest.heartbeat:type_name -> agentplane.agent.v1.Heartbeat
-	12, // 2: agentplane.agent.v1.ConnectRequest.progress:type_name -> agentplane.agent.v1.CommandProgress
-	13, // 3: agentplane.agent.v1.ConnectRequest.result:type_name -> agentplane.agent.v1.CommandResult
-	5,  // 4: agentplane.agent.v1.ConnectResponse.welcome:type_name -> agentplane.agent.v1.Welcome
-	8,  // 5: agentplane.agent.v1.ConnectResponse.command:type_name -> agentplane.agent.v1.Command
-	11, // 6: agentplane.agent.v1.ConnectResponse.cancel:type_name -> agentplane.agent.v1.CancelCommand
-	14, // 7: agentplane.agent.v1.ConnectResponse.ack:type_name -> agentplane.agent.v1.ResultAck
-	7,  // 8: agentplane.agent.v1.Hello.processes:type_name -> agentplane.agent.v1.Process
-	15, // 9: agentplane.agent.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	16, // 10: agentplane.agent.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
-	7,  // 11: agentplane.agent.v1.Heartbeat.processes:type_name -> agentplane.agent.v1.Process
-	16, // 12: agentplane.agent.v1.Process.create_time:type_name -> google.protobuf.Timestamp
-	15, // 13: agentplane.agent.v1.Command.timeout:type_name -> google.protobuf.Duration
-	9,  // 14: agentplane.agent.v1.Command.stop_agent:type_name -> agentplane.agent.v1.StopAgentAction
-	10, // 15: agentplane.agent.v1.Command.start_agent:type_name -> agentplane.agent.v1.StartAgentAction
-	15, // 16: agentplane.agent.v1.StopAgentAction.grace:type_name -> google.protobuf.Duration
-	16, // 17: agentplane.agent.v1.CommandProgress.time:type_name -> google.protobuf.Timestamp
+	8,  // 0: agentplane.agent.v1.ConnectRequest.hello:type_name -> agentplane.agent.v1.Hello
+	10, // 1: agentplane.agent.v1.ConnectRequest.heartbeat:type_name -> agentplane.agent.v1.Heartbeat
+	16, // 2: agentplane.agent.v1.ConnectRequest.progress:type_name -> agentplane.agent.v1.CommandProgress
+	17, // 3: agentplane.agent.v1.ConnectRequest.result:type_name -> agentplane.agent.v1.CommandResult
+	9,  // 4: agentplane.agent.v1.ConnectResponse.welcome:type_name -> agentplane.agent.v1.Welcome
+	12, // 5: agentplane.agent.v1.ConnectResponse.command:type_name -> agentplane.agent.v1.Command
+	15, // 6: agentplane.agent.v1.ConnectResponse.cancel:type_name -> agentplane.agent.v1.CancelCommand
+	18, // 7: agentplane.agent.v1.ConnectResponse.ack:type_name -> agentplane.agent.v1.ResultAck
+	11, // 8: agentplane.agent.v1.Hello.processes:type_name -> agentplane.agent.v1.Process
+	19, // 9: agentplane.agent.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	20, // 10: agentplane.agent.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
+	11, // 11: agentplane.agent.v1.Heartbeat.processes:type_name -> agentplane.agent.v1.Process
+	20, // 12: agentplane.agent.v1.Process.create_time:type_name -> google.protobuf.Timestamp
+	19, // 13: agentplane.agent.v1.Command.timeout:type_name -> google.protobuf.Duration
+	13, // 14: agentplane.agent.v1.Command.stop_agent:type_name -> agentplane.agent.v1.StopAgentAction
+	14, // 15: agentplane.agent.v1.Command.start_agent:type_name -> agentplane.agent.v1.StartAgentAction
+	19, // 16: agentplane.agent.v1.StopAgentAction.grace:type_name -> google.protobuf.Duration
+	20, // 17: agentplane.agent.v1.CommandProgress.time:type_name -> google.protobuf.Timestamp
 	0,  // 18: agentplane.agent.v1.CommandProgress.kind:type_name -> agentplane.agent.v1.ProcessEventKind
-	7,  // 19: agentplane.agent.v1.CommandProgress.process:type_name -> agentplane.agent.v1.Process
+	11, // 19: agentplane.agent.v1.CommandProgress.process:type_name -> agentplane.agent.v1.Process
 	1,  // 20: agentplane.agent.v1.CommandResult.outcome:type_name -> agentplane.agent.v1.CommandOutcome
-	16, // 21: agentplane.agent.v1.CommandResult.finish_time:type_name -> google.protobuf.Timestamp
-	2,  // 22: agentplane.agent.v1.AgentService.Connect:input_type -> agentplane.agent.v1.ConnectRequest
-	3,  // 23: agentplane.agent.v1.AgentService.Connect:output_type -> agentplane.agent.v1.ConnectResponse
-	23, // [23:24] is the sub-list for method output_type
-	22, // [22:23] is the sub-list for method input_type
+	20, // 21: agentplane.agent.v1.CommandResult.finish_time:type_name -> google.protobuf.Timestamp
+	6,  // 22: agentplane.agent.v1.AgentService.Connect:input_type -> agentplane.agent.v1.ConnectRequest
+	2,  // 23: agentplane.agent.v1.AgentService.Enroll:input_type -> agentplane.agent.v1.EnrollRequest
+	4,  // 24: agentplane.agent.v1.AgentService.RenewCertificate:input_type -> agentplane.agent.v1.RenewCertificateRequest
+	7,  // 25: agentplane.agent.v1.AgentService.Connect:output_type -> agentplane.agent.v1.ConnectResponse
+	3,  // 26: agentplane.agent.v1.AgentService.Enroll:output_type -> agentplane.agent.v1.EnrollResponse
+	5,  // 27: agentplane.agent.v1.AgentService.RenewCertificate:output_type -> agentplane.agent.v1.RenewCertificateResponse
+	25, // [25:28] is the sub-list for method output_type
+	22, // [22:25] is the sub-list for method input_type
 	22, // [22:22] is the sub-list for extension type_name
 	22, // [22:22] is the sub-list for extension extendee
 	0,  // [0:22] is the sub-list for field type_name
@@ -1373,19 +1638,19 @@ func file_agentplane_agent_v1_agent_proto_init() {
 	if File_agentplane_agent_v1_agent_proto != nil {
 		return
 	}
-	file_agentplane_agent_v1_agent_proto_msgTypes[0].OneofWrappers = []any{
+	file_agentplane_agent_v1_agent_proto_msgTypes[4].OneofWrappers = []any{
 		(*ConnectRequest_Hello)(nil),
 		(*ConnectRequest_Heartbeat)(nil),
 		(*ConnectRequest_Progress)(nil),
 		(*ConnectRequest_Result)(nil),
 	}
-	file_agentplane_agent_v1_agent_proto_msgTypes[1].OneofWrappers = []any{
+	file_agentplane_agent_v1_agent_proto_msgTypes[5].OneofWrappers = []any{
 		(*ConnectResponse_Welcome)(nil),
 		(*ConnectResponse_Command)(nil),
 		(*ConnectResponse_Cancel)(nil),
 		(*ConnectResponse_Ack)(nil),
 	}
-	file_agentplane_agent_v1_agent_proto_msgTypes[6].OneofWrappers = []any{
+	file_agentplane_agent_v1_agent_proto_msgTypes[10].OneofWrappers = []any{
 		(*Command_StopAgent)(nil),
 		(*Command_StartAgent)(nil),
 	}
@@ -1395,7 +1660,7 @@ func file_agentplane_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentplane_agent_v1_agent_proto_rawDesc), len(file_agentplane_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   13,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -10,6 +10,7 @@ import (
 	v1 "agentplane/gen/agentplane/task/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -165,7 +166,9 @@ type Host struct {
 	// When the host was registered.
 	CreateTime *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	// When the host last changed.
-	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// When the host was revoked; unset while it is not.
+	RevokeTime    *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=revoke_time,json=revokeTime,proto3" json:"revoke_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -273,6 +276,13 @@ func (x *Host) GetCreateTime() *timestamppb.Timestamp {
 func (x *Host) GetUpdateTime() *timestamppb.Timestamp {
 	if x != nil {
 		return x.UpdateTime
+	}
+	return nil
+}
+
+func (x *Host) GetRevokeTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RevokeTime
 	}
 	return nil
 }
@@ -1276,11 +1286,222 @@ func (x *AgentProcess) GetStatus() AgentStatus {
 	return AgentStatus_AGENT_STATUS_UNSPECIFIED
 }
 
+// CreateJoinTokenRequest describes the token to create.
+type CreateJoinTokenRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Bind the token to this host name; empty for any name.
+	HostName string `protobuf:"bytes,1,opt,name=host_name,json=hostName,proto3" json:"host_name,omitempty"`
+	// How long the token is valid; unset for 1 hour; at most 24 hours.
+	Ttl           *durationpb.Duration `protobuf:"bytes,2,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateJoinTokenRequest) Reset() {
+	*x = CreateJoinTokenRequest{}
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateJoinTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateJoinTokenRequest) ProtoMessage() {}
+
+func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateJoinTokenRequest.ProtoReflect.Descriptor instead.
+func (*CreateJoinTokenRequest) Descriptor() ([]byte, []int) {
+	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *CreateJoinTokenRequest) GetHostName() string {
+	if x != nil {
+		return x.HostName
+	}
+	return ""
+}
+
+func (x *CreateJoinTokenRequest) GetTtl() *durationpb.Duration {
+	if x != nil {
+		return x.Ttl
+	}
+	return nil
+}
+
+// CreateJoinTokenResponse is the token, shown once.
+type CreateJoinTokenResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The secret token to give agentd (--join-token).
+	Token string `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	// The host name it is bound to; empty for any.
+	HostName string `protobuf:"bytes,2,opt,name=host_name,json=hostName,proto3" json:"host_name,omitempty"`
+	// When it expires.
+	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateJoinTokenResponse) Reset() {
+	*x = CreateJoinTokenResponse{}
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateJoinTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateJoinTokenResponse) ProtoMessage() {}
+
+func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateJoinTokenResponse.ProtoReflect.Descriptor instead.
+func (*CreateJoinTokenResponse) Descriptor() ([]byte, []int) {
+	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *CreateJoinTokenResponse) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *CreateJoinTokenResponse) GetHostName() string {
+	if x != nil {
+		return x.HostName
+	}
+	return ""
+}
+
+func (x *CreateJoinTokenResponse) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
+// RevokeHostRequest names the host to revoke.
+type RevokeHostRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Host id. Required, positive.
+	HostId        int64 `protobuf:"varint,1,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeHostRequest) Reset() {
+	*x = RevokeHostRequest{}
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeHostRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeHostRequest) ProtoMessage() {}
+
+func (x *RevokeHostRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeHostRequest.ProtoReflect.Descriptor instead.
+func (*RevokeHostRequest) Descriptor() ([]byte, []int) {
+	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *RevokeHostRequest) GetHostId() int64 {
+	if x != nil {
+		return x.HostId
+	}
+	return 0
+}
+
+// RevokeHostResponse is the revoked host.
+type RevokeHostResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The host.
+	Host          *Host `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeHostResponse) Reset() {
+	*x = RevokeHostResponse{}
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeHostResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeHostResponse) ProtoMessage() {}
+
+func (x *RevokeHostResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeHostResponse.ProtoReflect.Descriptor instead.
+func (*RevokeHostResponse) Descriptor() ([]byte, []int) {
+	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *RevokeHostResponse) GetHost() *Host {
+	if x != nil {
+		return x.Host
+	}
+	return nil
+}
+
 var File_agentplane_host_v1_host_proto protoreflect.FileDescriptor
 
 const file_agentplane_host_v1_host_proto_rawDesc = "" +
 	"\n" +
-	"\x1dagentplane/host/v1/host.proto\x12\x12agentplane.host.v1\x1a\x1dagentplane/task/v1/task.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x88\x04\n" +
+	"\x1dagentplane/host/v1/host.proto\x12\x12agentplane.host.v1\x1a\x1dagentplane/task/v1/task.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc5\x04\n" +
 	"\x04Host\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12(\n" +
@@ -1296,7 +1517,9 @@ const file_agentplane_host_v1_host_proto_rawDesc = "" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\"+\n" +
+	"updateTime\x12;\n" +
+	"\vrevoke_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"revokeTime\"+\n" +
 	"\x10StopAgentRequest\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\x03R\x06hostId\"A\n" +
 	"\x11StopAgentResponse\x12,\n" +
@@ -1355,7 +1578,19 @@ const file_agentplane_host_v1_host_proto_rawDesc = "" +
 	"\n" +
 	"start_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x12D\n" +
 	"\x10last_active_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x0elastActiveTime\x127\n" +
-	"\x06status\x18\b \x01(\x0e2\x1f.agentplane.host.v1.AgentStatusR\x06status*\xa4\x01\n" +
+	"\x06status\x18\b \x01(\x0e2\x1f.agentplane.host.v1.AgentStatusR\x06status\"b\n" +
+	"\x16CreateJoinTokenRequest\x12\x1b\n" +
+	"\thost_name\x18\x01 \x01(\tR\bhostName\x12+\n" +
+	"\x03ttl\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\"\x89\x01\n" +
+	"\x17CreateJoinTokenResponse\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1b\n" +
+	"\thost_name\x18\x02 \x01(\tR\bhostName\x12;\n" +
+	"\vexpire_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime\",\n" +
+	"\x11RevokeHostRequest\x12\x17\n" +
+	"\ahost_id\x18\x01 \x01(\x03R\x06hostId\"B\n" +
+	"\x12RevokeHostResponse\x12,\n" +
+	"\x04host\x18\x01 \x01(\v2\x18.agentplane.host.v1.HostR\x04host*\xa4\x01\n" +
 	"\n" +
 	"HostStatus\x12\x1b\n" +
 	"\x17HOST_STATUS_UNSPECIFIED\x10\x00\x12\x13\n" +
@@ -1367,7 +1602,7 @@ const file_agentplane_host_v1_host_proto_rawDesc = "" +
 	"\vAgentStatus\x12\x1c\n" +
 	"\x18AGENT_STATUS_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14AGENT_STATUS_STARTED\x10\x01\x12\x18\n" +
-	"\x14AGENT_STATUS_STOPPED\x10\x022\x99\x06\n" +
+	"\x14AGENT_STATUS_STOPPED\x10\x022\xe2\a\n" +
 	"\vHostService\x12X\n" +
 	"\tStopAgent\x12$.agentplane.host.v1.StopAgentRequest\x1a%.agentplane.host.v1.StopAgentResponse\x12R\n" +
 	"\aGetHost\x12\".agentplane.host.v1.GetHostRequest\x1a#.agentplane.host.v1.GetHostResponse\x12X\n" +
@@ -1377,7 +1612,10 @@ const file_agentplane_host_v1_host_proto_rawDesc = "" +
 	"\fRestartAgent\x12'.agentplane.host.v1.RestartAgentRequest\x1a(.agentplane.host.v1.RestartAgentResponse\x12j\n" +
 	"\x0fBatchStopAgents\x12*.agentplane.host.v1.BatchStopAgentsRequest\x1a+.agentplane.host.v1.BatchStopAgentsResponse\x12s\n" +
 	"\x12BatchRestartAgents\x12-.agentplane.host.v1.BatchRestartAgentsRequest\x1a..agentplane.host.v1.BatchRestartAgentsResponse\x12a\n" +
-	"\fGetHostAgent\x12'.agentplane.host.v1.GetHostAgentRequest\x1a(.agentplane.host.v1.GetHostAgentResponseB\xb7\x01\n" +
+	"\fGetHostAgent\x12'.agentplane.host.v1.GetHostAgentRequest\x1a(.agentplane.host.v1.GetHostAgentResponse\x12j\n" +
+	"\x0fCreateJoinToken\x12*.agentplane.host.v1.CreateJoinTokenRequest\x1a+.agentplane.host.v1.CreateJoinTokenResponse\x12[\n" +
+	"\n" +
+	"RevokeHost\x12%.agentplane.host.v1.RevokeHostRequest\x1a&.agentplane.host.v1.RevokeHostResponseB\xb7\x01\n" +
 	"\x16com.agentplane.host.v1B\tHostProtoP\x01Z(agentplane/gen/agentplane/host/v1;hostv1\xa2\x02\x03AHX\xaa\x02\x12Agentplane.Host.V1\xca\x02\x12Agentplane\\Host\\V1\xe2\x02\x1eAgentplane\\Host\\V1\\GPBMetadata\xea\x02\x14Agentplane::Host::V1b\x06proto3"
 
 var (
@@ -1393,7 +1631,7 @@ func file_agentplane_host_v1_host_proto_rawDescGZIP() []byte {
 }
 
 var file_agentplane_host_v1_host_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_agentplane_host_v1_host_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_agentplane_host_v1_host_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_agentplane_host_v1_host_proto_goTypes = []any{
 	(HostStatus)(0),                    // 0: agentplane.host.v1.HostStatus
 	(AgentStatus)(0),                   // 1: agentplane.host.v1.AgentStatus
@@ -1416,52 +1654,65 @@ var file_agentplane_host_v1_host_proto_goTypes = []any{
 	(*GetHostAgentResponse)(nil),       // 18: agentplane.host.v1.GetHostAgentResponse
 	(*HostAgent)(nil),                  // 19: agentplane.host.v1.HostAgent
 	(*AgentProcess)(nil),               // 20: agentplane.host.v1.AgentProcess
-	(*timestamppb.Timestamp)(nil),      // 21: google.protobuf.Timestamp
-	(*v1.Task)(nil),                    // 22: agentplane.task.v1.Task
+	(*CreateJoinTokenRequest)(nil),     // 21: agentplane.host.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil),    // 22: agentplane.host.v1.CreateJoinTokenResponse
+	(*RevokeHostRequest)(nil),          // 23: agentplane.host.v1.RevokeHostRequest
+	(*RevokeHostResponse)(nil),         // 24: agentplane.host.v1.RevokeHostResponse
+	(*timestamppb.Timestamp)(nil),      // 25: google.protobuf.Timestamp
+	(*v1.Task)(nil),                    // 26: agentplane.task.v1.Task
+	(*durationpb.Duration)(nil),        // 27: google.protobuf.Duration
 }
 var file_agentplane_host_v1_host_proto_depIdxs = []int32{
 	0,  // 0: agentplane.host.v1.Host.status:type_name -> agentplane.host.v1.HostStatus
 	1,  // 1: agentplane.host.v1.Host.agent_status:type_name -> agentplane.host.v1.AgentStatus
-	21, // 2: agentplane.host.v1.Host.last_available_time:type_name -> google.protobuf.Timestamp
-	21, // 3: agentplane.host.v1.Host.create_time:type_name -> google.protobuf.Timestamp
-	21, // 4: agentplane.host.v1.Host.update_time:type_name -> google.protobuf.Timestamp
-	22, // 5: agentplane.host.v1.StopAgentResponse.task:type_name -> agentplane.task.v1.Task
-	2,  // 6: agentplane.host.v1.GetHostResponse.host:type_name -> agentplane.host.v1.Host
-	2,  // 7: agentplane.host.v1.ListHostsResponse.hosts:type_name -> agentplane.host.v1.Host
-	22, // 8: agentplane.host.v1.StartAgentResponse.task:type_name -> agentplane.task.v1.Task
-	22, // 9: agentplane.host.v1.RestartAgentResponse.task:type_name -> agentplane.task.v1.Task
-	22, // 10: agentplane.host.v1.BatchStopAgentsResponse.task:type_name -> agentplane.task.v1.Task
-	22, // 11: agentplane.host.v1.BatchRestartAgentsResponse.task:type_name -> agentplane.task.v1.Task
-	19, // 12: agentplane.host.v1.GetHostAgentResponse.agent:type_name -> agentplane.host.v1.HostAgent
-	21, // 13: agentplane.host.v1.HostAgent.last_available_time:type_name -> google.protobuf.Timestamp
-	1,  // 14: agentplane.host.v1.HostAgent.status:type_name -> agentplane.host.v1.AgentStatus
-	20, // 15: agentplane.host.v1.HostAgent.processes:type_name -> agentplane.host.v1.AgentProcess
-	21, // 16: agentplane.host.v1.HostAgent.create_time:type_name -> google.protobuf.Timestamp
-	21, // 17: agentplane.host.v1.HostAgent.update_time:type_name -> google.protobuf.Timestamp
-	21, // 18: agentplane.host.v1.AgentProcess.start_time:type_name -> google.protobuf.Timestamp
-	21, // 19: agentplane.host.v1.AgentProcess.last_active_time:type_name -> google.protobuf.Timestamp
-	1,  // 20: agentplane.host.v1.AgentProcess.status:type_name -> agentplane.host.v1.AgentStatus
-	3,  // 21: agentplane.host.v1.HostService.StopAgent:input_type -> agentplane.host.v1.StopAgentRequest
-	5,  // 22: agentplane.host.v1.HostService.GetHost:input_type -> agentplane.host.v1.GetHostRequest
-	7,  // 23: agentplane.host.v1.HostService.ListHosts:input_type -> agentplane.host.v1.ListHostsRequest
-	9,  // 24: agentplane.host.v1.HostService.StartAgent:input_type -> agentplane.host.v1.StartAgentRequest
-	11, // 25: agentplane.host.v1.HostService.RestartAgent:input_type -> agentplane.host.v1.RestartAgentRequest
-	13, // 26: agentplane.host.v1.HostService.BatchStopAgents:input_type -> agentplane.host.v1.BatchStopAgentsRequest
-	15, // 27: agentplane.host.v1.HostService.BatchRestartAgents:input_type -> agentplane.host.v1.BatchRestartAgentsRequest
-	17, // 28: agentplane.host.v1.HostService.GetHostAgent:input_type -> agentplane.host.v1.GetHostAgentRequest
-	4,  // 29: agentplane.host.v1.HostService.StopAgent:output_type -> agentplane.host.v1.StopAgentResponse
-	6,  // 30: agentplane.host.v1.HostService.GetHost:output_type -> agentplane.host.v1.GetHostResponse
-	8,  // 31: agentplane.host.v1.HostService.ListHosts:output_type -> agentplane.host.v1.ListHostsResponse
-	10, // 32: agentplane.host.v1.HostService.StartAgent:output_type -> agentplane.host.v1.StartAgentResponse
-	12, // 33: agentplane.host.v1.HostService.RestartAgent:output_type -> agentplane.host.v1.RestartAgentResponse
-	14, // 34: agentplane.host.v1.HostService.BatchStopAgents:output_type -> agentplane.host.v1.BatchStopAgentsResponse
-	16, // 35: agentplane.host.v1.HostService.BatchRestartAgents:output_type -> agentplane.host.v1.BatchRestartAgentsResponse
-	18, // 36: agentplane.host.v1.HostService.GetHostAgent:output_type -> agentplane.host.v1.GetHostAgentResponse
-	29, // [29:37] is the sub-list for method output_type
-	21, // [21:29] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	25, // 2: agentplane.host.v1.Host.last_available_time:type_name -> google.protobuf.Timestamp
+	25, // 3: agentplane.host.v1.Host.create_time:type_name -> google.protobuf.Timestamp
+	25, // 4: agentplane.host.v1.Host.update_time:type_name -> google.protobuf.Timestamp
+	25, // 5: agentplane.host.v1.Host.revoke_time:type_name -> google.protobuf.Timestamp
+	26, // 6: agentplane.host.v1.StopAgentResponse.task:type_name -> agentplane.task.v1.Task
+	2,  // 7: agentplane.host.v1.GetHostResponse.host:type_name -> agentplane.host.v1.Host
+	2,  // 8: agentplane.host.v1.ListHostsResponse.hosts:type_name -> agentplane.host.v1.Host
+	26, // 9: agentplane.host.v1.StartAgentResponse.task:type_name -> agentplane.task.v1.Task
+	26, // 10: agentplane.host.v1.RestartAgentResponse.task:type_name -> agentplane.task.v1.Task
+	26, // 11: agentplane.host.v1.BatchStopAgentsResponse.task:type_name -> agentplane.task.v1.Task
+	26, // 12: agentplane.host.v1.BatchRestartAgentsResponse.task:type_name -> agentplane.task.v1.Task
+	19, // 13: agentplane.host.v1.GetHostAgentResponse.agent:type_name -> agentplane.host.v1.HostAgent
+	25, // 14: agentplane.host.v1.HostAgent.last_available_time:type_name -> google.protobuf.Timestamp
+	1,  // 15: agentplane.host.v1.HostAgent.status:type_name -> agentplane.host.v1.AgentStatus
+	20, // 16: agentplane.host.v1.HostAgent.processes:type_name -> agentplane.host.v1.AgentProcess
+	25, // 17: agentplane.host.v1.HostAgent.create_time:type_name -> google.protobuf.Timestamp
+	25, // 18: agentplane.host.v1.HostAgent.update_time:type_name -> google.protobuf.Timestamp
+	25, // 19: agentplane.host.v1.AgentProcess.start_time:type_name -> google.protobuf.Timestamp
+	25, // 20: agentplane.host.v1.AgentProcess.last_active_time:type_name -> google.protobuf.Timestamp
+	1,  // 21: agentplane.host.v1.AgentProcess.status:type_name -> agentplane.host.v1.AgentStatus
+	27, // 22: agentplane.host.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
+	25, // 23: agentplane.host.v1.CreateJoinTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
+	2,  // 24: agentplane.host.v1.RevokeHostResponse.host:type_name -> agentplane.host.v1.Host
+	3,  // 25: agentplane.host.v1.HostService.StopAgent:input_type -> agentplane.host.v1.StopAgentRequest
+	5,  // 26: agentplane.host.v1.HostService.GetHost:input_type -> agentplane.host.v1.GetHostRequest
+	7,  // 27: agentplane.host.v1.HostService.ListHosts:input_type -> agentplane.host.v1.ListHostsRequest
+	9,  // 28: agentplane.host.v1.HostService.StartAgent:input_type -> agentplane.host.v1.StartAgentRequest
+	11, // 29: agentplane.host.v1.HostService.RestartAgent:input_type -> agentplane.host.v1.RestartAgentRequest
+	13, // 30: agentplane.host.v1.HostService.BatchStopAgents:input_type -> agentplane.host.v1.BatchStopAgentsRequest
+	15, // 31: agentplane.host.v1.HostService.BatchRestartAgents:input_type -> agentplane.host.v1.BatchRestartAgentsRequest
+	17, // 32: agentplane.host.v1.HostService.GetHostAgent:input_type -> agentplane.host.v1.GetHostAgentRequest
+	21, // 33: agentplane.host.v1.HostService.CreateJoinToken:input_type -> agentplane.host.v1.CreateJoinTokenRequest
+	23, // 34: agentplane.host.v1.HostService.RevokeHost:input_type -> agentplane.host.v1.RevokeHostRequest
+	4,  // 35: agentplane.host.v1.HostService.StopAgent:output_type -> agentplane.host.v1.StopAgentResponse
+	6,  // 36: agentplane.host.v1.HostService.GetHost:output_type -> agentplane.host.v1.GetHostResponse
+	8,  // 37: agentplane.host.v1.HostService.ListHosts:output_type -> agentplane.host.v1.ListHostsResponse
+	10, // 38: agentplane.host.v1.HostService.StartAgent:output_type -> agentplane.host.v1.StartAgentResponse
+	12, // 39: agentplane.host.v1.HostService.RestartAgent:output_type -> agentplane.host.v1.RestartAgentResponse
+	14, // 40: agentplane.host.v1.HostService.BatchStopAgents:output_type -> agentplane.host.v1.BatchStopAgentsResponse
+	16, // 41: agentplane.host.v1.HostService.BatchRestartAgents:output_type -> agentplane.host.v1.BatchRestartAgentsResponse
+	18, // 42: agentplane.host.v1.HostService.GetHostAgent:output_type -> agentplane.host.v1.GetHostAgentResponse
+	22, // 43: agentplane.host.v1.HostService.CreateJoinToken:output_type -> agentplane.host.v1.CreateJoinTokenResponse
+	24, // 44: agentplane.host.v1.HostService.RevokeHost:output_type -> agentplane.host.v1.RevokeHostResponse
+	35, // [35:45] is the sub-list for method output_type
+	25, // [25:35] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_agentplane_host_v1_host_proto_init() }
@@ -1475,7 +1726,7 @@ func file_agentplane_host_v1_host_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentplane_host_v1_host_proto_rawDesc), len(file_agentplane_host_v1_host_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   19,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -27,6 +27,8 @@ const (
 	HostService_BatchStopAgents_FullMethodName    = "/agentplane.host.v1.HostService/BatchStopAgents"
 	HostService_BatchRestartAgents_FullMethodName = "/agentplane.host.v1.HostService/BatchRestartAgents"
 	HostService_GetHostAgent_FullMethodName       = "/agentplane.host.v1.HostService/GetHostAgent"
+	HostService_CreateJoinToken_FullMethodName    = "/agentplane.host.v1.HostService/CreateJoinToken"
+	HostService_RevokeHost_FullMethodName         = "/agentplane.host.v1.HostService/RevokeHost"
 )
 
 // HostServiceClient is the client API for HostService service.
@@ -60,6 +62,12 @@ type HostServiceClient interface {
 	// GetHostAgent returns the OCP Agent of a host with its base processes, as
 	// agentd last reported them. Needs HOST_VIEWER.
 	GetHostAgent(ctx context.Context, in *GetHostAgentRequest, opts ...grpc.CallOption) (*GetHostAgentResponse, error)
+	// CreateJoinToken creates a short-lived, single-use token with which one
+	// agentd enrolls. The token is shown only in this answer. Needs ADMIN.
+	CreateJoinToken(ctx context.Context, in *CreateJoinTokenRequest, opts ...grpc.CallOption) (*CreateJoinTokenResponse, error)
+	// RevokeHost refuses the host's agentd from now on: its stream ends, its
+	// next connection, renewal and enrollment are refused. Needs ADMIN.
+	RevokeHost(ctx context.Context, in *RevokeHostRequest, opts ...grpc.CallOption) (*RevokeHostResponse, error)
 }
 
 type hostServiceClient struct {
@@ -150,6 +158,26 @@ func (c *hostServiceClient) GetHostAgent(ctx context.Context, in *GetHostAgentRe
 	return out, nil
 }
 
+func (c *hostServiceClient) CreateJoinToken(ctx context.Context, in *CreateJoinTokenRequest, opts ...grpc.CallOption) (*CreateJoinTokenResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreateJoinTokenResponse)
+	err := c.cc.Invoke(ctx, HostService_CreateJoinToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *hostServiceClient) RevokeHost(ctx context.Context, in *RevokeHostRequest, opts ...grpc.CallOption) (*RevokeHostResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeHostResponse)
+	err := c.cc.Invoke(ctx, HostService_RevokeHost_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // HostServiceServer is the server API for HostService service.
 // All implementations must embed UnimplementedHostServiceServer
 // for forward compatibility.
@@ -181,6 +209,12 @@ type HostServiceServer interface {
 	// GetHostAgent returns the OCP Agent of a host with its base processes, as
 	// agentd last reported them. Needs HOST_VIEWER.
 	GetHostAgent(context.Context, *GetHostAgentRequest) (*GetHostAgentResponse, error)
+	// CreateJoinToken creates a short-lived, single-use token with which one
+	// agentd enrolls. The token is shown only in this answer. Needs ADMIN.
+	CreateJoinToken(context.Context, *CreateJoinTokenRequest) (*CreateJoinTokenResponse, error)
+	// RevokeHost refuses the host's agentd from now on: its stream ends, its
+	// next connection, renewal and enrollment are refused. Needs ADMIN.
+	RevokeHost(context.Context, *RevokeHostRequest) (*RevokeHostResponse, error)
 	mustEmbedUnimplementedHostServiceServer()
 }
 
@@ -214,6 +248,12 @@ func (UnimplementedHostServiceServer) BatchRestartAgents(context.Context, *Batch
 }
 func (UnimplementedHostServiceServer) GetHostAgent(context.Context, *GetHostAgentRequest) (*GetHostAgentResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetHostAgent not implemented")
+}
+func (UnimplementedHostServiceServer) CreateJoinToken(context.Context, *CreateJoinTokenRequest) (*CreateJoinTokenResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateJoinToken not implemented")
+}
+func (UnimplementedHostServiceServer) RevokeHost(context.Context, *RevokeHostRequest) (*RevokeHostResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeHost not implemented")
 }
 func (UnimplementedHostServiceServer) mustEmbedUnimplementedHostServiceServer() {}
 func (UnimplementedHostServiceServer) testEmbeddedByValue()                     {}
@@ -380,6 +420,42 @@ func _HostService_GetHostAgent_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _HostService_CreateJoinToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateJoinTokenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(HostServiceServer).CreateJoinToken(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: HostService_CreateJoinToken_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(HostServiceServer).CreateJoinToken(ctx, req.(*CreateJoinTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _HostService_RevokeHost_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeHostRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(HostServiceServer).RevokeHost(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: HostService_RevokeHost_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(HostServiceServer).RevokeHost(ctx, req.(*RevokeHostRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // HostService_ServiceDesc is the grpc.ServiceDesc for HostService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -418,6 +494,14 @@ var HostService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetHostAgent",
 			Handler:    _HostService_GetHostAgent_Handler,
+		},
+		{
+			MethodName: "CreateJoinToken",
+			Handler:    _HostService_CreateJoinToken_Handler,
+		},
+		{
+			MethodName: "RevokeHost",
+			Handler:    _HostService_RevokeHost_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

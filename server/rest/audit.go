@@ -1,0 +1,6 @@
+package rest
+
+// auditRoutes are the routes of the audit record.
+func (s *server) auditRoutes() []route {
+	return nil
+}
