@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"agentplane/agentd/backoff"
 	"agentplane/agentd/proc"
 	"agentplane/agentd/state"
 	agentv1 "agentplane/gen/agentplane/agent/v1"
@@ -48,22 +49,22 @@ const (
 
 // Config configures a Client. Service, State and Runner are required.
 type Config struct {
-	Service agentv1.AgentServiceClient // the server; the caller owns and closes its connection
+	Service agentv1.AgentServiceClient // the server (mTLS, or plaintext with Token); the caller owns and closes its connection
 	State   *state.State               // host id and command journal; the caller closes it
 	Runner  Runner                     // finds, stops and starts processes
 
-	Token       string // enrollment token, sent in Hello
+	Token       string // bootstrap token sent in Hello, for a server in --insecure mode; empty with mTLS
 	HostName    string
 	InnerIP     string
 	MachineID   string
 	Version     string // agentd's version
 	InstallHome string // the OCP Agent's install home, sent in Hello
 
-	Grace           time.Duration // SIGTERM→SIGKILL when a command leaves it unset; default 30s
-	Backoff         Backoff       // reconnect delays
-	WelcomeTimeout  time.Duration // wait for the Welcome; default 10s
-	StableAfter     time.Duration // a welcomed connection up this long resets the backoff; default 10s
-	ShutdownTimeout time.Duration // on shutdown, wait this long for commands' results to be sent; default 5s
+	Grace           time.Duration   // SIGTERM→SIGKILL when a command leaves it unset; default 30s
+	Backoff         backoff.Backoff // reconnect delays
+	WelcomeTimeout  time.Duration   // wait for the Welcome; default 10s
+	StableAfter     time.Duration   // a welcomed connection up this long resets the backoff; default 10s
+	ShutdownTimeout time.Duration   // on shutdown, wait this long for commands' results to be sent; default 5s
 	Log             zerolog.Logger
 	Rand            *rand.Rand // backoff jitter source; default a random seed
 }
@@ -101,7 +102,6 @@ func New(cfg Config) *Client {
 	if cfg.Grace <= 0 {
 		cfg.Grace = DefaultGrace
 	}
-	cfg.Backoff = cfg.Backoff.withDefaults()
 	if cfg.WelcomeTimeout <= 0 {
 		cfg.WelcomeTimeout = DefaultWelcomeTimeout
 	}

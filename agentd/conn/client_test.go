@@ -3,7 +3,6 @@ package conn
 import (
 	"context"
 	"errors"
-	"math/rand/v2"
 	"net"
 	"slices"
 	"strings"
@@ -17,6 +16,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"agentplane/agentd/backoff"
 	"agentplane/agentd/proc"
 	"agentplane/agentd/state"
 	agentv1 "agentplane/gen/agentplane/agent/v1"
@@ -226,7 +226,7 @@ func (h *harness) run() {
 		Service: agentv1.NewAgentServiceClient(h.cc), State: st, Runner: h.runner,
 		Token: "tok", HostName: "h1", InnerIP: "10.0.0.1", MachineID: "mid", Version: "test",
 		InstallHome:     "/home/admin/ocp_agent",
-		Backoff:         Backoff{Base: 5 * time.Millisecond, Cap: 50 * time.Millisecond},
+		Backoff:         backoff.Backoff{Base: 5 * time.Millisecond, Cap: 50 * time.Millisecond},
 		ShutdownTimeout: 2 * time.Second,
 		Log:             zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.DebugLevel),
 	})
@@ -571,31 +571,6 @@ func TestShutdownSendsCanceledResult(t *testing.T) {
 	defer st.Close()
 	if n := pendingCount(t, st); n != 1 {
 		t.Fatalf("pending after shutdown = %d, want 1 (never acknowledged)", n)
-	}
-}
-
-func TestBackoffFullJitter(t *testing.T) {
-	b := Backoff{Base: 200 * time.Millisecond, Cap: 30 * time.Second}
-	r := rand.New(rand.NewPCG(1, 2))
-	for n := range 100 {
-		ceil := min(b.Cap, b.Base<<min(n, 20))
-		if got := b.Ceiling(n); got != ceil {
-			t.Fatalf("Ceiling(%d) = %v, want %v", n, got, ceil)
-		}
-		seen := map[time.Duration]bool{}
-		for range 50 {
-			d := b.Delay(n, r)
-			if d < 0 || d > ceil {
-				t.Fatalf("Delay(%d) = %v, outside [0, %v]", n, d, ceil)
-			}
-			seen[d] = true
-		}
-		if len(seen) < 10 {
-			t.Fatalf("Delay(%d) has little jitter: %d distinct values in 50", n, len(seen))
-		}
-	}
-	if got := (Backoff{}).Ceiling(1000); got != DefaultBackoffCap {
-		t.Fatalf("default cap = %v", got)
 	}
 }
 

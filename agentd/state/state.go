@@ -13,6 +13,7 @@
 //	                          holds the result's JSON once the command ended
 //	outbox/<subtask>-<attempt>.json
 //	                          a result not yet acknowledged by the server
+//	agent.key, agent.crt      the mTLS identity, owned by package identity
 //
 // Markers are kept (a repeated command is answered from them) and removed
 // by Open once older than MarkerTTL, unless their result is still pending.

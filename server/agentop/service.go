@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 
+	"agentplane/server/audit"
 	"agentplane/server/auth"
 	"agentplane/server/errs"
 	"agentplane/server/host"
@@ -63,6 +64,7 @@ func (s *Service) BatchRestartAgents(ctx context.Context, hostIDs []int64) (*tas
 const MaxBatch = 2000
 
 func (s *Service) hostOp(ctx context.Context, op Op, hostID int64) (*task.Task, error) {
+	audit.SetHost(ctx, hostID)
 	if err := auth.Require(ctx, auth.RoleHostManager); err != nil {
 		return nil, err
 	}
@@ -77,6 +79,7 @@ func (s *Service) hostOp(ctx context.Context, op Op, hostID int64) (*task.Task, 
 	if err != nil {
 		return nil, fmt.Errorf("%s of the agent of host %d: %w", strings.ToLower(string(op)), hostID, err)
 	}
+	audit.SetTask(ctx, t.ID)
 	return t, nil
 }
 
@@ -105,6 +108,7 @@ func (s *Service) batchOp(ctx context.Context, op Op, hostIDs []int64) (*task.Ta
 	if err != nil {
 		return nil, fmt.Errorf("batch %s of %d agents: %w", strings.ToLower(string(op)), len(hostIDs), err)
 	}
+	audit.SetTask(ctx, t.ID)
 	return t, nil
 }
 

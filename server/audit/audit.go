@@ -1,7 +1,11 @@
 // Package audit owns the audit record: who called what, when, on which host
 // and task, and how it ended. The adapters open a Note for every mutating
 // call and record it when the call ends; domain code annotates the Note in
-// the call's context with what it acted on (SetHost, SetTask, SetTarget).
+// the call's context with what it acted on (SetHost, SetTask, SetTarget),
+// and the authentication step with who called (SetPrincipal).
+//
+// The package imports no other server package but errs, so that any of them
+// (auth included) may annotate a Note.
 package audit
 
 import (
@@ -25,14 +29,18 @@ type Event struct {
 	Message     string // the error message when it failed
 }
 
-// Note collects what a call acted on while it runs. Its methods are safe
-// for concurrent use and do nothing on a nil Note.
+// Note collects what a call acted on, and who made it, while it runs. Its
+// methods are safe for concurrent use and do nothing on a nil Note.
 type Note struct {
 	mu     sync.Mutex
 	hostID int64
 	taskID int64
 	target string
 	actor  string
+	// Set by the authentication step (SetPrincipal).
+	username    string
+	accessKeyID string
+	addr        string
 }
 
 type noteKey struct{}
@@ -56,11 +64,24 @@ func SetHost(ctx context.Context, id int64) { From(ctx).set(func(n *Note) { n.ho
 func SetTask(ctx context.Context, id int64) { From(ctx).set(func(n *Note) { n.taskID = id }) }
 
 // SetTarget records another object the call acts on.
-func SetTarget(ctx context.Context, target string) { From(ctx).set(func(n *Note) { n.target = target }) }
+func SetTarget(ctx context.Context, target string) {
+	From(ctx).set(func(n *Note) { n.target = target })
+}
 
 // SetActor records who acts when it is not an authenticated user (an agent
 // enrolling: "agent:<host name>").
 func SetActor(ctx context.Context, actor string) { From(ctx).set(func(n *Note) { n.actor = actor }) }
+
+// SetPrincipal records who makes the call, as the authentication step
+// established it: the user, the access key that signed the call (empty for a
+// password) and the caller's address. The adapters open the Note outside
+// authentication, so that refused calls are recorded too, and so do not see
+// the principal that authentication puts in the context: authentication
+// calls SetPrincipal once the caller is known. For a call that fails it, the
+// adapter records the connection's address and no user.
+func SetPrincipal(ctx context.Context, username, accessKeyID, addr string) {
+	From(ctx).set(func(n *Note) { n.username, n.accessKeyID, n.addr = username, accessKeyID, addr })
+}
 
 func (n *Note) set(f func(*Note)) {
 	if n == nil {
@@ -71,8 +92,10 @@ func (n *Note) set(f func(*Note)) {
 	f(n)
 }
 
-// Fill copies what the Note collected into e (the actor only when e has no
-// username).
+// Fill copies what the Note collected into e: the host, task and target it
+// set; the principal's fields where SetPrincipal gave them (so its address
+// replaces the one the adapter saw); the actor only when e still has no
+// username.
 func (n *Note) Fill(e *Event) {
 	if n == nil {
 		return
@@ -80,6 +103,12 @@ func (n *Note) Fill(e *Event) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	e.HostID, e.TaskID, e.Target = n.hostID, n.taskID, n.target
+	if n.username != "" {
+		e.Username, e.AccessKeyID = n.username, n.accessKeyID
+	}
+	if n.addr != "" {
+		e.SourceAddr = n.addr
+	}
 	if e.Username == "" {
 		e.Username = n.actor
 	}

@@ -1,7 +1,9 @@
 // Package auth owns users, roles and credentials: who a caller is
-// (authentication) and what they may do (authorization). Adapters
-// authenticate at the edge and put the Principal in the context; domain
-// services call Require.
+// (authentication) and what they may do (authorization). Credentials are
+// passwords (Service) and OCP access keys, whose signed requests it verifies
+// (AccessKeyService, StringToSign); a Throttle slows down and locks out
+// callers that keep failing. Adapters authenticate at the edge and put the
+// Principal in the context; domain services call Require.
 package auth
 
 import (

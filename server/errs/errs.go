@@ -4,7 +4,10 @@
 // codes.
 package errs
 
-import "errors"
+import (
+	"errors"
+	"time"
+)
 
 // The kinds. Every error that crosses a package boundary wraps at most one.
 var (
@@ -26,12 +29,22 @@ var (
 	ErrRollbackProhibited = errors.New("rollback prohibited")
 	// ErrUnavailable: a dependency (e.g. the host's agentd) cannot be reached now.
 	ErrUnavailable = errors.New("unavailable")
+	// ErrTooManyRequests: the caller is throttled (e.g. after repeated
+	// authentication failures). An error of this kind may also implement
+	// RetryAfterer to say when to try again.
+	ErrTooManyRequests = errors.New("too many requests")
 )
+
+// RetryAfterer is implemented by errors that know when the caller may try
+// again (REST's Retry-After).
+type RetryAfterer interface {
+	RetryAfter() time.Duration
+}
 
 // Kind returns the sentinel kind that err wraps, or nil when it wraps none
 // (an internal error).
 func Kind(err error) error {
-	for _, k := range []error{ErrInvalidArgument, ErrUnauthenticated, ErrPermissionDenied, ErrNotFound, ErrConflict, ErrFailedPrecondition, ErrRollbackProhibited, ErrUnavailable} {
+	for _, k := range []error{ErrInvalidArgument, ErrUnauthenticated, ErrPermissionDenied, ErrNotFound, ErrConflict, ErrFailedPrecondition, ErrRollbackProhibited, ErrUnavailable, ErrTooManyRequests} {
 		if errors.Is(err, k) {
 			return k
 		}

@@ -20,6 +20,8 @@ type Registry interface {
 	RegisterHost(ctx context.Context, h host.Host, at time.Time) (host.Host, error)
 	HostSeen(ctx context.Context, id int64, at time.Time, procs []host.Process) error
 	SetHostStatus(ctx context.Context, id int64, st host.Status) error
+	// GetHost returns a host; ErrNotFound when there is none.
+	GetHost(ctx context.Context, id int64) (*host.Host, error)
 	// AttemptLive reports whether (subtask, attempt) of the host is still
 	// running, i.e. whether its result may yet be awaited.
 	AttemptLive(ctx context.Context, hostID, subtaskID int64, attempt int) (bool, error)
@@ -32,9 +34,12 @@ type Logs interface {
 
 // Config configures a Fleet.
 type Config struct {
-	Registry          Registry
-	Logs              Logs
-	Token             string        // the enrollment token every Hello must carry
+	Registry Registry
+	Logs     Logs
+	// Token is the bootstrap token a Hello without a client certificate may
+	// carry instead (the server runs with --insecure). Empty: every stream
+	// needs a client certificate (Hello.Identity).
+	Token             string
 	HeartbeatInterval time.Duration // asked of agents; default 10s
 	// CancelWait bounds how long a dispatch whose context ended waits for the
 	// agent's result after sending Cancel; default 5s.
@@ -135,7 +140,7 @@ func (s *Session) Out() <-chan Outbound { return s.out }
 func (s *Session) Done() <-chan struct{} { return s.done }
 
 // Err says why the session ended: ErrReplaced, ErrSlowAgent, ErrLost,
-// ErrClosing, or ErrDisconnected (possibly wrapped). It is nil while Done is
+// ErrRevoked, ErrClosing, or ErrDisconnected (possibly wrapped). It is nil while Done is
 // open.
 func (s *Session) Err() error {
 	select {
@@ -179,6 +184,7 @@ var (
 	ErrClosing      = fmt.Errorf("server shutting down: %w", errs.ErrUnavailable)
 	ErrDisconnected = errors.New("disconnected")
 	ErrLost         = errors.New("agentd silent for longer than the lost bound")
+	ErrRevoked      = fmt.Errorf("host revoked: %w", errs.ErrPermissionDenied)
 )
 
 // ErrAgentLost is why a dispatch fails when the host's agentd has not been
@@ -188,23 +194,49 @@ var ErrAgentLost = errors.New("agentd lost")
 // Connect authenticates and registers an agent, and opens its session. A
 // previous session of the same host is closed. The cancels pending for the
 // host, then the commands waiting for it, are queued on the new session.
-// ErrUnauthenticated for a wrong token, ErrInvalidArgument for a Hello
+//
+// With an Identity (a verified client certificate), the host is the
+// certificate's: a Hello naming another host id (when non-zero) or another
+// host name is refused with ErrPermissionDenied, as is a certificate of a
+// host that is revoked or gone. Without one, the Hello must carry the
+// bootstrap token, and the fleet must have one; else ErrUnauthenticated.
+// ErrPermissionDenied for a revoked host; ErrInvalidArgument for a Hello
 // without a host name.
 func (f *Fleet) Connect(ctx context.Context, h Hello) (*Session, Welcome, error) {
-	if f.cfg.Token == "" || !auth.CheckAgentToken(f.cfg.Token, h.Token) {
-		return nil, Welcome{}, fmt.Errorf("agent enrollment token: %w", errs.ErrUnauthenticated)
+	if h.Identity == nil {
+		if f.cfg.Token == "" {
+			return nil, Welcome{}, fmt.Errorf("agent stream without a client certificate: enroll agentd with a join token: %w", errs.ErrUnauthenticated)
+		}
+		if !auth.CheckAgentToken(f.cfg.Token, h.Token) {
+			return nil, Welcome{}, fmt.Errorf("agent bootstrap token: %w", errs.ErrUnauthenticated)
+		}
 	}
 	if h.HostName == "" {
 		return nil, Welcome{}, fmt.Errorf("hello without a host name: %w", errs.ErrInvalidArgument)
 	}
+	// Held from the identity check to the session's install, and by Revoke:
+	// a revocation either comes first and is seen here, or ends the session
+	// installed here.
 	f.online.Lock()
 	defer f.online.Unlock()
+	if h.Identity != nil {
+		if err := f.checkIdentity(ctx, h); err != nil {
+			f.cfg.Log.Warn().Err(err).Int64("host_id", h.Identity.HostID).Int64("hello_host_id", h.HostID).
+				Str("hello_host_name", h.HostName).Msg("agent stream refused")
+			return nil, Welcome{}, err
+		}
+	}
 	reg, err := f.cfg.Registry.RegisterHost(ctx, host.Host{
 		ID: h.HostID, Name: h.HostName, InnerIP: h.InnerIP, MachineID: h.MachineID,
 		AgentdVersion: h.AgentdVersion, InstallHome: h.InstallHome, Processes: h.Processes,
 	}, f.cfg.Now())
 	if err != nil {
 		return nil, Welcome{}, fmt.Errorf("registering host %q: %w", h.HostName, err)
+	}
+	if h.Identity != nil && reg.ID != h.Identity.HostID {
+		// Names are unique and never change, so this cannot happen; if it
+		// did, the stream must not act for another host.
+		return nil, Welcome{}, fmt.Errorf("host %q registered as %d, certificate names host %d: %w", h.HostName, reg.ID, h.Identity.HostID, errs.ErrPermissionDenied)
 	}
 	s := &Session{HostID: reg.ID, out: make(chan Outbound, sessionBuffer), done: make(chan struct{})}
 	f.mu.Lock()
@@ -241,6 +273,45 @@ func (f *Fleet) Connect(ctx context.Context, h Hello) (*Session, Welcome, error)
 	f.cfg.Log.Info().Int64("host_id", reg.ID).Str("host_name", reg.Name).Int("resent", resent).
 		Int("cancels", len(cancels)).Msg("agent connected")
 	return s, Welcome{HostID: reg.ID, HeartbeatInterval: f.cfg.HeartbeatInterval}, nil
+}
+
+// checkIdentity checks a Hello against its client certificate's host and
+// the registry. Callers hold online.
+func (f *Fleet) checkIdentity(ctx context.Context, h Hello) error {
+	id := h.Identity
+	if h.HostID != 0 && h.HostID != id.HostID {
+		return fmt.Errorf("hello for host %d on a certificate of host %d: %w", h.HostID, id.HostID, errs.ErrPermissionDenied)
+	}
+	stored, err := f.cfg.Registry.GetHost(ctx, id.HostID)
+	if errors.Is(err, errs.ErrNotFound) {
+		return fmt.Errorf("certificate of host %d, which does not exist: %w", id.HostID, errs.ErrPermissionDenied)
+	}
+	if err != nil {
+		return fmt.Errorf("reading host %d: %w", id.HostID, err)
+	}
+	if h.HostName != stored.Name || id.HostName != stored.Name {
+		return fmt.Errorf("hello for host name %q on a certificate of host %d (%q): %w", h.HostName, id.HostID, stored.Name, errs.ErrPermissionDenied)
+	}
+	if !stored.RevokeTime.IsZero() {
+		return fmt.Errorf("host %d: %w", id.HostID, ErrRevoked)
+	}
+	return nil
+}
+
+// Revoke ends the host's session, if any, with ErrRevoked. The caller has
+// recorded the revocation first (Connect then refuses the host); Revoke
+// waits for a Connect in progress, so a session installed before that
+// record was read is ended too.
+func (f *Fleet) Revoke(hostID int64) {
+	f.online.Lock()
+	f.mu.Lock()
+	s := f.sessions[hostID]
+	f.mu.Unlock()
+	f.online.Unlock()
+	if s != nil {
+		s.close(ErrRevoked)
+		f.cfg.Log.Warn().Int64("host_id", hostID).Msg("host revoked; ending its stream")
+	}
 }
 
 // Close ends every session with ErrClosing (stopping their watchdogs) and

@@ -3,6 +3,7 @@ package fleet
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -19,14 +20,15 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // registry is a hand-written in-memory Registry and Logs.
 type registry struct {
-	mu     sync.Mutex
-	ids    map[string]int64
-	status map[int64]host.Status
-	logs   map[int64][]string
+	mu      sync.Mutex
+	ids     map[string]int64
+	status  map[int64]host.Status
+	revoked map[int64]bool
+	logs    map[int64][]string
 }
 
 func newRegistry() *registry {
-	return &registry{ids: map[string]int64{}, status: map[int64]host.Status{}, logs: map[int64][]string{}}
+	return &registry{ids: map[string]int64{}, status: map[int64]host.Status{}, revoked: map[int64]bool{}, logs: map[int64][]string{}}
 }
 
 func (r *registry) RegisterHost(_ context.Context, h host.Host, _ time.Time) (host.Host, error) {
@@ -37,9 +39,34 @@ func (r *registry) RegisterHost(_ context.Context, h host.Host, _ time.Time) (ho
 		id = int64(len(r.ids) + 1)
 		r.ids[h.Name] = id
 	}
+	if r.revoked[id] {
+		return host.Host{}, fmt.Errorf("host %d is revoked: %w", id, errs.ErrPermissionDenied)
+	}
 	r.status[id] = host.StatusOnline
 	h.ID = id
 	return h, nil
+}
+
+func (r *registry) GetHost(_ context.Context, id int64) (*host.Host, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for name, hid := range r.ids {
+		if hid == id {
+			h := &host.Host{ID: id, Name: name, Status: r.status[id]}
+			if r.revoked[id] {
+				h.RevokeTime = time.Now()
+			}
+			return h, nil
+		}
+	}
+	return nil, fmt.Errorf("host %d: %w", id, errs.ErrNotFound)
+}
+
+// revoke records the host revoked, as the store does before Fleet.Revoke.
+func (r *registry) revoke(id int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.revoked[id] = true
 }
 
 func (r *registry) HostSeen(context.Context, int64, time.Time, []host.Process) error { return nil }

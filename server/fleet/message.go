@@ -12,6 +12,11 @@ import (
 
 // Hello is the first message of an agentd's stream.
 type Hello struct {
+	// Identity is the host the stream's verified client certificate names;
+	// nil when it presented none.
+	Identity *Identity
+	// Token is the bootstrap token; accepted only when the fleet has one
+	// (the server runs with --insecure) and the stream has no Identity.
 	Token         string
 	HostID        int64 // 0 at first registration
 	HostName      string
@@ -20,6 +25,12 @@ type Hello struct {
 	AgentdVersion string
 	InstallHome   string         // the OCP Agent install home agentd watches
 	Processes     []host.Process // base processes running now
+}
+
+// Identity is an agent's host as its verified client certificate names it.
+type Identity struct {
+	HostID   int64  // from the URI SAN agentplane://hosts/<id>
+	HostName string // the certificate's common name
 }
 
 // Welcome answers a Hello.

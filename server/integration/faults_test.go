@@ -347,8 +347,8 @@ type stopAnswer struct {
 // Idempotency-Key key unless it is empty, and returns their answers.
 func postStops(t *testing.T, s *server, hostID int64, key string, n int) []stopAnswer {
 	t.Helper()
-	client := &http.Client{Timeout: 30 * time.Second}
-	url := fmt.Sprintf("http://%s/compute/hosts/%d/agent/stop", s.httpAddr, hostID)
+	client := &http.Client{Timeout: 30 * time.Second, Transport: s.client.Transport}
+	url := s.url(fmt.Sprintf("/compute/hosts/%d/agent/stop", hostID))
 	out := make([]stopAnswer, n)
 	errs := make([]error, n)
 	start := make(chan struct{})

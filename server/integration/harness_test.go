@@ -3,6 +3,8 @@ package integration_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -23,7 +25,7 @@ import (
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 )
 
@@ -44,6 +46,7 @@ func TestMain(m *testing.M) {
 }
 
 func testMain(m *testing.M) int {
+	addSecret(adminPassword)
 	// The fake ocp_agentd's children outlive it when agentd kills it first;
 	// as a subreaper this process inherits them and can reap them.
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
@@ -175,6 +178,7 @@ func startProcess(t *testing.T, name string, env []string, argv ...string) *proc
 	}()
 	t.Cleanup(func() {
 		p.stop(t, 5*time.Second)
+		checkNoSecrets(t, name, logPath)
 		if b, _ := os.ReadFile(logPath); bytes.Contains(b, []byte("WARNING: DATA RACE")) {
 			t.Errorf("%s reported a data race; log:\n%s", name, tail(logPath, 200))
 		} else if t.Failed() {
@@ -491,7 +495,9 @@ type server struct {
 	httpAddr string
 	args     []string // extra flags, kept across restarts
 	proc     *process
-	client   *http.Client
+	client   *http.Client   // trusts the server's CA once it exists
+	caFile   string         // <data dir>/ca.crt: the CA clients and agentd trust
+	caPool   *x509.CertPool // its certificate
 }
 
 // startServer starts agentplane-server on free loopback ports with a fresh
@@ -545,7 +551,7 @@ func (s *server) launch(t *testing.T) error {
 			}
 			return fmt.Errorf("server exited before it was ready (%v):\n%s", p.err, tail(p.logPath, 40))
 		}
-		if s.ready() {
+		if s.trustCA() && s.ready() {
 			s.proc = p
 			return nil
 		}
@@ -556,8 +562,35 @@ func (s *server) launch(t *testing.T) error {
 	}
 }
 
+// trustCA loads the CA the server created in its data dir (at first
+// start) into the REST client; false until the file exists.
+func (s *server) trustCA() bool {
+	if s.caPool != nil {
+		return true
+	}
+	b, err := os.ReadFile(filepath.Join(s.dataDir, "ca.crt"))
+	if err != nil {
+		return false
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return false // being written
+	}
+	s.caFile, s.caPool = filepath.Join(s.dataDir, "ca.crt"), pool
+	s.client.Transport = &http.Transport{TLSClientConfig: s.tlsConfig()}
+	return true
+}
+
+// tlsConfig is a client TLS config that trusts the server's CA.
+func (s *server) tlsConfig() *tls.Config {
+	return &tls.Config{RootCAs: s.caPool, MinVersion: tls.VersionTLS12}
+}
+
+// url is the REST URL of path.
+func (s *server) url(path string) string { return "https://" + s.httpAddr + path }
+
 func (s *server) ready() bool {
-	req, _ := http.NewRequest(http.MethodGet, "http://"+s.httpAddr+"/api/v2/compute/hosts", nil)
+	req, _ := http.NewRequest(http.MethodGet, s.url("/api/v2/compute/hosts"), nil)
 	req.SetBasicAuth(admin.user, admin.pass)
 	resp, err := s.client.Do(req)
 	if err != nil {
@@ -600,7 +633,7 @@ func (s *server) call(t *testing.T, method, path string, c *creds, body any) api
 		}
 		rd = bytes.NewReader(b)
 	}
-	req, err := http.NewRequest(method, "http://"+s.httpAddr+path, rd)
+	req, err := http.NewRequest(method, s.url(path), rd)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -804,6 +837,7 @@ type agentd struct {
 	name   string
 	hostID int64
 	argv   []string   // to start it again with the same state
+	env    []string   // its join token; unused once it has enrolled
 	logs   []*process // every process run as this agentd, for checkOnce
 }
 
@@ -829,9 +863,9 @@ func (s *server) startAgentdVia(t *testing.T, home string, grace time.Duration, 
 func (s *server) launchAgentd(t *testing.T, home string, grace time.Duration, addr string) *agentd {
 	t.Helper()
 	name := fmt.Sprintf("it-%s-%d", strings.ReplaceAll(t.Name(), "/", "-"), agentdSeq.Add(1))
-	a := &agentd{name: name, argv: []string{agentdBin,
+	a := &agentd{name: name, env: []string{"AGENTPLANE_JOIN_TOKEN=" + s.joinToken(t, name)}, argv: []string{agentdBin,
 		"--server", addr,
-		"--token-file", filepath.Join(s.dataDir, "agent-token"),
+		"--ca-file", s.caFile,
 		"--state-dir", filepath.Join(tempDir(t), "agentd-state"),
 		"--host-name", name,
 		"--install-home", home,
@@ -846,7 +880,7 @@ func (s *server) launchAgentd(t *testing.T, home string, grace time.Duration, ad
 // name).
 func (a *agentd) start(t *testing.T) {
 	t.Helper()
-	a.proc = startProcess(t, fmt.Sprintf("agentd-%s-%d", a.name, len(a.logs)+1), nil, a.argv...)
+	a.proc = startProcess(t, fmt.Sprintf("agentd-%s-%d", a.name, len(a.logs)+1), a.env, a.argv...)
 	a.logs = append(a.logs, a.proc)
 }
 
@@ -872,6 +906,52 @@ func (a *agentd) checkOnce(t *testing.T) {
 			t.Errorf("agentd %s executed %s %d times", a.name, k, n)
 		}
 	}
+}
+
+// joinToken creates a single-use join token bound to the host name, as
+// admin, and remembers it as a secret no log may contain.
+func (s *server) joinToken(t *testing.T, hostName string) string {
+	t.Helper()
+	r := s.call(t, http.MethodPost, "/api/v2/agent/joinTokens", admin, map[string]any{"hostName": hostName, "ttlSeconds": 600})
+	if r.status != http.StatusOK {
+		t.Fatalf("creating a join token: %d %s", r.status, r.body)
+	}
+	var out struct {
+		Token string `json:"token"`
+	}
+	r.decode(t, &out)
+	if out.Token == "" {
+		t.Fatalf("join token answer without a token: %s", r.body)
+	}
+	addSecret(out.Token)
+	return out.Token
+}
+
+// ---- secrets no log may contain ----
+
+var secrets sync.Map // string → struct{}
+
+// addSecret registers a secret (password, token, key) that must not appear
+// in any log of any process the suite starts.
+func addSecret(v string) {
+	if len(v) >= 8 {
+		secrets.Store(v, struct{}{})
+	}
+}
+
+// checkNoSecrets fails the test if the log at path contains a secret.
+func checkNoSecrets(t *testing.T, name, path string) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return
+	}
+	secrets.Range(func(k, _ any) bool {
+		if bytes.Contains(b, []byte(k.(string))) {
+			t.Errorf("the log of %s contains a secret (%.4s…)", name, k.(string))
+		}
+		return true
+	})
 }
 
 // ---- a TCP proxy whose connections a test can cut ----
@@ -933,7 +1013,7 @@ func (p *proxy) cut() int {
 // conn returns a gRPC client connection to the server, closed on cleanup.
 func (s *server) conn(t *testing.T) *grpc.ClientConn {
 	t.Helper()
-	cc, err := grpc.NewClient(s.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cc, err := grpc.NewClient(s.grpcAddr, grpc.WithTransportCredentials(credentials.NewTLS(s.tlsConfig())))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -28,8 +28,8 @@ func TestHostOfflineWhenAgentdLeavesAtOnce(t *testing.T) {
 	defer db.Close()
 	for i := range 10 {
 		name := fmt.Sprintf("leaver-%d", i)
-		p := startProcess(t, "agentd-"+name, nil, agentdBin, "--server", s.grpcAddr,
-			"--token-file", filepath.Join(s.dataDir, "agent-token"), "--state-dir", filepath.Join(tempDir(t), "state"),
+		p := startProcess(t, "agentd-"+name, []string{"AGENTPLANE_JOIN_TOKEN=" + s.joinToken(t, name)}, agentdBin,
+			"--server", s.grpcAddr, "--ca-file", s.caFile, "--state-dir", filepath.Join(tempDir(t), "state"),
 			"--host-name", name, "--install-home", home, "--grace", "1s", "--log-format", "json")
 		status := func() string {
 			var st string

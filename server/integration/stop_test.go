@@ -204,13 +204,13 @@ func TestStopGrpcurl(t *testing.T) {
 		}
 		return out
 	}
-	list := string(run("-plaintext", s.grpcAddr, "list"))
+	list := string(run("-cacert", s.caFile, s.grpcAddr, "list"))
 	for _, svc := range []string{"agentplane.host.v1.HostService", "agentplane.task.v1.TaskService", "grpc.health.v1.Health"} {
 		if !strings.Contains(list, svc) {
 			t.Errorf("grpcurl list lacks %s:\n%s", svc, list)
 		}
 	}
-	out := run("-plaintext", "-H", "authorization: "+admin.basic(), "-d", fmt.Sprintf(`{"host_id": %d}`, a.hostID),
+	out := run("-cacert", s.caFile, "-H", "authorization: "+admin.basic(), "-d", fmt.Sprintf(`{"host_id": %d}`, a.hostID),
 		s.grpcAddr, "agentplane.host.v1.HostService/StopAgent")
 	var resp struct {
 		Task struct {

@@ -3,6 +3,7 @@ package rest
 import (
 	"encoding/json"
 	"net/http"
+	"strconv"
 	"time"
 )
 
@@ -93,6 +94,8 @@ func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error, t
 		w.Header().Set("WWW-Authenticate", `Basic realm="`+realm+`"`)
 	case http.StatusMethodNotAllowed:
 		w.Header().Set("Allow", e.Allow)
+	case http.StatusTooManyRequests:
+		w.Header().Set("Retry-After", strconv.FormatInt(e.RetryAfter, 10))
 	}
 	now := s.cfg.Now()
 	s.writeJSON(w, r, e.Status, errorEnvelope{

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"agentplane/server/errs"
 )
@@ -27,6 +28,7 @@ import (
 //	409   10009  conflict: already exists, or held by other work, named in the message (errs.ErrConflict)
 //	413   10013  request body larger than Config.MaxBodyBytes
 //	415   10015  request body is not application/json
+//	429   10029  too many failed authentication attempts; Retry-After says when to try again (errs.ErrTooManyRequests)
 //	500   10500  internal error; the message is generic, the cause only logged
 //	503   10503  a dependency is unavailable, or the request timed out (errs.ErrUnavailable)
 const (
@@ -37,6 +39,7 @@ const (
 	CodeConflict            = 10009
 	CodePayloadTooLarge     = 10013
 	CodeUnsupportedMedia    = 10015
+	CodeTooManyRequests     = 10029
 	CodeInternal            = 10500
 	CodeUnavailable         = 10503
 	CodeTaskNotFound        = 20000
@@ -66,6 +69,7 @@ type apiError struct {
 	DebugMessage string
 	Target       string
 	Allow        string // for 405
+	RetryAfter   int64  // seconds, for 429
 }
 
 // targetTaskID and targetSubtaskID are the path parameters naming a task
@@ -128,6 +132,12 @@ func apiErrorOf(err error, target string) apiError {
 		e.Status, e.Code = http.StatusBadRequest, CodeRollbackProhibited
 	case errors.Is(err, errs.ErrUnavailable):
 		e.Status, e.Code = http.StatusServiceUnavailable, CodeUnavailable
+	case errors.Is(err, errs.ErrTooManyRequests):
+		e.Status, e.Code, e.RetryAfter = http.StatusTooManyRequests, CodeTooManyRequests, 1
+		var ra errs.RetryAfterer
+		if errors.As(err, &ra) {
+			e.RetryAfter = max(int64((ra.RetryAfter()+time.Second-1)/time.Second), 1)
+		}
 	case errors.Is(err, context.DeadlineExceeded):
 		e.Status, e.Code = http.StatusServiceUnavailable, CodeUnavailable
 		e.Message = "request timed out"

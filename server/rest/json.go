@@ -127,6 +127,7 @@ type hostJSON struct {
 	OperationTaskID   int64   `json:"operationTaskId"`   // 0 if none
 	CreateTime        *string `json:"createTime"`
 	UpdateTime        *string `json:"updateTime"`
+	RevokeTime        *string `json:"revokeTime"` // null unless an admin revoked the host's agent identity
 }
 
 func toHostJSON(h *host.Host) hostJSON {
@@ -146,6 +147,7 @@ func toHostJSON(h *host.Host) hostJSON {
 		OperationTaskID:   h.OpTaskID,
 		CreateTime:        optTime(h.CreateTime),
 		UpdateTime:        optTime(h.UpdateTime),
+		RevokeTime:        optTime(h.RevokeTime),
 	}
 }
 

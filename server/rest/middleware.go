@@ -1,17 +1,22 @@
 package rest
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
 
+	"agentplane/server/audit"
 	"agentplane/server/auth"
 	"agentplane/server/errs"
 )
@@ -29,6 +34,7 @@ type reqState struct {
 	server  string // IP of the local address that answered
 	log     zerolog.Logger
 	user    string // set once authenticated
+	key     string // the access key that signed the request, if one did
 }
 
 type stateKey struct{}
@@ -41,8 +47,9 @@ func stateFrom(ctx context.Context) *reqState {
 }
 
 // ServeHTTP gives each request a trace id and a logger carrying it,
-// recovers panics into a 500 envelope, authenticates the caller with HTTP
-// Basic, bounds the body, routes, and writes one access log line.
+// recovers panics into a 500 envelope, authenticates the caller (HTTP Basic
+// or an access-key signature, throttled: see authenticate), bounds the body,
+// routes, and writes one access log line.
 func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st := &reqState{traceID: newTraceID(), start: s.cfg.Now(), server: localIP(r)}
 	st.log = s.cfg.Log.With().Str("trace_id", st.traceID).Logger()
@@ -67,25 +74,114 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			Int("status", rec.status).
 			Int64("duration_ms", s.cfg.Now().Sub(st.start).Milliseconds()).
 			Str("user", st.user).
+			Str("access_key_id", st.key).
 			Msg("http request")
 	}()
 
-	username, password, ok := r.BasicAuth()
-	if !ok {
-		s.writeError(rec, r, fmt.Errorf("basic authentication required: %w", errs.ErrUnauthenticated), "")
-		return
-	}
-	p, err := s.cfg.Users.Authenticate(ctx, username, password)
+	p, err := s.authenticate(rec, r)
 	if err != nil {
 		s.writeError(rec, r, err, "")
 		return
 	}
-	st.user = p.Username
+	st.user, st.key = p.Username, p.AccessKeyID
+	audit.SetPrincipal(ctx, p.Username, p.AccessKeyID, p.Addr)
 	r = r.WithContext(auth.WithPrincipal(ctx, p))
 	if r.Body != nil {
 		r.Body = http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes)
 	}
 	s.mux.ServeHTTP(rec, r)
+}
+
+// authenticate returns the caller of r, from its one Authorization header:
+//
+//   - "Basic": a username and password (Users);
+//   - "OCP-ACCESS-KEY-HMACSHA1 AK:Signature": a request signed with an
+//     access key (AccessKeys.Verify; see auth.StringToSign). The body is
+//     read first, up to MaxBodyBytes (larger: a 413, never a silent
+//     truncation), to hash it; the handler then reads the same bytes.
+//
+// Each attempt runs under the Throttle, keyed by the claimed username or
+// access key id and by r.RemoteAddr: a locked-out caller gets a 429 before
+// anything is checked or read. No error repeats a password, a signature or
+// the header.
+func (s *server) authenticate(w http.ResponseWriter, r *http.Request) (auth.Principal, error) {
+	ctx, addr := r.Context(), r.RemoteAddr
+	vals := r.Header.Values("Authorization")
+	switch {
+	case len(vals) == 0:
+		return auth.Principal{}, fmt.Errorf("credentials required: HTTP Basic or %s: %w", auth.SignatureScheme, errs.ErrUnauthenticated)
+	case len(vals) > 1:
+		return auth.Principal{}, fmt.Errorf("the Authorization header is sent %d times, at most once allowed: %w", len(vals), errs.ErrUnauthenticated)
+	}
+	scheme, cred, _ := strings.Cut(vals[0], " ")
+	switch {
+	case strings.EqualFold(scheme, "Basic"):
+		username, password, ok := r.BasicAuth()
+		if !ok {
+			return s.cfg.Throttle.Do(ctx, "", addr, refuse(fmt.Errorf("malformed Basic credentials: %w", errs.ErrUnauthenticated)))
+		}
+		return s.cfg.Throttle.Do(ctx, username, addr, func(ctx context.Context) (auth.Principal, error) {
+			return s.cfg.Users.Authenticate(ctx, username, password)
+		})
+	case strings.EqualFold(scheme, auth.SignatureScheme):
+		if s.cfg.AccessKeys == nil {
+			return auth.Principal{}, fmt.Errorf("access keys are not enabled on this server: %w", errs.ErrUnauthenticated)
+		}
+		ak, sig, err := auth.ParseSignatureCredentials(cred)
+		if err != nil {
+			return s.cfg.Throttle.Do(ctx, "", addr, refuse(err))
+		}
+		return s.cfg.Throttle.Do(ctx, ak, addr, func(ctx context.Context) (auth.Principal, error) {
+			body, err := s.bufferBody(w, r)
+			if err != nil {
+				return auth.Principal{}, err
+			}
+			return s.cfg.AccessKeys.Verify(ctx, &auth.SignedRequest{
+				AccessKeyID: ak,
+				Signature:   sig,
+				Method:      r.Method,
+				Body:        body,
+				ContentType: r.Header.Get("Content-Type"),
+				Date:        r.Header.Get("Date"),
+				Host:        r.Host,
+				Headers:     r.Header,
+				Path:        requestPath(r),
+				RawQuery:    r.URL.RawQuery,
+			})
+		})
+	}
+	return auth.Principal{}, fmt.Errorf("unsupported authorization scheme; use HTTP Basic or %s: %w", auth.SignatureScheme, errs.ErrUnauthenticated)
+}
+
+// refuse is a verification that fails with err.
+func refuse(err error) func(context.Context) (auth.Principal, error) {
+	return func(context.Context) (auth.Principal, error) { return auth.Principal{}, err }
+}
+
+// bufferBody reads r's whole body, at most MaxBodyBytes (an
+// *http.MaxBytesError beyond; an ErrInvalidArgument error when it cannot be
+// read), and replaces it with the bytes read.
+func (s *server) bufferBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes))
+	var tooLarge *http.MaxBytesError
+	if errors.As(err, &tooLarge) {
+		return nil, err
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading the request body: %v: %w", err, errs.ErrInvalidArgument)
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	return body, nil
+}
+
+// requestPath is the path a signature covers: as the request line sent it,
+// percent-escapes kept (r.URL.EscapedPath() for a request line that is not
+// a plain path).
+func requestPath(r *http.Request) string {
+	if p, _, _ := strings.Cut(r.RequestURI, "?"); strings.HasPrefix(p, "/") {
+		return p
+	}
+	return r.URL.EscapedPath()
 }
 
 // statusRecorder remembers the status written, for the access log and for

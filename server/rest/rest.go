@@ -69,6 +69,19 @@ type Config struct {
 	MaxBodyBytes int64
 	// Now is the clock for timestamps and durations; default time.Now.
 	Now func() time.Time
+	// AccessKeys verifies access-key signatures and serves /iam/accessKeys
+	// (iam.go); nil: neither (signed requests get 401).
+	AccessKeys AccessKeys
+	// Throttle slows down and locks out callers that keep failing to
+	// authenticate; share one with the gRPC adapter. Default: a Throttle of
+	// its own with auth's default limits.
+	Throttle *auth.Throttle
+	// Enroll serves POST /agent/joinTokens and POST
+	// /compute/hosts/{hostId}/revoke (enroll.go); nil: neither.
+	Enroll Enrollment
+	// Audit records every mutating call and serves GET /audit/events
+	// (auditlog.go, audit.go); nil: neither.
+	Audit Auditor
 }
 
 // apiPrefix is where OCP serves its API; every route is also served bare.
@@ -82,9 +95,12 @@ func NewHandler(cfg Config) http.Handler {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.Throttle == nil {
+		cfg.Throttle = auth.NewThrottle(auth.ThrottleConfig{})
+	}
 	s := &server{cfg: cfg, mux: http.NewServeMux()}
 	s.routes()
-	return s
+	return s.audited(s)
 }
 
 // server is the handler NewHandler returns.

@@ -291,7 +291,7 @@ func checkHost(t *testing.T, data any) {
 	want := map[string]string{
 		"id": "number", "name": "string", "innerIpAddress": "string", "machineId": "string", "status": "string",
 		"agentStatus": "string", "agentdVersion": "string", "lastAvailableTime": "null", "operationTaskId": "number",
-		"createTime": "string", "updateTime": "string",
+		"createTime": "string", "updateTime": "string", "revokeTime": "null",
 	}
 	for k, typ := range want {
 		if got := jsonType(d[k]); got != typ {

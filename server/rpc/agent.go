@@ -9,13 +9,28 @@ import (
 
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	agentv1 "agentplane/gen/agentplane/agent/v1"
+	"agentplane/server/enroll"
 	"agentplane/server/errs"
 	"agentplane/server/fleet"
+	"agentplane/server/host"
+	"agentplane/server/pki"
 )
+
+// Enrollment is the agent identity service (enroll.Service): join tokens
+// and revocation (HostService), enrollment and renewal (AgentService). Each
+// method checks what it needs itself (ADMIN, or the token).
+type Enrollment interface {
+	CreateJoinToken(ctx context.Context, hostName string, ttl time.Duration) (enroll.JoinToken, error)
+	Enroll(ctx context.Context, token, hostName string, csrDER []byte, innerIP, machineID string) (hostID int64, certDER, caPEM []byte, err error)
+	Renew(ctx context.Context, hostID int64, csrDER []byte) ([]byte, error)
+	RevokeHost(ctx context.Context, hostID int64) (*host.Host, error)
+}
 
 // Fleet is what the agent stream adapter needs.
 type Fleet interface {
@@ -29,19 +44,27 @@ const helloTimeout = 10 * time.Second
 
 type agentServer struct {
 	agentv1.UnimplementedAgentServiceServer
-	fleet Fleet
-	log   zerolog.Logger
+	fleet  Fleet
+	enroll Enrollment // nil: Enroll and RenewCertificate are unimplemented
+	log    zerolog.Logger
 }
 
 var _ agentv1.AgentServiceServer = (*agentServer)(nil)
 
 // Connect runs one agent stream: Hello → Welcome, then a send goroutine fed
 // by the session and a receive loop feeding the fleet, until either fails,
-// the session ends (replaced, lost, closed), or the stream ends.
+// the session ends (replaced, lost, revoked, closed), or the stream ends.
+// The host is the one the verified client certificate names, if the stream
+// has one (the fleet checks the Hello against it); else the fleet decides
+// whether the Hello's bootstrap token is enough.
 func (s *agentServer) Connect(stream agentv1.AgentService_ConnectServer) error {
 	ctx, cancel := context.WithCancel(stream.Context())
 	defer cancel()
 
+	ident, err := peerIdentity(ctx)
+	if err != nil {
+		return toStatus(ctx, err)
+	}
 	first, err := recvWithin(ctx, stream, helloTimeout)
 	if err != nil {
 		return err
@@ -51,7 +74,7 @@ func (s *agentServer) Connect(stream agentv1.AgentService_ConnectServer) error {
 		return status.Error(codes.InvalidArgument, "the first message must be a hello")
 	}
 	sess, welcome, err := s.fleet.Connect(ctx, fleet.Hello{
-		Token: hello.GetToken(), HostID: hello.GetHostId(), HostName: hello.GetHostName(),
+		Identity: ident, Token: hello.GetToken(), HostID: hello.GetHostId(), HostName: hello.GetHostName(),
 		InnerIP: hello.GetInnerIpAddress(), MachineID: hello.GetMachineId(), AgentdVersion: hello.GetAgentdVersion(),
 		InstallHome: hello.GetInstallHome(), Processes: fromProcesses(hello.GetProcesses()),
 	})
@@ -102,8 +125,69 @@ func (s *agentServer) Connect(stream agentv1.AgentService_ConnectServer) error {
 	if errors.Is(err, fleet.ErrClosing) {
 		return toStatus(ctx, err)
 	}
+	if errors.Is(err, fleet.ErrRevoked) {
+		log.Warn().Msg("agent stream of a revoked host ended")
+		return toStatus(ctx, err)
+	}
 	log.Info().Err(err).Msg("agent stream failed")
 	return toStatus(ctx, err)
+}
+
+// Enroll exchanges a join token and a CSR for the host's client
+// certificate. It needs no client certificate and no user credentials.
+func (s *agentServer) Enroll(ctx context.Context, req *agentv1.EnrollRequest) (*agentv1.EnrollResponse, error) {
+	if s.enroll == nil {
+		return nil, status.Error(codes.Unimplemented, "enrollment is not configured")
+	}
+	id, cert, ca, err := s.enroll.Enroll(ctx, req.GetJoinToken(), req.GetHostName(), req.GetCsr(), req.GetInnerIpAddress(), req.GetMachineId())
+	if err != nil {
+		return nil, toStatus(ctx, err)
+	}
+	return &agentv1.EnrollResponse{HostId: id, Certificate: cert, CaCertificates: string(ca)}, nil
+}
+
+// RenewCertificate signs a new CSR for the host of the calling client
+// certificate. UNAUTHENTICATED without one.
+func (s *agentServer) RenewCertificate(ctx context.Context, req *agentv1.RenewCertificateRequest) (*agentv1.RenewCertificateResponse, error) {
+	if s.enroll == nil {
+		return nil, status.Error(codes.Unimplemented, "enrollment is not configured")
+	}
+	ident, err := peerIdentity(ctx)
+	if err != nil {
+		return nil, toStatus(ctx, err)
+	}
+	if ident == nil {
+		return nil, status.Error(codes.Unauthenticated, "renewing a certificate needs the current client certificate")
+	}
+	cert, err := s.enroll.Renew(ctx, ident.HostID, req.GetCsr())
+	if err != nil {
+		return nil, toStatus(ctx, err)
+	}
+	return &agentv1.RenewCertificateResponse{Certificate: cert}, nil
+}
+
+// peerIdentity returns the host the call's verified client certificate
+// names, or nil when the call has none (plaintext, or TLS without a client
+// certificate). ErrUnauthenticated for a verified certificate that names no
+// host.
+func peerIdentity(ctx context.Context) (*fleet.Identity, error) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil, nil
+	}
+	ti, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok {
+		return nil, nil
+	}
+	leaf := pki.VerifiedLeaf(ti.State)
+	if leaf == nil {
+		return nil, nil
+	}
+	id, err := pki.HostID(leaf)
+	if err != nil {
+		return nil, err
+	}
+	return &fleet.Identity{HostID: id, HostName: leaf.Subject.CommonName}, nil
 }
 
 func recvWithin(ctx context.Context, stream agentv1.AgentService_ConnectServer, d time.Duration) (*agentv1.ConnectRequest, error) {

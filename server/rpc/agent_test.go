@@ -34,6 +34,13 @@ func (h *hosts) RegisterHost(_ context.Context, r host.Host, _ time.Time) (host.
 	return r, nil
 }
 
+func (h *hosts) GetHost(_ context.Context, id int64) (*host.Host, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	r := h.hello
+	return &r, nil
+}
+
 func (h *hosts) HostSeen(context.Context, int64, time.Time, []host.Process) error { return nil }
 
 func (h *hosts) SetHostStatus(_ context.Context, _ int64, st host.Status) error {

@@ -108,6 +108,7 @@ func toHost(h *host.Host) *hostv1.Host {
 		Id: h.ID, Name: h.Name, InnerIpAddress: h.InnerIP, MachineId: h.MachineID, Status: hostStatus[h.Status],
 		AgentStatus: agentStatus[h.AgentStatus], AgentdVersion: h.AgentdVersion, LastAvailableTime: ts(h.LastSeen),
 		OperationTaskId: h.OpTaskID, CreateTime: ts(h.CreateTime), UpdateTime: ts(h.UpdateTime),
+		RevokeTime: ts(h.RevokeTime),
 	}
 }
 

@@ -21,6 +21,7 @@ var codeOf = map[error]codes.Code{
 	errs.ErrFailedPrecondition: codes.FailedPrecondition,
 	errs.ErrRollbackProhibited: codes.FailedPrecondition,
 	errs.ErrUnavailable:        codes.Unavailable,
+	errs.ErrTooManyRequests:    codes.ResourceExhausted,
 }
 
 // toStatus turns a domain error into a gRPC status. Internal errors are

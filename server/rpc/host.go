@@ -29,7 +29,8 @@ type Hosts interface {
 
 type hostServer struct {
 	hostv1.UnimplementedHostServiceServer
-	hosts Hosts
+	hosts  Hosts
+	enroll Enrollment // join tokens and revocation (enroll.go); nil: unimplemented
 }
 
 var _ hostv1.HostServiceServer = (*hostServer)(nil)

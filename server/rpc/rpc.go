@@ -19,12 +19,15 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
 	agentv1 "agentplane/gen/agentplane/agent/v1"
 	hostv1 "agentplane/gen/agentplane/host/v1"
+	iamv1 "agentplane/gen/agentplane/iam/v1"
 	taskv1 "agentplane/gen/agentplane/task/v1"
+	"agentplane/server/audit"
 	"agentplane/server/auth"
 	"agentplane/server/errs"
 )
@@ -40,30 +43,47 @@ type Config struct {
 	Tasks Tasks
 	Fleet Fleet
 	Users Authenticator
-	Log   zerolog.Logger
+	// AccessKeys verifies access-key signatures and serves IamService
+	// (iam.go); nil: signed calls are refused and IamService is
+	// UNIMPLEMENTED.
+	AccessKeys AccessKeys
+	// Throttle slows down and locks out callers that keep failing to
+	// authenticate; share the REST adapter's. Default: one of its own.
+	Throttle *auth.Throttle
+	// Enroll serves agent identity: Enroll and RenewCertificate on the
+	// AgentService, CreateJoinToken and RevokeHost on the HostService; nil:
+	// those calls are UNIMPLEMENTED.
+	Enroll Enrollment
+	Log    zerolog.Logger
 	// MaxRecvBytes bounds one received message; default 4 MiB.
 	MaxRecvBytes int
+	// Audit records every mutating call and serves AuditService
+	// (audit.go); nil: neither.
+	Audit Auditor
 }
 
 // NewServer returns a gRPC server with every service registered, health
 // SERVING and reflection on. Calls other than the agent stream, health and
-// reflection need HTTP Basic credentials in the "authorization" metadata.
+// reflection need credentials in the "authorization" metadata: HTTP Basic,
+// or an access-key signature (see authenticator.authenticate).
 func NewServer(cfg Config, opts ...grpc.ServerOption) *grpc.Server {
 	if cfg.MaxRecvBytes == 0 {
 		cfg.MaxRecvBytes = 4 << 20
 	}
-	a := authenticator{users: cfg.Users, log: cfg.Log}
+	a := newAuthenticator(cfg)
 	opts = append(opts,
 		grpc.MaxRecvMsgSize(cfg.MaxRecvBytes),
-		grpc.ChainUnaryInterceptor(a.unary),
+		grpc.ChainUnaryInterceptor(auditUnary(cfg.Audit), a.unary), // audit first: refused calls are recorded too
 		grpc.ChainStreamInterceptor(a.stream),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),
 	)
 	s := grpc.NewServer(opts...)
-	hostv1.RegisterHostServiceServer(s, &hostServer{hosts: cfg.Hosts})
+	hostv1.RegisterHostServiceServer(s, &hostServer{hosts: cfg.Hosts, enroll: cfg.Enroll})
 	taskv1.RegisterTaskServiceServer(s, &taskServer{tasks: cfg.Tasks})
-	agentv1.RegisterAgentServiceServer(s, &agentServer{fleet: cfg.Fleet, log: cfg.Log})
+	agentv1.RegisterAgentServiceServer(s, &agentServer{fleet: cfg.Fleet, enroll: cfg.Enroll, log: cfg.Log})
+	registerAudit(s, cfg)
+	iamv1.RegisterIamServiceServer(s, &iamServer{keys: cfg.AccessKeys})
 	hs := health.NewServer()
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	for _, svc := range []string{hostv1.HostService_ServiceDesc.ServiceName, taskv1.TaskService_ServiceDesc.ServiceName, agentv1.AgentService_ServiceDesc.ServiceName} {
@@ -84,8 +104,18 @@ var open = []string{
 }
 
 type authenticator struct {
-	users Authenticator
-	log   zerolog.Logger
+	users    Authenticator
+	keys     AccessKeys // nil: signatures refused
+	throttle *auth.Throttle
+	log      zerolog.Logger
+}
+
+func newAuthenticator(cfg Config) authenticator {
+	t := cfg.Throttle
+	if t == nil {
+		t = auth.NewThrottle(auth.ThrottleConfig{})
+	}
+	return authenticator{users: cfg.Users, keys: cfg.AccessKeys, throttle: t, log: cfg.Log}
 }
 
 // begin gives the call a trace id and logger, and authenticates it unless
@@ -102,32 +132,106 @@ func (a authenticator) begin(ctx context.Context, method string) (context.Contex
 			return ctx, nil
 		}
 	}
-	user, pass, err := basicCredentials(ctx)
-	if err == nil {
-		var p auth.Principal
-		if p, err = a.users.Authenticate(ctx, user, pass); err == nil {
-			return auth.WithPrincipal(ctx, p), nil
-		}
+	p, err := a.authenticate(ctx, method)
+	if err != nil {
+		st := toStatus(ctx, err)
+		log.Info().Str("code", status.Code(st).String()).Msg("unauthenticated call refused")
+		return nil, st
 	}
-	log.Info().Msg("unauthenticated call refused")
-	return nil, toStatus(ctx, err)
+	audit.SetPrincipal(ctx, p.Username, p.AccessKeyID, p.Addr)
+	return auth.WithPrincipal(ctx, p), nil
 }
 
-func basicCredentials(ctx context.Context) (user, pass string, err error) {
+// authenticate returns the caller from the call's one "authorization"
+// metadata value, under the throttle (keyed by the claimed username or
+// access key id and by the peer's address; a locked-out caller gets
+// RESOURCE_EXHAUSTED with the wait in the message):
+//
+//   - "Basic base64(user:password)", as in HTTP;
+//   - "OCP-ACCESS-KEY-HMACSHA1 AK:Signature", OCP's access-key signature,
+//     with the RFC 1123 time in the "date" metadata.
+//
+// A gRPC call has no body or query, so its string to sign
+// (auth.StringToSign) fixes them: METHOD is "POST", MD5 is empty,
+// Content-Type is "application/grpc" (whatever the call sent), Date is the
+// "date" metadata, Host is the ":authority", OCP-headers are the x-ocp-*
+// metadata, and PathAndQuery is the full method name:
+//
+//	POST\n\napplication/grpc\n{date}\n{authority}\n{x-ocp-* lines}\n/agentplane.host.v1.HostService/StopAgent
+//
+// No error repeats a password, a signature or the metadata value.
+func (a authenticator) authenticate(ctx context.Context, method string) (auth.Principal, error) {
+	var addr string
+	if pr, ok := peer.FromContext(ctx); ok && pr.Addr != nil {
+		addr = pr.Addr.String()
+	}
 	md, _ := metadata.FromIncomingContext(ctx)
 	vals := md.Get("authorization")
-	if len(vals) != 1 {
-		return "", "", fmt.Errorf("send HTTP Basic credentials in the authorization metadata: %w", errs.ErrUnauthenticated)
+	switch {
+	case len(vals) == 0:
+		return auth.Principal{}, fmt.Errorf("send HTTP Basic or %s credentials in the authorization metadata: %w", auth.SignatureScheme, errs.ErrUnauthenticated)
+	case len(vals) > 1:
+		return auth.Principal{}, fmt.Errorf("authorization metadata sent %d times, at most once allowed: %w", len(vals), errs.ErrUnauthenticated)
 	}
-	scheme, enc, ok := strings.Cut(vals[0], " ")
-	if !ok || !strings.EqualFold(scheme, "Basic") {
-		return "", "", fmt.Errorf("authorization scheme must be Basic: %w", errs.ErrUnauthenticated)
+	scheme, cred, _ := strings.Cut(vals[0], " ")
+	switch {
+	case strings.EqualFold(scheme, "Basic"):
+		user, pass, err := basicCredentials(cred)
+		if err != nil {
+			return a.throttle.Do(ctx, "", addr, refuse(err))
+		}
+		return a.throttle.Do(ctx, user, addr, func(ctx context.Context) (auth.Principal, error) {
+			return a.users.Authenticate(ctx, user, pass)
+		})
+	case strings.EqualFold(scheme, auth.SignatureScheme):
+		if a.keys == nil {
+			return auth.Principal{}, fmt.Errorf("access keys are not enabled on this server: %w", errs.ErrUnauthenticated)
+		}
+		ak, sig, err := auth.ParseSignatureCredentials(cred)
+		if err != nil {
+			return a.throttle.Do(ctx, "", addr, refuse(err))
+		}
+		return a.throttle.Do(ctx, ak, addr, func(ctx context.Context) (auth.Principal, error) {
+			return a.keys.Verify(ctx, &auth.SignedRequest{
+				AccessKeyID: ak,
+				Signature:   sig,
+				Method:      grpcSignedMethod,
+				ContentType: grpcSignedContentType,
+				Date:        first(md.Get("date")),
+				Host:        first(md.Get(":authority")),
+				Headers:     md,
+				Path:        method,
+			})
+		})
 	}
+	return auth.Principal{}, fmt.Errorf("unsupported authorization scheme; use Basic or %s: %w", auth.SignatureScheme, errs.ErrUnauthenticated)
+}
+
+// The fixed parts of a gRPC call's string to sign.
+const (
+	grpcSignedMethod      = "POST"
+	grpcSignedContentType = "application/grpc"
+)
+
+func first(vs []string) string {
+	if len(vs) == 0 {
+		return ""
+	}
+	return vs[0]
+}
+
+// refuse is a verification that fails with err.
+func refuse(err error) func(context.Context) (auth.Principal, error) {
+	return func(context.Context) (auth.Principal, error) { return auth.Principal{}, err }
+}
+
+// basicCredentials decodes the credentials of a Basic authorization value.
+func basicCredentials(enc string) (user, pass string, err error) {
 	raw, derr := base64.StdEncoding.DecodeString(strings.TrimSpace(enc))
 	if derr != nil {
 		return "", "", fmt.Errorf("malformed Basic credentials: %w", errs.ErrUnauthenticated)
 	}
-	user, pass, ok = strings.Cut(string(raw), ":")
+	user, pass, ok := strings.Cut(string(raw), ":")
 	if !ok {
 		return "", "", fmt.Errorf("malformed Basic credentials: %w", errs.ErrUnauthenticated)
 	}

@@ -14,19 +14,20 @@ import (
 )
 
 const hostCols = `id, name, inner_ip, machine_id, status, agent_status, agentd_version, install_home, last_seen,
-	op_task_id, processes, create_time, update_time`
+	op_task_id, processes, create_time, update_time, revoke_time`
 
 func scanHost(sc interface{ Scan(...any) error }) (host.Host, error) {
 	var h host.Host
-	var lastSeen, created, updated int64
+	var lastSeen, created, updated, revoked int64
 	var op sql.NullInt64
 	var procs string
 	err := sc.Scan(&h.ID, &h.Name, &h.InnerIP, &h.MachineID, &h.Status, &h.AgentStatus, &h.AgentdVersion,
-		&h.InstallHome, &lastSeen, &op, &procs, &created, &updated)
+		&h.InstallHome, &lastSeen, &op, &procs, &created, &updated, &revoked)
 	if err != nil {
 		return h, err
 	}
 	h.LastSeen, h.CreateTime, h.UpdateTime = fromMS(lastSeen), fromMS(created), fromMS(updated)
+	h.RevokeTime = fromMS(revoked)
 	h.OpTaskID = op.Int64
 	h.Processes, err = decodeProcesses(procs)
 	return h, err
@@ -79,15 +80,16 @@ func mergeProcesses(known, reported []host.Process, at time.Time) []host.Process
 // its install home, and r.Processes (the base processes running now; nil:
 // none) merged into the host's process list as HostSeen does. The host is
 // found by name, else created; the stored host is returned with its id.
+// ErrPermissionDenied, and nothing written, when the host is revoked.
 func (s *Store) RegisterHost(ctx context.Context, r host.Host, at time.Time) (host.Host, error) {
 	if r.Name == "" {
 		return host.Host{}, fmt.Errorf("registering a host with no name: %w", errs.ErrInvalidArgument)
 	}
 	var h host.Host
 	err := s.tx(ctx, func(tx *sql.Tx) error {
-		var id int64
+		var id, revoked int64
 		var stored string
-		err := tx.QueryRowContext(ctx, `SELECT id, processes FROM hosts WHERE name = ?`, r.Name).Scan(&id, &stored)
+		err := tx.QueryRowContext(ctx, `SELECT id, processes, revoke_time FROM hosts WHERE name = ?`, r.Name).Scan(&id, &stored, &revoked)
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
 			procs := mergeProcesses(nil, r.Processes, at)
@@ -104,6 +106,8 @@ func (s *Store) RegisterHost(ctx context.Context, r host.Host, at time.Time) (ho
 			}
 		case err != nil:
 			return fmt.Errorf("finding host %q: %w", r.Name, err)
+		case revoked != 0:
+			return fmt.Errorf("host %d (%q) is revoked: %w", id, r.Name, errs.ErrPermissionDenied)
 		default:
 			known, err := decodeProcesses(stored)
 			if err != nil {

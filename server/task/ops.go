@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 
+	"agentplane/server/audit"
 	"agentplane/server/auth"
 	"agentplane/server/errs"
 )
@@ -54,6 +55,7 @@ func (e *Engine) CancelSubtask(ctx context.Context, taskID, subtaskID int64) (*T
 // operate checks the caller and the ids, then applies mutate in one step.
 // subtaskID 0 means a task-level operation.
 func (e *Engine) operate(ctx context.Context, id, subtaskID int64, mutate func(*Task) error) (*Task, error) {
+	audit.SetTask(ctx, id)
 	if err := auth.Require(ctx, auth.RoleTaskManager); err != nil {
 		return nil, err
 	}
@@ -66,6 +68,13 @@ func (e *Engine) operate(ctx context.Context, id, subtaskID int64, mutate func(*
 	t, err := e.step(ctx, id, mutate)
 	if err != nil {
 		return nil, err
+	}
+	hostID := t.HostID // 0 for a batch task: then the subtask's host, if any
+	if st := t.Subtask(subtaskID); st != nil && st.HostID != 0 {
+		hostID = st.HostID
+	}
+	if hostID != 0 {
+		audit.SetHost(ctx, hostID)
 	}
 	p, _ := auth.FromContext(ctx)
 	e.logger(ctx).Info().Int64("task_id", id).Int64("subtask_id", subtaskID).Str("user", p.Username).

@@ -2,10 +2,17 @@
 // one stream to agentplane-server, registers the host, sends heartbeats,
 // records how the OCP Agent's base processes were started, and stops and
 // starts them when the server asks.
+//
+// The stream is mTLS: agentd enrolls once with a join token (--join-token)
+// for a client certificate kept in its state dir, verifies the server with
+// --ca-file, and renews the certificate before it expires. --insecure
+// instead speaks plaintext and authenticates with the server's bootstrap
+// token (--token-file), for a server that runs with --insecure.
 package main
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -15,14 +22,18 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
+	"github.com/rs/zerolog"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 
 	"agentplane/agentd/conn"
+	"agentplane/agentd/identity"
 	"agentplane/agentd/proc"
 	"agentplane/agentd/state"
 	agentv1 "agentplane/gen/agentplane/agent/v1"
@@ -32,7 +43,11 @@ import (
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
-const tokenEnv = "AGENTPLANE_AGENT_TOKEN"
+// Environment variables read when the flags are not given.
+const (
+	tokenEnv     = "AGENTPLANE_AGENT_TOKEN" // --token-file, with --insecure
+	joinTokenEnv = "AGENTPLANE_JOIN_TOKEN"  // --join-token
+)
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -49,9 +64,15 @@ func main() {
 
 type options struct {
 	server, tokenFile, stateDir, hostName, installHome string
+	caFile, joinToken                                  string
 	grace                                              time.Duration
 	insecure, showVersion                              bool
 	logFormat, logLevel                                string
+
+	// For tests: the clock of certificate expiry and renewal, and how often
+	// to check it.
+	now        func() time.Time
+	renewCheck time.Duration
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -60,12 +81,14 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.SetOutput(stderr)
 	hostname, _ := os.Hostname()
 	fs.StringVar(&o.server, "server", "127.0.0.1:7070", "agentplane-server gRPC address, host:port")
-	fs.StringVar(&o.tokenFile, "token-file", "", "file holding the enrollment token (or set $"+tokenEnv+")")
-	fs.StringVar(&o.stateDir, "state-dir", "/var/lib/agentplane-agentd", "directory for the host id and the command journal")
+	fs.StringVar(&o.caFile, "ca-file", "", "PEM file of the CA certificates that sign the server's certificate (required unless --insecure)")
+	fs.StringVar(&o.joinToken, "join-token", "", "join token for the first enrollment, created by an admin (or set $"+joinTokenEnv+"); not needed once the state dir holds a certificate")
+	fs.StringVar(&o.tokenFile, "token-file", "", "with --insecure: file holding the server's bootstrap agent-token (or set $"+tokenEnv+")")
+	fs.StringVar(&o.stateDir, "state-dir", "/var/lib/agentplane-agentd", "directory for the key and certificate, the host id and the command journal")
 	fs.StringVar(&o.hostName, "host-name", hostname, "host name to register (several agentds on one machine act as several hosts)")
 	fs.StringVar(&o.installHome, "install-home", "/home/admin/ocp_agent", "OCP Agent install home; only processes whose executable lies under it are stopped or started")
 	fs.DurationVar(&o.grace, "grace", 30*time.Second, "time between SIGTERM and SIGKILL when the server does not say")
-	fs.BoolVar(&o.insecure, "insecure", false, "allow plaintext gRPC to a non-loopback server (TLS is not supported yet)")
+	fs.BoolVar(&o.insecure, "insecure", false, "plaintext gRPC with the bootstrap token (--token-file), for a server run with --insecure; no TLS, no certificate")
 	fs.StringVar(&o.logFormat, "log-format", "auto", "log format: auto (console on a terminal, else json), json or console")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
@@ -91,12 +114,35 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	token, err := readToken(o.tokenFile)
-	if err != nil {
+	logging.RouteGRPC(log)
+	return agent(ctx, o, log)
+}
+
+// agent runs agentd with parsed flags until ctx is done.
+func agent(ctx context.Context, o options, log zerolog.Logger) error {
+	if err := checkServer(o.server); err != nil {
 		return err
 	}
-	if err := checkServer(o.server, o.insecure); err != nil {
-		return err
+	var token string
+	var roots *x509.CertPool
+	var err error
+	if o.insecure {
+		if o.caFile != "" || o.joinToken != "" {
+			return errors.New("--ca-file and --join-token are for TLS; --insecure uses plaintext and --token-file")
+		}
+		if token, err = readToken(o.tokenFile); err != nil {
+			return err
+		}
+	} else {
+		if o.tokenFile != "" {
+			return errors.New("--token-file is the bootstrap token of --insecure; with TLS, enroll with --join-token and --ca-file")
+		}
+		if roots, err = readCAs(o.caFile); err != nil {
+			return err
+		}
+		if o.joinToken == "" {
+			o.joinToken = strings.TrimSpace(os.Getenv(joinTokenEnv))
+		}
 	}
 	if o.hostName == "" {
 		return errors.New("--host-name is empty and the hostname is unknown")
@@ -107,7 +153,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if o.grace <= 0 {
 		return fmt.Errorf("--grace %s must be positive", o.grace)
 	}
-	logging.RouteGRPC(log)
 
 	st, err := state.Open(o.stateDir)
 	if err != nil {
@@ -115,34 +160,95 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	defer st.Close()
 
+	ip := innerIP(o.server)
+	mid := machineID()
+	log.Info().Str("server", o.server).Str("host_name", o.hostName).Str("inner_ip", ip).Bool("tls", !o.insecure).
+		Str("state_dir", o.stateDir).Str("install_home", o.installHome).Str("version", version).Msg("agentd starting")
+
+	creds := insecure.NewCredentials()
+	var id *identity.Identity
+	if o.insecure {
+		log.Warn().Msg("--insecure: plaintext connection to the server, authenticated by the bootstrap token")
+	} else {
+		id, err = identity.Open(identity.Config{
+			Dir: o.stateDir, Server: o.server, RootCAs: roots, JoinToken: o.joinToken,
+			HostName: o.hostName, InnerIP: ip, MachineID: mid, HostIDs: st,
+			CheckEvery: o.renewCheck, Now: o.now, Log: log,
+		})
+		if err != nil {
+			return fmt.Errorf("--state-dir: %w", err)
+		}
+		if err := id.Ensure(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		creds = credentials.NewTLS(id.ClientTLS())
+	}
+
 	cc, err := grpc.NewClient(o.server,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(creds),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
 	)
 	if err != nil {
 		return fmt.Errorf("--server %q: %w", o.server, err)
 	}
 	defer cc.Close()
+	svc := agentv1.NewAgentServiceClient(cc)
 
-	ip := innerIP(o.server)
 	client := conn.New(conn.Config{
-		Service:     agentv1.NewAgentServiceClient(cc),
+		Service:     svc,
 		State:       st,
 		Runner:      &proc.Stopper{InstallHome: o.installHome, Grace: o.grace, Log: log},
 		Token:       token,
 		HostName:    o.hostName,
 		InnerIP:     ip,
-		MachineID:   machineID(),
+		MachineID:   mid,
 		Version:     version,
 		InstallHome: o.installHome,
 		Grace:       o.grace,
 		Log:         log,
 	})
-	log.Info().Str("server", o.server).Str("host_name", o.hostName).Str("inner_ip", ip).
-		Str("state_dir", o.stateDir).Str("install_home", o.installHome).Str("version", version).Msg("agentd starting")
-	err = client.Run(ctx)
+
+	// Renewal runs beside the stream; when the identity is lost for good
+	// (expired with no token to enroll again), agentd stops with that error.
+	rctx, stopRun := context.WithCancel(ctx)
+	defer stopRun()
+	var renewErr error
+	var renewal sync.WaitGroup
+	if id != nil {
+		renewal.Go(func() {
+			if renewErr = id.KeepRenewed(rctx, svc); renewErr != nil {
+				log.Error().Err(renewErr).Msg("no usable client certificate; stopping")
+				stopRun()
+			}
+		})
+	}
+	err = client.Run(rctx)
+	stopRun()
+	renewal.Wait()
 	log.Info().Msg("agentd stopped")
+	if renewErr != nil {
+		return renewErr
+	}
 	return err
+}
+
+// readCAs reads the PEM certificates of --ca-file.
+func readCAs(path string) (*x509.CertPool, error) {
+	if path == "" {
+		return nil, errors.New("--ca-file is required: the PEM of the CA that signs the server's certificate (or pass --insecure for plaintext)")
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--ca-file: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("--ca-file %s: no PEM certificate", path)
+	}
+	return pool, nil
 }
 
 func readToken(path string) (string, error) {
@@ -150,7 +256,7 @@ func readToken(path string) (string, error) {
 		if t := strings.TrimSpace(os.Getenv(tokenEnv)); t != "" {
 			return t, nil
 		}
-		return "", fmt.Errorf("--token-file is required (or set $%s)", tokenEnv)
+		return "", fmt.Errorf("--token-file is required with --insecure: the server's agent-token (or set $%s)", tokenEnv)
 	}
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -163,24 +269,13 @@ func readToken(path string) (string, error) {
 	return t, nil
 }
 
-// checkServer refuses plaintext to a non-loopback address unless insecure.
-func checkServer(addr string, insecure bool) error {
+// checkServer checks that addr is host:port.
+func checkServer(addr string) error {
 	host, port, err := net.SplitHostPort(addr)
-	if err != nil || port == "" {
+	if err != nil || host == "" || port == "" {
 		return fmt.Errorf("--server %q: want host:port", addr)
 	}
-	if insecure || isLoopback(host) {
-		return nil
-	}
-	return fmt.Errorf("--server %s is not a loopback address and TLS is not supported yet; pass --insecure to use plaintext", addr)
-}
-
-func isLoopback(host string) bool {
-	if strings.EqualFold(host, "localhost") {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
+	return nil
 }
 
 // innerIP returns the local address used to reach the server when it is not

@@ -8,20 +8,26 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	stdlog "log"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	"agentplane/server/agentop"
+	"agentplane/server/audit"
 	"agentplane/server/auth"
+	"agentplane/server/enroll"
 	"agentplane/server/fleet"
 	"agentplane/server/logging"
+	"agentplane/server/pki"
 	"agentplane/server/rest"
 	"agentplane/server/rpc"
 	"agentplane/server/store"
@@ -42,6 +48,26 @@ type config struct {
 	heartbeat    time.Duration
 	lostAfter    time.Duration
 	shutdownWait time.Duration
+	tlsCert      string
+	tlsKey       string
+	caCert       string
+	caKey        string
+	tlsSANs      listFlag
+	agentCertTTL time.Duration
+}
+
+// listFlag is a repeatable flag whose values may also be comma-separated.
+type listFlag []string
+
+func (l *listFlag) String() string { return strings.Join(*l, ",") }
+
+func (l *listFlag) Set(v string) error {
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			*l = append(*l, s)
+		}
+	}
+	return nil
 }
 
 func main() {
@@ -51,7 +77,13 @@ func main() {
 	fs.StringVar(&c.grpcAddr, "grpc-addr", "127.0.0.1:7070", "gRPC listen address (API and agent streams)")
 	fs.StringVar(&c.httpAddr, "http-addr", "127.0.0.1:8080", "REST listen address")
 	fs.StringVar(&c.advertise, "advertise-addr", "", "address recorded as the executor of tasks (default: this host's first non-loopback IPv4)")
-	fs.BoolVar(&c.insecure, "insecure", false, "allow plaintext listeners on non-loopback addresses")
+	fs.BoolVar(&c.insecure, "insecure", false, "serve gRPC and REST in plaintext, and let agents in with the bootstrap token (agent-token) instead of certificates")
+	fs.StringVar(&c.tlsCert, "tls-cert", "", "server certificate (PEM, may hold its chain) for both listeners, with --tls-key (default: generated in the data dir)")
+	fs.StringVar(&c.tlsKey, "tls-key", "", "private key (PEM) of --tls-cert")
+	fs.StringVar(&c.caCert, "ca-cert", "", "CA certificate (PEM) that signs and verifies agent certificates, with --ca-key (default: generated in the data dir)")
+	fs.StringVar(&c.caKey, "ca-key", "", "private key (PEM) of --ca-cert")
+	fs.Var(&c.tlsSANs, "tls-san", "extra DNS name or IP address for the generated server certificate (repeatable, or comma-separated)")
+	fs.DurationVar(&c.agentCertTTL, "agent-cert-ttl", pki.DefaultAgentCertTTL, "validity of the client certificates signed for agents")
 	fs.StringVar(&c.logFormat, "log-format", "auto", "log format: auto (console on a terminal, else json), json or console")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.DurationVar(&c.heartbeat, "heartbeat-interval", 10*time.Second, "how often agents send heartbeats")
@@ -64,6 +96,10 @@ func main() {
 	if *showVersion {
 		fmt.Println("agentplane-server", version)
 		return
+	}
+	if c.agentCertTTL < time.Hour {
+		fmt.Fprintf(os.Stderr, "agentplane-server: --agent-cert-ttl (%s) must be at least 1h\n", c.agentCertTTL)
+		os.Exit(2)
 	}
 	if c.heartbeat <= 0 || c.lostAfter < 2*c.heartbeat {
 		fmt.Fprintf(os.Stderr, "agentplane-server: --agent-lost-after (%s) must be at least twice --heartbeat-interval (%s), which must be positive\n", c.lostAfter, c.heartbeat)
@@ -84,11 +120,6 @@ func main() {
 }
 
 func run(ctx context.Context, c config, log zerolog.Logger) error {
-	for _, addr := range []string{c.grpcAddr, c.httpAddr} {
-		if err := checkPlaintext(addr, c.insecure); err != nil {
-			return err
-		}
-	}
 	if c.advertise == "" {
 		c.advertise = firstIPv4()
 	}
@@ -110,14 +141,50 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 	if pwFile != "" {
 		log.Warn().Str("file", pwFile).Msg("created user admin with a random password; read it from the file")
 	}
-	token, err := auth.LoadOrCreateAgentToken(c.dataDir)
+	sealKey, err := auth.LoadOrCreateAccessKeySealKey(c.dataDir)
 	if err != nil {
 		return err
+	}
+	keys, err := auth.NewAccessKeyService(st, st, sealKey, log.With().Str("component", "accesskeys").Logger())
+	if err != nil {
+		return err
+	}
+	// One throttle for both adapters: failures count per user and address
+	// whichever API they come through.
+	throttle := auth.NewThrottle(auth.ThrottleConfig{})
+	audits := audit.NewService(st, log.With().Str("component", "audit").Logger(),
+		func(ctx context.Context) error { return auth.Require(ctx, auth.RoleAdmin) })
+	ca, err := pki.Load(pki.Config{
+		Dir: c.dataDir, CACertFile: c.caCert, CAKeyFile: c.caKey, ServerCertFile: c.tlsCert, ServerKeyFile: c.tlsKey,
+		Hosts: certHosts(c), AgentCertTTL: c.agentCertTTL, Log: log.With().Str("component", "pki").Logger(),
+	})
+	if err != nil {
+		return fmt.Errorf("certificates: %w", err)
+	}
+	log.Info().Str("ca_fingerprint", ca.Fingerprint()).Str("ca_subject", ca.CA().Subject.String()).Msg("agent CA")
+	// Not a log line: for a human to copy, and to compare on each host with
+	// `openssl x509 -noout -fingerprint -sha256 -in ca.crt` before giving
+	// that file to agentd (--ca-file).
+	fmt.Printf("agentplane CA fingerprint (SHA-256): %s\n", ca.Fingerprint())
+	// The bootstrap token lets agents in without a certificate: only in
+	// plaintext mode.
+	var token string
+	if c.insecure {
+		log.Warn().Msg("--insecure: gRPC and REST serve PLAINTEXT, credentials and commands cross the network in the clear, and any agentd holding agent-token may speak for any host")
+		if token, err = auth.LoadOrCreateAgentToken(c.dataDir); err != nil {
+			return err
+		}
+		if c.tlsCert != "" || c.caCert != "" {
+			log.Warn().Msg("--insecure: --tls-cert and --ca-cert are not used by the listeners")
+		}
 	}
 
 	agents := fleet.New(fleet.Config{
 		Registry: st, Logs: st, Token: token, HeartbeatInterval: c.heartbeat, LostAfter: c.lostAfter,
 		Log: log.With().Str("component", "fleet").Logger(),
+	})
+	enrollment := enroll.New(enroll.Config{
+		Store: st, Signer: ca, Sessions: agents, Log: log.With().Str("component", "enroll").Logger(),
 	})
 	engine := task.New(task.Config{
 		Store: st, Executors: agentop.Executors(st, agents), Executor: c.advertise,
@@ -138,20 +205,33 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 		grpcLis.Close()
 		return fmt.Errorf("REST listener: %w", err)
 	}
-	gs := rpc.NewServer(rpc.Config{Hosts: hosts, Tasks: engine, Fleet: agents, Users: users, Log: log})
+	var grpcOpts []grpc.ServerOption
+	if !c.insecure {
+		grpcOpts = append(grpcOpts, grpc.Creds(credentials.NewTLS(ca.MutualTLSConfig())))
+	}
+	gs := rpc.NewServer(rpc.Config{Hosts: hosts, Tasks: engine, Fleet: agents, Users: users, Enroll: enrollment,
+		AccessKeys: keys, Throttle: throttle, Audit: audits, Log: log}, grpcOpts...)
 	hs := &http.Server{
-		Handler:           rest.NewHandler(rest.Config{Hosts: hosts, Tasks: engine, Users: users, Log: log}),
+		Handler: rest.NewHandler(rest.Config{Hosts: hosts, Tasks: engine, Users: users, Enroll: enrollment,
+			AccessKeys: keys, Throttle: throttle, Audit: audits, Log: log}),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
+		// TLS handshake failures (scanners, plaintext clients) and the like.
+		ErrorLog: stdlog.New(debugWriter{log.With().Str("component", "http").Logger()}, "", 0),
+	}
+	serveHTTP := func() error { return hs.Serve(httpLis) }
+	if !c.insecure {
+		hs.TLSConfig = ca.TLSConfig()
+		serveHTTP = func() error { return hs.ServeTLS(httpLis, "", "") }
 	}
 	errc := make(chan error, 2)
 	go func() { errc <- serveGRPC(gs, grpcLis) }()
-	go func() { errc <- hs.Serve(httpLis) }()
+	go func() { errc <- serveHTTP() }()
 	log.Info().Str("grpc_addr", grpcLis.Addr().String()).Str("http_addr", httpLis.Addr().String()).
-		Str("data_dir", c.dataDir).Str("version", version).Msg("server started")
+		Bool("tls", !c.insecure).Str("data_dir", c.dataDir).Str("version", version).Msg("server started")
 
 	select {
 	case <-ctx.Done():
@@ -192,17 +272,30 @@ func shutdown(wait time.Duration, hs *http.Server, agents *fleet.Fleet, engine *
 	}
 }
 
-// checkPlaintext refuses a plaintext listener on a non-loopback address
-// unless insecure is set: TLS arrives in a later release.
-func checkPlaintext(addr string, insecure bool) error {
-	h, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return fmt.Errorf("listen address %q: %w", addr, err)
+// certHosts lists what a generated server certificate must cover: the
+// loopback names, this host's name, the listen and advertise hosts, and
+// --tls-san. Wildcard addresses are dropped (pki ignores them).
+func certHosts(c config) []string {
+	hosts := []string{"localhost", "127.0.0.1", "::1"}
+	if h, err := os.Hostname(); err == nil && h != "" {
+		hosts = append(hosts, h)
 	}
-	if ip := net.ParseIP(h); (ip != nil && ip.IsLoopback()) || h == "localhost" || insecure {
-		return nil
+	for _, addr := range []string{c.grpcAddr, c.httpAddr, c.advertise} {
+		if h, _, err := net.SplitHostPort(addr); err == nil {
+			hosts = append(hosts, h)
+		} else {
+			hosts = append(hosts, addr) // the advertise address may have no port
+		}
 	}
-	return fmt.Errorf("listen address %q is not loopback: plaintext there needs --insecure", addr)
+	return append(hosts, c.tlsSANs...)
+}
+
+// debugWriter logs each line net/http writes to its error log at debug.
+type debugWriter struct{ log zerolog.Logger }
+
+func (w debugWriter) Write(p []byte) (int, error) {
+	w.log.Debug().Str("error", strings.TrimSpace(string(p))).Msg("http server error")
+	return len(p), nil
 }
 
 func firstIPv4() string {

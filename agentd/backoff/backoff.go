@@ -1,4 +1,7 @@
-package conn
+// Package backoff owns agentd's retry delays: capped exponential backoff with
+// full jitter, shared by the stream's reconnects and by enrollment and
+// certificate renewal.
+package backoff
 
 import (
 	"math/rand/v2"
@@ -14,18 +17,18 @@ type Backoff struct {
 	Cap  time.Duration // largest ceiling; default 30s
 }
 
-// Default backoff settings.
+// Defaults of Backoff.
 const (
-	DefaultBackoffBase = 200 * time.Millisecond
-	DefaultBackoffCap  = 30 * time.Second
+	DefaultBase = 200 * time.Millisecond
+	DefaultCap  = 30 * time.Second
 )
 
 func (b Backoff) withDefaults() Backoff {
 	if b.Base <= 0 {
-		b.Base = DefaultBackoffBase
+		b.Base = DefaultBase
 	}
 	if b.Cap <= 0 {
-		b.Cap = DefaultBackoffCap
+		b.Cap = DefaultCap
 	}
 	if b.Cap < b.Base {
 		b.Cap = b.Base
