@@ -233,6 +233,35 @@ func TestRestartAndBatchPlans(t *testing.T) {
 	}
 }
 
+func TestRevokedHostRefused(t *testing.T) {
+	ctx := auth.WithPrincipal(context.Background(), auth.Principal{Username: "u", Roles: []auth.Role{auth.RoleHostManager}})
+	h := &revokedHosts{hosts: hosts{known: map[int64]bool{1: true, 2: true}}, revoked: 2}
+	s := NewService(h, &submitter{})
+	if _, err := s.StopAgent(ctx, 2); !errors.Is(err, errs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "revoked") {
+		t.Fatalf("stop of a revoked host: %v", err)
+	}
+	if _, err := s.BatchStopAgents(ctx, []int64{1, 2}); !errors.Is(err, errs.ErrFailedPrecondition) {
+		t.Fatalf("batch with a revoked host: %v", err)
+	}
+	if _, err := s.StopAgent(ctx, 1); err != nil {
+		t.Fatalf("stop of a host that is not revoked: %v", err)
+	}
+}
+
+// revokedHosts is hosts with one revoked.
+type revokedHosts struct {
+	hosts
+	revoked int64
+}
+
+func (h *revokedHosts) GetHost(ctx context.Context, id int64) (*host.Host, error) {
+	got, err := h.hosts.GetHost(ctx, id)
+	if err == nil && id == h.revoked {
+		got.RevokeTime = time.Unix(1, 0)
+	}
+	return got, err
+}
+
 func TestBatchValidation(t *testing.T) {
 	ctx := auth.WithPrincipal(context.Background(), auth.Principal{Username: "u", Roles: []auth.Role{auth.RoleHostManager}})
 	s := NewService(&hosts{known: map[int64]bool{1: true, 2: true}}, &submitter{})

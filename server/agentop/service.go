@@ -72,7 +72,7 @@ func (s *Service) hostOp(ctx context.Context, op Op, hostID int64) (*task.Task, 
 		return nil, fmt.Errorf("host id %d: must be positive: %w", hostID, errs.ErrInvalidArgument)
 	}
 	p, _ := auth.FromContext(ctx)
-	if _, err := s.hosts.GetHost(ctx, hostID); err != nil {
+	if err := s.operable(ctx, hostID); err != nil {
 		return nil, err
 	}
 	t, err := s.tasks.Submit(ctx, HostPlan(op, hostID, p.Username))
@@ -99,7 +99,7 @@ func (s *Service) batchOp(ctx context.Context, op Op, hostIDs []int64) (*task.Ta
 			return nil, fmt.Errorf("hostIds: host id %d is listed twice: %w", id, errs.ErrInvalidArgument)
 		}
 		seen[id] = true
-		if _, err := s.hosts.GetHost(ctx, id); err != nil {
+		if err := s.operable(ctx, id); err != nil {
 			return nil, err
 		}
 	}
@@ -110,6 +110,19 @@ func (s *Service) batchOp(ctx context.Context, op Op, hostIDs []int64) (*task.Ta
 	}
 	audit.SetTask(ctx, t.ID)
 	return t, nil
+}
+
+// operable checks that a host exists and is not revoked (its agentd can
+// never connect again, so an operation could only fail).
+func (s *Service) operable(ctx context.Context, hostID int64) error {
+	h, err := s.hosts.GetHost(ctx, hostID)
+	if err != nil {
+		return err
+	}
+	if !h.RevokeTime.IsZero() {
+		return fmt.Errorf("host %d is revoked; enroll its agentd again first: %w", hostID, errs.ErrFailedPrecondition)
+	}
+	return nil
 }
 
 // GetHostAgent returns the OCP Agent of a host, as agentd last reported it.

@@ -816,15 +816,11 @@ func TestAgentIdentity(t *testing.T) {
 			t.Errorf("host A is %s, want OFFLINE", h.Status)
 		}
 
-		// A stop of A fails: refused, or a task that fails.
-		if r := s.stopREST(t, a.hostID, admin); r.status == http.StatusOK {
-			var tk taskJSON
-			r.decode(t, &tk)
-			if fin := s.waitFinal(t, tk.ID); fin.Status != "FAILED" {
-				t.Errorf("stop of revoked host A ended %s, want FAILED", fin.Status)
-			}
-		} else {
-			r.wantError(t, r.status)
+		// A stop of A is refused at once: 400, 20003, naming the revocation.
+		if r := s.stopREST(t, a.hostID, admin); r.status != http.StatusBadRequest {
+			t.Errorf("stop of revoked host A: %d %s, want 400", r.status, r.body)
+		} else if msg := r.wantError(t, http.StatusBadRequest); !strings.Contains(msg, "revoked") {
+			t.Errorf("stop of revoked host A: message %q does not say it is revoked", msg)
 		}
 
 		// B goes on.
