@@ -30,6 +30,19 @@ build: ## build bin/agentplane-server and bin/agentplane-agentd
 test: ## run every test (unit and integration, with the real binaries), always with -race
 	go test -race -count=1 -timeout 20m ./...
 
+# Fuzz targets as package:Name; each has a seed corpus in its package's
+# testdata/fuzz/<Name>/ (plus its f.Add seeds), which `make test` runs too.
+FUZZ_TARGETS := ./server/rest:FuzzHandler ./server/auth:FuzzVerify ./server/rpc:FuzzAgentMessage
+FUZZTIME ?= 10s
+
+.PHONY: fuzz
+fuzz: ## run each fuzz target for FUZZTIME (default 10s), one after another
+	@for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "fuzzing $$name in $$pkg for $(FUZZTIME)"; \
+		go test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg; \
+	done
+
 .PHONY: lint
 lint: ## go vet, gofmt, buf lint and buf format
 	go vet ./... ./testdata/fakeocpagent

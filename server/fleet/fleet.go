@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"golang.org/x/time/rate"
 
 	"agentplane/server/auth"
 	"agentplane/server/errs"
@@ -50,7 +51,16 @@ type Config struct {
 	// host connects again first. Default 30s, or three heartbeat intervals
 	// when that is longer.
 	LostAfter time.Duration
-	Log       zerolog.Logger
+	// MaxStreamsPerHost bounds the agent streams one host may hold at once,
+	// from Connect to Disconnect: the current one and one replacing it.
+	// Beyond it Connect fails with ErrTooManyStreams. Default 2.
+	MaxStreamsPerHost int
+	// MaxReplacementsPerMin bounds how often a host may replace a live
+	// stream by a new one (a token bucket of this many per minute, burst
+	// the same); beyond it Connect fails with ErrTooManyReplacements and
+	// the current stream stays. Default 10.
+	MaxReplacementsPerMin int
+	Log                   zerolog.Logger
 	// Now stamps what is stored (registration, heartbeats); default time.Now.
 	// Liveness (LostAfter) always runs on the real monotonic clock.
 	Now func() time.Time
@@ -77,6 +87,12 @@ type Fleet struct {
 	// them, oldest first; Connect delivers them. At most maxPendingCancels
 	// per host.
 	pending map[int64][]Cancel
+	// streams counts, by host id, the sessions Connect opened that
+	// Disconnect has not yet ended (at most MaxStreamsPerHost).
+	streams map[int64]int
+	// replacements is, by host id, the token bucket Connect takes from
+	// when it replaces a live session.
+	replacements map[int64]*rate.Limiter
 }
 
 // maxPendingCancels bounds the cancels remembered for one host, so a host
@@ -107,9 +123,16 @@ func New(cfg Config) *Fleet {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.MaxStreamsPerHost <= 0 {
+		cfg.MaxStreamsPerHost = DefaultMaxStreamsPerHost
+	}
+	if cfg.MaxReplacementsPerMin <= 0 {
+		cfg.MaxReplacementsPerMin = DefaultMaxReplacementsPerMin
+	}
 	return &Fleet{
 		cfg: cfg, sessions: map[int64]*Session{}, inflight: map[key]*call{}, joined: make(chan struct{}),
 		heard: map[int64]time.Time{}, pending: map[int64][]Cancel{},
+		streams: map[int64]int{}, replacements: map[int64]*rate.Limiter{},
 	}
 }
 
@@ -127,6 +150,9 @@ type Session struct {
 	once   sync.Once
 	err    error       // why it ended; set before done is closed
 	lost   *time.Timer // the watchdog; set before the session is published
+	// disconnected is set by the first Disconnect, which releases the
+	// session's place in Fleet.streams; guarded by Fleet.mu.
+	disconnected bool
 }
 
 // sessionBuffer bounds the messages queued for one agent; an agent that
@@ -187,6 +213,19 @@ var (
 	ErrRevoked      = fmt.Errorf("host revoked: %w", errs.ErrPermissionDenied)
 )
 
+// Defaults of the stream bounds (Config).
+const (
+	DefaultMaxStreamsPerHost     = 2
+	DefaultMaxReplacementsPerMin = 10
+)
+
+// Why Connect refuses a host over its stream bounds; both are
+// errs.ErrTooManyRequests errors (RESOURCE_EXHAUSTED on gRPC).
+var (
+	ErrTooManyStreams      = fmt.Errorf("too many concurrent agent streams for the host: %w", errs.ErrTooManyRequests)
+	ErrTooManyReplacements = fmt.Errorf("the host replaces its agent stream too often: %w", errs.ErrTooManyRequests)
+)
+
 // ErrAgentLost is why a dispatch fails when the host's agentd has not been
 // heard from for LostAfter and has no session.
 var ErrAgentLost = errors.New("agentd lost")
@@ -201,7 +240,15 @@ var ErrAgentLost = errors.New("agentd lost")
 // host that is revoked or gone. Without one, the Hello must carry the
 // bootstrap token, and the fleet must have one; else ErrUnauthenticated.
 // ErrPermissionDenied for a revoked host; ErrInvalidArgument for a Hello
-// without a host name.
+// without a host name or over the bounds on reports (MaxFieldBytes and
+// the like).
+//
+// A host holds at most MaxStreamsPerHost sessions between Connect and
+// Disconnect, and replaces a live session at most MaxReplacementsPerMin
+// times a minute; beyond either, Connect fails with an error wrapping
+// ErrTooManyStreams or ErrTooManyReplacements and the host's current
+// session stays. A certificate's host is checked before anything is
+// written; a bootstrap Hello's once it is registered.
 func (f *Fleet) Connect(ctx context.Context, h Hello) (*Session, Welcome, error) {
 	if h.Identity == nil {
 		if f.cfg.Token == "" {
@@ -214,6 +261,9 @@ func (f *Fleet) Connect(ctx context.Context, h Hello) (*Session, Welcome, error)
 	if h.HostName == "" {
 		return nil, Welcome{}, fmt.Errorf("hello without a host name: %w", errs.ErrInvalidArgument)
 	}
+	if err := checkHello(h); err != nil {
+		return nil, Welcome{}, err
+	}
 	// Held from the identity check to the session's install, and by Revoke:
 	// a revocation either comes first and is seen here, or ends the session
 	// installed here.
@@ -223,6 +273,9 @@ func (f *Fleet) Connect(ctx context.Context, h Hello) (*Session, Welcome, error)
 		if err := f.checkIdentity(ctx, h); err != nil {
 			f.cfg.Log.Warn().Err(err).Int64("host_id", h.Identity.HostID).Int64("hello_host_id", h.HostID).
 				Str("hello_host_name", h.HostName).Msg("agent stream refused")
+			return nil, Welcome{}, err
+		}
+		if err := f.admit(h.Identity.HostID); err != nil {
 			return nil, Welcome{}, err
 		}
 	}
@@ -238,6 +291,12 @@ func (f *Fleet) Connect(ctx context.Context, h Hello) (*Session, Welcome, error)
 		// did, the stream must not act for another host.
 		return nil, Welcome{}, fmt.Errorf("host %q registered as %d, certificate names host %d: %w", h.HostName, reg.ID, h.Identity.HostID, errs.ErrPermissionDenied)
 	}
+	if h.Identity == nil {
+		if err := f.admit(reg.ID); err != nil {
+			f.restoreOffline(reg.ID)
+			return nil, Welcome{}, err
+		}
+	}
 	s := &Session{HostID: reg.ID, out: make(chan Outbound, sessionBuffer), done: make(chan struct{})}
 	f.mu.Lock()
 	if f.closing {
@@ -247,6 +306,7 @@ func (f *Fleet) Connect(ctx context.Context, h Hello) (*Session, Welcome, error)
 	s.lost = time.AfterFunc(f.cfg.LostAfter, func() { f.watch(s) })
 	old := f.sessions[reg.ID]
 	f.sessions[reg.ID] = s
+	f.streams[reg.ID]++
 	f.heard[reg.ID] = time.Now()
 	close(f.joined)
 	f.joined = make(chan struct{})
@@ -273,6 +333,48 @@ func (f *Fleet) Connect(ctx context.Context, h Hello) (*Session, Welcome, error)
 	f.cfg.Log.Info().Int64("host_id", reg.ID).Str("host_name", reg.Name).Int("resent", resent).
 		Int("cancels", len(cancels)).Msg("agent connected")
 	return s, Welcome{HostID: reg.ID, HeartbeatInterval: f.cfg.HeartbeatInterval}, nil
+}
+
+// admit checks the host's stream bounds for a new session, taking a
+// replacement token when the host has a live session. Callers hold online,
+// so that nothing connects or disconnects until the session is installed.
+func (f *Fleet) admit(hostID int64) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if n := f.streams[hostID]; n >= f.cfg.MaxStreamsPerHost {
+		f.cfg.Log.Warn().Int64("host_id", hostID).Int("streams", n).Msg("agent stream refused: too many streams")
+		return fmt.Errorf("host %d holds %d streams, at most %d allowed; retry later: %w", hostID, n, f.cfg.MaxStreamsPerHost, ErrTooManyStreams)
+	}
+	if f.live(hostID) == nil {
+		return nil
+	}
+	l := f.replacements[hostID]
+	if l == nil {
+		n := f.cfg.MaxReplacementsPerMin
+		l = rate.NewLimiter(rate.Limit(float64(n)/60), n)
+		f.replacements[hostID] = l
+	}
+	if !l.Allow() {
+		f.cfg.Log.Warn().Int64("host_id", hostID).Msg("agent stream refused: replaced too often")
+		return fmt.Errorf("host %d: at most %d stream replacements a minute allowed; retry later: %w", hostID, f.cfg.MaxReplacementsPerMin, ErrTooManyReplacements)
+	}
+	return nil
+}
+
+// restoreOffline undoes a registration's ONLINE write for a host with no
+// live session. Callers hold online.
+func (f *Fleet) restoreOffline(hostID int64) {
+	f.mu.Lock()
+	live := f.live(hostID) != nil
+	f.mu.Unlock()
+	if live {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := f.cfg.Registry.SetHostStatus(ctx, hostID, host.StatusOffline); err != nil {
+		f.cfg.Log.Error().Err(err).Int64("host_id", hostID).Msg("marking host offline failed")
+	}
 }
 
 // checkIdentity checks a Hello against its client certificate's host and
@@ -342,6 +444,17 @@ func (f *Fleet) Disconnect(s *Session) {
 	if current {
 		delete(f.sessions, s.HostID)
 	}
+	if !s.disconnected {
+		s.disconnected = true
+		if f.streams[s.HostID]--; f.streams[s.HostID] <= 0 {
+			delete(f.streams, s.HostID)
+			// A full bucket is a new one: forget it, so memory follows the
+			// hosts connected, not every host ever seen.
+			if l := f.replacements[s.HostID]; l != nil && l.Tokens() >= float64(l.Burst()) {
+				delete(f.replacements, s.HostID)
+			}
+		}
+	}
 	f.mu.Unlock()
 	if !current {
 		return
@@ -404,8 +517,13 @@ func (f *Fleet) WaitConnected(ctx context.Context, hostID int64) bool {
 
 // Receive handles one message of a session; any message proves the host
 // alive. Messages about commands that were not dispatched to this session's
-// host are dropped with a warning.
+// host are dropped with a warning. A message over the bounds on reports
+// (MaxReportedProcesses, MaxTextBytes and the like) or with no field set is
+// an ErrInvalidArgument error; any other error is a store failure.
 func (f *Fleet) Receive(ctx context.Context, s *Session, m Inbound) error {
+	if err := checkInbound(m); err != nil {
+		return err
+	}
 	f.mu.Lock()
 	f.heard[s.HostID] = time.Now()
 	f.mu.Unlock()

@@ -50,7 +50,7 @@ func (s *server) listAuditEvents(w http.ResponseWriter, r *http.Request) {
 func auditQuery(r *http.Request) (audit.Query, string, error) {
 	var q audit.Query
 	var err error
-	if q.Page, err = queryInt(r, "page", 1, 1, maxInt); err != nil {
+	if q.Page, err = queryInt(r, "page", 1, 1, maxPage); err != nil {
 		return q, "page", err
 	}
 	if q.Size, err = queryInt(r, "size", defaultPageSize, 1, maxPageSize); err != nil {

@@ -56,7 +56,7 @@ func (s *server) audited(next http.Handler) http.Handler {
 		}
 		_, pattern := s.mux.Handler(r)
 		pattern = strings.TrimPrefix(pattern, apiPrefix)
-		if pattern == "" {
+		if pattern == "" || !canonicalPath(r.URL.Path) { // served by notFound
 			pattern = "/"
 		}
 		ctx, note := audit.WithNote(r.Context())

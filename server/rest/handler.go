@@ -107,7 +107,7 @@ func (s *server) getHost(w http.ResponseWriter, r *http.Request) {
 
 // listHosts: GET /compute/hosts?page=&size= → a page of hosts.
 func (s *server) listHosts(w http.ResponseWriter, r *http.Request) {
-	page, err := queryInt(r, "page", 1, 1, maxInt)
+	page, err := queryInt(r, "page", 1, 1, maxPage)
 	if err != nil {
 		s.writeError(w, r, err, "page")
 		return
@@ -169,7 +169,7 @@ func (s *server) listTasks(w http.ResponseWriter, r *http.Request) {
 func taskListQuery(r *http.Request) (task.ListQuery, string, error) {
 	var q task.ListQuery
 	var err error
-	if q.Page, err = queryInt(r, "page", 1, 1, maxInt); err != nil {
+	if q.Page, err = queryInt(r, "page", 1, 1, maxPage); err != nil {
 		return q, "page", err
 	}
 	if q.Size, err = queryInt(r, "size", defaultPageSize, 1, maxPageSize); err != nil {

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"path"
 	"runtime/debug"
 	"strings"
 	"time"
@@ -89,7 +90,27 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Body != nil {
 		r.Body = http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes)
 	}
+	if !canonicalPath(r.URL.Path) {
+		// ServeMux would redirect to the cleaned path with an HTML body; no
+		// API path is written so, and every answer is an envelope.
+		s.notFound(rec, r)
+		return
+	}
 	s.mux.ServeHTTP(rec, r)
+}
+
+// canonicalPath reports whether p is a path as ServeMux serves it without
+// a redirect: rooted, with no empty, "." or ".." segment (a trailing "/"
+// aside).
+func canonicalPath(p string) bool {
+	if p == "" || p[0] != '/' {
+		return false
+	}
+	c := path.Clean(p)
+	if strings.HasSuffix(p, "/") && c != "/" {
+		c += "/"
+	}
+	return c == p
 }
 
 // authenticate returns the caller of r, from its one Authorization header:

@@ -17,7 +17,9 @@ import (
 	"agentplane/server/task"
 )
 
-const maxInt = math.MaxInt
+// maxPage bounds a page number, as gRPC's int32 does, so that the offset
+// (page-1)*size cannot overflow.
+const maxPage = math.MaxInt32
 
 // pathID parses path parameter name as a positive 64-bit integer; an
 // ErrInvalidArgument error otherwise.
@@ -39,9 +41,6 @@ func queryInt(r *http.Request, name string, def, lo, hi int) (int, error) {
 	}
 	n, err := strconv.Atoi(v)
 	if err != nil || n < lo || n > hi {
-		if hi == maxInt {
-			return 0, fmt.Errorf("%s must be an integer >= %d, got %q: %w", name, lo, v, errs.ErrInvalidArgument)
-		}
 		return 0, fmt.Errorf("%s must be an integer in %d..%d, got %q: %w", name, lo, hi, v, errs.ErrInvalidArgument)
 	}
 	return n, nil

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"golang.org/x/time/rate"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
@@ -39,13 +40,44 @@ type Fleet interface {
 	Disconnect(s *fleet.Session)
 }
 
-// helloTimeout bounds the wait for an agent's first message.
-const helloTimeout = 10 * time.Second
+// AgentLimits bound what one agent stream may send.
+type AgentLimits struct {
+	// MsgsPerSec and MsgBurst are a token bucket for the messages of one
+	// stream, Hello included: an agent sending faster has its stream ended
+	// with RESOURCE_EXHAUSTED (its host goes OFFLINE as for any disconnect,
+	// and agentd reconnects with backoff). Defaults 50 and 200.
+	MsgsPerSec float64
+	MsgBurst   int
+	// HelloTimeout bounds the wait for a stream's first message, the Hello;
+	// past it the stream ends with DEADLINE_EXCEEDED. Default 10s.
+	HelloTimeout time.Duration
+}
+
+// Defaults of AgentLimits.
+const (
+	DefaultAgentMsgsPerSec   = 50
+	DefaultAgentMsgBurst     = 200
+	DefaultAgentHelloTimeout = 10 * time.Second
+)
+
+func (l AgentLimits) withDefaults() AgentLimits {
+	if l.MsgsPerSec <= 0 {
+		l.MsgsPerSec = DefaultAgentMsgsPerSec
+	}
+	if l.MsgBurst <= 0 {
+		l.MsgBurst = DefaultAgentMsgBurst
+	}
+	if l.HelloTimeout <= 0 {
+		l.HelloTimeout = DefaultAgentHelloTimeout
+	}
+	return l
+}
 
 type agentServer struct {
 	agentv1.UnimplementedAgentServiceServer
 	fleet  Fleet
 	enroll Enrollment // nil: Enroll and RenewCertificate are unimplemented
+	limits AgentLimits
 	log    zerolog.Logger
 }
 
@@ -57,27 +89,34 @@ var _ agentv1.AgentServiceServer = (*agentServer)(nil)
 // The host is the one the verified client certificate names, if the stream
 // has one (the fleet checks the Hello against it); else the fleet decides
 // whether the Hello's bootstrap token is enough.
+//
+// Limits (AgentLimits, and the server's MaxRecvBytes): no Hello within
+// HelloTimeout ends the stream with DEADLINE_EXCEEDED; a message over
+// MaxRecvBytes, or messages faster than the stream's token bucket, with
+// RESOURCE_EXHAUSTED, as does a host over the fleet's stream bounds
+// (fleet.ErrTooManyStreams, fleet.ErrTooManyReplacements). A message the
+// server cannot use (no kind set, a second Hello, a result without a
+// known outcome) ends the stream with INVALID_ARGUMENT.
 func (s *agentServer) Connect(stream agentv1.AgentService_ConnectServer) error {
 	ctx, cancel := context.WithCancel(stream.Context())
 	defer cancel()
+	limits := s.limits.withDefaults()
 
 	ident, err := peerIdentity(ctx)
 	if err != nil {
 		return toStatus(ctx, err)
 	}
-	first, err := recvWithin(ctx, stream, helloTimeout)
+	first, err := recvWithin(ctx, stream, limits.HelloTimeout)
 	if err != nil {
 		return err
 	}
+	msgs := rate.NewLimiter(rate.Limit(limits.MsgsPerSec), limits.MsgBurst)
+	msgs.Allow() // the Hello
 	hello := first.GetHello()
 	if hello == nil {
 		return status.Error(codes.InvalidArgument, "the first message must be a hello")
 	}
-	sess, welcome, err := s.fleet.Connect(ctx, fleet.Hello{
-		Identity: ident, Token: hello.GetToken(), HostID: hello.GetHostId(), HostName: hello.GetHostName(),
-		InnerIP: hello.GetInnerIpAddress(), MachineID: hello.GetMachineId(), AgentdVersion: hello.GetAgentdVersion(),
-		InstallHome: hello.GetInstallHome(), Processes: fromProcesses(hello.GetProcesses()),
-	})
+	sess, welcome, err := s.fleet.Connect(ctx, fromHello(ident, hello))
 	if err != nil {
 		return toStatus(ctx, err)
 	}
@@ -95,7 +134,7 @@ func (s *agentServer) Connect(stream agentv1.AgentService_ConnectServer) error {
 	sendErr := make(chan error, 1)
 	go func() { sendErr <- sendLoop(ctx, stream, sess) }()
 	recvErr := make(chan error, 1)
-	go func() { recvErr <- s.recvLoop(ctx, stream, sess) }()
+	go func() { recvErr <- s.recvLoop(ctx, stream, sess, msgs) }()
 
 	senderDone := false
 	select {
@@ -128,6 +167,10 @@ func (s *agentServer) Connect(stream agentv1.AgentService_ConnectServer) error {
 	if errors.Is(err, fleet.ErrRevoked) {
 		log.Warn().Msg("agent stream of a revoked host ended")
 		return toStatus(ctx, err)
+	}
+	if status.Code(err) == codes.ResourceExhausted {
+		log.Warn().Err(err).Msg("agent stream ended over a limit")
+		return err
 	}
 	log.Info().Err(err).Msg("agent stream failed")
 	return toStatus(ctx, err)
@@ -227,11 +270,18 @@ func sendLoop(ctx context.Context, stream agentv1.AgentService_ConnectServer, se
 	}
 }
 
-func (s *agentServer) recvLoop(ctx context.Context, stream agentv1.AgentService_ConnectServer, sess *fleet.Session) error {
+// recvLoop feeds the stream's messages to the fleet, each after a token
+// from msgs: an agent sending faster than msgs allows ends its stream with
+// RESOURCE_EXHAUSTED.
+func (s *agentServer) recvLoop(ctx context.Context, stream agentv1.AgentService_ConnectServer, sess *fleet.Session, msgs *rate.Limiter) error {
 	for {
 		m, err := stream.Recv()
 		if err != nil {
 			return err
+		}
+		if !msgs.Allow() {
+			return status.Errorf(codes.ResourceExhausted, "agent stream of host %d sends more than %g messages per second (burst %d): the server ends it; reconnect later",
+				sess.HostID, float64(msgs.Limit()), msgs.Burst())
 		}
 		in, err := fromInbound(m)
 		if err != nil {
@@ -240,6 +290,16 @@ func (s *agentServer) recvLoop(ctx context.Context, stream agentv1.AgentService_
 		if err := s.fleet.Receive(ctx, sess, in); err != nil {
 			return fmt.Errorf("host %d: %w", sess.HostID, err)
 		}
+	}
+}
+
+// fromHello is the fleet's Hello for a stream's first message, on a stream
+// whose client certificate names ident (nil: none).
+func fromHello(ident *fleet.Identity, hello *agentv1.Hello) fleet.Hello {
+	return fleet.Hello{
+		Identity: ident, Token: hello.GetToken(), HostID: hello.GetHostId(), HostName: hello.GetHostName(),
+		InnerIP: hello.GetInnerIpAddress(), MachineID: hello.GetMachineId(), AgentdVersion: hello.GetAgentdVersion(),
+		InstallHome: hello.GetInstallHome(), Processes: fromProcesses(hello.GetProcesses()),
 	}
 }
 

@@ -55,8 +55,16 @@ type Config struct {
 	// those calls are UNIMPLEMENTED.
 	Enroll Enrollment
 	Log    zerolog.Logger
-	// MaxRecvBytes bounds one received message; default 4 MiB.
+	// MaxRecvBytes bounds one received message; default 4 MiB. A larger
+	// one fails its call (or ends its stream) with RESOURCE_EXHAUSTED.
 	MaxRecvBytes int
+	// MaxHeaderBytes bounds a call's metadata (its HTTP/2 header list);
+	// default 64 KiB, as REST's. A client sending more gets an error naming
+	// the bound, from its own library (the server advertises it) or as the
+	// stream's reset.
+	MaxHeaderBytes int
+	// AgentLimits bound each agent stream; zero fields take the defaults.
+	AgentLimits AgentLimits
 	// Audit records every mutating call and serves AuditService
 	// (audit.go); nil: neither.
 	Audit Auditor
@@ -70,9 +78,13 @@ func NewServer(cfg Config, opts ...grpc.ServerOption) *grpc.Server {
 	if cfg.MaxRecvBytes == 0 {
 		cfg.MaxRecvBytes = 4 << 20
 	}
+	if cfg.MaxHeaderBytes <= 0 {
+		cfg.MaxHeaderBytes = 64 << 10
+	}
 	a := newAuthenticator(cfg)
 	opts = append(opts,
 		grpc.MaxRecvMsgSize(cfg.MaxRecvBytes),
+		grpc.MaxHeaderListSize(uint32(cfg.MaxHeaderBytes)),
 		grpc.ChainUnaryInterceptor(auditUnary(cfg.Audit), a.unary), // audit first: refused calls are recorded too
 		grpc.ChainStreamInterceptor(a.stream),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
@@ -81,7 +93,7 @@ func NewServer(cfg Config, opts ...grpc.ServerOption) *grpc.Server {
 	s := grpc.NewServer(opts...)
 	hostv1.RegisterHostServiceServer(s, &hostServer{hosts: cfg.Hosts, enroll: cfg.Enroll})
 	taskv1.RegisterTaskServiceServer(s, &taskServer{tasks: cfg.Tasks})
-	agentv1.RegisterAgentServiceServer(s, &agentServer{fleet: cfg.Fleet, enroll: cfg.Enroll, log: cfg.Log})
+	agentv1.RegisterAgentServiceServer(s, &agentServer{fleet: cfg.Fleet, enroll: cfg.Enroll, limits: cfg.AgentLimits.withDefaults(), log: cfg.Log})
 	registerAudit(s, cfg)
 	iamv1.RegisterIamServiceServer(s, &iamServer{keys: cfg.AccessKeys})
 	hs := health.NewServer()

@@ -54,6 +54,11 @@ type config struct {
 	caKey        string
 	tlsSANs      listFlag
 	agentCertTTL time.Duration
+	// Limits of the agent streams.
+	agentMsgRate      float64
+	agentMsgBurst     int
+	agentMaxStreams   int
+	agentReplacements int
 }
 
 // listFlag is a repeatable flag whose values may also be comma-separated.
@@ -88,6 +93,10 @@ func main() {
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.DurationVar(&c.heartbeat, "heartbeat-interval", 10*time.Second, "how often agents send heartbeats")
 	fs.DurationVar(&c.lostAfter, "agent-lost-after", 30*time.Second, "an agentd silent this long is lost: its host goes OFFLINE and its running commands fail")
+	fs.Float64Var(&c.agentMsgRate, "agent-max-msgs-per-sec", rpc.DefaultAgentMsgsPerSec, "messages per second one agent stream may send on average; a faster agent has its stream ended with RESOURCE_EXHAUSTED")
+	fs.IntVar(&c.agentMsgBurst, "agent-msg-burst", rpc.DefaultAgentMsgBurst, "messages one agent stream may send at once above --agent-max-msgs-per-sec")
+	fs.IntVar(&c.agentMaxStreams, "agent-max-streams", fleet.DefaultMaxStreamsPerHost, "agent streams one host may hold at once (the current one and its replacements); more are refused with RESOURCE_EXHAUSTED")
+	fs.IntVar(&c.agentReplacements, "agent-max-replacements-per-min", fleet.DefaultMaxReplacementsPerMin, "how often a minute a host may replace its live agent stream by a new one; more are refused with RESOURCE_EXHAUSTED")
 	fs.DurationVar(&c.shutdownWait, "shutdown-timeout", 10*time.Second, "how long shutdown waits for calls in flight")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(os.Args[1:]); err != nil {
@@ -103,6 +112,10 @@ func main() {
 	}
 	if c.heartbeat <= 0 || c.lostAfter < 2*c.heartbeat {
 		fmt.Fprintf(os.Stderr, "agentplane-server: --agent-lost-after (%s) must be at least twice --heartbeat-interval (%s), which must be positive\n", c.lostAfter, c.heartbeat)
+		os.Exit(2)
+	}
+	if !(c.agentMsgRate > 0) || c.agentMsgBurst < 1 || c.agentMaxStreams < 1 || c.agentReplacements < 1 {
+		fmt.Fprintln(os.Stderr, "agentplane-server: --agent-max-msgs-per-sec, --agent-msg-burst, --agent-max-streams and --agent-max-replacements-per-min must be positive")
 		os.Exit(2)
 	}
 	log, err := logging.New(os.Stderr, c.logFormat, c.logLevel)
@@ -181,6 +194,7 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 
 	agents := fleet.New(fleet.Config{
 		Registry: st, Logs: st, Token: token, HeartbeatInterval: c.heartbeat, LostAfter: c.lostAfter,
+		MaxStreamsPerHost: c.agentMaxStreams, MaxReplacementsPerMin: c.agentReplacements,
 		Log: log.With().Str("component", "fleet").Logger(),
 	})
 	enrollment := enroll.New(enroll.Config{
@@ -210,7 +224,8 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 		grpcOpts = append(grpcOpts, grpc.Creds(credentials.NewTLS(ca.MutualTLSConfig())))
 	}
 	gs := rpc.NewServer(rpc.Config{Hosts: hosts, Tasks: engine, Fleet: agents, Users: users, Enroll: enrollment,
-		AccessKeys: keys, Throttle: throttle, Audit: audits, Log: log}, grpcOpts...)
+		AccessKeys: keys, Throttle: throttle, Audit: audits, Log: log,
+		AgentLimits: rpc.AgentLimits{MsgsPerSec: c.agentMsgRate, MsgBurst: c.agentMsgBurst}}, grpcOpts...)
 	hs := &http.Server{
 		Handler: rest.NewHandler(rest.Config{Hosts: hosts, Tasks: engine, Users: users, Enroll: enrollment,
 			AccessKeys: keys, Throttle: throttle, Audit: audits, Log: log}),
