@@ -180,14 +180,19 @@ func FuzzHandler(f *testing.F) {
 		logs.buf.Reset()
 		logs.mu.Unlock()
 		w := httptest.NewRecorder()
-		func() {
-			defer func() {
-				if v := recover(); v != nil {
-					t.Fatalf("%s %q: panic reached net/http: %v", method, target, v)
-				}
-			}()
+		done := make(chan any, 1)
+		go func() {
+			defer func() { done <- recover() }()
 			h.ServeHTTP(w, r)
 		}()
+		select {
+		case v := <-done:
+			if v != nil {
+				t.Fatalf("%s %q: panic reached net/http: %v", method, target, v)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s %q: no answer within 5s", method, target)
+		}
 		if w.Code < 100 || w.Code > 599 || http.StatusText(w.Code) == "" {
 			t.Fatalf("%s %q: status %d", method, target, w.Code)
 		}
