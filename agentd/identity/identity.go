@@ -35,6 +35,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"agentplane/agentd/atomicfile"
 	"agentplane/agentd/backoff"
 )
 
@@ -251,7 +252,7 @@ func (id *Identity) recover() error {
 				return fmt.Errorf("completing certificate install: %w", err)
 			}
 			id.log.Info().Msg("completed an interrupted certificate install")
-			return syncDir(id.cfg.Dir)
+			return atomicfile.SyncDir(id.cfg.Dir)
 		}
 	}
 	for _, p := range []string{keyNew, crtNew} {
@@ -272,10 +273,10 @@ func (id *Identity) install(key *ecdsa.PrivateKey, leaf *x509.Certificate) error
 	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
 	crtPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leaf.Raw})
 	keyNew, crtNew := id.path(KeyFile+staged), id.path(CertFile+staged)
-	if err := writeAtomic(keyNew, keyPEM); err != nil {
+	if err := atomicfile.WriteFile(keyNew, keyPEM); err != nil {
 		return fmt.Errorf("writing key: %w", err)
 	}
-	if err := writeAtomic(crtNew, crtPEM); err != nil {
+	if err := atomicfile.WriteFile(crtNew, crtPEM); err != nil {
 		os.Remove(keyNew)
 		return fmt.Errorf("writing certificate: %w", err)
 	}
@@ -286,7 +287,7 @@ func (id *Identity) install(key *ecdsa.PrivateKey, leaf *x509.Certificate) error
 	if err := os.Rename(crtNew, id.path(CertFile)); err != nil {
 		return fmt.Errorf("installing certificate: %w", err)
 	}
-	if err := syncDir(id.cfg.Dir); err != nil {
+	if err := atomicfile.SyncDir(id.cfg.Dir); err != nil {
 		return fmt.Errorf("syncing state dir: %w", err)
 	}
 	id.set(&tls.Certificate{Certificate: [][]byte{leaf.Raw}, PrivateKey: key, Leaf: leaf})
@@ -353,40 +354,4 @@ func readCert(path string) (*x509.Certificate, error) {
 		return nil, fmt.Errorf("%s: %w", filepath.Base(path), err)
 	}
 	return c, nil
-}
-
-// writeAtomic creates or replaces path (0600) with data: a temp file in the
-// same dir, fsync, rename, fsync of the dir.
-func writeAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, ".tmp-*") // 0600; state.Open removes leftovers
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // no-op after the rename
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

@@ -33,6 +33,7 @@ import (
 	"syscall"
 	"time"
 
+	"agentplane/agentd/atomicfile"
 	"agentplane/agentd/proc"
 )
 
@@ -144,7 +145,7 @@ func (s *State) SetHostID(id int64) error {
 	if id <= 0 {
 		return fmt.Errorf("host id %d: %w", id, ErrInvalidArgument)
 	}
-	if err := writeAtomic(filepath.Join(s.dir, "host_id"), []byte(strconv.FormatInt(id, 10)+"\n")); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(s.dir, "host_id"), []byte(strconv.FormatInt(id, 10)+"\n")); err != nil {
 		return fmt.Errorf("writing host id: %w", err)
 	}
 	return nil
@@ -179,7 +180,7 @@ func (s *State) SaveStartSpecs(specs []proc.StartSpec) error {
 	if err != nil {
 		return fmt.Errorf("encoding start specs: %w", err)
 	}
-	if err := writeAtomic(filepath.Join(s.dir, "processes.json"), append(b, '\n')); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(s.dir, "processes.json"), append(b, '\n')); err != nil {
 		return fmt.Errorf("writing start specs: %w", err)
 	}
 	return nil
@@ -208,7 +209,7 @@ func (s *State) Begin(subtask int64, attempt int32) (alreadyRan bool, err error)
 	if err := f.Close(); err != nil {
 		return false, fmt.Errorf("closing run marker: %w", err)
 	}
-	if err := syncDir(filepath.Join(s.dir, "runs")); err != nil {
+	if err := atomicfile.SyncDir(filepath.Join(s.dir, "runs")); err != nil {
 		return false, fmt.Errorf("syncing runs dir: %w", err)
 	}
 	return false, nil
@@ -227,10 +228,10 @@ func (s *State) SaveResult(r Result) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := writeAtomic(s.outbox(r.SubtaskID, r.Attempt), b); err != nil {
+	if err := atomicfile.WriteFile(s.outbox(r.SubtaskID, r.Attempt), b); err != nil {
 		return fmt.Errorf("writing outbox: %w", err)
 	}
-	if err := writeAtomic(s.marker(r.SubtaskID, r.Attempt), b); err != nil {
+	if err := atomicfile.WriteFile(s.marker(r.SubtaskID, r.Attempt), b); err != nil {
 		return fmt.Errorf("writing run marker: %w", err)
 	}
 	return nil
@@ -302,7 +303,7 @@ func (s *State) Ack(subtask int64, attempt int32) error {
 // and garbage collection.
 func (s *State) recover() error {
 	for _, d := range []string{s.dir, filepath.Join(s.dir, "outbox")} {
-		tmps, _ := filepath.Glob(filepath.Join(d, ".tmp-*"))
+		tmps, _ := filepath.Glob(filepath.Join(d, atomicfile.TempPattern))
 		for _, t := range tmps {
 			os.Remove(t) // left by an interrupted atomic write
 		}
@@ -402,40 +403,4 @@ func readResult(path string) (r Result, ok bool, err error) {
 		return Result{}, false, fmt.Errorf("decoding result %s: %w", filepath.Base(path), err)
 	}
 	return r, true, nil
-}
-
-// writeAtomic replaces path with data: a temp file in the same dir, fsync,
-// rename, fsync of the dir.
-func writeAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, ".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // no-op after the rename
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
