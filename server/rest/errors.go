@@ -5,11 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
 	"agentplane/server/errs"
+	"agentplane/server/task"
 )
 
 // Error codes in the body's error.code, by HTTP status. OCP's own codes are
@@ -80,20 +80,13 @@ const (
 )
 
 // subtaskTarget is the target of a domain error from a subtask operation:
-// the subtask when the error names it (the domain's "subtask 7 is not in
-// task 5", "cannot retry subtask 7"), else the task.
-func subtaskTarget(err error, subtaskID int64) string {
-	msg, name := err.Error(), "subtask "+strconv.FormatInt(subtaskID, 10)
-	for {
-		i := strings.Index(msg, name)
-		if i < 0 {
-			return targetTaskID
-		}
-		msg = msg[i+len(name):]
-		if msg == "" || msg[0] < '0' || msg[0] > '9' {
-			return targetSubtaskID
-		}
+// the subtask when the error is about it (task.SubtaskError), else the task.
+func subtaskTarget(err error) string {
+	var se *task.SubtaskError
+	if errors.As(err, &se) {
+		return targetSubtaskID
 	}
+	return targetTaskID
 }
 
 // apiErrorOf is the one mapping from errors to HTTP statuses and codes.

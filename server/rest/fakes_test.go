@@ -334,7 +334,8 @@ func (f *fakeTasks) subtaskOp(ctx context.Context, taskID, subtaskID int64, op t
 	st := t.Subtask(subtaskID)
 	want := map[task.Operation]int64{task.OpRetry: subtaskFailed, task.OpSkip: subtaskFailed, task.OpCancel: subtaskRunning}[op]
 	if subtaskID != want {
-		return nil, fmt.Errorf("task %d: cannot %s subtask %d: subtask is %s: %w", taskID, strings.ToLower(string(op)), subtaskID, st.Status, errs.ErrFailedPrecondition)
+		return nil, &task.SubtaskError{SubtaskID: subtaskID, Err: fmt.Errorf("task %d: cannot %s subtask %d: subtask is %s: %w",
+			taskID, strings.ToLower(string(op)), subtaskID, st.Status, errs.ErrFailedPrecondition)}
 	}
 	st.Operation = op
 	return t, nil
@@ -346,7 +347,7 @@ func (f *fakeTasks) subtask(_ context.Context, taskID, subtaskID int64) (*task.T
 	}
 	t := specTask()
 	if t.Subtask(subtaskID) == nil {
-		return nil, fmt.Errorf("subtask %d is not in task %d: %w", subtaskID, taskID, errs.ErrNotFound)
+		return nil, &task.SubtaskError{SubtaskID: subtaskID, Err: fmt.Errorf("subtask %d is not in task %d: %w", subtaskID, taskID, errs.ErrNotFound)}
 	}
 	return t, nil
 }

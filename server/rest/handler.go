@@ -230,7 +230,7 @@ func (s *server) subtaskOp(op func(ctx context.Context, taskID, subtaskID int64)
 		}
 		t, err := op(r.Context(), taskID, subtaskID)
 		if err != nil {
-			s.writeError(w, r, err, subtaskTarget(err, subtaskID))
+			s.writeError(w, r, err, subtaskTarget(err))
 			return
 		}
 		s.writeData(w, r, toTaskJSON(t))
@@ -247,7 +247,7 @@ func (s *server) subtaskLog(w http.ResponseWriter, r *http.Request) {
 	}
 	text, err := s.cfg.Tasks.SubtaskLog(r.Context(), taskID, subtaskID)
 	if err != nil {
-		s.writeError(w, r, err, subtaskTarget(err, subtaskID))
+		s.writeError(w, r, err, subtaskTarget(err))
 		return
 	}
 	s.writeData(w, r, logJSON{Log: text})

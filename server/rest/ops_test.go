@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"agentplane/server/errs"
 	"agentplane/server/task"
 )
 
@@ -453,20 +454,19 @@ func TestHostAgentNothingKnown(t *testing.T) {
 }
 
 func TestSubtaskTarget(t *testing.T) {
+	sub := &task.SubtaskError{SubtaskID: 32, Err: fmt.Errorf("subtask 32 is not in task 5: %w", errs.ErrNotFound)}
 	tests := []struct {
-		msg  string
+		err  error
 		want string
 	}{
-		{"subtask 32 is not in task 5: not found", targetSubtaskID},
-		{"task 5: cannot retry subtask 32: subtask is READY: operation not allowed", targetSubtaskID},
-		{"task 5: cannot retry subtask 32", targetSubtaskID},
-		{"subtask 321 is not in task 5: not found", targetTaskID},
-		{"task 32: not found", targetTaskID},
-		{"subtask 3 and subtask 32 differ", targetSubtaskID},
+		{sub, targetSubtaskID},
+		{fmt.Errorf("retrying: %w", sub), targetSubtaskID},
+		{fmt.Errorf("task 5: %w", errs.ErrNotFound), targetTaskID},
+		{fmt.Errorf("task 5: cannot retry: task is RUNNING: %w", errs.ErrFailedPrecondition), targetTaskID},
 	}
 	for _, tt := range tests {
-		if got := subtaskTarget(fmt.Errorf("%s", tt.msg), 32); got != tt.want {
-			t.Errorf("subtaskTarget(%q) = %q, want %q", tt.msg, got, tt.want)
+		if got := subtaskTarget(tt.err); got != tt.want {
+			t.Errorf("subtaskTarget(%v) = %q, want %q", tt.err, got, tt.want)
 		}
 	}
 }

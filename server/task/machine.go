@@ -256,12 +256,31 @@ func cancelSubtask(t *Task, id int64) error {
 func subtaskIn(t *Task, id int64, op string, want SubtaskStatus) (*Subtask, error) {
 	st := t.Subtask(id)
 	if st == nil {
-		return nil, fmt.Errorf("subtask %d is not in task %d: %w", id, t.ID, errs.ErrNotFound)
+		return nil, subtaskNotFound(t.ID, id)
 	}
 	if st.Status != want {
-		return nil, refused(t, fmt.Sprintf("%s subtask %d", op, id), fmt.Sprintf("subtask is %s, not %s", st.Status, want))
+		return nil, &SubtaskError{SubtaskID: id,
+			Err: refused(t, fmt.Sprintf("%s subtask %d", op, id), fmt.Sprintf("subtask is %s, not %s", st.Status, want))}
 	}
 	return st, nil
+}
+
+// SubtaskError is an error about one subtask of a task (it does not exist,
+// or its state refuses the operation), so that adapters can point at the
+// subtask rather than the task. Err carries the errs kind.
+type SubtaskError struct {
+	SubtaskID int64
+	Err       error
+}
+
+func (e *SubtaskError) Error() string { return e.Err.Error() }
+
+// Unwrap makes errors.Is see Err's kind.
+func (e *SubtaskError) Unwrap() error { return e.Err }
+
+func subtaskNotFound(taskID, subtaskID int64) error {
+	return &SubtaskError{SubtaskID: subtaskID,
+		Err: fmt.Errorf("subtask %d is not in task %d: %w", subtaskID, taskID, errs.ErrNotFound)}
 }
 
 func refused(t *Task, op, state string) error {

@@ -110,7 +110,7 @@ func (e *Engine) SubtaskLog(ctx context.Context, taskID, subtaskID int64) (strin
 		return "", err
 	}
 	if t.Subtask(subtaskID) == nil {
-		return "", fmt.Errorf("subtask %d is not in task %d: %w", subtaskID, taskID, errs.ErrNotFound)
+		return "", subtaskNotFound(taskID, subtaskID)
 	}
 	lines, err := e.cfg.Store.SubtaskLog(ctx, subtaskID)
 	if err != nil {
