@@ -26,6 +26,23 @@ build: ## build bin/agentplane-server and bin/agentplane-agentd
 	go build -ldflags "$(LDFLAGS)" -o bin/agentplane-server ./server/cmd/agentplane-server
 	go build -ldflags "$(LDFLAGS)" -o bin/agentplane-agentd ./agentd/cmd/agentplane-agentd
 
+.PHONY: build-bench
+build-bench: build ## build the benchmark tools: bin/agentplane-bench, bin/agentplane-sim, bin/fakeocpagent
+	go build -ldflags "$(LDFLAGS)" -o bin/agentplane-bench ./server/cmd/agentplane-bench
+	go build -ldflags "$(LDFLAGS)" -o bin/agentplane-sim ./agentd/cmd/agentplane-sim
+	go build -o bin/fakeocpagent ./testdata/fakeocpagent
+
+# OUT=FILE also writes the report as JSON; ONLY=a,b runs some scenarios.
+BENCH_ARGS = -bin bin $(if $(OUT),-o $(OUT)) $(if $(ONLY),-only $(ONLY))
+
+.PHONY: bench
+bench: build-bench ## run every benchmark and print p50/p99/throughput/memory beside baselines and targets (OUT=report.json)
+	bin/agentplane-bench $(BENCH_ARGS)
+
+.PHONY: bench-short
+bench-short: build-bench ## the benchmarks in short mode (smaller fleets, under 5 minutes)
+	bin/agentplane-bench -short $(BENCH_ARGS)
+
 .PHONY: test
 test: ## run every test (unit and integration, with the real binaries), always with -race
 	go test -race -count=1 -timeout 20m ./...
