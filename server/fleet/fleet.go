@@ -20,6 +20,9 @@ import (
 type Registry interface {
 	RegisterHost(ctx context.Context, h host.Host, at time.Time) (host.Host, error)
 	HostSeen(ctx context.Context, id int64, at time.Time, procs []host.Process) error
+	// HostsSeen records when each host was last heard from, its reports
+	// unchanged since its last HostSeen or RegisterHost; one batch.
+	HostsSeen(ctx context.Context, seen map[int64]time.Time) error
 	SetHostStatus(ctx context.Context, id int64, st host.Status) error
 	// GetHost returns a host; ErrNotFound when there is none.
 	GetHost(ctx context.Context, id int64) (*host.Host, error)
@@ -79,7 +82,10 @@ type Fleet struct {
 	closing  bool
 	sessions map[int64]*Session // by host id
 	inflight map[key]*call
-	joined   chan struct{} // closed and replaced whenever a session is installed
+	// hostCalls indexes inflight by host id, so a connecting host finds
+	// its commands without a scan of every host's.
+	hostCalls map[int64]map[key]*call
+	joined    chan struct{} // closed and replaced whenever a session is installed
 	// heard is when each host's agentd was last heard from in this process
 	// (monotonic clock), by host id. It outlives the host's sessions.
 	heard map[int64]time.Time
@@ -93,6 +99,12 @@ type Fleet struct {
 	// replacements is, by host id, the token bucket Connect takes from
 	// when it replaces a live session.
 	replacements map[int64]*rate.Limiter
+	// seen is when each host sent an unchanged report since the last
+	// flush, by host id (markSeen); flushTimer writes it, flushing counts
+	// the flushes armed or running.
+	seen       map[int64]time.Time
+	flushTimer *time.Timer
+	flushing   sync.WaitGroup
 }
 
 // maxPendingCancels bounds the cancels remembered for one host, so a host
@@ -130,9 +142,47 @@ func New(cfg Config) *Fleet {
 		cfg.MaxReplacementsPerMin = DefaultMaxReplacementsPerMin
 	}
 	return &Fleet{
-		cfg: cfg, sessions: map[int64]*Session{}, inflight: map[key]*call{}, joined: make(chan struct{}),
-		heard: map[int64]time.Time{}, pending: map[int64][]Cancel{},
-		streams: map[int64]int{}, replacements: map[int64]*rate.Limiter{},
+		cfg: cfg, sessions: map[int64]*Session{}, inflight: map[key]*call{}, hostCalls: map[int64]map[key]*call{},
+		joined: make(chan struct{}), heard: map[int64]time.Time{}, pending: map[int64][]Cancel{},
+		streams: map[int64]int{}, replacements: map[int64]*rate.Limiter{}, seen: map[int64]time.Time{},
+	}
+}
+
+// markSeen notes that a host sent a report unchanged since the last one
+// stored. The notes are written in one batch a heartbeat interval after the
+// first one since the last batch (a timer, no goroutine while idle), and by
+// Close.
+//
+// An unchanged heartbeat is not written on its own: at 10,000 hosts that
+// would be 1,000 transactions a second. last_seen is therefore up to one
+// interval old; liveness (LostAfter) runs on the in-memory clock, not on it.
+func (f *Fleet) markSeen(hostID int64, at time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.seen[hostID] = at
+	if f.flushTimer == nil && !f.closing {
+		f.flushing.Add(1)
+		f.flushTimer = time.AfterFunc(f.cfg.HeartbeatInterval, func() {
+			defer f.flushing.Done()
+			f.flushSeen()
+		})
+	}
+}
+
+// flushSeen writes the hosts noted by markSeen.
+func (f *Fleet) flushSeen() {
+	f.mu.Lock()
+	seen := f.seen
+	f.seen = map[int64]time.Time{}
+	f.flushTimer = nil
+	f.mu.Unlock()
+	if len(seen) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), f.cfg.HeartbeatInterval)
+	defer cancel()
+	if err := f.cfg.Registry.HostsSeen(ctx, seen); err != nil {
+		f.cfg.Log.Error().Err(err).Int("hosts", len(seen)).Msg("recording hosts seen failed")
 	}
 }
 
@@ -153,6 +203,10 @@ type Session struct {
 	// disconnected is set by the first Disconnect, which releases the
 	// session's place in Fleet.streams; guarded by Fleet.mu.
 	disconnected bool
+	// reported is the process list last stored for the host by this
+	// session (the Hello's, then each changed heartbeat's). Only Receive
+	// uses it, which the adapter calls from one goroutine per session.
+	reported []host.Process
 }
 
 // sessionBuffer bounds the messages queued for one agent; an agent that
@@ -297,7 +351,7 @@ func (f *Fleet) Connect(ctx context.Context, h Hello) (*Session, Welcome, error)
 			return nil, Welcome{}, err
 		}
 	}
-	s := &Session{HostID: reg.ID, out: make(chan Outbound, sessionBuffer), done: make(chan struct{})}
+	s := &Session{HostID: reg.ID, out: make(chan Outbound, sessionBuffer), done: make(chan struct{}), reported: h.Processes}
 	f.mu.Lock()
 	if f.closing {
 		f.mu.Unlock()
@@ -319,8 +373,8 @@ func (f *Fleet) Connect(ctx context.Context, h Hello) (*Session, Welcome, error)
 		s.send(Outbound{Cancel: &c})
 	}
 	resent := 0
-	for _, c := range f.inflight {
-		if c.hostID == reg.ID && !c.canceled {
+	for _, c := range f.hostCalls[reg.ID] {
+		if !c.canceled {
 			cmd := c.cmd
 			s.send(Outbound{Command: &cmd})
 			resent++
@@ -418,10 +472,17 @@ func (f *Fleet) Revoke(hostID int64) {
 
 // Close ends every session with ErrClosing (stopping their watchdogs) and
 // refuses new ones, so agent streams end at once when the server shuts down
-// (agents reconnect to the next server); their hosts go OFFLINE as the
-// streams end.
+// (agents reconnect to the next server), and writes the hosts seen since the
+// last batch. Their hosts are not written OFFLINE one by one: the next
+// server marks them all OFFLINE at start (store.MarkAllOffline).
 func (f *Fleet) Close() {
+	defer f.flushSeen()
+	defer f.flushing.Wait()
 	f.mu.Lock()
+	if f.flushTimer != nil && f.flushTimer.Stop() {
+		f.flushing.Done()
+	}
+	f.flushTimer = nil
 	f.closing = true
 	sessions := make([]*Session, 0, len(f.sessions))
 	for _, s := range f.sessions {
@@ -440,6 +501,7 @@ func (f *Fleet) Disconnect(s *Session) {
 	f.online.Lock()
 	defer f.online.Unlock()
 	f.mu.Lock()
+	closing := f.closing
 	current := f.sessions[s.HostID] == s
 	if current {
 		delete(f.sessions, s.HostID)
@@ -457,6 +519,12 @@ func (f *Fleet) Disconnect(s *Session) {
 	}
 	f.mu.Unlock()
 	if !current {
+		return
+	}
+	if closing {
+		// The server is shutting down: the next one marks every host
+		// OFFLINE before any agentd connects (one write, not one per host).
+		f.cfg.Log.Debug().Int64("host_id", s.HostID).Msg("agent disconnected at shutdown")
 		return
 	}
 	// The stream's context is gone; this write must still happen.
@@ -530,7 +598,16 @@ func (f *Fleet) Receive(ctx context.Context, s *Session, m Inbound) error {
 	log := f.cfg.Log.With().Int64("host_id", s.HostID).Logger()
 	switch {
 	case m.Heartbeat != nil:
-		return f.cfg.Registry.HostSeen(ctx, s.HostID, f.cfg.Now(), m.Heartbeat.Processes)
+		now, procs := f.cfg.Now(), m.Heartbeat.Processes
+		if procs == nil || sameProcesses(procs, s.reported) {
+			f.markSeen(s.HostID, now)
+			return nil
+		}
+		if err := f.cfg.Registry.HostSeen(ctx, s.HostID, now, procs); err != nil {
+			return err
+		}
+		s.reported = procs
+		return nil
 	case m.Progress != nil:
 		p := m.Progress
 		if !f.dispatchedTo(key{p.SubtaskID, p.Attempt}, s.HostID) {
@@ -614,6 +691,10 @@ func (f *Fleet) Dispatch(ctx context.Context, hostID int64, cmd Command) (Result
 		return Result{}, fmt.Errorf("subtask %d attempt %d is already dispatched: %w", cmd.SubtaskID, cmd.Attempt, errs.ErrConflict)
 	}
 	f.inflight[k] = c
+	if f.hostCalls[hostID] == nil {
+		f.hostCalls[hostID] = map[key]*call{}
+	}
+	f.hostCalls[hostID][k] = c
 	if s := f.live(hostID); s != nil && ctx.Err() == nil {
 		s.send(Outbound{Command: &cmd})
 	}
@@ -621,6 +702,9 @@ func (f *Fleet) Dispatch(ctx context.Context, hostID int64, cmd Command) (Result
 	defer func() {
 		f.mu.Lock()
 		delete(f.inflight, k)
+		if delete(f.hostCalls[hostID], k); len(f.hostCalls[hostID]) == 0 {
+			delete(f.hostCalls, hostID)
+		}
 		f.mu.Unlock()
 	}()
 
@@ -764,4 +848,20 @@ func (f *Fleet) send(hostID int64, m Outbound) {
 	if s != nil {
 		s.send(m)
 	}
+}
+
+// sameProcesses reports whether two reports list the same processes in the
+// same order.
+func sameProcesses(a, b []host.Process) bool {
+	if len(a) != len(b) || (a == nil) != (b == nil) {
+		return false
+	}
+	for i := range a {
+		x, y := a[i], b[i]
+		if x.PID != y.PID || x.Name != y.Name || x.Exe != y.Exe || x.Cmdline != y.Cmdline || x.User != y.User ||
+			!x.CreateTime.Equal(y.CreateTime) {
+			return false
+		}
+	}
+	return true
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -25,10 +26,13 @@ type registry struct {
 	status  map[int64]host.Status
 	revoked map[int64]bool
 	logs    map[int64][]string
+	written map[int64]int       // HostSeen calls, by host
+	seen    map[int64]time.Time // HostsSeen, by host
 }
 
 func newRegistry() *registry {
-	return &registry{ids: map[string]int64{}, status: map[int64]host.Status{}, revoked: map[int64]bool{}, logs: map[int64][]string{}}
+	return &registry{ids: map[string]int64{}, status: map[int64]host.Status{}, revoked: map[int64]bool{}, logs: map[int64][]string{},
+		written: map[int64]int{}, seen: map[int64]time.Time{}}
 }
 
 func (r *registry) RegisterHost(_ context.Context, h host.Host, _ time.Time) (host.Host, error) {
@@ -69,7 +73,21 @@ func (r *registry) revoke(id int64) {
 	r.revoked[id] = true
 }
 
-func (r *registry) HostSeen(context.Context, int64, time.Time, []host.Process) error { return nil }
+func (r *registry) HostSeen(_ context.Context, id int64, _ time.Time, _ []host.Process) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.written[id]++
+	return nil
+}
+
+func (r *registry) HostsSeen(_ context.Context, seen map[int64]time.Time) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for id, at := range seen {
+		r.seen[id] = at
+	}
+	return nil
+}
 
 func (r *registry) SetHostStatus(_ context.Context, id int64, st host.Status) error {
 	r.mu.Lock()
@@ -329,8 +347,53 @@ func TestCloseEndsSessionsAndRefusesNewOnes(t *testing.T) {
 	if _, _, err := f.Connect(context.Background(), Hello{Token: "tok", HostName: "h2"}); !errors.Is(err, ErrClosing) {
 		t.Fatalf("connect after Close: %v", err)
 	}
+	// At shutdown the host is not written OFFLINE one by one: the next
+	// server marks every host OFFLINE at start.
 	f.Disconnect(s)
-	if reg.status[s.HostID] != host.StatusOffline {
-		t.Fatalf("status %s after the stream ended", reg.status[s.HostID])
+	if st := reg.statusOf(s.HostID); st != host.StatusOnline {
+		t.Fatalf("status %s written after the stream ended at shutdown", st)
+	}
+}
+
+// Heartbeats that report what was stored are not written one by one: the
+// fleet notes the time and writes all such hosts in one batch (at the
+// latest on Close). A changed report is written at once.
+func TestUnchangedHeartbeatsAreBatched(t *testing.T) {
+	reg := newRegistry()
+	f := New(Config{Registry: reg, Logs: reg, Token: "tok", Log: zerolog.Nop(), HeartbeatInterval: time.Hour})
+	procs := []host.Process{{PID: 10, Name: "ocp_agentd", CreateTime: time.Unix(100, 0)}}
+	s, _, err := f.Connect(context.Background(), Hello{Token: "tok", HostName: "h1", Processes: procs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	beat := func(ps []host.Process) {
+		t.Helper()
+		if err := f.Receive(context.Background(), s, Inbound{Heartbeat: &Heartbeat{Processes: ps}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 5 {
+		beat(slices.Clone(procs))
+	}
+	reg.mu.Lock()
+	written := reg.written[s.HostID]
+	reg.mu.Unlock()
+	if written != 0 {
+		t.Fatalf("%d unchanged heartbeats written one by one", written)
+	}
+	changed := []host.Process{{PID: 11, Name: "ocp_agentd", CreateTime: time.Unix(200, 0)}}
+	beat(changed)
+	beat(slices.Clone(changed))
+	reg.mu.Lock()
+	written = reg.written[s.HostID]
+	reg.mu.Unlock()
+	if written != 1 {
+		t.Fatalf("changed report written %d times, want once", written)
+	}
+	f.Close()
+	reg.mu.Lock()
+	defer reg.mu.Unlock()
+	if reg.seen[s.HostID].IsZero() {
+		t.Fatal("Close did not write the hosts seen")
 	}
 }

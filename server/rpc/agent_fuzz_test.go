@@ -53,6 +53,8 @@ func (r *fuzzRegistry) GetHost(_ context.Context, id int64) (*host.Host, error) 
 
 func (r *fuzzRegistry) HostSeen(context.Context, int64, time.Time, []host.Process) error { return nil }
 
+func (r *fuzzRegistry) HostsSeen(context.Context, map[int64]time.Time) error { return nil }
+
 func (r *fuzzRegistry) SetHostStatus(context.Context, int64, host.Status) error { return nil }
 
 // AttemptLive says that attempt 1 of subtask fuzzLiveSubtask is still

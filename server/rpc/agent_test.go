@@ -43,6 +43,8 @@ func (h *hosts) GetHost(_ context.Context, id int64) (*host.Host, error) {
 
 func (h *hosts) HostSeen(context.Context, int64, time.Time, []host.Process) error { return nil }
 
+func (h *hosts) HostsSeen(context.Context, map[int64]time.Time) error { return nil }
+
 func (h *hosts) SetHostStatus(_ context.Context, _ int64, st host.Status) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()

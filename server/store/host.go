@@ -29,8 +29,18 @@ func scanHost(sc interface{ Scan(...any) error }) (host.Host, error) {
 	h.LastSeen, h.CreateTime, h.UpdateTime = fromMS(lastSeen), fromMS(created), fromMS(updated)
 	h.RevokeTime = fromMS(revoked)
 	h.OpTaskID = op.Int64
-	h.Processes, err = decodeProcesses(procs)
-	return h, err
+	if h.Processes, err = decodeProcesses(procs); err != nil {
+		return h, err
+	}
+	// The fleet writes a process list only when it changes, and batches
+	// last_seen (HostsSeen): a process STARTED in the list was in every
+	// report since, so it was active when the host was last seen.
+	for i := range h.Processes {
+		if p := &h.Processes[i]; p.Status == host.AgentStarted && h.LastSeen.After(p.LastActiveTime) {
+			p.LastActiveTime = h.LastSeen
+		}
+	}
+	return h, nil
 }
 
 // decodeProcesses reads a stored process list. Lists stored before
@@ -145,7 +155,8 @@ func agentStatusOf(procs []host.Process) host.AgentStatus {
 }
 
 // HostSeen records that a host's agentd was heard from at `at`, with the
-// base processes it reported running (nil: not reported, list unchanged),
+// base processes it reported running (nil: the same as last time, so only
+// last_seen moves),
 // merged into the host's process list (see RegisterHost); the agent's status
 // follows. It is one write either way.
 func (s *Store) HostSeen(ctx context.Context, id int64, at time.Time, procs []host.Process) error {
@@ -187,6 +198,32 @@ func (s *Store) SetHostStatus(ctx context.Context, id int64, st host.Status) err
 	}
 	if n, _ := res.RowsAffected(); n == 0 {
 		return fmt.Errorf("host %d: %w", id, errs.ErrNotFound)
+	}
+	return nil
+}
+
+// HostsSeen records, in one transaction, when each host's agentd was last
+// heard from (its reports unchanged since the last HostSeen). A time older
+// than the one stored is ignored. Hosts that no longer exist are skipped.
+func (s *Store) HostsSeen(ctx context.Context, seen map[int64]time.Time) error {
+	if len(seen) == 0 {
+		return nil
+	}
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		stmt, err := tx.PrepareContext(ctx, `UPDATE hosts SET last_seen = ? WHERE id = ? AND last_seen < ?`)
+		if err != nil {
+			return err
+		}
+		defer stmt.Close()
+		for id, at := range seen {
+			if _, err := stmt.ExecContext(ctx, ms(at), id, ms(at)); err != nil {
+				return fmt.Errorf("host %d: %w", id, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("recording %d hosts seen: %w", len(seen), err)
 	}
 	return nil
 }

@@ -70,12 +70,22 @@ func TestHostProcessesAreMergedByName(t *testing.T) {
 		t.Fatalf("a stopped process lost its details: %+v", p)
 	}
 
-	// No report: only last_seen moves.
+	// An unchanged report (nil) moves only last_seen, and with it the last
+	// active time of the processes that run.
 	if err := s.HostSeen(ctx, h.ID, t2, nil); err != nil {
 		t.Fatal(err)
 	}
-	check("heartbeat without processes", host.AgentStarted, t2, want{"ocp_agentd", 20, host.AgentStarted, t1},
-		want{"ocp_mgragent", 11, host.AgentStopped, t0}, want{"ocp_monagent", 12, host.AgentStarted, t1})
+	check("unchanged heartbeat", host.AgentStarted, t2, want{"ocp_agentd", 20, host.AgentStarted, t2},
+		want{"ocp_mgragent", 11, host.AgentStopped, t0}, want{"ocp_monagent", 12, host.AgentStarted, t2})
+	t2b := t2.Add(time.Second)
+	if err := s.HostsSeen(ctx, map[int64]time.Time{h.ID: t2b, h.ID + 1000: t2b}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.HostsSeen(ctx, map[int64]time.Time{h.ID: t2}); err != nil { // older: ignored
+		t.Fatal(err)
+	}
+	check("hosts seen in a batch", host.AgentStarted, t2b, want{"ocp_agentd", 20, host.AgentStarted, t2b},
+		want{"ocp_mgragent", 11, host.AgentStopped, t0}, want{"ocp_monagent", 12, host.AgentStarted, t2b})
 
 	// Nothing runs: all STOPPED, details kept, the agent STOPPED.
 	if err := s.HostSeen(ctx, h.ID, t3, []host.Process{}); err != nil {
