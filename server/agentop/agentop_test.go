@@ -51,13 +51,14 @@ type hosts struct {
 	known    map[int64]bool
 	lockErr  error
 	finished map[int64]host.AgentStatus
+	lastSeen time.Time
 }
 
 func (h *hosts) GetHost(_ context.Context, id int64) (*host.Host, error) {
 	if !h.known[id] {
 		return nil, fmt.Errorf("host %d: %w", id, errs.ErrNotFound)
 	}
-	return &host.Host{ID: id}, nil
+	return &host.Host{ID: id, LastSeen: h.lastSeen}, nil
 }
 
 func (h *hosts) ListHosts(context.Context, host.ListQuery) (host.Page, error) {
@@ -84,9 +85,23 @@ type agents struct {
 	err       error
 	sent      fleet.Command
 	acked     bool
+	started   time.Time     // zero: an hour ago
+	waited    time.Duration // the time WaitConnected was given
 }
 
-func (a *agents) WaitConnected(context.Context, int64) bool { return a.connected }
+func (a *agents) WaitConnected(ctx context.Context, _ int64) bool {
+	if d, ok := ctx.Deadline(); ok {
+		a.waited = time.Until(d)
+	}
+	return a.connected
+}
+
+func (a *agents) Started() time.Time {
+	if a.started.IsZero() {
+		return time.Now().Add(-time.Hour)
+	}
+	return a.started
+}
 
 func (a *agents) Dispatch(_ context.Context, _ int64, cmd fleet.Command) (fleet.Result, error) {
 	a.sent = cmd
@@ -124,6 +139,35 @@ func TestPrepare(t *testing.T) {
 			res := x.Execute(context.Background(), r)
 			if tt.wantErr == "" && res.Err != nil || tt.wantErr != "" && (res.Err == nil || !strings.Contains(res.Err.Error(), tt.wantErr)) {
 				t.Fatalf("err %v, want %q", res.Err, tt.wantErr)
+			}
+		})
+	}
+}
+
+// Prepare waits ConnectWait for an agentd, or until ReconnectWait after the
+// server started for one connected to the previous server shortly before.
+func TestPrepareWaitsLongerAfterARestart(t *testing.T) {
+	now := time.Now()
+	tests := []struct {
+		name              string
+		started, lastSeen time.Time
+		min, max          time.Duration
+	}{
+		{"long-running server", now.Add(-time.Hour), now.Add(-time.Second), ConnectWait - time.Second, ConnectWait},
+		{"seen before the restart", now.Add(-2 * time.Second), now.Add(-5 * time.Second), ReconnectWait - 3*time.Second, ReconnectWait - 2*time.Second},
+		{"seen long before the restart", now.Add(-2 * time.Second), now.Add(-time.Hour), ConnectWait - time.Second, ConnectWait},
+		{"seen since the restart", now.Add(-10 * time.Second), now.Add(-time.Second), ConnectWait - time.Second, ConnectWait},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a := &agents{started: tt.started}
+			x := prepare{&hosts{known: map[int64]bool{7: true}, lastSeen: tt.lastSeen}, a}
+			r, _ := run(7)
+			if res := x.Execute(context.Background(), r); res.Err == nil || !strings.Contains(res.Err.Error(), "agentd not connected") {
+				t.Fatalf("err %v", res.Err)
+			}
+			if a.waited < tt.min || a.waited > tt.max {
+				t.Fatalf("waited %s, want %s..%s", a.waited, tt.min, tt.max)
 			}
 		})
 	}

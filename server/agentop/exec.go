@@ -22,14 +22,21 @@ type Hosts interface {
 // Agents is what the executors need from the fleet.
 type Agents interface {
 	WaitConnected(ctx context.Context, hostID int64) bool
+	Started() time.Time // when this server's fleet started
 	Dispatch(ctx context.Context, hostID int64, cmd fleet.Command) (fleet.Result, error)
 	Ack(hostID, subtaskID int64, attempt int)
 }
 
-// ConnectWait is how long Prepare waits for a host's agentd to connect: long
-// enough for agents to come back after a server restart, short enough that a
-// stop of an offline host fails at once to a person.
+// ConnectWait is how long Prepare waits for the agentd of a host not heard
+// from lately to connect: short enough that a stop of an offline host fails
+// at once to a person.
 const ConnectWait = 5 * time.Second
+
+// ReconnectWait is how long after the server started Prepare waits for the
+// agentd of a host that was connected shortly before: after a restart,
+// 10,000 agents come back over many seconds, with backoff. It is the
+// fleet's default lost-agent bound.
+const ReconnectWait = 30 * time.Second
 
 // Executors returns the executors of the agent tasks' subtasks, by class.
 func Executors(hosts Hosts, agents Agents) map[string]task.Executor {
@@ -61,17 +68,26 @@ type prepare struct {
 
 func (p prepare) Execute(ctx context.Context, r task.Run) task.Result {
 	id := r.Subtask.HostID
-	if _, err := p.hosts.GetHost(ctx, id); err != nil {
+	h, err := p.hosts.GetHost(ctx, id)
+	if err != nil {
 		return task.Result{Err: err}
 	}
-	wait, cancel := context.WithTimeout(ctx, ConnectWait)
+	limit := ConnectWait
+	// Connected to the previous server shortly before this one started:
+	// probably on its way back.
+	if started := p.agents.Started(); h.LastSeen.Before(started) && started.Sub(h.LastSeen) < ReconnectWait {
+		limit = max(limit, time.Until(started.Add(ReconnectWait)))
+	}
+	wait, cancel := context.WithTimeout(ctx, limit)
 	connected := p.agents.WaitConnected(wait, id)
 	cancel()
 	if !connected {
-		return task.Result{Err: fmt.Errorf("host %d: agentd not connected", id)}
+		return task.Result{Err: fmt.Errorf("host %d: agentd not connected within %s", id, limit)}
 	}
-	if err := p.hosts.LockHost(ctx, id, r.Task.ID); err != nil {
-		return task.Result{Err: err}
+	if h.OpTaskID != r.Task.ID { // held since creation, unless the task was retried
+		if err := p.hosts.LockHost(ctx, id, r.Task.ID); err != nil {
+			return task.Result{Err: err}
+		}
 	}
 	r.Log(fmt.Sprintf("host %d: agentd connected, agent-operation lock held by task %d", id, r.Task.ID))
 	return task.Result{Message: fmt.Sprintf("host %d ready", id)}

@@ -71,7 +71,8 @@ type Config struct {
 
 // Fleet tracks agent sessions and routes commands and results.
 type Fleet struct {
-	cfg Config
+	cfg     Config
+	started time.Time
 
 	// online serialises a host's ONLINE write with installing its session,
 	// and removing a session with its OFFLINE write, so the stored status
@@ -85,7 +86,9 @@ type Fleet struct {
 	// hostCalls indexes inflight by host id, so a connecting host finds
 	// its commands without a scan of every host's.
 	hostCalls map[int64]map[key]*call
-	joined    chan struct{} // closed and replaced whenever a session is installed
+	// joined holds, by host id, a channel closed (and removed) when a
+	// session of that host is installed; made by the first waiter.
+	joined map[int64]chan struct{}
 	// heard is when each host's agentd was last heard from in this process
 	// (monotonic clock), by host id. It outlives the host's sessions.
 	heard map[int64]time.Time
@@ -142,8 +145,8 @@ func New(cfg Config) *Fleet {
 		cfg.MaxReplacementsPerMin = DefaultMaxReplacementsPerMin
 	}
 	return &Fleet{
-		cfg: cfg, sessions: map[int64]*Session{}, inflight: map[key]*call{}, hostCalls: map[int64]map[key]*call{},
-		joined: make(chan struct{}), heard: map[int64]time.Time{}, pending: map[int64][]Cancel{},
+		cfg: cfg, started: time.Now(), sessions: map[int64]*Session{}, inflight: map[key]*call{}, hostCalls: map[int64]map[key]*call{},
+		joined: map[int64]chan struct{}{}, heard: map[int64]time.Time{}, pending: map[int64][]Cancel{},
 		streams: map[int64]int{}, replacements: map[int64]*rate.Limiter{}, seen: map[int64]time.Time{},
 	}
 }
@@ -211,7 +214,7 @@ type Session struct {
 
 // sessionBuffer bounds the messages queued for one agent; an agent that
 // falls this far behind is disconnected.
-const sessionBuffer = 256
+const sessionBuffer = 64
 
 // Out yields the messages to send to the agent.
 func (s *Session) Out() <-chan Outbound { return s.out }
@@ -362,8 +365,10 @@ func (f *Fleet) Connect(ctx context.Context, h Hello) (*Session, Welcome, error)
 	f.sessions[reg.ID] = s
 	f.streams[reg.ID]++
 	f.heard[reg.ID] = time.Now()
-	close(f.joined)
-	f.joined = make(chan struct{})
+	if ch := f.joined[reg.ID]; ch != nil {
+		close(ch)
+		delete(f.joined, reg.ID)
+	}
 	// Queued under mu, so nothing dispatched meanwhile overtakes them: a
 	// pending cancel goes out before any command of the same (subtask,
 	// attempt).
@@ -564,17 +569,32 @@ func (f *Fleet) live(hostID int64) *Session {
 	return s
 }
 
+// Started is when the fleet was made: agents connected to a previous
+// server come back after it.
+func (f *Fleet) Started() time.Time { return f.started }
+
+// joinedCh returns the channel closed when a session of the host is next
+// installed. Callers hold mu.
+func (f *Fleet) joinedCh(hostID int64) chan struct{} {
+	ch := f.joined[hostID]
+	if ch == nil {
+		ch = make(chan struct{})
+		f.joined[hostID] = ch
+	}
+	return ch
+}
+
 // WaitConnected returns true as soon as the host's agentd has a session, or
 // false when ctx ends first.
 func (f *Fleet) WaitConnected(ctx context.Context, hostID int64) bool {
 	for {
 		f.mu.Lock()
-		ok := f.live(hostID) != nil
-		joined := f.joined
-		f.mu.Unlock()
-		if ok {
+		if f.live(hostID) != nil {
+			f.mu.Unlock()
 			return true
 		}
+		joined := f.joinedCh(hostID)
+		f.mu.Unlock()
 		select {
 		case <-ctx.Done():
 			return false
@@ -755,7 +775,10 @@ func (f *Fleet) await(ctx context.Context, hostID int64, c *call, began time.Tim
 		}
 		f.mu.Lock()
 		s := f.live(hostID)
-		joined := f.joined
+		var joined chan struct{} // nil with a session: its end wakes this loop
+		if s == nil {
+			joined = f.joinedCh(hostID)
+		}
 		heard, ok := f.heard[hostID]
 		f.mu.Unlock()
 		var ended <-chan struct{}

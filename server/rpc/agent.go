@@ -131,28 +131,24 @@ func (s *agentServer) Connect(stream agentv1.AgentService_ConnectServer) error {
 		return err
 	}
 
-	sendErr := make(chan error, 1)
-	go func() { sendErr <- sendLoop(ctx, stream, sess) }()
+	// Two goroutines per stream, not three: this one sends, one receives.
+	// At 10,000 agents each goroutine's stack is a tenth of a GB.
 	recvErr := make(chan error, 1)
-	go func() { recvErr <- s.recvLoop(ctx, stream, sess, msgs) }()
-
-	senderDone := false
-	select {
-	case err = <-sendErr:
-		senderDone = true
-	case err = <-recvErr:
-	}
-	cancel()
-	// The receive loop ends with the stream's context; the send loop on
-	// cancel, unless it is stuck in a Send on flow control, which ends when
-	// the handler returns.
-	if !senderDone {
+	go func() {
+		recvErr <- s.recvLoop(ctx, stream, sess, msgs)
+		cancel()
+	}()
+	err = sendLoop(ctx, stream, sess)
+	if ctx.Err() != nil {
+		// The receive loop ended the stream (or the client did, which ends
+		// the receive loop too): its error says why.
 		select {
-		case <-sendErr:
+		case err = <-recvErr:
 		case <-time.After(time.Second):
-			log.Debug().Msg("agent stream sender still in a send; it ends with the stream")
 		}
 	}
+	cancel()
+	// A receive loop still in Recv ends when this handler returns.
 	if errors.Is(err, io.EOF) || errors.Is(err, context.Canceled) || status.Code(err) == codes.Canceled {
 		log.Debug().Msg("agent stream ended")
 		return nil

@@ -82,6 +82,13 @@ func NewServer(cfg Config, opts ...grpc.ServerOption) *grpc.Server {
 		cfg.MaxHeaderBytes = 64 << 10
 	}
 	a := newAuthenticator(cfg)
+	opts = append([]grpc.ServerOption{
+		// No read buffer of gRPC's own (32 KiB per connection by default):
+		// TLS buffers each record already, and at 10,000 agent connections
+		// those buffers alone would be 320 MB. The caller's opts may
+		// override it.
+		grpc.ReadBufferSize(0),
+	}, opts...)
 	opts = append(opts,
 		grpc.MaxRecvMsgSize(cfg.MaxRecvBytes),
 		grpc.MaxHeaderListSize(uint32(cfg.MaxHeaderBytes)),
