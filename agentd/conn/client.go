@@ -67,6 +67,14 @@ type Config struct {
 	ShutdownTimeout time.Duration   // on shutdown, wait this long for commands' results to be sent; default 5s
 	Log             zerolog.Logger
 	Rand            *rand.Rand // backoff jitter source; default a random seed
+
+	// OnSession, when set, is called with true once a stream is welcomed and
+	// with false when that stream ends. It must return quickly.
+	OnSession func(connected bool)
+	// ResetBackoff, when set, is called before each connection attempt:
+	// (*grpc.ClientConn).ResetConnectBackoff, so that the attempt tries at
+	// once rather than after gRPC's own backoff (see Dial).
+	ResetBackoff func()
 }
 
 // Client keeps agentd connected to the server. Create it with New and call

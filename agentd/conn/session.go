@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"agentplane/agentd/proc"
@@ -50,7 +51,28 @@ func (c *Client) session(ctx context.Context) (welcomed bool, err error) {
 	// the results of canceled commands and close the stream cleanly.
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
-	stream, err := c.cfg.Service.Connect(sctx)
+	if c.cfg.ResetBackoff != nil {
+		c.cfg.ResetBackoff()
+	}
+	// Wait for the connection, but no longer than WelcomeTimeout: a
+	// fail-fast call would fail on a failure gRPC cached before the server
+	// came back.
+	opening := time.AfterFunc(c.cfg.WelcomeTimeout, cancel)
+	stopping := context.AfterFunc(ctx, cancel) // shutdown ends the wait too
+	stream, err := c.cfg.Service.Connect(sctx, grpc.WaitForReady(true))
+	stopping()
+	if ctx.Err() != nil {
+		if err == nil {
+			err = ctx.Err()
+		}
+		return false, fmt.Errorf("opening stream: %w", err)
+	}
+	if !opening.Stop() {
+		if err == nil {
+			err = errors.New("stream opened too late")
+		}
+		return false, fmt.Errorf("opening stream: no connection within %s: %w", c.cfg.WelcomeTimeout, err)
+	}
 	if err != nil {
 		return false, fmt.Errorf("opening stream: %w", err)
 	}
@@ -157,6 +179,10 @@ func (c *Client) session(ctx context.Context) (welcomed bool, err error) {
 		}
 		c.mu.Unlock()
 	}()
+	if c.cfg.OnSession != nil {
+		c.cfg.OnSession(true)
+		defer c.cfg.OnSession(false)
+	}
 	pending, err := c.cfg.State.PendingResults()
 	if err != nil {
 		s.log.Error().Err(err).Msg("cannot read pending results")
