@@ -61,7 +61,7 @@ func (s *Service) BatchRestartAgents(ctx context.Context, hostIDs []int64) (*tas
 }
 
 // MaxBatch bounds the hosts of one batch task.
-const MaxBatch = 2000
+const MaxBatch = 10000
 
 func (s *Service) hostOp(ctx context.Context, op Op, hostID int64) (*task.Task, error) {
 	audit.SetHost(ctx, hostID)

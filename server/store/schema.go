@@ -126,6 +126,15 @@ var migrations = []string{
 		message       TEXT         NOT NULL
 	)`,
 	`CREATE INDEX audit_events_at ON audit_events (at, id)`,
+	// Subtask ids are taken in ranges before insert (allocIDs), so that a
+	// task's subtasks are stored with their edges in multi-row INSERTs.
+	`CREATE TABLE id_sequences (
+		name          VARCHAR(64)  NOT NULL PRIMARY KEY,
+		next_id       BIGINT       NOT NULL
+	)`,
+	`INSERT INTO id_sequences (name, next_id) SELECT 'subtasks', COALESCE(MAX(id), 0) + 1 FROM subtasks`,
+	// A task's host locks are released by task id when it ends.
+	`CREATE INDEX hosts_op_task ON hosts (op_task_id)`,
 }
 
 func migrate(ctx context.Context, db *sql.DB) error {

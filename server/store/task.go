@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 
 	"agentplane/server/errs"
@@ -64,47 +65,10 @@ func (s *Store) createTask(ctx context.Context, p task.Plan) (created *task.Task
 				return fmt.Errorf("storing idempotency key: %w", err)
 			}
 		}
-		for _, h := range p.Locks {
-			if err := lockHost(ctx, tx, h, t.ID); err != nil {
-				return err
-			}
+		if err := lockHosts(ctx, tx, p.Locks, t.ID); err != nil {
+			return err
 		}
-		// Insert in series order, so IDs follow the order the DAG was built.
-		order := make([]int, len(t.Subtasks))
-		for i := range order {
-			order[i] = i
-		}
-		slices.SortStableFunc(order, func(a, b int) int { return t.Subtasks[a].SeriesID - t.Subtasks[b].SeriesID })
-		for _, i := range order {
-			st := &t.Subtasks[i]
-			st.TaskID = t.ID
-			res, err := tx.ExecContext(ctx, `INSERT INTO subtasks (task_id, seq, name, description, class_name, node_type,
-				operation, status, series_id, upstreams, downstreams, timeout_s, run_time, parallel_idx, prohibit_rollback,
-				host_id, message) VALUES (?,?,?,?,?,?,?,?,?,'[]','[]',?,?,?,?,?,?)`,
-				t.ID, i, st.Name, st.Description, st.ClassName, st.NodeType, st.Operation, st.Status, st.SeriesID,
-				int(st.Timeout.Seconds()), st.RunTime, st.ParallelIdx, boolInt(st.ProhibitRollback), st.HostID, st.Message)
-			if err != nil {
-				return fmt.Errorf("inserting subtask %q: %w", st.Name, err)
-			}
-			if st.ID, err = res.LastInsertId(); err != nil {
-				return err
-			}
-		}
-		for i := range t.Subtasks {
-			t.Subtasks[i].Upstreams, t.Subtasks[i].Downstreams = []int64{}, []int64{}
-		}
-		for _, e := range p.Edges {
-			up, down := &t.Subtasks[e[0]], &t.Subtasks[e[1]]
-			up.Downstreams = append(up.Downstreams, down.ID)
-			down.Upstreams = append(down.Upstreams, up.ID)
-		}
-		for _, st := range t.Subtasks {
-			if _, err := tx.ExecContext(ctx, `UPDATE subtasks SET upstreams = ?, downstreams = ? WHERE id = ?`,
-				toJSON(st.Upstreams), toJSON(st.Downstreams), st.ID); err != nil {
-				return fmt.Errorf("linking subtask %d: %w", st.ID, err)
-			}
-		}
-		return nil
+		return insertSubtasks(ctx, tx, &t, p.Edges)
 	})
 	if err != nil {
 		return nil, false, err
@@ -134,6 +98,149 @@ func lockHost(ctx context.Context, q querier, hostID, taskID int64) error {
 		return fmt.Errorf("locking host %d: %w", hostID, err)
 	}
 	return fmt.Errorf("host %d: agent operation in progress (task %d): %w", hostID, holder.Int64, errs.ErrConflict)
+}
+
+// rowsPerInsert bounds the rows of one multi-row INSERT or IN list: well
+// under SQLite's and MySQL's limits on placeholders per statement.
+const rowsPerInsert = 500
+
+// subtaskInsertCols are the columns insertSubtasks writes, one placeholder
+// each.
+const subtaskInsertCols = `id, task_id, seq, name, description, class_name, node_type, operation, status, series_id,
+	upstreams, downstreams, timeout_s, run_time, parallel_idx, prohibit_rollback, host_id, message`
+
+// insertSubtasks stores t's subtasks (seq: their index) with the DAG's edges,
+// setting their IDs, task ID, upstreams and downstreams. The IDs are taken
+// from the subtasks' id sequence before the insert, in series order (so
+// they follow the order the DAG was built), which lets each row carry its
+// edges at once: one multi-row INSERT per rowsPerInsert subtasks, and no
+// second pass.
+func insertSubtasks(ctx context.Context, tx *sql.Tx, t *task.Task, edges [][2]int) error {
+	n := len(t.Subtasks)
+	if n == 0 {
+		return nil
+	}
+	first, err := allocIDs(ctx, tx, "subtasks", n)
+	if err != nil {
+		return err
+	}
+	order := make([]int, n)
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(a, b int) int { return t.Subtasks[a].SeriesID - t.Subtasks[b].SeriesID })
+	for k, i := range order {
+		st := &t.Subtasks[i]
+		st.ID, st.TaskID = first+int64(k), t.ID
+		st.Upstreams, st.Downstreams = []int64{}, []int64{}
+	}
+	for _, e := range edges {
+		up, down := &t.Subtasks[e[0]], &t.Subtasks[e[1]]
+		up.Downstreams = append(up.Downstreams, down.ID)
+		down.Upstreams = append(down.Upstreams, up.ID)
+	}
+	const row = "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+	for lo := 0; lo < n; lo += rowsPerInsert {
+		hi := min(lo+rowsPerInsert, n)
+		args := make([]any, 0, (hi-lo)*18)
+		for _, i := range order[lo:hi] {
+			st := &t.Subtasks[i]
+			args = append(args, st.ID, t.ID, i, st.Name, st.Description, st.ClassName, st.NodeType, st.Operation,
+				st.Status, st.SeriesID, idsJSON(st.Upstreams), idsJSON(st.Downstreams), int(st.Timeout.Seconds()),
+				st.RunTime, st.ParallelIdx, boolInt(st.ProhibitRollback), st.HostID, st.Message)
+		}
+		q := `INSERT INTO subtasks (` + subtaskInsertCols + `) VALUES ` + row + strings.Repeat(","+row, hi-lo-1)
+		if _, err := tx.ExecContext(ctx, q, args...); err != nil {
+			return fmt.Errorf("inserting subtasks %d..%d of task %d: %w", lo, hi-1, t.ID, err)
+		}
+	}
+	return nil
+}
+
+// allocIDs takes n consecutive ids from the named sequence (id_sequences)
+// and returns the first. The UPDATE holds the sequence's row until the
+// transaction ends, so concurrent transactions (on MySQL) take disjoint
+// ranges; SQLite runs one writer at a time anyway.
+func allocIDs(ctx context.Context, tx *sql.Tx, name string, n int) (int64, error) {
+	res, err := tx.ExecContext(ctx, `UPDATE id_sequences SET next_id = next_id + ? WHERE name = ?`, n, name)
+	if err != nil {
+		return 0, fmt.Errorf("allocating %d %s ids: %w", n, name, err)
+	}
+	if err := expectOne(res, "id sequence "+name); err != nil {
+		return 0, err
+	}
+	var next int64
+	if err := tx.QueryRowContext(ctx, `SELECT next_id FROM id_sequences WHERE name = ?`, name).Scan(&next); err != nil {
+		return 0, fmt.Errorf("allocating %d %s ids: %w", n, name, err)
+	}
+	return next - int64(n), nil
+}
+
+// idsJSON renders ids as the JSON array stored in upstreams and downstreams.
+func idsJSON(ids []int64) string {
+	b := make([]byte, 0, 2+8*len(ids))
+	b = append(b, '[')
+	for i, id := range ids {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendInt(b, id, 10)
+	}
+	return string(append(b, ']'))
+}
+
+// parseIDs reads a JSON array of ids as idsJSON writes it, falling back to
+// encoding/json for any other spelling.
+func parseIDs(s string) ([]int64, error) {
+	if len(s) < 2 || s[0] != '[' || s[len(s)-1] != ']' {
+		return idsFromJSON(s)
+	}
+	body := s[1 : len(s)-1]
+	ids := make([]int64, 0, strings.Count(body, ",")+1)
+	for body != "" {
+		var part string
+		part, body, _ = strings.Cut(body, ",")
+		id, err := strconv.ParseInt(part, 10, 64)
+		if err != nil {
+			return idsFromJSON(s)
+		}
+		ids = append(ids, id)
+	}
+	return ids, nil
+}
+
+func idsFromJSON(s string) ([]int64, error) {
+	var ids []int64
+	err := fromJSON(s, &ids)
+	return ids, err
+}
+
+// lockHosts takes the agent-operation locks of hosts for taskID: one UPDATE
+// per rowsPerInsert hosts; where one of them is missing or held by another
+// task, host by host, to name it.
+func lockHosts(ctx context.Context, q querier, hosts []int64, taskID int64) error {
+	for lo := 0; lo < len(hosts); lo += rowsPerInsert {
+		chunk := hosts[lo:min(lo+rowsPerInsert, len(hosts))]
+		args := make([]any, 0, 2+len(chunk))
+		args = append(args, taskID, taskID)
+		for _, h := range chunk {
+			args = append(args, h)
+		}
+		res, err := q.ExecContext(ctx, `UPDATE hosts SET op_task_id = ? WHERE (op_task_id IS NULL OR op_task_id = ?)
+			AND id IN (?`+strings.Repeat(",?", len(chunk)-1)+`)`, args...)
+		if err != nil {
+			return fmt.Errorf("locking %d hosts: %w", len(chunk), err)
+		}
+		if n, _ := res.RowsAffected(); n == int64(len(chunk)) {
+			continue
+		}
+		for _, h := range chunk {
+			if err := lockHost(ctx, q, h, taskID); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // LockHost takes host's agent-operation lock for taskID; holding it already
@@ -175,10 +282,11 @@ func scanSubtask(sc interface{ Scan(...any) error }) (task.Subtask, error) {
 	st.Timeout = secs(timeout)
 	st.ProhibitRollback = prohibit != 0
 	st.StartTime, st.EndTime = fromMS(start), fromMS(end)
-	if err := fromJSON(ups, &st.Upstreams); err != nil {
+	if st.Upstreams, err = parseIDs(ups); err != nil {
 		return st, err
 	}
-	return st, fromJSON(downs, &st.Downstreams)
+	st.Downstreams, err = parseIDs(downs)
+	return st, err
 }
 
 // GetTask returns the task with its subtasks. ErrNotFound when there is none.
@@ -305,27 +413,34 @@ func orderBy(s task.Sort) string {
 // nothing is written and the error is task.ErrChanged. The agent-operation
 // locks of the hosts in lock are taken (ErrConflict naming the holder when
 // another task holds one). When after is final, the host locks the task
-// holds are released.
-func (s *Store) UpdateTask(ctx context.Context, before, after *task.Task, lock []int64) error {
+// holds are released. logs are appended in the same transaction.
+func (s *Store) UpdateTask(ctx context.Context, before, after *task.Task, lock []int64, logs ...task.SubtaskLogLine) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
-		for _, h := range lock {
-			if err := lockHost(ctx, tx, h, after.ID); err != nil {
-				return err
-			}
+		if err := lockHosts(ctx, tx, lock, after.ID); err != nil {
+			return err
 		}
+		var update *sql.Stmt
 		for i := range after.Subtasks {
-			b, a := before.Subtask(after.Subtasks[i].ID), &after.Subtasks[i]
+			a := &after.Subtasks[i]
+			b := sameSubtask(before, i, a.ID)
 			if b == nil {
 				return fmt.Errorf("subtask %d is not in task %d: %w", a.ID, before.ID, errs.ErrInvalidArgument)
 			}
 			if subtaskEqual(b, a) {
 				continue
 			}
-			res, err := tx.ExecContext(ctx, `UPDATE subtasks SET operation = ?, status = ?, run_time = ?, executor = ?,
-				start_time = ?, end_time = ?, message = ?, prohibit_rollback = ?
-				WHERE id = ? AND status = ? AND operation = ? AND run_time = ?`,
-				a.Operation, a.Status, a.RunTime, a.Executor, ms(a.StartTime), ms(a.EndTime), a.Message,
-				boolInt(a.ProhibitRollback), a.ID, b.Status, b.Operation, b.RunTime)
+			if update == nil {
+				var err error
+				update, err = tx.PrepareContext(ctx, `UPDATE subtasks SET operation = ?, status = ?, run_time = ?,
+					executor = ?, start_time = ?, end_time = ?, message = ?, prohibit_rollback = ?
+					WHERE id = ? AND status = ? AND operation = ? AND run_time = ?`)
+				if err != nil {
+					return fmt.Errorf("updating subtasks of task %d: %w", after.ID, err)
+				}
+				defer update.Close()
+			}
+			res, err := update.ExecContext(ctx, a.Operation, a.Status, a.RunTime, a.Executor, ms(a.StartTime),
+				ms(a.EndTime), a.Message, boolInt(a.ProhibitRollback), a.ID, b.Status, b.Operation, b.RunTime)
 			if err != nil {
 				return fmt.Errorf("updating subtask %d: %w", a.ID, err)
 			}
@@ -347,8 +462,18 @@ func (s *Store) UpdateTask(ctx context.Context, before, after *task.Task, lock [
 				return fmt.Errorf("releasing hosts of task %d: %w", after.ID, err)
 			}
 		}
-		return nil
+		return appendSubtaskLogs(ctx, tx, logs)
 	})
+}
+
+// sameSubtask returns subtask id of t: at index i when it is there (after
+// is normally a modified copy of before, in the same order), else found by
+// id.
+func sameSubtask(t *task.Task, i int, id int64) *task.Subtask {
+	if i < len(t.Subtasks) && t.Subtasks[i].ID == id {
+		return &t.Subtasks[i]
+	}
+	return t.Subtask(id)
 }
 
 func subtaskEqual(a, b *task.Subtask) bool {
@@ -381,6 +506,30 @@ func (s *Store) AppendSubtaskLog(ctx context.Context, subtaskID int64, l task.Lo
 		subtaskID, l.RunTime, ms(l.Time), l.Line)
 	if err != nil {
 		return fmt.Errorf("appending to the log of subtask %d: %w", subtaskID, err)
+	}
+	return nil
+}
+
+// AppendSubtaskLogs appends lines to their subtasks' logs, in order, in one
+// transaction (one INSERT per rowsPerInsert lines).
+func (s *Store) AppendSubtaskLogs(ctx context.Context, lines []task.SubtaskLogLine) error {
+	if len(lines) == 0 {
+		return nil
+	}
+	return s.tx(ctx, func(tx *sql.Tx) error { return appendSubtaskLogs(ctx, tx, lines) })
+}
+
+func appendSubtaskLogs(ctx context.Context, tx *sql.Tx, lines []task.SubtaskLogLine) error {
+	for lo := 0; lo < len(lines); lo += rowsPerInsert {
+		chunk := lines[lo:min(lo+rowsPerInsert, len(lines))]
+		args := make([]any, 0, 4*len(chunk))
+		for _, l := range chunk {
+			args = append(args, l.SubtaskID, l.RunTime, ms(l.Time), l.Line)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO subtask_logs (subtask_id, run_time, at, line) VALUES (?,?,?,?)`+
+			strings.Repeat(",(?,?,?,?)", len(chunk)-1), args...); err != nil {
+			return fmt.Errorf("appending %d lines to subtask logs: %w", len(chunk), err)
+		}
 	}
 	return nil
 }

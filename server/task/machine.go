@@ -21,30 +21,51 @@ import (
 // RollingBack reports whether the task is rolling back.
 func (t *Task) RollingBack() bool { return t.Operation == OpRollback }
 
+// positions indexes a task's subtasks by id: the index of each in
+// t.Subtasks. A task's subtasks never change order, so the index of one
+// version serves every later version of the same task.
+func positions(t *Task) map[int64]int {
+	pos := make(map[int64]int, len(t.Subtasks))
+	for i := range t.Subtasks {
+		pos[t.Subtasks[i].ID] = i
+	}
+	return pos
+}
+
+// find returns subtask id of t through pos (nil: a linear search), or nil.
+func find(t *Task, pos map[int64]int, id int64) *Subtask {
+	if pos == nil {
+		return t.Subtask(id)
+	}
+	if i, ok := pos[id]; ok && i < len(t.Subtasks) && t.Subtasks[i].ID == id {
+		return &t.Subtasks[i]
+	}
+	return t.Subtask(id) // pos is of another shape: still correct, only slower
+}
+
 // advance promotes subtasks that may run to READY (forward only) and derives
 // the task's status and end time.
-func advance(t *Task, now time.Time) {
+func advance(t *Task, now time.Time) { advanceAt(t, positions(t), now) }
+
+// advanceAt is advance with the subtasks' positions (see positions).
+func advanceAt(t *Task, pos map[int64]int, now time.Time) {
 	if !t.RollingBack() {
-		status := make(map[int64]SubtaskStatus, len(t.Subtasks))
-		for _, st := range t.Subtasks {
-			status[st.ID] = st.Status
-		}
 		for i := range t.Subtasks {
 			st := &t.Subtasks[i]
 			if st.Status != SubtaskPending {
 				continue
 			}
 			ready := true
-			for _, up := range st.Upstreams {
-				ready = ready && status[up] == SubtaskSuccessful
+			for _, id := range st.Upstreams {
+				up := find(t, pos, id)
+				ready = ready && up != nil && up.Status == SubtaskSuccessful
 			}
 			if ready {
 				st.Status = SubtaskReady
-				status[st.ID] = SubtaskReady
 			}
 		}
 	}
-	t.Status = derive(t)
+	t.Status = deriveAt(t, pos)
 	if t.Status.Final() {
 		if t.EndTime.IsZero() {
 			t.EndTime = now
@@ -54,16 +75,35 @@ func advance(t *Task, now time.Time) {
 	}
 }
 
+// startRunnable advances the task, starts every runnable READY subtask (as
+// executor, at now), advances again, and returns the started subtasks.
+func startRunnable(t *Task, pos map[int64]int, executor string, now time.Time) []Subtask {
+	advanceAt(t, pos, now)
+	var started []Subtask
+	for i := range t.Subtasks {
+		st := &t.Subtasks[i]
+		if st.Status == SubtaskReady && runnableAt(t, pos, st) {
+			start(st, executor, now)
+			started = append(started, *st)
+		}
+	}
+	advanceAt(t, pos, now)
+	return started
+}
+
 // derive is the task's status from its subtasks': RUNNING while a subtask
 // runs or may start; else FAILED when one failed (or, rolling back, waits
 // behind one that failed); else SUCCESSFUL when all succeeded (forward) or
 // all are PENDING again (rolled back).
-func derive(t *Task) Status {
+func derive(t *Task) Status { return deriveAt(t, nil) }
+
+// deriveAt is derive with the subtasks' positions (nil: none).
+func deriveAt(t *Task, pos map[int64]int) Status {
 	var done, failed, active int
 	for i := range t.Subtasks {
 		st := &t.Subtasks[i]
 		switch {
-		case st.Status.active(), st.Status == SubtaskReady && runnable(t, st):
+		case st.Status.active(), st.Status == SubtaskReady && runnableAt(t, pos, st):
 			active++
 		case st.Status == SubtaskFailed, st.Status == SubtaskReady:
 			failed++
@@ -85,12 +125,15 @@ func derive(t *Task) Status {
 
 // runnable reports whether a READY subtask may start now: forward, always;
 // rolling back, once every downstream is PENDING.
-func runnable(t *Task, st *Subtask) bool {
+func runnable(t *Task, st *Subtask) bool { return runnableAt(t, nil, st) }
+
+// runnableAt is runnable with the subtasks' positions (nil: none).
+func runnableAt(t *Task, pos map[int64]int, st *Subtask) bool {
 	if !t.RollingBack() {
 		return true
 	}
 	for _, id := range st.Downstreams {
-		if d := t.Subtask(id); d != nil && d.Status != SubtaskPending {
+		if d := find(t, pos, id); d != nil && d.Status != SubtaskPending {
 			return false
 		}
 	}

@@ -46,7 +46,9 @@ func (e *Engine) CancelSubtask(ctx context.Context, taskID, subtaskID int64) (*T
 	t, err := e.operate(ctx, taskID, subtaskID, func(t *Task) error { return cancelSubtask(t, subtaskID) })
 	if err == nil {
 		if st := t.Subtask(subtaskID); st != nil {
-			e.appendLog(st.ID, st.RunTime, logHeader(OpCancel, e.cfg.Now()))
+			now := e.cfg.Now()
+			e.writeLogs([]SubtaskLogLine{{SubtaskID: st.ID, LogLine: LogLine{RunTime: st.RunTime, Time: now,
+				Line: logHeader(OpCancel, now)}}})
 		}
 	}
 	return t, err
@@ -65,7 +67,7 @@ func (e *Engine) operate(ctx context.Context, id, subtaskID int64, mutate func(*
 	if err := e.base.Err(); err != nil {
 		return nil, fmt.Errorf("task %d: server shutting down: %w", id, errs.ErrUnavailable)
 	}
-	t, err := e.step(ctx, id, mutate)
+	t, err := e.step(ctx, id, func(t *Task, _ map[int64]int) error { return mutate(t) })
 	if err != nil {
 		return nil, err
 	}

@@ -207,3 +207,9 @@ type LogLine struct {
 	Time    time.Time
 	Line    string
 }
+
+// SubtaskLogLine is a line of the log of subtask SubtaskID.
+type SubtaskLogLine struct {
+	SubtaskID int64
+	LogLine
+}
