@@ -22,9 +22,11 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
 .PHONY: build
+# agentd is built static and without grpc-go's tracing: its whole executable
+# stays resident, so its size is most of agentd's RSS (README, Performance).
 build: ## build bin/agentplane-server and bin/agentplane-agentd
 	go build -ldflags "$(LDFLAGS)" -o bin/agentplane-server ./server/cmd/agentplane-server
-	go build -ldflags "$(LDFLAGS)" -o bin/agentplane-agentd ./agentd/cmd/agentplane-agentd
+	CGO_ENABLED=0 go build -tags grpcnotrace -ldflags "$(LDFLAGS)" -o bin/agentplane-agentd ./agentd/cmd/agentplane-agentd
 
 .PHONY: build-bench
 build-bench: build ## build the benchmark tools: bin/agentplane-bench, bin/agentplane-sim, bin/fakeocpagent

@@ -4,10 +4,15 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"io"
+	"math"
+	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"testing"
@@ -160,6 +165,8 @@ func TestFlagErrors(t *testing.T) {
 		{"insecure with ca file", []string{"--insecure", "--token-file", tokenFile, "--ca-file", ca}, "--insecure uses plaintext"},
 		{"insecure with join token", []string{"--insecure", "--token-file", tokenFile, "--join-token", "x"}, "--insecure uses plaintext"},
 		{"bad server", []string{"--ca-file", ca, "--server", "nowhere"}, "want host:port"},
+		{"pprof on every interface", []string{"--ca-file", ca, "--pprof-addr", ":6061"}, "--pprof-addr: \":6061\" is not a loopback address"},
+		{"pprof on a routable address", []string{"--ca-file", ca, "--pprof-addr", "0.0.0.0:0"}, "not a loopback address"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := launch(t, nil, append([]string{"--state-dir", t.TempDir()}, tc.args...)...)
@@ -355,5 +362,76 @@ func TestInsecureBootstrapToken(t *testing.T) {
 	}
 	if !strings.Contains(r.logs.String(), "plaintext") {
 		t.Fatal("no plaintext warning")
+	}
+}
+
+// logField returns field of the first JSON log line whose message starts
+// with msg, and its level.
+func logField(logs, msg, field string) (value, level string) {
+	for _, line := range strings.Split(logs, "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(line), &m) != nil {
+			continue
+		}
+		if s, _ := m["message"].(string); strings.HasPrefix(s, msg) {
+			v, _ := m[field].(string)
+			l, _ := m["level"].(string)
+			return v, l
+		}
+	}
+	return "", ""
+}
+
+func TestPprofServedWhileRunningOnly(t *testing.T) {
+	srv, ca := newServer(t, testsrv.Options{})
+	r := launch(t, nil, "--server", srv.Addr, "--ca-file", ca, "--state-dir", t.TempDir(), "--join-token", joinToken,
+		"--pprof-addr", "127.0.0.1:0")
+	srv.NextStream(t)
+	addr, level := logField(r.logs.String(), "pprof enabled", "pprof_addr")
+	if addr == "" || level != "warn" {
+		t.Fatalf("no WARN line with pprof_addr in the log:\n%s", r.logs.String())
+	}
+	get := func(path string) (int, string, error) {
+		c := &http.Client{Timeout: testsrv.Wait, Transport: &http.Transport{DisableKeepAlives: true}}
+		resp, err := c.Get("http://" + addr + path)
+		if err != nil {
+			return 0, "", err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), err
+	}
+	// agentd's own goroutines are in the profile: it is this agentd's.
+	code, body, err := get("/debug/pprof/goroutine?debug=1")
+	if err != nil || code != http.StatusOK || !strings.Contains(body, "agentplane/agentd/conn.") {
+		t.Fatalf("goroutine profile: %d, %v:\n%.2000s", code, err, body)
+	}
+	if code, body, err := get("/debug/pprof/heap?debug=1"); err != nil || code != http.StatusOK || !strings.Contains(body, "heap profile") {
+		t.Fatalf("heap profile: %d, %v: %.200s", code, err, body)
+	}
+	// The command line, which may hold --join-token, is not served.
+	if code, _, err := get("/debug/pprof/cmdline"); err != nil || code != http.StatusNotFound {
+		t.Fatalf("cmdline: %d, %v; want 404", code, err)
+	}
+	if err := r.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := get("/debug/pprof/"); err == nil {
+		t.Fatal("pprof still served after agentd stopped")
+	}
+}
+
+func TestTuneMemory(t *testing.T) {
+	defer debug.SetMemoryLimit(debug.SetMemoryLimit(-1)) // restore the test binary's own limit
+	t.Setenv("GOMEMLIMIT", "")                           // restored after the test
+	os.Unsetenv("GOMEMLIMIT")
+	debug.SetMemoryLimit(math.MaxInt64)
+	if got := tuneMemory(); got != memoryLimit || debug.SetMemoryLimit(-1) != memoryLimit {
+		t.Fatalf("without $GOMEMLIMIT: tuneMemory() = %d, limit %d; want %d", got, debug.SetMemoryLimit(-1), memoryLimit)
+	}
+	t.Setenv("GOMEMLIMIT", "64MiB") // the operator's choice wins (the runtime read it at start)
+	debug.SetMemoryLimit(64 << 20)
+	if got := tuneMemory(); got != 64<<20 || debug.SetMemoryLimit(-1) != 64<<20 {
+		t.Fatalf("with GOMEMLIMIT=64MiB: tuneMemory() = %d, limit %d", got, debug.SetMemoryLimit(-1))
 	}
 }

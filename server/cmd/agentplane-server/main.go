@@ -28,6 +28,7 @@ import (
 	"agentplane/server/fleet"
 	"agentplane/server/logging"
 	"agentplane/server/pki"
+	"agentplane/server/pprofserver"
 	"agentplane/server/rest"
 	"agentplane/server/rpc"
 	"agentplane/server/store"
@@ -59,6 +60,7 @@ type config struct {
 	agentMsgBurst     int
 	agentMaxStreams   int
 	agentReplacements int
+	pprofAddr         string // net/http/pprof on its own loopback listener; empty: off
 }
 
 // listFlag is a repeatable flag whose values may also be comma-separated.
@@ -98,6 +100,7 @@ func main() {
 	fs.IntVar(&c.agentMaxStreams, "agent-max-streams", fleet.DefaultMaxStreamsPerHost, "agent streams one host may hold at once (the current one and its replacements); more are refused with RESOURCE_EXHAUSTED")
 	fs.IntVar(&c.agentReplacements, "agent-max-replacements-per-min", fleet.DefaultMaxReplacementsPerMin, "how often a minute a host may replace its live agent stream by a new one; more are refused with RESOURCE_EXHAUSTED")
 	fs.DurationVar(&c.shutdownWait, "shutdown-timeout", 10*time.Second, "how long shutdown waits for calls in flight")
+	fs.StringVar(&c.pprofAddr, "pprof-addr", "", "serve net/http/pprof on this loopback host:port, e.g. 127.0.0.1:6060 (default off; unauthenticated, so loopback only)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		os.Exit(2)
@@ -133,6 +136,13 @@ func main() {
 }
 
 func run(ctx context.Context, c config, log zerolog.Logger) error {
+	if c.pprofAddr != "" {
+		ps, err := pprofserver.Start(c.pprofAddr, log)
+		if err != nil {
+			return fmt.Errorf("--pprof-addr: %w", err)
+		}
+		defer ps.Close()
+	}
 	if c.advertise == "" {
 		c.advertise = firstIPv4()
 	}
@@ -192,8 +202,10 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 		}
 	}
 
+	logs := task.NewLogWriter(st)
 	agents := fleet.New(fleet.Config{
-		Registry: st, Logs: st, Token: token, HeartbeatInterval: c.heartbeat, LostAfter: c.lostAfter,
+		// Agents' progress lines, grouped into one transaction each batch.
+		Registry: st, Logs: logs, Token: token, HeartbeatInterval: c.heartbeat, LostAfter: c.lostAfter,
 		MaxStreamsPerHost: c.agentMaxStreams, MaxReplacementsPerMin: c.agentReplacements,
 		Log: log.With().Str("component", "fleet").Logger(),
 	})
@@ -265,20 +277,22 @@ func serveGRPC(s *grpc.Server, lis net.Listener) error {
 	return nil
 }
 
-// shutdown stops REST, ends the agent streams (agents reconnect to the next
-// server) and the engine's attempts and watches (their subtasks stay RUNNING
-// for the next start), then stops gRPC gracefully, hard past the deadline.
+// shutdown stops REST, stops accepting gRPC connections (so agents do not
+// reconnect to this server while it ends, raising their backoff), ends the
+// agent streams (agents reconnect to the next server) and the engine's
+// attempts and watches (their subtasks stay RUNNING for the next start),
+// then waits for gRPC to stop gracefully, hard past the deadline.
 func shutdown(wait time.Duration, hs *http.Server, agents *fleet.Fleet, engine *task.Engine, gs *grpc.Server) {
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
 	_ = hs.Shutdown(ctx)
-	agents.Close()
-	engine.Close()
 	done := make(chan struct{})
 	go func() {
-		gs.GracefulStop()
+		gs.GracefulStop() // closes the listeners at once, then waits for the calls
 		close(done)
 	}()
+	agents.Close()
+	engine.Close()
 	select {
 	case <-done:
 	case <-ctx.Done():
