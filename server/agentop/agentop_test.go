@@ -233,6 +233,27 @@ func TestFinishRecordsStartedAfterAStart(t *testing.T) {
 	}
 }
 
+// Finish knows each of our operations by its task's name, whatever the
+// size of the plan; it agrees with the plan.
+func TestFinishByTaskName(t *testing.T) {
+	for op, name := range map[Op]string{OpStop: TaskBatchStopAgents, OpRestart: TaskBatchRestartAgent} {
+		h := &hosts{finished: map[int64]host.AgentStatus{}}
+		r, _ := run(7)
+		r.Task.Name = name
+		if res := (finishOp{h}).Execute(context.Background(), r); res.Err != nil {
+			t.Fatal(res.Err)
+		}
+		h2 := &hosts{finished: map[int64]host.AgentStatus{}}
+		r.Task.Name, r.Task.Subtasks = "", BatchPlan(op, []int64{5, 7}, "ops").Task.Subtasks
+		if res := (finishOp{h2}).Execute(context.Background(), r); res.Err != nil {
+			t.Fatal(res.Err)
+		}
+		if h.finished[7] != h2.finished[7] {
+			t.Fatalf("%s: by name %v, by plan %v", name, h.finished[7], h2.finished[7])
+		}
+	}
+}
+
 func TestDispatchRollbackSendsTheReverseAction(t *testing.T) {
 	for _, tt := range []struct {
 		a         action

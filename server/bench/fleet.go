@@ -389,7 +389,7 @@ var fleetMaxBatch = regexp.MustCompile(`hosts, must be 1\.\.(\d+)`)
 // refuses that many hosts (InvalidArgument naming its bound), it creates a
 // task per chunk of the bound instead and says so in note.
 func (f *fleetRun) createBatches(ctx context.Context, ids []int64) (created []int64, note string, err error) {
-	resp, err := f.hosts.BatchStopAgents(ctx, &hostv1.BatchStopAgentsRequest{HostIds: ids}, grpc.WaitForReady(true))
+	resp, err := f.hosts.BatchStopAgents(ctx, &hostv1.BatchStopAgentsRequest{HostIds: ids}, grpc.WaitForReady(true), grpc.MaxCallRecvMsgSize(fleetMaxRecvMsg))
 	if err == nil {
 		return []int64{resp.GetTask().GetId()}, "", nil
 	}
@@ -403,7 +403,7 @@ func (f *fleetRun) createBatches(ctx context.Context, ids []int64) (created []in
 		return nil, "", fmt.Errorf("BatchStopAgents of %d hosts: %w", len(ids), err)
 	}
 	for chunk := range slices.Chunk(ids, size) {
-		resp, err := f.hosts.BatchStopAgents(ctx, &hostv1.BatchStopAgentsRequest{HostIds: chunk}, grpc.WaitForReady(true))
+		resp, err := f.hosts.BatchStopAgents(ctx, &hostv1.BatchStopAgentsRequest{HostIds: chunk}, grpc.WaitForReady(true), grpc.MaxCallRecvMsgSize(fleetMaxRecvMsg))
 		if err != nil {
 			return created, "", fmt.Errorf("BatchStopAgents of %d hosts (a chunk): %w", len(chunk), err)
 		}
