@@ -20,7 +20,7 @@ func (s *Store) CreateAccessKey(ctx context.Context, k auth.AccessKey, max int) 
 	if k.CreateTime.IsZero() {
 		k.CreateTime = time.Now()
 	}
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.tx(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		var n int
 		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM access_keys WHERE username = ?`, k.Username).Scan(&n); err != nil {
 			return fmt.Errorf("counting access keys of %q: %w", k.Username, err)
@@ -93,7 +93,7 @@ func (s *Store) ListAccessKeys(ctx context.Context, username string) ([]auth.Acc
 
 // DeleteAccessKey deletes a key; ErrNotFound when there is none.
 func (s *Store) DeleteAccessKey(ctx context.Context, id string) error {
-	res, err := s.w.ExecContext(ctx, `DELETE FROM access_keys WHERE access_key_id = ?`, id)
+	res, err := s.exec(ctx, `DELETE FROM access_keys WHERE access_key_id = ?`, id)
 	if err != nil {
 		return fmt.Errorf("deleting access key %q: %w", id, err)
 	}
@@ -110,7 +110,7 @@ func (s *Store) DeleteAccessKey(ctx context.Context, id string) error {
 // TouchAccessKey records the key's last accepted use; a deleted key is not
 // an error.
 func (s *Store) TouchAccessKey(ctx context.Context, id string, at time.Time) error {
-	if _, err := s.w.ExecContext(ctx, `UPDATE access_keys SET last_used_time = ? WHERE access_key_id = ?`, ms(at), id); err != nil {
+	if _, err := s.exec(ctx, `UPDATE access_keys SET last_used_time = ? WHERE access_key_id = ?`, ms(at), id); err != nil {
 		return fmt.Errorf("recording use of access key %q: %w", id, err)
 	}
 	return nil

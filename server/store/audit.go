@@ -17,7 +17,7 @@ const auditCols = `id, at, username, access_key_id, source_addr, operation, host
 // (username and access key 64, address and operation 128, target 255,
 // outcome 32 bytes) is cut, so that a strict MySQL does not refuse it.
 func (s *Store) AddAuditEvent(ctx context.Context, e audit.Event) (int64, error) {
-	res, err := s.w.ExecContext(ctx, `INSERT INTO audit_events (at, username, access_key_id, source_addr, operation,
+	res, err := s.exec(ctx, `INSERT INTO audit_events (at, username, access_key_id, source_addr, operation,
 		host_id, task_id, target, outcome, message) VALUES (?,?,?,?,?,?,?,?,?,?)`,
 		ms(e.Time), clip(e.Username, 64), clip(e.AccessKeyID, 64), clip(e.SourceAddr, 128), clip(e.Operation, 128),
 		e.HostID, e.TaskID, clip(e.Target, 255), clip(e.Outcome, 32), e.Message)

@@ -21,7 +21,7 @@ func (s *Store) InsertJoinToken(ctx context.Context, t enroll.JoinToken) (int64,
 	if t.TokenHash == "" {
 		return 0, fmt.Errorf("join token without a hash: %w", errs.ErrInvalidArgument)
 	}
-	res, err := s.w.ExecContext(ctx, `INSERT INTO join_tokens (token_hash, host_name, creator, create_time, expire_time)
+	res, err := s.exec(ctx, `INSERT INTO join_tokens (token_hash, host_name, creator, create_time, expire_time)
 		VALUES (?,?,?,?,?)`, t.TokenHash, t.HostName, t.Creator, ms(t.CreateTime), ms(t.ExpireTime))
 	if isUniqueViolation(err) {
 		return 0, fmt.Errorf("join token exists: %w", errs.ErrConflict)
@@ -64,7 +64,7 @@ func (s *Store) EnrollHost(ctx context.Context, tokenHash string, r host.Host, a
 		return host.Host{}, fmt.Errorf("enrolling a host with no name: %w", errs.ErrInvalidArgument)
 	}
 	var h host.Host
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.tx(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `UPDATE join_tokens SET used_time = ?
 			WHERE token_hash = ? AND used_time = 0 AND expire_time > ? AND (host_name = '' OR host_name = ?)`,
 			ms(at), tokenHash, ms(at), r.Name)
@@ -133,7 +133,7 @@ func joinTokenRefusal(ctx context.Context, tx *sql.Tx, tokenHash, name string, a
 // revoked (the first time stays), and returns the host. ErrNotFound when
 // there is no such host.
 func (s *Store) RevokeHost(ctx context.Context, id int64, at time.Time) (*host.Host, error) {
-	_, err := s.w.ExecContext(ctx, `UPDATE hosts SET revoke_time = ?, update_time = ? WHERE id = ? AND revoke_time = 0`,
+	_, err := s.exec(ctx, `UPDATE hosts SET revoke_time = ?, update_time = ? WHERE id = ? AND revoke_time = 0`,
 		ms(at), ms(at), id)
 	if err != nil {
 		return nil, fmt.Errorf("revoking host %d: %w", id, err)

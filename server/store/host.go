@@ -96,7 +96,7 @@ func (s *Store) RegisterHost(ctx context.Context, r host.Host, at time.Time) (ho
 		return host.Host{}, fmt.Errorf("registering a host with no name: %w", errs.ErrInvalidArgument)
 	}
 	var h host.Host
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.tx(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		var id, revoked int64
 		var stored string
 		err := tx.QueryRowContext(ctx, `SELECT id, processes, revoke_time FROM hosts WHERE name = ?`, r.Name).Scan(&id, &stored, &revoked)
@@ -161,12 +161,12 @@ func agentStatusOf(procs []host.Process) host.AgentStatus {
 // follows. It is one write either way.
 func (s *Store) HostSeen(ctx context.Context, id int64, at time.Time, procs []host.Process) error {
 	if procs == nil {
-		if _, err := s.w.ExecContext(ctx, `UPDATE hosts SET last_seen = ? WHERE id = ?`, ms(at), id); err != nil {
+		if _, err := s.exec(ctx, `UPDATE hosts SET last_seen = ? WHERE id = ?`, ms(at), id); err != nil {
 			return fmt.Errorf("recording host %d seen: %w", id, err)
 		}
 		return nil
 	}
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.tx(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		var stored string
 		err := tx.QueryRowContext(ctx, `SELECT processes FROM hosts WHERE id = ?`, id).Scan(&stored)
 		if errors.Is(err, sql.ErrNoRows) {
@@ -192,7 +192,7 @@ func (s *Store) HostSeen(ctx context.Context, id int64, at time.Time, procs []ho
 
 // SetHostStatus sets a host's status.
 func (s *Store) SetHostStatus(ctx context.Context, id int64, st host.Status) error {
-	res, err := s.w.ExecContext(ctx, `UPDATE hosts SET status = ?, update_time = ? WHERE id = ?`, st, nowMS(), id)
+	res, err := s.exec(ctx, `UPDATE hosts SET status = ?, update_time = ? WHERE id = ?`, st, nowMS(), id)
 	if err != nil {
 		return fmt.Errorf("setting host %d %s: %w", id, st, err)
 	}
@@ -209,7 +209,7 @@ func (s *Store) HostsSeen(ctx context.Context, seen map[int64]time.Time) error {
 	if len(seen) == 0 {
 		return nil
 	}
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.tx(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		stmt, err := tx.PrepareContext(ctx, `UPDATE hosts SET last_seen = ? WHERE id = ? AND last_seen < ?`)
 		if err != nil {
 			return err
@@ -232,7 +232,7 @@ func (s *Store) HostsSeen(ctx context.Context, seen map[int64]time.Time) error {
 // agent operation of taskID, and releases the host's lock if that task holds
 // it. ErrConflict when another task holds the lock.
 func (s *Store) FinishAgentOperation(ctx context.Context, hostID, taskID int64, st host.AgentStatus) error {
-	res, err := s.w.ExecContext(ctx, `UPDATE hosts SET agent_status = ?, op_task_id = NULL, update_time = ?
+	res, err := s.exec(ctx, `UPDATE hosts SET agent_status = ?, op_task_id = NULL, update_time = ?
 		WHERE id = ? AND (op_task_id IS NULL OR op_task_id = ?)`, st, nowMS(), hostID, taskID)
 	if err != nil {
 		return fmt.Errorf("finishing the agent operation on host %d: %w", hostID, err)
@@ -300,7 +300,7 @@ func (s *Store) ListHosts(ctx context.Context, q host.ListQuery) (host.Page, err
 // MarkAllOffline sets every ONLINE host OFFLINE; the server calls it at start,
 // before any agentd can have connected.
 func (s *Store) MarkAllOffline(ctx context.Context) error {
-	_, err := s.w.ExecContext(ctx, `UPDATE hosts SET status = ? WHERE status = ?`, host.StatusOffline, host.StatusOnline)
+	_, err := s.exec(ctx, `UPDATE hosts SET status = ? WHERE status = ?`, host.StatusOffline, host.StatusOnline)
 	if err != nil {
 		return fmt.Errorf("marking hosts offline: %w", err)
 	}

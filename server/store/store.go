@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -35,6 +36,12 @@ type Store struct {
 	// lock holds an exclusive flock on the data dir: two servers running
 	// the same tasks would each execute them.
 	lock *os.File
+	// writes feeds the group-commit writer (writer.go); stop ends it and
+	// stopped is closed once it has.
+	writes   chan *write
+	stop     chan struct{}
+	stopOnce sync.Once
+	stopped  chan struct{}
 }
 
 // FileName is the database file inside the data dir.
@@ -83,11 +90,15 @@ func Open(ctx context.Context, dataDir string) (s *Store, err error) {
 	}
 	r.SetMaxOpenConns(4)
 	s.r = r
+	s.writes, s.stop, s.stopped = make(chan *write), make(chan struct{}), make(chan struct{})
+	go s.writer()
 	return s, nil
 }
 
 // Close closes the database and releases the data dir.
 func (s *Store) Close() error {
+	s.stopOnce.Do(func() { close(s.stop) })
+	<-s.stopped
 	return errors.Join(s.r.Close(), s.w.Close(), s.lock.Close())
 }
 
@@ -107,22 +118,6 @@ func lockDir(dataDir string) (*os.File, error) {
 		return nil, fmt.Errorf("locking %s: %w", path, err)
 	}
 	return f, nil
-}
-
-// tx runs fn in a write transaction, committing when it returns nil.
-func (s *Store) tx(ctx context.Context, fn func(*sql.Tx) error) error {
-	tx, err := s.w.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("begin: %w", err)
-	}
-	if err := fn(tx); err != nil {
-		_ = tx.Rollback()
-		return err
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("commit: %w", err)
-	}
-	return nil
 }
 
 // querier is what reads need: *sql.DB or *sql.Tx.

@@ -35,7 +35,7 @@ func (s *Store) createTask(ctx context.Context, p task.Plan) (created *task.Task
 	t := p.Task
 	t.Subtasks = slices.Clone(p.Task.Subtasks)
 	var earlier int64
-	err = s.tx(ctx, func(tx *sql.Tx) error {
+	err = s.tx(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		if k := p.Idempotency; k != nil {
 			var fp string
 			err := tx.QueryRowContext(ctx, `SELECT task_id, fingerprint FROM idempotency_keys WHERE scope = ?`, k.Scope).
@@ -247,7 +247,7 @@ func lockHosts(ctx context.Context, q querier, hosts []int64, taskID int64) erro
 // is fine. ErrConflict names the task holding it; ErrNotFound when the host
 // does not exist.
 func (s *Store) LockHost(ctx context.Context, hostID, taskID int64) error {
-	return s.tx(ctx, func(tx *sql.Tx) error { return lockHost(ctx, tx, hostID, taskID) })
+	return s.tx(ctx, func(ctx context.Context, tx *sql.Tx) error { return lockHost(ctx, tx, hostID, taskID) })
 }
 
 const taskCols = `id, name, type, operation, status, creator, executor, host_id, task_definition_id, context, start_time, end_time`
@@ -415,7 +415,7 @@ func orderBy(s task.Sort) string {
 // another task holds one). When after is final, the host locks the task
 // holds are released. logs are appended in the same transaction.
 func (s *Store) UpdateTask(ctx context.Context, before, after *task.Task, lock []int64, logs ...task.SubtaskLogLine) error {
-	return s.tx(ctx, func(tx *sql.Tx) error {
+	return s.tx(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		if err := lockHosts(ctx, tx, lock, after.ID); err != nil {
 			return err
 		}
@@ -502,7 +502,7 @@ func (s *Store) RunningTaskIDs(ctx context.Context) ([]int64, error) {
 
 // AppendSubtaskLog appends one line to a subtask's log.
 func (s *Store) AppendSubtaskLog(ctx context.Context, subtaskID int64, l task.LogLine) error {
-	_, err := s.w.ExecContext(ctx, `INSERT INTO subtask_logs (subtask_id, run_time, at, line) VALUES (?,?,?,?)`,
+	_, err := s.exec(ctx, `INSERT INTO subtask_logs (subtask_id, run_time, at, line) VALUES (?,?,?,?)`,
 		subtaskID, l.RunTime, ms(l.Time), l.Line)
 	if err != nil {
 		return fmt.Errorf("appending to the log of subtask %d: %w", subtaskID, err)
@@ -516,7 +516,7 @@ func (s *Store) AppendSubtaskLogs(ctx context.Context, lines []task.SubtaskLogLi
 	if len(lines) == 0 {
 		return nil
 	}
-	return s.tx(ctx, func(tx *sql.Tx) error { return appendSubtaskLogs(ctx, tx, lines) })
+	return s.tx(ctx, func(ctx context.Context, tx *sql.Tx) error { return appendSubtaskLogs(ctx, tx, lines) })
 }
 
 func appendSubtaskLogs(ctx context.Context, tx *sql.Tx, lines []task.SubtaskLogLine) error {

@@ -16,7 +16,7 @@ func (s *Store) CreateUser(ctx context.Context, u auth.User) (auth.User, error) 
 	if u.CreateTime.IsZero() {
 		u.CreateTime = time.Now()
 	}
-	res, err := s.w.ExecContext(ctx, `INSERT INTO users (username, password_hash, roles, create_time) VALUES (?,?,?,?)`,
+	res, err := s.exec(ctx, `INSERT INTO users (username, password_hash, roles, create_time) VALUES (?,?,?,?)`,
 		u.Username, u.PasswordHash, toJSON(u.Roles), ms(u.CreateTime))
 	if isUniqueViolation(err) {
 		return auth.User{}, fmt.Errorf("user %q already exists: %w", u.Username, errs.ErrConflict)
