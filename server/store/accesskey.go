@@ -20,7 +20,7 @@ func (s *Store) CreateAccessKey(ctx context.Context, k auth.AccessKey, max int) 
 	if k.CreateTime.IsZero() {
 		k.CreateTime = time.Now()
 	}
-	err := s.tx(ctx, func(ctx context.Context, tx *sql.Tx) error {
+	err := s.tx(ctx, func(ctx context.Context, tx *wtx) error {
 		var n int
 		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM access_keys WHERE username = ?`, k.Username).Scan(&n); err != nil {
 			return fmt.Errorf("counting access keys of %q: %w", k.Username, err)

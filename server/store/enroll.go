@@ -64,7 +64,7 @@ func (s *Store) EnrollHost(ctx context.Context, tokenHash string, r host.Host, a
 		return host.Host{}, fmt.Errorf("enrolling a host with no name: %w", errs.ErrInvalidArgument)
 	}
 	var h host.Host
-	err := s.tx(ctx, func(ctx context.Context, tx *sql.Tx) error {
+	err := s.tx(ctx, func(ctx context.Context, tx *wtx) error {
 		res, err := tx.ExecContext(ctx, `UPDATE join_tokens SET used_time = ?
 			WHERE token_hash = ? AND used_time = 0 AND expire_time > ? AND (host_name = '' OR host_name = ?)`,
 			ms(at), tokenHash, ms(at), r.Name)
@@ -114,7 +114,7 @@ func (s *Store) EnrollHost(ctx context.Context, tokenHash string, r host.Host, a
 
 // joinTokenRefusal says why a join token could not be used for name: the
 // one generic error unless the token is valid but bound to another name.
-func joinTokenRefusal(ctx context.Context, tx *sql.Tx, tokenHash, name string, at time.Time) error {
+func joinTokenRefusal(ctx context.Context, tx *wtx, tokenHash, name string, at time.Time) error {
 	t, err := scanJoinToken(tx.QueryRowContext(ctx, `SELECT `+joinTokenCols+` FROM join_tokens WHERE token_hash = ?`, tokenHash))
 	switch {
 	case errors.Is(err, sql.ErrNoRows):

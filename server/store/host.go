@@ -96,7 +96,7 @@ func (s *Store) RegisterHost(ctx context.Context, r host.Host, at time.Time) (ho
 		return host.Host{}, fmt.Errorf("registering a host with no name: %w", errs.ErrInvalidArgument)
 	}
 	var h host.Host
-	err := s.tx(ctx, func(ctx context.Context, tx *sql.Tx) error {
+	err := s.tx(ctx, func(ctx context.Context, tx *wtx) error {
 		var id, revoked int64
 		var stored string
 		err := tx.QueryRowContext(ctx, `SELECT id, processes, revoke_time FROM hosts WHERE name = ?`, r.Name).Scan(&id, &stored, &revoked)
@@ -166,7 +166,7 @@ func (s *Store) HostSeen(ctx context.Context, id int64, at time.Time, procs []ho
 		}
 		return nil
 	}
-	err := s.tx(ctx, func(ctx context.Context, tx *sql.Tx) error {
+	err := s.tx(ctx, func(ctx context.Context, tx *wtx) error {
 		var stored string
 		err := tx.QueryRowContext(ctx, `SELECT processes FROM hosts WHERE id = ?`, id).Scan(&stored)
 		if errors.Is(err, sql.ErrNoRows) {
@@ -202,31 +202,40 @@ func (s *Store) SetHostStatus(ctx context.Context, id int64, st host.Status) err
 	return nil
 }
 
-// HostsSeen records, in one transaction, when each host's agentd was last
-// heard from (its reports unchanged since the last HostSeen). A time older
-// than the one stored is ignored. Hosts that no longer exist are skipped.
+// HostsSeen records when each host's agentd was last heard from (its
+// reports unchanged since the last HostSeen), in writes of seenChunk hosts,
+// so that other writes are not held up behind one of 10,000 rows. A time
+// older than the one stored is ignored. Hosts that no longer exist are
+// skipped.
 func (s *Store) HostsSeen(ctx context.Context, seen map[int64]time.Time) error {
-	if len(seen) == 0 {
-		return nil
+	ids := make([]int64, 0, len(seen))
+	for id := range seen {
+		ids = append(ids, id)
 	}
-	err := s.tx(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		stmt, err := tx.PrepareContext(ctx, `UPDATE hosts SET last_seen = ? WHERE id = ? AND last_seen < ?`)
-		if err != nil {
-			return err
-		}
-		defer stmt.Close()
-		for id, at := range seen {
-			if _, err := stmt.ExecContext(ctx, ms(at), id, ms(at)); err != nil {
-				return fmt.Errorf("host %d: %w", id, err)
+	slices.Sort(ids)
+	for chunk := range slices.Chunk(ids, seenChunk) {
+		err := s.tx(ctx, func(ctx context.Context, tx *wtx) error {
+			stmt, err := tx.PrepareContext(ctx, `UPDATE hosts SET last_seen = ? WHERE id = ? AND last_seen < ?`)
+			if err != nil {
+				return err
 			}
+			defer stmt.Close()
+			for _, id := range chunk {
+				at := ms(seen[id])
+				if _, err := stmt.ExecContext(ctx, at, id, at); err != nil {
+					return fmt.Errorf("host %d: %w", id, err)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("recording %d hosts seen: %w", len(seen), err)
 		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("recording %d hosts seen: %w", len(seen), err)
 	}
 	return nil
 }
+
+const seenChunk = 100
 
 // FinishAgentOperation records the OCP Agent's status on the host after the
 // agent operation of taskID, and releases the host's lock if that task holds

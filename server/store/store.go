@@ -32,7 +32,9 @@ import (
 type Store struct {
 	// w serialises writes on one connection (SQLite allows one writer);
 	// r serves reads concurrently (WAL lets them run beside the writer).
-	w, r *sql.DB
+	w      *sql.DB
+	r      *rdb
+	wstmts *stmtCache // the writer's prepared statements (stmts.go)
 	// lock holds an exclusive flock on the data dir: two servers running
 	// the same tasks would each execute them.
 	lock *os.File
@@ -89,7 +91,8 @@ func Open(ctx context.Context, dataDir string) (s *Store, err error) {
 		return nil, fmt.Errorf("opening %s: %w", path, err)
 	}
 	r.SetMaxOpenConns(4)
-	s.r = r
+	s.r = &rdb{DB: r, c: newStmtCache()}
+	s.wstmts = newStmtCache()
 	s.writes, s.stop, s.stopped = make(chan *write), make(chan struct{}), make(chan struct{})
 	go s.writer()
 	return s, nil
@@ -99,6 +102,8 @@ func Open(ctx context.Context, dataDir string) (s *Store, err error) {
 func (s *Store) Close() error {
 	s.stopOnce.Do(func() { close(s.stop) })
 	<-s.stopped
+	s.wstmts.close()
+	s.r.c.close()
 	return errors.Join(s.r.Close(), s.w.Close(), s.lock.Close())
 }
 

@@ -35,7 +35,7 @@ func (s *Store) createTask(ctx context.Context, p task.Plan) (created *task.Task
 	t := p.Task
 	t.Subtasks = slices.Clone(p.Task.Subtasks)
 	var earlier int64
-	err = s.tx(ctx, func(ctx context.Context, tx *sql.Tx) error {
+	err = s.tx(ctx, func(ctx context.Context, tx *wtx) error {
 		if k := p.Idempotency; k != nil {
 			var fp string
 			err := tx.QueryRowContext(ctx, `SELECT task_id, fingerprint FROM idempotency_keys WHERE scope = ?`, k.Scope).
@@ -115,7 +115,7 @@ const subtaskInsertCols = `id, task_id, seq, name, description, class_name, node
 // they follow the order the DAG was built), which lets each row carry its
 // edges at once: one multi-row INSERT per rowsPerInsert subtasks, and no
 // second pass.
-func insertSubtasks(ctx context.Context, tx *sql.Tx, t *task.Task, edges [][2]int) error {
+func insertSubtasks(ctx context.Context, tx *wtx, t *task.Task, edges [][2]int) error {
 	n := len(t.Subtasks)
 	if n == 0 {
 		return nil
@@ -161,7 +161,7 @@ func insertSubtasks(ctx context.Context, tx *sql.Tx, t *task.Task, edges [][2]in
 // and returns the first. The UPDATE holds the sequence's row until the
 // transaction ends, so concurrent transactions (on MySQL) take disjoint
 // ranges; SQLite runs one writer at a time anyway.
-func allocIDs(ctx context.Context, tx *sql.Tx, name string, n int) (int64, error) {
+func allocIDs(ctx context.Context, tx *wtx, name string, n int) (int64, error) {
 	res, err := tx.ExecContext(ctx, `UPDATE id_sequences SET next_id = next_id + ? WHERE name = ?`, n, name)
 	if err != nil {
 		return 0, fmt.Errorf("allocating %d %s ids: %w", n, name, err)
@@ -247,7 +247,7 @@ func lockHosts(ctx context.Context, q querier, hosts []int64, taskID int64) erro
 // is fine. ErrConflict names the task holding it; ErrNotFound when the host
 // does not exist.
 func (s *Store) LockHost(ctx context.Context, hostID, taskID int64) error {
-	return s.tx(ctx, func(ctx context.Context, tx *sql.Tx) error { return lockHost(ctx, tx, hostID, taskID) })
+	return s.tx(ctx, func(ctx context.Context, tx *wtx) error { return lockHost(ctx, tx, hostID, taskID) })
 }
 
 const taskCols = `id, name, type, operation, status, creator, executor, host_id, task_definition_id, context, start_time, end_time`
@@ -415,7 +415,7 @@ func orderBy(s task.Sort) string {
 // another task holds one). When after is final, the host locks the task
 // holds are released. logs are appended in the same transaction.
 func (s *Store) UpdateTask(ctx context.Context, before, after *task.Task, lock []int64, logs ...task.SubtaskLogLine) error {
-	return s.tx(ctx, func(ctx context.Context, tx *sql.Tx) error {
+	return s.tx(ctx, func(ctx context.Context, tx *wtx) error {
 		if err := lockHosts(ctx, tx, lock, after.ID); err != nil {
 			return err
 		}
@@ -516,10 +516,10 @@ func (s *Store) AppendSubtaskLogs(ctx context.Context, lines []task.SubtaskLogLi
 	if len(lines) == 0 {
 		return nil
 	}
-	return s.tx(ctx, func(ctx context.Context, tx *sql.Tx) error { return appendSubtaskLogs(ctx, tx, lines) })
+	return s.tx(ctx, func(ctx context.Context, tx *wtx) error { return appendSubtaskLogs(ctx, tx, lines) })
 }
 
-func appendSubtaskLogs(ctx context.Context, tx *sql.Tx, lines []task.SubtaskLogLine) error {
+func appendSubtaskLogs(ctx context.Context, tx *wtx, lines []task.SubtaskLogLine) error {
 	for lo := 0; lo < len(lines); lo += rowsPerInsert {
 		chunk := lines[lo:min(lo+rowsPerInsert, len(lines))]
 		args := make([]any, 0, 4*len(chunk))

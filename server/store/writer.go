@@ -25,7 +25,7 @@ const maxGroup = 256
 // write is one caller's transaction body waiting for the writer.
 type write struct {
 	ctx  context.Context
-	fn   func(ctx context.Context, tx *sql.Tx) error
+	fn   func(ctx context.Context, tx *wtx) error
 	done chan error
 }
 
@@ -38,7 +38,7 @@ var errClosed = errors.New("store closed")
 // transaction. A ctx already done when the writer gets to fn fails it
 // unrun. fn must not call the Store's writing methods (they would wait for
 // the writer, which waits for fn).
-func (s *Store) tx(ctx context.Context, fn func(ctx context.Context, tx *sql.Tx) error) error {
+func (s *Store) tx(ctx context.Context, fn func(ctx context.Context, tx *wtx) error) error {
 	w := &write{ctx: ctx, fn: fn, done: make(chan error, 1)}
 	select {
 	case s.writes <- w:
@@ -52,7 +52,7 @@ func (s *Store) tx(ctx context.Context, fn func(ctx context.Context, tx *sql.Tx)
 
 // exec runs one statement as a write.
 func (s *Store) exec(ctx context.Context, query string, args ...any) (res sql.Result, err error) {
-	err = s.tx(ctx, func(ctx context.Context, tx *sql.Tx) error {
+	err = s.tx(ctx, func(ctx context.Context, tx *wtx) error {
 		res, err = tx.ExecContext(ctx, query, args...)
 		return err
 	})
@@ -81,6 +81,7 @@ func (s *Store) writer() {
 			}
 		}
 		s.commit(group)
+		s.wstmts.prepareWanted(context.Background(), s.w)
 	}
 }
 
@@ -113,7 +114,7 @@ func (s *Store) commit(group []*write) {
 				return
 			}
 		}
-		errs[i] = run(w, tx)
+		errs[i] = run(w, &wtx{Tx: tx, c: s.wstmts})
 		if alone {
 			break
 		}
@@ -143,7 +144,7 @@ func (s *Store) commit(group []*write) {
 
 // run calls a write's body with the group's transaction; a panic fails
 // the write, not the writer.
-func run(w *write, tx *sql.Tx) (err error) {
+func run(w *write, tx *wtx) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			err = fmt.Errorf("store write panicked: %v", p)

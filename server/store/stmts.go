@@ -1,0 +1,136 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"sync"
+)
+
+// Parsing a statement costs SQLite about as much as running it (a fifth of
+// the server's CPU when accepting stops at concurrency 64), so the store
+// keeps each statement it runs prepared, per connection, by query text.
+//
+// The writer's one connection is busy inside each transaction, so a write
+// statement not prepared yet runs unprepared and is marked wanted; the
+// writer prepares the wanted ones between transactions. Reads prepare on
+// first use. Queries whose text varies (IN lists, multi-row inserts) fill
+// the cache up to maxStmts and then run unprepared.
+type stmtCache struct {
+	mu     sync.Mutex
+	stmts  map[string]*sql.Stmt
+	wanted map[string]bool
+}
+
+const maxStmts = 256
+
+func newStmtCache() *stmtCache {
+	return &stmtCache{stmts: map[string]*sql.Stmt{}, wanted: map[string]bool{}}
+}
+
+// lookup returns the prepared statement of query, or nil after marking it
+// wanted (if there is room).
+func (c *stmtCache) lookup(query string) *sql.Stmt {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st := c.stmts[query]
+	if st == nil && len(c.stmts)+len(c.wanted) < maxStmts {
+		c.wanted[query] = true
+	}
+	return st
+}
+
+// prepareWanted prepares the wanted statements on db.
+func (c *stmtCache) prepareWanted(ctx context.Context, db *sql.DB) {
+	c.mu.Lock()
+	if len(c.wanted) == 0 {
+		c.mu.Unlock()
+		return
+	}
+	wanted := c.wanted
+	c.wanted = map[string]bool{}
+	c.mu.Unlock()
+	for q := range wanted {
+		st, err := db.PrepareContext(ctx, q)
+		if err != nil {
+			continue // it runs unprepared, and says why then
+		}
+		c.mu.Lock()
+		c.stmts[q] = st
+		c.mu.Unlock()
+	}
+}
+
+// prepared returns query's statement on db, preparing it now.
+func (c *stmtCache) prepared(ctx context.Context, db *sql.DB, query string) *sql.Stmt {
+	if st := c.lookup(query); st != nil {
+		return st
+	}
+	c.prepareWanted(ctx, db)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.stmts[query]
+}
+
+func (c *stmtCache) close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for q, st := range c.stmts {
+		_ = st.Close()
+		delete(c.stmts, q)
+	}
+}
+
+// wtx is a write transaction that runs statements prepared by the writer.
+type wtx struct {
+	*sql.Tx
+	c *stmtCache
+}
+
+func (t *wtx) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	if st := t.c.lookup(query); st != nil {
+		return t.Tx.StmtContext(ctx, st).ExecContext(ctx, args...)
+	}
+	return t.Tx.ExecContext(ctx, query, args...)
+}
+
+func (t *wtx) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	if st := t.c.lookup(query); st != nil {
+		return t.Tx.StmtContext(ctx, st).QueryContext(ctx, args...)
+	}
+	return t.Tx.QueryContext(ctx, query, args...)
+}
+
+func (t *wtx) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
+	if st := t.c.lookup(query); st != nil {
+		return t.Tx.StmtContext(ctx, st).QueryRowContext(ctx, args...)
+	}
+	return t.Tx.QueryRowContext(ctx, query, args...)
+}
+
+// PrepareContext returns the transaction's copy of query's statement.
+func (t *wtx) PrepareContext(ctx context.Context, query string) (*sql.Stmt, error) {
+	if st := t.c.lookup(query); st != nil {
+		return t.Tx.StmtContext(ctx, st), nil
+	}
+	return t.Tx.PrepareContext(ctx, query)
+}
+
+// rdb is the read pool, running prepared statements.
+type rdb struct {
+	*sql.DB
+	c *stmtCache
+}
+
+func (d *rdb) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	if st := d.c.prepared(ctx, d.DB, query); st != nil {
+		return st.QueryContext(ctx, args...)
+	}
+	return d.DB.QueryContext(ctx, query, args...)
+}
+
+func (d *rdb) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
+	if st := d.c.prepared(ctx, d.DB, query); st != nil {
+		return st.QueryRowContext(ctx, args...)
+	}
+	return d.DB.QueryRowContext(ctx, query, args...)
+}
