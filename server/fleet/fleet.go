@@ -74,10 +74,11 @@ type Fleet struct {
 	cfg     Config
 	started time.Time
 
-	// online serialises a host's ONLINE write with installing its session,
-	// and removing a session with its OFFLINE write, so the stored status
-	// always ends as the sessions say.
-	online sync.Mutex
+	// online serialises, per host, the host's ONLINE write with installing
+	// its session, and removing a session with its OFFLINE write, so the
+	// stored status always ends as the sessions say. Per host: after a
+	// server restart 10,000 agents connect at once, each with a write.
+	online hostLocks
 
 	mu       sync.Mutex
 	closing  bool
@@ -324,8 +325,15 @@ func (f *Fleet) Connect(ctx context.Context, h Hello) (*Session, Welcome, error)
 	// Held from the identity check to the session's install, and by Revoke:
 	// a revocation either comes first and is seen here, or ends the session
 	// installed here.
-	f.online.Lock()
-	defer f.online.Unlock()
+	// A bootstrap Hello's host is known only once registered: it holds
+	// every host's lock (--insecure is for labs, not fleets).
+	var unlock func()
+	if h.Identity != nil {
+		unlock = f.online.host(h.Identity.HostID)
+	} else {
+		unlock = f.online.all()
+	}
+	defer unlock()
 	if h.Identity != nil {
 		if err := f.checkIdentity(ctx, h); err != nil {
 			f.cfg.Log.Warn().Err(err).Int64("host_id", h.Identity.HostID).Int64("hello_host_id", h.HostID).
@@ -395,7 +403,7 @@ func (f *Fleet) Connect(ctx context.Context, h Hello) (*Session, Welcome, error)
 }
 
 // admit checks the host's stream bounds for a new session, taking a
-// replacement token when the host has a live session. Callers hold online,
+// replacement token when the host has a live session. Callers hold the host's online lock,
 // so that nothing connects or disconnects until the session is installed.
 func (f *Fleet) admit(hostID int64) error {
 	f.mu.Lock()
@@ -421,7 +429,7 @@ func (f *Fleet) admit(hostID int64) error {
 }
 
 // restoreOffline undoes a registration's ONLINE write for a host with no
-// live session. Callers hold online.
+// live session. Callers hold the host's online lock.
 func (f *Fleet) restoreOffline(hostID int64) {
 	f.mu.Lock()
 	live := f.live(hostID) != nil
@@ -437,7 +445,7 @@ func (f *Fleet) restoreOffline(hostID int64) {
 }
 
 // checkIdentity checks a Hello against its client certificate's host and
-// the registry. Callers hold online.
+// the registry. Callers hold the host's online lock.
 func (f *Fleet) checkIdentity(ctx context.Context, h Hello) error {
 	id := h.Identity
 	if h.HostID != 0 && h.HostID != id.HostID {
@@ -464,11 +472,11 @@ func (f *Fleet) checkIdentity(ctx context.Context, h Hello) error {
 // waits for a Connect in progress, so a session installed before that
 // record was read is ended too.
 func (f *Fleet) Revoke(hostID int64) {
-	f.online.Lock()
+	unlock := f.online.host(hostID)
 	f.mu.Lock()
 	s := f.sessions[hostID]
 	f.mu.Unlock()
-	f.online.Unlock()
+	unlock()
 	if s != nil {
 		s.close(ErrRevoked)
 		f.cfg.Log.Warn().Int64("host_id", hostID).Msg("host revoked; ending its stream")
@@ -503,8 +511,7 @@ func (f *Fleet) Close() {
 // OFFLINE.
 func (f *Fleet) Disconnect(s *Session) {
 	s.close(ErrDisconnected)
-	f.online.Lock()
-	defer f.online.Unlock()
+	defer f.online.host(s.HostID)()
 	f.mu.Lock()
 	closing := f.closing
 	current := f.sessions[s.HostID] == s
@@ -887,4 +894,27 @@ func sameProcesses(a, b []host.Process) bool {
 		}
 	}
 	return true
+}
+
+// hostLocks are per-host mutexes (striped), and a way to hold them all.
+type hostLocks struct {
+	every   sync.RWMutex // held shared by host, exclusively by all
+	stripes [256]sync.Mutex
+}
+
+// host locks one host; call the result to unlock.
+func (l *hostLocks) host(id int64) func() {
+	l.every.RLock()
+	m := &l.stripes[uint64(id)%uint64(len(l.stripes))]
+	m.Lock()
+	return func() {
+		m.Unlock()
+		l.every.RUnlock()
+	}
+}
+
+// all locks every host; call the result to unlock.
+func (l *hostLocks) all() func() {
+	l.every.Lock()
+	return l.every.Unlock
 }
