@@ -34,7 +34,11 @@ type Runner interface {
 	StartAll(ctx context.Context, specs []proc.StartSpec, emit func(proc.Event)) (int, error)
 }
 
-var _ Runner = (*proc.Stopper)(nil)
+var (
+	_ Runner          = (*proc.Stopper)(nil)
+	_ ObservingRunner = (*proc.Stopper)(nil)
+	_ CheckingRunner  = (*proc.Stopper)(nil)
+)
 
 // Defaults of Config.
 const (
@@ -44,6 +48,7 @@ const (
 	DefaultShutdownTimeout = 5 * time.Second
 	DefaultCommandTimeout  = 10 * time.Minute
 	DefaultGrace           = 30 * time.Second
+	DefaultScanEvery       = time.Minute
 	outQueue               = 256
 )
 
@@ -65,6 +70,7 @@ type Config struct {
 	WelcomeTimeout  time.Duration   // wait for the Welcome; default 10s
 	StableAfter     time.Duration   // a welcomed connection up this long resets the backoff; default 10s
 	ShutdownTimeout time.Duration   // on shutdown, wait this long for commands' results to be sent; default 5s
+	ScanEvery       time.Duration   // a heartbeat scans all of /proc at least this often, else re-checks the known processes; default 1m (see heartbeatProcesses)
 	Log             zerolog.Logger
 	Rand            *rand.Rand // backoff jitter source; default a random seed
 
@@ -93,6 +99,15 @@ type Client struct {
 	closing bool                  // Run's ctx is done: no new commands
 
 	cmds sync.WaitGroup // running command goroutines
+
+	// obsMu serializes observing the base processes and sending what was
+	// observed (heartbeats, the report before a result), so that of two
+	// reports the one sent later was observed later. It guards the fields
+	// below.
+	obsMu    sync.Mutex
+	seen     []proc.Target // the base processes as last observed
+	seenOK   bool          // seen is valid: a scan has succeeded since the last failure
+	lastScan time.Time     // when seen last came from a full scan
 }
 
 type cmdKey struct {
@@ -118,6 +133,9 @@ func New(cfg Config) *Client {
 	}
 	if cfg.ShutdownTimeout <= 0 {
 		cfg.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if cfg.ScanEvery <= 0 {
+		cfg.ScanEvery = DefaultScanEvery
 	}
 	if cfg.Rand == nil {
 		cfg.Rand = rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
@@ -231,16 +249,16 @@ func (c *Client) handleCommand(s *session, cmd *agentv1.Command) {
 	if cmd.GetTimeout() == nil || timeout <= 0 {
 		timeout = DefaultCommandTimeout
 	}
-	var work func(context.Context) state.Result
+	var work func(context.Context) (state.Result, report)
 	switch a := cmd.GetAction().(type) {
 	case *agentv1.Command_StopAgent:
 		grace := a.StopAgent.GetGrace().AsDuration()
 		if a.StopAgent.GetGrace() == nil || grace <= 0 {
 			grace = c.cfg.Grace
 		}
-		work = func(ctx context.Context) state.Result { return c.stop(ctx, log, k, grace, timeout) }
+		work = func(ctx context.Context) (state.Result, report) { return c.stop(ctx, log, k, grace, timeout) }
 	case *agentv1.Command_StartAgent:
-		work = func(ctx context.Context) state.Result { return c.start(ctx, log, k, timeout) }
+		work = func(ctx context.Context) (state.Result, report) { return c.start(ctx, log, k, timeout) }
 	}
 	// The command runs under Run's ctx, not the connection's.
 	base, cancel := context.WithCancelCause(c.root)
@@ -255,11 +273,12 @@ func (c *Client) handleCommand(s *session, cmd *agentv1.Command) {
 		defer cancelTimeout()
 		log.Info().Str("action", actionName(cmd)).Dur("timeout", timeout).Msg("command started")
 		var r state.Result
+		var seen report
 		if work == nil {
 			log.Warn().Msg("command without a known action")
 			r = state.Result{Outcome: state.OutcomeFailed, Message: "unsupported command action"}
 		} else {
-			r = work(rctx)
+			r, seen = work(rctx)
 		}
 		r.SubtaskID, r.Attempt, r.FinishTime = k.subtask, k.attempt, time.Now()
 		// Save before leaving the running set, so a repeated command always
@@ -271,10 +290,7 @@ func (c *Client) handleCommand(s *session, cmd *agentv1.Command) {
 		delete(c.running, k)
 		c.mu.Unlock()
 		log.Info().Str("outcome", string(r.Outcome)).Str("detail", r.Message).Msg("command finished")
-		// Report the processes as they are now before the result, so the
-		// server's view of the host is fresh when the subtask ends.
-		c.send(c.heartbeat(c.root), false)
-		c.send(resultMsg(r), false)
+		c.sendResult(r, seen)
 	}()
 }
 
@@ -292,48 +308,68 @@ func (c *Client) storedResult(k cmdKey) (state.Result, error) {
 }
 
 // stop runs a StopAgent command and maps its end to a result. It records
-// the running processes first, so that they can be started again.
-func (c *Client) stop(ctx context.Context, log zerolog.Logger, k cmdKey, grace, timeout time.Duration) state.Result {
+// the running processes first, so that they can be started again, and
+// returns the processes its last scan found, for the report before the
+// result. With an ObservingRunner one scan serves both the recording and
+// the stop, and the stop's verifying scan serves the report; another Runner
+// is scanned before (to record) and after (by sendResult) its StopAll.
+func (c *Client) stop(ctx context.Context, log zerolog.Logger, k cmdKey, grace, timeout time.Duration) (state.Result, report) {
 	log.Info().Dur("grace", grace).Dur("timeout", timeout).Msg("stopping ocp agent processes")
-	c.scan(ctx)
 	stopped := map[int32]bool{}
 	progress := c.progress(log, k)
-	err := c.cfg.Runner.StopAll(ctx, grace, func(ev proc.Event) {
+	emit := func(ev proc.Event) {
 		if ev.Kind == proc.EventExited {
 			stopped[ev.Target.PID] = true
 		}
 		progress(ev)
-	})
+	}
+	var seen report
+	var err error
+	if obs, ok := c.cfg.Runner.(ObservingRunner); ok {
+		var left []proc.Target
+		left, err = obs.StopAllObserved(ctx, grace, emit, func(found []proc.Target) { c.rec.observe(ctx, found) })
+		if err == nil || errors.Is(err, proc.ErrStillRunning) {
+			seen = report{procs: left, fresh: true}
+		}
+	} else {
+		c.obsMu.Lock()
+		c.scan(ctx)
+		c.obsMu.Unlock()
+		err = c.cfg.Runner.StopAll(ctx, grace, emit)
+	}
 	switch {
 	case err == nil:
 		if len(stopped) == 0 {
-			return state.Result{Outcome: state.OutcomeSucceeded, Message: "no OCP Agent base process was running"}
+			return state.Result{Outcome: state.OutcomeSucceeded, Message: "no OCP Agent base process was running"}, seen
 		}
-		return state.Result{Outcome: state.OutcomeSucceeded, Message: fmt.Sprintf("stopped %d OCP Agent base processes", len(stopped))}
+		return state.Result{Outcome: state.OutcomeSucceeded, Message: fmt.Sprintf("stopped %d OCP Agent base processes", len(stopped))}, seen
 	case ctx.Err() != nil:
-		return state.Result{Outcome: state.OutcomeCanceled, Message: "canceled: " + cancelReason(context.Cause(ctx))}
+		return state.Result{Outcome: state.OutcomeCanceled, Message: "canceled: " + cancelReason(context.Cause(ctx))}, seen
 	default:
-		return state.Result{Outcome: state.OutcomeFailed, Message: err.Error()}
+		return state.Result{Outcome: state.OutcomeFailed, Message: err.Error()}, seen
 	}
 }
 
 // start runs a StartAgent command with the recorded start specs and maps its
-// end to a result. It records the running processes first.
-func (c *Client) start(ctx context.Context, log zerolog.Logger, k cmdKey, timeout time.Duration) state.Result {
+// end to a result. It records the running processes first. The processes it
+// started are scanned (and recorded) by sendResult.
+func (c *Client) start(ctx context.Context, log zerolog.Logger, k cmdKey, timeout time.Duration) (state.Result, report) {
+	c.obsMu.Lock()
 	c.scan(ctx)
+	c.obsMu.Unlock()
 	specs := c.rec.specs()
 	log.Info().Int("recorded", len(specs)).Dur("timeout", timeout).Msg("starting ocp agent processes")
 	n, err := c.cfg.Runner.StartAll(ctx, specs, c.progress(log, k))
 	switch {
 	case err == nil:
 		if n == 0 {
-			return state.Result{Outcome: state.OutcomeSucceeded, Message: "OCP Agent already running"}
+			return state.Result{Outcome: state.OutcomeSucceeded, Message: "OCP Agent already running"}, report{}
 		}
-		return state.Result{Outcome: state.OutcomeSucceeded, Message: fmt.Sprintf("started %d OCP Agent base processes", n)}
+		return state.Result{Outcome: state.OutcomeSucceeded, Message: fmt.Sprintf("started %d OCP Agent base processes", n)}, report{}
 	case ctx.Err() != nil:
-		return state.Result{Outcome: state.OutcomeCanceled, Message: "canceled: " + cancelReason(context.Cause(ctx))}
+		return state.Result{Outcome: state.OutcomeCanceled, Message: "canceled: " + cancelReason(context.Cause(ctx))}, report{}
 	default:
-		return state.Result{Outcome: state.OutcomeFailed, Message: err.Error()}
+		return state.Result{Outcome: state.OutcomeFailed, Message: err.Error()}, report{}
 	}
 }
 

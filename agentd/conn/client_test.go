@@ -32,8 +32,9 @@ const waitFor = 10 * time.Second
 // Hello, answered with a Welcome) is handed to the test on streams.
 type fakeServer struct {
 	agentv1.UnimplementedAgentServiceServer
-	hostID  int64
-	streams chan *fakeStream
+	hostID    int64
+	heartbeat time.Duration // the Welcome's heartbeat interval; 0 means 50ms
+	streams   chan *fakeStream
 }
 
 type fakeStream struct {
@@ -48,8 +49,12 @@ func (f *fakeServer) Connect(stream agentv1.AgentService_ConnectServer) error {
 	if err != nil {
 		return err
 	}
+	hb := f.heartbeat
+	if hb == 0 {
+		hb = 50 * time.Millisecond
+	}
 	if err := stream.Send(&agentv1.ConnectResponse{Kind: &agentv1.ConnectResponse_Welcome{Welcome: &agentv1.Welcome{
-		HostId: f.hostID, HeartbeatInterval: durationpb.New(50 * time.Millisecond),
+		HostId: f.hostID, HeartbeatInterval: durationpb.New(hb),
 	}}}); err != nil {
 		return err
 	}
@@ -181,31 +186,39 @@ func (r *fakeRunner) Calls() int {
 }
 
 type harness struct {
-	t      *testing.T
-	srv    *fakeServer
-	state  *state.State
-	runner *fakeRunner
-	dir    string
-	cc     *grpc.ClientConn
-	cancel context.CancelFunc
-	done   chan error
+	t         *testing.T
+	srv       *fakeServer
+	state     *state.State
+	runner    Runner
+	scanEvery time.Duration // Config.ScanEvery; 0 means the default
+	dir       string
+	cc        *grpc.ClientConn
+	cancel    context.CancelFunc
+	done      chan error
 }
 
 // start runs a fake server and a Client against it; everything stops at
 // test cleanup.
-func start(t *testing.T, runner *fakeRunner, dir string) *harness {
+func start(t *testing.T, runner Runner, dir string) *harness {
+	t.Helper()
+	return startWith(t, runner, dir, 0, 0)
+}
+
+// startWith is start with the server's heartbeat interval (0: 50ms) and
+// the Client's ScanEvery (0: the default).
+func startWith(t *testing.T, runner Runner, dir string, heartbeat, scanEvery time.Duration) *harness {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &fakeServer{hostID: 42, streams: make(chan *fakeStream, 16)}
+	srv := &fakeServer{hostID: 42, heartbeat: heartbeat, streams: make(chan *fakeStream, 16)}
 	gs := grpc.NewServer()
 	agentv1.RegisterAgentServiceServer(gs, srv)
 	go gs.Serve(lis)
 	t.Cleanup(gs.Stop)
 
-	h := &harness{t: t, srv: srv, runner: runner, dir: dir}
+	h := &harness{t: t, srv: srv, runner: runner, scanEvery: scanEvery, dir: dir}
 	h.cc, err = grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -228,6 +241,7 @@ func (h *harness) run() {
 		InstallHome:     "/home/admin/ocp_agent",
 		Backoff:         backoff.Backoff{Base: 5 * time.Millisecond, Cap: 50 * time.Millisecond},
 		ShutdownTimeout: 2 * time.Second,
+		ScanEvery:       h.scanEvery,
 		Log:             zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.DebugLevel),
 	})
 	ctx, cancel := context.WithCancel(context.Background())

@@ -49,7 +49,11 @@ func newRecorder(runner Runner, st *state.State, log zerolog.Logger) *recorder {
 // observe records the processes of a scan. A base name's spec is read again
 // only when no process of that name matches the recorded (pid, create time),
 // so a scan that finds the same processes costs a map lookup per process.
-// The state dir is written only when something changed.
+// The state dir is written (and synced) only when how a process is started
+// changed: a process started again the same way (a new pid and create time,
+// the rest equal) is recorded in memory only, since the file already starts
+// it the same way. The file's stale pid only makes a restarted agentd read
+// that spec once more.
 func (r *recorder) observe(ctx context.Context, ts []proc.Target) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -78,9 +82,11 @@ func (r *recorder) observe(ctx context.Context, ts []proc.Target) {
 			r.log.Warn().Err(err).Int32("pid", t.PID).Str("name", t.Name).Msg("cannot record how the process was started")
 			continue
 		}
+		if old, ok := r.byName[t.Name]; !ok || !sameStart(old, sp) {
+			r.dirty = true
+		}
 		r.byName[t.Name] = sp
 		fresh[t.Name] = true
-		r.dirty = true
 		r.log.Info().Int32("pid", t.PID).Str("name", t.Name).Str("user", sp.User).Strs("args", sp.Args).
 			Msg("recorded how the process was started")
 	}
@@ -108,4 +114,12 @@ func (r *recorder) sorted() []proc.StartSpec {
 	}
 	slices.SortFunc(out, func(a, b proc.StartSpec) int { return cmp.Compare(a.Name, b.Name) })
 	return out
+}
+
+// sameStart reports whether a and b start a process the same way: equal but
+// for the process they were read from (PID, CreateTime).
+func sameStart(a, b proc.StartSpec) bool {
+	return a.Name == b.Name && a.Exe == b.Exe && slices.Equal(a.Args, b.Args) &&
+		(a.Env == nil) == (b.Env == nil) && slices.Equal(a.Env, b.Env) && a.Dir == b.Dir &&
+		a.UID == b.UID && a.GID == b.GID && slices.Equal(a.Groups, b.Groups) && a.User == b.User
 }

@@ -10,9 +10,7 @@ import (
 
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"agentplane/agentd/proc"
 	agentv1 "agentplane/gen/agentplane/agent/v1"
 )
 
@@ -128,7 +126,7 @@ func (c *Client) session(ctx context.Context) (welcomed bool, err error) {
 		InnerIpAddress: c.cfg.InnerIP,
 		MachineId:      c.cfg.MachineID,
 		AgentdVersion:  c.cfg.Version,
-		Processes:      processMsgs(c.scan(sctx)),
+		Processes:      processMsgs(c.helloProcesses(sctx)),
 		InstallHome:    c.cfg.InstallHome,
 	}}}, false)
 
@@ -203,7 +201,7 @@ func (c *Client) session(ctx context.Context) (welcomed bool, err error) {
 		case err := <-errc:
 			return true, err
 		case <-hb.C:
-			s.send(c.heartbeat(sctx), false)
+			c.sendHeartbeat(sctx, s)
 		case m := <-in:
 			c.handle(s, m)
 		}
@@ -265,24 +263,4 @@ func (c *Client) shutdown(s *session, in <-chan *agentv1.ConnectResponse, errc <
 	}
 	drain(nil) // until the server ends the stream or the deadline passes
 	s.log.Info().Msg("disconnected from server")
-}
-
-// heartbeat is a Heartbeat with the base processes running now.
-func (c *Client) heartbeat(ctx context.Context) *agentv1.ConnectRequest {
-	return &agentv1.ConnectRequest{Kind: &agentv1.ConnectRequest_Heartbeat{Heartbeat: &agentv1.Heartbeat{
-		SentAt:    timestamppb.Now(),
-		Processes: processMsgs(c.scan(ctx)),
-	}}}
-}
-
-// scan lists the base processes, for Hello, Heartbeat and before a command,
-// and records how they were started. It returns nil when the scan fails.
-func (c *Client) scan(ctx context.Context) []proc.Target {
-	ts, err := c.cfg.Runner.Scan(ctx)
-	if err != nil {
-		c.log.Warn().Err(err).Msg("cannot scan processes")
-		return nil
-	}
-	c.rec.observe(ctx, ts)
-	return ts
 }

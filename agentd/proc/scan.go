@@ -34,7 +34,7 @@ var errReused = fmt.Errorf("pid reused by another process: %w", errGone)
 
 // Scan returns the base processes whose executable lies under InstallHome,
 // sorted by PID. Base processes elsewhere are left out (logged at debug, as
-// Scan runs on every heartbeat; StopAll warns about them); so are
+// Scan runs periodically; StopAll warns about them); so are
 // zombies and processes that vanish while being read. It reads only
 // /proc/<pid>/comm for every process and looks closer only at those whose
 // comm is a base name. The error is non-nil when InstallHome is not an
@@ -51,6 +51,7 @@ func (s *Stopper) Scan(ctx context.Context) ([]Target, error) {
 // scan returns base processes under the install home (in) and those outside
 // it (out).
 func (s *Stopper) scan(ctx context.Context) (in, out []Target, err error) {
+	s.scans.Add(1)
 	homes, err := installHomes(s.InstallHome)
 	if err != nil {
 		return nil, nil, fmt.Errorf("scanning processes: %w", err)

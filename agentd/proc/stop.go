@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -52,17 +53,20 @@ type Stopper struct {
 	MaxRounds   int           // rescan/restop rounds bound; 0 means 3
 	StartWait   time.Duration // how long StartAll waits for the processes to run after starting them; 0 means 30s
 	Log         zerolog.Logger
+
+	scans atomic.Int64 // full scans of /proc made, for tests
 }
 
 // StopAll stops every base process under InstallHome: ocp_agentd first (it
-// restarts the others), then, after a rescan, all the rest in parallel. Each
+// restarts the others), then all the rest that still run, in parallel. Each
 // gets SIGTERM, up to grace to exit (0 means Stopper.Grace, then
 // DefaultGrace), then SIGKILL. A process's identity (PID, create time, exe)
 // is checked before every signal, so a reused PID is never signalled; this
 // process and its ancestors are never signalled.
 //
-// After each round it rescans; processes that came back are stopped again,
-// up to MaxRounds. It returns nil when a rescan finds nothing (so nothing to
+// After each round it rescans; processes that came back (a child that
+// ocp_agentd restarted as it was stopped, say) are stopped again, up to
+// MaxRounds. It returns nil when a rescan finds nothing (so nothing to
 // stop is success), a *StillRunningError (wrapping ErrStillRunning) naming
 // the survivors after the last round, and an error wrapping ctx.Err() as soon
 // as ctx is done; it sends no signal after that and returns only once every
@@ -70,6 +74,31 @@ type Stopper struct {
 //
 // emit, when not nil, is called for each Event; calls are serialized.
 func (s *Stopper) StopAll(ctx context.Context, grace time.Duration, emit func(Event)) error {
+	_, err := s.StopAllObserved(ctx, grace, emit, nil)
+	return err
+}
+
+// StopAllObserved is StopAll sharing its scans with a caller that records
+// and reports the base processes, so that the caller needs no scan of its
+// own before or after the stop:
+//
+//   - observe, when not nil, is called once with what StopAll's first scan
+//     found (every base process under InstallHome, as Scan returns them,
+//     this process and its ancestors included), before any signal is sent;
+//   - it returns what its last scan found, in the same form: after a
+//     success, only the base processes left alone as this process or its
+//     ancestors (usually none); with a *StillRunningError, the survivors and
+//     those. It returns nil processes with any other error (ctx done, a scan
+//     failed), when there is no last scan to trust.
+//
+// A scan reads every /proc/<pid>/comm, so a stop scans only before it
+// starts and after each round, to verify: a stop whose processes all exit
+// costs two scans. Between stopping ocp_agentd and the others it re-checks
+// only the others it found (their pids, create times and executables), not
+// all of /proc: a child that ocp_agentd restarted in between is not among
+// them, and the verifying scan finds it for the next round.
+func (s *Stopper) StopAllObserved(ctx context.Context, grace time.Duration, emit func(Event),
+	observe func([]Target)) ([]Target, error) {
 	if grace <= 0 {
 		grace = s.Grace
 	}
@@ -82,38 +111,78 @@ func (s *Stopper) StopAll(ctx context.Context, grace time.Duration, emit func(Ev
 	}
 	r := &run{s: s, emit: emit, excluded: ancestors(), skipped: map[int32]bool{}}
 
-	targets, err := r.scan(ctx)
+	found, targets, err := r.scan(ctx)
 	if err != nil {
-		return err
+		return nil, err
+	}
+	if observe != nil {
+		observe(found)
 	}
 	for round := 1; ; round++ {
 		if len(targets) == 0 {
-			return nil
+			return found, nil
 		}
 		if round > rounds {
-			return &StillRunningError{Survivors: targets, Rounds: rounds}
+			return found, &StillRunningError{Survivors: targets, Rounds: rounds}
 		}
-		var sups []Target
+		var sups, others []Target
 		for _, t := range targets {
 			if t.Name == Supervisor {
 				sups = append(sups, t)
+			} else {
+				others = append(others, t)
 			}
 		}
 		if len(sups) > 0 {
 			if err := r.stopBatch(ctx, sups, grace); err != nil {
-				return err
+				return nil, err
 			}
-			if targets, err = r.scan(ctx); err != nil {
-				return err
-			}
+			targets = stillRunning(ctx, others)
 		}
 		if err := r.stopBatch(ctx, targets, grace); err != nil {
-			return err
+			return nil, err
 		}
-		if targets, err = r.scan(ctx); err != nil {
-			return err
+		if found, targets, err = r.scan(ctx); err != nil {
+			return nil, err
 		}
 	}
+}
+
+// stillRunning returns the targets that have not exited: those whose
+// identity still holds, and those it cannot check (stopping them reports
+// why).
+func stillRunning(ctx context.Context, ts []Target) []Target {
+	out := ts[:0]
+	for _, t := range ts {
+		if err := checkIdentity(ctx, t); !errors.Is(err, errGone) {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// Running reports whether every one of ts, from an earlier Scan, still runs
+// as the process Scan found: its PID alive and not a zombie, with the same
+// create time and executable. It reads /proc/<pid>/stat and /proc/<pid>/exe
+// of those processes only, not the whole of /proc, so its cost does not grow
+// with the number of processes on the host; in exchange it cannot see base
+// processes started since the scan. An error other than a process being
+// gone or its PID reused is returned with false.
+func (s *Stopper) Running(ctx context.Context, ts []Target) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	for _, t := range ts {
+		err := checkIdentity(ctx, t)
+		switch {
+		case err == nil:
+		case errors.Is(err, errGone):
+			return false, nil
+		default:
+			return false, fmt.Errorf("checking %s pid %d: %w", t.Name, t.PID, err)
+		}
+	}
+	return true, nil
 }
 
 // run is the state of one StopAll or StartAll call.
@@ -125,12 +194,13 @@ type run struct {
 	skipped  map[int32]bool // PIDs already reported as skipped
 }
 
-// scan rescans, reports base processes left alone (once per PID) and returns
-// the ones to stop.
-func (r *run) scan(ctx context.Context) ([]Target, error) {
+// scan rescans, reports base processes left alone (once per PID) and
+// returns every base process under the install home (found, as Scan would)
+// and, among them, the ones to stop (targets).
+func (r *run) scan(ctx context.Context) (found, targets []Target, err error) {
 	in, out, err := r.s.scan(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("stopping ocp agent processes: %w", err)
+		return nil, nil, fmt.Errorf("stopping ocp agent processes: %w", err)
 	}
 	for _, t := range out {
 		if !r.skipped[t.PID] {
@@ -139,7 +209,7 @@ func (r *run) scan(ctx context.Context) ([]Target, error) {
 				t.Name, t.PID, t.Exe, r.s.InstallHome))
 		}
 	}
-	targets := in[:0]
+	targets = make([]Target, 0, len(in))
 	for _, t := range in {
 		if r.excluded[t.PID] {
 			if !r.skipped[t.PID] {
@@ -150,7 +220,7 @@ func (r *run) scan(ctx context.Context) ([]Target, error) {
 		}
 		targets = append(targets, t)
 	}
-	return targets, nil
+	return in, targets, nil
 }
 
 // stopBatch stops targets in parallel and waits for all of them.

@@ -497,7 +497,7 @@ func TestStopAllNeverSignalsExcluded(t *testing.T) {
 	// Pretend the fake is this agent's ancestor, as StopAll's ancestors() would.
 	rec := &recorder{t: t}
 	r := &run{s: s, emit: rec.emit, excluded: map[int32]bool{pid: true}, skipped: map[int32]bool{}}
-	targets, err := r.scan(context.Background())
+	_, targets, err := r.scan(context.Background())
 	if err != nil || len(targets) != 0 {
 		t.Fatalf("scan = %v, %v; want nothing to stop", targets, err)
 	}
