@@ -44,6 +44,8 @@ type Store struct {
 	stop     chan struct{}
 	stopOnce sync.Once
 	stopped  chan struct{}
+	// checkpointed is closed when checkpointer has returned.
+	checkpointed chan struct{}
 }
 
 // FileName is the database file inside the data dir.
@@ -71,6 +73,9 @@ func Open(ctx context.Context, dataDir string) (s *Store, err error) {
 	q.Add("_pragma", "synchronous(NORMAL)")
 	q.Add("_pragma", "busy_timeout(10000)")
 	q.Add("_pragma", "foreign_keys(1)")
+	// No checkpoint inside a commit: its fsync would stall whichever write
+	// crossed the threshold. checkpointer runs them beside the writer.
+	q.Add("_pragma", "wal_autocheckpoint(0)")
 	q.Set("_txlock", "immediate")
 	dsn := "file:" + path + "?" + q.Encode()
 
@@ -94,7 +99,9 @@ func Open(ctx context.Context, dataDir string) (s *Store, err error) {
 	s.r = &rdb{DB: r, c: newStmtCache()}
 	s.wstmts = newStmtCache()
 	s.writes, s.stop, s.stopped = make(chan *write), make(chan struct{}), make(chan struct{})
+	s.checkpointed = make(chan struct{})
 	go s.writer()
+	go s.checkpointer()
 	return s, nil
 }
 
@@ -102,6 +109,7 @@ func Open(ctx context.Context, dataDir string) (s *Store, err error) {
 func (s *Store) Close() error {
 	s.stopOnce.Do(func() { close(s.stop) })
 	<-s.stopped
+	<-s.checkpointed
 	s.wstmts.close()
 	s.r.c.close()
 	return errors.Join(s.r.Close(), s.w.Close(), s.lock.Close())

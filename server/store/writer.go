@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Writes go through one goroutine that commits them in groups: SQLite has
@@ -160,6 +161,29 @@ func (s *Store) abort(tx *sql.Tx, errs []error, err error) {
 	for i := range errs {
 		if errs[i] == nil {
 			errs[i] = err
+		}
+	}
+}
+
+// checkpointInterval is how often checkpointer copies the WAL into the
+// database.
+const checkpointInterval = time.Second
+
+// checkpointer checkpoints the WAL every checkpointInterval on a read
+// connection, PASSIVE: it copies what no reader needs beside the writer,
+// never blocking it, and the writer starts the WAL over once all of it is
+// copied. At Close it truncates the WAL, the writer having stopped.
+func (s *Store) checkpointer() {
+	defer close(s.checkpointed)
+	t := time.NewTicker(checkpointInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			_, _ = s.r.DB.ExecContext(context.Background(), `PRAGMA wal_checkpoint(PASSIVE)`)
+		case <-s.stopped:
+			_, _ = s.r.DB.ExecContext(context.Background(), `PRAGMA wal_checkpoint(TRUNCATE)`)
+			return
 		}
 	}
 }
