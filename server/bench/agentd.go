@@ -103,23 +103,11 @@ func agentdInstallFake(env *Env, home string) error {
 // agentdWaitFake waits until every fake base process under home has written
 // its pid file and runs from home/bin, and returns their pids by name.
 func agentdWaitFake(ctx context.Context, home string) (map[string]int, error) {
-	pids := map[string]int{}
+	var pids map[string]int
 	err := Poll(ctx, 15*time.Second, 20*time.Millisecond, "fake OCP Agent ready", func() (bool, error) {
-		for _, name := range proc.BaseNames {
-			b, err := os.ReadFile(filepath.Join(home, "run", name+".pid"))
-			if err != nil {
-				return false, nil
-			}
-			pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-			if err != nil {
-				return false, nil
-			}
-			if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err != nil || exe != filepath.Join(home, "bin", name) {
-				return false, nil
-			}
-			pids[name] = pid
-		}
-		return true, nil
+		var ok bool
+		pids, ok = fakeReady(home)
+		return ok, nil
 	})
 	return pids, err
 }

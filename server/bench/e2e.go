@@ -302,7 +302,7 @@ func e2eStartFake(ctx context.Context, env *Env, name, home string) (*Process, m
 	}
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		if pids, ok := e2eReady(home); ok {
+		if pids, ok := fakeReady(home); ok {
 			return p, pids, nil
 		}
 		if p.Exited() {
@@ -316,9 +316,9 @@ func e2eStartFake(ctx context.Context, env *Env, name, home string) (*Process, m
 	}
 }
 
-// e2eReady returns the pids of the base processes when each has written its
-// pid file and runs from home/bin.
-func e2eReady(home string) (map[string]int, bool) {
+// fakeReady returns the pids of the fake base processes under home when
+// each has written its pid file and runs from home/bin.
+func fakeReady(home string) (map[string]int, bool) {
 	pids := make(map[string]int, len(e2eBaseNames))
 	for _, n := range e2eBaseNames {
 		b, err := os.ReadFile(filepath.Join(home, "run", n+".pid"))
@@ -702,7 +702,7 @@ func (p *e2eProf) start(ctx context.Context, scenario string, d time.Duration) {
 				case "block", "mutex":
 					suffix = "." + kind + ".pprof"
 				}
-				p.errs <- e2eFetch(ctx, fmt.Sprintf("http://%s/debug/pprof/%s?seconds=%d", addr, kind, secs),
+				p.errs <- fetchTo(ctx, fmt.Sprintf("http://%s/debug/pprof/%s?seconds=%d", addr, kind, secs),
 					filepath.Join(p.dir, scenario+"-"+name+suffix))
 			}()
 		}
@@ -721,7 +721,8 @@ func (p *e2eProf) wait() error {
 	return errors.Join(errs...)
 }
 
-func e2eFetch(ctx context.Context, url, path string) error {
+// fetchTo GETs url into the file at path.
+func fetchTo(ctx context.Context, url, path string) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return err

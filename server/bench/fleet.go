@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -815,25 +814,7 @@ func (p *fleetProf) fetch(ctx context.Context, name, what string) {
 		return
 	}
 	p.wg.Go(func() {
-		err := func() error {
-			req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.addr+"/debug/pprof/"+what, nil)
-			if err != nil {
-				return err
-			}
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				return err
-			}
-			defer resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
-				return fmt.Errorf("%s: %s", what, resp.Status)
-			}
-			b, err := io.ReadAll(resp.Body)
-			if err != nil {
-				return err
-			}
-			return os.WriteFile(filepath.Join(p.dir, name+".pprof"), b, 0o644)
-		}()
+		err := fetchTo(ctx, "http://"+p.addr+"/debug/pprof/"+what, filepath.Join(p.dir, name+".pprof"))
 		if err != nil {
 			p.mu.Lock()
 			p.errs = append(p.errs, fmt.Errorf("%s: %w", name, err))
