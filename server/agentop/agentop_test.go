@@ -61,6 +61,8 @@ func (h *hosts) GetHost(_ context.Context, id int64) (*host.Host, error) {
 	return &host.Host{ID: id, LastSeen: h.lastSeen}, nil
 }
 
+func (h *hosts) HostState(ctx context.Context, id int64) (*host.Host, error) { return h.GetHost(ctx, id) }
+
 func (h *hosts) ListHosts(context.Context, host.ListQuery) (host.Page, error) {
 	return host.Page{}, nil
 }
@@ -318,6 +320,8 @@ type revokedHosts struct {
 	hosts
 	revoked int64
 }
+
+func (h *revokedHosts) HostState(ctx context.Context, id int64) (*host.Host, error) { return h.GetHost(ctx, id) }
 
 func (h *revokedHosts) GetHost(ctx context.Context, id int64) (*host.Host, error) {
 	got, err := h.hosts.GetHost(ctx, id)

@@ -13,6 +13,9 @@ import (
 // Hosts is what the executors and the service need from the host store.
 type Hosts interface {
 	GetHost(ctx context.Context, id int64) (*host.Host, error)
+	// HostState is GetHost without the process list, for the checks of
+	// every operation.
+	HostState(ctx context.Context, id int64) (*host.Host, error)
 	ListHosts(ctx context.Context, q host.ListQuery) (host.Page, error)
 	GetHostAgent(ctx context.Context, id int64) (*host.Agent, error)
 	LockHost(ctx context.Context, hostID, taskID int64) error
@@ -76,7 +79,7 @@ type prepare struct {
 
 func (p prepare) Execute(ctx context.Context, r task.Run) task.Result {
 	id := r.Subtask.HostID
-	h, err := p.hosts.GetHost(ctx, id)
+	h, err := p.hosts.HostState(ctx, id)
 	if err != nil {
 		return task.Result{Err: err}
 	}

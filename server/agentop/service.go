@@ -115,7 +115,7 @@ func (s *Service) batchOp(ctx context.Context, op Op, hostIDs []int64) (*task.Ta
 // operable checks that a host exists and is not revoked (its agentd can
 // never connect again, so an operation could only fail).
 func (s *Service) operable(ctx context.Context, hostID int64) error {
-	h, err := s.hosts.GetHost(ctx, hostID)
+	h, err := s.hosts.HostState(ctx, hostID)
 	if err != nil {
 		return err
 	}

@@ -267,6 +267,25 @@ func (s *Store) GetHost(ctx context.Context, id int64) (*host.Host, error) {
 	return &h, nil
 }
 
+// HostState returns a host without its process list (Processes nil): what
+// an agent operation checks on every request, without decoding the list.
+// ErrNotFound when there is none.
+func (s *Store) HostState(ctx context.Context, id int64) (*host.Host, error) {
+	var h host.Host
+	var lastSeen, revoked int64
+	var op sql.NullInt64
+	err := s.r.QueryRowContext(ctx, `SELECT id, name, status, agent_status, last_seen, op_task_id, revoke_time
+		FROM hosts WHERE id = ?`, id).Scan(&h.ID, &h.Name, &h.Status, &h.AgentStatus, &lastSeen, &op, &revoked)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("host %d: %w", id, errs.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading host %d: %w", id, err)
+	}
+	h.LastSeen, h.RevokeTime, h.OpTaskID = fromMS(lastSeen), fromMS(revoked), op.Int64
+	return &h, nil
+}
+
 // GetHostAgent returns the OCP Agent of a host as agentd last reported it,
 // with every base process seen there, by name. Version is empty: agentd
 // does not report it. ErrNotFound when there is no such host.

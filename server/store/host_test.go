@@ -121,3 +121,32 @@ func TestHostAgentOfAMissingHost(t *testing.T) {
 		t.Fatalf("HostSeen: %v, want ErrNotFound", err)
 	}
 }
+
+// HostState is GetHost without the process list.
+func TestHostStateMatchesGetHost(t *testing.T) {
+	s := open(t, t.TempDir())
+	ctx := context.Background()
+	h, err := s.RegisterHost(ctx, host.Host{Name: "h1", Processes: []host.Process{{PID: 1, Name: "ocp_agentd"}}}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.LockHost(ctx, h.ID, 42); err != nil {
+		t.Fatal(err)
+	}
+	full, err := s.GetHost(ctx, h.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	brief, err := s.HostState(ctx, h.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if brief.Processes != nil || brief.ID != full.ID || brief.Name != full.Name || brief.Status != full.Status ||
+		brief.AgentStatus != full.AgentStatus || !brief.LastSeen.Equal(full.LastSeen) || brief.OpTaskID != full.OpTaskID ||
+		!brief.RevokeTime.Equal(full.RevokeTime) || brief.OpTaskID != 42 {
+		t.Fatalf("HostState %+v, GetHost %+v", brief, full)
+	}
+	if _, err := s.HostState(ctx, h.ID+100); !errors.Is(err, errs.ErrNotFound) {
+		t.Fatalf("missing host: %v", err)
+	}
+}
