@@ -61,7 +61,9 @@ func (h *hosts) GetHost(_ context.Context, id int64) (*host.Host, error) {
 	return &host.Host{ID: id, LastSeen: h.lastSeen}, nil
 }
 
-func (h *hosts) HostState(ctx context.Context, id int64) (*host.Host, error) { return h.GetHost(ctx, id) }
+func (h *hosts) HostState(ctx context.Context, id int64) (*host.Host, error) {
+	return h.GetHost(ctx, id)
+}
 
 func (h *hosts) ListHosts(context.Context, host.ListQuery) (host.Page, error) {
 	return host.Page{}, nil
@@ -321,7 +323,9 @@ type revokedHosts struct {
 	revoked int64
 }
 
-func (h *revokedHosts) HostState(ctx context.Context, id int64) (*host.Host, error) { return h.GetHost(ctx, id) }
+func (h *revokedHosts) HostState(ctx context.Context, id int64) (*host.Host, error) {
+	return h.GetHost(ctx, id)
+}
 
 func (h *revokedHosts) GetHost(ctx context.Context, id int64) (*host.Host, error) {
 	got, err := h.hosts.GetHost(ctx, id)
