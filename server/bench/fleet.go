@@ -192,6 +192,15 @@ func (f *fleetRun) step(ctx context.Context, n int) ([]Row, error) {
 			"sim_procs":           float64(len(sims.procs)),
 		}}
 	rssRow.Check("≤ 50 KB/host", perHost <= fleetRSSPerHostTarget)
+	// The baseline: a bare grpc-go server holding as many streams (bare.go).
+	idDir := filepath.Join(f.stateDir, fmt.Sprintf("%s-%05d", fleetPrefix, 0))
+	if bare, err := bareRSSPerHost(ctx, env, srv.DataDir, idDir, n, fleetSettle); err != nil {
+		env.Logf("fleet: bare grpc-go baseline failed: %v", err)
+		rssRow.Note = "bare grpc-go baseline failed: " + err.Error()
+	} else if bare > 0 {
+		rssRow.Baseline, rssRow.Ratio = "bare grpc-go TLS stream per host", float64(perHost)/float64(bare)
+		rssRow.Extra["bare_grpc_kb_per_host"] = float64(bare) / 1024
+	}
 	rows := []Row{rssRow}
 	env.Logf("fleet: %d hosts connected in %s; server RSS %.1f MB idle, %.1f MB connected: %.1f KB/host",
 		n, connectTook.Round(time.Millisecond), float64(rss0)/(1<<20), float64(rssN)/(1<<20), float64(perHost)/1024)

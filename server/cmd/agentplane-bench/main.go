@@ -23,6 +23,13 @@ func main() {
 }
 
 func run() int {
+	if len(os.Args) > 1 && os.Args[1] == bench.BareServerCommand {
+		if err := bench.RunBareServer(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		return 0
+	}
 	var (
 		bin   = flag.String("bin", "bin", "directory with agentplane-server, agentplane-agentd, agentplane-sim and fakeocpagent")
 		out   = flag.String("o", "", "also write the report as JSON to this file")
