@@ -203,8 +203,8 @@ func (s *Store) SetHostStatus(ctx context.Context, id int64, st host.Status) err
 }
 
 // HostsSeen records when each host's agentd was last heard from (its
-// reports unchanged since the last HostSeen), in writes of seenChunk hosts,
-// so that other writes are not held up behind one of 10,000 rows. A time
+// reports unchanged since the last HostSeen), in writes of seenChunk hosts
+// (25), so that a request's write waits behind a few rows at most, not 10,000. A time
 // older than the one stored is ignored. Hosts that no longer exist are
 // skipped.
 func (s *Store) HostsSeen(ctx context.Context, seen map[int64]time.Time) error {
@@ -235,7 +235,7 @@ func (s *Store) HostsSeen(ctx context.Context, seen map[int64]time.Time) error {
 	return nil
 }
 
-const seenChunk = 100
+const seenChunk = 25
 
 // FinishAgentOperation records the OCP Agent's status on the host after the
 // agent operation of taskID, and releases the host's lock if that task holds
