@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -55,6 +56,15 @@ type Options struct {
 // machine, so never at once) and returns the report. A scenario that fails
 // is recorded in Report.Errors and the run goes on.
 func Run(ctx context.Context, o Options) (*Report, error) {
+	known := map[string]bool{}
+	for _, s := range Scenarios() {
+		known[s.Name] = true
+	}
+	for _, name := range o.Only {
+		if !known[name] {
+			return nil, fmt.Errorf("no scenario %q: want one of %s", name, strings.Join(slices.Sorted(maps.Keys(known)), ", "))
+		}
+	}
 	if err := RaiseFileLimit(); err != nil {
 		return nil, err
 	}
