@@ -13,8 +13,9 @@ import (
 // The writer's one connection is busy inside each transaction, so a write
 // statement not prepared yet runs unprepared and is marked wanted; the
 // writer prepares the wanted ones between transactions. Reads prepare on
-// first use. Queries whose text varies (IN lists, multi-row inserts) fill
-// the cache up to maxStmts and then run unprepared.
+// first use. Queries whose text varies (IN lists, multi-row inserts) are
+// kept only while short (maxStmtText), and the cache holds at most maxStmts;
+// others run unprepared.
 type stmtCache struct {
 	mu     sync.Mutex
 	stmts  map[string]*sql.Stmt
@@ -22,6 +23,11 @@ type stmtCache struct {
 }
 
 const maxStmts = 256
+
+// maxStmtText leaves long statements unprepared: those are the multi-row
+// inserts and IN lists of big batches, whose text varies with their size
+// and which would fill the cache with statements run once.
+const maxStmtText = 2048
 
 func newStmtCache() *stmtCache {
 	return &stmtCache{stmts: map[string]*sql.Stmt{}, wanted: map[string]bool{}}
@@ -33,7 +39,7 @@ func (c *stmtCache) lookup(query string) *sql.Stmt {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	st := c.stmts[query]
-	if st == nil && len(c.stmts)+len(c.wanted) < maxStmts {
+	if st == nil && len(query) <= maxStmtText && len(c.stmts)+len(c.wanted) < maxStmts {
 		c.wanted[query] = true
 	}
 	return st
