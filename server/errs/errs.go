@@ -33,7 +33,47 @@ var (
 	// authentication failures). An error of this kind may also implement
 	// RetryAfterer to say when to try again.
 	ErrTooManyRequests = errors.New("too many requests")
+	// ErrStoreUnavailable: the data store cannot be written (or read) now:
+	// its disk is full, it is read-only, or its files cannot be opened or
+	// written. It passes once the cause does; the server needs no restart.
+	// Errors of this kind are *StoreError (store classifies them).
+	ErrStoreUnavailable = errors.New("the data store is unavailable")
 )
+
+// StoreError is a failure of the data store itself, as opposed to a refused
+// change: it is an ErrStoreUnavailable. Error gives the cause (logged);
+// Message is what a client is told.
+type StoreError struct {
+	Full bool  // the store's disk (or quota) is full
+	Err  error // the driver's error
+}
+
+// Message is the text for clients: "the data store is full" or "the data
+// store is unavailable".
+func (e *StoreError) Message() string {
+	if e.Full {
+		return "the data store is full"
+	}
+	return ErrStoreUnavailable.Error()
+}
+
+func (e *StoreError) Error() string { return e.Message() + ": " + e.Err.Error() }
+
+// Unwrap makes a StoreError both an ErrStoreUnavailable and its cause.
+func (e *StoreError) Unwrap() []error { return []error{ErrStoreUnavailable, e.Err} }
+
+// StoreMessage returns the client's text of a store failure err wraps
+// ("the data store is full" or "... unavailable"), or "" when it wraps none.
+func StoreMessage(err error) string {
+	var se *StoreError
+	if errors.As(err, &se) {
+		return se.Message()
+	}
+	if errors.Is(err, ErrStoreUnavailable) {
+		return ErrStoreUnavailable.Error()
+	}
+	return ""
+}
 
 // RetryAfterer is implemented by errors that know when the caller may try
 // again (REST's Retry-After).
@@ -44,7 +84,7 @@ type RetryAfterer interface {
 // Kind returns the sentinel kind that err wraps, or nil when it wraps none
 // (an internal error).
 func Kind(err error) error {
-	for _, k := range []error{ErrInvalidArgument, ErrUnauthenticated, ErrPermissionDenied, ErrNotFound, ErrConflict, ErrFailedPrecondition, ErrRollbackProhibited, ErrUnavailable, ErrTooManyRequests} {
+	for _, k := range []error{ErrInvalidArgument, ErrUnauthenticated, ErrPermissionDenied, ErrNotFound, ErrConflict, ErrFailedPrecondition, ErrRollbackProhibited, ErrUnavailable, ErrTooManyRequests, ErrStoreUnavailable} {
 		if errors.Is(err, k) {
 			return k
 		}

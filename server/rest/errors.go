@@ -30,7 +30,8 @@ import (
 //	415   10015  request body is not application/json
 //	429   10029  too many failed authentication attempts; Retry-After says when to try again (errs.ErrTooManyRequests)
 //	500   10500  internal error; the message is generic, the cause only logged
-//	503   10503  a dependency is unavailable, or the request timed out (errs.ErrUnavailable)
+//	503   10503  a dependency is unavailable, or the request timed out (errs.ErrUnavailable); or the
+//	             data store cannot be written, "the data store is full" or "... unavailable" (errs.ErrStoreUnavailable)
 const (
 	CodeBadRequest          = 10000
 	CodeUnauthenticated     = 10001
@@ -125,6 +126,9 @@ func apiErrorOf(err error, target string) apiError {
 		e.Status, e.Code = http.StatusBadRequest, CodeRollbackProhibited
 	case errors.Is(err, errs.ErrUnavailable):
 		e.Status, e.Code = http.StatusServiceUnavailable, CodeUnavailable
+	case errors.Is(err, errs.ErrStoreUnavailable):
+		// The cause (the driver's text) is logged, not sent.
+		e.Status, e.Code, e.Message = http.StatusServiceUnavailable, CodeUnavailable, errs.StoreMessage(err)
 	case errors.Is(err, errs.ErrTooManyRequests):
 		e.Status, e.Code, e.RetryAfter = http.StatusTooManyRequests, CodeTooManyRequests, 1
 		var ra errs.RetryAfterer

@@ -22,6 +22,7 @@ var codeOf = map[error]codes.Code{
 	errs.ErrRollbackProhibited: codes.FailedPrecondition,
 	errs.ErrUnavailable:        codes.Unavailable,
 	errs.ErrTooManyRequests:    codes.ResourceExhausted,
+	errs.ErrStoreUnavailable:   codes.Unavailable,
 }
 
 // toStatus turns a domain error into a gRPC status. Internal errors are
@@ -38,6 +39,11 @@ func toStatus(ctx context.Context, err error) error {
 		return status.Error(codes.Canceled, err.Error())
 	case errors.Is(err, context.DeadlineExceeded):
 		return status.Error(codes.DeadlineExceeded, err.Error())
+	}
+	if msg := errs.StoreMessage(err); msg != "" {
+		// The cause (the driver's text) is logged, not sent.
+		zerolog.Ctx(ctx).Error().Err(err).Msg("data store failure")
+		return status.Error(codes.Unavailable, msg)
 	}
 	if c, ok := codeOf[errs.Kind(err)]; ok {
 		return status.Error(c, err.Error())

@@ -49,3 +49,23 @@ func TestToStatus(t *testing.T) {
 		t.Fatal("nil error became a status")
 	}
 }
+
+// TestToStatusStore: a data store failure is UNAVAILABLE naming the cause in
+// the vocabulary's words, never the driver's text.
+func TestToStatusStore(t *testing.T) {
+	tests := []struct {
+		err  error
+		want string
+	}{
+		{fmt.Errorf("creating task: %w", &errs.StoreError{Full: true, Err: errors.New("database or disk is full (13) /var/lib/secret")}),
+			"the data store is full"},
+		{fmt.Errorf("registering host: %w", &errs.StoreError{Err: errors.New("disk I/O error (10) /var/lib/secret")}),
+			"the data store is unavailable"},
+	}
+	for _, tt := range tests {
+		got := status.Convert(toStatus(context.Background(), tt.err))
+		if got.Code() != codes.Unavailable || got.Message() != tt.want {
+			t.Errorf("%v: got %s %q, want UNAVAILABLE %q", tt.err, got.Code(), got.Message(), tt.want)
+		}
+	}
+}

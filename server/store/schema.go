@@ -135,6 +135,13 @@ var migrations = []string{
 	`INSERT INTO id_sequences (name, next_id) SELECT 'subtasks', COALESCE(MAX(id), 0) + 1 FROM subtasks`,
 	// A task's host locks are released by task id when it ends.
 	`CREATE INDEX hosts_op_task ON hosts (op_task_id)`,
+	// The health probe's one row (health.go): a write that tests the store
+	// is writable, when no other write has lately.
+	`CREATE TABLE store_probe (
+		id            INT          NOT NULL PRIMARY KEY,
+		at            BIGINT       NOT NULL
+	)`,
+	`INSERT INTO store_probe (id, at) VALUES (1, 0)`,
 }
 
 func migrate(ctx context.Context, db *sql.DB) error {

@@ -5,7 +5,9 @@
 // text. Only the schema (schema.go) is per dialect.
 //
 // Errors wrap the errs kinds: ErrNotFound for a missing row, ErrConflict for
-// a compare-and-swap that lost or a unique key taken.
+// a compare-and-swap that lost or a unique key taken, ErrStoreUnavailable
+// (an *errs.StoreError) for a write the store itself failed, e.g. on a full
+// disk (health.go).
 package store
 
 import (
@@ -46,6 +48,8 @@ type Store struct {
 	stopped  chan struct{}
 	// checkpointed is closed when checkpointer has returned.
 	checkpointed chan struct{}
+	// health is whether writes commit (health.go).
+	health health
 }
 
 // FileName is the database file inside the data dir.
@@ -100,6 +104,7 @@ func Open(ctx context.Context, dataDir string) (s *Store, err error) {
 	s.wstmts = newStmtCache()
 	s.writes, s.stop, s.stopped = make(chan *write), make(chan struct{}), make(chan struct{})
 	s.checkpointed = make(chan struct{})
+	s.health.lastOK = time.Now() // the migration committed
 	go s.writer()
 	go s.checkpointer()
 	return s, nil

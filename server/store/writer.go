@@ -91,6 +91,10 @@ func (s *Store) writer() {
 func (s *Store) commit(group []*write) {
 	errs := make([]error, len(group))
 	defer func() {
+		for i := range errs {
+			errs[i] = classify(errs[i])
+		}
+		s.noteWrites(errs)
 		for i, w := range group {
 			w.done <- errs[i]
 		}
@@ -121,7 +125,9 @@ func (s *Store) commit(group []*write) {
 		}
 		if errs[i] != nil {
 			if _, err := tx.ExecContext(bg, `ROLLBACK TO SAVEPOINT w`); err != nil {
-				s.abort(tx, errs, fmt.Errorf("rolling back a failed write: %w", err))
+				// (SQLite may have rolled the transaction back itself,
+				// e.g. on a full disk: errs[i] says why.)
+				s.abort(tx, errs, fmt.Errorf("rolling back a failed write (%w): %w", errs[i], err))
 				return
 			}
 		}
@@ -172,15 +178,19 @@ const checkpointInterval = time.Second
 // checkpointer checkpoints the WAL every checkpointInterval on a read
 // connection, PASSIVE: it copies what no reader needs beside the writer,
 // never blocking it, and the writer starts the WAL over once all of it is
-// copied. At Close it truncates the WAL, the writer having stopped.
+// copied. It also runs the health probe when due (health.go). At Close it
+// truncates the WAL, the writer having stopped.
 func (s *Store) checkpointer() {
 	defer close(s.checkpointed)
 	t := time.NewTicker(checkpointInterval)
 	defer t.Stop()
 	for {
 		select {
-		case <-t.C:
+		case now := <-t.C:
 			_, _ = s.r.DB.ExecContext(context.Background(), `PRAGMA wal_checkpoint(PASSIVE)`)
+			if s.probeDue(now) {
+				s.probe()
+			}
 		case <-s.stopped:
 			_, _ = s.r.DB.ExecContext(context.Background(), `PRAGMA wal_checkpoint(TRUNCATE)`)
 			return
