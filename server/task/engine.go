@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"runtime/debug"
 	"slices"
 	"strings"
@@ -158,7 +159,7 @@ func (e *Engine) Start(ctx context.Context) error {
 	for _, id := range ids {
 		e.cfg.Log.Info().Int64("task_id", id).Msg("resuming task")
 		if _, err := e.step(ctx, id, nil); err != nil {
-			e.cfg.Log.Error().Err(err).Int64("task_id", id).Msg("resuming task failed")
+			e.settle(id, "resuming task failed", err)
 		}
 	}
 	return nil
@@ -236,10 +237,62 @@ func (e *Engine) Submit(ctx context.Context, p Plan) (*Task, error) {
 	go func() {
 		defer e.wg.Done()
 		if _, err := e.step(e.base, created.ID, nil); err != nil && e.base.Err() == nil {
-			e.cfg.Log.Error().Err(err).Int64("task_id", created.ID).Msg("starting task failed")
+			e.settle(created.ID, "starting task failed", err)
 		}
 	}()
 	return created, nil
+}
+
+// settle retries, in the background, the step of task id that failed with
+// err (e.g. on a full disk), until it is stored or the engine closes (the
+// next Start resumes the task): a task whose step was not stored would
+// otherwise wait for nothing, holding its hosts.
+func (e *Engine) settle(id int64, msg string, err error) {
+	log := e.cfg.Log.With().Int64("task_id", id).Logger()
+	log.Error().Err(err).Msg(msg + "; retrying")
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		_ = e.retry(&log, msg, func() error {
+			_, err := e.step(e.base, id, nil)
+			return err
+		})
+	}()
+}
+
+// Backoff of retried writes (retry): doubling from retryMin up to retryMax.
+const (
+	retryMin = 100 * time.Millisecond
+	retryMax = 5 * time.Second
+)
+
+// retry calls fn until it returns nil, with a capped backoff (jittered)
+// between tries, and returns nil; or returns ErrShutdown when the engine
+// closes first. It logs a failure at the 2nd, 4th, 8th... retry, so a long
+// outage costs a few lines, and a success after failures.
+func (e *Engine) retry(log *zerolog.Logger, msg string, fn func() error) error {
+	for try := 1; ; try++ {
+		wait := min(retryMin<<min(try-1, 16), retryMax)
+		wait -= rand.N(wait / 2)
+		t := time.NewTimer(wait)
+		select {
+		case <-e.base.Done():
+			t.Stop()
+			return ErrShutdown
+		case <-t.C:
+		}
+		err := fn()
+		if err == nil {
+			log.Info().Int("tries", try+1).Msg(msg + "; stored on a retry")
+			return nil
+		}
+		if e.base.Err() != nil {
+			return ErrShutdown
+		}
+		if try&(try-1) == 0 {
+			log.Error().Err(err).Int("tries", try+1).Msg(msg + "; retrying")
+		}
+	}
 }
 
 // mutation changes a task in a step; pos holds the positions of its
@@ -440,16 +493,29 @@ func (e *Engine) attempt(ctx context.Context, cancel context.CancelCauseFunc, t 
 	if cause := context.Cause(ctx); res.Err != nil && ctx.Err() != nil && !errors.Is(res.Err, cause) {
 		res.Err = fmt.Errorf("%w: %w", cause, res.Err)
 	}
-	err := e.report(t.ID, &outcome{subtaskID: st.ID, runTime: st.RunTime, res: res})
+	// The outcome is stored whatever it takes (a full disk): until then
+	// the subtask stays RUNNING and holds its hosts, and the agent's result
+	// is not acknowledged (AfterCommit).
+	o := &outcome{subtaskID: st.ID, runTime: st.RunTime, res: res}
+	err := e.report(t.ID, o)
+	if err != nil && !errors.Is(err, errStale) && e.base.Err() == nil {
+		log.Error().Err(err).Msg("storing subtask outcome failed; retrying")
+		err = e.retry(&log, "storing subtask outcome failed", func() error {
+			if err := e.report(t.ID, o); !errors.Is(err, errStale) {
+				return err
+			}
+			return nil // o.err says errStale
+		})
+		if err == nil {
+			err = o.err
+		}
+	}
 	switch {
 	case errors.Is(err, errStale):
 		log.Warn().Msg("subtask attempt outcome dropped: the subtask moved on")
 		return
-	case err != nil && e.base.Err() != nil:
-		return // shutting down: the next Start resumes this attempt
 	case err != nil:
-		log.Error().Err(err).Msg("storing subtask outcome failed")
-		return
+		return // shutting down: the next Start resumes this attempt
 	}
 	if res.Err != nil {
 		log.Warn().Str("subtask", st.Name).Str("reason", res.Err.Error()).Msg("subtask failed")
