@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -109,6 +110,10 @@ type Fleet struct {
 	seen       map[int64]time.Time
 	flushTimer *time.Timer
 	flushing   sync.WaitGroup
+	// writeFailLog and writeFails rate-limit the log of heartbeats and
+	// progress lines not stored (writeFailed).
+	writeFailLog rate.Sometimes
+	writeFails   atomic.Int64
 }
 
 // maxPendingCancels bounds the cancels remembered for one host, so a host
@@ -149,6 +154,7 @@ func New(cfg Config) *Fleet {
 		cfg: cfg, started: time.Now(), sessions: map[int64]*Session{}, inflight: map[key]*call{}, hostCalls: map[int64]map[key]*call{},
 		joined: map[int64]chan struct{}{}, heard: map[int64]time.Time{}, pending: map[int64][]Cancel{},
 		streams: map[int64]int{}, replacements: map[int64]*rate.Limiter{}, seen: map[int64]time.Time{},
+		writeFailLog: rate.Sometimes{Interval: writeFailLogEvery},
 	}
 }
 
@@ -614,7 +620,10 @@ func (f *Fleet) WaitConnected(ctx context.Context, hostID int64) bool {
 // alive. Messages about commands that were not dispatched to this session's
 // host are dropped with a warning. A message over the bounds on reports
 // (MaxReportedProcesses, MaxTextBytes and the like) or with no field set is
-// an ErrInvalidArgument error; any other error is a store failure.
+// an ErrInvalidArgument error; any other error is a store failure. A
+// heartbeat or progress line the store fails to record is logged (at most
+// once per writeFailLogEvery) and skipped, not an error: a full disk must
+// not end agents' streams.
 func (f *Fleet) Receive(ctx context.Context, s *Session, m Inbound) error {
 	if err := checkInbound(m); err != nil {
 		return err
@@ -631,7 +640,10 @@ func (f *Fleet) Receive(ctx context.Context, s *Session, m Inbound) error {
 			return nil
 		}
 		if err := f.cfg.Registry.HostSeen(ctx, s.HostID, now, procs); err != nil {
-			return err
+			// Not stored (e.g. a full disk): the next heartbeat tries again;
+			// the stream goes on.
+			f.writeFailed(err, s.HostID, "recording a heartbeat failed; the stream goes on")
+			return nil
 		}
 		s.reported = procs
 		return nil
@@ -645,7 +657,12 @@ func (f *Fleet) Receive(ctx context.Context, s *Session, m Inbound) error {
 		if at.IsZero() {
 			at = f.cfg.Now()
 		}
-		return f.cfg.Logs.AppendSubtaskLog(ctx, p.SubtaskID, task.LogLine{RunTime: p.Attempt, Time: at, Line: p.Message})
+		if err := f.cfg.Logs.AppendSubtaskLog(ctx, p.SubtaskID, task.LogLine{RunTime: p.Attempt, Time: at, Line: p.Message}); err != nil {
+			// A progress line is not worth the stream (and its host's
+			// registration, which would then fail too): skipped.
+			f.writeFailed(err, s.HostID, "storing a progress line failed; the line is skipped, the stream goes on")
+		}
+		return nil
 	case m.Result != nil:
 		r := *m.Result
 		k := key{r.SubtaskID, r.Attempt}
@@ -684,6 +701,19 @@ func (f *Fleet) unawaited(ctx context.Context, s *Session, r Result) error {
 	log.Info().Msg("stale result acknowledged and dropped")
 	s.send(Outbound{Ack: &Ack{SubtaskID: r.SubtaskID, Attempt: r.Attempt}})
 	return nil
+}
+
+// writeFailLogEvery bounds how often writeFailed logs.
+const writeFailLogEvery = 10 * time.Second
+
+// writeFailed logs a heartbeat or progress write that failed, at most once
+// per writeFailLogEvery, counting the others.
+func (f *Fleet) writeFailed(err error, hostID int64, msg string) {
+	n := f.writeFails.Add(1)
+	f.writeFailLog.Do(func() {
+		f.cfg.Log.Error().Err(err).Int64("host_id", hostID).Int64("failures", n).Msg(msg)
+		f.writeFails.Store(0)
+	})
 }
 
 func (f *Fleet) dispatchedTo(k key, hostID int64) bool {
