@@ -97,6 +97,7 @@ type memStore struct {
 	ctxErr error // the write context's error when the last write ran
 	last   audit.Query
 	fail   bool
+	full   bool // fail writes as a store that cannot be written
 }
 
 func (m *memStore) AddAuditEvent(ctx context.Context, e audit.Event) (int64, error) {
@@ -105,6 +106,9 @@ func (m *memStore) AddAuditEvent(ctx context.Context, e audit.Event) (int64, err
 	m.ctxErr = ctx.Err()
 	if m.fail {
 		return 0, errors.New("database is locked")
+	}
+	if m.full {
+		return 0, &errs.StoreError{Full: true, Err: errors.New("database or disk is full (13)")}
 	}
 	e.ID = int64(len(m.events) + 1)
 	m.events = append(m.events, e)
@@ -201,4 +205,72 @@ func TestListEvents(t *testing.T) {
 	if _, err := s.ListEvents(asAdmin, audit.Query{}); err == nil || errs.Kind(err) != nil {
 		t.Errorf("store failure: %v, want an internal error", err)
 	}
+}
+
+// TestRecordKeptWhileStoreUnwritable: events the store refuses as
+// unwritable are logged whole, kept, and written in order with their own
+// times once it can be written, with no other call; Close writes what is
+// left.
+func TestRecordKeptWhileStoreUnwritable(t *testing.T) {
+	var logs bytes.Buffer
+	var logMu sync.Mutex
+	m := &memStore{full: true}
+	s := audit.NewService(m, zerolog.New(zerolog.SyncWriter(&lockedWriter{&logMu, &logs})), onlyAdmin)
+	defer s.Close()
+	s.Record(context.Background(), audit.Event{Username: "ops", Operation: "POST /a", HostID: 7, Outcome: audit.OutcomeUnavailable,
+		Message: "the data store is full", Time: time.Unix(100, 0)})
+	s.Record(context.Background(), audit.Event{Username: "ops", Operation: "POST /b", Time: time.Unix(101, 0)})
+	logMu.Lock()
+	out := logs.String()
+	logMu.Unlock()
+	if !strings.Contains(out, "audit event kept in memory") || !strings.Contains(out, `"operation":"POST /a"`) ||
+		!strings.Contains(out, `"host_id":7`) || !strings.Contains(out, `"event_message":"the data store is full"`) {
+		t.Fatalf("log %s: want each kept event logged whole", out)
+	}
+	m.mu.Lock()
+	m.full = false
+	m.mu.Unlock()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		m.mu.Lock()
+		n := len(m.events)
+		var ops []string
+		for _, e := range m.events {
+			ops = append(ops, e.Operation)
+		}
+		m.mu.Unlock()
+		if n == 2 {
+			if ops[0] != "POST /a" || ops[1] != "POST /b" || !m.events[0].Time.Equal(time.Unix(100, 0)) {
+				t.Fatalf("events %v, want POST /a then POST /b with their own times", ops)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d events written 10s after the store came back, want 2", n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	m.mu.Lock()
+	m.full = true
+	m.mu.Unlock()
+	s.Record(context.Background(), audit.Event{Operation: "POST /c"})
+	m.mu.Lock()
+	m.full = false
+	m.mu.Unlock()
+	s.Close()
+	if len(m.events) != 3 || m.events[2].Operation != "POST /c" {
+		t.Fatalf("Close left the kept event unwritten: %d events", len(m.events))
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

@@ -2,7 +2,10 @@ package audit
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"slices"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -74,6 +77,15 @@ const (
 	writeTimeout  = 5 * time.Second
 )
 
+// Events kept while the store cannot be written (Service.Record).
+const (
+	// MaxPending bounds the events kept; beyond it the oldest is dropped
+	// (logged as such).
+	MaxPending = 10000
+	// pendingRetry is how often the kept events are tried again.
+	pendingRetry = 2 * time.Second
+)
+
 // Service records calls and reads the record. It is safe for concurrent
 // use.
 type Service struct {
@@ -81,6 +93,15 @@ type Service struct {
 	log       zerolog.Logger
 	authorize func(ctx context.Context) error
 	now       func() time.Time
+
+	// pending are the events the store refused as unwritable, oldest
+	// first; retry writes them (armed while there are any, no goroutine
+	// otherwise); flushing counts retries armed or running.
+	mu       sync.Mutex
+	pending  []Event
+	retry    *time.Timer
+	closed   bool
+	flushing sync.WaitGroup
 }
 
 // NewService returns a Service over store. authorize decides who may read
@@ -98,7 +119,10 @@ func NewService(store Store, log zerolog.Logger, authorize func(ctx context.Cont
 // Record stores e, stamping its time now when it has none. It never fails
 // the call being recorded: it writes synchronously, with a context that the
 // call's cancellation does not end (bounded by a few seconds), and logs a
-// store failure instead of returning it.
+// store failure instead of returning it. An event the store refuses because
+// it cannot be written (errs.ErrStoreUnavailable, e.g. a full disk) is
+// logged whole and kept in memory (at most MaxPending), and written, with
+// its own time, once the store can be written again (or by Close).
 func (s *Service) Record(ctx context.Context, e Event) {
 	if e.Time.IsZero() {
 		e.Time = s.now()
@@ -109,9 +133,92 @@ func (s *Service) Record(ctx context.Context, e Event) {
 	e.Message = clip(e.Message, maxMessageLen)
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), writeTimeout)
 	defer cancel()
-	if _, err := s.store.AddAuditEvent(ctx, e); err != nil {
-		s.log.Error().Err(err).Str("operation", e.Operation).Str("user", e.Username).Str("outcome", e.Outcome).
-			Int64("host_id", e.HostID).Int64("task_id", e.TaskID).Msg("audit event not recorded")
+	_, err := s.store.AddAuditEvent(ctx, e)
+	switch {
+	case err == nil:
+	case errors.Is(err, errs.ErrStoreUnavailable):
+		s.logEvent(s.log.Warn(), err, e).Msg("audit event kept in memory until the store can be written")
+		s.keep(e)
+	default:
+		s.logEvent(s.log.Error(), err, e).Msg("audit event not recorded")
+	}
+}
+
+// logEvent adds e's fields to a log line.
+func (s *Service) logEvent(ev *zerolog.Event, err error, e Event) *zerolog.Event {
+	return ev.Err(err).Time("at", e.Time).Str("operation", e.Operation).Str("user", e.Username).
+		Str("access_key_id", e.AccessKeyID).Str("source", e.SourceAddr).Str("outcome", e.Outcome).
+		Str("event_message", e.Message).Int64("host_id", e.HostID).Int64("task_id", e.TaskID).Str("target", e.Target)
+}
+
+// keep adds events after those kept, dropping the oldest beyond
+// MaxPending, and arms the retry.
+func (s *Service) keep(events ...Event) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pending = append(s.pending, events...)
+	if over := len(s.pending) - MaxPending; over > 0 {
+		for _, e := range s.pending[:over] {
+			s.logEvent(s.log.Error(), nil, e).Msg("audit event dropped: too many waiting for the store")
+		}
+		s.pending = slices.Delete(s.pending, 0, over)
+	}
+	if s.retry == nil && !s.closed {
+		s.flushing.Add(1)
+		s.retry = time.AfterFunc(pendingRetry, func() {
+			defer s.flushing.Done()
+			s.flush()
+		})
+	}
+}
+
+// flush writes the kept events in order, keeping them again from the first
+// the store refuses as unwritable. Events kept meanwhile wait for the next
+// flush.
+func (s *Service) flush() {
+	s.mu.Lock()
+	events := s.pending
+	s.pending, s.retry = nil, nil
+	s.mu.Unlock()
+	if len(events) == 0 {
+		return
+	}
+	for i, e := range events {
+		ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
+		_, err := s.store.AddAuditEvent(ctx, e)
+		cancel()
+		switch {
+		case err == nil:
+		case errors.Is(err, errs.ErrStoreUnavailable):
+			s.mu.Lock()
+			s.pending = append(events[i:], s.pending...) // before those kept meanwhile
+			s.mu.Unlock()
+			s.keep()
+			return
+		default:
+			s.logEvent(s.log.Error(), err, e).Msg("audit event not recorded")
+		}
+	}
+	s.log.Info().Int("events", len(events)).Msg("audit events kept in memory are recorded")
+}
+
+// Close writes the events kept in memory, if the store can be written, and
+// stops retrying; the events still kept are logged as lost (each was
+// logged whole when kept). Call it before closing the store.
+func (s *Service) Close() {
+	s.mu.Lock()
+	s.closed = true
+	if s.retry != nil && s.retry.Stop() {
+		s.flushing.Done()
+	}
+	s.retry = nil
+	s.mu.Unlock()
+	s.flushing.Wait()
+	s.flush()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.pending) > 0 {
+		s.log.Error().Int("events", len(s.pending)).Msg("audit events not recorded: the store could not be written before shutdown")
 	}
 }
 

@@ -79,6 +79,10 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			Msg("http request")
 	}()
 
+	if s.cfg.Store != nil && healthPaths[r.URL.Path] {
+		s.health(rec, r) // for load balancers and probes: no credentials
+		return
+	}
 	p, err := s.authenticate(rec, r)
 	if err != nil {
 		s.writeError(rec, r, err, "")

@@ -82,6 +82,9 @@ type Config struct {
 	// Audit records every mutating call and serves GET /audit/events
 	// (auditlog.go, audit.go); nil: neither.
 	Audit Auditor
+	// Store serves GET /health, without credentials (health.go); nil: no
+	// such path.
+	Store StoreHealth
 }
 
 // apiPrefix is where OCP serves its API; every route is also served bare.

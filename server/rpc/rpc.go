@@ -68,10 +68,23 @@ type Config struct {
 	// Audit records every mutating call and serves AuditService
 	// (audit.go); nil: neither.
 	Audit Auditor
+	// Store, if set, drives the health service: NOT_SERVING (the server
+	// and each service) while the data store cannot be written.
+	Store StoreHealth
+}
+
+// StoreHealth says whether the data store can be written (store.Store).
+type StoreHealth interface {
+	// Writable returns nil while the store can be written.
+	Writable() error
+	// OnWritable registers fn, called with nil or the failure each time the
+	// store turns writable or unwritable; fn must return soon.
+	OnWritable(fn func(err error))
 }
 
 // NewServer returns a gRPC server with every service registered, health
-// SERVING and reflection on. Calls other than the agent stream, health and
+// SERVING (NOT_SERVING while Config.Store cannot be written) and reflection
+// on. Calls other than the agent stream, health and
 // reflection need credentials in the "authorization" metadata: HTTP Basic,
 // or an access-key signature (see authenticator.authenticate).
 func NewServer(cfg Config, opts ...grpc.ServerOption) *grpc.Server {
@@ -104,9 +117,21 @@ func NewServer(cfg Config, opts ...grpc.ServerOption) *grpc.Server {
 	registerAudit(s, cfg)
 	iamv1.RegisterIamServiceServer(s, &iamServer{keys: cfg.AccessKeys})
 	hs := health.NewServer()
-	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	for _, svc := range []string{hostv1.HostService_ServiceDesc.ServiceName, taskv1.TaskService_ServiceDesc.ServiceName, agentv1.AgentService_ServiceDesc.ServiceName} {
-		hs.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)
+	setHealth := func(err error) {
+		st := healthpb.HealthCheckResponse_SERVING
+		if err != nil {
+			st = healthpb.HealthCheckResponse_NOT_SERVING
+		}
+		hs.SetServingStatus("", st)
+		for _, svc := range []string{hostv1.HostService_ServiceDesc.ServiceName, taskv1.TaskService_ServiceDesc.ServiceName, agentv1.AgentService_ServiceDesc.ServiceName} {
+			hs.SetServingStatus(svc, st)
+		}
+	}
+	if cfg.Store != nil {
+		cfg.Store.OnWritable(setHealth)
+		setHealth(cfg.Store.Writable())
+	} else {
+		setHealth(nil)
 	}
 	healthpb.RegisterHealthServer(s, hs)
 	reflection.Register(s)

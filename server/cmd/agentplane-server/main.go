@@ -177,6 +177,7 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 	throttle := auth.NewThrottle(auth.ThrottleConfig{})
 	audits := audit.NewService(st, log.With().Str("component", "audit").Logger(),
 		func(ctx context.Context) error { return auth.Require(ctx, auth.RoleAdmin) })
+	defer audits.Close() // before the store: writes the events kept while it could not be written
 	ca, err := pki.Load(pki.Config{
 		Dir: c.dataDir, CACertFile: c.caCert, CAKeyFile: c.caKey, ServerCertFile: c.tlsCert, ServerKeyFile: c.tlsKey,
 		Hosts: certHosts(c), AgentCertTTL: c.agentCertTTL, Log: log.With().Str("component", "pki").Logger(),
@@ -236,11 +237,11 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 		grpcOpts = append(grpcOpts, grpc.Creds(credentials.NewTLS(ca.MutualTLSConfig())))
 	}
 	gs := rpc.NewServer(rpc.Config{Hosts: hosts, Tasks: engine, Fleet: agents, Users: users, Enroll: enrollment,
-		AccessKeys: keys, Throttle: throttle, Audit: audits, Log: log,
+		AccessKeys: keys, Throttle: throttle, Audit: audits, Store: st, Log: log,
 		AgentLimits: rpc.AgentLimits{MsgsPerSec: c.agentMsgRate, MsgBurst: c.agentMsgBurst}}, grpcOpts...)
 	hs := &http.Server{
 		Handler: rest.NewHandler(rest.Config{Hosts: hosts, Tasks: engine, Users: users, Enroll: enrollment,
-			AccessKeys: keys, Throttle: throttle, Audit: audits, Log: log}),
+			AccessKeys: keys, Throttle: throttle, Audit: audits, Store: st, Log: log}),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
