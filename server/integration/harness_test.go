@@ -505,7 +505,13 @@ type server struct {
 // was taken meanwhile.
 func startServer(t *testing.T, args ...string) *server {
 	t.Helper()
-	s := &server{dataDir: filepath.Join(tempDir(t), "data"), args: args, client: &http.Client{Timeout: 10 * time.Second}}
+	return startServerIn(t, filepath.Join(tempDir(t), "data"), args...)
+}
+
+// startServerIn is startServer on the data dir dataDir.
+func startServerIn(t *testing.T, dataDir string, args ...string) *server {
+	t.Helper()
+	s := &server{dataDir: dataDir, args: args, client: &http.Client{Timeout: 10 * time.Second}}
 	for try := 1; ; try++ {
 		s.grpcAddr, s.httpAddr = freeAddr(t), freeAddr(t)
 		err := s.launch(t)
