@@ -52,6 +52,9 @@ type hosts struct {
 	lockErr  error
 	finished map[int64]host.AgentStatus
 	lastSeen time.Time
+	// finishFails is how many FinishAgentOperation calls fail as on a
+	// full disk.
+	finishFails int
 }
 
 func (h *hosts) GetHost(_ context.Context, id int64) (*host.Host, error) {
@@ -79,6 +82,10 @@ func (h *hosts) GetHostAgent(_ context.Context, id int64) (*host.Agent, error) {
 func (h *hosts) LockHost(context.Context, int64, int64) error { return h.lockErr }
 
 func (h *hosts) FinishAgentOperation(_ context.Context, hostID, _ int64, st host.AgentStatus) error {
+	if h.finishFails > 0 {
+		h.finishFails--
+		return &errs.StoreError{Full: true, Err: errors.New("database or disk is full (13)")}
+	}
 	h.finished[hostID] = st
 	return nil
 }
@@ -222,6 +229,23 @@ func TestFinishRecordsStopped(t *testing.T) {
 	}
 	if h.finished[7] != host.AgentStopped || len(*lines) != 1 {
 		t.Fatalf("finished %v, log %v", h.finished, *lines)
+	}
+}
+
+// TestFinishWaitsOutAFullDisk: Finish's write failing because the store
+// cannot be written is tried again (within the subtask's timeout), not a
+// failed operation; past the timeout it fails with the store's error.
+func TestFinishWaitsOutAFullDisk(t *testing.T) {
+	h := &hosts{finished: map[int64]host.AgentStatus{}, finishFails: 3}
+	r, _ := run(7)
+	if res := (finishOp{h}).Execute(context.Background(), r); res.Err != nil || h.finished[7] != host.AgentStopped {
+		t.Fatalf("Finish after 3 store failures: %v, finished %v", res.Err, h.finished)
+	}
+	h = &hosts{finished: map[int64]host.AgentStatus{}, finishFails: 1 << 30}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if res := (finishOp{h}).Execute(ctx, r); !errors.Is(res.Err, errs.ErrStoreUnavailable) {
+		t.Fatalf("Finish with the store down past its timeout: %v, want the store's error", res.Err)
 	}
 }
 

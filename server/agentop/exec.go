@@ -2,9 +2,11 @@ package agentop
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
+	"agentplane/server/errs"
 	"agentplane/server/fleet"
 	"agentplane/server/host"
 	"agentplane/server/task"
@@ -96,7 +98,7 @@ func (p prepare) Execute(ctx context.Context, r task.Run) task.Result {
 		return task.Result{Err: fmt.Errorf("host %d: agentd not connected within %s", id, limit)}
 	}
 	if h.OpTaskID != r.Task.ID { // held since creation, unless the task was retried
-		if err := p.hosts.LockHost(ctx, id, r.Task.ID); err != nil {
+		if err := whileStoreDown(ctx, func() error { return p.hosts.LockHost(ctx, id, r.Task.ID) }); err != nil {
 			return task.Result{Err: err}
 		}
 	}
@@ -199,7 +201,7 @@ func (f finishOp) Execute(ctx context.Context, r task.Run) task.Result {
 			}
 		}
 	}
-	if err := f.hosts.FinishAgentOperation(ctx, id, r.Task.ID, st); err != nil {
+	if err := whileStoreDown(ctx, func() error { return f.hosts.FinishAgentOperation(ctx, id, r.Task.ID, st) }); err != nil {
 		return task.Result{Err: err}
 	}
 	r.Log(fmt.Sprintf("host %d: OCP agent %s, lock released", id, st))
@@ -207,3 +209,25 @@ func (f finishOp) Execute(ctx context.Context, r task.Run) task.Result {
 }
 
 func (f finishOp) Rollback(ctx context.Context, r task.Run) task.Result { return nothingToUndo(ctx, r) }
+
+// whileStoreDown calls write again, with a capped backoff, while it fails
+// because the store cannot be written (errs.ErrStoreUnavailable, e.g. a
+// full disk), until ctx (the subtask's timeout) ends: a disk full for a
+// moment must not fail the operation. It returns write's last error.
+func whileStoreDown(ctx context.Context, write func() error) error {
+	wait := 100 * time.Millisecond
+	for {
+		err := write()
+		if !errors.Is(err, errs.ErrStoreUnavailable) {
+			return err
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+		wait = min(2*wait, 5*time.Second)
+	}
+}
