@@ -114,6 +114,11 @@ type Fleet struct {
 	// progress lines not stored (writeFailed).
 	writeFailLog rate.Sometimes
 	writeFails   atomic.Int64
+	// offline holds the hosts whose OFFLINE write failed, written again by
+	// offlineTimer (counted in flushing) until it is stored or the host
+	// is back (offlineLater).
+	offline      map[int64]bool
+	offlineTimer *time.Timer
 }
 
 // maxPendingCancels bounds the cancels remembered for one host, so a host
@@ -154,7 +159,7 @@ func New(cfg Config) *Fleet {
 		cfg: cfg, started: time.Now(), sessions: map[int64]*Session{}, inflight: map[key]*call{}, hostCalls: map[int64]map[key]*call{},
 		joined: map[int64]chan struct{}{}, heard: map[int64]time.Time{}, pending: map[int64][]Cancel{},
 		streams: map[int64]int{}, replacements: map[int64]*rate.Limiter{}, seen: map[int64]time.Time{},
-		writeFailLog: rate.Sometimes{Interval: writeFailLogEvery},
+		writeFailLog: rate.Sometimes{Interval: writeFailLogEvery}, offline: map[int64]bool{},
 	}
 }
 
@@ -446,7 +451,43 @@ func (f *Fleet) restoreOffline(hostID int64) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := f.cfg.Registry.SetHostStatus(ctx, hostID, host.StatusOffline); err != nil {
-		f.cfg.Log.Error().Err(err).Int64("host_id", hostID).Msg("marking host offline failed")
+		f.cfg.Log.Error().Err(err).Int64("host_id", hostID).Msg("marking host offline failed; retrying")
+		f.offlineLater(hostID)
+	}
+}
+
+// offlineLater writes the host OFFLINE again a heartbeat interval from now
+// (with any other host whose write failed), unless it has a session by
+// then; a failed write is retried the same way, until the fleet closes.
+// The store may be unwritable for a while (a full disk): the host must not
+// stay ONLINE once it is writable again.
+func (f *Fleet) offlineLater(hostID int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closing {
+		return
+	}
+	f.offline[hostID] = true
+	if f.offlineTimer == nil {
+		f.flushing.Add(1)
+		f.offlineTimer = time.AfterFunc(f.cfg.HeartbeatInterval, func() {
+			defer f.flushing.Done()
+			f.retryOffline()
+		})
+	}
+}
+
+// retryOffline writes OFFLINE the hosts offlineLater noted that have no
+// session.
+func (f *Fleet) retryOffline() {
+	f.mu.Lock()
+	hosts := f.offline
+	f.offline, f.offlineTimer = map[int64]bool{}, nil
+	f.mu.Unlock()
+	for id := range hosts {
+		unlock := f.online.host(id)
+		f.restoreOffline(id)
+		unlock()
 	}
 }
 
@@ -502,6 +543,10 @@ func (f *Fleet) Close() {
 		f.flushing.Done()
 	}
 	f.flushTimer = nil
+	if f.offlineTimer != nil && f.offlineTimer.Stop() {
+		f.flushing.Done() // the next server marks every host OFFLINE
+	}
+	f.offlineTimer = nil
 	f.closing = true
 	sessions := make([]*Session, 0, len(f.sessions))
 	for _, s := range f.sessions {
@@ -549,7 +594,8 @@ func (f *Fleet) Disconnect(s *Session) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := f.cfg.Registry.SetHostStatus(ctx, s.HostID, host.StatusOffline); err != nil {
-		f.cfg.Log.Error().Err(err).Int64("host_id", s.HostID).Msg("marking host offline failed")
+		f.cfg.Log.Error().Err(err).Int64("host_id", s.HostID).Msg("marking host offline failed; retrying")
+		f.offlineLater(s.HostID)
 	}
 	f.cfg.Log.Info().Int64("host_id", s.HostID).AnErr("reason", s.Err()).Msg("agent disconnected")
 }

@@ -78,3 +78,46 @@ func TestWriteFailuresKeepTheStream(t *testing.T) {
 		t.Fatalf("report written %d times once the store works, want once (it was not stored before)", written)
 	}
 }
+
+// statusRegistry fails SetHostStatus while full.
+type statusRegistry struct {
+	*registry
+	full   atomic.Bool
+	failed atomic.Int64
+}
+
+func (r *statusRegistry) SetHostStatus(ctx context.Context, id int64, st host.Status) error {
+	if r.full.Load() {
+		r.failed.Add(1)
+		return errFull
+	}
+	return r.registry.SetHostStatus(ctx, id, st)
+}
+
+// TestOfflineWrittenOnceStoreIsBack: a host that disconnects while the
+// store cannot be written is written OFFLINE once it can, by itself.
+func TestOfflineWrittenOnceStoreIsBack(t *testing.T) {
+	reg := &statusRegistry{registry: newRegistry()}
+	f := New(Config{Registry: reg, Logs: reg, Token: "tok", Log: zerolog.Nop(), HeartbeatInterval: 20 * time.Millisecond})
+	defer f.Close()
+	s := connect(t, f, "h1")
+	reg.full.Store(true)
+	f.Disconnect(s)
+	if st := reg.statusOf(s.HostID); st != host.StatusOnline {
+		t.Fatalf("status %s while the store is full; the test needs the write to fail", st)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for reg.failed.Load() < 3 { // retried, and failing
+		if time.Now().After(deadline) {
+			t.Fatalf("OFFLINE write tried %d times in 5s, want retries", reg.failed.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	reg.full.Store(false)
+	for reg.statusOf(s.HostID) != host.StatusOffline {
+		if time.Now().After(deadline) {
+			t.Fatalf("host %s 5s after the store came back, want OFFLINE", reg.statusOf(s.HostID))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
