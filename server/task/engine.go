@@ -159,7 +159,7 @@ func (e *Engine) Start(ctx context.Context) error {
 	for _, id := range ids {
 		e.cfg.Log.Info().Int64("task_id", id).Msg("resuming task")
 		if _, err := e.step(ctx, id, nil); err != nil {
-			e.settle(id, "resuming task failed", err)
+			e.settle(id, "resuming task", err)
 		}
 	}
 	return nil
@@ -237,23 +237,23 @@ func (e *Engine) Submit(ctx context.Context, p Plan) (*Task, error) {
 	go func() {
 		defer e.wg.Done()
 		if _, err := e.step(e.base, created.ID, nil); err != nil && e.base.Err() == nil {
-			e.settle(created.ID, "starting task failed", err)
+			e.settle(created.ID, "starting task", err)
 		}
 	}()
 	return created, nil
 }
 
-// settle retries, in the background, the step of task id that failed with
-// err (e.g. on a full disk), until it is stored or the engine closes (the
-// next Start resumes the task): a task whose step was not stored would
-// otherwise wait for nothing, holding its hosts.
-func (e *Engine) settle(id int64, msg string, err error) {
+// settle retries, in the background, the step of task id (what it was
+// doing) that failed with err (e.g. on a full disk), until it is stored or
+// the engine closes (the next Start resumes the task): a task whose step
+// was not stored would otherwise wait for nothing, holding its hosts.
+func (e *Engine) settle(id int64, what string, err error) {
 	log := e.cfg.Log.With().Int64("task_id", id).Logger()
-	log.Error().Err(err).Msg(msg + "; retrying")
+	log.Error().Err(err).Msg(what + " failed; retrying")
 	e.wg.Add(1)
 	go func() {
 		defer e.wg.Done()
-		_ = e.retry(&log, msg, func() error {
+		_ = e.retry(&log, what, func() error {
 			_, err := e.step(e.base, id, nil)
 			return err
 		})
@@ -266,11 +266,12 @@ const (
 	retryMax = 5 * time.Second
 )
 
-// retry calls fn until it returns nil, with a capped backoff (jittered)
-// between tries, and returns nil; or returns ErrShutdown when the engine
-// closes first. It logs a failure at the 2nd, 4th, 8th... retry, so a long
-// outage costs a few lines, and a success after failures.
-func (e *Engine) retry(log *zerolog.Logger, msg string, fn func() error) error {
+// retry calls fn (what it does, for the log) until it returns nil, with a
+// capped backoff (jittered) between tries, and returns nil; or returns
+// ErrShutdown when the engine closes first. It logs a failure at the 2nd,
+// 4th, 8th... retry (the caller logs the first failure), so a long outage
+// costs a few lines, and the success.
+func (e *Engine) retry(log *zerolog.Logger, what string, fn func() error) error {
 	for try := 1; ; try++ {
 		wait := min(retryMin<<min(try-1, 16), retryMax)
 		wait -= rand.N(wait / 2)
@@ -283,14 +284,14 @@ func (e *Engine) retry(log *zerolog.Logger, msg string, fn func() error) error {
 		}
 		err := fn()
 		if err == nil {
-			log.Info().Int("tries", try+1).Msg(msg + "; stored on a retry")
+			log.Info().Int("tries", try+1).Msg(what + " done on a retry")
 			return nil
 		}
 		if e.base.Err() != nil {
 			return ErrShutdown
 		}
-		if try&(try-1) == 0 {
-			log.Error().Err(err).Int("tries", try+1).Msg(msg + "; retrying")
+		if try > 1 && try&(try-1) == 0 {
+			log.Error().Err(err).Int("tries", try+1).Msg(what + " failed; retrying")
 		}
 	}
 }
@@ -500,7 +501,7 @@ func (e *Engine) attempt(ctx context.Context, cancel context.CancelCauseFunc, t 
 	err := e.report(t.ID, o)
 	if err != nil && !errors.Is(err, errStale) && e.base.Err() == nil {
 		log.Error().Err(err).Msg("storing subtask outcome failed; retrying")
-		err = e.retry(&log, "storing subtask outcome failed", func() error {
+		err = e.retry(&log, "storing subtask outcome", func() error {
 			if err := e.report(t.ID, o); !errors.Is(err, errStale) {
 				return err
 			}
