@@ -71,11 +71,7 @@ func TestOutcomeRetriedUntilStored(t *testing.T) {
 	})
 	var e *task.Engine
 	e, fs = newFailingEngine(t, map[string]task.Executor{"a": first, "b": execFunc(ok), "c": execFunc(ok)})
-	created, err := e.Submit(context.Background(), plan(time.Minute, time.Minute, time.Minute))
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := waitFinalWithin(t, e, created.ID, 10*time.Second)
+	got := runPlan(t, e, plan(time.Minute, time.Minute, time.Minute), 10*time.Second)
 	if got.Status != task.StatusSuccessful {
 		t.Fatalf("task %s, want SUCCESSFUL: %+v", got.Status, got.Subtasks)
 	}
@@ -101,11 +97,7 @@ func TestTimeoutStoredAfterWritesFail(t *testing.T) {
 	})
 	var e *task.Engine
 	e, fs = newFailingEngine(t, map[string]task.Executor{"a": wait, "b": execFunc(ok), "c": execFunc(ok)})
-	created, err := e.Submit(context.Background(), plan(time.Second, time.Minute, time.Minute))
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := waitFinalWithin(t, e, created.ID, 15*time.Second)
+	got := runPlan(t, e, plan(time.Second, time.Minute, time.Minute), 15*time.Second)
 	a := got.Subtasks[0]
 	if got.Status != task.StatusFailed || a.Status != task.SubtaskFailed || !strings.Contains(a.Message, "timed out") {
 		t.Fatalf("task %s, subtask a %s %q; want both FAILED, timed out", got.Status, a.Status, a.Message)
@@ -122,19 +114,20 @@ func TestStartRetriedUntilStored(t *testing.T) {
 	left := atomic.Int64{}
 	left.Store(2)
 	fs.fail(func() bool { return left.Add(-1) >= 0 })
-	created, err := e.Submit(context.Background(), plan(time.Minute, time.Minute, time.Minute))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := waitFinalWithin(t, e, created.ID, 10*time.Second); got.Status != task.StatusSuccessful {
+	if got := runPlan(t, e, plan(time.Minute, time.Minute, time.Minute), 10*time.Second); got.Status != task.StatusSuccessful {
 		t.Fatalf("task %s, want SUCCESSFUL", got.Status)
 	}
 }
 
-// waitFinalWithin watches the task until it is final, failing the test
-// after timeout.
-func waitFinalWithin(t *testing.T, e *task.Engine, id int64, timeout time.Duration) *task.Task {
+// runPlan submits p and watches its task until it is final, failing the
+// test after timeout.
+func runPlan(t *testing.T, e *task.Engine, p task.Plan, timeout time.Duration) *task.Task {
 	t.Helper()
+	created, err := e.Submit(context.Background(), p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := created.ID
 	ctx, cancel := context.WithTimeout(viewer, timeout)
 	defer cancel()
 	var last *task.Task
