@@ -127,11 +127,16 @@ type rdb struct {
 	c *stmtCache
 }
 
-func (d *rdb) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+// QueryContext runs a read; an error the store itself causes (its file
+// gone or unreadable) is classified as for writes (health.go). (QueryRow's
+// errors come with Scan, in each caller: those are not.)
+func (d *rdb) QueryContext(ctx context.Context, query string, args ...any) (rows *sql.Rows, err error) {
 	if st := d.c.prepared(ctx, d.DB, query); st != nil {
-		return st.QueryContext(ctx, args...)
+		rows, err = st.QueryContext(ctx, args...)
+	} else {
+		rows, err = d.DB.QueryContext(ctx, query, args...)
 	}
-	return d.DB.QueryContext(ctx, query, args...)
+	return rows, classify(err)
 }
 
 func (d *rdb) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
