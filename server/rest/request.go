@@ -21,15 +21,47 @@ import (
 // (page-1)*size cannot overflow.
 const maxPage = math.MaxInt32
 
-// pathID parses path parameter name as a positive 64-bit integer; an
-// ErrInvalidArgument error otherwise.
+// pathID parses path parameter name as a positive 64-bit integer in
+// canonical decimal (no sign, no leading zero); an ErrInvalidArgument error
+// otherwise.
 func pathID(r *http.Request, name string) (int64, error) {
 	v := r.PathValue(name)
-	id, err := strconv.ParseInt(v, 10, 64)
-	if err != nil || id <= 0 {
-		return 0, fmt.Errorf("%s must be a positive 64-bit integer, got %q: %w", name, v, errs.ErrInvalidArgument)
+	id, ok := parseDecimal(v)
+	if !ok || id <= 0 {
+		return 0, fmt.Errorf("%s must be a positive 64-bit integer in plain decimal digits (no sign, no leading zero), got %q: %w", name, v, errs.ErrInvalidArgument)
 	}
 	return id, nil
+}
+
+// parseDecimal parses v as a non-negative 64-bit integer written in
+// canonical decimal: digits only, no sign, no leading zero (but "0"). "+1"
+// and "01" are not ids: a second spelling of an id would let two requests
+// name one host differently (audit, idempotency, caches).
+func parseDecimal(v string) (int64, bool) {
+	if v == "" || len(v) > 1 && v[0] == '0' {
+		return 0, false
+	}
+	for i := 0; i < len(v); i++ {
+		if v[i] < '0' || v[i] > '9' {
+			return 0, false
+		}
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	return n, err == nil
+}
+
+// queryOffset parses query parameter name as a non-negative 64-bit integer
+// (0 when absent); an ErrInvalidArgument error otherwise.
+func queryOffset(r *http.Request, name string) (int64, error) {
+	v := r.URL.Query().Get(name)
+	if v == "" {
+		return 0, nil
+	}
+	n, ok := parseDecimal(v)
+	if !ok {
+		return 0, fmt.Errorf("%s must be a non-negative 64-bit integer, got %q: %w", name, v, errs.ErrInvalidArgument)
+	}
+	return n, nil
 }
 
 // queryInt parses query parameter name as an integer in [lo, hi], or returns
@@ -98,9 +130,9 @@ func queryID(r *http.Request, name string) (int64, error) {
 	if v == "" {
 		return 0, nil
 	}
-	id, err := strconv.ParseInt(v, 10, 64)
-	if err != nil || id <= 0 {
-		return 0, fmt.Errorf("%s must be a positive 64-bit integer, got %q: %w", name, v, errs.ErrInvalidArgument)
+	id, ok := parseDecimal(v)
+	if !ok || id <= 0 {
+		return 0, fmt.Errorf("%s must be a positive 64-bit integer in plain decimal digits (no sign, no leading zero), got %q: %w", name, v, errs.ErrInvalidArgument)
 	}
 	return id, nil
 }

@@ -244,14 +244,14 @@ func apiSubtask(taskID, subtaskID int64) (*task.Task, error) {
 	return t, nil
 }
 
-func (f *apiTasks) SubtaskLog(ctx context.Context, taskID, subtaskID int64) (string, error) {
+func (f *apiTasks) SubtaskLog(ctx context.Context, taskID, subtaskID int64, q task.LogQuery) (task.LogPage, error) {
 	if err := auth.Require(ctx, auth.RoleTaskViewer); err != nil {
-		return "", err
+		return task.LogPage{}, err
 	}
 	if _, err := apiSubtask(taskID, subtaskID); err != nil {
-		return "", err
+		return task.LogPage{}, err
 	}
-	return apiSubtaskLog, nil
+	return task.LogPage{Text: apiSubtaskLog, Lines: 2, Next: q.After + 2, More: q.Limit == 1}, nil
 }
 
 // apiUsers authenticates users whose password is their name plus "-pass".

@@ -48,7 +48,8 @@ func TestSubtaskIDsContinueAfterTheMigration(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, q := range []string{`DROP INDEX hosts_op_task`, `DROP TABLE id_sequences`} {
+	for _, q := range []string{`DROP TABLE subtask_log_sizes`, `ALTER TABLE subtask_logs DROP COLUMN size`,
+		`ALTER TABLE subtask_logs DROP COLUMN kind`, `DROP INDEX hosts_op_task`, `DROP TABLE id_sequences`} {
 		if _, err := db.ExecContext(ctx, q); err != nil {
 			t.Fatal(q, err)
 		}

@@ -46,6 +46,8 @@ type Store struct {
 	stopped  chan struct{}
 	// checkpointed is closed when checkpointer has returned.
 	checkpointed chan struct{}
+	// logLimits bound each subtask's log (logs.go).
+	logLimits LogLimits
 }
 
 // FileName is the database file inside the data dir.
@@ -54,7 +56,7 @@ const FileName = "agentplane.db"
 // Open opens (creating if needed) the SQLite database in dataDir and brings
 // its schema up to date. It fails with ErrConflict when another process has
 // the data dir open.
-func Open(ctx context.Context, dataDir string) (s *Store, err error) {
+func Open(ctx context.Context, dataDir string, opts ...Option) (s *Store, err error) {
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating data dir: %w", err)
 	}
@@ -85,7 +87,10 @@ func Open(ctx context.Context, dataDir string) (s *Store, err error) {
 	}
 	w.SetMaxOpenConns(1)
 	w.SetConnMaxIdleTime(0)
-	s = &Store{w: w, lock: lock}
+	s = &Store{w: w, lock: lock, logLimits: defaultLogLimits()}
+	for _, o := range opts {
+		o(s)
+	}
 	if err := migrate(ctx, w); err != nil {
 		w.Close()
 		return nil, fmt.Errorf("migrating %s: %w", path, err)

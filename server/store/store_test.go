@@ -205,7 +205,7 @@ func TestSubtaskLogInOrder(t *testing.T) {
 			t.Fatal(i, err)
 		}
 	}
-	lines, err := s.SubtaskLog(ctx, id)
+	lines, _, err := s.SubtaskLog(ctx, tk.ID, id, 0, 100, 1<<20)
 	if err != nil || len(lines) != 3 || lines[0].Line != "header" || lines[2].Line != "exited" {
 		t.Fatalf("%+v %v", lines, err)
 	}
