@@ -82,6 +82,7 @@ func NewServer(cfg Config, opts ...grpc.ServerOption) *grpc.Server {
 		cfg.MaxHeaderBytes = 64 << 10
 	}
 	a := newAuthenticator(cfg)
+	codec := newRequestCodec()
 	opts = append([]grpc.ServerOption{
 		// No read buffer of gRPC's own (32 KiB per connection by default):
 		// TLS buffers each record already, and at 10,000 agent connections
@@ -92,8 +93,11 @@ func NewServer(cfg Config, opts ...grpc.ServerOption) *grpc.Server {
 	opts = append(opts,
 		grpc.MaxRecvMsgSize(cfg.MaxRecvBytes),
 		grpc.MaxHeaderListSize(uint32(cfg.MaxHeaderBytes)),
-		grpc.ChainUnaryInterceptor(auditUnary(cfg.Audit), a.unary), // audit first: refused calls are recorded too
-		grpc.ChainStreamInterceptor(a.stream),
+		// Undecodable requests are INVALID_ARGUMENT, recorded (codec.go).
+		grpc.ForceServerCodecV2(codec),
+		// audit first: refused calls are recorded too
+		grpc.ChainUnaryInterceptor(codec.unary, auditUnary(cfg.Audit), a.unary, refuseUndecodable),
+		grpc.ChainStreamInterceptor(codec.stream, a.stream),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),
 	)
