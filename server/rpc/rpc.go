@@ -63,12 +63,20 @@ type Config struct {
 	// the bound, from its own library (the server advertises it) or as the
 	// stream's reset.
 	MaxHeaderBytes int
+	// HandshakeTimeout bounds a new connection's TLS handshake and HTTP/2
+	// preface; past it the connection is closed. Default
+	// DefaultHandshakeTimeout.
+	HandshakeTimeout time.Duration
 	// AgentLimits bound each agent stream; zero fields take the defaults.
 	AgentLimits AgentLimits
 	// Audit records every mutating call and serves AuditService
 	// (audit.go); nil: neither.
 	Audit Auditor
 }
+
+// DefaultHandshakeTimeout is Config.HandshakeTimeout's default: grpc-go's
+// own is 120 s, long enough for silent connections to pile up.
+const DefaultHandshakeTimeout = 10 * time.Second
 
 // NewServer returns a gRPC server with every service registered, health
 // SERVING and reflection on. Calls other than the agent stream, health and
@@ -81,6 +89,9 @@ func NewServer(cfg Config, opts ...grpc.ServerOption) *grpc.Server {
 	if cfg.MaxHeaderBytes <= 0 {
 		cfg.MaxHeaderBytes = 64 << 10
 	}
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = DefaultHandshakeTimeout
+	}
 	a := newAuthenticator(cfg)
 	codec := newRequestCodec()
 	opts = append([]grpc.ServerOption{
@@ -91,6 +102,7 @@ func NewServer(cfg Config, opts ...grpc.ServerOption) *grpc.Server {
 		grpc.ReadBufferSize(0),
 	}, opts...)
 	opts = append(opts,
+		grpc.ConnectionTimeout(cfg.HandshakeTimeout),
 		grpc.MaxRecvMsgSize(cfg.MaxRecvBytes),
 		grpc.MaxHeaderListSize(uint32(cfg.MaxHeaderBytes)),
 		// Undecodable requests are INVALID_ARGUMENT, recorded (codec.go).
