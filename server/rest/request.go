@@ -1,6 +1,7 @@
 package rest
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -90,14 +91,21 @@ func requireJSON(r *http.Request) error {
 }
 
 // decodeJSON decodes the request body, a single JSON value with no unknown
-// fields, into v. It returns errUnsupportedMediaType for another content
+// fields and no key twice in an object, into v. It returns errUnsupportedMediaType for another content
 // type, an *http.MaxBytesError when the body is too large, and an
 // ErrInvalidArgument error when it is empty or malformed.
 func decodeJSON(r *http.Request, v any) error {
 	if err := requireJSON(r); err != nil {
 		return err
 	}
-	dec := json.NewDecoder(r.Body)
+	data, err := io.ReadAll(r.Body)
+	if err != nil {
+		return bodyError(err)
+	}
+	if err := duplicateKey(data); err != nil {
+		return bodyError(err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return bodyError(err)
@@ -109,6 +117,58 @@ func decodeJSON(r *http.Request, v any) error {
 		return bodyError(err)
 	}
 	return nil
+}
+
+// duplicateKey returns an error naming the first key that occurs twice in
+// one object of the JSON text data, compared as encoding/json matches keys
+// to fields (without case): {"hostIds":[2],"hostIds":[3]} would otherwise
+// mean whichever came last, and a proxy or log reading the first would see
+// another request. Malformed text is left to the decoder to report.
+func duplicateKey(data []byte) error {
+	type frame struct {
+		keys    map[string]bool // nil in an array
+		wantKey bool
+	}
+	var stack []*frame
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil
+		}
+		var top *frame
+		if len(stack) > 0 {
+			top = stack[len(stack)-1]
+		}
+		if top != nil && top.keys != nil && top.wantKey {
+			if k, ok := tok.(string); ok {
+				fold := strings.ToLower(strings.ToUpper(k))
+				if top.keys[fold] {
+					return fmt.Errorf("key %q occurs twice in an object", k)
+				}
+				top.keys[fold], top.wantKey = true, false
+				continue
+			}
+		}
+		switch tok {
+		case json.Delim('{'):
+			stack = append(stack, &frame{keys: map[string]bool{}, wantKey: true})
+			continue
+		case json.Delim('['):
+			stack = append(stack, &frame{})
+			continue
+		case json.Delim('}'), json.Delim(']'):
+			if len(stack) == 0 {
+				return nil
+			}
+			stack = stack[:len(stack)-1]
+		}
+		// A value ended: its object, if any, wants a key next.
+		if len(stack) > 0 && stack[len(stack)-1].keys != nil {
+			stack[len(stack)-1].wantKey = true
+		}
+	}
 }
 
 func bodyError(err error) error {
