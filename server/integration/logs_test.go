@@ -2,12 +2,7 @@ package integration_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"database/sql"
 	"fmt"
 	"io"
@@ -39,14 +34,7 @@ type hostileAgent struct {
 // connectHostile enrolls host name and opens its agent stream.
 func (s *server) connectHostile(t *testing.T, ctx context.Context, name string) *hostileAgent {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: name}}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key, csr := newKeyAndCSR(t, name)
 	enrolled, err := agentv1.NewAgentServiceClient(s.conn(t)).Enroll(ctx,
 		&agentv1.EnrollRequest{JoinToken: s.joinToken(t, name), HostName: name, Csr: csr})
 	if err != nil {

@@ -30,6 +30,21 @@ func storedLog(t *testing.T, dir string, subtaskID int64) (lines, bytes int64) {
 	return lines, bytes
 }
 
+// newTask stores a task with subtasks on a new host.
+func newTask(t *testing.T, s *store.Store) *task.Task {
+	t.Helper()
+	ctx := context.Background()
+	h, err := s.RegisterHost(ctx, host.Host{Name: "h1"}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tk, _, err := s.CreateTask(ctx, withSubtasks(plan(h.ID)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tk
+}
+
 // TestSubtaskLogBounded: a log fed far past its limits keeps under them,
 // keeps every attempt header, and says with one marker line, where the
 // dropped lines were, how many lines and bytes were dropped.
@@ -52,11 +67,7 @@ func TestSubtaskLogBounded(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer s.Close()
-			h, _ := s.RegisterHost(ctx, host.Host{Name: "h1"}, time.Now())
-			tk, _, err := s.CreateTask(ctx, withSubtasks(plan(h.ID)))
-			if err != nil {
-				t.Fatal(err)
-			}
+			tk := newTask(t, s)
 			id, other := tk.Subtasks[0].ID, tk.Subtasks[1].ID
 			header := func(attempt int) task.SubtaskLogLine {
 				return task.SubtaskLogLine{SubtaskID: id, LogLine: task.LogLine{RunTime: attempt, Time: time.Now(), Header: true,
@@ -136,8 +147,7 @@ func TestSubtaskLogBounded(t *testing.T) {
 func TestSubtaskLogPages(t *testing.T) {
 	ctx := context.Background()
 	s := open(t, t.TempDir())
-	h, _ := s.RegisterHost(ctx, host.Host{Name: "h1"}, time.Now())
-	tk, _, _ := s.CreateTask(ctx, withSubtasks(plan(h.ID)))
+	tk := newTask(t, s)
 	id := tk.Subtasks[0].ID
 	var b []task.SubtaskLogLine
 	for i := range 95 {

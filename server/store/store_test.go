@@ -197,8 +197,7 @@ func TestUsers(t *testing.T) {
 func TestSubtaskLogInOrder(t *testing.T) {
 	ctx := context.Background()
 	s := open(t, t.TempDir())
-	h, _ := s.RegisterHost(ctx, host.Host{Name: "h1"}, time.Now())
-	tk, _, _ := s.CreateTask(ctx, withSubtasks(plan(h.ID)))
+	tk := newTask(t, s)
 	id := tk.Subtasks[0].ID
 	for i, l := range []string{"header", "found ocp_agentd", "exited"} {
 		if err := s.AppendSubtaskLog(ctx, id, task.LogLine{RunTime: 1, Time: time.Now(), Line: l}); err != nil {
