@@ -374,6 +374,28 @@ func TestEngineSubtaskLog(t *testing.T) {
 	}
 	waitFinal(t, e, id)
 
+	// Page by page, one line each: the same text.
+	var paged strings.Builder
+	for q := (task.LogQuery{Limit: 1}); ; {
+		p, err := e.SubtaskLog(viewer, id, sid, q)
+		if err != nil || p.Lines > 1 {
+			t.Fatalf("page after %d: %+v %v", q.After, p, err)
+		}
+		paged.WriteString(p.Text)
+		if !p.More {
+			break
+		}
+		q.After = p.Next
+	}
+	if full, _ := e.SubtaskLog(viewer, id, sid, task.LogQuery{}); paged.String() != full.Text {
+		t.Fatalf("paged:\n%s\nwhole:\n%s", paged.String(), full.Text)
+	}
+	for _, q := range []task.LogQuery{{After: -1}, {Limit: -1}, {Limit: task.MaxLogPageLines + 1}} {
+		if _, err := e.SubtaskLog(viewer, id, sid, q); !errors.Is(err, errs.ErrInvalidArgument) {
+			t.Errorf("query %+v: %v, want ErrInvalidArgument", q, err)
+		}
+	}
+
 	for _, tt := range []struct {
 		name    string
 		task    int64
