@@ -109,7 +109,10 @@ func (s *Store) appendSubtaskLogs(ctx context.Context, tx *wtx, lines []task.Sub
 	if err != nil {
 		return err
 	}
-	var created []any
+	// The counters are written back in bulk: the stored rows deleted, then
+	// every row inserted, a few statements for a batch of many logs.
+	var stored []int64
+	rows := make([]any, 0, 5*len(order))
 	for _, id := range order {
 		sz, a := sizes[id], added[id]
 		sz.lines += a.lines
@@ -119,17 +122,19 @@ func (s *Store) appendSubtaskLogs(ctx context.Context, tx *wtx, lines []task.Sub
 				return err
 			}
 		}
-		if !sz.stored {
-			created = append(created, id, sz.lines, sz.bytes, sz.droppedLines, sz.droppedBytes)
-			continue
+		if sz.stored {
+			stored = append(stored, id)
 		}
-		if _, err := tx.ExecContext(ctx, `UPDATE subtask_log_sizes SET lines = ?, bytes = ?, dropped_lines = ?, dropped_bytes = ?
-			WHERE subtask_id = ?`, sz.lines, sz.bytes, sz.droppedLines, sz.droppedBytes, id); err != nil {
-			return fmt.Errorf("counting the log of subtask %d: %w", id, err)
+		rows = append(rows, id, sz.lines, sz.bytes, sz.droppedLines, sz.droppedBytes)
+	}
+	for lo := 0; lo < len(stored); lo += rowsPerInsert {
+		chunk := stored[lo:min(lo+rowsPerInsert, len(stored))]
+		if _, err := tx.ExecContext(ctx, `DELETE FROM subtask_log_sizes WHERE subtask_id IN (`+idList(chunk)+`)`); err != nil {
+			return fmt.Errorf("counting the logs of %d subtasks: %w", len(chunk), err)
 		}
 	}
-	for lo := 0; lo < len(created); lo += 5 * rowsPerInsert {
-		chunk := created[lo:min(lo+5*rowsPerInsert, len(created))]
+	for lo := 0; lo < len(rows); lo += 5 * rowsPerInsert {
+		chunk := rows[lo:min(lo+5*rowsPerInsert, len(rows))]
 		if _, err := tx.ExecContext(ctx, `INSERT INTO subtask_log_sizes (subtask_id, lines, bytes, dropped_lines, dropped_bytes)
 			VALUES (?,?,?,?,?)`+strings.Repeat(",(?,?,?,?,?)", len(chunk)/5-1), chunk...); err != nil {
 			return fmt.Errorf("counting the logs of %d subtasks: %w", len(chunk)/5, err)
@@ -138,22 +143,26 @@ func (s *Store) appendSubtaskLogs(ctx context.Context, tx *wtx, lines []task.Sub
 	return nil
 }
 
+// idList is ids as SQL list items (integers: nothing to quote).
+func idList(ids []int64) string {
+	var b strings.Builder
+	for i, id := range ids {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(strconv.FormatInt(id, 10))
+	}
+	return b.String()
+}
+
 // logSizes reads the counters of the logs of ids; a log without a row has
 // none yet (the migration counted the logs that were there).
 func logSizes(ctx context.Context, tx *wtx, ids []int64) (map[int64]logSize, error) {
 	sizes := make(map[int64]logSize, len(ids))
 	for lo := 0; lo < len(ids); lo += rowsPerInsert {
 		chunk := ids[lo:min(lo+rowsPerInsert, len(ids))]
-		var q strings.Builder
-		q.WriteString(`SELECT subtask_id, lines, bytes, dropped_lines, dropped_bytes FROM subtask_log_sizes WHERE subtask_id IN (`)
-		for i, id := range chunk {
-			if i > 0 {
-				q.WriteByte(',')
-			}
-			q.WriteString(strconv.FormatInt(id, 10))
-		}
-		q.WriteByte(')')
-		rows, err := tx.QueryContext(ctx, q.String())
+		rows, err := tx.QueryContext(ctx, `SELECT subtask_id, lines, bytes, dropped_lines, dropped_bytes FROM subtask_log_sizes
+			WHERE subtask_id IN (`+idList(chunk)+`)`)
 		if err != nil {
 			return nil, fmt.Errorf("reading the sizes of %d subtask logs: %w", len(chunk), err)
 		}
