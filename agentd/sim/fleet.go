@@ -244,7 +244,7 @@ func (f *Fleet) startHost(ctx context.Context, i int) error {
 	name := HostName(f.cfg.NamePrefix, i)
 	dir := filepath.Join(f.cfg.StateDir, name)
 	log := f.cfg.Log.With().Str("host_name", name).Logger()
-	st, err := state.Open(dir)
+	st, err := state.Open(dir, state.WithLog(log))
 	if err != nil {
 		return fmt.Errorf("host %s: %w", name, err)
 	}

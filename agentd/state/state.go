@@ -17,6 +17,12 @@
 //
 // Markers are kept (a repeated command is answered from them) and removed
 // by Open once older than MarkerTTL, unless their result is still pending.
+//
+// A marker or outbox entry that does not decode (a disk or filesystem fault)
+// does not stop Open: it is renamed aside (<name>.corrupt-<time>, kept for
+// the operator), logged at error level, and its command, whose state is
+// unknown, is never run again: it is answered with the result the other
+// file still holds, else FAILED with StateLostMessage.
 package state
 
 import (
@@ -33,6 +39,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/rs/zerolog"
+
 	"agentplane/agentd/atomicfile"
 	"agentplane/agentd/proc"
 )
@@ -43,6 +51,11 @@ const MarkerTTL = 7 * 24 * time.Hour
 // RestartedMessage is the result message of a command that was running when
 // agentd stopped: it is not run again.
 const RestartedMessage = "agentd restarted while the command ran; not re-run"
+
+// StateLostMessage is the result message of a command whose journal entry
+// was found corrupt: whether and how it ran is unknown, and it is not run
+// again.
+const StateLostMessage = "state lost: agentd's journal entry for this command was corrupt; not re-run"
 
 // Errors returned by State.
 var (
@@ -78,20 +91,28 @@ type State struct {
 	dir  string
 	lock *os.File
 	now  func() time.Time
+	log  zerolog.Logger
 
 	mu sync.Mutex // serialises journal changes
 }
+
+// Option configures Open.
+type Option func(*State)
+
+// WithLog sets the logger of what Open finds wrong (default: none).
+func WithLog(l zerolog.Logger) Option { return func(s *State) { s.log = l } }
 
 // Open opens (creating if needed) the state dir and takes its lock. It
 // removes markers older than MarkerTTL whose result is not pending, and
 // turns every marker without a result (a command that was running when
 // agentd stopped) into a FAILED result with RestartedMessage, pending in the
-// outbox. It returns ErrLocked when another process has the dir open.
-func Open(dir string) (*State, error) {
-	return open(dir, time.Now)
+// outbox. A corrupt marker or outbox entry is quarantined (see the package
+// comment). It returns ErrLocked when another process has the dir open.
+func Open(dir string, opts ...Option) (*State, error) {
+	return open(dir, time.Now, opts...)
 }
 
-func open(dir string, now func() time.Time) (*State, error) {
+func open(dir string, now func() time.Time, opts ...Option) (*State, error) {
 	for _, d := range []string{dir, filepath.Join(dir, "runs"), filepath.Join(dir, "outbox")} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("creating state dir: %w", err)
@@ -108,7 +129,10 @@ func open(dir string, now func() time.Time) (*State, error) {
 		}
 		return nil, fmt.Errorf("locking %s: %w", dir, err)
 	}
-	s := &State{dir: dir, lock: lock, now: now}
+	s := &State{dir: dir, lock: lock, now: now, log: zerolog.Nop()}
+	for _, o := range opts {
+		o(s)
+	}
 	if err := s.recover(); err != nil {
 		s.Close()
 		return nil, err
@@ -222,12 +246,17 @@ func (s *State) SaveResult(r Result) error {
 	if err := validKey(r.SubtaskID, r.Attempt); err != nil {
 		return err
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.saveResult(r)
+}
+
+// saveResult is SaveResult with s.mu held.
+func (s *State) saveResult(r Result) error {
 	b, err := json.Marshal(r)
 	if err != nil {
 		return fmt.Errorf("encoding result: %w", err)
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if err := atomicfile.WriteFile(s.outbox(r.SubtaskID, r.Attempt), b); err != nil {
 		return fmt.Errorf("writing outbox: %w", err)
 	}
@@ -263,12 +292,20 @@ func (s *State) PendingResults() ([]Result, error) {
 		if !ok {
 			continue // a temp file of an interrupted write
 		}
-		if _, _, ok := parseKey(name); !ok {
+		subtask, attempt, ok := parseKey(name)
+		if !ok {
 			continue
 		}
-		r, ok, err := readResult(filepath.Join(s.dir, "outbox", e.Name()))
+		r, ok, lost, err := s.readOrQuarantine(filepath.Join(s.dir, "outbox", e.Name()))
 		if err != nil {
 			return nil, err
+		}
+		if lost {
+			// Corrupted since Open: pending again, from the marker if it
+			// holds the result.
+			if r, ok, err = s.lostPending(subtask, attempt); err != nil {
+				return nil, err
+			}
 		}
 		if ok {
 			out = append(out, r)
@@ -314,6 +351,12 @@ func (s *State) recover() error {
 		return fmt.Errorf("reading runs: %w", err)
 	}
 	now := s.now()
+	type entry struct {
+		subtask int64
+		attempt int32
+		info    fs.DirEntry // the marker's; nil when there is none
+	}
+	var keys []entry
 	for _, e := range ents {
 		subtask, attempt, ok := parseKey(e.Name())
 		if !ok {
@@ -322,29 +365,61 @@ func (s *State) recover() error {
 			}
 			continue
 		}
-		path := filepath.Join(runs, e.Name())
-		r, done, err := readResult(path)
+		keys = append(keys, entry{subtask, attempt, e})
+	}
+	// Outbox entries without a marker (a marker lost with its file system
+	// entry): recovered as well, so that their command is not run again.
+	outs, err := os.ReadDir(filepath.Join(s.dir, "outbox"))
+	if err != nil {
+		return fmt.Errorf("reading outbox: %w", err)
+	}
+	for _, e := range outs {
+		name, ok := strings.CutSuffix(e.Name(), ".json")
+		if !ok {
+			continue
+		}
+		subtask, attempt, ok := parseKey(name)
+		if !ok {
+			continue
+		}
+		if _, err := os.Lstat(s.marker(subtask, attempt)); errors.Is(err, fs.ErrNotExist) {
+			keys = append(keys, entry{subtask, attempt, nil})
+		}
+	}
+	for _, k := range keys {
+		subtask, attempt := k.subtask, k.attempt
+		path := s.marker(subtask, attempt)
+		r, done, lost, err := s.readOrQuarantine(path)
 		if err != nil {
 			return err
 		}
-		pending, pendingOK, err := readResult(s.outbox(subtask, attempt))
+		pending, pendingOK, pendingLost, err := s.readOrQuarantine(s.outbox(subtask, attempt))
 		if err != nil {
 			return err
 		}
 		switch {
 		case !done && pendingOK:
-			// Crashed between the outbox write and the marker write.
+			// Crashed between the outbox write and the marker write (or
+			// the marker was corrupt): the outbox holds the result.
 			if err := s.SaveResult(pending); err != nil {
 				return err
 			}
+		case done && pendingLost:
+			// The pending result was the marker's: pending again.
+			if err := s.SaveResult(r); err != nil {
+				return err
+			}
 		case !done:
-			r = Result{SubtaskID: subtask, Attempt: attempt, Outcome: OutcomeFailed,
-				Message: RestartedMessage, FinishTime: now}
+			msg := RestartedMessage
+			if lost || pendingLost || k.info == nil {
+				msg = StateLostMessage
+			}
+			r = Result{SubtaskID: subtask, Attempt: attempt, Outcome: OutcomeFailed, Message: msg, FinishTime: now}
 			if err := s.SaveResult(r); err != nil {
 				return err
 			}
 		case !pendingOK:
-			info, err := e.Info()
+			info, err := k.info.Info()
 			if err != nil {
 				continue // removed meanwhile
 			}
@@ -356,6 +431,44 @@ func (s *State) recover() error {
 		}
 	}
 	return nil
+}
+
+// lostPending stores again the pending result of (subtask, attempt) whose
+// outbox entry was lost: the marker's, else FAILED with StateLostMessage.
+// s.mu is held.
+func (s *State) lostPending(subtask int64, attempt int32) (Result, bool, error) {
+	r, done, _, err := s.readOrQuarantine(s.marker(subtask, attempt))
+	if err != nil {
+		return Result{}, false, err
+	}
+	if !done {
+		r = Result{SubtaskID: subtask, Attempt: attempt, Outcome: OutcomeFailed, Message: StateLostMessage, FinishTime: s.now()}
+	}
+	return r, true, s.saveResult(r)
+}
+
+// readOrQuarantine reads a result file as readResult does; a file that
+// does not decode is renamed aside, logged, and reported as lost. Only a
+// failure to read or rename is an error.
+func (s *State) readOrQuarantine(path string) (r Result, ok, lost bool, err error) {
+	r, ok, err = readResult(path)
+	if subtask, attempt, _ := parseKey(strings.TrimSuffix(filepath.Base(path), ".json")); err == nil && ok &&
+		(r.SubtaskID != subtask || r.Attempt != attempt) {
+		err = fmt.Errorf("%s holds the result of subtask %d attempt %d: %w", filepath.Base(path), r.SubtaskID, r.Attempt, errInvalidResult)
+	}
+	var syntax *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	if err == nil || !errors.As(err, &syntax) && !errors.As(err, &typ) && !errors.Is(err, errInvalidResult) {
+		return r, ok, false, err
+	}
+	aside := path + ".corrupt-" + s.now().UTC().Format("20060102T150405.000000000")
+	if rerr := os.Rename(path, aside); rerr != nil {
+		return Result{}, false, false, fmt.Errorf("quarantining corrupt %s: %w", path, rerr)
+	}
+	rel, _ := filepath.Rel(s.dir, path)
+	s.log.Error().Err(err).Str("file", rel).Str("quarantined_as", filepath.Base(aside)).
+		Msg("corrupt journal file quarantined; its command is not run again")
+	return Result{}, false, true, nil
 }
 
 func (s *State) marker(subtask int64, attempt int32) string {
@@ -390,6 +503,9 @@ func validKey(subtask int64, attempt int32) error {
 	return nil
 }
 
+// errInvalidResult: a result file that decodes but is not a result.
+var errInvalidResult = errors.New("not a valid result")
+
 // readResult reads a result file; ok is false when it is missing or empty.
 func readResult(path string) (r Result, ok bool, err error) {
 	b, err := os.ReadFile(path)
@@ -401,6 +517,9 @@ func readResult(path string) (r Result, ok bool, err error) {
 	}
 	if err := json.Unmarshal(b, &r); err != nil {
 		return Result{}, false, fmt.Errorf("decoding result %s: %w", filepath.Base(path), err)
+	}
+	if validKey(r.SubtaskID, r.Attempt) != nil {
+		return Result{}, false, fmt.Errorf("result %s names subtask %d attempt %d: %w", filepath.Base(path), r.SubtaskID, r.Attempt, errInvalidResult)
 	}
 	return r, true, nil
 }

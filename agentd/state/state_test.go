@@ -1,13 +1,18 @@
 package state
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/rs/zerolog"
 
 	"agentplane/agentd/proc"
 )
@@ -266,5 +271,113 @@ func TestStartSpecsPersist(t *testing.T) {
 	}
 	if perm := fi.Mode().Perm(); perm != 0o600 {
 		t.Errorf("processes.json mode %v, want 0600", perm)
+	}
+}
+
+// TestCorruptJournalQuarantined: a run marker or outbox entry that does not
+// decode does not stop Open. It is renamed aside, logged at error level,
+// and its command is never run again: answered with the result the other
+// file still holds, else FAILED with StateLostMessage, pending for the
+// server.
+func TestCorruptJournalQuarantined(t *testing.T) {
+	good := Result{SubtaskID: 9, Attempt: 1, Outcome: OutcomeSucceeded, Message: "stopped", FinishTime: time.Unix(1700000000, 0).UTC()}
+	goodJSON, _ := json.Marshal(good)
+	garbage := []byte("{\"subtask_id\": 9, \"outc\x00\xff")
+	for _, tt := range []struct {
+		name           string
+		marker, outbox []byte // nil: no file
+		want           Result
+		quarantined    []string
+	}{
+		{"corrupt marker, no outbox", garbage, nil, lost(9, 1), []string{"runs/9-1"}},
+		{"corrupt marker, pending result", garbage, goodJSON, good, []string{"runs/9-1"}},
+		{"corrupt outbox, marker with result", goodJSON, garbage, good, []string{"outbox/9-1.json"}},
+		{"corrupt outbox, marker of a running command", []byte{}, garbage, lost(9, 1), []string{"outbox/9-1.json"}},
+		{"corrupt outbox, no marker", nil, garbage, lost(9, 1), []string{"outbox/9-1.json"}},
+		{"both corrupt", garbage, garbage, lost(9, 1), []string{"runs/9-1", "outbox/9-1.json"}},
+		{"another command's result", []byte(`{"subtask_id":8,"attempt":1,"outcome":"SUCCEEDED"}`), nil, lost(9, 1), []string{"runs/9-1"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			s := mustOpen(t, dir)
+			s.Close()
+			for path, b := range map[string][]byte{"runs/9-1": tt.marker, "outbox/9-1.json": tt.outbox} {
+				if b != nil {
+					if err := os.WriteFile(filepath.Join(dir, path), b, 0o600); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			var logs bytes.Buffer
+			s, err := Open(dir, WithLog(zerolog.New(&logs)))
+			if err != nil {
+				t.Fatalf("Open with a corrupt journal: %v", err)
+			}
+			defer s.Close()
+			for _, q := range tt.quarantined {
+				matches, _ := filepath.Glob(filepath.Join(dir, q+".corrupt-*"))
+				if len(matches) != 1 {
+					t.Fatalf("%s quarantined as %v", q, matches)
+				}
+				if b, _ := os.ReadFile(matches[0]); !bytes.Equal(b, garbage) && !bytes.Contains(b, []byte(`"subtask_id":8`)) {
+					t.Errorf("quarantined %s holds %q", matches[0], b)
+				}
+				if !strings.Contains(logs.String(), `"level":"error"`) || !strings.Contains(logs.String(), q) {
+					t.Errorf("no error logged naming %s: %s", q, logs.String())
+				}
+			}
+			if ran, err := s.Begin(9, 1); err != nil || !ran {
+				t.Fatalf("Begin after recovery = %v, %v; want already ran", ran, err)
+			}
+			got, ok, err := s.Lookup(9, 1)
+			if err != nil || !ok || !sameResult(got, tt.want) {
+				t.Fatalf("Lookup = %+v %v %v, want %+v", got, ok, err, tt.want)
+			}
+			pending, err := s.PendingResults()
+			if err != nil || len(pending) != 1 || !sameResult(pending[0], tt.want) {
+				t.Fatalf("pending %+v %v, want %+v", pending, err, tt.want)
+			}
+		})
+	}
+}
+
+func lost(subtask int64, attempt int32) Result {
+	return Result{SubtaskID: subtask, Attempt: attempt, Outcome: OutcomeFailed, Message: StateLostMessage}
+}
+
+// sameResult compares results, ignoring a lost result's finish time.
+func sameResult(a, b Result) bool {
+	if b.Message == StateLostMessage {
+		a.FinishTime, b.FinishTime = time.Time{}, time.Time{}
+	}
+	return a.SubtaskID == b.SubtaskID && a.Attempt == b.Attempt && a.Outcome == b.Outcome && a.Message == b.Message &&
+		a.FinishTime.Equal(b.FinishTime)
+}
+
+// TestOutboxCorruptedWhileOpen: an outbox entry corrupted after Open is
+// quarantined by PendingResults and pending again from its marker.
+func TestOutboxCorruptedWhileOpen(t *testing.T) {
+	dir := t.TempDir()
+	s := mustOpen(t, dir)
+	defer s.Close()
+	r := Result{SubtaskID: 4, Attempt: 2, Outcome: OutcomeSucceeded, Message: "ok", FinishTime: time.Unix(1700000000, 0).UTC()}
+	if _, err := s.Begin(4, 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SaveResult(r); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "outbox", "4-2.json"), []byte("\x00\x00"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pending, err := s.PendingResults()
+	if err != nil || len(pending) != 1 || !sameResult(pending[0], r) {
+		t.Fatalf("pending %+v %v, want %+v", pending, err, r)
+	}
+	if m, _ := filepath.Glob(filepath.Join(dir, "outbox", "4-2.json.corrupt-*")); len(m) != 1 {
+		t.Fatalf("quarantined: %v", m)
+	}
+	if pending, err := s.PendingResults(); err != nil || len(pending) != 1 {
+		t.Fatalf("pending again: %+v %v", pending, err)
 	}
 }

@@ -452,6 +452,14 @@ func agentHello(t *testing.T, cc *grpc.ClientConn, hello *agentv1.Hello) error {
 // newCSR returns a DER certificate request for name with a new P-256 key.
 func newCSR(t *testing.T, name string) []byte {
 	t.Helper()
+	_, der := newKeyAndCSR(t, name)
+	return der
+}
+
+// newKeyAndCSR returns a new P-256 key and a DER certificate request for
+// name with it.
+func newKeyAndCSR(t *testing.T, name string) (*ecdsa.PrivateKey, []byte) {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -460,7 +468,7 @@ func newCSR(t *testing.T, name string) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return der
+	return key, der
 }
 
 // countLines returns the lines of log holding every one of parts.

@@ -132,7 +132,7 @@ func TestAuditRecordsMutatingCalls(t *testing.T) {
 				Outcome: "NOT_FOUND", Message: "host 404: not found"}, false},
 		{"bad id", req{method: "POST", path: "/compute/hosts/abc/agent/stop", user: "manager"}, 400,
 			audit.Event{Username: "manager", Operation: stopOp, Outcome: "INVALID_ARGUMENT",
-				Message: `hostId must be a positive 64-bit integer, got "abc": invalid argument`}, false},
+				Message: `hostId must be a positive 64-bit integer in plain decimal digits (no sign, no leading zero), got "abc": invalid argument`}, false},
 		{"task operation refused", req{method: "POST", path: "/tasks/instances/20003/retry", user: "tasker"}, 400,
 			audit.Event{Username: "tasker", Operation: "POST /tasks/instances/{taskInstanceId}/retry", TaskID: 20003,
 				Outcome: "FAILED_PRECONDITION", Message: "task 20003: cannot retry: task is RUNNING: operation not allowed in this state"}, false},

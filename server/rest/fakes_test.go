@@ -355,14 +355,17 @@ func (f *fakeTasks) subtask(_ context.Context, taskID, subtaskID int64) (*task.T
 // subtaskLogText is every subtask's log.
 const subtaskLogText = "############{EXECUTE}{2021-09-03T14:27:59.694+08:00}############\n2021-09-03T14:27:59.700+08:00 stopping ocp_agentd \"quoted\"\n"
 
-func (f *fakeTasks) SubtaskLog(ctx context.Context, taskID, subtaskID int64) (string, error) {
+func (f *fakeTasks) SubtaskLog(ctx context.Context, taskID, subtaskID int64, q task.LogQuery) (task.LogPage, error) {
 	if err := auth.Require(ctx, auth.RoleTaskViewer); err != nil {
-		return "", err
+		return task.LogPage{}, err
 	}
 	if _, err := f.subtask(ctx, taskID, subtaskID); err != nil {
-		return "", err
+		return task.LogPage{}, err
 	}
-	return subtaskLogText, nil
+	if q.After >= 2 {
+		return task.LogPage{Next: q.After}, nil
+	}
+	return task.LogPage{Text: subtaskLogText, Lines: 2, Next: 2}, nil
 }
 
 // fakeUsers knows a few users by plaintext password.

@@ -237,20 +237,31 @@ func (s *server) subtaskOp(op func(ctx context.Context, taskID, subtaskID int64)
 	}
 }
 
-// subtaskLog: GET /tasks/instances/{taskInstanceId}/subtasks/{subtaskInstanceId}/log
-// → {"log": "..."}.
+// subtaskLog: GET /tasks/instances/{taskInstanceId}/subtasks/{subtaskInstanceId}/log?offset=&limit=
+// → {"log": "...", "lines", "nextOffset", "more"}: a page of the log, from
+// the first line by default (offset: a previous page's nextOffset; limit:
+// 1..10000 lines, 10000 by default; a page also stops before 1 MiB of text).
 func (s *server) subtaskLog(w http.ResponseWriter, r *http.Request) {
 	taskID, subtaskID, target, err := subtaskPath(r)
 	if err != nil {
 		s.writeError(w, r, err, target)
 		return
 	}
-	text, err := s.cfg.Tasks.SubtaskLog(r.Context(), taskID, subtaskID)
+	var q task.LogQuery
+	if q.After, err = queryOffset(r, "offset"); err != nil {
+		s.writeError(w, r, err, "offset")
+		return
+	}
+	if q.Limit, err = queryInt(r, "limit", task.MaxLogPageLines, 1, task.MaxLogPageLines); err != nil {
+		s.writeError(w, r, err, "limit")
+		return
+	}
+	page, err := s.cfg.Tasks.SubtaskLog(r.Context(), taskID, subtaskID, q)
 	if err != nil {
 		s.writeError(w, r, err, subtaskTarget(err))
 		return
 	}
-	s.writeData(w, r, logJSON{Log: text})
+	s.writeData(w, r, logJSON{Log: page.Text, Lines: page.Lines, NextOffset: page.Next, More: page.More})
 }
 
 // subtaskPath parses the task and subtask ids of a subtask path; on error it

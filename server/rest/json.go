@@ -230,9 +230,13 @@ func toHostAgentJSON(a *host.Agent, now time.Time) hostAgentJSON {
 	}
 }
 
-// logJSON is the body of a subtask's log.
+// logJSON is the body of a page of a subtask's log: OCP's log text, and
+// where the next page starts.
 type logJSON struct {
-	Log string `json:"log"`
+	Log        string `json:"log"`
+	Lines      int    `json:"lines"`
+	NextOffset int64  `json:"nextOffset"`
+	More       bool   `json:"more"`
 }
 
 // pageJSON is OCP's list body: data{contents[], page{...}}.

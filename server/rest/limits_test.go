@@ -44,3 +44,27 @@ func TestHostileRequests(t *testing.T) {
 		t.Errorf("the last page number: %d %s", r.status, r.raw)
 	}
 }
+
+func TestDuplicateKey(t *testing.T) {
+	for _, tt := range []struct {
+		body string
+		dup  string // "" when none
+	}{
+		{`{"hostIds":[2,3]}`, ""},
+		{`{"hostIds":[2],"hostIds":[3]}`, "hostIds"},
+		{`{"hostIds":[2],"HostIDs":[3]}`, "HostIDs"},
+		{`{"a":"a","b":"a"}`, ""},
+		{`{"a":{"b":1},"b":{"a":2}}`, ""},
+		{`[{"x":1},{"x":2}]`, ""},
+		{`{"a":[{"x":1,"y":[],"x":2}]}`, "x"},
+		{`{"a":{"b":{"c":1,"c":1}}}`, "c"},
+		{`{"a":1,"a":`, "a"},
+		{`{"a":`, ""},
+		{`{"s":"K","\u212a":1,"k":2}`, "k"}, // the Kelvin sign folds to k, as encoding/json matches it
+	} {
+		err := duplicateKey([]byte(tt.body))
+		if tt.dup == "" && err != nil || tt.dup != "" && (err == nil || !strings.Contains(err.Error(), `"`+tt.dup+`"`)) {
+			t.Errorf("%s: %v, want duplicate %q", tt.body, err, tt.dup)
+		}
+	}
+}

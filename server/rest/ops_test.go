@@ -355,8 +355,8 @@ func checkTaskPage(t *testing.T, data any) {
 func checkLog(t *testing.T, data any) {
 	t.Helper()
 	d := data.(map[string]any)
-	if len(d) != 1 || d["log"] != subtaskLogText {
-		t.Errorf("log data = %v, want {log: %q}", d, subtaskLogText)
+	if len(d) != 4 || d["log"] != subtaskLogText || d["lines"] != float64(2) || d["nextOffset"] != float64(2) || d["more"] != false {
+		t.Errorf("log data = %v, want {log: %q, lines: 2, nextOffset: 2, more: false}", d, subtaskLogText)
 	}
 }
 

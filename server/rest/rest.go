@@ -41,7 +41,7 @@ type Tasks interface {
 	RetrySubtask(ctx context.Context, taskID, subtaskID int64) (*task.Task, error)
 	SkipSubtask(ctx context.Context, taskID, subtaskID int64) (*task.Task, error)
 	CancelSubtask(ctx context.Context, taskID, subtaskID int64) (*task.Task, error)
-	SubtaskLog(ctx context.Context, taskID, subtaskID int64) (string, error)
+	SubtaskLog(ctx context.Context, taskID, subtaskID int64, q task.LogQuery) (task.LogPage, error)
 }
 
 var _ Tasks = (*task.Engine)(nil)

@@ -86,6 +86,7 @@ type auditEnv struct {
 	tc     taskv1.TaskServiceClient
 	ac     auditv1.AuditServiceClient
 	health healthpb.HealthClient
+	conn   *grpc.ClientConn
 }
 
 // newAuditEnv serves the API with auditing; with auditStore nil the record
@@ -128,6 +129,7 @@ func newAuditEnv(t *testing.T, auditStore audit.Store, noAudit bool) *auditEnv {
 		srv.Stop()
 		<-done
 	})
+	env.conn = conn
 	env.hc, env.tc = hostv1.NewHostServiceClient(conn), taskv1.NewTaskServiceClient(conn)
 	env.ac, env.health = auditv1.NewAuditServiceClient(conn), healthpb.NewHealthClient(conn)
 	return env
@@ -384,5 +386,41 @@ func TestNoAuditWithoutAuditor(t *testing.T) {
 	checkCode(t, err, codes.Unimplemented, "")
 	if evs := env.events(t); len(evs) != 0 {
 		t.Fatalf("recorded without an auditor: %+v", evs)
+	}
+}
+
+// TestUndecodableRequest: a unary request whose bytes are not its message
+// is refused with INVALID_ARGUMENT (after authentication) and recorded; the
+// next well-formed call is served as usual.
+func TestUndecodableRequest(t *testing.T) {
+	env := newAuditEnv(t, nil, false)
+	stop := hostv1.HostService_StopAgent_FullMethodName
+	for _, tt := range []struct {
+		name string
+		ctx  context.Context
+		body []byte
+		code codes.Code
+		user string
+	}{
+		{"truncated varint", as(t, "manager"), []byte{0x08, 0x80}, codes.InvalidArgument, "manager"},
+		{"length past the end", as(t, "manager"), []byte{0x0a, 0x05, 0x01}, codes.InvalidArgument, "manager"},
+		{"field number 0", as(t, "manager"), []byte{0x00, 0x01}, codes.InvalidArgument, "manager"},
+		{"no credentials", context.Background(), []byte{0x08, 0x80}, codes.Unauthenticated, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var out []byte
+			err := env.conn.Invoke(tt.ctx, stop, tt.body, &out, grpc.ForceCodec(rawCodec{}))
+			checkCode(t, err, tt.code, "")
+			if tt.code == codes.InvalidArgument && !strings.Contains(status.Convert(err).Message(), "malformed request") {
+				t.Errorf("message %q", status.Convert(err).Message())
+			}
+			e := env.events(t)[0]
+			if e.Operation != stop || e.Outcome != outcomeOf(tt.code) || e.Username != tt.user || e.HostID != 0 {
+				t.Fatalf("audit event %+v, want %s %s by %q", e, stop, outcomeOf(tt.code), tt.user)
+			}
+		})
+	}
+	if _, err := env.hc.StopAgent(as(t, "manager"), &hostv1.StopAgentRequest{HostId: env.hostID}); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -459,9 +459,9 @@ func TestGarbageFromAnAgent(t *testing.T) {
 		code codes.Code
 		msg  string
 	}{
-		{"malformed protobuf", [][]byte{{0xff, 0xff, 0xff, 0xff, 0xff}}, codes.Internal, "unmarshal"},
-		{"malformed after the hello", [][]byte{hello, {0x0a, 0x80}}, codes.Internal, "unmarshal"},
-		{"invalid UTF-8", [][]byte{badUTF8Hello()}, codes.Internal, "unmarshal"},
+		{"malformed protobuf", [][]byte{{0xff, 0xff, 0xff, 0xff, 0xff}}, codes.InvalidArgument, "unmarshal"},
+		{"malformed after the hello", [][]byte{hello, {0x0a, 0x80}}, codes.InvalidArgument, "unmarshal"},
+		{"invalid UTF-8", [][]byte{badUTF8Hello()}, codes.InvalidArgument, "unmarshal"},
 		{"first message with no kind", [][]byte{nil}, codes.InvalidArgument, "first message must be a hello"},
 		{"first message of unknown fields only", [][]byte{withUnknown(t, &agentv1.ConnectRequest{})}, codes.InvalidArgument, "first message must be a hello"},
 		{"a message with no kind", [][]byte{hello, nil}, codes.InvalidArgument, "empty message"},

@@ -63,6 +63,10 @@ type Config struct {
 	// the bound, from its own library (the server advertises it) or as the
 	// stream's reset.
 	MaxHeaderBytes int
+	// HandshakeTimeout bounds a new connection's TLS handshake and HTTP/2
+	// preface; past it the connection is closed. Default
+	// DefaultHandshakeTimeout.
+	HandshakeTimeout time.Duration
 	// AgentLimits bound each agent stream; zero fields take the defaults.
 	AgentLimits AgentLimits
 	// Audit records every mutating call and serves AuditService
@@ -82,6 +86,10 @@ type StoreHealth interface {
 	OnWritable(fn func(err error))
 }
 
+// DefaultHandshakeTimeout is Config.HandshakeTimeout's default: grpc-go's
+// own is 120 s, long enough for silent connections to pile up.
+const DefaultHandshakeTimeout = 10 * time.Second
+
 // NewServer returns a gRPC server with every service registered, health
 // SERVING (NOT_SERVING while Config.Store cannot be written) and reflection
 // on. Calls other than the agent stream, health and
@@ -94,7 +102,11 @@ func NewServer(cfg Config, opts ...grpc.ServerOption) *grpc.Server {
 	if cfg.MaxHeaderBytes <= 0 {
 		cfg.MaxHeaderBytes = 64 << 10
 	}
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = DefaultHandshakeTimeout
+	}
 	a := newAuthenticator(cfg)
+	codec := newRequestCodec()
 	opts = append([]grpc.ServerOption{
 		// No read buffer of gRPC's own (32 KiB per connection by default):
 		// TLS buffers each record already, and at 10,000 agent connections
@@ -103,10 +115,14 @@ func NewServer(cfg Config, opts ...grpc.ServerOption) *grpc.Server {
 		grpc.ReadBufferSize(0),
 	}, opts...)
 	opts = append(opts,
+		grpc.ConnectionTimeout(cfg.HandshakeTimeout),
 		grpc.MaxRecvMsgSize(cfg.MaxRecvBytes),
 		grpc.MaxHeaderListSize(uint32(cfg.MaxHeaderBytes)),
-		grpc.ChainUnaryInterceptor(auditUnary(cfg.Audit), a.unary), // audit first: refused calls are recorded too
-		grpc.ChainStreamInterceptor(a.stream),
+		// Undecodable requests are INVALID_ARGUMENT, recorded (codec.go).
+		grpc.ForceServerCodecV2(codec),
+		// audit first: refused calls are recorded too
+		grpc.ChainUnaryInterceptor(codec.unary, auditUnary(cfg.Audit), a.unary, refuseUndecodable),
+		grpc.ChainStreamInterceptor(codec.stream, a.stream),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),
 	)

@@ -244,14 +244,14 @@ func apiSubtask(taskID, subtaskID int64) (*task.Task, error) {
 	return t, nil
 }
 
-func (f *apiTasks) SubtaskLog(ctx context.Context, taskID, subtaskID int64) (string, error) {
+func (f *apiTasks) SubtaskLog(ctx context.Context, taskID, subtaskID int64, q task.LogQuery) (task.LogPage, error) {
 	if err := auth.Require(ctx, auth.RoleTaskViewer); err != nil {
-		return "", err
+		return task.LogPage{}, err
 	}
 	if _, err := apiSubtask(taskID, subtaskID); err != nil {
-		return "", err
+		return task.LogPage{}, err
 	}
-	return apiSubtaskLog, nil
+	return task.LogPage{Text: apiSubtaskLog, Lines: 2, Next: q.After + 2, More: q.Limit == 1}, nil
 }
 
 // apiUsers authenticates users whose password is their name plus "-pass".
@@ -480,8 +480,14 @@ func TestGetSubtaskLog(t *testing.T) {
 	env := newAPIEnv(t)
 	r, err := env.tc.GetSubtaskLog(as(t, "viewer"), &taskv1.GetSubtaskLogRequest{TaskId: apiTaskOK, SubtaskId: apiSubRunning})
 	checkCode(t, err, codes.OK, "")
-	if r.GetLog() != apiSubtaskLog {
-		t.Errorf("log = %q, want %q", r.GetLog(), apiSubtaskLog)
+	if r.GetLog() != apiSubtaskLog || r.GetLines() != 2 || r.GetNextOffset() != 2 || r.GetMore() {
+		t.Errorf("log = %q (%d lines, next %d, more %v), want %q", r.GetLog(), r.GetLines(), r.GetNextOffset(), r.GetMore(), apiSubtaskLog)
+	}
+	// The paging fields reach the service.
+	r, err = env.tc.GetSubtaskLog(as(t, "viewer"), &taskv1.GetSubtaskLogRequest{TaskId: apiTaskOK, SubtaskId: apiSubRunning, Offset: 40, Limit: 1})
+	checkCode(t, err, codes.OK, "")
+	if r.GetNextOffset() != 42 || !r.GetMore() {
+		t.Errorf("page after 40, limit 1: next %d, more %v; want 42, true", r.GetNextOffset(), r.GetMore())
 	}
 	_, err = env.tc.GetSubtaskLog(as(t, "viewer"), &taskv1.GetSubtaskLogRequest{TaskId: apiTaskOK, SubtaskId: 5})
 	checkCode(t, err, codes.NotFound, "subtask 5")

@@ -20,7 +20,7 @@ type Tasks interface {
 	RetrySubtask(ctx context.Context, taskID, subtaskID int64) (*task.Task, error)
 	SkipSubtask(ctx context.Context, taskID, subtaskID int64) (*task.Task, error)
 	CancelSubtask(ctx context.Context, taskID, subtaskID int64) (*task.Task, error)
-	SubtaskLog(ctx context.Context, taskID, subtaskID int64) (string, error)
+	SubtaskLog(ctx context.Context, taskID, subtaskID int64, q task.LogQuery) (task.LogPage, error)
 }
 
 var _ Tasks = (*task.Engine)(nil)
@@ -132,9 +132,10 @@ func (s *taskServer) CancelSubtask(ctx context.Context, req *taskv1.CancelSubtas
 }
 
 func (s *taskServer) GetSubtaskLog(ctx context.Context, req *taskv1.GetSubtaskLogRequest) (*taskv1.GetSubtaskLogResponse, error) {
-	text, err := s.tasks.SubtaskLog(ctx, req.GetTaskId(), req.GetSubtaskId())
+	page, err := s.tasks.SubtaskLog(ctx, req.GetTaskId(), req.GetSubtaskId(),
+		task.LogQuery{After: req.GetOffset(), Limit: int(req.GetLimit())})
 	if err != nil {
 		return nil, toStatus(ctx, err)
 	}
-	return &taskv1.GetSubtaskLogResponse{Log: text}, nil
+	return &taskv1.GetSubtaskLogResponse{Log: page.Text, NextOffset: page.Next, More: page.More, Lines: int32(page.Lines)}, nil
 }

@@ -168,7 +168,7 @@ func TestUpdateTaskWritesLogsWithTheChange(t *testing.T) {
 		t.Fatalf("stale update: %v, want ErrChanged", err)
 	}
 	for i, want := range map[int][]string{0: {"header 0", "second line"}, 3: {"header 3"}} {
-		lines, err := s.SubtaskLog(ctx, before.Subtasks[i].ID)
+		lines, _, err := s.SubtaskLog(ctx, before.ID, before.Subtasks[i].ID, 0, 100, 1<<20)
 		var got []string
 		for _, l := range lines {
 			got = append(got, l.Line)
@@ -180,7 +180,7 @@ func TestUpdateTaskWritesLogsWithTheChange(t *testing.T) {
 	if err := s.AppendSubtaskLogs(ctx, []task.SubtaskLogLine{line(3, "appended")}); err != nil {
 		t.Fatal(err)
 	}
-	if lines, _ := s.SubtaskLog(ctx, before.Subtasks[3].ID); len(lines) != 2 || lines[1].Line != "appended" {
+	if lines, _, _ := s.SubtaskLog(ctx, before.ID, before.Subtasks[3].ID, 0, 100, 1<<20); len(lines) != 2 || lines[1].Line != "appended" {
 		t.Fatalf("log after AppendSubtaskLogs: %+v", lines)
 	}
 }

@@ -142,6 +142,22 @@ var migrations = []string{
 		at            BIGINT       NOT NULL
 	)`,
 	`INSERT INTO store_probe (id, at) VALUES (1, 0)`,
+	// Bounded subtask logs (logs.go): each line's kind (0 text, 1 attempt
+	// header, 2 marker of dropped lines) and size in bytes, and each log's
+	// counters, so that an append never scans the log.
+	`ALTER TABLE subtask_logs ADD COLUMN kind INT NOT NULL DEFAULT 0`,
+	`ALTER TABLE subtask_logs ADD COLUMN size INT NOT NULL DEFAULT 0`,
+	`UPDATE subtask_logs SET size = LENGTH(CAST(line AS BLOB)),
+		kind = CASE WHEN line LIKE '############{%' THEN 1 ELSE 0 END`,
+	`CREATE TABLE subtask_log_sizes (
+		subtask_id    BIGINT       NOT NULL PRIMARY KEY,
+		lines         BIGINT       NOT NULL,
+		bytes         BIGINT       NOT NULL,
+		dropped_lines BIGINT       NOT NULL DEFAULT 0,
+		dropped_bytes BIGINT       NOT NULL DEFAULT 0
+	)`,
+	`INSERT INTO subtask_log_sizes (subtask_id, lines, bytes)
+		SELECT subtask_id, COUNT(*), SUM(size) FROM subtask_logs GROUP BY subtask_id`,
 }
 
 func migrate(ctx context.Context, db *sql.DB) error {

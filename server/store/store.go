@@ -50,6 +50,8 @@ type Store struct {
 	checkpointed chan struct{}
 	// health is whether writes commit (health.go).
 	health health
+	// logLimits bound each subtask's log (logs.go).
+	logLimits LogLimits
 }
 
 // FileName is the database file inside the data dir.
@@ -58,7 +60,7 @@ const FileName = "agentplane.db"
 // Open opens (creating if needed) the SQLite database in dataDir and brings
 // its schema up to date. It fails with ErrConflict when another process has
 // the data dir open.
-func Open(ctx context.Context, dataDir string) (s *Store, err error) {
+func Open(ctx context.Context, dataDir string, opts ...Option) (s *Store, err error) {
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating data dir: %w", err)
 	}
@@ -89,7 +91,10 @@ func Open(ctx context.Context, dataDir string) (s *Store, err error) {
 	}
 	w.SetMaxOpenConns(1)
 	w.SetConnMaxIdleTime(0)
-	s = &Store{w: w, lock: lock}
+	s = &Store{w: w, lock: lock, logLimits: defaultLogLimits()}
+	for _, o := range opts {
+		o(s)
+	}
 	if err := migrate(ctx, w); err != nil {
 		w.Close()
 		return nil, fmt.Errorf("migrating %s: %w", path, err)

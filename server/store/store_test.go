@@ -197,15 +197,14 @@ func TestUsers(t *testing.T) {
 func TestSubtaskLogInOrder(t *testing.T) {
 	ctx := context.Background()
 	s := open(t, t.TempDir())
-	h, _ := s.RegisterHost(ctx, host.Host{Name: "h1"}, time.Now())
-	tk, _, _ := s.CreateTask(ctx, withSubtasks(plan(h.ID)))
+	tk := newTask(t, s)
 	id := tk.Subtasks[0].ID
 	for i, l := range []string{"header", "found ocp_agentd", "exited"} {
 		if err := s.AppendSubtaskLog(ctx, id, task.LogLine{RunTime: 1, Time: time.Now(), Line: l}); err != nil {
 			t.Fatal(i, err)
 		}
 	}
-	lines, err := s.SubtaskLog(ctx, id)
+	lines, _, err := s.SubtaskLog(ctx, tk.ID, id, 0, 100, 1<<20)
 	if err != nil || len(lines) != 3 || lines[0].Line != "header" || lines[2].Line != "exited" {
 		t.Fatalf("%+v %v", lines, err)
 	}

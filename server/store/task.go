@@ -462,7 +462,7 @@ func (s *Store) UpdateTask(ctx context.Context, before, after *task.Task, lock [
 				return fmt.Errorf("releasing hosts of task %d: %w", after.ID, err)
 			}
 		}
-		return appendSubtaskLogs(ctx, tx, logs)
+		return s.appendSubtaskLogs(ctx, tx, logs)
 	})
 }
 
@@ -498,60 +498,6 @@ func (s *Store) RunningTaskIDs(ctx context.Context) ([]int64, error) {
 		ids = append(ids, id)
 	}
 	return ids, rows.Err()
-}
-
-// AppendSubtaskLog appends one line to a subtask's log.
-func (s *Store) AppendSubtaskLog(ctx context.Context, subtaskID int64, l task.LogLine) error {
-	_, err := s.exec(ctx, `INSERT INTO subtask_logs (subtask_id, run_time, at, line) VALUES (?,?,?,?)`,
-		subtaskID, l.RunTime, ms(l.Time), l.Line)
-	if err != nil {
-		return fmt.Errorf("appending to the log of subtask %d: %w", subtaskID, err)
-	}
-	return nil
-}
-
-// AppendSubtaskLogs appends lines to their subtasks' logs, in order, in one
-// transaction (one INSERT per rowsPerInsert lines).
-func (s *Store) AppendSubtaskLogs(ctx context.Context, lines []task.SubtaskLogLine) error {
-	if len(lines) == 0 {
-		return nil
-	}
-	return s.tx(ctx, func(ctx context.Context, tx *wtx) error { return appendSubtaskLogs(ctx, tx, lines) })
-}
-
-func appendSubtaskLogs(ctx context.Context, tx *wtx, lines []task.SubtaskLogLine) error {
-	for lo := 0; lo < len(lines); lo += rowsPerInsert {
-		chunk := lines[lo:min(lo+rowsPerInsert, len(lines))]
-		args := make([]any, 0, 4*len(chunk))
-		for _, l := range chunk {
-			args = append(args, l.SubtaskID, l.RunTime, ms(l.Time), l.Line)
-		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO subtask_logs (subtask_id, run_time, at, line) VALUES (?,?,?,?)`+
-			strings.Repeat(",(?,?,?,?)", len(chunk)-1), args...); err != nil {
-			return fmt.Errorf("appending %d lines to subtask logs: %w", len(chunk), err)
-		}
-	}
-	return nil
-}
-
-// SubtaskLog returns a subtask's log, oldest line first.
-func (s *Store) SubtaskLog(ctx context.Context, subtaskID int64) ([]task.LogLine, error) {
-	rows, err := s.r.QueryContext(ctx, `SELECT run_time, at, line FROM subtask_logs WHERE subtask_id = ? ORDER BY id`, subtaskID)
-	if err != nil {
-		return nil, fmt.Errorf("reading the log of subtask %d: %w", subtaskID, err)
-	}
-	defer rows.Close()
-	lines := []task.LogLine{}
-	for rows.Next() {
-		var l task.LogLine
-		var at int64
-		if err := rows.Scan(&l.RunTime, &at, &l.Line); err != nil {
-			return nil, err
-		}
-		l.Time = fromMS(at)
-		lines = append(lines, l)
-	}
-	return lines, rows.Err()
 }
 
 // AttemptLive reports whether attempt is the current attempt of a subtask

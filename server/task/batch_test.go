@@ -268,7 +268,7 @@ func TestEngineLargeBatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantBatch(t, stored, hosts, false)
-	lines, err := st.SubtaskLog(context.Background(), stored.Subtasks[0].ID)
+	lines, _, err := st.SubtaskLog(context.Background(), stored.ID, stored.Subtasks[0].ID, 0, 100, 1<<20)
 	if err != nil || len(lines) != 2 || !strings.HasPrefix(lines[0].Line, "############{EXECUTE}{") ||
 		!strings.HasSuffix(lines[1].Line, ": done") {
 		t.Fatalf("log of subtask %d: %+v %v", stored.Subtasks[0].ID, lines, err)
@@ -420,7 +420,7 @@ func TestLogWriter(t *testing.T) {
 	next := map[int]int{}
 	total := 0
 	for _, s := range created.Subtasks {
-		got, err := st.SubtaskLog(context.Background(), s.ID)
+		got, _, err := st.SubtaskLog(context.Background(), created.ID, s.ID, 0, 10000, 1<<20)
 		if err != nil {
 			t.Fatal(err)
 		}

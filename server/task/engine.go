@@ -32,7 +32,11 @@ type Store interface {
 	RunningTaskIDs(ctx context.Context) ([]int64, error)
 	// AppendSubtaskLogs appends lines to their subtasks' logs, in order.
 	AppendSubtaskLogs(ctx context.Context, lines []SubtaskLogLine) error
-	SubtaskLog(ctx context.Context, subtaskID int64) ([]LogLine, error)
+	// SubtaskLog returns up to limit lines of a subtask's log after
+	// position after, oldest first, stopping early once the lines hold
+	// maxBytes of text; more says lines were left. ErrNotFound when the
+	// subtask is not one of task taskID's.
+	SubtaskLog(ctx context.Context, taskID, subtaskID, after int64, limit, maxBytes int) (lines []LogLine, more bool, err error)
 }
 
 // ErrChanged is the store's answer to a compare-and-swap that lost: the task
@@ -339,7 +343,7 @@ func (e *Engine) stepLocked(ctx context.Context, id int64, mutate mutation) (*Ta
 			headers := make([]SubtaskLogLine, len(started))
 			for i, st := range started {
 				headers[i] = SubtaskLogLine{SubtaskID: st.ID,
-					LogLine: LogLine{RunTime: st.RunTime, Time: st.StartTime, Line: logHeader(st.Operation, st.StartTime)}}
+					LogLine: LogLine{RunTime: st.RunTime, Time: st.StartTime, Line: logHeader(st.Operation, st.StartTime), Header: true}}
 			}
 			err = e.cfg.Store.UpdateTask(ctx, before, after, lock, headers...)
 		}

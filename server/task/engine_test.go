@@ -111,7 +111,7 @@ func TestEngineRunsTheChainInOrder(t *testing.T) {
 	if got.Subtasks[1].Upstreams[0] != got.Subtasks[0].ID || got.Subtasks[0].Downstreams[0] != got.Subtasks[1].ID {
 		t.Errorf("edges: %+v", got.Subtasks)
 	}
-	lines, err := st.SubtaskLog(context.Background(), got.Subtasks[1].ID)
+	lines, _, err := st.SubtaskLog(context.Background(), got.ID, got.Subtasks[1].ID, 0, 100, 1<<20)
 	if err != nil || len(lines) != 2 || !strings.HasPrefix(lines[0].Line, "############{EXECUTE}{") ||
 		lines[1].Line != "working on b" {
 		t.Fatalf("log %+v, %v", lines, err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -48,7 +49,7 @@ func (e *Engine) CancelSubtask(ctx context.Context, taskID, subtaskID int64) (*T
 		if st := t.Subtask(subtaskID); st != nil {
 			now := e.cfg.Now()
 			e.writeLogs([]SubtaskLogLine{{SubtaskID: st.ID, LogLine: LogLine{RunTime: st.RunTime, Time: now,
-				Line: logHeader(OpCancel, now)}}})
+				Line: logHeader(OpCancel, now), Header: true}}})
 		}
 	}
 	return t, err
@@ -94,40 +95,55 @@ func validIDs(id, subtaskID int64) error {
 	return nil
 }
 
-// SubtaskLog returns a subtask's log as text: each attempt's header line,
-// then that attempt's lines, each prefixed with its time. It is readable
-// while the subtask runs. Needs TASK_VIEWER.
-func (e *Engine) SubtaskLog(ctx context.Context, taskID, subtaskID int64) (string, error) {
+// SubtaskLog returns a page of a subtask's log as text: each attempt's
+// header line, then that attempt's lines, each prefixed with its time (a
+// marker line stands for older lines dropped to bound the log). It is
+// readable while the subtask runs. A page holds at most q.Limit lines and
+// MaxLogPageBytes of line text, so a read's memory is bounded whatever the
+// log. Needs TASK_VIEWER.
+func (e *Engine) SubtaskLog(ctx context.Context, taskID, subtaskID int64, q LogQuery) (LogPage, error) {
 	if err := auth.Require(ctx, auth.RoleTaskViewer); err != nil {
-		return "", err
+		return LogPage{}, err
 	}
 	if err := validIDs(taskID, subtaskID); err != nil {
-		return "", err
+		return LogPage{}, err
 	}
 	if subtaskID == 0 {
-		return "", fmt.Errorf("subtask id 0: must be positive: %w", errs.ErrInvalidArgument)
+		return LogPage{}, fmt.Errorf("subtask id 0: must be positive: %w", errs.ErrInvalidArgument)
 	}
-	t, err := e.cfg.Store.GetTask(ctx, taskID)
+	if q.After < 0 {
+		return LogPage{}, fmt.Errorf("log offset %d: must not be negative: %w", q.After, errs.ErrInvalidArgument)
+	}
+	if q.Limit < 0 || q.Limit > MaxLogPageLines {
+		return LogPage{}, fmt.Errorf("log limit %d: must be 1..%d: %w", q.Limit, MaxLogPageLines, errs.ErrInvalidArgument)
+	}
+	if q.Limit == 0 {
+		q.Limit = MaxLogPageLines
+	}
+	lines, more, err := e.cfg.Store.SubtaskLog(ctx, taskID, subtaskID, q.After, q.Limit, MaxLogPageBytes)
+	if errors.Is(err, errs.ErrNotFound) {
+		// Say which is missing: the task, or the subtask in it.
+		if _, terr := e.cfg.Store.GetTask(ctx, taskID); terr != nil {
+			return LogPage{}, terr
+		}
+		return LogPage{}, subtaskNotFound(taskID, subtaskID)
+	}
 	if err != nil {
-		return "", err
+		return LogPage{}, err
 	}
-	if t.Subtask(subtaskID) == nil {
-		return "", subtaskNotFound(taskID, subtaskID)
-	}
-	lines, err := e.cfg.Store.SubtaskLog(ctx, subtaskID)
-	if err != nil {
-		return "", err
-	}
+	page := LogPage{Lines: len(lines), Next: q.After, More: more}
 	var b strings.Builder
 	for _, l := range lines {
-		if !strings.HasPrefix(l.Line, "############{") {
+		if !l.Header {
 			b.WriteString(l.Time.Format(LogHeaderLayout))
 			b.WriteByte(' ')
 		}
 		b.WriteString(l.Line)
 		b.WriteByte('\n')
+		page.Next = l.Seq
 	}
-	return b.String(), nil
+	page.Text = b.String()
+	return page, nil
 }
 
 type idempotencyKeyCtx struct{}

@@ -264,9 +264,9 @@ func TestEngineCancelSubtask(t *testing.T) {
 	if _, err := e.CancelSubtask(manager, created.ID+100, a); !errors.Is(err, errs.ErrNotFound) {
 		t.Fatalf("cancel in an unknown task: %v, want ErrNotFound", err)
 	}
-	log, err := e.SubtaskLog(viewer, created.ID, a)
-	if err != nil || !strings.Contains(log, "############{CANCEL}{") {
-		t.Fatalf("log %q, %v; want a CANCEL header", log, err)
+	log, err := e.SubtaskLog(viewer, created.ID, a, task.LogQuery{})
+	if err != nil || !strings.Contains(log.Text, "############{CANCEL}{") {
+		t.Fatalf("log %q, %v; want a CANCEL header", log.Text, err)
 	}
 }
 
@@ -318,7 +318,7 @@ func TestEngineOperationsNeedTaskManager(t *testing.T) {
 			}
 		})
 	}
-	if _, err := e.SubtaskLog(context.Background(), id, sid); !errors.Is(err, errs.ErrUnauthenticated) {
+	if _, err := e.SubtaskLog(context.Background(), id, sid, task.LogQuery{}); !errors.Is(err, errs.ErrUnauthenticated) {
 		t.Errorf("anonymous log: %v, want ErrUnauthenticated", err)
 	}
 	if _, err := e.ListTasks(context.Background(), task.ListQuery{}); !errors.Is(err, errs.ErrUnauthenticated) {
@@ -358,7 +358,7 @@ func TestEngineSubtaskLog(t *testing.T) {
 		t.Fatal(err)
 	}
 	await(t, logged, "attempt 2 to log")
-	log, err := e.SubtaskLog(viewer, id, sid) // while attempt 2 runs
+	page, err := e.SubtaskLog(viewer, id, sid, task.LogQuery{}) // while attempt 2 runs
 	close(release)
 	if err != nil {
 		t.Fatal(err)
@@ -369,10 +369,32 @@ func TestEngineSubtaskLog(t *testing.T) {
 		at + ` first try\n` +
 		`############\{RETRY\}\{` + at + `\}############\n` +
 		at + ` second try\n$`)
-	if !want.MatchString(log) {
-		t.Fatalf("log:\n%s", log)
+	if !want.MatchString(page.Text) || page.Lines != 4 || page.More {
+		t.Fatalf("log (%d lines, more %v):\n%s", page.Lines, page.More, page.Text)
 	}
 	waitFinal(t, e, id)
+
+	// Page by page, one line each: the same text.
+	var paged strings.Builder
+	for q := (task.LogQuery{Limit: 1}); ; {
+		p, err := e.SubtaskLog(viewer, id, sid, q)
+		if err != nil || p.Lines > 1 {
+			t.Fatalf("page after %d: %+v %v", q.After, p, err)
+		}
+		paged.WriteString(p.Text)
+		if !p.More {
+			break
+		}
+		q.After = p.Next
+	}
+	if full, _ := e.SubtaskLog(viewer, id, sid, task.LogQuery{}); paged.String() != full.Text {
+		t.Fatalf("paged:\n%s\nwhole:\n%s", paged.String(), full.Text)
+	}
+	for _, q := range []task.LogQuery{{After: -1}, {Limit: -1}, {Limit: task.MaxLogPageLines + 1}} {
+		if _, err := e.SubtaskLog(viewer, id, sid, q); !errors.Is(err, errs.ErrInvalidArgument) {
+			t.Errorf("query %+v: %v, want ErrInvalidArgument", q, err)
+		}
+	}
 
 	for _, tt := range []struct {
 		name    string
@@ -385,7 +407,7 @@ func TestEngineSubtaskLog(t *testing.T) {
 		{"no subtask", id, 0, errs.ErrInvalidArgument},
 		{"bad task id", 0, sid, errs.ErrInvalidArgument},
 	} {
-		if _, err := e.SubtaskLog(viewer, tt.task, tt.subtask); !errors.Is(err, tt.want) {
+		if _, err := e.SubtaskLog(viewer, tt.task, tt.subtask, task.LogQuery{}); !errors.Is(err, tt.want) {
 			t.Errorf("%s: %v, want %v", tt.name, err, tt.want)
 		}
 	}

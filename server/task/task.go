@@ -206,6 +206,53 @@ type LogLine struct {
 	RunTime int
 	Time    time.Time
 	Line    string
+	// Header marks an attempt's header line, written by the engine (never
+	// by an agent): headers are kept when older lines are dropped to bound
+	// the log, and are shown without a time prefix.
+	Header bool
+	// Seq is the line's position in the log, set when it is read: a later
+	// line has a greater Seq.
+	Seq int64
+}
+
+// Bounds of one subtask's stored log, the defaults of the store's limits:
+// past either, the oldest lines (not the attempt headers) are dropped and a
+// marker line says how many lines and bytes were dropped.
+const (
+	DefaultLogMaxBytes = 1 << 20 // bytes of line text
+	DefaultLogMaxLines = 10000
+)
+
+// MaxLogPageLines is the most lines a page of a log holds (and the default
+// LogQuery.Limit); MaxLogPageBytes the most bytes of line text, past the
+// first line: together they bound what one read of a log holds in memory.
+const (
+	MaxLogPageLines = 10000
+	MaxLogPageBytes = 1 << 20
+)
+
+// LogQuery asks for a page of a subtask's log.
+type LogQuery struct {
+	// After: the lines after this position, the Next of the previous page;
+	// 0 starts from the first line. Negative is invalid.
+	After int64
+	// Limit: at most this many lines, 1..MaxLogPageLines; 0 means
+	// MaxLogPageLines.
+	Limit int
+}
+
+// LogPage is a page of a subtask's log.
+type LogPage struct {
+	// Text is the page's lines, one per line of text (see Engine.SubtaskLog).
+	Text string
+	// Lines is how many lines Text holds.
+	Lines int
+	// Next is the position to pass as LogQuery.After for the following
+	// page (the same After when the page is empty): a reader following a
+	// running subtask's log polls with it.
+	Next int64
+	// More says lines after this page were already stored when it was read.
+	More bool
 }
 
 // SubtaskLogLine is a line of the log of subtask SubtaskID.

@@ -185,7 +185,7 @@ func agent(ctx context.Context, o options, log zerolog.Logger) error {
 		defer ps.Close()
 	}
 
-	st, err := state.Open(o.stateDir)
+	st, err := state.Open(o.stateDir, state.WithLog(log.With().Str("component", "state").Logger()))
 	if err != nil {
 		return fmt.Errorf("--state-dir: %w", err)
 	}

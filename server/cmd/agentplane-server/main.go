@@ -60,7 +60,10 @@ type config struct {
 	agentMsgBurst     int
 	agentMaxStreams   int
 	agentReplacements int
-	pprofAddr         string // net/http/pprof on its own loopback listener; empty: off
+	pprofAddr         string        // net/http/pprof on its own loopback listener; empty: off
+	logMaxBytes       int64         // bound of each subtask log's text
+	logMaxLines       int64         // bound of each subtask log's lines
+	handshake         time.Duration // a new connection's bound to handshake
 }
 
 // listFlag is a repeatable flag whose values may also be comma-separated.
@@ -100,6 +103,9 @@ func main() {
 	fs.IntVar(&c.agentMaxStreams, "agent-max-streams", fleet.DefaultMaxStreamsPerHost, "agent streams one host may hold at once (the current one and its replacements); more are refused with RESOURCE_EXHAUSTED")
 	fs.IntVar(&c.agentReplacements, "agent-max-replacements-per-min", fleet.DefaultMaxReplacementsPerMin, "how often a minute a host may replace its live agent stream by a new one; more are refused with RESOURCE_EXHAUSTED")
 	fs.DurationVar(&c.shutdownWait, "shutdown-timeout", 10*time.Second, "how long shutdown waits for calls in flight")
+	fs.Int64Var(&c.logMaxBytes, "subtask-log-max-bytes", task.DefaultLogMaxBytes, "bytes of text one subtask's log keeps; past them (or --subtask-log-max-lines) its oldest lines are dropped, attempt headers kept, and a marker line counts what was dropped")
+	fs.Int64Var(&c.logMaxLines, "subtask-log-max-lines", task.DefaultLogMaxLines, "lines one subtask's log keeps (see --subtask-log-max-bytes)")
+	fs.DurationVar(&c.handshake, "handshake-timeout", rpc.DefaultHandshakeTimeout, "how long a new connection to either listener has for its TLS handshake (gRPC: and HTTP/2 preface; REST: and request headers) before it is closed")
 	fs.StringVar(&c.pprofAddr, "pprof-addr", "", "serve net/http/pprof on this loopback host:port, e.g. 127.0.0.1:6060 (default off; unauthenticated, so loopback only)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(os.Args[1:]); err != nil {
@@ -119,6 +125,14 @@ func main() {
 	}
 	if !(c.agentMsgRate > 0) || c.agentMsgBurst < 1 || c.agentMaxStreams < 1 || c.agentReplacements < 1 {
 		fmt.Fprintln(os.Stderr, "agentplane-server: --agent-max-msgs-per-sec, --agent-msg-burst, --agent-max-streams and --agent-max-replacements-per-min must be positive")
+		os.Exit(2)
+	}
+	if c.handshake <= 0 {
+		fmt.Fprintln(os.Stderr, "agentplane-server: --handshake-timeout must be positive")
+		os.Exit(2)
+	}
+	if c.logMaxBytes < 1024 || c.logMaxLines < 16 {
+		fmt.Fprintln(os.Stderr, "agentplane-server: --subtask-log-max-bytes must be at least 1024 and --subtask-log-max-lines at least 16")
 		os.Exit(2)
 	}
 	log, err := logging.New(os.Stderr, c.logFormat, c.logLevel)
@@ -147,7 +161,7 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 		c.advertise = firstIPv4()
 	}
 
-	st, err := store.Open(ctx, c.dataDir)
+	st, err := store.Open(ctx, c.dataDir, store.WithLogLimits(store.LogLimits{MaxBytes: c.logMaxBytes, MaxLines: c.logMaxLines}))
 	if err != nil {
 		return err
 	}
@@ -238,11 +252,12 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 	}
 	gs := rpc.NewServer(rpc.Config{Hosts: hosts, Tasks: engine, Fleet: agents, Users: users, Enroll: enrollment,
 		AccessKeys: keys, Throttle: throttle, Audit: audits, Store: st, Log: log,
-		AgentLimits: rpc.AgentLimits{MsgsPerSec: c.agentMsgRate, MsgBurst: c.agentMsgBurst}}, grpcOpts...)
+		AgentLimits: rpc.AgentLimits{MsgsPerSec: c.agentMsgRate, MsgBurst: c.agentMsgBurst}, HandshakeTimeout: c.handshake}, grpcOpts...)
 	hs := &http.Server{
 		Handler: rest.NewHandler(rest.Config{Hosts: hosts, Tasks: engine, Users: users, Enroll: enrollment,
 			AccessKeys: keys, Throttle: throttle, Audit: audits, Store: st, Log: log}),
-		ReadHeaderTimeout: 10 * time.Second,
+		// Also bounds the TLS handshake (the least of the three timeouts).
+		ReadHeaderTimeout: c.handshake,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
 		IdleTimeout:       2 * time.Minute,

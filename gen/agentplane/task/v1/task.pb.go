@@ -1579,7 +1579,13 @@ type GetSubtaskLogRequest struct {
 	// Task id. Required, positive.
 	TaskId int64 `protobuf:"varint,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
 	// Subtask id, of that task. Required, positive.
-	SubtaskId     int64 `protobuf:"varint,2,opt,name=subtask_id,json=subtaskId,proto3" json:"subtask_id,omitempty"`
+	SubtaskId int64 `protobuf:"varint,2,opt,name=subtask_id,json=subtaskId,proto3" json:"subtask_id,omitempty"`
+	// Position to read after: the next_offset of the previous page. Optional,
+	// not negative; 0 (the default) reads from the first line.
+	Offset int64 `protobuf:"varint,3,opt,name=offset,proto3" json:"offset,omitempty"`
+	// Most lines to return, 1..10000. Optional; 0 (the default) means 10000.
+	// A page also stops before 1 MiB of line text (holding at least one line).
+	Limit         int32 `protobuf:"varint,4,opt,name=limit,proto3" json:"limit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1628,12 +1634,34 @@ func (x *GetSubtaskLogRequest) GetSubtaskId() int64 {
 	return 0
 }
 
-// GetSubtaskLogResponse is a subtask's log.
+func (x *GetSubtaskLogRequest) GetOffset() int64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *GetSubtaskLogRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+// GetSubtaskLogResponse is a page of a subtask's log.
 type GetSubtaskLogResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The log text, one line per event, each attempt starting with
+	// The page's text, one line per event, each attempt starting with
 	// ############{OPERATION}{timestamp}############.
-	Log           string `protobuf:"bytes,1,opt,name=log,proto3" json:"log,omitempty"`
+	Log string `protobuf:"bytes,1,opt,name=log,proto3" json:"log,omitempty"`
+	// Position to pass as offset for the following page: the position of the
+	// page's last line, or the request's offset when the page is empty (poll
+	// with it to follow a running subtask).
+	NextOffset int64 `protobuf:"varint,2,opt,name=next_offset,json=nextOffset,proto3" json:"next_offset,omitempty"`
+	// True when lines after this page were already stored when it was read.
+	More bool `protobuf:"varint,3,opt,name=more,proto3" json:"more,omitempty"`
+	// Number of lines in log.
+	Lines         int32 `protobuf:"varint,4,opt,name=lines,proto3" json:"lines,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1673,6 +1701,27 @@ func (x *GetSubtaskLogResponse) GetLog() string {
 		return x.Log
 	}
 	return ""
+}
+
+func (x *GetSubtaskLogResponse) GetNextOffset() int64 {
+	if x != nil {
+		return x.NextOffset
+	}
+	return 0
+}
+
+func (x *GetSubtaskLogResponse) GetMore() bool {
+	if x != nil {
+		return x.More
+	}
+	return false
+}
+
+func (x *GetSubtaskLogResponse) GetLines() int32 {
+	if x != nil {
+		return x.Lines
+	}
+	return 0
 }
 
 var File_agentplane_task_v1_task_proto protoreflect.FileDescriptor
@@ -1777,13 +1826,19 @@ const file_agentplane_task_v1_task_proto_rawDesc = "" +
 	"\n" +
 	"subtask_id\x18\x02 \x01(\x03R\tsubtaskId\"E\n" +
 	"\x15CancelSubtaskResponse\x12,\n" +
-	"\x04task\x18\x01 \x01(\v2\x18.agentplane.task.v1.TaskR\x04task\"N\n" +
+	"\x04task\x18\x01 \x01(\v2\x18.agentplane.task.v1.TaskR\x04task\"|\n" +
 	"\x14GetSubtaskLogRequest\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\x03R\x06taskId\x12\x1d\n" +
 	"\n" +
-	"subtask_id\x18\x02 \x01(\x03R\tsubtaskId\")\n" +
+	"subtask_id\x18\x02 \x01(\x03R\tsubtaskId\x12\x16\n" +
+	"\x06offset\x18\x03 \x01(\x03R\x06offset\x12\x14\n" +
+	"\x05limit\x18\x04 \x01(\x05R\x05limit\"t\n" +
 	"\x15GetSubtaskLogResponse\x12\x10\n" +
-	"\x03log\x18\x01 \x01(\tR\x03log*v\n" +
+	"\x03log\x18\x01 \x01(\tR\x03log\x12\x1f\n" +
+	"\vnext_offset\x18\x02 \x01(\x03R\n" +
+	"nextOffset\x12\x12\n" +
+	"\x04more\x18\x03 \x01(\bR\x04more\x12\x14\n" +
+	"\x05lines\x18\x04 \x01(\x05R\x05lines*v\n" +
 	"\n" +
 	"TaskStatus\x12\x1b\n" +
 	"\x17TASK_STATUS_UNSPECIFIED\x10\x00\x12\x17\n" +

@@ -65,8 +65,10 @@ type TaskServiceClient interface {
 	// stopped (agentd stops signalling and reports what it did), and it ends
 	// FAILED with operation CANCEL. Needs TASK_MANAGER.
 	CancelSubtask(ctx context.Context, in *CancelSubtaskRequest, opts ...grpc.CallOption) (*CancelSubtaskResponse, error)
-	// GetSubtaskLog returns a subtask's log: a header line per attempt, then the
-	// lines of that attempt. Readable while the subtask runs. Needs TASK_VIEWER.
+	// GetSubtaskLog returns a page of a subtask's log: a header line per
+	// attempt, then the lines of that attempt (a marker line stands for older
+	// lines dropped to keep the log bounded). Readable while the subtask runs;
+	// page on with next_offset. Needs TASK_VIEWER.
 	GetSubtaskLog(ctx context.Context, in *GetSubtaskLogRequest, opts ...grpc.CallOption) (*GetSubtaskLogResponse, error)
 }
 
@@ -212,8 +214,10 @@ type TaskServiceServer interface {
 	// stopped (agentd stops signalling and reports what it did), and it ends
 	// FAILED with operation CANCEL. Needs TASK_MANAGER.
 	CancelSubtask(context.Context, *CancelSubtaskRequest) (*CancelSubtaskResponse, error)
-	// GetSubtaskLog returns a subtask's log: a header line per attempt, then the
-	// lines of that attempt. Readable while the subtask runs. Needs TASK_VIEWER.
+	// GetSubtaskLog returns a page of a subtask's log: a header line per
+	// attempt, then the lines of that attempt (a marker line stands for older
+	// lines dropped to keep the log bounded). Readable while the subtask runs;
+	// page on with next_offset. Needs TASK_VIEWER.
 	GetSubtaskLog(context.Context, *GetSubtaskLogRequest) (*GetSubtaskLogResponse, error)
 	mustEmbedUnimplementedTaskServiceServer()
 }
