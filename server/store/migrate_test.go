@@ -48,7 +48,7 @@ func TestSubtaskIDsContinueAfterTheMigration(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, q := range []string{`DROP INDEX hosts_op_task`, `DROP TABLE id_sequences`} {
+	for _, q := range []string{`DROP INDEX hosts_op_task`, `DROP TABLE id_sequences`, `DROP TABLE agent_certs`} {
 		if _, err := db.ExecContext(ctx, q); err != nil {
 			t.Fatal(q, err)
 		}

@@ -135,6 +135,21 @@ var migrations = []string{
 	`INSERT INTO id_sequences (name, next_id) SELECT 'subtasks', COALESCE(MAX(id), 0) + 1 FROM subtasks`,
 	// A task's host locks are released by task id when it ends.
 	`CREATE INDEX hosts_op_task ON hosts (op_task_id)`,
+	// Agent client certificates, by serial (lowercase hex): a host's live
+	// certificates, revocable one by one; "legacy" ones were issued
+	// before this table and recorded at their first use.
+	`CREATE TABLE agent_certs (
+		serial          VARCHAR(64)  NOT NULL PRIMARY KEY,
+		host_id         BIGINT       NOT NULL,
+		not_before      BIGINT       NOT NULL,
+		not_after       BIGINT       NOT NULL,
+		source          VARCHAR(16)  NOT NULL,
+		source_addr     VARCHAR(255) NOT NULL DEFAULT '',
+		create_time     BIGINT       NOT NULL,
+		first_used_time BIGINT       NOT NULL DEFAULT 0,
+		revoke_time     BIGINT       NOT NULL DEFAULT 0
+	)`,
+	`CREATE INDEX agent_certs_host ON agent_certs (host_id, revoke_time)`,
 }
 
 func migrate(ctx context.Context, db *sql.DB) error {
