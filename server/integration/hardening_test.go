@@ -2,11 +2,17 @@ package integration_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/hex"
 	"fmt"
 	"net/http"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -17,6 +23,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
 	agentv1 "agentplane/gen/agentplane/agent/v1"
@@ -65,14 +72,76 @@ func (s *server) helloWithCertOf(t *testing.T, a *agentd) error {
 	if err != nil {
 		t.Fatalf("agentd %s's certificate: %v", a.name, err)
 	}
+	return agentHello(t, s.connWithCert(t, cert), &agentv1.Hello{HostId: a.hostID, HostName: a.name})
+}
+
+// connWithCert is a connection to the gRPC listener presenting cert.
+func (s *server) connWithCert(t *testing.T, cert tls.Certificate) *grpc.ClientConn {
+	t.Helper()
 	cfg := s.tlsConfig()
 	cfg.Certificates = []tls.Certificate{cert}
 	cc, err := grpc.NewClient(s.grpcAddr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cc.Close()
-	return agentHello(t, cc, &agentv1.Hello{HostId: a.hostID, HostName: a.name})
+	t.Cleanup(func() { cc.Close() })
+	return cc
+}
+
+// newKeyCSR returns a new P-256 key and a certificate request for it.
+func newKeyCSR(t *testing.T, name string) (*ecdsa.PrivateKey, []byte) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: name}}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key, der
+}
+
+// TestRenewalRetiresTheOldCertificate: a renewed certificate and the one
+// it renews both work until the new one is first used; then the old one
+// is refused, on the stream and for renewal.
+func TestRenewalRetiresTheOldCertificate(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	name := "it-renewal"
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	key, csr := newKeyCSR(t, name)
+	resp, err := agentv1.NewAgentServiceClient(s.conn(t)).Enroll(ctx, &agentv1.EnrollRequest{JoinToken: s.joinToken(t, name), HostName: name, Csr: csr})
+	if err != nil {
+		t.Fatalf("Enroll: %v", err)
+	}
+	first := tls.Certificate{Certificate: [][]byte{resp.GetCertificate()}, PrivateKey: key}
+	hello := &agentv1.Hello{HostId: resp.GetHostId(), HostName: name}
+	if err := agentHello(t, s.connWithCert(t, first), hello); err != nil {
+		t.Fatalf("the enrolled certificate: %v", err)
+	}
+	key2, csr2 := newKeyCSR(t, name)
+	renewed, err := agentv1.NewAgentServiceClient(s.connWithCert(t, first)).RenewCertificate(ctx, &agentv1.RenewCertificateRequest{Csr: csr2})
+	if err != nil {
+		t.Fatalf("RenewCertificate: %v", err)
+	}
+	second := tls.Certificate{Certificate: [][]byte{renewed.GetCertificate()}, PrivateKey: key2}
+	if err := agentHello(t, s.connWithCert(t, first), hello); err != nil {
+		t.Errorf("the old certificate before the new one is used: %v", err)
+	}
+	if err := agentHello(t, s.connWithCert(t, second), hello); err != nil {
+		t.Fatalf("the renewed certificate: %v", err)
+	}
+	wantGRPCCode(t, "the old certificate once the new one was used", agentHello(t, s.connWithCert(t, first), hello), codes.PermissionDenied)
+	_, csr3 := newKeyCSR(t, name)
+	_, err = agentv1.NewAgentServiceClient(s.connWithCert(t, first)).RenewCertificate(ctx, &agentv1.RenewCertificateRequest{Csr: csr3})
+	wantGRPCCode(t, "renewing with the retired certificate", err, codes.PermissionDenied)
+	ev := s.auditEvents(t, fmt.Sprintf("hostId=%d&size=100", resp.GetHostId())).Contents
+	wantEvent(t, ev, "the renewal, naming its certificate", func(e auditEventJSON) bool {
+		return e.Operation == "/agentplane.agent.v1.AgentService/RenewCertificate" && e.Outcome == "OK" &&
+			strings.HasPrefix(e.Target, "certificate:") && e.SourceAddress != ""
+	})
 }
 
 // TestEnrollExistingName: a join token bound to no name cannot enroll the
@@ -157,6 +226,7 @@ func grpcSignedReq(ctx context.Context, k accessKey, authority, method string, r
 // passes; a signed call without the digest is refused.
 func TestSignatureCoversRequest(t *testing.T) {
 	t.Parallel()
+	bin := grpcurl(t)
 	s, _, _, a := fleetOfOne(t, time.Second)
 	operator := &creds{"sigop", "sigop-password-1"}
 	s.createUser(t, operator, "HOST_MANAGER", "TASK_VIEWER")
@@ -170,10 +240,10 @@ func TestSignatureCoversRequest(t *testing.T) {
 	defer cancel()
 
 	// Captured: a signature for StopAgent of a host that does not exist.
-	other := &hostv1.StopAgentRequest{HostId: a.hostID + 1000}
-	sctx, authz := grpcSignedReq(ctx, k, s.grpcAddr, stopMethod, other, time.Now(), nil)
+	unknown := &hostv1.StopAgentRequest{HostId: a.hostID + 1000}
+	sctx, authz := grpcSignedReq(ctx, k, s.grpcAddr, stopMethod, unknown, time.Now(), nil)
 	sent = append(sent, authz)
-	_, err := hosts.StopAgent(sctx, other)
+	_, err := hosts.StopAgent(sctx, unknown)
 	wantGRPCCode(t, "the signed stop of an unknown host", err, codes.NotFound)
 	tasksBefore := s.countTasks(t, fmt.Sprintf("hostId=%d", a.hostID))
 	// Replayed for the real host.
@@ -231,6 +301,33 @@ func TestSignatureCoversRequest(t *testing.T) {
 		t.Errorf("the signed WatchTask: %v", err)
 	}
 	s.waitFinal(t, taskID)
+
+	// grpcurl, as the README says: the digest of the request given as
+	// JSON (here converted by protojson, as buf convert would), the date,
+	// and the signature over them, all as -H metadata.
+	reqJSON := fmt.Sprintf(`{"id": %d}`, a.hostID)
+	var get hostv1.GetHostRequest
+	if err := protojson.Unmarshal([]byte(reqJSON), &get); err != nil {
+		t.Fatal(err)
+	}
+	gctx, authz := grpcSignedReq(ctx, k, s.grpcAddr, "/agentplane.host.v1.HostService/GetHost", &get, time.Now(), nil)
+	sent = append(sent, authz)
+	gmd, _ := metadata.FromOutgoingContext(gctx)
+	args := []string{"-cacert", s.caFile}
+	for _, name := range []string{"date", "x-ocp-content-sha256", "authorization"} {
+		args = append(args, "-H", name+": "+gmd.Get(name)[0])
+	}
+	gctx, gcancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer gcancel()
+	out, err := exec.CommandContext(gctx, bin, append(args, "-d", reqJSON, s.grpcAddr, "agentplane.host.v1.HostService/GetHost")...).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), a.name) {
+		t.Errorf("grpcurl signed GetHost: %v\n%s", err, out)
+	}
+	other := fmt.Sprintf(`{"id": %d}`, a.hostID+1)
+	out, err = exec.CommandContext(gctx, bin, append(args, "-d", other, s.grpcAddr, "agentplane.host.v1.HostService/GetHost")...).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "Unauthenticated") {
+		t.Errorf("grpcurl with the signature replayed for another host: %v\n%s", err, out)
+	}
 
 	ev := s.auditEvents(t, "size=100").Contents
 	wantEvent(t, ev, "the refused replay", func(e auditEventJSON) bool {

@@ -3,16 +3,12 @@ package integration_test
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/hmac"
 	"crypto/md5"
-	"crypto/rand"
 	"crypto/sha1"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -452,14 +448,7 @@ func agentHello(t *testing.T, cc *grpc.ClientConn, hello *agentv1.Hello) error {
 // newCSR returns a DER certificate request for name with a new P-256 key.
 func newCSR(t *testing.T, name string) []byte {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: name}}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, der := newKeyCSR(t, name)
 	return der
 }
 
