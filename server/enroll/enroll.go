@@ -14,6 +14,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math/big"
+	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -104,6 +106,12 @@ type Store interface {
 	// serial presented, once presented is checked as UseCertificate does.
 	// ErrCertRevoked when it is revoked or unknown.
 	RenewCert(ctx context.Context, presented Cert, c Cert, at time.Time) error
+	// ListCerts returns the certificates of a host, oldest first.
+	ListCerts(ctx context.Context, hostID int64) ([]Cert, error)
+	// RevokeCert sets the revoke time of the certificate of serial to at
+	// unless it is already revoked, and returns it. ErrNotFound when there
+	// is none.
+	RevokeCert(ctx context.Context, serial string, at time.Time) (Cert, error)
 	GetHost(ctx context.Context, id int64) (*host.Host, error)
 	// RevokeHost sets the host's revoke time to at unless it is already
 	// revoked, and returns the host. ErrNotFound when there is none.
@@ -125,6 +133,9 @@ type Sessions interface {
 	// RevokeCertificates ends the host's live stream unless it was opened
 	// with the certificate of serial keep.
 	RevokeCertificates(hostID int64, keep string)
+	// EndCertificate ends the host's live stream if it was opened with
+	// the certificate of serial.
+	EndCertificate(hostID int64, serial string)
 }
 
 // Config wires a Service. Store, Signer and Sessions are required.
@@ -326,4 +337,45 @@ func (s *Service) RevokeHost(ctx context.Context, hostID int64) (*host.Host, err
 	p, _ := auth.FromContext(ctx)
 	s.cfg.Log.Warn().Int64("host_id", hostID).Str("host_name", h.Name).Str("by", p.Username).Msg("host revoked")
 	return h, nil
+}
+
+// ListCertificates returns the client certificates issued to a host,
+// oldest first. Needs ADMIN; ErrNotFound when there is no such host.
+func (s *Service) ListCertificates(ctx context.Context, hostID int64) ([]Cert, error) {
+	if err := auth.Require(ctx, auth.RoleAdmin); err != nil {
+		return nil, err
+	}
+	if hostID <= 0 {
+		return nil, fmt.Errorf("host id %d: must be positive: %w", hostID, errs.ErrInvalidArgument)
+	}
+	if _, err := s.cfg.Store.GetHost(ctx, hostID); err != nil {
+		return nil, err
+	}
+	return s.cfg.Store.ListCerts(ctx, hostID)
+}
+
+// RevokeCertificate revokes one client certificate by its serial (hex, any
+// case): a stream opened with it ends at once, and it is refused from then
+// on. The host is not revoked. Needs ADMIN; ErrNotFound when the server
+// issued no certificate of that serial.
+func (s *Service) RevokeCertificate(ctx context.Context, serial string) (Cert, error) {
+	if err := auth.Require(ctx, auth.RoleAdmin); err != nil {
+		return Cert{}, err
+	}
+	n, ok := new(big.Int).SetString(strings.TrimPrefix(strings.ToLower(strings.TrimSpace(serial)), "0x"), 16)
+	if !ok || n.Sign() <= 0 {
+		return Cert{}, fmt.Errorf("certificate serial %.80q: want a positive hex number: %w", serial, errs.ErrInvalidArgument)
+	}
+	serial = n.Text(16)
+	audit.SetTarget(ctx, "certificate:"+serial)
+	c, err := s.cfg.Store.RevokeCert(ctx, serial, s.cfg.Now())
+	if err != nil {
+		return Cert{}, err
+	}
+	audit.SetHost(ctx, c.HostID)
+	// After the store, as RevokeHost.
+	s.cfg.Sessions.EndCertificate(c.HostID, serial)
+	p, _ := auth.FromContext(ctx)
+	s.cfg.Log.Warn().Int64("host_id", c.HostID).Str("serial", serial).Str("by", p.Username).Msg("certificate revoked")
+	return c, nil
 }

@@ -28,6 +28,13 @@ type sessions struct {
 	mu      sync.Mutex
 	revoked []int64
 	kept    map[int64]string // RevokeCertificates: host id → the serial kept
+	ended   []string         // EndCertificate: the serials
+}
+
+func (s *sessions) EndCertificate(_ int64, serial string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ended = append(s.ended, serial)
 }
 
 func (s *sessions) RevokeCertificates(id int64, keep string) {
@@ -307,5 +314,52 @@ func TestRevokeAndRenew(t *testing.T) {
 	}
 	if _, _, _, err := e.svc.Enroll(context.Background(), e.token(t, "", 0), "h1", newCSR(t), "", "", "10.9.9.9:1"); !errors.Is(err, errs.ErrPermissionDenied) {
 		t.Errorf("enroll of a revoked host: %v", err)
+	}
+}
+
+func TestListAndRevokeCertificates(t *testing.T) {
+	e := newEnv(t)
+	id, der, _, err := e.svc.Enroll(context.Background(), e.token(t, "", 0), "h1", newCSR(t), "", "", "10.9.9.9:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial := presented(t, der).Serial
+	if _, err := e.svc.ListCertificates(as(auth.RoleHostManager), id); !errors.Is(err, errs.ErrPermissionDenied) {
+		t.Errorf("list as HOST_MANAGER: %v", err)
+	}
+	if _, err := e.svc.ListCertificates(admin, 999); !errors.Is(err, errs.ErrNotFound) {
+		t.Errorf("list of a missing host: %v", err)
+	}
+	cs, err := e.svc.ListCertificates(admin, id)
+	if err != nil || len(cs) != 1 || cs[0].Serial != serial || cs[0].Source != enroll.SourceEnroll || cs[0].SourceAddr != "10.9.9.9:1" {
+		t.Fatalf("certificates %+v, %v", cs, err)
+	}
+	if _, err := e.svc.RevokeCertificate(as(auth.RoleHostManager), serial); !errors.Is(err, errs.ErrPermissionDenied) {
+		t.Errorf("revoke as HOST_MANAGER: %v", err)
+	}
+	for _, bad := range []string{"", "zz", "-1", "0"} {
+		if _, err := e.svc.RevokeCertificate(admin, bad); !errors.Is(err, errs.ErrInvalidArgument) {
+			t.Errorf("revoke serial %q: %v", bad, err)
+		}
+	}
+	if _, err := e.svc.RevokeCertificate(admin, "abc"); !errors.Is(err, errs.ErrNotFound) {
+		t.Errorf("revoke an unknown serial: %v", err)
+	}
+	c, err := e.svc.RevokeCertificate(admin, "0x"+strings.ToUpper(serial))
+	if err != nil || c.Serial != serial || c.RevokeTime.IsZero() || c.HostID != id {
+		t.Fatalf("revoked %+v, %v", c, err)
+	}
+	e.sessions.mu.Lock()
+	if len(e.sessions.ended) != 1 || e.sessions.ended[0] != serial {
+		t.Errorf("streams ended: %v", e.sessions.ended)
+	}
+	e.sessions.mu.Unlock()
+	if err := e.st.UseCertificate(context.Background(), id, serial, time.Time{}, time.Time{}, e.clock()); !errors.Is(err, enroll.ErrCertRevoked) {
+		t.Errorf("the revoked certificate: %v", err)
+	}
+	// The host is not revoked: an unbound token enrolls it again, since it
+	// holds no live certificate.
+	if _, _, _, err := e.svc.Enroll(context.Background(), e.token(t, "", 0), "h1", newCSR(t), "", "", ""); err != nil {
+		t.Errorf("enrolling again once the only certificate is revoked: %v", err)
 	}
 }

@@ -281,9 +281,9 @@ var (
 	ErrDisconnected = errors.New("disconnected")
 	ErrLost         = errors.New("agentd silent for longer than the lost bound")
 	ErrRevoked      = fmt.Errorf("host revoked: %w", errs.ErrPermissionDenied)
-	// ErrCertRevoked ends the session of a certificate revoked because
-	// its host enrolled again.
-	ErrCertRevoked = fmt.Errorf("client certificate revoked: the host enrolled again: %w", errs.ErrPermissionDenied)
+	// ErrCertRevoked ends the session of a certificate revoked: its host
+	// enrolled again, or an admin revoked it.
+	ErrCertRevoked = fmt.Errorf("client certificate revoked (the host enrolled again, or an admin revoked it): %w", errs.ErrPermissionDenied)
 )
 
 // Defaults of the stream bounds (Config).
@@ -497,15 +497,21 @@ func (f *Fleet) checkIdentity(ctx context.Context, h Hello) error {
 // waits for a Connect in progress, so a session installed before that
 // record was read is ended too.
 func (f *Fleet) Revoke(hostID int64) {
-	unlock := f.online.host(hostID)
-	f.mu.Lock()
-	s := f.sessions[hostID]
-	f.mu.Unlock()
-	unlock()
-	if s != nil {
+	if s := f.settled(hostID); s != nil {
 		s.close(ErrRevoked)
 		f.cfg.Log.Warn().Int64("host_id", hostID).Msg("host revoked; ending its stream")
 	}
+}
+
+// settled returns the host's session once no Connect of it is in
+// progress (it holds the host's lock from its checks to the install), or
+// nil.
+func (f *Fleet) settled(hostID int64) *Session {
+	unlock := f.online.host(hostID)
+	defer unlock()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.sessions[hostID]
 }
 
 // RevokeCertificates ends the host's session, if any, with
@@ -513,14 +519,20 @@ func (f *Fleet) Revoke(hostID int64) {
 // keep. The caller has recorded the revocation first; like Revoke, it waits
 // for a Connect in progress.
 func (f *Fleet) RevokeCertificates(hostID int64, keep string) {
-	unlock := f.online.host(hostID)
-	f.mu.Lock()
-	s := f.sessions[hostID]
-	f.mu.Unlock()
-	unlock()
-	if s != nil && s.serial != keep {
+	if s := f.settled(hostID); s != nil && s.serial != keep {
 		s.close(ErrCertRevoked)
 		f.cfg.Log.Warn().Int64("host_id", hostID).Str("serial", s.serial).Msg("host enrolled again; ending the stream of its revoked certificate")
+	}
+}
+
+// EndCertificate ends the host's session, if any, with ErrCertRevoked
+// when it was opened with the certificate of serial. The caller has
+// recorded the revocation first; like Revoke, it waits for a Connect in
+// progress.
+func (f *Fleet) EndCertificate(hostID int64, serial string) {
+	if s := f.settled(hostID); s != nil && s.serial == serial {
+		s.close(ErrCertRevoked)
+		f.cfg.Log.Warn().Int64("host_id", hostID).Str("serial", serial).Msg("certificate revoked; ending its stream")
 	}
 }
 

@@ -104,7 +104,8 @@ func newKeyCSR(t *testing.T, name string) (*ecdsa.PrivateKey, []byte) {
 
 // TestRenewalRetiresTheOldCertificate: a renewed certificate and the one
 // it renews both work until the new one is first used; then the old one
-// is refused, on the stream and for renewal.
+// is refused, on the stream and for renewal. An admin lists a host's
+// certificates and revokes one by serial, which ends its stream.
 func TestRenewalRetiresTheOldCertificate(t *testing.T) {
 	t.Parallel()
 	s := startServer(t)
@@ -137,10 +138,48 @@ func TestRenewalRetiresTheOldCertificate(t *testing.T) {
 	_, csr3 := newKeyCSR(t, name)
 	_, err = agentv1.NewAgentServiceClient(s.connWithCert(t, first)).RenewCertificate(ctx, &agentv1.RenewCertificateRequest{Csr: csr3})
 	wantGRPCCode(t, "renewing with the retired certificate", err, codes.PermissionDenied)
+
+	// An admin lists them and revokes the live one by serial: its open
+	// stream ends, and it is refused.
+	hosts := hostv1.NewHostServiceClient(s.conn(t))
+	list, err := hosts.ListHostCertificates(withCreds(ctx, admin), &hostv1.ListHostCertificatesRequest{HostId: resp.GetHostId()})
+	if err != nil {
+		t.Fatalf("ListHostCertificates: %v", err)
+	}
+	cs := list.GetCertificates()
+	if len(cs) != 2 || cs[0].GetRevokeTime() == nil || cs[1].GetRevokeTime() != nil || cs[0].GetSource() != "enroll" ||
+		cs[1].GetSource() != "renew" || !strings.HasPrefix(cs[1].GetSourceAddress(), "127.0.0.1:") {
+		t.Fatalf("certificates %v", cs)
+	}
+	sctx, scancel := context.WithCancel(ctx)
+	defer scancel()
+	stream, err := agentv1.NewAgentServiceClient(s.connWithCert(t, second)).Connect(sctx)
+	if err == nil {
+		err = stream.Send(&agentv1.ConnectRequest{Kind: &agentv1.ConnectRequest_Hello{Hello: hello}})
+	}
+	if err == nil {
+		_, err = stream.Recv() // the welcome
+	}
+	if err != nil {
+		t.Fatalf("a stream of the renewed certificate: %v", err)
+	}
+	if _, err := hosts.RevokeCertificate(withCreds(ctx, admin), &hostv1.RevokeCertificateRequest{Serial: cs[1].GetSerial()}); err != nil {
+		t.Fatalf("RevokeCertificate: %v", err)
+	}
+	for err == nil {
+		_, err = stream.Recv()
+	}
+	wantGRPCCode(t, "the stream of the revoked certificate", err, codes.PermissionDenied)
+	wantGRPCCode(t, "the revoked certificate", agentHello(t, s.connWithCert(t, second), hello), codes.PermissionDenied)
+
 	ev := s.auditEvents(t, fmt.Sprintf("hostId=%d&size=100", resp.GetHostId())).Contents
 	wantEvent(t, ev, "the renewal, naming its certificate", func(e auditEventJSON) bool {
 		return e.Operation == "/agentplane.agent.v1.AgentService/RenewCertificate" && e.Outcome == "OK" &&
 			strings.HasPrefix(e.Target, "certificate:") && e.SourceAddress != ""
+	})
+	wantEvent(t, ev, "the revocation", func(e auditEventJSON) bool {
+		return e.Operation == "/agentplane.host.v1.HostService/RevokeCertificate" && e.Outcome == "OK" &&
+			e.Target == "certificate:"+cs[1].GetSerial() && e.Username == "admin"
 	})
 }
 

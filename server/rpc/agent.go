@@ -31,6 +31,8 @@ type Enrollment interface {
 	Enroll(ctx context.Context, token, hostName string, csrDER []byte, innerIP, machineID, addr string) (hostID int64, certDER, caPEM []byte, err error)
 	Renew(ctx context.Context, presented enroll.Cert, csrDER []byte, addr string) ([]byte, error)
 	RevokeHost(ctx context.Context, hostID int64) (*host.Host, error)
+	ListCertificates(ctx context.Context, hostID int64) ([]enroll.Cert, error)
+	RevokeCertificate(ctx context.Context, serial string) (enroll.Cert, error)
 }
 
 // Fleet is what the agent stream adapter needs.

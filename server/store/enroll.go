@@ -239,25 +239,51 @@ func (s *Store) RenewCert(ctx context.Context, presented, c enroll.Cert, at time
 	})
 }
 
+const certCols = `serial, host_id, not_before, not_after, source, source_addr, create_time, first_used_time, revoke_time`
+
+func scanCert(sc interface{ Scan(...any) error }) (enroll.Cert, error) {
+	var c enroll.Cert
+	var nb, na, created, used, revoked int64
+	err := sc.Scan(&c.Serial, &c.HostID, &nb, &na, &c.Source, &c.SourceAddr, &created, &used, &revoked)
+	c.NotBefore, c.NotAfter, c.CreateTime, c.FirstUsedTime, c.RevokeTime = fromMS(nb), fromMS(na), fromMS(created), fromMS(used), fromMS(revoked)
+	return c, err
+}
+
 // ListCerts returns the certificates tracked for a host, oldest first.
 func (s *Store) ListCerts(ctx context.Context, hostID int64) ([]enroll.Cert, error) {
-	rows, err := s.r.QueryContext(ctx, `SELECT serial, host_id, not_before, not_after, source, source_addr, create_time,
-		first_used_time, revoke_time FROM agent_certs WHERE host_id = ? ORDER BY create_time, serial`, hostID)
+	rows, err := s.r.QueryContext(ctx, `SELECT `+certCols+` FROM agent_certs WHERE host_id = ? ORDER BY create_time, serial`, hostID)
 	if err != nil {
 		return nil, fmt.Errorf("listing the certificates of host %d: %w", hostID, err)
 	}
 	defer rows.Close()
 	var out []enroll.Cert
 	for rows.Next() {
-		var c enroll.Cert
-		var nb, na, created, used, revoked int64
-		if err := rows.Scan(&c.Serial, &c.HostID, &nb, &na, &c.Source, &c.SourceAddr, &created, &used, &revoked); err != nil {
+		c, err := scanCert(rows)
+		if err != nil {
 			return nil, err
 		}
-		c.NotBefore, c.NotAfter, c.CreateTime, c.FirstUsedTime, c.RevokeTime = fromMS(nb), fromMS(na), fromMS(created), fromMS(used), fromMS(revoked)
 		out = append(out, c)
 	}
 	return out, rows.Err()
+}
+
+// RevokeCert sets the revoke time of the certificate of serial to at,
+// unless it is already revoked (the first time stays), and returns it.
+// ErrNotFound when there is none.
+func (s *Store) RevokeCert(ctx context.Context, serial string, at time.Time) (enroll.Cert, error) {
+	var c enroll.Cert
+	err := s.tx(ctx, func(ctx context.Context, tx *wtx) error {
+		if _, err := tx.ExecContext(ctx, `UPDATE agent_certs SET revoke_time = ? WHERE serial = ? AND revoke_time = 0`, ms(at), serial); err != nil {
+			return fmt.Errorf("revoking certificate %s: %w", serial, err)
+		}
+		var err error
+		c, err = scanCert(tx.QueryRowContext(ctx, `SELECT `+certCols+` FROM agent_certs WHERE serial = ?`, serial))
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("certificate %s: %w", serial, errs.ErrNotFound)
+		}
+		return err
+	})
+	return c, err
 }
 
 // joinTokenRefusal says why a join token could not be used for name: the
