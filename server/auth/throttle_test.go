@@ -3,14 +3,17 @@ package auth
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
 
+	"agentplane/server/audit"
 	"agentplane/server/errs"
 )
 
@@ -94,20 +97,20 @@ func TestThrottleSlowsThenLocksOut(t *testing.T) {
 	if te.RetryAfter() != time.Minute {
 		t.Errorf("retry after %v, want 1m", te.RetryAfter())
 	}
-	if err.Error() != "too many failed authentication attempts; retry in 60 s" {
+	if err.Error() != "too many failed authentication attempts from this address (10); retry in 60 s" {
 		t.Errorf("message %q", err)
 	}
 
-	// Another user from another address is not affected; the same user
-	// from another address, or another user from the same address, is.
+	// Only the pair is locked out: another user from anywhere, and alice
+	// from another address, are not affected.
 	if p, err := th.Do(ctx, "bob", "10.0.0.2:1", okAs("bob")); err != nil || p.Addr != "10.0.0.2:1" {
 		t.Errorf("bob from elsewhere: %+v, %v", p, err)
 	}
-	if _, err := th.Do(ctx, "alice", "10.0.0.2:1", okAs("alice")); !errors.Is(err, errs.ErrTooManyRequests) {
-		t.Errorf("alice from elsewhere: %v, want throttled", err)
+	if _, err := th.Do(ctx, "bob", addr, okAs("bob")); err != nil {
+		t.Errorf("bob from alice's attacker's address: %v", err)
 	}
-	if _, err := th.Do(ctx, "bob", addr, okAs("bob")); !errors.Is(err, errs.ErrTooManyRequests) {
-		t.Errorf("bob from the locked address: %v, want throttled", err)
+	if _, err := th.Do(ctx, "alice", "10.0.0.2:1", okAs("alice")); err != nil {
+		t.Errorf("alice from elsewhere: %v", err)
 	}
 
 	// The lockout expires.
@@ -116,13 +119,18 @@ func TestThrottleSlowsThenLocksOut(t *testing.T) {
 		t.Fatalf("after the lockout: %v", err)
 	}
 
-	// The next lockout of the address is twice as long, then capped at
-	// 15 minutes.
+	// The next lockout of the pair is twice as long, then capped at 15
+	// minutes (the success above cleared alice's count, not the level of
+	// the pair: a new pair entry starts at level 0).
+	for range 10 {
+		_, _ = th.Do(ctx, "alice", addr, wrong)
+	}
+	c.Advance(time.Minute)
 	for _, want := range []time.Duration{2 * time.Minute, 4 * time.Minute, 8 * time.Minute, 15 * time.Minute, 15 * time.Minute} {
 		for range 10 {
-			_, _ = th.Do(ctx, "", addr, wrong)
+			_, _ = th.Do(ctx, "alice", addr, wrong)
 		}
-		_, err := th.Do(ctx, "", addr, wrong)
+		_, err := th.Do(ctx, "alice", addr, wrong)
 		if !errors.As(err, &te) || te.RetryAfter() != want {
 			t.Fatalf("lockout %v, want %v", err, want)
 		}
@@ -131,10 +139,84 @@ func TestThrottleSlowsThenLocksOut(t *testing.T) {
 	// An hour without failure forgets the doubling.
 	c.Advance(time.Hour)
 	for range 10 {
-		_, _ = th.Do(ctx, "", addr, wrong)
+		_, _ = th.Do(ctx, "alice", addr, wrong)
 	}
-	if _, err := th.Do(ctx, "", addr, wrong); !errors.As(err, &te) || te.RetryAfter() != time.Minute {
+	if _, err := th.Do(ctx, "alice", addr, wrong); !errors.As(err, &te) || te.RetryAfter() != time.Minute {
 		t.Fatalf("lockout after a quiet hour: %v, want 1m", err)
+	}
+}
+
+// TestThrottleStrangerCannotLockOut: failures for a user from many other
+// addresses only delay him (boundedly) from his own; failures for many
+// names from one address (a NAT) refuse none of the users who did not
+// fail from it; password failures never touch access-key signatures.
+func TestThrottleStrangerCannotLockOut(t *testing.T) {
+	c := &clock{now: sigNow}
+	th := newTestThrottle(c)
+	ctx := context.Background()
+	refused := func(err error) bool { return errors.Is(err, errs.ErrTooManyRequests) }
+
+	// A distributed guesser: 20 failures from each of 50 addresses.
+	for a := range 50 {
+		for range 20 {
+			_, _ = th.Do(ctx, "admin", fmt.Sprintf("10.3.0.%d:1", a), wrong)
+		}
+	}
+	n := len(c.Sleeps())
+	if _, err := th.Do(ctx, "admin", "10.9.0.1:1", okAs("admin")); err != nil {
+		t.Fatalf("the real admin from his address: %v", err)
+	}
+	if got := c.Sleeps()[n:]; len(got) != 1 || got[0] > 3*time.Second {
+		t.Errorf("the real admin waited %v, want one delay of at most 3s", got)
+	}
+	// His success cleared the count: the next attempt is not delayed.
+	n = len(c.Sleeps())
+	if _, err := th.Do(ctx, "admin", "10.9.0.1:1", okAs("admin")); err != nil || len(c.Sleeps()) != n {
+		t.Errorf("after a success: %v, %d delays", err, len(c.Sleeps())-n)
+	}
+
+	// One address, failures for 100 names: locked out for those names and
+	// for unreadable credentials, not for a user with no failure from it.
+	// (Over an hour's window: one at a time, slowed down to one per 3 s,
+	// they would not reach the lockout within 5 minutes.)
+	th = NewThrottle(ThrottleConfig{Now: c.Now, Sleep: c.Sleep, Window: time.Hour})
+	const nat = "10.4.0.1:1"
+	for i := range 100 {
+		_, _ = th.Do(ctx, fmt.Sprint("guess", i), nat, wrong)
+	}
+	if _, err := th.Do(ctx, "guess3", nat, okAs("guess3")); !refused(err) {
+		t.Errorf("a name that failed from the locked address: %v, want refused", err)
+	}
+	if _, err := th.Do(ctx, "", nat, wrong); !refused(err) {
+		t.Errorf("unreadable credentials from the locked address: %v, want refused", err)
+	}
+	n = len(c.Sleeps())
+	if _, err := th.Do(ctx, "carol", nat, okAs("carol")); err != nil {
+		t.Errorf("carol behind the locked address: %v", err)
+	}
+	if len(c.Sleeps()) != n+1 {
+		t.Errorf("carol behind the locked address was not slowed down: %d delays", len(c.Sleeps())-n)
+	}
+
+	// An access key from the locked address, and for a user locked out
+	// there, is checked at once.
+	called := false
+	_, err := th.DoSigned(ctx, "AKGUESS3", nat, func(context.Context) (Principal, error) { called = true; return Principal{Username: "guess3"}, nil })
+	if err != nil || !called {
+		t.Errorf("a signature from the locked address: %v (verified: %v)", err, called)
+	}
+	// Bad signatures lock out their own (key, address) pair only.
+	for range 10 {
+		_, _ = th.DoSigned(ctx, "AKX", "10.5.0.1:1", wrong)
+	}
+	if _, err := th.DoSigned(ctx, "AKX", "10.5.0.1:1", okAs("x")); !refused(err) {
+		t.Errorf("the key from the address that failed: %v, want refused", err)
+	}
+	if _, err := th.DoSigned(ctx, "AKX", "10.5.0.2:1", okAs("x")); err != nil {
+		t.Errorf("the key from another address: %v", err)
+	}
+	if _, err := th.Do(ctx, "x", "10.5.0.1:1", okAs("x")); err != nil {
+		t.Errorf("a password from the address whose signatures failed: %v", err)
 	}
 }
 
@@ -207,7 +289,7 @@ func TestThrottleMemoryIsBounded(t *testing.T) {
 	th := NewThrottle(ThrottleConfig{Now: c.Now, Sleep: c.Sleep, MaxKeys: 50})
 	ctx := context.Background()
 	// One locked-out address...
-	for range 10 {
+	for range 100 {
 		_, _ = th.Do(ctx, "", "10.9.9.9:1", wrong)
 	}
 	// ...then a spray of usernames from many addresses.
@@ -223,20 +305,37 @@ func TestThrottleMemoryIsBounded(t *testing.T) {
 	}
 }
 
-func TestThrottleLogsNoCredentials(t *testing.T) {
+// TestThrottleLogsTheAccountAttacked: a lockout's log line names the user
+// attacked, the address and the count, and the call's audit record the
+// user.
+func TestThrottleLogsTheAccountAttacked(t *testing.T) {
 	var logs bytes.Buffer
 	ctx := zerolog.New(&logs).WithContext(context.Background())
+	ctx, note := audit.WithNote(ctx)
 	c := &clock{now: sigNow}
 	th := newTestThrottle(c)
-	const typedPassword = "correct-horse-battery" // typed into the username field
 	for range 11 {
-		_, _ = th.Do(ctx, typedPassword, "10.0.0.1:1", wrong)
+		_, _ = th.Do(ctx, "admin", "10.0.0.1:1", wrong)
 	}
-	if bytes.Contains(logs.Bytes(), []byte(typedPassword)) {
-		t.Errorf("the claimed username was logged: %s", logs.String())
+	var line struct {
+		Message  string `json:"message"`
+		User     string `json:"user"`
+		Source   string `json:"source"`
+		Failures int    `json:"failures"`
 	}
-	if !bytes.Contains(logs.Bytes(), []byte("locked out")) {
-		t.Errorf("no lockout log line: %s", logs.String())
+	found := false
+	for _, l := range bytes.Split(logs.Bytes(), []byte("\n")) {
+		if json.Unmarshal(l, &line) == nil && strings.Contains(line.Message, "locked out after") {
+			found = line.User == "admin" && line.Source == "10.0.0.1:1" && line.Failures == 10
+		}
+	}
+	if !found {
+		t.Errorf("no lockout line naming admin, the address and 10 failures: %s", logs.String())
+	}
+	var e audit.Event
+	note.Fill(&e)
+	if e.Target != "user:admin" {
+		t.Errorf("audit target %q, want user:admin", e.Target)
 	}
 }
 

@@ -9,10 +9,13 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math/big"
+	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -47,6 +50,37 @@ type JoinToken struct {
 	UsedHostID int64
 }
 
+// Cert is a client certificate the CA issued for a host, as tracked: each
+// is revocable by its serial, and the agent stream and renewal accept only
+// a tracked certificate that is not revoked.
+type Cert struct {
+	Serial     string // lowercase hex, as pki.Serial
+	HostID     int64
+	NotBefore  time.Time
+	NotAfter   time.Time
+	Source     string // SourceEnroll, SourceRenew or SourceLegacy
+	SourceAddr string // the address of the call that got it ("" for legacy)
+	CreateTime time.Time
+	// FirstUsedTime is when it first opened an agent stream or renewed
+	// (zero until then): the host's older certificates are retired then.
+	FirstUsedTime time.Time
+	RevokeTime    time.Time // zero while valid
+}
+
+// Where a tracked certificate came from.
+const (
+	SourceEnroll = "enroll"
+	SourceRenew  = "renew"
+	// SourceLegacy: issued before certificates were tracked, recorded when
+	// first presented (accepted only for a host with no tracked one).
+	SourceLegacy = "legacy"
+)
+
+// ErrCertRevoked refuses a client certificate that was revoked (the host
+// enrolled again with a token bound to its name, or renewed and used its
+// new certificate) or that the server does not know for its host.
+var ErrCertRevoked = fmt.Errorf("client certificate revoked or unknown: %w", errs.ErrPermissionDenied)
+
 // ErrInvalidToken is the one answer for an unknown, expired or used join
 // token: it says nothing about which, and never repeats the token.
 var ErrInvalidToken = fmt.Errorf("join token is invalid, expired or already used: %w", errs.ErrUnauthenticated)
@@ -57,11 +91,27 @@ type Store interface {
 	InsertJoinToken(ctx context.Context, t JoinToken) (int64, error)
 	// EnrollHost, in one transaction, uses the join token of hash tokenHash
 	// for r.Name (a compare-and-swap on its used time: it must be unused,
-	// unexpired at `at`, and bound to r.Name or to no name), and finds the
-	// host named r.Name or creates it (status NEW). ErrInvalidToken for a
-	// token unknown, expired or used; ErrPermissionDenied for one bound to
-	// another name, or a revoked host. The token stays unused on error.
-	EnrollHost(ctx context.Context, tokenHash string, r host.Host, at time.Time) (host.Host, error)
+	// unexpired at `at`, and bound to r.Name or to no name), finds the host
+	// named r.Name or creates it (status NEW), and records the certificate
+	// issue returns for it. An existing host that may hold a live
+	// certificate (a tracked one unrevoked and unexpired, or none tracked
+	// at all) is enrolled only with a token bound to its name, and then
+	// every earlier certificate of it is revoked at `at`; revoked says
+	// whether any was. ErrInvalidToken for a token unknown, expired or
+	// used; ErrPermissionDenied for one bound to another name, an unbound
+	// one for a host that may hold a live certificate, or a revoked host.
+	// On error nothing is written and the token stays unused.
+	EnrollHost(ctx context.Context, tokenHash string, r host.Host, at time.Time, issue func(host.Host) (Cert, error)) (h host.Host, revoked bool, err error)
+	// RenewCert records c, issued to the holder of the certificate of
+	// serial presented, once presented is checked as UseCertificate does.
+	// ErrCertRevoked when it is revoked or unknown.
+	RenewCert(ctx context.Context, presented Cert, c Cert, at time.Time) error
+	// ListCerts returns the certificates of a host, oldest first.
+	ListCerts(ctx context.Context, hostID int64) ([]Cert, error)
+	// RevokeCert sets the revoke time of the certificate of serial to at
+	// unless it is already revoked, and returns it. ErrNotFound when there
+	// is none.
+	RevokeCert(ctx context.Context, serial string, at time.Time) (Cert, error)
 	GetHost(ctx context.Context, id int64) (*host.Host, error)
 	// RevokeHost sets the host's revoke time to at unless it is already
 	// revoked, and returns the host. ErrNotFound when there is none.
@@ -80,6 +130,12 @@ type Signer interface {
 // Sessions ends a revoked host's live agent stream (fleet.Fleet).
 type Sessions interface {
 	Revoke(hostID int64)
+	// RevokeCertificates ends the host's live stream unless it was opened
+	// with the certificate of serial keep.
+	RevokeCertificates(hostID int64, keep string)
+	// EndCertificate ends the host's live stream if it was opened with
+	// the certificate of serial.
+	EndCertificate(hostID int64, serial string)
 }
 
 // Config wires a Service. Store, Signer and Sessions are required.
@@ -153,13 +209,17 @@ func HashToken(token string) string {
 // Enroll exchanges a join token and a CSR (DER) for the host's identity:
 // the token is used (once: of concurrent calls with one token, one wins),
 // the host named hostName is found or registered, and the CSR signed into a
-// client certificate bound to it. It returns the host id, the certificate
-// (DER) and the CA certificates (PEM) to trust for the server.
-// ErrInvalidArgument for a missing name or a bad CSR (the token is not
-// used); ErrInvalidToken (ErrUnauthenticated) for a token unknown, expired
-// or used; ErrPermissionDenied for a token bound to another host name, or a
+// client certificate bound to it, tracked by its serial. It returns the
+// host id, the certificate (DER) and the CA certificates (PEM) to trust for
+// the server. A host that may hold a live certificate is enrolled only
+// with a token bound to its name; its earlier certificates are then
+// revoked and its live agent stream ended. addr is the caller's address,
+// recorded with the certificate. ErrInvalidArgument for a missing name or
+// a bad CSR (the token is not used); ErrInvalidToken (ErrUnauthenticated)
+// for a token unknown, expired or used; ErrPermissionDenied for a token
+// bound to another host name, an unbound token for an enrolled host, or a
 // revoked host.
-func (s *Service) Enroll(ctx context.Context, token, hostName string, csrDER []byte, innerIP, machineID string) (hostID int64, certDER, caPEM []byte, err error) {
+func (s *Service) Enroll(ctx context.Context, token, hostName string, csrDER []byte, innerIP, machineID, addr string) (hostID int64, certDER, caPEM []byte, err error) {
 	audit.SetActor(ctx, "agent:"+hostName)
 	if hostName == "" || len(hostName) > maxHostName {
 		return 0, nil, nil, fmt.Errorf("host name must be 1..%d bytes: %w", maxHostName, errs.ErrInvalidArgument)
@@ -171,8 +231,16 @@ func (s *Service) Enroll(ctx context.Context, token, hostName string, csrDER []b
 	if _, err := pki.ParseCSR(csrDER); err != nil {
 		return 0, nil, nil, err
 	}
-	h, err := s.cfg.Store.EnrollHost(ctx, HashToken(token), host.Host{Name: hostName, InnerIP: innerIP, MachineID: machineID}, s.cfg.Now())
-	log := s.cfg.Log.With().Str("host_name", hostName).Logger()
+	now := s.cfg.Now()
+	var der []byte
+	var c Cert
+	issue := func(h host.Host) (Cert, error) {
+		var err error
+		der, c, err = s.sign(csrDER, h, SourceEnroll, addr, now)
+		return c, err
+	}
+	h, revoked, err := s.cfg.Store.EnrollHost(ctx, HashToken(token), host.Host{Name: hostName, InnerIP: innerIP, MachineID: machineID}, now, issue)
+	log := s.cfg.Log.With().Str("host_name", hostName).Str("source", addr).Logger()
 	if err != nil {
 		if errors.Is(err, errs.ErrUnauthenticated) || errors.Is(err, errs.ErrPermissionDenied) {
 			log.Warn().Err(err).Msg("enrollment refused")
@@ -180,18 +248,43 @@ func (s *Service) Enroll(ctx context.Context, token, hostName string, csrDER []b
 		return 0, nil, nil, err
 	}
 	audit.SetHost(ctx, h.ID)
-	der, err := s.cfg.Signer.SignClient(csrDER, h.ID, h.Name)
-	if err != nil {
-		return 0, nil, nil, err
+	audit.SetTarget(ctx, "certificate:"+c.Serial)
+	if revoked {
+		// After the store, as RevokeHost: a stream of an old certificate
+		// that was checked before the write is ended here.
+		s.cfg.Sessions.RevokeCertificates(h.ID, c.Serial)
+		log.Warn().Int64("host_id", h.ID).Str("serial", c.Serial).Msg("agent enrolled again; its earlier certificates are revoked")
+		return h.ID, der, s.cfg.Signer.CAPEM(), nil
 	}
-	log.Info().Int64("host_id", h.ID).Msg("agent enrolled")
+	log.Info().Int64("host_id", h.ID).Str("serial", c.Serial).Msg("agent enrolled")
 	return h.ID, der, s.cfg.Signer.CAPEM(), nil
 }
 
-// Renew signs a new CSR (DER) for host hostID, whose current client
-// certificate the caller presented. ErrPermissionDenied when the host is
-// revoked or gone; ErrInvalidArgument for a bad CSR.
-func (s *Service) Renew(ctx context.Context, hostID int64, csrDER []byte) ([]byte, error) {
+// sign signs csrDER for h and returns the certificate and its record.
+func (s *Service) sign(csrDER []byte, h host.Host, source, addr string, now time.Time) ([]byte, Cert, error) {
+	der, err := s.cfg.Signer.SignClient(csrDER, h.ID, h.Name)
+	if err != nil {
+		return nil, Cert{}, err
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, Cert{}, fmt.Errorf("reading the certificate just signed: %w", err)
+	}
+	return der, Cert{
+		Serial: pki.Serial(leaf), HostID: h.ID, NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter,
+		Source: source, SourceAddr: addr, CreateTime: now,
+	}, nil
+}
+
+// Renew signs a new CSR (DER) for the host of the client certificate the
+// caller presented (presented: its host id, serial and validity), and
+// records the new certificate; the presented one stays valid until the new
+// one is first used, so an agent that loses the answer is not locked out.
+// addr is the caller's address. ErrPermissionDenied when the host is
+// revoked or gone, or the presented certificate revoked or unknown
+// (ErrCertRevoked); ErrInvalidArgument for a bad CSR.
+func (s *Service) Renew(ctx context.Context, presented Cert, csrDER []byte, addr string) ([]byte, error) {
+	hostID := presented.HostID
 	audit.SetHost(ctx, hostID)
 	h, err := s.cfg.Store.GetHost(ctx, hostID)
 	if errors.Is(err, errs.ErrNotFound) {
@@ -204,11 +297,20 @@ func (s *Service) Renew(ctx context.Context, hostID int64, csrDER []byte) ([]byt
 	if !h.RevokeTime.IsZero() {
 		return nil, fmt.Errorf("host %d is revoked: %w", hostID, errs.ErrPermissionDenied)
 	}
-	der, err := s.cfg.Signer.SignClient(csrDER, h.ID, h.Name)
+	now := s.cfg.Now()
+	der, c, err := s.sign(csrDER, *h, SourceRenew, addr, now)
 	if err != nil {
 		return nil, err
 	}
-	s.cfg.Log.Info().Int64("host_id", h.ID).Str("host_name", h.Name).Msg("agent certificate renewed")
+	if err := s.cfg.Store.RenewCert(ctx, presented, c, now); err != nil {
+		if errors.Is(err, errs.ErrPermissionDenied) {
+			s.cfg.Log.Warn().Err(err).Int64("host_id", h.ID).Str("serial", presented.Serial).Str("source", addr).Msg("certificate renewal refused")
+		}
+		return nil, err
+	}
+	audit.SetTarget(ctx, "certificate:"+c.Serial)
+	s.cfg.Log.Info().Int64("host_id", h.ID).Str("host_name", h.Name).Str("serial", c.Serial).
+		Str("previous_serial", presented.Serial).Str("source", addr).Msg("agent certificate renewed")
 	return der, nil
 }
 
@@ -235,4 +337,45 @@ func (s *Service) RevokeHost(ctx context.Context, hostID int64) (*host.Host, err
 	p, _ := auth.FromContext(ctx)
 	s.cfg.Log.Warn().Int64("host_id", hostID).Str("host_name", h.Name).Str("by", p.Username).Msg("host revoked")
 	return h, nil
+}
+
+// ListCertificates returns the client certificates issued to a host,
+// oldest first. Needs ADMIN; ErrNotFound when there is no such host.
+func (s *Service) ListCertificates(ctx context.Context, hostID int64) ([]Cert, error) {
+	if err := auth.Require(ctx, auth.RoleAdmin); err != nil {
+		return nil, err
+	}
+	if hostID <= 0 {
+		return nil, fmt.Errorf("host id %d: must be positive: %w", hostID, errs.ErrInvalidArgument)
+	}
+	if _, err := s.cfg.Store.GetHost(ctx, hostID); err != nil {
+		return nil, err
+	}
+	return s.cfg.Store.ListCerts(ctx, hostID)
+}
+
+// RevokeCertificate revokes one client certificate by its serial (hex, any
+// case): a stream opened with it ends at once, and it is refused from then
+// on. The host is not revoked. Needs ADMIN; ErrNotFound when the server
+// issued no certificate of that serial.
+func (s *Service) RevokeCertificate(ctx context.Context, serial string) (Cert, error) {
+	if err := auth.Require(ctx, auth.RoleAdmin); err != nil {
+		return Cert{}, err
+	}
+	n, ok := new(big.Int).SetString(strings.TrimPrefix(strings.ToLower(strings.TrimSpace(serial)), "0x"), 16)
+	if !ok || n.Sign() <= 0 {
+		return Cert{}, fmt.Errorf("certificate serial %.80q: want a positive hex number: %w", serial, errs.ErrInvalidArgument)
+	}
+	serial = n.Text(16)
+	audit.SetTarget(ctx, "certificate:"+serial)
+	c, err := s.cfg.Store.RevokeCert(ctx, serial, s.cfg.Now())
+	if err != nil {
+		return Cert{}, err
+	}
+	audit.SetHost(ctx, c.HostID)
+	// After the store, as RevokeHost.
+	s.cfg.Sessions.EndCertificate(c.HostID, serial)
+	p, _ := auth.FromContext(ctx)
+	s.cfg.Log.Warn().Int64("host_id", c.HostID).Str("serial", serial).Str("by", p.Username).Msg("certificate revoked")
+	return c, nil
 }

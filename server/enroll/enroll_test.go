@@ -27,6 +27,23 @@ import (
 type sessions struct {
 	mu      sync.Mutex
 	revoked []int64
+	kept    map[int64]string // RevokeCertificates: host id → the serial kept
+	ended   []string         // EndCertificate: the serials
+}
+
+func (s *sessions) EndCertificate(_ int64, serial string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ended = append(s.ended, serial)
+}
+
+func (s *sessions) RevokeCertificates(id int64, keep string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.kept == nil {
+		s.kept = map[int64]string{}
+	}
+	s.kept[id] = keep
 }
 
 func (s *sessions) Revoke(id int64) {
@@ -142,7 +159,7 @@ func TestCreateJoinToken(t *testing.T) {
 func TestEnroll(t *testing.T) {
 	e := newEnv(t)
 	tok := e.token(t, "", 0)
-	id, certDER, caPEM, err := e.svc.Enroll(context.Background(), tok, "h1", newCSR(t), "10.0.0.1", "m-1")
+	id, certDER, caPEM, err := e.svc.Enroll(context.Background(), tok, "h1", newCSR(t), "10.0.0.1", "m-1", "10.9.9.9:1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,7 +180,7 @@ func TestEnroll(t *testing.T) {
 
 	// Used: the same generic refusal as an unknown token, never echoing it.
 	for name, token := range map[string]string{"used": tok, "unknown": "bm9wZQ", "empty": ""} {
-		_, _, _, err := e.svc.Enroll(context.Background(), token, "h2", newCSR(t), "", "")
+		_, _, _, err := e.svc.Enroll(context.Background(), token, "h2", newCSR(t), "", "", "10.9.9.9:1")
 		if !errors.Is(err, errs.ErrUnauthenticated) || err.Error() != enroll.ErrInvalidToken.Error() {
 			t.Errorf("%s token: %v", name, err)
 		}
@@ -174,17 +191,42 @@ func TestEnroll(t *testing.T) {
 
 	// A bad CSR does not burn the token.
 	tok2 := e.token(t, "", 0)
-	if _, _, _, err := e.svc.Enroll(context.Background(), tok2, "h2", []byte("junk"), "", ""); !errors.Is(err, errs.ErrInvalidArgument) {
+	if _, _, _, err := e.svc.Enroll(context.Background(), tok2, "h2", []byte("junk"), "", "", "10.9.9.9:1"); !errors.Is(err, errs.ErrInvalidArgument) {
 		t.Errorf("bad CSR: %v", err)
 	}
-	if _, _, _, err := e.svc.Enroll(context.Background(), tok2, "", newCSR(t), "", ""); !errors.Is(err, errs.ErrInvalidArgument) {
+	if _, _, _, err := e.svc.Enroll(context.Background(), tok2, "", newCSR(t), "", "", "10.9.9.9:1"); !errors.Is(err, errs.ErrInvalidArgument) {
 		t.Errorf("no host name: %v", err)
 	}
-	// Enrolling an existing host again (its state dir was lost) keeps its id.
-	again, _, _, err := e.svc.Enroll(context.Background(), tok2, "h1", newCSR(t), "10.0.0.9", "m-1")
-	if err != nil || again != id {
-		t.Errorf("re-enrolled as host %d (%v), want %d", again, err, id)
+	// Enrolling an existing host again (its state dir was lost) needs a
+	// token bound to its name; it keeps its id, and revokes the old
+	// certificate (its stream is ended).
+	if _, _, _, err := e.svc.Enroll(context.Background(), tok2, "h1", newCSR(t), "10.0.0.9", "m-1", "10.9.9.9:1"); !errors.Is(err, errs.ErrPermissionDenied) || !strings.Contains(err.Error(), "bound to its name") {
+		t.Errorf("re-enrolled with an unbound token: %v", err)
 	}
+	again, der, _, err := e.svc.Enroll(context.Background(), e.token(t, "h1", 0), "h1", newCSR(t), "10.0.0.9", "m-1", "10.9.9.9:1")
+	if err != nil || again != id {
+		t.Fatalf("re-enrolled as host %d (%v), want %d", again, err, id)
+	}
+	e.sessions.mu.Lock()
+	if kept := e.sessions.kept[id]; kept != presented(t, der).Serial {
+		t.Errorf("streams ended but the one of serial %q, want the new certificate's", kept)
+	}
+	e.sessions.mu.Unlock()
+	if err := e.st.UseCertificate(context.Background(), id, presented(t, certDER).Serial, time.Time{}, time.Time{}, e.clock()); !errors.Is(err, enroll.ErrCertRevoked) {
+		t.Errorf("the first certificate after re-enrollment: %v", err)
+	}
+}
+
+// presented is the record of a certificate (DER) as the adapter reads it
+// from a handshake.
+func presented(t *testing.T, der []byte) enroll.Cert {
+	t.Helper()
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := pki.HostID(c)
+	return enroll.Cert{Serial: pki.Serial(c), HostID: id, NotBefore: c.NotBefore, NotAfter: c.NotAfter}
 }
 
 func TestEnrollTokenExpiresAndBindsAName(t *testing.T) {
@@ -192,13 +234,13 @@ func TestEnrollTokenExpiresAndBindsAName(t *testing.T) {
 	short := e.token(t, "", time.Minute)
 	bound := e.token(t, "b", 0)
 	e.advance(time.Minute)
-	if _, _, _, err := e.svc.Enroll(context.Background(), short, "a", newCSR(t), "", ""); !errors.Is(err, enroll.ErrInvalidToken) {
+	if _, _, _, err := e.svc.Enroll(context.Background(), short, "a", newCSR(t), "", "", "10.9.9.9:1"); !errors.Is(err, enroll.ErrInvalidToken) {
 		t.Errorf("expired token: %v", err)
 	}
-	if _, _, _, err := e.svc.Enroll(context.Background(), bound, "a", newCSR(t), "", ""); !errors.Is(err, errs.ErrPermissionDenied) {
+	if _, _, _, err := e.svc.Enroll(context.Background(), bound, "a", newCSR(t), "", "", "10.9.9.9:1"); !errors.Is(err, errs.ErrPermissionDenied) {
 		t.Errorf("token bound to b, used for a: %v", err)
 	}
-	if _, _, _, err := e.svc.Enroll(context.Background(), bound, "b", newCSR(t), "", ""); err != nil {
+	if _, _, _, err := e.svc.Enroll(context.Background(), bound, "b", newCSR(t), "", "", "10.9.9.9:1"); err != nil {
 		t.Errorf("token bound to b, used for b: %v", err)
 	}
 }
@@ -214,7 +256,7 @@ func TestConcurrentEnrollWithOneToken(t *testing.T) {
 	for range n {
 		wg.Go(func() {
 			<-start
-			_, _, _, err := e.svc.Enroll(context.Background(), tok, "same", csr, "", "")
+			_, _, _, err := e.svc.Enroll(context.Background(), tok, "same", csr, "", "", "10.9.9.9:1")
 			errc <- err
 		})
 	}
@@ -236,11 +278,11 @@ func TestConcurrentEnrollWithOneToken(t *testing.T) {
 
 func TestRevokeAndRenew(t *testing.T) {
 	e := newEnv(t)
-	id, _, _, err := e.svc.Enroll(context.Background(), e.token(t, "", 0), "h1", newCSR(t), "", "")
+	id, first, _, err := e.svc.Enroll(context.Background(), e.token(t, "", 0), "h1", newCSR(t), "", "", "10.9.9.9:1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	der, err := e.svc.Renew(context.Background(), id, newCSR(t))
+	der, err := e.svc.Renew(context.Background(), presented(t, first), newCSR(t), "10.9.9.9:2")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -248,7 +290,7 @@ func TestRevokeAndRenew(t *testing.T) {
 	if got, _ := pki.HostID(c); got != id || c.Subject.CommonName != "h1" {
 		t.Errorf("renewed certificate of host %d %q", got, c.Subject.CommonName)
 	}
-	if _, err := e.svc.Renew(context.Background(), 999, newCSR(t)); !errors.Is(err, errs.ErrPermissionDenied) {
+	if _, err := e.svc.Renew(context.Background(), enroll.Cert{HostID: 999, Serial: "1"}, newCSR(t), ""); !errors.Is(err, errs.ErrPermissionDenied) {
 		t.Errorf("renewing for a missing host: %v", err)
 	}
 
@@ -267,10 +309,57 @@ func TestRevokeAndRenew(t *testing.T) {
 		t.Errorf("sessions revoked: %v", e.sessions.revoked)
 	}
 	e.sessions.mu.Unlock()
-	if _, err := e.svc.Renew(context.Background(), id, newCSR(t)); !errors.Is(err, errs.ErrPermissionDenied) {
+	if _, err := e.svc.Renew(context.Background(), presented(t, der), newCSR(t), ""); !errors.Is(err, errs.ErrPermissionDenied) {
 		t.Errorf("renew of a revoked host: %v", err)
 	}
-	if _, _, _, err := e.svc.Enroll(context.Background(), e.token(t, "", 0), "h1", newCSR(t), "", ""); !errors.Is(err, errs.ErrPermissionDenied) {
+	if _, _, _, err := e.svc.Enroll(context.Background(), e.token(t, "", 0), "h1", newCSR(t), "", "", "10.9.9.9:1"); !errors.Is(err, errs.ErrPermissionDenied) {
 		t.Errorf("enroll of a revoked host: %v", err)
+	}
+}
+
+func TestListAndRevokeCertificates(t *testing.T) {
+	e := newEnv(t)
+	id, der, _, err := e.svc.Enroll(context.Background(), e.token(t, "", 0), "h1", newCSR(t), "", "", "10.9.9.9:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial := presented(t, der).Serial
+	if _, err := e.svc.ListCertificates(as(auth.RoleHostManager), id); !errors.Is(err, errs.ErrPermissionDenied) {
+		t.Errorf("list as HOST_MANAGER: %v", err)
+	}
+	if _, err := e.svc.ListCertificates(admin, 999); !errors.Is(err, errs.ErrNotFound) {
+		t.Errorf("list of a missing host: %v", err)
+	}
+	cs, err := e.svc.ListCertificates(admin, id)
+	if err != nil || len(cs) != 1 || cs[0].Serial != serial || cs[0].Source != enroll.SourceEnroll || cs[0].SourceAddr != "10.9.9.9:1" {
+		t.Fatalf("certificates %+v, %v", cs, err)
+	}
+	if _, err := e.svc.RevokeCertificate(as(auth.RoleHostManager), serial); !errors.Is(err, errs.ErrPermissionDenied) {
+		t.Errorf("revoke as HOST_MANAGER: %v", err)
+	}
+	for _, bad := range []string{"", "zz", "-1", "0"} {
+		if _, err := e.svc.RevokeCertificate(admin, bad); !errors.Is(err, errs.ErrInvalidArgument) {
+			t.Errorf("revoke serial %q: %v", bad, err)
+		}
+	}
+	if _, err := e.svc.RevokeCertificate(admin, "abc"); !errors.Is(err, errs.ErrNotFound) {
+		t.Errorf("revoke an unknown serial: %v", err)
+	}
+	c, err := e.svc.RevokeCertificate(admin, "0x"+strings.ToUpper(serial))
+	if err != nil || c.Serial != serial || c.RevokeTime.IsZero() || c.HostID != id {
+		t.Fatalf("revoked %+v, %v", c, err)
+	}
+	e.sessions.mu.Lock()
+	if len(e.sessions.ended) != 1 || e.sessions.ended[0] != serial {
+		t.Errorf("streams ended: %v", e.sessions.ended)
+	}
+	e.sessions.mu.Unlock()
+	if err := e.st.UseCertificate(context.Background(), id, serial, time.Time{}, time.Time{}, e.clock()); !errors.Is(err, enroll.ErrCertRevoked) {
+		t.Errorf("the revoked certificate: %v", err)
+	}
+	// The host is not revoked: an unbound token enrolls it again, since it
+	// holds no live certificate.
+	if _, _, _, err := e.svc.Enroll(context.Background(), e.token(t, "", 0), "h1", newCSR(t), "", "", ""); err != nil {
+		t.Errorf("enrolling again once the only certificate is revoked: %v", err)
 	}
 }

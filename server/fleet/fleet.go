@@ -32,6 +32,13 @@ type Registry interface {
 	AttemptLive(ctx context.Context, hostID, subtaskID int64, attempt int) (bool, error)
 }
 
+// Certs admits a client certificate by its serial (store.Store).
+type Certs interface {
+	// UseCertificate returns an error wrapping errs.ErrPermissionDenied
+	// for a certificate revoked or not issued to its host.
+	UseCertificate(ctx context.Context, hostID int64, serial string, notBefore, notAfter, at time.Time) error
+}
+
 // Logs receives the progress lines agents stream.
 type Logs interface {
 	AppendSubtaskLog(ctx context.Context, subtaskID int64, l task.LogLine) error
@@ -41,6 +48,10 @@ type Logs interface {
 type Config struct {
 	Registry Registry
 	Logs     Logs
+	// Certs, when set, admits each stream's client certificate by its
+	// serial, under the host's lock (so a revocation either comes first or
+	// ends the stream admitted); nil: any certificate the CA signed.
+	Certs Certs
 	// Token is the bootstrap token a Hello without a client certificate may
 	// carry instead (the server runs with --insecure). Empty: every stream
 	// needs a client certificate (Hello.Identity).
@@ -210,6 +221,7 @@ func (f *Fleet) flushSeen() {
 // session ends, so nothing outlives a closed session or a closed Fleet.
 type Session struct {
 	HostID int64
+	serial string // the client certificate's; "" without one
 	out    chan Outbound
 	done   chan struct{}
 	once   sync.Once
@@ -280,6 +292,9 @@ var (
 	ErrDisconnected = errors.New("disconnected")
 	ErrLost         = errors.New("agentd silent for longer than the lost bound")
 	ErrRevoked      = fmt.Errorf("host revoked: %w", errs.ErrPermissionDenied)
+	// ErrCertRevoked ends the session of a certificate revoked: its host
+	// enrolled again, or an admin revoked it.
+	ErrCertRevoked = fmt.Errorf("client certificate revoked (the host enrolled again, or an admin revoked it): %w", errs.ErrPermissionDenied)
 )
 
 // Defaults of the stream bounds (Config).
@@ -351,6 +366,13 @@ func (f *Fleet) Connect(ctx context.Context, h Hello) (*Session, Welcome, error)
 				Str("hello_host_name", h.HostName).Msg("agent stream refused")
 			return nil, Welcome{}, err
 		}
+		if f.cfg.Certs != nil {
+			id := h.Identity
+			if err := f.cfg.Certs.UseCertificate(ctx, id.HostID, id.Serial, id.NotBefore, id.NotAfter, f.cfg.Now()); err != nil {
+				f.cfg.Log.Warn().Err(err).Int64("host_id", h.Identity.HostID).Str("serial", h.Identity.Serial).Msg("agent stream refused")
+				return nil, Welcome{}, err
+			}
+		}
 		if err := f.admit(h.Identity.HostID); err != nil {
 			return nil, Welcome{}, err
 		}
@@ -374,6 +396,9 @@ func (f *Fleet) Connect(ctx context.Context, h Hello) (*Session, Welcome, error)
 		}
 	}
 	s := &Session{HostID: reg.ID, out: make(chan Outbound, sessionBuffer), done: make(chan struct{}), reported: h.Processes}
+	if h.Identity != nil {
+		s.serial = h.Identity.Serial
+	}
 	f.mu.Lock()
 	if f.closing {
 		f.mu.Unlock()
@@ -519,14 +544,42 @@ func (f *Fleet) checkIdentity(ctx context.Context, h Hello) error {
 // waits for a Connect in progress, so a session installed before that
 // record was read is ended too.
 func (f *Fleet) Revoke(hostID int64) {
-	unlock := f.online.host(hostID)
-	f.mu.Lock()
-	s := f.sessions[hostID]
-	f.mu.Unlock()
-	unlock()
-	if s != nil {
+	if s := f.settled(hostID); s != nil {
 		s.close(ErrRevoked)
 		f.cfg.Log.Warn().Int64("host_id", hostID).Msg("host revoked; ending its stream")
+	}
+}
+
+// settled returns the host's session once no Connect of it is in
+// progress (it holds the host's lock from its checks to the install), or
+// nil.
+func (f *Fleet) settled(hostID int64) *Session {
+	unlock := f.online.host(hostID)
+	defer unlock()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.sessions[hostID]
+}
+
+// RevokeCertificates ends the host's session, if any, with
+// ErrCertRevoked, unless it was opened with the certificate of serial
+// keep. The caller has recorded the revocation first; like Revoke, it waits
+// for a Connect in progress.
+func (f *Fleet) RevokeCertificates(hostID int64, keep string) {
+	if s := f.settled(hostID); s != nil && s.serial != keep {
+		s.close(ErrCertRevoked)
+		f.cfg.Log.Warn().Int64("host_id", hostID).Str("serial", s.serial).Msg("host enrolled again; ending the stream of its revoked certificate")
+	}
+}
+
+// EndCertificate ends the host's session, if any, with ErrCertRevoked
+// when it was opened with the certificate of serial. The caller has
+// recorded the revocation first; like Revoke, it waits for a Connect in
+// progress.
+func (f *Fleet) EndCertificate(hostID int64, serial string) {
+	if s := f.settled(hostID); s != nil && s.serial == serial {
+		s.close(ErrCertRevoked)
+		f.cfg.Log.Warn().Int64("host_id", hostID).Str("serial", serial).Msg("certificate revoked; ending its stream")
 	}
 }
 

@@ -3,6 +3,7 @@ package fleet
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -87,5 +88,48 @@ func TestRevokeEndsTheSessionAndRefusesTheNext(t *testing.T) {
 				t.Fatalf("revoked host is %s", st)
 			}
 		})
+	}
+}
+
+// certs is a hand-written Certs: the serials revoked.
+type certs struct{ revoked map[string]bool }
+
+func (c *certs) UseCertificate(_ context.Context, hostID int64, serial string, _, _, _ time.Time) error {
+	if c.revoked[serial] {
+		return fmt.Errorf("certificate %s of host %d: %w", serial, hostID, errs.ErrPermissionDenied)
+	}
+	return nil
+}
+
+// TestCertificatesChecked: a stream's certificate is admitted by Certs, and
+// RevokeCertificates ends the host's session unless it is the kept
+// certificate's.
+func TestCertificatesChecked(t *testing.T) {
+	reg := newRegistry()
+	a, _ := reg.RegisterHost(context.Background(), host.Host{Name: "a"}, time.Now())
+	cs := &certs{revoked: map[string]bool{"old": true}}
+	f := New(Config{Registry: reg, Logs: reg, Certs: cs, Log: zerolog.Nop(), CancelWait: time.Second})
+	defer f.Close()
+	hello := func(serial string) Hello {
+		return Hello{Identity: &Identity{HostID: a.ID, HostName: "a", Serial: serial}, HostName: "a"}
+	}
+	if _, _, err := f.Connect(context.Background(), hello("old")); !errors.Is(err, errs.ErrPermissionDenied) {
+		t.Fatalf("a revoked certificate: %v", err)
+	}
+	s, _, err := f.Connect(context.Background(), hello("new"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Disconnect(s)
+	f.RevokeCertificates(a.ID, "new")
+	select {
+	case <-s.Done():
+		t.Fatalf("the kept certificate's session ended: %v", s.Err())
+	default:
+	}
+	f.RevokeCertificates(a.ID, "newer")
+	waitDone(t, s)
+	if err := s.Err(); !errors.Is(err, ErrCertRevoked) || !errors.Is(err, errs.ErrPermissionDenied) {
+		t.Fatalf("session ended with %v, want ErrCertRevoked", err)
 	}
 }

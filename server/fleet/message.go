@@ -31,6 +31,10 @@ type Hello struct {
 type Identity struct {
 	HostID   int64  // from the URI SAN agentplane://hosts/<id>
 	HostName string // the certificate's common name
+	// Serial (lowercase hex) and validity of the certificate, checked
+	// against the certificates the server issued (Config.Certs).
+	Serial              string
+	NotBefore, NotAfter time.Time
 }
 
 // Welcome answers a Hello.

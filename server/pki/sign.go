@@ -106,6 +106,10 @@ func HostID(c *x509.Certificate) (int64, error) {
 	return id, nil
 }
 
+// Serial returns c's serial number as the server records it: lowercase hex
+// without leading zeros (as agentd logs it).
+func Serial(c *x509.Certificate) string { return c.SerialNumber.Text(16) }
+
 // VerifiedLeaf returns the client certificate a TLS handshake verified
 // (against ClientCAs), or nil when the peer presented none.
 func VerifiedLeaf(st tls.ConnectionState) *x509.Certificate {

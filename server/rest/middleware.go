@@ -126,8 +126,8 @@ func canonicalPath(p string) bool {
 //     truncation), to hash it; the handler then reads the same bytes.
 //
 // Each attempt runs under the Throttle, keyed by the claimed username or
-// access key id and by r.RemoteAddr: a locked-out caller gets a 429 before
-// anything is checked or read. No error repeats a password, a signature or
+// access key id and by r.RemoteAddr (signatures apart from passwords): a
+// locked-out caller gets a 429 before anything is checked or read. No error repeats a password, a signature or
 // the header.
 func (s *server) authenticate(w http.ResponseWriter, r *http.Request) (auth.Principal, error) {
 	ctx, addr := r.Context(), r.RemoteAddr
@@ -156,7 +156,7 @@ func (s *server) authenticate(w http.ResponseWriter, r *http.Request) (auth.Prin
 		if err != nil {
 			return s.cfg.Throttle.Do(ctx, "", addr, refuse(err))
 		}
-		return s.cfg.Throttle.Do(ctx, ak, addr, func(ctx context.Context) (auth.Principal, error) {
+		return s.cfg.Throttle.DoSigned(ctx, ak, addr, func(ctx context.Context) (auth.Principal, error) {
 			body, err := s.bufferBody(w, r)
 			if err != nil {
 				return auth.Principal{}, err

@@ -28,9 +28,11 @@ import (
 // method checks what it needs itself (ADMIN, or the token).
 type Enrollment interface {
 	CreateJoinToken(ctx context.Context, hostName string, ttl time.Duration) (enroll.JoinToken, error)
-	Enroll(ctx context.Context, token, hostName string, csrDER []byte, innerIP, machineID string) (hostID int64, certDER, caPEM []byte, err error)
-	Renew(ctx context.Context, hostID int64, csrDER []byte) ([]byte, error)
+	Enroll(ctx context.Context, token, hostName string, csrDER []byte, innerIP, machineID, addr string) (hostID int64, certDER, caPEM []byte, err error)
+	Renew(ctx context.Context, presented enroll.Cert, csrDER []byte, addr string) ([]byte, error)
 	RevokeHost(ctx context.Context, hostID int64) (*host.Host, error)
+	ListCertificates(ctx context.Context, hostID int64) ([]enroll.Cert, error)
+	RevokeCertificate(ctx context.Context, serial string) (enroll.Cert, error)
 }
 
 // Fleet is what the agent stream adapter needs.
@@ -160,8 +162,8 @@ func (s *agentServer) Connect(stream agentv1.AgentService_ConnectServer) error {
 	if errors.Is(err, fleet.ErrClosing) {
 		return toStatus(ctx, err)
 	}
-	if errors.Is(err, fleet.ErrRevoked) {
-		log.Warn().Msg("agent stream of a revoked host ended")
+	if errors.Is(err, fleet.ErrRevoked) || errors.Is(err, fleet.ErrCertRevoked) {
+		log.Warn().Err(err).Msg("agent stream of a revoked host or certificate ended")
 		return toStatus(ctx, err)
 	}
 	if status.Code(err) == codes.ResourceExhausted {
@@ -178,7 +180,7 @@ func (s *agentServer) Enroll(ctx context.Context, req *agentv1.EnrollRequest) (*
 	if s.enroll == nil {
 		return nil, status.Error(codes.Unimplemented, "enrollment is not configured")
 	}
-	id, cert, ca, err := s.enroll.Enroll(ctx, req.GetJoinToken(), req.GetHostName(), req.GetCsr(), req.GetInnerIpAddress(), req.GetMachineId())
+	id, cert, ca, err := s.enroll.Enroll(ctx, req.GetJoinToken(), req.GetHostName(), req.GetCsr(), req.GetInnerIpAddress(), req.GetMachineId(), peerAddr(ctx))
 	if err != nil {
 		return nil, toStatus(ctx, err)
 	}
@@ -198,7 +200,8 @@ func (s *agentServer) RenewCertificate(ctx context.Context, req *agentv1.RenewCe
 	if ident == nil {
 		return nil, status.Error(codes.Unauthenticated, "renewing a certificate needs the current client certificate")
 	}
-	cert, err := s.enroll.Renew(ctx, ident.HostID, req.GetCsr())
+	presented := enroll.Cert{Serial: ident.Serial, HostID: ident.HostID, NotBefore: ident.NotBefore, NotAfter: ident.NotAfter}
+	cert, err := s.enroll.Renew(ctx, presented, req.GetCsr(), peerAddr(ctx))
 	if err != nil {
 		return nil, toStatus(ctx, err)
 	}
@@ -226,7 +229,15 @@ func peerIdentity(ctx context.Context) (*fleet.Identity, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &fleet.Identity{HostID: id, HostName: leaf.Subject.CommonName}, nil
+	return &fleet.Identity{HostID: id, HostName: leaf.Subject.CommonName, Serial: pki.Serial(leaf), NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter}, nil
+}
+
+// peerAddr is the call's source address, "" when unknown.
+func peerAddr(ctx context.Context) string {
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		return p.Addr.String()
+	}
+	return ""
 }
 
 func recvWithin(ctx context.Context, stream agentv1.AgentService_ConnectServer, d time.Duration) (*agentv1.ConnectRequest, error) {

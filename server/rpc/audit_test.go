@@ -187,7 +187,7 @@ func TestAuditRecordsMutatingCalls(t *testing.T) {
 			_, err := env.hc.RestartAgent(as(t, "mallory"), &hostv1.RestartAgentRequest{HostId: env.hostID})
 			return err
 		}, codes.Unauthenticated, audit.Event{Operation: "/agentplane.host.v1.HostService/RestartAgent", HostID: env.hostID,
-			Outcome: "UNAUTHENTICATED", Message: "invalid username or password: unauthenticated"}, false},
+			Target: "user:mallory", Outcome: "UNAUTHENTICATED", Message: "invalid username or password: unauthenticated"}, false},
 		{"unknown host", func() error {
 			_, err := env.hc.StartAgent(as(t, "manager"), &hostv1.StartAgentRequest{HostId: 404})
 			return err

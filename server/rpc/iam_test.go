@@ -5,7 +5,9 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/sha1"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"fmt"
 	"net"
 	"sort"
@@ -21,6 +23,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/encoding/prototext"
+	"google.golang.org/protobuf/proto"
 
 	hostv1 "agentplane/gen/agentplane/host/v1"
 	iamv1 "agentplane/gen/agentplane/iam/v1"
@@ -85,6 +88,9 @@ type signing struct {
 	date   time.Time // default now
 	// signMethod, when set, is signed instead of the method called.
 	signMethod string
+	// signReq, when set, is the request whose digest is signed instead of
+	// the one sent.
+	signReq proto.Message
 }
 
 type signingKey struct{}
@@ -100,13 +106,24 @@ const testAuthority = "bufnet"
 
 // ocpSignCall signs a gRPC call as the documented rule says, written here
 // from the doc comment and none of the server's code:
-// POST\n\napplication/grpc\n{date}\n{:authority}\n{x-ocp-* lines}\n{full method}.
-func ocpSignCall(ctx context.Context, method string, s signing) (context.Context, string) {
+// POST\n\napplication/grpc\n{date}\n{:authority}\n{x-ocp-* lines}\n{full method},
+// with the request's digest among the x-ocp-* metadata
+// (x-ocp-content-sha256: hex SHA-256 of its deterministic serialization).
+func ocpSignCall(ctx context.Context, method string, req proto.Message, s signing) (context.Context, string) {
 	date := s.date
 	if date.IsZero() {
 		date = time.Now()
 	}
 	d := date.UTC().Format("Mon, 02 Jan 2006 15:04:05 GMT")
+	if s.signReq != nil {
+		req = s.signReq
+	}
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(req)
+	if err != nil {
+		panic(err)
+	}
+	sum := sha256.Sum256(b)
+	ctx = metadata.AppendToOutgoingContext(ctx, "x-ocp-content-sha256", hex.EncodeToString(sum[:]))
 	md, _ := metadata.FromOutgoingContext(ctx)
 	var lines []string
 	for k, vs := range md {
@@ -171,7 +188,7 @@ func newIAMEnv(t *testing.T) *iamEnv {
 	sign := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 		if s, ok := ctx.Value(signingKey{}).(signing); ok {
 			var sig string
-			ctx, sig = ocpSignCall(ctx, method, s)
+			ctx, sig = ocpSignCall(ctx, method, req.(proto.Message), s)
 			env.remember(sig)
 		}
 		return invoker(ctx, method, req, reply, cc, opts...)
@@ -294,9 +311,15 @@ func TestSignedCalls(t *testing.T) {
 	_, err = env.hc.StopAgent(signed(t, other), &hostv1.StopAgentRequest{HostId: apiHostOK})
 	checkCode(t, err, codes.Unauthenticated, "invalid access key or signature")
 
+	// A signature for StopAgent of one host does not stop another.
+	replay := mk
+	replay.signReq = &hostv1.StopAgentRequest{HostId: apiHostOK + 1}
+	_, err = env.hc.StopAgent(signed(t, replay), &hostv1.StopAgentRequest{HostId: apiHostOK})
+	checkCode(t, err, codes.Unauthenticated, "x-ocp-content-sha256")
+
 	// x-ocp metadata are covered: one added after signing breaks it.
 	ctx := signed(t, mk, "x-ocp-request-id", "r-1")
-	ctx, sig := ocpSignCall(ctx, hostv1.HostService_ListHosts_FullMethodName, mk)
+	ctx, sig := ocpSignCall(ctx, hostv1.HostService_ListHosts_FullMethodName, &hostv1.ListHostsRequest{}, mk)
 	env.remember(sig)
 	ctx = metadata.AppendToOutgoingContext(context.WithValue(ctx, signingKey{}, nil), "x-ocp-zone", "added")
 	_, err = env.hc.ListHosts(ctx, &hostv1.ListHostsRequest{})

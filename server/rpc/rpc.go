@@ -7,6 +7,7 @@ package rpc
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
@@ -22,6 +24,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	agentv1 "agentplane/gen/agentplane/agent/v1"
 	hostv1 "agentplane/gen/agentplane/host/v1"
@@ -179,8 +182,10 @@ func newAuthenticator(cfg Config) authenticator {
 }
 
 // begin gives the call a trace id and logger, and authenticates it unless
-// the method is open.
-func (a authenticator) begin(ctx context.Context, method string) (context.Context, error) {
+// the method is open. req is the unary call's request; nil for a stream,
+// whose first request the caller checks against the signed digest
+// (signedDigest) when it arrives.
+func (a authenticator) begin(ctx context.Context, method string, req any) (context.Context, error) {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	traceID := hex.EncodeToString(b[:])
@@ -192,7 +197,7 @@ func (a authenticator) begin(ctx context.Context, method string) (context.Contex
 			return ctx, nil
 		}
 	}
-	p, err := a.authenticate(ctx, method)
+	p, err := a.authenticate(ctx, method, req)
 	if err != nil {
 		st := toStatus(ctx, err)
 		log.Info().Str("code", status.Code(st).String()).Msg("unauthenticated call refused")
@@ -219,8 +224,16 @@ func (a authenticator) begin(ctx context.Context, method string) (context.Contex
 //
 //	POST\n\napplication/grpc\n{date}\n{authority}\n{x-ocp-* lines}\n/agentplane.host.v1.HostService/StopAgent
 //
+// The request is covered through the x-ocp-* lines: a signed call must
+// carry ContentDigestHeader, the lowercase hex SHA-256 of its request
+// message's deterministic protobuf serialization, once; the server
+// re-serializes the request it decoded the same way and refuses the call
+// (UNAUTHENTICATED) when they differ, so a captured signature cannot be
+// replayed with another request. For a stream (req nil) the header's
+// presence is checked here and the stream's first request by the caller.
+//
 // No error repeats a password, a signature or the metadata value.
-func (a authenticator) authenticate(ctx context.Context, method string) (auth.Principal, error) {
+func (a authenticator) authenticate(ctx context.Context, method string, req any) (auth.Principal, error) {
 	var addr string
 	if pr, ok := peer.FromContext(ctx); ok && pr.Addr != nil {
 		addr = pr.Addr.String()
@@ -251,8 +264,12 @@ func (a authenticator) authenticate(ctx context.Context, method string) (auth.Pr
 		if err != nil {
 			return a.throttle.Do(ctx, "", addr, refuse(err))
 		}
-		return a.throttle.Do(ctx, ak, addr, func(ctx context.Context) (auth.Principal, error) {
-			return a.keys.Verify(ctx, &auth.SignedRequest{
+		return a.throttle.DoSigned(ctx, ak, addr, func(ctx context.Context) (auth.Principal, error) {
+			digest, err := signedDigest(md)
+			if err != nil {
+				return auth.Principal{}, err
+			}
+			p, err := a.keys.Verify(ctx, &auth.SignedRequest{
 				AccessKeyID: ak,
 				Signature:   sig,
 				Method:      grpcSignedMethod,
@@ -262,6 +279,10 @@ func (a authenticator) authenticate(ctx context.Context, method string) (auth.Pr
 				Headers:     md,
 				Path:        method,
 			})
+			if err == nil && req != nil {
+				err = checkDigest(digest, req)
+			}
+			return p, err
 		})
 	}
 	return auth.Principal{}, fmt.Errorf("unsupported authorization scheme; use Basic or %s: %w", auth.SignatureScheme, errs.ErrUnauthenticated)
@@ -272,6 +293,44 @@ const (
 	grpcSignedMethod      = "POST"
 	grpcSignedContentType = "application/grpc"
 )
+
+// ContentDigestHeader is the metadata a signed gRPC call carries to cover
+// its request: the lowercase hex SHA-256 of the request message's
+// deterministic protobuf serialization (fields in number order, as Go's
+// proto.MarshalOptions{Deterministic: true} writes them; unknown fields as
+// received, after the known ones).
+const ContentDigestHeader = "x-ocp-content-sha256"
+
+// signedDigest returns the call's one ContentDigestHeader value.
+func signedDigest(md metadata.MD) (string, error) {
+	vs := md.Get(ContentDigestHeader)
+	if len(vs) != 1 || strings.TrimSpace(vs[0]) == "" {
+		return "", fmt.Errorf("a signed gRPC call must carry %s, the hex SHA-256 of its serialized request, once and signed: %w",
+			ContentDigestHeader, errs.ErrUnauthenticated)
+	}
+	return strings.TrimSpace(vs[0]), nil
+}
+
+// checkDigest checks a decoded request against the signed digest: the
+// request is serialized again, deterministically, and hashed. Re-marshaling
+// the decoded message (rather than keeping the bytes received) needs no
+// codec of our own and covers exactly what the handler acts on; a request
+// sent in another (non-canonical) encoding is refused, never accepted.
+func checkDigest(digest string, req any) error {
+	m, ok := req.(proto.Message)
+	if !ok {
+		return fmt.Errorf("request of type %T cannot be covered by a signature: %w", req, errs.ErrUnauthenticated)
+	}
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("serializing the request to check its digest: %v: %w", err, errs.ErrUnauthenticated)
+	}
+	sum := sha256.Sum256(b)
+	if !strings.EqualFold(digest, hex.EncodeToString(sum[:])) {
+		return fmt.Errorf("the request does not match the signed %s: sign each request: %w", ContentDigestHeader, errs.ErrUnauthenticated)
+	}
+	return nil
+}
 
 func first(vs []string) string {
 	if len(vs) == 0 {
@@ -299,7 +358,7 @@ func basicCredentials(enc string) (user, pass string, err error) {
 }
 
 func (a authenticator) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-	ctx, err := a.begin(ctx, info.FullMethod)
+	ctx, err := a.begin(ctx, info.FullMethod, req)
 	if err != nil {
 		return nil, err
 	}
@@ -310,16 +369,41 @@ func (a authenticator) unary(ctx context.Context, req any, info *grpc.UnaryServe
 }
 
 func (a authenticator) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-	ctx, err := a.begin(ss.Context(), info.FullMethod)
+	ctx, err := a.begin(ss.Context(), info.FullMethod, nil)
 	if err != nil {
 		return err
 	}
-	return h(srv, &ctxStream{ServerStream: ss, ctx: ctx})
+	cs := &ctxStream{ServerStream: ss, ctx: ctx}
+	if p, ok := auth.FromContext(ctx); ok && p.AccessKeyID != "" {
+		md, _ := metadata.FromIncomingContext(ctx)
+		cs.digest, _ = signedDigest(md) // present: authentication checked it
+	}
+	return h(srv, cs)
 }
 
+// ctxStream is a server stream with the context begin made. For a signed
+// call, its first request is checked against the signed digest.
 type ctxStream struct {
 	grpc.ServerStream
-	ctx context.Context
+	ctx    context.Context
+	digest string // "" once checked, or when the call is not signed
 }
 
 func (s *ctxStream) Context() context.Context { return s.ctx }
+
+// RecvMsg receives a request; the first of a signed call must match the
+// digest its signature covers (UNAUTHENTICATED otherwise).
+func (s *ctxStream) RecvMsg(m any) error {
+	if err := s.ServerStream.RecvMsg(m); err != nil {
+		return err
+	}
+	if s.digest != "" {
+		d := s.digest
+		s.digest = ""
+		if err := checkDigest(d, m); err != nil {
+			zerolog.Ctx(s.ctx).Info().Str("code", codes.Unauthenticated.String()).Msg("unauthenticated call refused")
+			return toStatus(s.ctx, err)
+		}
+	}
+	return nil
+}

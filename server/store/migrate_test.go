@@ -50,7 +50,7 @@ func TestSubtaskIDsContinueAfterTheMigration(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, q := range []string{`DROP TABLE store_probe`, `DROP TABLE subtask_log_sizes`, `ALTER TABLE subtask_logs DROP COLUMN size`,
-		`ALTER TABLE subtask_logs DROP COLUMN kind`, `DROP INDEX hosts_op_task`, `DROP TABLE id_sequences`} {
+		`ALTER TABLE subtask_logs DROP COLUMN kind`, `DROP INDEX hosts_op_task`, `DROP TABLE id_sequences`, `DROP TABLE agent_certs`} {
 		if _, err := db.ExecContext(ctx, q); err != nil {
 			t.Fatal(q, err)
 		}

@@ -158,6 +158,21 @@ var migrations = []string{
 	)`,
 	`INSERT INTO subtask_log_sizes (subtask_id, lines, bytes)
 		SELECT subtask_id, COUNT(*), SUM(size) FROM subtask_logs GROUP BY subtask_id`,
+	// Agent client certificates, by serial (lowercase hex): a host's live
+	// certificates, revocable one by one; "legacy" ones were issued
+	// before this table and recorded at their first use.
+	`CREATE TABLE agent_certs (
+		serial          VARCHAR(64)  NOT NULL PRIMARY KEY,
+		host_id         BIGINT       NOT NULL,
+		not_before      BIGINT       NOT NULL,
+		not_after       BIGINT       NOT NULL,
+		source          VARCHAR(16)  NOT NULL,
+		source_addr     VARCHAR(255) NOT NULL DEFAULT '',
+		create_time     BIGINT       NOT NULL,
+		first_used_time BIGINT       NOT NULL DEFAULT 0,
+		revoke_time     BIGINT       NOT NULL DEFAULT 0
+	)`,
+	`CREATE INDEX agent_certs_host ON agent_certs (host_id, revoke_time)`,
 }
 
 func migrate(ctx context.Context, db *sql.DB) error {

@@ -220,7 +220,7 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 	logs := task.NewLogWriter(st)
 	agents := fleet.New(fleet.Config{
 		// Agents' progress lines, grouped into one transaction each batch.
-		Registry: st, Logs: logs, Token: token, HeartbeatInterval: c.heartbeat, LostAfter: c.lostAfter,
+		Registry: st, Logs: logs, Certs: st, Token: token, HeartbeatInterval: c.heartbeat, LostAfter: c.lostAfter,
 		MaxStreamsPerHost: c.agentMaxStreams, MaxReplacementsPerMin: c.agentReplacements,
 		Log: log.With().Str("component", "fleet").Logger(),
 	})

@@ -1497,6 +1497,309 @@ func (x *RevokeHostResponse) GetHost() *Host {
 	return nil
 }
 
+// Certificate is a client certificate the server issued to a host's agentd.
+type Certificate struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Serial number, lowercase hex without leading zeros.
+	Serial string `protobuf:"bytes,1,opt,name=serial,proto3" json:"serial,omitempty"`
+	// The host it is bound to.
+	HostId int64 `protobuf:"varint,2,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	// Start of its validity.
+	NotBefore *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=not_before,json=notBefore,proto3" json:"not_before,omitempty"`
+	// End of its validity.
+	NotAfter *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
+	// How it was issued: "enroll", "renew", or "legacy" (issued before
+	// certificates were tracked, recorded when first presented).
+	Source string `protobuf:"bytes,5,opt,name=source,proto3" json:"source,omitempty"`
+	// Address of the call that got it (ip:port); empty for legacy.
+	SourceAddress string `protobuf:"bytes,6,opt,name=source_address,json=sourceAddress,proto3" json:"source_address,omitempty"`
+	// When it was issued (for legacy: first presented).
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// When it first opened an agent stream or renewed; unset until then.
+	FirstUsedTime *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=first_used_time,json=firstUsedTime,proto3" json:"first_used_time,omitempty"`
+	// When it was revoked; unset while valid.
+	RevokeTime    *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=revoke_time,json=revokeTime,proto3" json:"revoke_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Certificate) Reset() {
+	*x = Certificate{}
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Certificate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Certificate) ProtoMessage() {}
+
+func (x *Certificate) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Certificate.ProtoReflect.Descriptor instead.
+func (*Certificate) Descriptor() ([]byte, []int) {
+	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *Certificate) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
+func (x *Certificate) GetHostId() int64 {
+	if x != nil {
+		return x.HostId
+	}
+	return 0
+}
+
+func (x *Certificate) GetNotBefore() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotBefore
+	}
+	return nil
+}
+
+func (x *Certificate) GetNotAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotAfter
+	}
+	return nil
+}
+
+func (x *Certificate) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *Certificate) GetSourceAddress() string {
+	if x != nil {
+		return x.SourceAddress
+	}
+	return ""
+}
+
+func (x *Certificate) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *Certificate) GetFirstUsedTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FirstUsedTime
+	}
+	return nil
+}
+
+func (x *Certificate) GetRevokeTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RevokeTime
+	}
+	return nil
+}
+
+// ListHostCertificatesRequest names the host.
+type ListHostCertificatesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Host id. Required, positive.
+	HostId        int64 `protobuf:"varint,1,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListHostCertificatesRequest) Reset() {
+	*x = ListHostCertificatesRequest{}
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListHostCertificatesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListHostCertificatesRequest) ProtoMessage() {}
+
+func (x *ListHostCertificatesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListHostCertificatesRequest.ProtoReflect.Descriptor instead.
+func (*ListHostCertificatesRequest) Descriptor() ([]byte, []int) {
+	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *ListHostCertificatesRequest) GetHostId() int64 {
+	if x != nil {
+		return x.HostId
+	}
+	return 0
+}
+
+// ListHostCertificatesResponse is the host's certificates, oldest first.
+type ListHostCertificatesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The certificates.
+	Certificates  []*Certificate `protobuf:"bytes,1,rep,name=certificates,proto3" json:"certificates,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListHostCertificatesResponse) Reset() {
+	*x = ListHostCertificatesResponse{}
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListHostCertificatesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListHostCertificatesResponse) ProtoMessage() {}
+
+func (x *ListHostCertificatesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListHostCertificatesResponse.ProtoReflect.Descriptor instead.
+func (*ListHostCertificatesResponse) Descriptor() ([]byte, []int) {
+	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ListHostCertificatesResponse) GetCertificates() []*Certificate {
+	if x != nil {
+		return x.Certificates
+	}
+	return nil
+}
+
+// RevokeCertificateRequest names the certificate to revoke.
+type RevokeCertificateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Serial number, hex (as ListHostCertificates shows it). Required.
+	Serial        string `protobuf:"bytes,1,opt,name=serial,proto3" json:"serial,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeCertificateRequest) Reset() {
+	*x = RevokeCertificateRequest{}
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeCertificateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeCertificateRequest) ProtoMessage() {}
+
+func (x *RevokeCertificateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeCertificateRequest.ProtoReflect.Descriptor instead.
+func (*RevokeCertificateRequest) Descriptor() ([]byte, []int) {
+	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *RevokeCertificateRequest) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
+// RevokeCertificateResponse is the revoked certificate.
+type RevokeCertificateResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The certificate.
+	Certificate   *Certificate `protobuf:"bytes,1,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeCertificateResponse) Reset() {
+	*x = RevokeCertificateResponse{}
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeCertificateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeCertificateResponse) ProtoMessage() {}
+
+func (x *RevokeCertificateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeCertificateResponse.ProtoReflect.Descriptor instead.
+func (*RevokeCertificateResponse) Descriptor() ([]byte, []int) {
+	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *RevokeCertificateResponse) GetCertificate() *Certificate {
+	if x != nil {
+		return x.Certificate
+	}
+	return nil
+}
+
 var File_agentplane_host_v1_host_proto protoreflect.FileDescriptor
 
 const file_agentplane_host_v1_host_proto_rawDesc = "" +
@@ -1590,7 +1893,28 @@ const file_agentplane_host_v1_host_proto_rawDesc = "" +
 	"\x11RevokeHostRequest\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\x03R\x06hostId\"B\n" +
 	"\x12RevokeHostResponse\x12,\n" +
-	"\x04host\x18\x01 \x01(\v2\x18.agentplane.host.v1.HostR\x04host*\xa4\x01\n" +
+	"\x04host\x18\x01 \x01(\v2\x18.agentplane.host.v1.HostR\x04host\"\xaf\x03\n" +
+	"\vCertificate\x12\x16\n" +
+	"\x06serial\x18\x01 \x01(\tR\x06serial\x12\x17\n" +
+	"\ahost_id\x18\x02 \x01(\x03R\x06hostId\x129\n" +
+	"\n" +
+	"not_before\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tnotBefore\x127\n" +
+	"\tnot_after\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\x12\x16\n" +
+	"\x06source\x18\x05 \x01(\tR\x06source\x12%\n" +
+	"\x0esource_address\x18\x06 \x01(\tR\rsourceAddress\x12;\n" +
+	"\vcreate_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x12B\n" +
+	"\x0ffirst_used_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\rfirstUsedTime\x12;\n" +
+	"\vrevoke_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"revokeTime\"6\n" +
+	"\x1bListHostCertificatesRequest\x12\x17\n" +
+	"\ahost_id\x18\x01 \x01(\x03R\x06hostId\"c\n" +
+	"\x1cListHostCertificatesResponse\x12C\n" +
+	"\fcertificates\x18\x01 \x03(\v2\x1f.agentplane.host.v1.CertificateR\fcertificates\"2\n" +
+	"\x18RevokeCertificateRequest\x12\x16\n" +
+	"\x06serial\x18\x01 \x01(\tR\x06serial\"^\n" +
+	"\x19RevokeCertificateResponse\x12A\n" +
+	"\vcertificate\x18\x01 \x01(\v2\x1f.agentplane.host.v1.CertificateR\vcertificate*\xa4\x01\n" +
 	"\n" +
 	"HostStatus\x12\x1b\n" +
 	"\x17HOST_STATUS_UNSPECIFIED\x10\x00\x12\x13\n" +
@@ -1602,7 +1926,7 @@ const file_agentplane_host_v1_host_proto_rawDesc = "" +
 	"\vAgentStatus\x12\x1c\n" +
 	"\x18AGENT_STATUS_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14AGENT_STATUS_STARTED\x10\x01\x12\x18\n" +
-	"\x14AGENT_STATUS_STOPPED\x10\x022\xe2\a\n" +
+	"\x14AGENT_STATUS_STOPPED\x10\x022\xcf\t\n" +
 	"\vHostService\x12X\n" +
 	"\tStopAgent\x12$.agentplane.host.v1.StopAgentRequest\x1a%.agentplane.host.v1.StopAgentResponse\x12R\n" +
 	"\aGetHost\x12\".agentplane.host.v1.GetHostRequest\x1a#.agentplane.host.v1.GetHostResponse\x12X\n" +
@@ -1615,7 +1939,9 @@ const file_agentplane_host_v1_host_proto_rawDesc = "" +
 	"\fGetHostAgent\x12'.agentplane.host.v1.GetHostAgentRequest\x1a(.agentplane.host.v1.GetHostAgentResponse\x12j\n" +
 	"\x0fCreateJoinToken\x12*.agentplane.host.v1.CreateJoinTokenRequest\x1a+.agentplane.host.v1.CreateJoinTokenResponse\x12[\n" +
 	"\n" +
-	"RevokeHost\x12%.agentplane.host.v1.RevokeHostRequest\x1a&.agentplane.host.v1.RevokeHostResponseB\xb7\x01\n" +
+	"RevokeHost\x12%.agentplane.host.v1.RevokeHostRequest\x1a&.agentplane.host.v1.RevokeHostResponse\x12y\n" +
+	"\x14ListHostCertificates\x12/.agentplane.host.v1.ListHostCertificatesRequest\x1a0.agentplane.host.v1.ListHostCertificatesResponse\x12p\n" +
+	"\x11RevokeCertificate\x12,.agentplane.host.v1.RevokeCertificateRequest\x1a-.agentplane.host.v1.RevokeCertificateResponseB\xb7\x01\n" +
 	"\x16com.agentplane.host.v1B\tHostProtoP\x01Z(agentplane/gen/agentplane/host/v1;hostv1\xa2\x02\x03AHX\xaa\x02\x12Agentplane.Host.V1\xca\x02\x12Agentplane\\Host\\V1\xe2\x02\x1eAgentplane\\Host\\V1\\GPBMetadata\xea\x02\x14Agentplane::Host::V1b\x06proto3"
 
 var (
@@ -1631,88 +1957,104 @@ func file_agentplane_host_v1_host_proto_rawDescGZIP() []byte {
 }
 
 var file_agentplane_host_v1_host_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_agentplane_host_v1_host_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_agentplane_host_v1_host_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_agentplane_host_v1_host_proto_goTypes = []any{
-	(HostStatus)(0),                    // 0: agentplane.host.v1.HostStatus
-	(AgentStatus)(0),                   // 1: agentplane.host.v1.AgentStatus
-	(*Host)(nil),                       // 2: agentplane.host.v1.Host
-	(*StopAgentRequest)(nil),           // 3: agentplane.host.v1.StopAgentRequest
-	(*StopAgentResponse)(nil),          // 4: agentplane.host.v1.StopAgentResponse
-	(*GetHostRequest)(nil),             // 5: agentplane.host.v1.GetHostRequest
-	(*GetHostResponse)(nil),            // 6: agentplane.host.v1.GetHostResponse
-	(*ListHostsRequest)(nil),           // 7: agentplane.host.v1.ListHostsRequest
-	(*ListHostsResponse)(nil),          // 8: agentplane.host.v1.ListHostsResponse
-	(*StartAgentRequest)(nil),          // 9: agentplane.host.v1.StartAgentRequest
-	(*StartAgentResponse)(nil),         // 10: agentplane.host.v1.StartAgentResponse
-	(*RestartAgentRequest)(nil),        // 11: agentplane.host.v1.RestartAgentRequest
-	(*RestartAgentResponse)(nil),       // 12: agentplane.host.v1.RestartAgentResponse
-	(*BatchStopAgentsRequest)(nil),     // 13: agentplane.host.v1.BatchStopAgentsRequest
-	(*BatchStopAgentsResponse)(nil),    // 14: agentplane.host.v1.BatchStopAgentsResponse
-	(*BatchRestartAgentsRequest)(nil),  // 15: agentplane.host.v1.BatchRestartAgentsRequest
-	(*BatchRestartAgentsResponse)(nil), // 16: agentplane.host.v1.BatchRestartAgentsResponse
-	(*GetHostAgentRequest)(nil),        // 17: agentplane.host.v1.GetHostAgentRequest
-	(*GetHostAgentResponse)(nil),       // 18: agentplane.host.v1.GetHostAgentResponse
-	(*HostAgent)(nil),                  // 19: agentplane.host.v1.HostAgent
-	(*AgentProcess)(nil),               // 20: agentplane.host.v1.AgentProcess
-	(*CreateJoinTokenRequest)(nil),     // 21: agentplane.host.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil),    // 22: agentplane.host.v1.CreateJoinTokenResponse
-	(*RevokeHostRequest)(nil),          // 23: agentplane.host.v1.RevokeHostRequest
-	(*RevokeHostResponse)(nil),         // 24: agentplane.host.v1.RevokeHostResponse
-	(*timestamppb.Timestamp)(nil),      // 25: google.protobuf.Timestamp
-	(*v1.Task)(nil),                    // 26: agentplane.task.v1.Task
-	(*durationpb.Duration)(nil),        // 27: google.protobuf.Duration
+	(HostStatus)(0),                      // 0: agentplane.host.v1.HostStatus
+	(AgentStatus)(0),                     // 1: agentplane.host.v1.AgentStatus
+	(*Host)(nil),                         // 2: agentplane.host.v1.Host
+	(*StopAgentRequest)(nil),             // 3: agentplane.host.v1.StopAgentRequest
+	(*StopAgentResponse)(nil),            // 4: agentplane.host.v1.StopAgentResponse
+	(*GetHostRequest)(nil),               // 5: agentplane.host.v1.GetHostRequest
+	(*GetHostResponse)(nil),              // 6: agentplane.host.v1.GetHostResponse
+	(*ListHostsRequest)(nil),             // 7: agentplane.host.v1.ListHostsRequest
+	(*ListHostsResponse)(nil),            // 8: agentplane.host.v1.ListHostsResponse
+	(*StartAgentRequest)(nil),            // 9: agentplane.host.v1.StartAgentRequest
+	(*StartAgentResponse)(nil),           // 10: agentplane.host.v1.StartAgentResponse
+	(*RestartAgentRequest)(nil),          // 11: agentplane.host.v1.RestartAgentRequest
+	(*RestartAgentResponse)(nil),         // 12: agentplane.host.v1.RestartAgentResponse
+	(*BatchStopAgentsRequest)(nil),       // 13: agentplane.host.v1.BatchStopAgentsRequest
+	(*BatchStopAgentsResponse)(nil),      // 14: agentplane.host.v1.BatchStopAgentsResponse
+	(*BatchRestartAgentsRequest)(nil),    // 15: agentplane.host.v1.BatchRestartAgentsRequest
+	(*BatchRestartAgentsResponse)(nil),   // 16: agentplane.host.v1.BatchRestartAgentsResponse
+	(*GetHostAgentRequest)(nil),          // 17: agentplane.host.v1.GetHostAgentRequest
+	(*GetHostAgentResponse)(nil),         // 18: agentplane.host.v1.GetHostAgentResponse
+	(*HostAgent)(nil),                    // 19: agentplane.host.v1.HostAgent
+	(*AgentProcess)(nil),                 // 20: agentplane.host.v1.AgentProcess
+	(*CreateJoinTokenRequest)(nil),       // 21: agentplane.host.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil),      // 22: agentplane.host.v1.CreateJoinTokenResponse
+	(*RevokeHostRequest)(nil),            // 23: agentplane.host.v1.RevokeHostRequest
+	(*RevokeHostResponse)(nil),           // 24: agentplane.host.v1.RevokeHostResponse
+	(*Certificate)(nil),                  // 25: agentplane.host.v1.Certificate
+	(*ListHostCertificatesRequest)(nil),  // 26: agentplane.host.v1.ListHostCertificatesRequest
+	(*ListHostCertificatesResponse)(nil), // 27: agentplane.host.v1.ListHostCertificatesResponse
+	(*RevokeCertificateRequest)(nil),     // 28: agentplane.host.v1.RevokeCertificateRequest
+	(*RevokeCertificateResponse)(nil),    // 29: agentplane.host.v1.RevokeCertificateResponse
+	(*timestamppb.Timestamp)(nil),        // 30: google.protobuf.Timestamp
+	(*v1.Task)(nil),                      // 31: agentplane.task.v1.Task
+	(*durationpb.Duration)(nil),          // 32: google.protobuf.Duration
 }
 var file_agentplane_host_v1_host_proto_depIdxs = []int32{
 	0,  // 0: agentplane.host.v1.Host.status:type_name -> agentplane.host.v1.HostStatus
 	1,  // 1: agentplane.host.v1.Host.agent_status:type_name -> agentplane.host.v1.AgentStatus
-	25, // 2: agentplane.host.v1.Host.last_available_time:type_name -> google.protobuf.Timestamp
-	25, // 3: agentplane.host.v1.Host.create_time:type_name -> google.protobuf.Timestamp
-	25, // 4: agentplane.host.v1.Host.update_time:type_name -> google.protobuf.Timestamp
-	25, // 5: agentplane.host.v1.Host.revoke_time:type_name -> google.protobuf.Timestamp
-	26, // 6: agentplane.host.v1.StopAgentResponse.task:type_name -> agentplane.task.v1.Task
+	30, // 2: agentplane.host.v1.Host.last_available_time:type_name -> google.protobuf.Timestamp
+	30, // 3: agentplane.host.v1.Host.create_time:type_name -> google.protobuf.Timestamp
+	30, // 4: agentplane.host.v1.Host.update_time:type_name -> google.protobuf.Timestamp
+	30, // 5: agentplane.host.v1.Host.revoke_time:type_name -> google.protobuf.Timestamp
+	31, // 6: agentplane.host.v1.StopAgentResponse.task:type_name -> agentplane.task.v1.Task
 	2,  // 7: agentplane.host.v1.GetHostResponse.host:type_name -> agentplane.host.v1.Host
 	2,  // 8: agentplane.host.v1.ListHostsResponse.hosts:type_name -> agentplane.host.v1.Host
-	26, // 9: agentplane.host.v1.StartAgentResponse.task:type_name -> agentplane.task.v1.Task
-	26, // 10: agentplane.host.v1.RestartAgentResponse.task:type_name -> agentplane.task.v1.Task
-	26, // 11: agentplane.host.v1.BatchStopAgentsResponse.task:type_name -> agentplane.task.v1.Task
-	26, // 12: agentplane.host.v1.BatchRestartAgentsResponse.task:type_name -> agentplane.task.v1.Task
+	31, // 9: agentplane.host.v1.StartAgentResponse.task:type_name -> agentplane.task.v1.Task
+	31, // 10: agentplane.host.v1.RestartAgentResponse.task:type_name -> agentplane.task.v1.Task
+	31, // 11: agentplane.host.v1.BatchStopAgentsResponse.task:type_name -> agentplane.task.v1.Task
+	31, // 12: agentplane.host.v1.BatchRestartAgentsResponse.task:type_name -> agentplane.task.v1.Task
 	19, // 13: agentplane.host.v1.GetHostAgentResponse.agent:type_name -> agentplane.host.v1.HostAgent
-	25, // 14: agentplane.host.v1.HostAgent.last_available_time:type_name -> google.protobuf.Timestamp
+	30, // 14: agentplane.host.v1.HostAgent.last_available_time:type_name -> google.protobuf.Timestamp
 	1,  // 15: agentplane.host.v1.HostAgent.status:type_name -> agentplane.host.v1.AgentStatus
 	20, // 16: agentplane.host.v1.HostAgent.processes:type_name -> agentplane.host.v1.AgentProcess
-	25, // 17: agentplane.host.v1.HostAgent.create_time:type_name -> google.protobuf.Timestamp
-	25, // 18: agentplane.host.v1.HostAgent.update_time:type_name -> google.protobuf.Timestamp
-	25, // 19: agentplane.host.v1.AgentProcess.start_time:type_name -> google.protobuf.Timestamp
-	25, // 20: agentplane.host.v1.AgentProcess.last_active_time:type_name -> google.protobuf.Timestamp
+	30, // 17: agentplane.host.v1.HostAgent.create_time:type_name -> google.protobuf.Timestamp
+	30, // 18: agentplane.host.v1.HostAgent.update_time:type_name -> google.protobuf.Timestamp
+	30, // 19: agentplane.host.v1.AgentProcess.start_time:type_name -> google.protobuf.Timestamp
+	30, // 20: agentplane.host.v1.AgentProcess.last_active_time:type_name -> google.protobuf.Timestamp
 	1,  // 21: agentplane.host.v1.AgentProcess.status:type_name -> agentplane.host.v1.AgentStatus
-	27, // 22: agentplane.host.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
-	25, // 23: agentplane.host.v1.CreateJoinTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
+	32, // 22: agentplane.host.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
+	30, // 23: agentplane.host.v1.CreateJoinTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
 	2,  // 24: agentplane.host.v1.RevokeHostResponse.host:type_name -> agentplane.host.v1.Host
-	3,  // 25: agentplane.host.v1.HostService.StopAgent:input_type -> agentplane.host.v1.StopAgentRequest
-	5,  // 26: agentplane.host.v1.HostService.GetHost:input_type -> agentplane.host.v1.GetHostRequest
-	7,  // 27: agentplane.host.v1.HostService.ListHosts:input_type -> agentplane.host.v1.ListHostsRequest
-	9,  // 28: agentplane.host.v1.HostService.StartAgent:input_type -> agentplane.host.v1.StartAgentRequest
-	11, // 29: agentplane.host.v1.HostService.RestartAgent:input_type -> agentplane.host.v1.RestartAgentRequest
-	13, // 30: agentplane.host.v1.HostService.BatchStopAgents:input_type -> agentplane.host.v1.BatchStopAgentsRequest
-	15, // 31: agentplane.host.v1.HostService.BatchRestartAgents:input_type -> agentplane.host.v1.BatchRestartAgentsRequest
-	17, // 32: agentplane.host.v1.HostService.GetHostAgent:input_type -> agentplane.host.v1.GetHostAgentRequest
-	21, // 33: agentplane.host.v1.HostService.CreateJoinToken:input_type -> agentplane.host.v1.CreateJoinTokenRequest
-	23, // 34: agentplane.host.v1.HostService.RevokeHost:input_type -> agentplane.host.v1.RevokeHostRequest
-	4,  // 35: agentplane.host.v1.HostService.StopAgent:output_type -> agentplane.host.v1.StopAgentResponse
-	6,  // 36: agentplane.host.v1.HostService.GetHost:output_type -> agentplane.host.v1.GetHostResponse
-	8,  // 37: agentplane.host.v1.HostService.ListHosts:output_type -> agentplane.host.v1.ListHostsResponse
-	10, // 38: agentplane.host.v1.HostService.StartAgent:output_type -> agentplane.host.v1.StartAgentResponse
-	12, // 39: agentplane.host.v1.HostService.RestartAgent:output_type -> agentplane.host.v1.RestartAgentResponse
-	14, // 40: agentplane.host.v1.HostService.BatchStopAgents:output_type -> agentplane.host.v1.BatchStopAgentsResponse
-	16, // 41: agentplane.host.v1.HostService.BatchRestartAgents:output_type -> agentplane.host.v1.BatchRestartAgentsResponse
-	18, // 42: agentplane.host.v1.HostService.GetHostAgent:output_type -> agentplane.host.v1.GetHostAgentResponse
-	22, // 43: agentplane.host.v1.HostService.CreateJoinToken:output_type -> agentplane.host.v1.CreateJoinTokenResponse
-	24, // 44: agentplane.host.v1.HostService.RevokeHost:output_type -> agentplane.host.v1.RevokeHostResponse
-	35, // [35:45] is the sub-list for method output_type
-	25, // [25:35] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	30, // 25: agentplane.host.v1.Certificate.not_before:type_name -> google.protobuf.Timestamp
+	30, // 26: agentplane.host.v1.Certificate.not_after:type_name -> google.protobuf.Timestamp
+	30, // 27: agentplane.host.v1.Certificate.create_time:type_name -> google.protobuf.Timestamp
+	30, // 28: agentplane.host.v1.Certificate.first_used_time:type_name -> google.protobuf.Timestamp
+	30, // 29: agentplane.host.v1.Certificate.revoke_time:type_name -> google.protobuf.Timestamp
+	25, // 30: agentplane.host.v1.ListHostCertificatesResponse.certificates:type_name -> agentplane.host.v1.Certificate
+	25, // 31: agentplane.host.v1.RevokeCertificateResponse.certificate:type_name -> agentplane.host.v1.Certificate
+	3,  // 32: agentplane.host.v1.HostService.StopAgent:input_type -> agentplane.host.v1.StopAgentRequest
+	5,  // 33: agentplane.host.v1.HostService.GetHost:input_type -> agentplane.host.v1.GetHostRequest
+	7,  // 34: agentplane.host.v1.HostService.ListHosts:input_type -> agentplane.host.v1.ListHostsRequest
+	9,  // 35: agentplane.host.v1.HostService.StartAgent:input_type -> agentplane.host.v1.StartAgentRequest
+	11, // 36: agentplane.host.v1.HostService.RestartAgent:input_type -> agentplane.host.v1.RestartAgentRequest
+	13, // 37: agentplane.host.v1.HostService.BatchStopAgents:input_type -> agentplane.host.v1.BatchStopAgentsRequest
+	15, // 38: agentplane.host.v1.HostService.BatchRestartAgents:input_type -> agentplane.host.v1.BatchRestartAgentsRequest
+	17, // 39: agentplane.host.v1.HostService.GetHostAgent:input_type -> agentplane.host.v1.GetHostAgentRequest
+	21, // 40: agentplane.host.v1.HostService.CreateJoinToken:input_type -> agentplane.host.v1.CreateJoinTokenRequest
+	23, // 41: agentplane.host.v1.HostService.RevokeHost:input_type -> agentplane.host.v1.RevokeHostRequest
+	26, // 42: agentplane.host.v1.HostService.ListHostCertificates:input_type -> agentplane.host.v1.ListHostCertificatesRequest
+	28, // 43: agentplane.host.v1.HostService.RevokeCertificate:input_type -> agentplane.host.v1.RevokeCertificateRequest
+	4,  // 44: agentplane.host.v1.HostService.StopAgent:output_type -> agentplane.host.v1.StopAgentResponse
+	6,  // 45: agentplane.host.v1.HostService.GetHost:output_type -> agentplane.host.v1.GetHostResponse
+	8,  // 46: agentplane.host.v1.HostService.ListHosts:output_type -> agentplane.host.v1.ListHostsResponse
+	10, // 47: agentplane.host.v1.HostService.StartAgent:output_type -> agentplane.host.v1.StartAgentResponse
+	12, // 48: agentplane.host.v1.HostService.RestartAgent:output_type -> agentplane.host.v1.RestartAgentResponse
+	14, // 49: agentplane.host.v1.HostService.BatchStopAgents:output_type -> agentplane.host.v1.BatchStopAgentsResponse
+	16, // 50: agentplane.host.v1.HostService.BatchRestartAgents:output_type -> agentplane.host.v1.BatchRestartAgentsResponse
+	18, // 51: agentplane.host.v1.HostService.GetHostAgent:output_type -> agentplane.host.v1.GetHostAgentResponse
+	22, // 52: agentplane.host.v1.HostService.CreateJoinToken:output_type -> agentplane.host.v1.CreateJoinTokenResponse
+	24, // 53: agentplane.host.v1.HostService.RevokeHost:output_type -> agentplane.host.v1.RevokeHostResponse
+	27, // 54: agentplane.host.v1.HostService.ListHostCertificates:output_type -> agentplane.host.v1.ListHostCertificatesResponse
+	29, // 55: agentplane.host.v1.HostService.RevokeCertificate:output_type -> agentplane.host.v1.RevokeCertificateResponse
+	44, // [44:56] is the sub-list for method output_type
+	32, // [32:44] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_agentplane_host_v1_host_proto_init() }
@@ -1726,7 +2068,7 @@ func file_agentplane_host_v1_host_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentplane_host_v1_host_proto_rawDesc), len(file_agentplane_host_v1_host_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   23,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,16 +19,18 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	HostService_StopAgent_FullMethodName          = "/agentplane.host.v1.HostService/StopAgent"
-	HostService_GetHost_FullMethodName            = "/agentplane.host.v1.HostService/GetHost"
-	HostService_ListHosts_FullMethodName          = "/agentplane.host.v1.HostService/ListHosts"
-	HostService_StartAgent_FullMethodName         = "/agentplane.host.v1.HostService/StartAgent"
-	HostService_RestartAgent_FullMethodName       = "/agentplane.host.v1.HostService/RestartAgent"
-	HostService_BatchStopAgents_FullMethodName    = "/agentplane.host.v1.HostService/BatchStopAgents"
-	HostService_BatchRestartAgents_FullMethodName = "/agentplane.host.v1.HostService/BatchRestartAgents"
-	HostService_GetHostAgent_FullMethodName       = "/agentplane.host.v1.HostService/GetHostAgent"
-	HostService_CreateJoinToken_FullMethodName    = "/agentplane.host.v1.HostService/CreateJoinToken"
-	HostService_RevokeHost_FullMethodName         = "/agentplane.host.v1.HostService/RevokeHost"
+	HostService_StopAgent_FullMethodName            = "/agentplane.host.v1.HostService/StopAgent"
+	HostService_GetHost_FullMethodName              = "/agentplane.host.v1.HostService/GetHost"
+	HostService_ListHosts_FullMethodName            = "/agentplane.host.v1.HostService/ListHosts"
+	HostService_StartAgent_FullMethodName           = "/agentplane.host.v1.HostService/StartAgent"
+	HostService_RestartAgent_FullMethodName         = "/agentplane.host.v1.HostService/RestartAgent"
+	HostService_BatchStopAgents_FullMethodName      = "/agentplane.host.v1.HostService/BatchStopAgents"
+	HostService_BatchRestartAgents_FullMethodName   = "/agentplane.host.v1.HostService/BatchRestartAgents"
+	HostService_GetHostAgent_FullMethodName         = "/agentplane.host.v1.HostService/GetHostAgent"
+	HostService_CreateJoinToken_FullMethodName      = "/agentplane.host.v1.HostService/CreateJoinToken"
+	HostService_RevokeHost_FullMethodName           = "/agentplane.host.v1.HostService/RevokeHost"
+	HostService_ListHostCertificates_FullMethodName = "/agentplane.host.v1.HostService/ListHostCertificates"
+	HostService_RevokeCertificate_FullMethodName    = "/agentplane.host.v1.HostService/RevokeCertificate"
 )
 
 // HostServiceClient is the client API for HostService service.
@@ -68,6 +70,13 @@ type HostServiceClient interface {
 	// RevokeHost refuses the host's agentd from now on: its stream ends, its
 	// next connection, renewal and enrollment are refused. Needs ADMIN.
 	RevokeHost(ctx context.Context, in *RevokeHostRequest, opts ...grpc.CallOption) (*RevokeHostResponse, error)
+	// ListHostCertificates lists the client certificates issued to a host's
+	// agentd, oldest first, with the revoked ones. Needs ADMIN.
+	ListHostCertificates(ctx context.Context, in *ListHostCertificatesRequest, opts ...grpc.CallOption) (*ListHostCertificatesResponse, error)
+	// RevokeCertificate revokes one client certificate by its serial: a
+	// stream opened with it ends, and it is refused from then on (the host
+	// is not revoked: a bound join token enrolls it again). Needs ADMIN.
+	RevokeCertificate(ctx context.Context, in *RevokeCertificateRequest, opts ...grpc.CallOption) (*RevokeCertificateResponse, error)
 }
 
 type hostServiceClient struct {
@@ -178,6 +187,26 @@ func (c *hostServiceClient) RevokeHost(ctx context.Context, in *RevokeHostReques
 	return out, nil
 }
 
+func (c *hostServiceClient) ListHostCertificates(ctx context.Context, in *ListHostCertificatesRequest, opts ...grpc.CallOption) (*ListHostCertificatesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListHostCertificatesResponse)
+	err := c.cc.Invoke(ctx, HostService_ListHostCertificates_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *hostServiceClient) RevokeCertificate(ctx context.Context, in *RevokeCertificateRequest, opts ...grpc.CallOption) (*RevokeCertificateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeCertificateResponse)
+	err := c.cc.Invoke(ctx, HostService_RevokeCertificate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // HostServiceServer is the server API for HostService service.
 // All implementations must embed UnimplementedHostServiceServer
 // for forward compatibility.
@@ -215,6 +244,13 @@ type HostServiceServer interface {
 	// RevokeHost refuses the host's agentd from now on: its stream ends, its
 	// next connection, renewal and enrollment are refused. Needs ADMIN.
 	RevokeHost(context.Context, *RevokeHostRequest) (*RevokeHostResponse, error)
+	// ListHostCertificates lists the client certificates issued to a host's
+	// agentd, oldest first, with the revoked ones. Needs ADMIN.
+	ListHostCertificates(context.Context, *ListHostCertificatesRequest) (*ListHostCertificatesResponse, error)
+	// RevokeCertificate revokes one client certificate by its serial: a
+	// stream opened with it ends, and it is refused from then on (the host
+	// is not revoked: a bound join token enrolls it again). Needs ADMIN.
+	RevokeCertificate(context.Context, *RevokeCertificateRequest) (*RevokeCertificateResponse, error)
 	mustEmbedUnimplementedHostServiceServer()
 }
 
@@ -254,6 +290,12 @@ func (UnimplementedHostServiceServer) CreateJoinToken(context.Context, *CreateJo
 }
 func (UnimplementedHostServiceServer) RevokeHost(context.Context, *RevokeHostRequest) (*RevokeHostResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RevokeHost not implemented")
+}
+func (UnimplementedHostServiceServer) ListHostCertificates(context.Context, *ListHostCertificatesRequest) (*ListHostCertificatesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListHostCertificates not implemented")
+}
+func (UnimplementedHostServiceServer) RevokeCertificate(context.Context, *RevokeCertificateRequest) (*RevokeCertificateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeCertificate not implemented")
 }
 func (UnimplementedHostServiceServer) mustEmbedUnimplementedHostServiceServer() {}
 func (UnimplementedHostServiceServer) testEmbeddedByValue()                     {}
@@ -456,6 +498,42 @@ func _HostService_RevokeHost_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _HostService_ListHostCertificates_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListHostCertificatesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(HostServiceServer).ListHostCertificates(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: HostService_ListHostCertificates_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(HostServiceServer).ListHostCertificates(ctx, req.(*ListHostCertificatesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _HostService_RevokeCertificate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeCertificateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(HostServiceServer).RevokeCertificate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: HostService_RevokeCertificate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(HostServiceServer).RevokeCertificate(ctx, req.(*RevokeCertificateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // HostService_ServiceDesc is the grpc.ServiceDesc for HostService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -502,6 +580,14 @@ var HostService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RevokeHost",
 			Handler:    _HostService_RevokeHost_Handler,
+		},
+		{
+			MethodName: "ListHostCertificates",
+			Handler:    _HostService_ListHostCertificates_Handler,
+		},
+		{
+			MethodName: "RevokeCertificate",
+			Handler:    _HostService_RevokeCertificate_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
