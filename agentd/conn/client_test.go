@@ -35,6 +35,9 @@ type fakeServer struct {
 	hostID    int64
 	heartbeat time.Duration // the Welcome's heartbeat interval; 0 means 50ms
 	streams   chan *fakeStream
+	// begin answers agentd's go-ahead requests; nil answer: none is sent.
+	// Unset: every command may proceed.
+	begin func(*agentv1.CommandBegin) *agentv1.CommandBeginAnswer
 }
 
 type fakeStream struct {
@@ -42,6 +45,9 @@ type fakeStream struct {
 	reqs  chan *agentv1.ConnectRequest  // every message after the Hello
 	send  chan *agentv1.ConnectResponse // the test's messages to agentd
 	cut   chan struct{}                 // closed by the test: the server ends the stream
+	// begins receives agentd's go-ahead requests (answered by
+	// fakeServer.begin), which are not in reqs.
+	begins chan *agentv1.CommandBegin
 }
 
 func (f *fakeServer) Connect(stream agentv1.AgentService_ConnectServer) error {
@@ -59,10 +65,11 @@ func (f *fakeServer) Connect(stream agentv1.AgentService_ConnectServer) error {
 		return err
 	}
 	fs := &fakeStream{
-		hello: first.GetHello(),
-		reqs:  make(chan *agentv1.ConnectRequest, 1024),
-		send:  make(chan *agentv1.ConnectResponse),
-		cut:   make(chan struct{}),
+		hello:  first.GetHello(),
+		reqs:   make(chan *agentv1.ConnectRequest, 1024),
+		send:   make(chan *agentv1.ConnectResponse),
+		cut:    make(chan struct{}),
+		begins: make(chan *agentv1.CommandBegin, 64),
 	}
 	ctx := stream.Context()
 	select {
@@ -77,6 +84,12 @@ func (f *fakeServer) Connect(stream agentv1.AgentService_ConnectServer) error {
 			m, err := stream.Recv()
 			if err != nil {
 				return
+			}
+			if b := m.GetBegin(); b != nil {
+				if !f.answerBegin(ctx, fs, b) {
+					return
+				}
+				continue
 			}
 			select {
 			case fs.reqs <- m:
@@ -98,6 +111,30 @@ func (f *fakeServer) Connect(stream agentv1.AgentService_ConnectServer) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		}
+	}
+}
+
+// answerBegin records a go-ahead request and answers it as f.begin says;
+// false when the stream ended.
+func (f *fakeServer) answerBegin(ctx context.Context, fs *fakeStream, b *agentv1.CommandBegin) bool {
+	select {
+	case fs.begins <- b:
+	default:
+	}
+	a := &agentv1.CommandBeginAnswer{SubtaskId: b.GetSubtaskId(), Attempt: b.GetAttempt(), Proceed: true}
+	if f.begin != nil {
+		a = f.begin(b)
+	}
+	if a == nil {
+		return true
+	}
+	select {
+	case fs.send <- &agentv1.ConnectResponse{Kind: &agentv1.ConnectResponse_BeginAnswer{BeginAnswer: a}}:
+		return true
+	case <-fs.cut:
+		return false
+	case <-ctx.Done():
+		return false
 	}
 }
 
