@@ -3,6 +3,7 @@ package fleet
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"agentplane/server/task"
 )
@@ -83,6 +84,18 @@ func (f *Fleet) giveUp(ctx context.Context, c *call, lost bool, cause error) boo
 		f.keepCancel(c.hostID, cancel)
 	}
 	return true
+}
+
+// logGiveUp records a give-up in the subtask's log, so that what agentd
+// reports afterwards reads in order. ctx may be done: the write gets a
+// few seconds of its own.
+func (f *Fleet) logGiveUp(ctx context.Context, k key, cause error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	line := fmt.Sprintf("the server gave up on attempt %d: %v; agentd may not begin it from now on", k.attempt, cause)
+	if err := f.cfg.Logs.AppendSubtaskLog(ctx, k.subtask, task.LogLine{RunTime: k.attempt, Time: f.cfg.Now(), Line: line}); err != nil {
+		f.cfg.Log.Error().Err(err).Int64("subtask_id", k.subtask).Int("attempt", k.attempt).Msg("recording a give-up in the subtask log failed")
+	}
 }
 
 // answered forgets the give-up of k: Dispatch got its result after all

@@ -776,6 +776,7 @@ func (f *Fleet) Dispatch(ctx context.Context, hostID int64, cmd Command) (Result
 			break
 		}
 	}
+	f.logGiveUp(ctx, k, cause)
 	if err != nil {
 		return Result{}, err
 	}

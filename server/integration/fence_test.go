@@ -94,7 +94,7 @@ func checkNeverRunsLate(t *testing.T, late string, setup func(t *testing.T, s *s
 		return strings.Contains(s.subtaskLog(t, id, sid), "late result from agentd after the server gave up")
 	})
 	log := s.subtaskLog(t, id, sid)
-	wantInOrder(t, "the stop subtask's log", log, "agentd lost", late, "nothing was signalled")
+	wantInOrder(t, "the stop subtask's log", log, "the server gave up on attempt 1: agentd lost", late, "nothing was signalled")
 	if tk := s.getTask(t, id); tk.Status != "FAILED" {
 		t.Errorf("task %s after the late result, want FAILED", tk.Status)
 	}
@@ -151,7 +151,7 @@ func TestFrozenAgentdFinishesStopLate(t *testing.T) {
 		return strings.Contains(s.subtaskLog(t, id, sid), "late result from agentd after the server gave up")
 	})
 	log := s.subtaskLog(t, id, sid)
-	wantInOrder(t, "the stop subtask's log", log, "agentd lost",
+	wantInOrder(t, "the stop subtask's log", log, "the server gave up on attempt 1: agentd lost",
 		"late result from agentd after the server gave up (attempt 1): SUCCEEDED: stopped 3 OCP Agent base processes")
 	s.waitAgent(t, a.hostID, "STOPPED", nil)
 	checkNoneUnder(t, home)
