@@ -36,8 +36,16 @@ type fakeServer struct {
 	heartbeat time.Duration // the Welcome's heartbeat interval; 0 means 50ms
 	streams   chan *fakeStream
 	// begin answers agentd's go-ahead requests; nil answer: none is sent.
-	// Unset: every command may proceed.
+	// Unset: every command may proceed. Set it with setBegin.
+	mu    sync.Mutex
 	begin func(*agentv1.CommandBegin) *agentv1.CommandBeginAnswer
+}
+
+// setBegin sets how the server answers go-ahead requests.
+func (f *fakeServer) setBegin(fn func(*agentv1.CommandBegin) *agentv1.CommandBeginAnswer) {
+	f.mu.Lock()
+	f.begin = fn
+	f.mu.Unlock()
 }
 
 type fakeStream struct {
@@ -122,8 +130,11 @@ func (f *fakeServer) answerBegin(ctx context.Context, fs *fakeStream, b *agentv1
 	default:
 	}
 	a := &agentv1.CommandBeginAnswer{SubtaskId: b.GetSubtaskId(), Attempt: b.GetAttempt(), Proceed: true}
-	if f.begin != nil {
-		a = f.begin(b)
+	f.mu.Lock()
+	answer := f.begin
+	f.mu.Unlock()
+	if answer != nil {
+		a = answer(b)
 	}
 	if a == nil {
 		return true
@@ -228,6 +239,7 @@ type harness struct {
 	state     *state.State
 	runner    Runner
 	scanEvery time.Duration // Config.ScanEvery; 0 means the default
+	beginWait time.Duration // Config.BeginTimeout; 0 means the default
 	dir       string
 	cc        *grpc.ClientConn
 	cancel    context.CancelFunc
@@ -245,6 +257,15 @@ func start(t *testing.T, runner Runner, dir string) *harness {
 // the Client's ScanEvery (0: the default).
 func startWith(t *testing.T, runner Runner, dir string, heartbeat, scanEvery time.Duration) *harness {
 	t.Helper()
+	h := newHarness(t, runner, dir, heartbeat, scanEvery)
+	h.run()
+	return h
+}
+
+// newHarness is startWith without starting the Client: the test sets the
+// harness up further, then calls run.
+func newHarness(t *testing.T, runner Runner, dir string, heartbeat, scanEvery time.Duration) *harness {
+	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -261,7 +282,6 @@ func startWith(t *testing.T, runner Runner, dir string, heartbeat, scanEvery tim
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { h.cc.Close() })
-	h.run()
 	return h
 }
 
@@ -279,6 +299,7 @@ func (h *harness) run() {
 		Backoff:         backoff.Backoff{Base: 5 * time.Millisecond, Cap: 50 * time.Millisecond},
 		ShutdownTimeout: 2 * time.Second,
 		ScanEvery:       h.scanEvery,
+		BeginTimeout:    h.beginWait,
 		Log:             zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.DebugLevel),
 	})
 	ctx, cancel := context.WithCancel(context.Background())

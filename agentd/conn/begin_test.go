@@ -1,0 +1,133 @@
+package conn
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	agentv1 "agentplane/gen/agentplane/agent/v1"
+)
+
+// refuse answers every go-ahead request with a refusal.
+func refuse(b *agentv1.CommandBegin) *agentv1.CommandBeginAnswer {
+	return &agentv1.CommandBeginAnswer{SubtaskId: b.GetSubtaskId(), Attempt: b.GetAttempt(),
+		Reason: "the server gave up on the command: agentd lost: not heard from for 31s"}
+}
+
+// silent answers no go-ahead request.
+func silent(*agentv1.CommandBegin) *agentv1.CommandBeginAnswer { return nil }
+
+// checkNotBegun checks that a command ended with outcome, its message
+// naming why and saying nothing was signalled, and that the runner was
+// never called.
+func checkNotBegun(t *testing.T, res *agentv1.CommandResult, r *fakeRunner, outcome agentv1.CommandOutcome, why string) {
+	t.Helper()
+	if res.GetOutcome() != outcome || !strings.Contains(res.GetMessage(), why) || !strings.Contains(res.GetMessage(), "nothing was signalled") {
+		t.Fatalf("result %v, want %v naming %q and that nothing was signalled", res, outcome, why)
+	}
+	if n := r.Calls(); n != 0 {
+		t.Fatalf("the runner was called %d times without the server's go-ahead", n)
+	}
+}
+
+func TestCommandAsksForTheGoAheadFirst(t *testing.T) {
+	r := newFakeRunner(false)
+	h := newHarness(t, r, t.TempDir(), 0, 0)
+	calls := -1
+	h.srv.setBegin(func(b *agentv1.CommandBegin) *agentv1.CommandBeginAnswer {
+		calls = r.Calls()
+		return &agentv1.CommandBeginAnswer{SubtaskId: b.GetSubtaskId(), Attempt: b.GetAttempt(), Proceed: true}
+	})
+	h.run()
+	fs := h.stream()
+	fs.push(t, command(20, 3, time.Minute))
+	if res := fs.result(t); res.GetOutcome() != agentv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED {
+		t.Fatalf("result %v", res)
+	}
+	select {
+	case b := <-fs.begins:
+		if b.GetSubtaskId() != 20 || b.GetAttempt() != 3 {
+			t.Fatalf("go-ahead asked for %v", b)
+		}
+	default:
+		t.Fatal("the command ran without asking for the go-ahead")
+	}
+	if calls != 0 {
+		t.Fatalf("the runner was called %d times before the go-ahead was asked", calls)
+	}
+}
+
+// TestRefusedCommandSignalsNothing: a command the server refuses to confirm
+// (it gave up on it) ends FAILED without touching the host, and is never
+// run, even when sent again.
+func TestRefusedCommandSignalsNothing(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cmd  func(int64, int32, time.Duration) *agentv1.ConnectResponse
+	}{{"stop", command}, {"start", startCommand}} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newFakeRunner(false)
+			h := newHarness(t, r, t.TempDir(), 0, 0)
+			h.srv.setBegin(refuse)
+			h.run()
+			fs := h.stream()
+			fs.push(t, tc.cmd(21, 1, time.Minute))
+			checkNotBegun(t, fs.result(t), r, agentv1.CommandOutcome_COMMAND_OUTCOME_FAILED,
+				"server did not confirm the command: refused: the server gave up on the command: agentd lost")
+			h.srv.setBegin(nil)
+			fs.push(t, tc.cmd(21, 1, time.Minute)) // again: the stored result, never a run
+			checkNotBegun(t, fs.result(t), r, agentv1.CommandOutcome_COMMAND_OUTCOME_FAILED, "refused")
+		})
+	}
+}
+
+func TestUnconfirmedCommandSignalsNothing(t *testing.T) {
+	r := newFakeRunner(false)
+	h := newHarness(t, r, t.TempDir(), 0, 0)
+	h.beginWait = 100 * time.Millisecond
+	h.srv.setBegin(silent)
+	h.run()
+	fs := h.stream()
+	fs.push(t, command(22, 1, time.Minute))
+	checkNotBegun(t, fs.result(t), r, agentv1.CommandOutcome_COMMAND_OUTCOME_FAILED,
+		"server did not confirm the command: no answer within 100ms")
+}
+
+// TestCommandOfAStreamThatEndsSignalsNothing: the stream a command came on
+// ends before the server confirms it (as after a partition the server gave
+// up on): nothing is signalled, and the result goes out on the next stream.
+func TestCommandOfAStreamThatEndsSignalsNothing(t *testing.T) {
+	r := newFakeRunner(false)
+	h := newHarness(t, r, t.TempDir(), 0, 0)
+	h.srv.setBegin(silent)
+	h.run()
+	fs := h.stream()
+	fs.push(t, command(23, 1, time.Minute))
+	select {
+	case <-fs.begins:
+	case <-time.After(waitFor):
+		t.Fatal("no go-ahead asked")
+	}
+	close(fs.cut)
+	fs2 := h.stream()
+	checkNotBegun(t, fs2.result(t), r, agentv1.CommandOutcome_COMMAND_OUTCOME_FAILED,
+		"server did not confirm the command: the stream it came on ended before the server answered")
+}
+
+func TestCancelWhileAwaitingTheGoAhead(t *testing.T) {
+	r := newFakeRunner(false)
+	h := newHarness(t, r, t.TempDir(), 0, 0)
+	h.srv.setBegin(silent)
+	h.run()
+	fs := h.stream()
+	fs.push(t, command(24, 1, time.Minute))
+	select {
+	case <-fs.begins:
+	case <-time.After(waitFor):
+		t.Fatal("no go-ahead asked")
+	}
+	fs.push(t, &agentv1.ConnectResponse{Kind: &agentv1.ConnectResponse_Cancel{Cancel: &agentv1.CancelCommand{
+		SubtaskId: 24, Attempt: 1, Reason: "canceled by operator"}}})
+	checkNotBegun(t, fs.result(t), r, agentv1.CommandOutcome_COMMAND_OUTCOME_CANCELED,
+		"canceled before it started, nothing was signalled: canceled by operator")
+}
