@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/rs/zerolog"
+
 	"agentplane/agentd/state"
 	agentv1 "agentplane/gen/agentplane/agent/v1"
 )
@@ -18,16 +20,44 @@ import (
 // and waits for the answer, bounded. Without a go-ahead it touches nothing
 // and the attempt ends FAILED (or CANCELED, if canceled meanwhile); the
 // journal keeps it from ever running.
+//
+// When that stream ends before the answer (the server gave up on it, or
+// restarted), the command waits, still touching nothing, for the server to
+// send it again on a later stream (a server that still waits for it does so
+// when agentd reconnects) and asks again there; or for its Cancel (a server
+// that gave up sends it when agentd reconnects), or its timeout, which end
+// it CANCELED. So a server restart between a command and its go-ahead does
+// not fail the command.
 
-// errStreamEnded is why a go-ahead failed when the stream the command came
-// on ended before the server answered.
+// errStreamEnded is why a go-ahead failed when the stream it was asked on
+// ended before the server answered.
 var errStreamEnded = errors.New("the stream it came on ended before the server answered")
 
 // goAhead asks the server, on s, whether the command k may begin, and waits
-// for the answer: at most Config.BeginTimeout (or timeout, if shorter),
-// until s ends, or until ctx is done (its cause is returned). It returns nil
-// when the server says proceed.
-func (c *Client) goAhead(ctx context.Context, s *session, k cmdKey, timeout time.Duration) error {
+// for the answer (see ask). When s ends first, it waits for the command to
+// arrive again on another stream (again) and asks there, until ctx is done.
+// It returns nil when the server says proceed, ctx's cause when ctx is done
+// first.
+func (c *Client) goAhead(ctx context.Context, log zerolog.Logger, s *session, k cmdKey, timeout time.Duration, again <-chan *session) error {
+	for {
+		err := c.ask(ctx, s, k, timeout)
+		if !errors.Is(err, errStreamEnded) {
+			return err
+		}
+		log.Info().Msg("stream ended before the server confirmed the command; waiting for it on the next stream")
+		select {
+		case s = <-again:
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+	}
+}
+
+// ask asks the server, on s, whether the command k may begin, and waits for
+// the answer: at most Config.BeginTimeout (or timeout, if shorter), until s
+// ends (errStreamEnded), or until ctx is done (its cause is returned). It
+// returns nil when the server says proceed.
+func (c *Client) ask(ctx context.Context, s *session, k cmdKey, timeout time.Duration) error {
 	answer := s.expect(k)
 	defer s.forget(k)
 	wait := min(c.cfg.BeginTimeout, timeout)

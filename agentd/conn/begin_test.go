@@ -93,25 +93,50 @@ func TestUnconfirmedCommandSignalsNothing(t *testing.T) {
 		"server did not confirm the command: no answer within 100ms")
 }
 
-// TestCommandOfAStreamThatEndsSignalsNothing: the stream a command came on
-// ends before the server confirms it (as after a partition the server gave
-// up on): nothing is signalled, and the result goes out on the next stream.
-func TestCommandOfAStreamThatEndsSignalsNothing(t *testing.T) {
-	r := newFakeRunner(false)
-	h := newHarness(t, r, t.TempDir(), 0, 0)
-	h.srv.setBegin(silent)
-	h.run()
-	fs := h.stream()
-	fs.push(t, command(23, 1, time.Minute))
-	select {
-	case <-fs.begins:
-	case <-time.After(waitFor):
-		t.Fatal("no go-ahead asked")
+// TestCommandOfAStreamThatEndsWaitsForTheNext: the stream a command came on
+// ends before the server confirms it (after a partition, or a server
+// restart). Nothing is signalled; the command waits for the next stream:
+// sent again there, it asks again and runs once confirmed; canceled there
+// (the server gave up on it), it ends CANCELED having signalled nothing.
+func TestCommandOfAStreamThatEndsWaitsForTheNext(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		next *agentv1.ConnectResponse
+		want agentv1.CommandOutcome
+	}{
+		{"sent again", command(23, 1, time.Minute), agentv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED},
+		{"canceled", &agentv1.ConnectResponse{Kind: &agentv1.ConnectResponse_Cancel{Cancel: &agentv1.CancelCommand{
+			SubtaskId: 23, Attempt: 1, Reason: "agentd lost: not heard from for 31s"}}}, agentv1.CommandOutcome_COMMAND_OUTCOME_CANCELED},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newFakeRunner(false)
+			h := newHarness(t, r, t.TempDir(), 0, 0)
+			h.srv.setBegin(silent)
+			h.run()
+			fs := h.stream()
+			fs.push(t, command(23, 1, time.Minute))
+			select {
+			case <-fs.begins:
+			case <-time.After(waitFor):
+				t.Fatal("no go-ahead asked")
+			}
+			close(fs.cut)
+			fs2 := h.stream()
+			if n := r.Calls(); n != 0 {
+				t.Fatalf("the runner was called %d times without the server's go-ahead", n)
+			}
+			h.srv.setBegin(nil) // the next stream's server confirms
+			fs2.push(t, tc.next)
+			res := fs2.result(t)
+			if tc.want == agentv1.CommandOutcome_COMMAND_OUTCOME_CANCELED {
+				checkNotBegun(t, res, r, tc.want, "canceled before it started, nothing was signalled: agentd lost")
+				return
+			}
+			if res.GetOutcome() != tc.want || r.Calls() != 1 {
+				t.Fatalf("result %v after %d runner calls, want %v after one", res, r.Calls(), tc.want)
+			}
+		})
 	}
-	close(fs.cut)
-	fs2 := h.stream()
-	checkNotBegun(t, fs2.result(t), r, agentv1.CommandOutcome_COMMAND_OUTCOME_FAILED,
-		"server did not confirm the command: the stream it came on ended before the server answered")
 }
 
 func TestCancelWhileAwaitingTheGoAhead(t *testing.T) {

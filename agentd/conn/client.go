@@ -120,6 +120,10 @@ type cmdKey struct {
 // execution is a running command.
 type execution struct {
 	cancel context.CancelCauseFunc
+	// again receives the stream the command was received on again while
+	// it runs (buffered 1): a command waiting for the server's go-ahead
+	// whose stream ended asks again there (see goAhead).
+	again chan *session
 }
 
 // New returns a Client for cfg, with defaults filled in.
@@ -227,8 +231,12 @@ func (c *Client) handleCommand(s *session, cmd *agentv1.Command) {
 		log.Info().Msg("ignoring command during shutdown")
 		return
 	}
-	if _, ok := c.running[k]; ok {
+	if e, ok := c.running[k]; ok {
 		c.mu.Unlock()
+		select {
+		case e.again <- s:
+		default:
+		}
 		log.Debug().Msg("command already running")
 		return
 	}
@@ -270,7 +278,8 @@ func (c *Client) handleCommand(s *session, cmd *agentv1.Command) {
 	// The command runs under Run's ctx, not the connection's.
 	base, cancel := context.WithCancelCause(c.root)
 	rctx, cancelTimeout := context.WithTimeoutCause(base, timeout, timeoutError{timeout})
-	c.running[k] = &execution{cancel: cancel}
+	e := &execution{cancel: cancel, again: make(chan *session, 1)}
+	c.running[k] = e
 	c.cmds.Add(1)
 	c.mu.Unlock()
 
@@ -286,9 +295,9 @@ func (c *Client) handleCommand(s *session, cmd *agentv1.Command) {
 			log.Warn().Msg("command without a known action")
 			r = state.Result{Outcome: state.OutcomeFailed, Message: "unsupported command action"}
 		default:
-			if err := c.goAhead(rctx, s, k, timeout); err != nil {
+			if err := c.goAhead(rctx, log, s, k, timeout, e.again); err != nil {
 				r = notBegun(rctx, err)
-				log.Warn().Err(err).Msg("server did not confirm the command; nothing was signalled")
+				log.Warn().Err(err).Msg("command ended without the server's go-ahead; nothing was signalled")
 				break
 			}
 			r, seen = work(rctx)

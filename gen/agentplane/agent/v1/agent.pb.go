@@ -1253,13 +1253,15 @@ func (x *CancelCommand) GetReason() string {
 // CommandBegin asks the server whether agentd may begin a command it
 // received: agentd has journaled the attempt as begun (it never runs it
 // again) and touches nothing on the host until the answer says proceed. It
-// is sent on the stream the command came on, once per (subtask_id,
-// attempt). A refusal, no answer within min(10s, the command's timeout), or
-// the stream ending first, and agentd ends the attempt FAILED without
-// signalling or starting anything. This fences a command read late (from a
-// stream the server has given up on, say after a partition or while agentd
-// was frozen): the server grants it only while it still waits for that
-// attempt's result on the host's current stream.
+// is sent on the stream the command came on. On a refusal, or no answer
+// within min(10s, the command's timeout), agentd ends the attempt FAILED
+// without signalling or starting anything. When that stream ends first,
+// agentd waits, touching nothing, for the same command on a later stream
+// (and asks again there) or its CancelCommand, until the command's timeout.
+// This fences a command read late (from a stream the server has given up
+// on, say after a partition or while agentd was frozen): the server grants
+// it only while it still waits for that attempt's result on the host's
+// current stream.
 type CommandBegin struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Subtask of the command. Required, positive.
