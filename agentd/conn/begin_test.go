@@ -93,6 +93,24 @@ func TestUnconfirmedCommandSignalsNothing(t *testing.T) {
 		"server did not confirm the command: no answer within 100ms")
 }
 
+// awaitingGoAhead runs agentd against a server that answers no go-ahead
+// request, sends it a stop of (subtask, 1) and returns once agentd asked for
+// the go-ahead.
+func awaitingGoAhead(t *testing.T, r *fakeRunner, subtask int64) (*harness, *fakeStream) {
+	t.Helper()
+	h := newHarness(t, r, t.TempDir(), 0, 0)
+	h.srv.setBegin(silent)
+	h.run()
+	fs := h.stream()
+	fs.push(t, command(subtask, 1, time.Minute))
+	select {
+	case <-fs.begins:
+	case <-time.After(waitFor):
+		t.Fatal("no go-ahead asked")
+	}
+	return h, fs
+}
+
 // TestCommandOfAStreamThatEndsWaitsForTheNext: the stream a command came on
 // ends before the server confirms it (after a partition, or a server
 // restart). Nothing is signalled; the command waits for the next stream:
@@ -110,16 +128,7 @@ func TestCommandOfAStreamThatEndsWaitsForTheNext(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := newFakeRunner(false)
-			h := newHarness(t, r, t.TempDir(), 0, 0)
-			h.srv.setBegin(silent)
-			h.run()
-			fs := h.stream()
-			fs.push(t, command(23, 1, time.Minute))
-			select {
-			case <-fs.begins:
-			case <-time.After(waitFor):
-				t.Fatal("no go-ahead asked")
-			}
+			h, fs := awaitingGoAhead(t, r, 23)
 			close(fs.cut)
 			fs2 := h.stream()
 			if n := r.Calls(); n != 0 {
@@ -141,16 +150,7 @@ func TestCommandOfAStreamThatEndsWaitsForTheNext(t *testing.T) {
 
 func TestCancelWhileAwaitingTheGoAhead(t *testing.T) {
 	r := newFakeRunner(false)
-	h := newHarness(t, r, t.TempDir(), 0, 0)
-	h.srv.setBegin(silent)
-	h.run()
-	fs := h.stream()
-	fs.push(t, command(24, 1, time.Minute))
-	select {
-	case <-fs.begins:
-	case <-time.After(waitFor):
-		t.Fatal("no go-ahead asked")
-	}
+	_, fs := awaitingGoAhead(t, r, 24)
 	fs.push(t, &agentv1.ConnectResponse{Kind: &agentv1.ConnectResponse_Cancel{Cancel: &agentv1.CancelCommand{
 		SubtaskId: 24, Attempt: 1, Reason: "canceled by operator"}}})
 	checkNotBegun(t, fs.result(t), r, agentv1.CommandOutcome_COMMAND_OUTCOME_CANCELED,

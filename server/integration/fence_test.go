@@ -99,6 +99,9 @@ func checkNeverRunsLate(t *testing.T, late string, setup func(t *testing.T, s *s
 		t.Errorf("task %s after the late result, want FAILED", tk.Status)
 	}
 	s.waitAgent(t, a.hostID, "STARTED", before)
+	if h := s.getHost(t, a.hostID); h.AgentStatus != "STARTED" || h.OperationTaskID != 0 {
+		t.Errorf("host after the refused stop: agentStatus %q operationTaskId %d, want STARTED 0", h.AgentStatus, h.OperationTaskID)
+	}
 	checkNothingRunning(t, s)
 	t.Logf("subtask log:\n%s", log)
 	logCommand(t, a)
@@ -165,6 +168,9 @@ func TestFrozenAgentdFinishesStopLate(t *testing.T) {
 	wantInOrder(t, "the stop subtask's log", log, "the server gave up on attempt 1: agentd lost",
 		"late result from agentd after the server gave up (attempt 1): SUCCEEDED: stopped 3 OCP Agent base processes")
 	s.waitAgent(t, a.hostID, "STOPPED", nil)
+	if h := s.getHost(t, a.hostID); h.AgentStatus != "STOPPED" || h.OperationTaskID != 0 {
+		t.Errorf("host after the late stop: agentStatus %q operationTaskId %d, want STOPPED 0", h.AgentStatus, h.OperationTaskID)
+	}
 	checkNoneUnder(t, home)
 	by.checkAlive(t)
 	checkNothingRunning(t, s)
@@ -176,54 +182,20 @@ func TestFrozenAgentdFinishesStopLate(t *testing.T) {
 // byte, as a network partition does; healed, it delivers what it held, in
 // order.
 type partition struct {
-	ln net.Listener
+	*proxy
 
 	mu     sync.Mutex
 	healed chan struct{} // closed while traffic flows; replaced when held
-	conns  []net.Conn
 }
 
 func startPartition(t *testing.T, target string) *partition {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &partition{ln: ln, healed: make(chan struct{})}
+	p := &partition{healed: make(chan struct{})}
 	close(p.healed)
-	var wg sync.WaitGroup
-	t.Cleanup(func() {
-		ln.Close()
-		p.hold(false)
-		p.mu.Lock()
-		for _, c := range p.conns {
-			c.Close()
-		}
-		p.mu.Unlock()
-		wg.Wait()
-	})
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			u, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			p.mu.Lock()
-			p.conns = append(p.conns, c, u)
-			p.mu.Unlock()
-			wg.Go(func() { p.forward(u, c) })
-			wg.Go(func() { p.forward(c, u) })
-		}
-	})
+	p.proxy = startForwarder(t, target, p.forward)
+	t.Cleanup(func() { p.hold(false) }) // before the proxy's: nothing waits
 	return p
 }
-
-func (p *partition) addr() string { return p.ln.Addr().String() }
 
 // forward copies src to dst, waiting while the partition holds; at the
 // end of src it closes dst.
