@@ -57,17 +57,19 @@ const (
 
 // giveUp ends Dispatch's wait for c with cause: from now on c's command is
 // neither re-sent nor granted, and a Cancel goes to the host (or waits for
-// its next session). When lost (await found the host's agentd lost) and the
-// host has a live session again (it connected after await's verdict and got
-// the command again), it gives up nothing and returns false: Dispatch waits
-// on.
+// its next session). When lost (await found the host's agentd lost), c is
+// abandoned too (Dispatch returns at once), unless the result came after
+// await's verdict, or the host has a live session again (it connected
+// after await's verdict and got the command again): then it gives up
+// nothing and returns false, and Dispatch waits on.
 func (f *Fleet) giveUp(ctx context.Context, c *call, lost bool, cause error) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if lost && ctx.Err() == nil && f.live(c.hostID) != nil {
+	if lost && (len(c.result) > 0 || ctx.Err() == nil && f.live(c.hostID) != nil) {
 		return false
 	}
 	c.canceled = true
+	c.abandoned = lost
 	k := key{c.cmd.SubtaskID, c.cmd.Attempt}
 	f.givenUpSeq++
 	f.givenUp[k] = &givenUp{hostID: c.hostID, reason: cause.Error(), seq: f.givenUpSeq}
@@ -95,6 +97,20 @@ func (f *Fleet) logGiveUp(ctx context.Context, k key, cause error) {
 	line := fmt.Sprintf("the server gave up on attempt %d: %v; agentd may not begin it from now on", k.attempt, cause)
 	if err := f.cfg.Logs.AppendSubtaskLog(ctx, k.subtask, task.LogLine{RunTime: k.attempt, Time: f.cfg.Now(), Line: line}); err != nil {
 		f.cfg.Log.Error().Err(err).Int64("subtask_id", k.subtask).Int("attempt", k.attempt).Msg("recording a give-up in the subtask log failed")
+	}
+}
+
+// abandon marks c abandoned once Dispatch stops waiting for the agent to
+// confirm its Cancel, and returns the result if it came meanwhile.
+func (f *Fleet) abandon(c *call) (Result, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c.abandoned = true
+	select {
+	case r := <-c.result:
+		return r, true
+	default:
+		return Result{}, false
 	}
 }
 

@@ -280,3 +280,42 @@ func TestLostVerdictYieldsToAHostBackInTime(t *testing.T) {
 		f.Close()
 	}
 }
+
+// TestResultAroundALostVerdict: a result that comes after await found the
+// host lost keeps Dispatch waiting (it returns the result); one that comes
+// once Dispatch has given up, before it has returned, is a late result,
+// recorded and acknowledged, not dropped in a channel nobody reads.
+func TestResultAroundALostVerdict(t *testing.T) {
+	reg := newRegistry()
+	f := newLossyFleet(reg)
+	s := connect(t, f, "h1")
+	f.Disconnect(s)
+	k := key{9, 1}
+	c := &call{hostID: s.HostID, cmd: Command{SubtaskID: 9, Attempt: 1}, ctx: context.Background(), result: make(chan Result, 1)}
+	f.mu.Lock()
+	f.inflight[k] = c // as Dispatch registers it
+	f.mu.Unlock()
+
+	c.result <- Result{SubtaskID: 9, Attempt: 1, Outcome: Succeeded}
+	if f.giveUp(context.Background(), c, true, ErrAgentLost) {
+		t.Fatal("gave up on a dispatch whose result is in")
+	}
+	<-c.result
+	if !f.giveUp(context.Background(), c, true, ErrAgentLost) {
+		t.Fatal("did not give up on a lost host")
+	}
+	s2 := connect(t, f, "h1")
+	if m := next(t, s2); m.Cancel == nil {
+		t.Fatalf("got %+v, want the pending cancel", m)
+	}
+	if err := f.Receive(context.Background(), s2, Inbound{Result: &Result{SubtaskID: 9, Attempt: 1, Outcome: Canceled, Message: "canceled before it started"}}); err != nil {
+		t.Fatal(err)
+	}
+	if m := next(t, s2); m.Ack == nil {
+		t.Fatalf("got %+v, want the ack of the late result", m)
+	}
+	if len(c.result) != 0 {
+		t.Fatal("the late result went to the abandoned dispatch")
+	}
+	logHas(t, reg, 9, "late result from agentd after the server gave up (attempt 1): CANCELED")
+}

@@ -129,6 +129,10 @@ type call struct {
 	ctx      context.Context // Dispatch's: once done, agentd may not begin cmd
 	result   chan Result     // buffered 1; later duplicates are dropped
 	canceled bool            // given up: Cancel sent or pending; never (re)send nor grant cmd; guarded by Fleet.mu
+	// abandoned: Dispatch returns without reading result, so a result
+	// that comes now is a late one (see fence.go); guarded by Fleet.mu,
+	// as is sending to result.
+	abandoned bool
 }
 
 // New returns a fleet.
@@ -665,13 +669,16 @@ func (f *Fleet) Receive(ctx context.Context, s *Session, m Inbound) error {
 		f.mu.Lock()
 		f.forgetCancel(s.HostID, k)
 		c := f.inflight[k]
-		f.mu.Unlock()
-		if c == nil || c.hostID != s.HostID {
-			return f.unawaited(ctx, s, r)
+		awaited := c != nil && c.hostID == s.HostID && !c.abandoned
+		if awaited {
+			select {
+			case c.result <- r:
+			default:
+			}
 		}
-		select {
-		case c.result <- r:
-		default:
+		f.mu.Unlock()
+		if !awaited {
+			return f.unawaited(ctx, s, r)
 		}
 		return nil
 	case m.Begin != nil:
@@ -787,6 +794,10 @@ func (f *Fleet) Dispatch(ctx context.Context, hostID int64, cmd Command) (Result
 		f.answered(k)
 		return r, cause
 	case <-t.C:
+		if r, ok := f.abandon(c); ok {
+			f.answered(k)
+			return r, cause
+		}
 		return Result{}, fmt.Errorf("%w; agentd did not confirm the cancel within %s", cause, f.cfg.CancelWait)
 	}
 }
