@@ -14,7 +14,8 @@ import (
 // A command can reach agentd after Dispatch gave up on it: read from a
 // stream that was partitioned, or by an agentd that was frozen, for longer
 // than LostAfter. So agentd asks for a go-ahead (Begin) on the stream the
-// command came on before its first signal or process start, and the fleet
+// command came on (if that stream ends first, on the one that brings the
+// command again) before its first signal or process start, and the fleet
 // grants it only while Dispatch still waits for that attempt on the host's
 // current session. The grant and the give-up are decided under Fleet.mu, so
 // exactly one comes first: a command is never begun after its give-up, and
