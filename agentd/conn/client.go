@@ -49,6 +49,7 @@ const (
 	DefaultCommandTimeout  = 10 * time.Minute
 	DefaultGrace           = 30 * time.Second
 	DefaultScanEvery       = time.Minute
+	DefaultBeginTimeout    = 10 * time.Second
 	outQueue               = 256
 )
 
@@ -71,6 +72,7 @@ type Config struct {
 	StableAfter     time.Duration   // a welcomed connection up this long resets the backoff; default 10s
 	ShutdownTimeout time.Duration   // on shutdown, wait this long for commands' results to be sent; default 5s
 	ScanEvery       time.Duration   // a heartbeat scans all of /proc at least this often, else re-checks the known processes; default 1m (see heartbeatProcesses)
+	BeginTimeout    time.Duration   // wait this long (at most the command's timeout) for the server's go-ahead to begin a command; default 10s (see goAhead)
 	Log             zerolog.Logger
 	Rand            *rand.Rand // backoff jitter source; default a random seed
 
@@ -118,6 +120,10 @@ type cmdKey struct {
 // execution is a running command.
 type execution struct {
 	cancel context.CancelCauseFunc
+	// again receives the stream the command was received on again while
+	// it runs (buffered 1): a command waiting for the server's go-ahead
+	// whose stream ended asks again there (see goAhead).
+	again chan *session
 }
 
 // New returns a Client for cfg, with defaults filled in.
@@ -136,6 +142,9 @@ func New(cfg Config) *Client {
 	}
 	if cfg.ScanEvery <= 0 {
 		cfg.ScanEvery = DefaultScanEvery
+	}
+	if cfg.BeginTimeout <= 0 {
+		cfg.BeginTimeout = DefaultBeginTimeout
 	}
 	if cfg.Rand == nil {
 		cfg.Rand = rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
@@ -205,7 +214,9 @@ func (c *Client) send(msg *agentv1.ConnectRequest, droppable bool) bool {
 }
 
 // handleCommand starts cmd unless it ran before; a repeated command is
-// answered with its stored result.
+// answered with its stored result. A command begun here asks the server
+// for the go-ahead on s, the stream it came on, before it touches the host
+// (see goAhead).
 func (c *Client) handleCommand(s *session, cmd *agentv1.Command) {
 	k := cmdKey{cmd.GetSubtaskId(), cmd.GetAttempt()}
 	log := s.log.With().Int64("subtask_id", k.subtask).Int32("attempt", k.attempt).Logger()
@@ -220,8 +231,12 @@ func (c *Client) handleCommand(s *session, cmd *agentv1.Command) {
 		log.Info().Msg("ignoring command during shutdown")
 		return
 	}
-	if _, ok := c.running[k]; ok {
+	if e, ok := c.running[k]; ok {
 		c.mu.Unlock()
+		select {
+		case e.again <- s:
+		default:
+		}
 		log.Debug().Msg("command already running")
 		return
 	}
@@ -263,7 +278,8 @@ func (c *Client) handleCommand(s *session, cmd *agentv1.Command) {
 	// The command runs under Run's ctx, not the connection's.
 	base, cancel := context.WithCancelCause(c.root)
 	rctx, cancelTimeout := context.WithTimeoutCause(base, timeout, timeoutError{timeout})
-	c.running[k] = &execution{cancel: cancel}
+	e := &execution{cancel: cancel, again: make(chan *session, 1)}
+	c.running[k] = e
 	c.cmds.Add(1)
 	c.mu.Unlock()
 
@@ -274,10 +290,16 @@ func (c *Client) handleCommand(s *session, cmd *agentv1.Command) {
 		log.Info().Str("action", actionName(cmd)).Dur("timeout", timeout).Msg("command started")
 		var r state.Result
 		var seen report
-		if work == nil {
+		switch {
+		case work == nil:
 			log.Warn().Msg("command without a known action")
 			r = state.Result{Outcome: state.OutcomeFailed, Message: "unsupported command action"}
-		} else {
+		default:
+			if err := c.goAhead(rctx, log, s, k, timeout, e.again); err != nil {
+				r = notBegun(rctx, err)
+				log.Warn().Err(err).Msg("command ended without the server's go-ahead; nothing was signalled")
+				break
+			}
 			r, seen = work(rctx)
 		}
 		r.SubtaskID, r.Attempt, r.FinishTime = k.subtask, k.attempt, time.Now()
@@ -414,7 +436,7 @@ func (c *Client) handleCancel(s *session, m *agentv1.CancelCommand) {
 		}
 	} else {
 		r = state.Result{SubtaskID: k.subtask, Attempt: k.attempt, Outcome: state.OutcomeCanceled,
-			Message: "canceled before it started: " + cancelReason(canceledError{m.GetReason()}), FinishTime: time.Now()}
+			Message: "canceled before it started, nothing was signalled: " + cancelReason(canceledError{m.GetReason()}), FinishTime: time.Now()}
 		if err := c.cfg.State.SaveResult(r); err != nil {
 			log.Error().Err(err).Msg("cannot save command result")
 		}

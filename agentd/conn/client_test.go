@@ -35,6 +35,17 @@ type fakeServer struct {
 	hostID    int64
 	heartbeat time.Duration // the Welcome's heartbeat interval; 0 means 50ms
 	streams   chan *fakeStream
+	// begin answers agentd's go-ahead requests; nil answer: none is sent.
+	// Unset: every command may proceed. Set it with setBegin.
+	mu    sync.Mutex
+	begin func(*agentv1.CommandBegin) *agentv1.CommandBeginAnswer
+}
+
+// setBegin sets how the server answers go-ahead requests.
+func (f *fakeServer) setBegin(fn func(*agentv1.CommandBegin) *agentv1.CommandBeginAnswer) {
+	f.mu.Lock()
+	f.begin = fn
+	f.mu.Unlock()
 }
 
 type fakeStream struct {
@@ -42,6 +53,9 @@ type fakeStream struct {
 	reqs  chan *agentv1.ConnectRequest  // every message after the Hello
 	send  chan *agentv1.ConnectResponse // the test's messages to agentd
 	cut   chan struct{}                 // closed by the test: the server ends the stream
+	// begins receives agentd's go-ahead requests (answered by
+	// fakeServer.begin), which are not in reqs.
+	begins chan *agentv1.CommandBegin
 }
 
 func (f *fakeServer) Connect(stream agentv1.AgentService_ConnectServer) error {
@@ -59,10 +73,11 @@ func (f *fakeServer) Connect(stream agentv1.AgentService_ConnectServer) error {
 		return err
 	}
 	fs := &fakeStream{
-		hello: first.GetHello(),
-		reqs:  make(chan *agentv1.ConnectRequest, 1024),
-		send:  make(chan *agentv1.ConnectResponse),
-		cut:   make(chan struct{}),
+		hello:  first.GetHello(),
+		reqs:   make(chan *agentv1.ConnectRequest, 1024),
+		send:   make(chan *agentv1.ConnectResponse),
+		cut:    make(chan struct{}),
+		begins: make(chan *agentv1.CommandBegin, 64),
 	}
 	ctx := stream.Context()
 	select {
@@ -77,6 +92,12 @@ func (f *fakeServer) Connect(stream agentv1.AgentService_ConnectServer) error {
 			m, err := stream.Recv()
 			if err != nil {
 				return
+			}
+			if b := m.GetBegin(); b != nil {
+				if !f.answerBegin(ctx, fs, b) {
+					return
+				}
+				continue
 			}
 			select {
 			case fs.reqs <- m:
@@ -98,6 +119,33 @@ func (f *fakeServer) Connect(stream agentv1.AgentService_ConnectServer) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		}
+	}
+}
+
+// answerBegin records a go-ahead request and answers it as f.begin says;
+// false when the stream ended.
+func (f *fakeServer) answerBegin(ctx context.Context, fs *fakeStream, b *agentv1.CommandBegin) bool {
+	select {
+	case fs.begins <- b:
+	default:
+	}
+	a := &agentv1.CommandBeginAnswer{SubtaskId: b.GetSubtaskId(), Attempt: b.GetAttempt(), Proceed: true}
+	f.mu.Lock()
+	answer := f.begin
+	f.mu.Unlock()
+	if answer != nil {
+		a = answer(b)
+	}
+	if a == nil {
+		return true
+	}
+	select {
+	case fs.send <- &agentv1.ConnectResponse{Kind: &agentv1.ConnectResponse_BeginAnswer{BeginAnswer: a}}:
+		return true
+	case <-fs.cut:
+		return false
+	case <-ctx.Done():
+		return false
 	}
 }
 
@@ -191,6 +239,7 @@ type harness struct {
 	state     *state.State
 	runner    Runner
 	scanEvery time.Duration // Config.ScanEvery; 0 means the default
+	beginWait time.Duration // Config.BeginTimeout; 0 means the default
 	dir       string
 	cc        *grpc.ClientConn
 	cancel    context.CancelFunc
@@ -208,6 +257,15 @@ func start(t *testing.T, runner Runner, dir string) *harness {
 // the Client's ScanEvery (0: the default).
 func startWith(t *testing.T, runner Runner, dir string, heartbeat, scanEvery time.Duration) *harness {
 	t.Helper()
+	h := newHarness(t, runner, dir, heartbeat, scanEvery)
+	h.run()
+	return h
+}
+
+// newHarness is startWith without starting the Client: the test sets the
+// harness up further, then calls run.
+func newHarness(t *testing.T, runner Runner, dir string, heartbeat, scanEvery time.Duration) *harness {
+	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -224,7 +282,6 @@ func startWith(t *testing.T, runner Runner, dir string, heartbeat, scanEvery tim
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { h.cc.Close() })
-	h.run()
 	return h
 }
 
@@ -242,6 +299,7 @@ func (h *harness) run() {
 		Backoff:         backoff.Backoff{Base: 5 * time.Millisecond, Cap: 50 * time.Millisecond},
 		ShutdownTimeout: 2 * time.Second,
 		ScanEvery:       h.scanEvery,
+		BeginTimeout:    h.beginWait,
 		Log:             zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.DebugLevel),
 	})
 	ctx, cancel := context.WithCancel(context.Background())

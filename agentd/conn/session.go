@@ -19,6 +19,9 @@ type session struct {
 	ctx context.Context // the stream's context; done when the session ends
 	log zerolog.Logger
 	out chan *agentv1.ConnectRequest // to the sender; nil asks it to CloseSend
+
+	mu     sync.Mutex
+	begins map[cmdKey]chan *agentv1.CommandBeginAnswer // go-aheads awaited on this stream (goAhead)
 }
 
 // send queues msg; see Client.send.
@@ -217,6 +220,8 @@ func (c *Client) handle(s *session, m *agentv1.ConnectResponse) {
 		c.handleCancel(s, k.Cancel)
 	case *agentv1.ConnectResponse_Ack:
 		c.handleAck(s, k.Ack)
+	case *agentv1.ConnectResponse_BeginAnswer:
+		s.answered(k.BeginAnswer)
 	case *agentv1.ConnectResponse_Welcome:
 		s.log.Warn().Msg("ignoring repeated welcome")
 	default:

@@ -130,6 +130,11 @@ type Fleet struct {
 	// is back (offlineLater).
 	offline      map[int64]bool
 	offlineTimer *time.Timer
+	// givenUp holds the attempts Dispatch gave up on without their
+	// result, givenUpOrder them oldest first (see fence.go).
+	givenUp      map[key]*givenUp
+	givenUpOrder []givenUpRef
+	givenUpSeq   uint64
 }
 
 // maxPendingCancels bounds the cancels remembered for one host, so a host
@@ -142,8 +147,13 @@ const maxPendingCancels = sessionBuffer / 2
 type call struct {
 	hostID   int64
 	cmd      Command
-	result   chan Result // buffered 1; later duplicates are dropped
-	canceled bool        // Cancel was sent or is pending: never (re)send cmd; guarded by Fleet.mu
+	ctx      context.Context // Dispatch's: once done, agentd may not begin cmd
+	result   chan Result     // buffered 1; later duplicates are dropped
+	canceled bool            // given up: Cancel sent or pending; never (re)send nor grant cmd; guarded by Fleet.mu
+	// abandoned: Dispatch returns without reading result, so a result
+	// that comes now is a late one (see fence.go); guarded by Fleet.mu,
+	// as is sending to result.
+	abandoned bool
 }
 
 // New returns a fleet.
@@ -171,6 +181,7 @@ func New(cfg Config) *Fleet {
 		joined: map[int64]chan struct{}{}, heard: map[int64]time.Time{}, pending: map[int64][]Cancel{},
 		streams: map[int64]int{}, replacements: map[int64]*rate.Limiter{}, seen: map[int64]time.Time{},
 		writeFailLog: rate.Sometimes{Interval: writeFailLogEvery}, offline: map[int64]bool{},
+		givenUp: map[key]*givenUp{},
 	}
 }
 
@@ -716,7 +727,9 @@ func (f *Fleet) WaitConnected(ctx context.Context, hostID int64) bool {
 }
 
 // Receive handles one message of a session; any message proves the host
-// alive. Messages about commands that were not dispatched to this session's
+// alive. A Begin is answered (see fence.go). Progress and results of an
+// attempt the fleet gave up on are recorded in the subtask's log (bounded);
+// other messages about commands that were not dispatched to this session's
 // host are dropped with a warning. A message over the bounds on reports
 // (MaxReportedProcesses, MaxTextBytes and the like) or with no field set is
 // an ErrInvalidArgument error; any other error is a store failure. A
@@ -749,6 +762,10 @@ func (f *Fleet) Receive(ctx context.Context, s *Session, m Inbound) error {
 	case m.Progress != nil:
 		p := m.Progress
 		if !f.dispatchedTo(key{p.SubtaskID, p.Attempt}, s.HostID) {
+			late := fmt.Sprintf("late progress from agentd after the server gave up (attempt %d): %s", p.Attempt, p.Message)
+			if ok, err := f.recordLate(ctx, s.HostID, key{p.SubtaskID, p.Attempt}, false, late); ok || err != nil {
+				return err
+			}
 			log.Warn().Int64("subtask_id", p.SubtaskID).Int("attempt", p.Attempt).Msg("progress for a command not dispatched to this host dropped")
 			return nil
 		}
@@ -768,26 +785,36 @@ func (f *Fleet) Receive(ctx context.Context, s *Session, m Inbound) error {
 		f.mu.Lock()
 		f.forgetCancel(s.HostID, k)
 		c := f.inflight[k]
+		awaited := c != nil && c.hostID == s.HostID && !c.abandoned
+		if awaited {
+			select {
+			case c.result <- r:
+			default:
+			}
+		}
 		f.mu.Unlock()
-		if c == nil || c.hostID != s.HostID {
+		if !awaited {
 			return f.unawaited(ctx, s, r)
 		}
-		select {
-		case c.result <- r:
-		default:
-		}
 		return nil
+	case m.Begin != nil:
+		return f.begin(ctx, s, *m.Begin)
 	default:
 		return fmt.Errorf("empty message: %w", errs.ErrInvalidArgument)
 	}
 }
 
-// unawaited handles a result nobody waits for. If its attempt is still
-// live, the engine has not resumed it yet: it will dispatch again and the
-// agent answer again, so the result is left unacknowledged. Otherwise it is
-// stale (the subtask moved on, e.g. failed by its timeout while the agent was
-// away): it is acknowledged so the agent forgets it.
+// unawaited handles a result nobody waits for. The result of an attempt
+// the server gave up on is recorded in the subtask's log and acknowledged
+// (lateResult). If its attempt is still live, the engine has not resumed
+// it yet: it will dispatch again and the agent answer again, so the result
+// is left unacknowledged. Otherwise it is stale (the subtask moved on, e.g.
+// finished while the agent's acknowledgement was lost, or a previous server
+// gave up on it): it is acknowledged so the agent forgets it.
 func (f *Fleet) unawaited(ctx context.Context, s *Session, r Result) error {
+	if late, err := f.lateResult(ctx, s, r); late || err != nil {
+		return err
+	}
 	live, err := f.cfg.Registry.AttemptLive(ctx, s.HostID, r.SubtaskID, r.Attempt)
 	if err != nil {
 		return err
@@ -831,6 +858,10 @@ func (f *Fleet) dispatchedTo(k key, hostID int64) bool {
 // Dispatch fails with an error wrapping ErrAgentLost; the Cancel is kept for
 // the host's next connection.
 //
+// agentd begins the command only once the fleet confirms it (a Begin,
+// see fence.go), which it does only until Dispatch gives up (lost, ctx
+// done): a command read late from a dead stream is never begun.
+//
 // When ctx ends (timeout or cancel) Dispatch sends Cancel (kept for the
 // host's next connection if it has no session), waits up to CancelWait for
 // the agent's result, and returns the result it got (if any) with ctx's
@@ -839,7 +870,7 @@ func (f *Fleet) dispatchedTo(k key, hostID int64) bool {
 // left to finish: the next server resumes the wait.
 func (f *Fleet) Dispatch(ctx context.Context, hostID int64, cmd Command) (Result, error) {
 	k := key{cmd.SubtaskID, cmd.Attempt}
-	c := &call{hostID: hostID, cmd: cmd, result: make(chan Result, 1)}
+	c := &call{hostID: hostID, cmd: cmd, ctx: ctx, result: make(chan Result, 1)}
 	began := time.Now()
 	f.mu.Lock()
 	if prev := f.inflight[k]; prev != nil {
@@ -864,23 +895,24 @@ func (f *Fleet) Dispatch(ctx context.Context, hostID int64, cmd Command) (Result
 		f.mu.Unlock()
 	}()
 
-	r, cause, err := f.await(ctx, hostID, c, began)
-	if err == nil && cause == nil {
-		return r, nil
+	var r Result
+	var cause, err error
+	for {
+		r, cause, err = f.await(ctx, hostID, c, began)
+		if err == nil && cause == nil {
+			return r, nil
+		}
+		if errors.Is(cause, task.ErrShutdown) {
+			return Result{}, cause
+		}
+		if err != nil {
+			cause = err
+		}
+		if f.giveUp(ctx, c, err != nil, cause) {
+			break
+		}
 	}
-	if errors.Is(cause, task.ErrShutdown) {
-		return Result{}, cause
-	}
-	if err != nil {
-		cause = err
-	}
-	cancel := Cancel{SubtaskID: cmd.SubtaskID, Attempt: cmd.Attempt, Reason: cause.Error()}
-	f.mu.Lock()
-	c.canceled = true
-	if s := f.live(hostID); s == nil || !s.send(Outbound{Cancel: &cancel}) {
-		f.keepCancel(hostID, cancel)
-	}
-	f.mu.Unlock()
+	f.logGiveUp(ctx, k, cause)
 	if err != nil {
 		return Result{}, err
 	}
@@ -888,8 +920,13 @@ func (f *Fleet) Dispatch(ctx context.Context, hostID int64, cmd Command) (Result
 	defer t.Stop()
 	select {
 	case r := <-c.result:
+		f.answered(k)
 		return r, cause
 	case <-t.C:
+		if r, ok := f.abandon(c); ok {
+			f.answered(k)
+			return r, cause
+		}
 		return Result{}, fmt.Errorf("%w; agentd did not confirm the cancel within %s", cause, f.cfg.CancelWait)
 	}
 }

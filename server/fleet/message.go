@@ -75,11 +75,27 @@ type Ack struct {
 	Attempt   int
 }
 
+// Begin is an agentd asking for the go-ahead to begin a command it
+// received, before its first signal or process start (see Fleet.Receive).
+type Begin struct {
+	SubtaskID int64
+	Attempt   int
+}
+
+// BeginAnswer answers a Begin: Proceed, or a refusal and why.
+type BeginAnswer struct {
+	SubtaskID int64
+	Attempt   int
+	Proceed   bool
+	Reason    string // why not; empty when Proceed
+}
+
 // Outbound is one message to an agentd; exactly one field is set.
 type Outbound struct {
-	Command *Command
-	Cancel  *Cancel
-	Ack     *Ack
+	Command     *Command
+	Cancel      *Cancel
+	Ack         *Ack
+	BeginAnswer *BeginAnswer
 }
 
 // Heartbeat proves an agentd is alive; Processes nil means not reported.
@@ -121,6 +137,7 @@ type Inbound struct {
 	Heartbeat *Heartbeat
 	Progress  *Progress
 	Result    *Result
+	Begin     *Begin
 }
 
 type key struct {

@@ -972,6 +972,13 @@ type proxy struct {
 // startProxy forwards connections on a free loopback port to target.
 func startProxy(t *testing.T, target string) *proxy {
 	t.Helper()
+	return startForwarder(t, target, func(dst, src net.Conn) { io.Copy(dst, src); dst.Close() })
+}
+
+// startForwarder is startProxy with forward copying each direction of each
+// connection (src to dst); it must return once src or dst is closed.
+func startForwarder(t *testing.T, target string, forward func(dst, src net.Conn)) *proxy {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -993,8 +1000,8 @@ func startProxy(t *testing.T, target string) *proxy {
 			p.mu.Lock()
 			p.conns = append(p.conns, c, u)
 			p.mu.Unlock()
-			wg.Go(func() { io.Copy(u, c); u.Close() })
-			wg.Go(func() { io.Copy(c, u); c.Close() })
+			wg.Go(func() { forward(u, c) })
+			wg.Go(func() { forward(c, u) })
 		}
 	})
 	return p

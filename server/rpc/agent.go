@@ -330,6 +330,11 @@ func toOutbound(m fleet.Outbound) *agentv1.ConnectResponse {
 		return &agentv1.ConnectResponse{Kind: &agentv1.ConnectResponse_Cancel{Cancel: &agentv1.CancelCommand{
 			SubtaskId: m.Cancel.SubtaskID, Attempt: int32(m.Cancel.Attempt), Reason: m.Cancel.Reason,
 		}}}
+	case m.BeginAnswer != nil:
+		a := m.BeginAnswer
+		return &agentv1.ConnectResponse{Kind: &agentv1.ConnectResponse_BeginAnswer{BeginAnswer: &agentv1.CommandBeginAnswer{
+			SubtaskId: a.SubtaskID, Attempt: int32(a.Attempt), Proceed: a.Proceed, Reason: a.Reason,
+		}}}
 	default:
 		return &agentv1.ConnectResponse{Kind: &agentv1.ConnectResponse_Ack{Ack: &agentv1.ResultAck{
 			SubtaskId: m.Ack.SubtaskID, Attempt: int32(m.Ack.Attempt),
@@ -363,6 +368,8 @@ func fromInbound(m *agentv1.ConnectRequest) (fleet.Inbound, error) {
 			SubtaskID: r.GetSubtaskId(), Attempt: int(r.GetAttempt()), Outcome: o, Message: r.GetMessage(),
 			FinishTime: fromTS(r.GetFinishTime()),
 		}}, nil
+	case *agentv1.ConnectRequest_Begin:
+		return fleet.Inbound{Begin: &fleet.Begin{SubtaskID: k.Begin.GetSubtaskId(), Attempt: int(k.Begin.GetAttempt())}}, nil
 	case *agentv1.ConnectRequest_Hello:
 		return fleet.Inbound{}, fmt.Errorf("a second hello on one stream: %w", errs.ErrInvalidArgument)
 	default:

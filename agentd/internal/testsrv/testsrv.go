@@ -198,7 +198,7 @@ type Server struct {
 type Stream struct {
 	Hello      *agentv1.Hello
 	Peer       *x509.Certificate            // the client certificate; nil in Plaintext mode
-	Reqs       chan *agentv1.ConnectRequest // every message after the Hello except heartbeats
+	Reqs       chan *agentv1.ConnectRequest // every message after the Hello except heartbeats and go-ahead requests (each answered: proceed)
 	Heartbeats atomic.Int64                 // heartbeats received
 	Send       chan *agentv1.ConnectResponse
 	Done       chan struct{} // closed when the stream ended
@@ -384,6 +384,15 @@ func (s *Server) Connect(stream agentv1.AgentService_ConnectServer) error {
 			}
 			if m.GetHeartbeat() != nil {
 				st.Heartbeats.Add(1)
+				continue
+			}
+			if b := m.GetBegin(); b != nil { // every command may proceed
+				a := &agentv1.CommandBeginAnswer{SubtaskId: b.GetSubtaskId(), Attempt: b.GetAttempt(), Proceed: true}
+				select {
+				case st.Send <- &agentv1.ConnectResponse{Kind: &agentv1.ConnectResponse_BeginAnswer{BeginAnswer: a}}:
+				case <-ctx.Done():
+					return
+				}
 				continue
 			}
 			select {

@@ -406,6 +406,7 @@ type ConnectRequest struct {
 	//	*ConnectRequest_Heartbeat
 	//	*ConnectRequest_Progress
 	//	*ConnectRequest_Result
+	//	*ConnectRequest_Begin
 	Kind          isConnectRequest_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -484,6 +485,15 @@ func (x *ConnectRequest) GetResult() *CommandResult {
 	return nil
 }
 
+func (x *ConnectRequest) GetBegin() *CommandBegin {
+	if x != nil {
+		if x, ok := x.Kind.(*ConnectRequest_Begin); ok {
+			return x.Begin
+		}
+	}
+	return nil
+}
+
 type isConnectRequest_Kind interface {
 	isConnectRequest_Kind()
 }
@@ -508,6 +518,12 @@ type ConnectRequest_Result struct {
 	Result *CommandResult `protobuf:"bytes,4,opt,name=result,proto3,oneof"`
 }
 
+type ConnectRequest_Begin struct {
+	// Asks for the go-ahead to begin a command, before its first signal or
+	// process start; sent on the stream the command came on.
+	Begin *CommandBegin `protobuf:"bytes,5,opt,name=begin,proto3,oneof"`
+}
+
 func (*ConnectRequest_Hello) isConnectRequest_Kind() {}
 
 func (*ConnectRequest_Heartbeat) isConnectRequest_Kind() {}
@@ -515,6 +531,8 @@ func (*ConnectRequest_Heartbeat) isConnectRequest_Kind() {}
 func (*ConnectRequest_Progress) isConnectRequest_Kind() {}
 
 func (*ConnectRequest_Result) isConnectRequest_Kind() {}
+
+func (*ConnectRequest_Begin) isConnectRequest_Kind() {}
 
 // ConnectResponse is one message from the server to agentd.
 type ConnectResponse struct {
@@ -527,6 +545,7 @@ type ConnectResponse struct {
 	//	*ConnectResponse_Command
 	//	*ConnectResponse_Cancel
 	//	*ConnectResponse_Ack
+	//	*ConnectResponse_BeginAnswer
 	Kind          isConnectResponse_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -605,6 +624,15 @@ func (x *ConnectResponse) GetAck() *ResultAck {
 	return nil
 }
 
+func (x *ConnectResponse) GetBeginAnswer() *CommandBeginAnswer {
+	if x != nil {
+		if x, ok := x.Kind.(*ConnectResponse_BeginAnswer); ok {
+			return x.BeginAnswer
+		}
+	}
+	return nil
+}
+
 type isConnectResponse_Kind interface {
 	isConnectResponse_Kind()
 }
@@ -629,6 +657,11 @@ type ConnectResponse_Ack struct {
 	Ack *ResultAck `protobuf:"bytes,4,opt,name=ack,proto3,oneof"`
 }
 
+type ConnectResponse_BeginAnswer struct {
+	// The answer to a CommandBegin.
+	BeginAnswer *CommandBeginAnswer `protobuf:"bytes,5,opt,name=begin_answer,json=beginAnswer,proto3,oneof"`
+}
+
 func (*ConnectResponse_Welcome) isConnectResponse_Kind() {}
 
 func (*ConnectResponse_Command) isConnectResponse_Kind() {}
@@ -636,6 +669,8 @@ func (*ConnectResponse_Command) isConnectResponse_Kind() {}
 func (*ConnectResponse_Cancel) isConnectResponse_Kind() {}
 
 func (*ConnectResponse_Ack) isConnectResponse_Kind() {}
+
+func (*ConnectResponse_BeginAnswer) isConnectResponse_Kind() {}
 
 // Hello registers the host and authenticates agentd.
 type Hello struct {
@@ -1215,6 +1250,147 @@ func (x *CancelCommand) GetReason() string {
 	return ""
 }
 
+// CommandBegin asks the server whether agentd may begin a command it
+// received: agentd has journaled the attempt as begun (it never runs it
+// again) and touches nothing on the host until the answer says proceed. It
+// is sent on the stream the command came on. On a refusal, or no answer
+// within min(10s, the command's timeout), agentd ends the attempt FAILED
+// without signalling or starting anything. When that stream ends first,
+// agentd waits, touching nothing, for the same command on a later stream
+// (and asks again there) or its CancelCommand, until the command's timeout.
+// This fences a command read late (from a stream the server has given up
+// on, say after a partition or while agentd was frozen): the server grants
+// it only while it still waits for that attempt's result on the host's
+// current stream.
+type CommandBegin struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Subtask of the command. Required, positive.
+	SubtaskId int64 `protobuf:"varint,1,opt,name=subtask_id,json=subtaskId,proto3" json:"subtask_id,omitempty"`
+	// Attempt of the command. Required, positive.
+	Attempt       int32 `protobuf:"varint,2,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CommandBegin) Reset() {
+	*x = CommandBegin{}
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CommandBegin) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CommandBegin) ProtoMessage() {}
+
+func (x *CommandBegin) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CommandBegin.ProtoReflect.Descriptor instead.
+func (*CommandBegin) Descriptor() ([]byte, []int) {
+	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *CommandBegin) GetSubtaskId() int64 {
+	if x != nil {
+		return x.SubtaskId
+	}
+	return 0
+}
+
+func (x *CommandBegin) GetAttempt() int32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+// CommandBeginAnswer answers a CommandBegin.
+type CommandBeginAnswer struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Subtask of the command.
+	SubtaskId int64 `protobuf:"varint,1,opt,name=subtask_id,json=subtaskId,proto3" json:"subtask_id,omitempty"`
+	// Attempt of the command.
+	Attempt int32 `protobuf:"varint,2,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	// True: agentd may begin the command. False: it must not touch the host
+	// for this attempt and reports it FAILED.
+	Proceed bool `protobuf:"varint,3,opt,name=proceed,proto3" json:"proceed,omitempty"`
+	// Why the server refused, e.g. "the server gave up on the command: agentd
+	// lost: not heard from for 31s"; empty when proceed is true.
+	Reason        string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CommandBeginAnswer) Reset() {
+	*x = CommandBeginAnswer{}
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CommandBeginAnswer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CommandBeginAnswer) ProtoMessage() {}
+
+func (x *CommandBeginAnswer) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CommandBeginAnswer.ProtoReflect.Descriptor instead.
+func (*CommandBeginAnswer) Descriptor() ([]byte, []int) {
+	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *CommandBeginAnswer) GetSubtaskId() int64 {
+	if x != nil {
+		return x.SubtaskId
+	}
+	return 0
+}
+
+func (x *CommandBeginAnswer) GetAttempt() int32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *CommandBeginAnswer) GetProceed() bool {
+	if x != nil {
+		return x.Proceed
+	}
+	return false
+}
+
+func (x *CommandBeginAnswer) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 // CommandProgress is one step of a running command.
 type CommandProgress struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1236,7 +1412,7 @@ type CommandProgress struct {
 
 func (x *CommandProgress) Reset() {
 	*x = CommandProgress{}
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1248,7 +1424,7 @@ func (x *CommandProgress) String() string {
 func (*CommandProgress) ProtoMessage() {}
 
 func (x *CommandProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1261,7 +1437,7 @@ func (x *CommandProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandProgress.ProtoReflect.Descriptor instead.
 func (*CommandProgress) Descriptor() ([]byte, []int) {
-	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CommandProgress) GetSubtaskId() int64 {
@@ -1325,7 +1501,7 @@ type CommandResult struct {
 
 func (x *CommandResult) Reset() {
 	*x = CommandResult{}
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1337,7 +1513,7 @@ func (x *CommandResult) String() string {
 func (*CommandResult) ProtoMessage() {}
 
 func (x *CommandResult) ProtoReflect() protoreflect.Message {
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1350,7 +1526,7 @@ func (x *CommandResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandResult.ProtoReflect.Descriptor instead.
 func (*CommandResult) Descriptor() ([]byte, []int) {
-	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CommandResult) GetSubtaskId() int64 {
@@ -1401,7 +1577,7 @@ type ResultAck struct {
 
 func (x *ResultAck) Reset() {
 	*x = ResultAck{}
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1413,7 +1589,7 @@ func (x *ResultAck) String() string {
 func (*ResultAck) ProtoMessage() {}
 
 func (x *ResultAck) ProtoReflect() protoreflect.Message {
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1426,7 +1602,7 @@ func (x *ResultAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResultAck.ProtoReflect.Descriptor instead.
 func (*ResultAck) Descriptor() ([]byte, []int) {
-	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ResultAck) GetSubtaskId() int64 {
@@ -1463,18 +1639,20 @@ const file_agentplane_agent_v1_agent_proto_rawDesc = "" +
 	"\x17RenewCertificateRequest\x12\x10\n" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\"<\n" +
 	"\x18RenewCertificateResponse\x12 \n" +
-	"\vcertificate\x18\x01 \x01(\fR\vcertificate\"\x8e\x02\n" +
+	"\vcertificate\x18\x01 \x01(\fR\vcertificate\"\xc9\x02\n" +
 	"\x0eConnectRequest\x122\n" +
 	"\x05hello\x18\x01 \x01(\v2\x1a.agentplane.agent.v1.HelloH\x00R\x05hello\x12>\n" +
 	"\theartbeat\x18\x02 \x01(\v2\x1e.agentplane.agent.v1.HeartbeatH\x00R\theartbeat\x12B\n" +
 	"\bprogress\x18\x03 \x01(\v2$.agentplane.agent.v1.CommandProgressH\x00R\bprogress\x12<\n" +
-	"\x06result\x18\x04 \x01(\v2\".agentplane.agent.v1.CommandResultH\x00R\x06resultB\x06\n" +
-	"\x04kind\"\xff\x01\n" +
+	"\x06result\x18\x04 \x01(\v2\".agentplane.agent.v1.CommandResultH\x00R\x06result\x129\n" +
+	"\x05begin\x18\x05 \x01(\v2!.agentplane.agent.v1.CommandBeginH\x00R\x05beginB\x06\n" +
+	"\x04kind\"\xcd\x02\n" +
 	"\x0fConnectResponse\x128\n" +
 	"\awelcome\x18\x01 \x01(\v2\x1c.agentplane.agent.v1.WelcomeH\x00R\awelcome\x128\n" +
 	"\acommand\x18\x02 \x01(\v2\x1c.agentplane.agent.v1.CommandH\x00R\acommand\x12<\n" +
 	"\x06cancel\x18\x03 \x01(\v2\".agentplane.agent.v1.CancelCommandH\x00R\x06cancel\x122\n" +
-	"\x03ack\x18\x04 \x01(\v2\x1e.agentplane.agent.v1.ResultAckH\x00R\x03ackB\x06\n" +
+	"\x03ack\x18\x04 \x01(\v2\x1e.agentplane.agent.v1.ResultAckH\x00R\x03ack\x12L\n" +
+	"\fbegin_answer\x18\x05 \x01(\v2'.agentplane.agent.v1.CommandBeginAnswerH\x00R\vbeginAnswerB\x06\n" +
 	"\x04kind\"\xa2\x02\n" +
 	"\x05Hello\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x17\n" +
@@ -1517,7 +1695,17 @@ const file_agentplane_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"subtask_id\x18\x01 \x01(\x03R\tsubtaskId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\x05R\aattempt\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"\x87\x02\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"G\n" +
+	"\fCommandBegin\x12\x1d\n" +
+	"\n" +
+	"subtask_id\x18\x01 \x01(\x03R\tsubtaskId\x12\x18\n" +
+	"\aattempt\x18\x02 \x01(\x05R\aattempt\"\x7f\n" +
+	"\x12CommandBeginAnswer\x12\x1d\n" +
+	"\n" +
+	"subtask_id\x18\x01 \x01(\x03R\tsubtaskId\x12\x18\n" +
+	"\aattempt\x18\x02 \x01(\x05R\aattempt\x12\x18\n" +
+	"\aproceed\x18\x03 \x01(\bR\aproceed\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\"\x87\x02\n" +
 	"\x0fCommandProgress\x12\x1d\n" +
 	"\n" +
 	"subtask_id\x18\x01 \x01(\x03R\tsubtaskId\x12\x18\n" +
@@ -1573,7 +1761,7 @@ func file_agentplane_agent_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agentplane_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_agentplane_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_agentplane_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_agentplane_agent_v1_agent_proto_goTypes = []any{
 	(ProcessEventKind)(0),            // 0: agentplane.agent.v1.ProcessEventKind
 	(CommandOutcome)(0),              // 1: agentplane.agent.v1.CommandOutcome
@@ -1591,46 +1779,50 @@ var file_agentplane_agent_v1_agent_proto_goTypes = []any{
 	(*StopAgentAction)(nil),          // 13: agentplane.agent.v1.StopAgentAction
 	(*StartAgentAction)(nil),         // 14: agentplane.agent.v1.StartAgentAction
 	(*CancelCommand)(nil),            // 15: agentplane.agent.v1.CancelCommand
-	(*CommandProgress)(nil),          // 16: agentplane.agent.v1.CommandProgress
-	(*CommandResult)(nil),            // 17: agentplane.agent.v1.CommandResult
-	(*ResultAck)(nil),                // 18: agentplane.agent.v1.ResultAck
-	(*durationpb.Duration)(nil),      // 19: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),    // 20: google.protobuf.Timestamp
+	(*CommandBegin)(nil),             // 16: agentplane.agent.v1.CommandBegin
+	(*CommandBeginAnswer)(nil),       // 17: agentplane.agent.v1.CommandBeginAnswer
+	(*CommandProgress)(nil),          // 18: agentplane.agent.v1.CommandProgress
+	(*CommandResult)(nil),            // 19: agentplane.agent.v1.CommandResult
+	(*ResultAck)(nil),                // 20: agentplane.agent.v1.ResultAck
+	(*durationpb.Duration)(nil),      // 21: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),    // 22: google.protobuf.Timestamp
 }
 var file_agentplane_agent_v1_agent_proto_depIdxs = []int32{
 	8,  // 0: agentplane.agent.v1.ConnectRequest.hello:type_name -> agentplane.agent.v1.Hello
 	10, // 1: agentplane.agent.v1.ConnectRequest.heartbeat:type_name -> agentplane.agent.v1.Heartbeat
-	16, // 2: agentplane.agent.v1.ConnectRequest.progress:type_name -> agentplane.agent.v1.CommandProgress
-	17, // 3: agentplane.agent.v1.ConnectRequest.result:type_name -> agentplane.agent.v1.CommandResult
-	9,  // 4: agentplane.agent.v1.ConnectResponse.welcome:type_name -> agentplane.agent.v1.Welcome
-	12, // 5: agentplane.agent.v1.ConnectResponse.command:type_name -> agentplane.agent.v1.Command
-	15, // 6: agentplane.agent.v1.ConnectResponse.cancel:type_name -> agentplane.agent.v1.CancelCommand
-	18, // 7: agentplane.agent.v1.ConnectResponse.ack:type_name -> agentplane.agent.v1.ResultAck
-	11, // 8: agentplane.agent.v1.Hello.processes:type_name -> agentplane.agent.v1.Process
-	19, // 9: agentplane.agent.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	20, // 10: agentplane.agent.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
-	11, // 11: agentplane.agent.v1.Heartbeat.processes:type_name -> agentplane.agent.v1.Process
-	20, // 12: agentplane.agent.v1.Process.create_time:type_name -> google.protobuf.Timestamp
-	19, // 13: agentplane.agent.v1.Command.timeout:type_name -> google.protobuf.Duration
-	13, // 14: agentplane.agent.v1.Command.stop_agent:type_name -> agentplane.agent.v1.StopAgentAction
-	14, // 15: agentplane.agent.v1.Command.start_agent:type_name -> agentplane.agent.v1.StartAgentAction
-	19, // 16: agentplane.agent.v1.StopAgentAction.grace:type_name -> google.protobuf.Duration
-	20, // 17: agentplane.agent.v1.CommandProgress.time:type_name -> google.protobuf.Timestamp
-	0,  // 18: agentplane.agent.v1.CommandProgress.kind:type_name -> agentplane.agent.v1.ProcessEventKind
-	11, // 19: agentplane.agent.v1.CommandProgress.process:type_name -> agentplane.agent.v1.Process
-	1,  // 20: agentplane.agent.v1.CommandResult.outcome:type_name -> agentplane.agent.v1.CommandOutcome
-	20, // 21: agentplane.agent.v1.CommandResult.finish_time:type_name -> google.protobuf.Timestamp
-	6,  // 22: agentplane.agent.v1.AgentService.Connect:input_type -> agentplane.agent.v1.ConnectRequest
-	2,  // 23: agentplane.agent.v1.AgentService.Enroll:input_type -> agentplane.agent.v1.EnrollRequest
-	4,  // 24: agentplane.agent.v1.AgentService.RenewCertificate:input_type -> agentplane.agent.v1.RenewCertificateRequest
-	7,  // 25: agentplane.agent.v1.AgentService.Connect:output_type -> agentplane.agent.v1.ConnectResponse
-	3,  // 26: agentplane.agent.v1.AgentService.Enroll:output_type -> agentplane.agent.v1.EnrollResponse
-	5,  // 27: agentplane.agent.v1.AgentService.RenewCertificate:output_type -> agentplane.agent.v1.RenewCertificateResponse
-	25, // [25:28] is the sub-list for method output_type
-	22, // [22:25] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	18, // 2: agentplane.agent.v1.ConnectRequest.progress:type_name -> agentplane.agent.v1.CommandProgress
+	19, // 3: agentplane.agent.v1.ConnectRequest.result:type_name -> agentplane.agent.v1.CommandResult
+	16, // 4: agentplane.agent.v1.ConnectRequest.begin:type_name -> agentplane.agent.v1.CommandBegin
+	9,  // 5: agentplane.agent.v1.ConnectResponse.welcome:type_name -> agentplane.agent.v1.Welcome
+	12, // 6: agentplane.agent.v1.ConnectResponse.command:type_name -> agentplane.agent.v1.Command
+	15, // 7: agentplane.agent.v1.ConnectResponse.cancel:type_name -> agentplane.agent.v1.CancelCommand
+	20, // 8: agentplane.agent.v1.ConnectResponse.ack:type_name -> agentplane.agent.v1.ResultAck
+	17, // 9: agentplane.agent.v1.ConnectResponse.begin_answer:type_name -> agentplane.agent.v1.CommandBeginAnswer
+	11, // 10: agentplane.agent.v1.Hello.processes:type_name -> agentplane.agent.v1.Process
+	21, // 11: agentplane.agent.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	22, // 12: agentplane.agent.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
+	11, // 13: agentplane.agent.v1.Heartbeat.processes:type_name -> agentplane.agent.v1.Process
+	22, // 14: agentplane.agent.v1.Process.create_time:type_name -> google.protobuf.Timestamp
+	21, // 15: agentplane.agent.v1.Command.timeout:type_name -> google.protobuf.Duration
+	13, // 16: agentplane.agent.v1.Command.stop_agent:type_name -> agentplane.agent.v1.StopAgentAction
+	14, // 17: agentplane.agent.v1.Command.start_agent:type_name -> agentplane.agent.v1.StartAgentAction
+	21, // 18: agentplane.agent.v1.StopAgentAction.grace:type_name -> google.protobuf.Duration
+	22, // 19: agentplane.agent.v1.CommandProgress.time:type_name -> google.protobuf.Timestamp
+	0,  // 20: agentplane.agent.v1.CommandProgress.kind:type_name -> agentplane.agent.v1.ProcessEventKind
+	11, // 21: agentplane.agent.v1.CommandProgress.process:type_name -> agentplane.agent.v1.Process
+	1,  // 22: agentplane.agent.v1.CommandResult.outcome:type_name -> agentplane.agent.v1.CommandOutcome
+	22, // 23: agentplane.agent.v1.CommandResult.finish_time:type_name -> google.protobuf.Timestamp
+	6,  // 24: agentplane.agent.v1.AgentService.Connect:input_type -> agentplane.agent.v1.ConnectRequest
+	2,  // 25: agentplane.agent.v1.AgentService.Enroll:input_type -> agentplane.agent.v1.EnrollRequest
+	4,  // 26: agentplane.agent.v1.AgentService.RenewCertificate:input_type -> agentplane.agent.v1.RenewCertificateRequest
+	7,  // 27: agentplane.agent.v1.AgentService.Connect:output_type -> agentplane.agent.v1.ConnectResponse
+	3,  // 28: agentplane.agent.v1.AgentService.Enroll:output_type -> agentplane.agent.v1.EnrollResponse
+	5,  // 29: agentplane.agent.v1.AgentService.RenewCertificate:output_type -> agentplane.agent.v1.RenewCertificateResponse
+	27, // [27:30] is the sub-list for method output_type
+	24, // [24:27] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_agentplane_agent_v1_agent_proto_init() }
@@ -1643,12 +1835,14 @@ func file_agentplane_agent_v1_agent_proto_init() {
 		(*ConnectRequest_Heartbeat)(nil),
 		(*ConnectRequest_Progress)(nil),
 		(*ConnectRequest_Result)(nil),
+		(*ConnectRequest_Begin)(nil),
 	}
 	file_agentplane_agent_v1_agent_proto_msgTypes[5].OneofWrappers = []any{
 		(*ConnectResponse_Welcome)(nil),
 		(*ConnectResponse_Command)(nil),
 		(*ConnectResponse_Cancel)(nil),
 		(*ConnectResponse_Ack)(nil),
+		(*ConnectResponse_BeginAnswer)(nil),
 	}
 	file_agentplane_agent_v1_agent_proto_msgTypes[10].OneofWrappers = []any{
 		(*Command_StopAgent)(nil),
@@ -1660,7 +1854,7 @@ func file_agentplane_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentplane_agent_v1_agent_proto_rawDesc), len(file_agentplane_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   17,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -32,9 +32,10 @@ const (
 type AgentServiceClient interface {
 	// Connect is the one long-lived stream of an agentd. The first message from
 	// agentd must be a Hello; the server answers with a Welcome, then sends
-	// commands, cancellations and acknowledgements, while agentd sends
-	// heartbeats, progress and results. A second stream for the same host
-	// replaces the first.
+	// commands, cancellations, acknowledgements and answers to go-ahead
+	// requests, while agentd sends heartbeats, go-ahead requests (CommandBegin,
+	// before it touches the host for a command), progress and results. A
+	// second stream for the same host replaces the first.
 	Connect(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ConnectRequest, ConnectResponse], error)
 	// Enroll exchanges a join token (short-lived, single-use, created by an
 	// admin) and a certificate signing request for a client certificate bound to
@@ -97,9 +98,10 @@ func (c *agentServiceClient) RenewCertificate(ctx context.Context, in *RenewCert
 type AgentServiceServer interface {
 	// Connect is the one long-lived stream of an agentd. The first message from
 	// agentd must be a Hello; the server answers with a Welcome, then sends
-	// commands, cancellations and acknowledgements, while agentd sends
-	// heartbeats, progress and results. A second stream for the same host
-	// replaces the first.
+	// commands, cancellations, acknowledgements and answers to go-ahead
+	// requests, while agentd sends heartbeats, go-ahead requests (CommandBegin,
+	// before it touches the host for a command), progress and results. A
+	// second stream for the same host replaces the first.
 	Connect(grpc.BidiStreamingServer[ConnectRequest, ConnectResponse]) error
 	// Enroll exchanges a join token (short-lived, single-use, created by an
 	// admin) and a certificate signing request for a client certificate bound to
