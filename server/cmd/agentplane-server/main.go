@@ -94,7 +94,7 @@ func main() {
 	fs.StringVar(&c.logFormat, "log-format", "auto", "log format: auto (console on a terminal, else json), json or console")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.DurationVar(&c.heartbeat, "heartbeat-interval", 10*time.Second, "how often agents send heartbeats")
-	fs.DurationVar(&c.lostAfter, "agent-lost-after", 30*time.Second, "an agentd silent this long is lost: its host goes OFFLINE and its running commands fail")
+	fs.DurationVar(&c.lostAfter, "agent-lost-after", 30*time.Second, "an agentd silent this long is lost: its host goes OFFLINE and its running commands fail. After a restart, the agentds connected before it are waited for until this long after their reconnections settle (no host came back for one --heartbeat-interval)")
 	fs.Float64Var(&c.agentMsgRate, "agent-max-msgs-per-sec", rpc.DefaultAgentMsgsPerSec, "messages per second one agent stream may send on average; a faster agent has its stream ended with RESOURCE_EXHAUSTED")
 	fs.IntVar(&c.agentMsgBurst, "agent-msg-burst", rpc.DefaultAgentMsgBurst, "messages one agent stream may send at once above --agent-max-msgs-per-sec")
 	fs.IntVar(&c.agentMaxStreams, "agent-max-streams", fleet.DefaultMaxStreamsPerHost, "agent streams one host may hold at once (the current one and its replacements); more are refused with RESOURCE_EXHAUSTED")
@@ -152,6 +152,13 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 		return err
 	}
 	defer st.Close()
+	// The agentds connected to the previous server (or just before it
+	// stopped) are on their way back: the fleet waits for them past
+	// --agent-lost-after while they keep coming (fleet.Fleet.Expect).
+	expected, err := st.ExpectedBack(ctx, time.Now().Add(-c.lostAfter))
+	if err != nil {
+		return err
+	}
 	if err := st.MarkAllOffline(ctx); err != nil {
 		return err
 	}
@@ -209,6 +216,7 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 		MaxStreamsPerHost: c.agentMaxStreams, MaxReplacementsPerMin: c.agentReplacements,
 		Log: log.With().Str("component", "fleet").Logger(),
 	})
+	agents.Expect(expected)
 	enrollment := enroll.New(enroll.Config{
 		Store: st, Signer: ca, Sessions: agents, Log: log.With().Str("component", "enroll").Logger(),
 	})
@@ -255,9 +263,10 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 		serveHTTP = func() error { return hs.ServeTLS(httpLis, "", "") }
 	}
 	errc := make(chan error, 2)
+	agents.Serving()
 	go func() { errc <- serveGRPC(gs, grpcLis) }()
 	go func() { errc <- serveHTTP() }()
-	log.Info().Str("grpc_addr", grpcLis.Addr().String()).Str("http_addr", httpLis.Addr().String()).
+	log.Info().Str("grpc_addr", grpcLis.Addr().String()).Str("http_addr", httpLis.Addr().String()).Int("agents_expected", len(expected)).
 		Bool("tls", !c.insecure).Str("data_dir", c.dataDir).Str("version", version).Msg("server started")
 
 	select {
