@@ -642,27 +642,30 @@ func (f *Fleet) Serving() {
 
 // giveUp says when a wait for the host's agentd to connect gives up: wait
 // after since, unless the host is expected back after the restart (see
-// Expect), when it is LostAfter after the restart settles. With ok false
-// the server is not serving yet: there is no such time until servingCh is
-// closed. why ends the error "agentd not connected<why>". A restart's bound that
-// ended before since no longer applies: the host is no longer expected.
-// Callers hold mu.
-func (f *Fleet) giveUp(hostID int64, since time.Time, wait time.Duration) (at time.Time, why string, ok bool) {
+// Expect; restart true), when it is LostAfter after the restart settles.
+// With ok false the server is not serving yet: there is no such time until
+// servingCh is closed. A restart's bound that ended before since no longer
+// applies: the host is no longer expected. Callers hold mu.
+func (f *Fleet) giveUp(hostID int64, since time.Time, wait time.Duration) (at time.Time, restart, ok bool) {
 	if f.expected[hostID] {
 		if f.serving.IsZero() {
-			return time.Time{}, "", false
+			return time.Time{}, true, false
 		}
 		settled := f.serving
 		if !f.back.IsZero() {
 			settled = later(settled, f.back.Add(f.cfg.HeartbeatInterval))
 		}
-		at = settled.Add(f.cfg.LostAfter)
-		if !at.Before(since) {
-			return at, fmt.Sprintf(": not back within %s after the server restart's reconnections settled", roundDuration(f.cfg.LostAfter)), true
+		if at = settled.Add(f.cfg.LostAfter); !at.Before(since) {
+			return at, true, true
 		}
 		delete(f.expected, hostID)
 	}
-	return since.Add(wait), fmt.Sprintf(" within %s", roundDuration(wait)), true
+	return since.Add(wait), false, true
+}
+
+// notBack says why a host expected back after the restart is given up.
+func (f *Fleet) notBack() string {
+	return fmt.Sprintf("not back within %s after the server restart's reconnections settled", roundDuration(f.cfg.LostAfter))
 }
 
 func later(a, b time.Time) time.Time {
@@ -697,12 +700,15 @@ func (f *Fleet) WaitConnected(ctx context.Context, hostID int64, wait time.Durat
 			return nil
 		}
 		joined := f.joinedCh(hostID)
-		at, why, ok := f.giveUp(hostID, began, wait)
+		at, restart, ok := f.giveUp(hostID, began, wait)
 		serving := f.servingCh
 		f.mu.Unlock()
 		expired, stop := f.alarm(at, ok)
 		if ok && expired == nil {
-			return fmt.Errorf("%w%s", ErrNotConnected, why)
+			if restart {
+				return fmt.Errorf("%w: %s", ErrNotConnected, f.notBack())
+			}
+			return fmt.Errorf("%w within %s", ErrNotConnected, roundDuration(wait))
 		}
 		if ok {
 			serving = nil
@@ -917,13 +923,17 @@ func (f *Fleet) await(ctx context.Context, hostID int64, c *call, began time.Tim
 			if !wasHeard {
 				since = began
 			}
-			at, why, ok := f.giveUp(hostID, since, f.cfg.LostAfter)
+			at, restart, ok := f.giveUp(hostID, since, f.cfg.LostAfter)
 			if expired, stop = f.alarm(at, ok); ok && expired == nil {
 				f.mu.Unlock()
-				if wasHeard {
+				switch {
+				case restart:
+					return Result{}, nil, fmt.Errorf("%w: %s", ErrAgentLost, f.notBack())
+				case wasHeard:
 					return Result{}, nil, fmt.Errorf("%w: not heard from for %s", ErrAgentLost, roundDuration(time.Since(since)))
+				default:
+					return Result{}, nil, fmt.Errorf("%w: not connected within %s", ErrAgentLost, roundDuration(f.cfg.LostAfter))
 				}
-				return Result{}, nil, fmt.Errorf("%w: not connected%s", ErrAgentLost, why)
 			}
 			if !ok {
 				serving = f.servingCh
