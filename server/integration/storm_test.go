@@ -159,24 +159,7 @@ func TestRestartStormSlowerThanTheLostBound(t *testing.T) {
 		"--state-dir", tempDir(t), "--name-prefix", prefix, "--stop-delay", "2s",
 		"--enroll-user", admin.user, "--enroll-password-env", "SIM_ADMIN_PASSWORD", "--enroll-concurrency", "8",
 		"--stats-interval", "100ms", "--log-level", "info")
-	var online map[string]hostJSON
-	waitFor(t, 60*time.Second, fmt.Sprintf("%d simulated hosts ONLINE", hosts), func() bool {
-		if p.exited() {
-			t.Fatalf("agentplane-sim exited: %v\n%s", p.err, tail(p.logPath, 30))
-		}
-		online = s.simHosts(t, prefix)
-		n := 0
-		for _, h := range online {
-			if h.Status == "ONLINE" {
-				n++
-			}
-		}
-		return n == hosts
-	})
-	ids := make([]int64, hosts)
-	for i := range hosts {
-		ids[i] = online[sim.HostName(prefix, i)].ID
-	}
+	ids := s.waitSimOnline(t, p, prefix, hosts, 60*time.Second)
 	created := s.opPost(t, "/compute/hosts/batchStopAgents", map[string]any{"hostIds": ids})
 	waitFor(t, 30*time.Second, "every host to get its stop", func() bool {
 		st, _ := lastSim(t, p, "")

@@ -61,6 +61,7 @@ type config struct {
 	agentMaxStreams   int
 	agentReplacements int
 	pprofAddr         string // net/http/pprof on its own loopback listener; empty: off
+	maxHandshakes     int    // gRPC TLS handshakes run at once
 }
 
 // listFlag is a repeatable flag whose values may also be comma-separated.
@@ -99,6 +100,7 @@ func main() {
 	fs.IntVar(&c.agentMsgBurst, "agent-msg-burst", rpc.DefaultAgentMsgBurst, "messages one agent stream may send at once above --agent-max-msgs-per-sec")
 	fs.IntVar(&c.agentMaxStreams, "agent-max-streams", fleet.DefaultMaxStreamsPerHost, "agent streams one host may hold at once (the current one and its replacements); more are refused with RESOURCE_EXHAUSTED")
 	fs.IntVar(&c.agentReplacements, "agent-max-replacements-per-min", fleet.DefaultMaxReplacementsPerMin, "how often a minute a host may replace its live agent stream by a new one; more are refused with RESOURCE_EXHAUSTED")
+	fs.IntVar(&c.maxHandshakes, "grpc-max-handshakes", rpc.DefaultMaxHandshakes, "gRPC TLS handshakes run at once; more connections wait (up to 3 s, then they are closed and their clients retry), so a reconnect storm after a restart runs at the server's handshake rate instead of collapsing")
 	fs.DurationVar(&c.shutdownWait, "shutdown-timeout", 10*time.Second, "how long shutdown waits for calls in flight")
 	fs.StringVar(&c.pprofAddr, "pprof-addr", "", "serve net/http/pprof on this loopback host:port, e.g. 127.0.0.1:6060 (default off; unauthenticated, so loopback only)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
@@ -117,8 +119,8 @@ func main() {
 		fmt.Fprintf(os.Stderr, "agentplane-server: --agent-lost-after (%s) must be at least twice --heartbeat-interval (%s), which must be positive\n", c.lostAfter, c.heartbeat)
 		os.Exit(2)
 	}
-	if !(c.agentMsgRate > 0) || c.agentMsgBurst < 1 || c.agentMaxStreams < 1 || c.agentReplacements < 1 {
-		fmt.Fprintln(os.Stderr, "agentplane-server: --agent-max-msgs-per-sec, --agent-msg-burst, --agent-max-streams and --agent-max-replacements-per-min must be positive")
+	if !(c.agentMsgRate > 0) || c.agentMsgBurst < 1 || c.agentMaxStreams < 1 || c.agentReplacements < 1 || c.maxHandshakes < 1 {
+		fmt.Fprintln(os.Stderr, "agentplane-server: --agent-max-msgs-per-sec, --agent-msg-burst, --agent-max-streams, --agent-max-replacements-per-min and --grpc-max-handshakes must be positive")
 		os.Exit(2)
 	}
 	log, err := logging.New(os.Stderr, c.logFormat, c.logLevel)
@@ -241,7 +243,8 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 	}
 	var grpcOpts []grpc.ServerOption
 	if !c.insecure {
-		grpcOpts = append(grpcOpts, grpc.Creds(credentials.NewTLS(ca.MutualTLSConfig())))
+		grpcOpts = append(grpcOpts, grpc.Creds(rpc.LimitHandshakes(credentials.NewTLS(ca.MutualTLSConfig()),
+			c.maxHandshakes, rpc.DefaultHandshakeQueueWait)))
 	}
 	gs := rpc.NewServer(rpc.Config{Hosts: hosts, Tasks: engine, Fleet: agents, Users: users, Enroll: enrollment,
 		AccessKeys: keys, Throttle: throttle, Audit: audits, Log: log,
