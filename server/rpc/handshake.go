@@ -10,10 +10,12 @@ import (
 
 // Defaults of LimitHandshakes, for agentplane-server.
 const (
-	// DefaultMaxHandshakes bounds the TLS handshakes run at once: enough
-	// to keep two cores busy while clients answer, few enough that each
-	// ends in a fraction of a second.
-	DefaultMaxHandshakes = 64
+	// DefaultMaxHandshakes bounds the TLS handshakes run at once. A slot
+	// is held across the client's round trips too, so the bound must
+	// cover a slow client fleet's latency (512 at 0.5 s each is 1,000
+	// handshakes a second), while the CPU of that many (a few ms each)
+	// keeps each under a second or two on two busy cores.
+	DefaultMaxHandshakes = 512
 	// DefaultHandshakeQueueWait is how long a connection may wait for a
 	// handshake slot: under agentd's 5 s connect timeout, so a client
 	// still waits when its handshake runs.

@@ -100,7 +100,7 @@ func main() {
 	fs.IntVar(&c.agentMsgBurst, "agent-msg-burst", rpc.DefaultAgentMsgBurst, "messages one agent stream may send at once above --agent-max-msgs-per-sec")
 	fs.IntVar(&c.agentMaxStreams, "agent-max-streams", fleet.DefaultMaxStreamsPerHost, "agent streams one host may hold at once (the current one and its replacements); more are refused with RESOURCE_EXHAUSTED")
 	fs.IntVar(&c.agentReplacements, "agent-max-replacements-per-min", fleet.DefaultMaxReplacementsPerMin, "how often a minute a host may replace its live agent stream by a new one; more are refused with RESOURCE_EXHAUSTED")
-	fs.IntVar(&c.maxHandshakes, "grpc-max-handshakes", rpc.DefaultMaxHandshakes, "gRPC TLS handshakes run at once; more connections wait (up to 3 s, then they are closed and their clients retry), so a reconnect storm after a restart runs at the server's handshake rate instead of collapsing")
+	fs.IntVar(&c.maxHandshakes, "grpc-max-handshakes", rpc.DefaultMaxHandshakes, "gRPC TLS handshakes run at once; more connections wait (up to 3 s, then they are closed and their clients retry), so a reconnect storm after a restart runs at the server's handshake rate instead of collapsing into client timeouts")
 	fs.DurationVar(&c.shutdownWait, "shutdown-timeout", 10*time.Second, "how long shutdown waits for calls in flight")
 	fs.StringVar(&c.pprofAddr, "pprof-addr", "", "serve net/http/pprof on this loopback host:port, e.g. 127.0.0.1:6060 (default off; unauthenticated, so loopback only)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
