@@ -51,14 +51,13 @@ type hosts struct {
 	known    map[int64]bool
 	lockErr  error
 	finished map[int64]host.AgentStatus
-	lastSeen time.Time
 }
 
 func (h *hosts) GetHost(_ context.Context, id int64) (*host.Host, error) {
 	if !h.known[id] {
 		return nil, fmt.Errorf("host %d: %w", id, errs.ErrNotFound)
 	}
-	return &host.Host{ID: id, LastSeen: h.lastSeen}, nil
+	return &host.Host{ID: id}, nil
 }
 
 func (h *hosts) HostState(ctx context.Context, id int64) (*host.Host, error) {
