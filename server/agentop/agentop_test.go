@@ -51,7 +51,6 @@ type hosts struct {
 	known    map[int64]bool
 	lockErr  error
 	finished map[int64]host.AgentStatus
-	lastSeen time.Time
 	// finishFails is how many FinishAgentOperation calls fail as on a
 	// full disk.
 	finishFails int
@@ -61,7 +60,7 @@ func (h *hosts) GetHost(_ context.Context, id int64) (*host.Host, error) {
 	if !h.known[id] {
 		return nil, fmt.Errorf("host %d: %w", id, errs.ErrNotFound)
 	}
-	return &host.Host{ID: id, LastSeen: h.lastSeen}, nil
+	return &host.Host{ID: id}, nil
 }
 
 func (h *hosts) HostState(ctx context.Context, id int64) (*host.Host, error) {
@@ -96,22 +95,15 @@ type agents struct {
 	err       error
 	sent      fleet.Command
 	acked     bool
-	started   time.Time     // zero: an hour ago
 	waited    time.Duration // the time WaitConnected was given
 }
 
-func (a *agents) WaitConnected(ctx context.Context, _ int64) bool {
-	if d, ok := ctx.Deadline(); ok {
-		a.waited = time.Until(d)
+func (a *agents) WaitConnected(_ context.Context, _ int64, wait time.Duration) error {
+	a.waited = wait
+	if !a.connected {
+		return fmt.Errorf("%w within %s", fleet.ErrNotConnected, wait)
 	}
-	return a.connected
-}
-
-func (a *agents) Started() time.Time {
-	if a.started.IsZero() {
-		return time.Now().Add(-time.Hour)
-	}
-	return a.started
+	return nil
 }
 
 func (a *agents) Dispatch(_ context.Context, _ int64, cmd fleet.Command) (fleet.Result, error) {
@@ -155,32 +147,18 @@ func TestPrepare(t *testing.T) {
 	}
 }
 
-// Prepare waits ConnectWait for an agentd, or until ReconnectWait after the
-// server started for one connected to the previous server shortly before.
-func TestPrepareWaitsLongerAfterARestart(t *testing.T) {
-	now := time.Now()
-	tests := []struct {
-		name              string
-		started, lastSeen time.Time
-		min, max          time.Duration
-	}{
-		{"long-running server", now.Add(-time.Hour), now.Add(-time.Second), ConnectWait - time.Second, ConnectWait},
-		{"seen before the restart", now.Add(-2 * time.Second), now.Add(-5 * time.Second), ReconnectWait - 3*time.Second, ReconnectWait - 2*time.Second},
-		{"seen long before the restart", now.Add(-2 * time.Second), now.Add(-time.Hour), ConnectWait - time.Second, ConnectWait},
-		{"seen since the restart", now.Add(-10 * time.Second), now.Add(-time.Second), ConnectWait - time.Second, ConnectWait},
+// Prepare gives the fleet ConnectWait (which it extends after a restart for
+// hosts expected back) and fails with its error.
+func TestPrepareWaitsConnectWait(t *testing.T) {
+	a := &agents{}
+	x := prepare{&hosts{known: map[int64]bool{7: true}}, a}
+	r, _ := run(7)
+	if res := x.Execute(context.Background(), r); res.Err == nil || !errors.Is(res.Err, fleet.ErrNotConnected) ||
+		res.Err.Error() != "host 7: agentd not connected within 5s" {
+		t.Fatalf("err %v", res.Err)
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			a := &agents{started: tt.started}
-			x := prepare{&hosts{known: map[int64]bool{7: true}, lastSeen: tt.lastSeen}, a}
-			r, _ := run(7)
-			if res := x.Execute(context.Background(), r); res.Err == nil || !strings.Contains(res.Err.Error(), "agentd not connected") {
-				t.Fatalf("err %v", res.Err)
-			}
-			if a.waited < tt.min || a.waited > tt.max {
-				t.Fatalf("waited %s, want %s..%s", a.waited, tt.min, tt.max)
-			}
-		})
+	if a.waited != ConnectWait {
+		t.Fatalf("waited %s, want %s", a.waited, ConnectWait)
 	}
 }
 

@@ -26,8 +26,10 @@ type Hosts interface {
 
 // Agents is what the executors need from the fleet.
 type Agents interface {
-	WaitConnected(ctx context.Context, hostID int64) bool
-	Started() time.Time // when this server's fleet started
+	// WaitConnected returns nil once the host's agentd is connected, an
+	// error when it gives up: after wait, or for a host expected back
+	// after a server restart, once the restart's bound has passed.
+	WaitConnected(ctx context.Context, hostID int64, wait time.Duration) error
 	Dispatch(ctx context.Context, hostID int64, cmd fleet.Command) (fleet.Result, error)
 	Ack(hostID, subtaskID int64, attempt int)
 }
@@ -40,16 +42,11 @@ var endsStarted = map[string]bool{
 	TaskStartAgent: true, TaskRestartAgent: true, TaskBatchRestartAgent: true,
 }
 
-// ConnectWait is how long Prepare waits for the agentd of a host not heard
-// from lately to connect: short enough that a stop of an offline host fails
-// at once to a person.
+// ConnectWait is how long Prepare waits for the agentd of a host to
+// connect: short enough that a stop of an offline host fails at once to a
+// person. A host connected to the previous server is waited for longer
+// after a restart: until the fleet's restart bound (fleet.Fleet.Expect).
 const ConnectWait = 5 * time.Second
-
-// ReconnectWait is how long after the server started Prepare waits for the
-// agentd of a host that was connected shortly before: after a restart,
-// 10,000 agents come back over many seconds, with backoff. It is the
-// fleet's default lost-agent bound.
-const ReconnectWait = 30 * time.Second
 
 // Executors returns the executors of the agent tasks' subtasks, by class.
 func Executors(hosts Hosts, agents Agents) map[string]task.Executor {
@@ -72,7 +69,7 @@ func nothingToUndo(_ context.Context, r task.Run) task.Result {
 }
 
 // prepare checks that the host exists and its agentd is connected (waiting
-// up to ConnectWait for it), and takes the host's agent-operation lock (held
+// up to ConnectWait for it, longer after a restart), and takes the host's agent-operation lock (held
 // since creation; taking it again is idempotent).
 type prepare struct {
 	hosts  Hosts
@@ -85,17 +82,8 @@ func (p prepare) Execute(ctx context.Context, r task.Run) task.Result {
 	if err != nil {
 		return task.Result{Err: err}
 	}
-	limit := ConnectWait
-	// Connected to the previous server shortly before this one started:
-	// probably on its way back.
-	if started := p.agents.Started(); h.LastSeen.Before(started) && started.Sub(h.LastSeen) < ReconnectWait {
-		limit = max(limit, time.Until(started.Add(ReconnectWait)))
-	}
-	wait, cancel := context.WithTimeout(ctx, limit)
-	connected := p.agents.WaitConnected(wait, id)
-	cancel()
-	if !connected {
-		return task.Result{Err: fmt.Errorf("host %d: agentd not connected within %s", id, limit)}
+	if err := p.agents.WaitConnected(ctx, id, ConnectWait); err != nil {
+		return task.Result{Err: fmt.Errorf("host %d: %w", id, err)}
 	}
 	if h.OpTaskID != r.Task.ID { // held since creation, unless the task was retried
 		if err := whileStoreDown(ctx, func() error { return p.hosts.LockHost(ctx, id, r.Task.ID) }); err != nil {

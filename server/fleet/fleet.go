@@ -65,6 +65,10 @@ type Config struct {
 	// ErrLost, and a dispatch to its host fails with ErrAgentLost unless the
 	// host connects again first. Default 30s, or three heartbeat intervals
 	// when that is longer.
+	//
+	// Silence counts only while the server could have heard the agent:
+	// for a host expected back after a server restart (Expect), it counts
+	// from when the restart's reconnections settle (see Expect).
 	LostAfter time.Duration
 	// MaxStreamsPerHost bounds the agent streams one host may hold at once,
 	// from Connect to Disconnect: the current one and one replacing it.
@@ -83,8 +87,7 @@ type Config struct {
 
 // Fleet tracks agent sessions and routes commands and results.
 type Fleet struct {
-	cfg     Config
-	started time.Time
+	cfg Config
 
 	// online serialises, per host, the host's ONLINE write with installing
 	// its session, and removing a session with its OFFLINE write, so the
@@ -135,6 +138,15 @@ type Fleet struct {
 	givenUp      map[key]*givenUp
 	givenUpOrder []givenUpRef
 	givenUpSeq   uint64
+
+	// The restart's bookkeeping (Expect, Serving). expected holds the
+	// hosts expected back and not back yet; back is when the last of them
+	// came back; serving is when the server began to accept agents (zero
+	// before: servingCh is closed then).
+	expected  map[int64]bool
+	back      time.Time
+	serving   time.Time
+	servingCh chan struct{}
 }
 
 // maxPendingCancels bounds the cancels remembered for one host, so a host
@@ -177,11 +189,12 @@ func New(cfg Config) *Fleet {
 		cfg.MaxReplacementsPerMin = DefaultMaxReplacementsPerMin
 	}
 	return &Fleet{
-		cfg: cfg, started: time.Now(), sessions: map[int64]*Session{}, inflight: map[key]*call{}, hostCalls: map[int64]map[key]*call{},
+		cfg: cfg, sessions: map[int64]*Session{}, inflight: map[key]*call{}, hostCalls: map[int64]map[key]*call{},
 		joined: map[int64]chan struct{}{}, heard: map[int64]time.Time{}, pending: map[int64][]Cancel{},
 		streams: map[int64]int{}, replacements: map[int64]*rate.Limiter{}, seen: map[int64]time.Time{},
 		writeFailLog: rate.Sometimes{Interval: writeFailLogEvery}, offline: map[int64]bool{},
-		givenUp: map[key]*givenUp{},
+		givenUp:  map[key]*givenUp{},
+		expected: map[int64]bool{}, servingCh: make(chan struct{}),
 	}
 }
 
@@ -325,6 +338,9 @@ var (
 // heard from for LostAfter and has no session.
 var ErrAgentLost = errors.New("agentd lost")
 
+// ErrNotConnected is why WaitConnected gives up.
+var ErrNotConnected = errors.New("agentd not connected")
+
 // Connect authenticates and registers an agent, and opens its session. A
 // previous session of the same host is closed. The cancels pending for the
 // host, then the commands waiting for it, are queued on the new session.
@@ -420,6 +436,10 @@ func (f *Fleet) Connect(ctx context.Context, h Hello) (*Session, Welcome, error)
 	f.sessions[reg.ID] = s
 	f.streams[reg.ID]++
 	f.heard[reg.ID] = time.Now()
+	if f.expected[reg.ID] {
+		delete(f.expected, reg.ID)
+		f.back = f.heard[reg.ID]
+	}
 	if ch := f.joined[reg.ID]; ch != nil {
 		close(ch)
 		delete(f.joined, reg.ID)
@@ -692,9 +712,84 @@ func (f *Fleet) live(hostID int64) *Session {
 	return s
 }
 
-// Started is when the fleet was made: agents connected to a previous
-// server come back after it.
-func (f *Fleet) Started() time.Time { return f.started }
+// Expect records the hosts whose agentds are expected back after a server
+// restart: those connected to the previous server (ONLINE, holding a
+// running operation, or seen shortly before it stopped). The server calls
+// it at start, before Serving. A host already heard from in this process
+// is not expected.
+//
+// A restarted server must fail no task by itself: its agents come back
+// over many seconds, as fast as it can accept them (10,000 TLS handshakes
+// and registrations on two cores take about a minute), and an agent
+// waiting in that queue is not silent. So, for a host expected back and
+// not back yet, a wait for its agentd (Dispatch, WaitConnected) gives up
+// only LostAfter after the later of
+//
+//   - the server Serving (the agent could not be heard before), and
+//   - the reconnections settling: one heartbeat interval after the last
+//     expected host came back (while they keep coming back, the server is
+//     still working through the queue).
+//
+// A host that never comes back therefore fails at most LostAfter plus one
+// heartbeat interval after the last expected host came back, or LostAfter
+// after Serving when none does (40 s and 30 s with the defaults). Any
+// other host, and an expected host once it has connected, counts as lost
+// LostAfter after it was last heard from, as in normal operation.
+func (f *Fleet) Expect(hostIDs []int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, id := range hostIDs {
+		if _, ok := f.heard[id]; !ok {
+			f.expected[id] = true
+		}
+	}
+}
+
+// Serving records that the server accepts agent streams from now on;
+// calls after the first do nothing.
+func (f *Fleet) Serving() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.serving.IsZero() {
+		f.serving = time.Now()
+		close(f.servingCh)
+	}
+}
+
+// giveUp says when a wait for the host's agentd to connect gives up: wait
+// after since, unless the host is expected back after the restart (see
+// Expect; restart true), when it is LostAfter after the restart settles.
+// With ok false the server is not serving yet: there is no such time until
+// servingCh is closed. A restart's bound that ended before since no longer
+// applies: the host is no longer expected. Callers hold mu.
+func (f *Fleet) lostDeadline(hostID int64, since time.Time, wait time.Duration) (at time.Time, restart, ok bool) {
+	if f.expected[hostID] {
+		if f.serving.IsZero() {
+			return time.Time{}, true, false
+		}
+		settled := f.serving
+		if !f.back.IsZero() {
+			settled = later(settled, f.back.Add(f.cfg.HeartbeatInterval))
+		}
+		if at = settled.Add(f.cfg.LostAfter); !at.Before(since) {
+			return at, true, true
+		}
+		delete(f.expected, hostID)
+	}
+	return since.Add(wait), false, true
+}
+
+// notBack says why a host expected back after the restart is given up.
+func (f *Fleet) notBack() string {
+	return fmt.Sprintf("not back within %s after the server restart's reconnections settled", roundDuration(f.cfg.LostAfter))
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
 
 // joinedCh returns the channel closed when a session of the host is next
 // installed. Callers hold mu.
@@ -707,23 +802,54 @@ func (f *Fleet) joinedCh(hostID int64) chan struct{} {
 	return ch
 }
 
-// WaitConnected returns true as soon as the host's agentd has a session, or
-// false when ctx ends first.
-func (f *Fleet) WaitConnected(ctx context.Context, hostID int64) bool {
+// WaitConnected returns nil as soon as the host's agentd has a session. It
+// gives up with an error wrapping ErrNotConnected wait after it began, or, for
+// a host expected back after a restart, LostAfter after the restart's
+// reconnections settle (see Expect); and returns ctx's cause when ctx ends
+// first.
+func (f *Fleet) WaitConnected(ctx context.Context, hostID int64, wait time.Duration) error {
+	began := time.Now()
 	for {
 		f.mu.Lock()
 		if f.live(hostID) != nil {
 			f.mu.Unlock()
-			return true
+			return nil
 		}
 		joined := f.joinedCh(hostID)
+		at, restart, ok := f.lostDeadline(hostID, began, wait)
+		serving := f.servingCh
 		f.mu.Unlock()
+		expired, stop := f.alarm(at, ok)
+		if ok && expired == nil {
+			if restart {
+				return fmt.Errorf("%w: %s", ErrNotConnected, f.notBack())
+			}
+			return fmt.Errorf("%w within %s", ErrNotConnected, roundDuration(wait))
+		}
+		if ok {
+			serving = nil
+		}
 		select {
 		case <-ctx.Done():
-			return false
+			stop()
+			return context.Cause(ctx)
 		case <-joined:
+		case <-serving:
+		case <-expired:
 		}
+		stop()
 	}
+}
+
+// alarm returns a channel that fires at at (nil when at has passed), and
+// its stop; with set false, nothing fires.
+func (f *Fleet) alarm(at time.Time, set bool) (<-chan time.Time, func()) {
+	left := time.Until(at)
+	if !set || left <= 0 {
+		return nil, func() {}
+	}
+	t := time.NewTimer(left)
+	return t.C, func() { t.Stop() }
 }
 
 // Receive handles one message of a session; any message proves the host
@@ -854,9 +980,10 @@ func (f *Fleet) dispatchedTo(k key, hostID int64) bool {
 // reconnects while Dispatch waits.
 //
 // When the host has no session and was last heard from LostAfter ago (or,
-// if never heard from in this process, LostAfter after Dispatch began),
-// Dispatch fails with an error wrapping ErrAgentLost; the Cancel is kept for
-// the host's next connection.
+// if never heard from in this process, LostAfter after Dispatch began; or,
+// if expected back after a server restart, LostAfter after the restart's
+// reconnections settled: see Expect), Dispatch fails with an error
+// wrapping ErrAgentLost; the Cancel is kept for the host's next connection.
 //
 // agentd begins the command only once the fleet confirms it (a Begin,
 // see fence.go), which it does only until Dispatch gives up (lost, ctx
@@ -934,8 +1061,10 @@ func (f *Fleet) Dispatch(ctx context.Context, hostID int64, cmd Command) (Result
 // await waits for c's result. It returns the result; or ctx's cause when
 // ctx ends first; or, as lost, an error wrapping ErrAgentLost when the host
 // has no session LostAfter after it was last heard from (or after began, if
-// never heard from in this process). It wakes on its timer, when the host's
-// session ends and when any session joins; it never polls.
+// never heard from in this process; or after the restart settled, if it is
+// expected back: see Expect). It wakes on its timer, when the host's
+// session ends, when any session joins and when the server begins serving;
+// it never polls.
 func (f *Fleet) await(ctx context.Context, hostID int64, c *call, began time.Time) (res Result, cause, lost error) {
 	for {
 		select {
@@ -949,43 +1078,45 @@ func (f *Fleet) await(ctx context.Context, hostID int64, c *call, began time.Tim
 		f.mu.Lock()
 		s := f.live(hostID)
 		var joined chan struct{} // nil with a session: its end wakes this loop
-		if s == nil {
-			joined = f.joinedCh(hostID)
-		}
-		heard, ok := f.heard[hostID]
-		f.mu.Unlock()
-		var ended <-chan struct{}
+		var ended, serving <-chan struct{}
 		var expired <-chan time.Time
-		var t *time.Timer
+		stop := func() {}
 		if s != nil {
 			ended = s.Done()
 		} else {
-			if !ok {
-				heard = began
+			joined = f.joinedCh(hostID)
+			since, wasHeard := f.heard[hostID]
+			if !wasHeard {
+				since = began
 			}
-			if left := time.Until(heard.Add(f.cfg.LostAfter)); left > 0 {
-				t = time.NewTimer(left)
-				expired = t.C
-			} else if ok {
-				return Result{}, nil, fmt.Errorf("%w: not heard from for %s", ErrAgentLost, roundDuration(time.Since(heard)))
-			} else {
-				return Result{}, nil, fmt.Errorf("%w: not connected within %s", ErrAgentLost, roundDuration(time.Since(heard)))
+			at, restart, ok := f.lostDeadline(hostID, since, f.cfg.LostAfter)
+			if expired, stop = f.alarm(at, ok); ok && expired == nil {
+				f.mu.Unlock()
+				switch {
+				case restart:
+					return Result{}, nil, fmt.Errorf("%w: %s", ErrAgentLost, f.notBack())
+				case wasHeard:
+					return Result{}, nil, fmt.Errorf("%w: not heard from for %s", ErrAgentLost, roundDuration(time.Since(since)))
+				default:
+					return Result{}, nil, fmt.Errorf("%w: not connected within %s", ErrAgentLost, roundDuration(f.cfg.LostAfter))
+				}
+			}
+			if !ok {
+				serving = f.servingCh
 			}
 		}
+		f.mu.Unlock()
 		select {
 		case r := <-c.result:
-			if t != nil {
-				t.Stop()
-			}
+			stop()
 			return r, nil, nil
 		case <-ctx.Done():
 		case <-ended:
 		case <-joined:
+		case <-serving:
 		case <-expired:
 		}
-		if t != nil {
-			t.Stop()
-		}
+		stop()
 	}
 }
 

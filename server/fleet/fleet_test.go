@@ -309,25 +309,29 @@ func TestReconnectResendsWaitingCommandsAndReplacesTheSession(t *testing.T) {
 
 func TestWaitConnected(t *testing.T) {
 	f := newFleet(newRegistry())
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
-	defer cancel()
-	if f.WaitConnected(ctx, 1) {
-		t.Fatal("connected with no session")
+	began := time.Now()
+	if err := f.WaitConnected(context.Background(), 1, 20*time.Millisecond); !errors.Is(err, ErrNotConnected) ||
+		err.Error() != "agentd not connected within 20ms" {
+		t.Fatalf("err %v with no session", err)
 	}
-	done := make(chan bool, 1)
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		done <- f.WaitConnected(ctx, 1)
-	}()
+	if took := time.Since(began); took < 20*time.Millisecond {
+		t.Fatalf("gave up after %s", took)
+	}
+	done := make(chan error, 1)
+	go func() { done <- f.WaitConnected(context.Background(), 1, 5*time.Second) }()
 	connect(t, f, "other") // another host joining wakes the waiter, which waits on
 	s := connect(t, f, "h1")
 	if s.HostID != 2 {
 		t.Fatalf("host id %d", s.HostID)
 	}
-	if !<-done {
+	if err := <-done; err != nil {
 		// host "h1" got id 2; the waiter asked for id 1 ("other"), which joined first
-		t.Fatal("the waiter did not see host 1 join")
+		t.Fatalf("the waiter did not see host 1 join: %v", err)
+	}
+	ctx, cancel := context.WithCancelCause(context.Background())
+	cancel(errors.New("shutting down"))
+	if err := f.WaitConnected(ctx, 3, 5*time.Second); err == nil || err.Error() != "shutting down" {
+		t.Fatalf("err %v, want ctx's cause", err)
 	}
 }
 

@@ -115,6 +115,35 @@ func (s *server) simHosts(t *testing.T, prefix string) map[string]hostJSON {
 	return out
 }
 
+// waitSimOnline waits until the simulator p's n hosts (prefix-00000, ...)
+// are ONLINE, and returns their ids by index.
+func (s *server) waitSimOnline(t *testing.T, p *process, prefix string, n int, timeout time.Duration) []int64 {
+	t.Helper()
+	var online map[string]hostJSON
+	waitFor(t, timeout, fmt.Sprintf("%d simulated hosts ONLINE", n), func() bool {
+		if p.exited() {
+			t.Fatalf("agentplane-sim exited: %v\n%s", p.err, tail(p.logPath, 30))
+		}
+		online = s.simHosts(t, prefix)
+		up := 0
+		for _, h := range online {
+			if h.Status == "ONLINE" {
+				up++
+			}
+		}
+		return up == n
+	})
+	ids := make([]int64, n)
+	for i := range n {
+		h, ok := online[sim.HostName(prefix, i)]
+		if !ok {
+			t.Fatalf("no host %s among %d", sim.HostName(prefix, i), len(online))
+		}
+		ids[i] = h.ID
+	}
+	return ids
+}
+
 // TestSimFleetBatchStop runs agentplane-sim with 30 hosts against a real
 // server: they enroll and come ONLINE, a batch stop fails exactly on the
 // hosts whose simulated stop fails, the stats lines count it, and SIGTERM
@@ -151,30 +180,12 @@ func TestSimFleetBatchStop(t *testing.T) {
 		_, ok := lastSim(t, p, "ready")
 		return ok
 	})
-	var online map[string]hostJSON
-	waitFor(t, 30*time.Second, fmt.Sprintf("%d simulated hosts ONLINE", hosts), func() bool {
-		online = s.simHosts(t, prefix)
-		n := 0
-		for _, h := range online {
-			if h.Status == "ONLINE" {
-				n++
-			}
-		}
-		return n == hosts
-	})
+	ids := s.waitSimOnline(t, p, prefix, hosts, 30*time.Second)
 	waitFor(t, 10*time.Second, "the simulator to count every host connected", func() bool {
 		st, ok := lastSim(t, p, "")
 		return ok && st.Connected == hosts && *st.Enrolled == hosts && st.Welcomes >= hosts
 	})
 
-	ids := make([]int64, hosts)
-	for i := range hosts {
-		h, ok := online[sim.HostName(prefix, i)]
-		if !ok {
-			t.Fatalf("no host %s among %d", sim.HostName(prefix, i), len(online))
-		}
-		ids[i] = h.ID
-	}
 	began := time.Now()
 	created := s.opPost(t, "/compute/hosts/batchStopAgents", map[string]any{"hostIds": ids})
 	tk := s.opWaitFinal(t, created.ID)

@@ -325,6 +325,27 @@ func (s *Store) ListHosts(ctx context.Context, q host.ListQuery) (host.Page, err
 	return p, rows.Err()
 }
 
+// ExpectedBack returns the hosts whose agentds a starting server expects
+// back: ONLINE (connected to the previous server when it stopped), holding
+// a running operation, or seen since seenSince. Read before MarkAllOffline.
+func (s *Store) ExpectedBack(ctx context.Context, seenSince time.Time) ([]int64, error) {
+	rows, err := s.r.QueryContext(ctx, `SELECT id FROM hosts WHERE revoke_time = 0
+		AND (status = ? OR op_task_id IS NOT NULL OR last_seen >= ?)`, host.StatusOnline, ms(seenSince))
+	if err != nil {
+		return nil, fmt.Errorf("listing the hosts expected back: %w", err)
+	}
+	defer rows.Close()
+	var ids []int64
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return nil, fmt.Errorf("listing the hosts expected back: %w", err)
+		}
+		ids = append(ids, id)
+	}
+	return ids, rows.Err()
+}
+
 // MarkAllOffline sets every ONLINE host OFFLINE; the server calls it at start,
 // before any agentd can have connected.
 func (s *Store) MarkAllOffline(ctx context.Context) error {

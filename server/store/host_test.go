@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"testing"
 	"time"
 
@@ -148,5 +149,43 @@ func TestHostStateMatchesGetHost(t *testing.T) {
 	}
 	if _, err := s.HostState(ctx, h.ID+100); !errors.Is(err, errs.ErrNotFound) {
 		t.Fatalf("missing host: %v", err)
+	}
+}
+
+// A starting server expects back the hosts ONLINE, holding an operation's
+// lock, or seen lately; not those long gone, nor revoked ones.
+func TestExpectedBack(t *testing.T) {
+	ctx := context.Background()
+	s := open(t, t.TempDir())
+	now := time.Now()
+	reg := func(name string, at time.Time, st host.Status) int64 {
+		t.Helper()
+		h, err := s.RegisterHost(ctx, host.Host{Name: name}, at)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.SetHostStatus(ctx, h.ID, st); err != nil {
+			t.Fatal(err)
+		}
+		return h.ID
+	}
+	online := reg("online", now.Add(-time.Hour), host.StatusOnline)
+	recent := reg("recent", now.Add(-time.Second), host.StatusOffline)
+	reg("gone", now.Add(-time.Hour), host.StatusOffline)
+	locked := reg("locked", now.Add(-time.Hour), host.StatusOffline)
+	if _, _, err := s.CreateTask(ctx, withSubtasks(plan(locked))); err != nil {
+		t.Fatal(err)
+	}
+	revoked := reg("revoked", now, host.StatusOnline)
+	if _, err := s.RevokeHost(ctx, revoked, now); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.ExpectedBack(ctx, now.Add(-30*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(got)
+	if want := []int64{online, recent, locked}; !slices.Equal(got, want) {
+		t.Fatalf("expected back %v, want %v", got, want)
 	}
 }

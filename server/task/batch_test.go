@@ -87,12 +87,11 @@ func watchFinal(tb testing.TB, e *task.Engine, id int64, within time.Duration) *
 // once, successfully.
 type quickAgents struct{}
 
-func (quickAgents) WaitConnected(context.Context, int64) bool { return true }
+func (quickAgents) WaitConnected(context.Context, int64, time.Duration) error { return nil }
 func (quickAgents) Dispatch(_ context.Context, hostID int64, _ fleet.Command) (fleet.Result, error) {
 	return fleet.Result{Outcome: fleet.Succeeded, Message: "host " + strconv.FormatInt(hostID, 10) + ": stopped 3"}, nil
 }
 func (quickAgents) Ack(int64, int64, int) {}
-func (quickAgents) Started() time.Time    { return time.Time{} }
 
 // counted counts the engine's steps that store a change.
 type counted struct {

@@ -64,6 +64,7 @@ type config struct {
 	logMaxBytes       int64         // bound of each subtask log's text
 	logMaxLines       int64         // bound of each subtask log's lines
 	handshake         time.Duration // a new connection's bound to handshake
+	maxHandshakes     int           // gRPC TLS handshakes run at once
 }
 
 // listFlag is a repeatable flag whose values may also be comma-separated.
@@ -97,11 +98,12 @@ func main() {
 	fs.StringVar(&c.logFormat, "log-format", "auto", "log format: auto (console on a terminal, else json), json or console")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.DurationVar(&c.heartbeat, "heartbeat-interval", 10*time.Second, "how often agents send heartbeats")
-	fs.DurationVar(&c.lostAfter, "agent-lost-after", 30*time.Second, "an agentd silent this long is lost: its host goes OFFLINE and its running commands fail")
+	fs.DurationVar(&c.lostAfter, "agent-lost-after", 30*time.Second, "an agentd silent this long is lost: its host goes OFFLINE and its running commands fail. After a restart, the agentds connected before it are waited for until this long after their reconnections settle (no host came back for one --heartbeat-interval)")
 	fs.Float64Var(&c.agentMsgRate, "agent-max-msgs-per-sec", rpc.DefaultAgentMsgsPerSec, "messages per second one agent stream may send on average; a faster agent has its stream ended with RESOURCE_EXHAUSTED")
 	fs.IntVar(&c.agentMsgBurst, "agent-msg-burst", rpc.DefaultAgentMsgBurst, "messages one agent stream may send at once above --agent-max-msgs-per-sec")
 	fs.IntVar(&c.agentMaxStreams, "agent-max-streams", fleet.DefaultMaxStreamsPerHost, "agent streams one host may hold at once (the current one and its replacements); more are refused with RESOURCE_EXHAUSTED")
 	fs.IntVar(&c.agentReplacements, "agent-max-replacements-per-min", fleet.DefaultMaxReplacementsPerMin, "how often a minute a host may replace its live agent stream by a new one; more are refused with RESOURCE_EXHAUSTED")
+	fs.IntVar(&c.maxHandshakes, "grpc-max-handshakes", rpc.DefaultMaxHandshakes, "gRPC TLS handshakes run at once; more connections wait (up to 3 s, then they are closed and their clients retry), so a reconnect storm after a restart runs at the server's handshake rate instead of collapsing into client timeouts")
 	fs.DurationVar(&c.shutdownWait, "shutdown-timeout", 10*time.Second, "how long shutdown waits for calls in flight")
 	fs.Int64Var(&c.logMaxBytes, "subtask-log-max-bytes", task.DefaultLogMaxBytes, "bytes of text one subtask's log keeps; past them (or --subtask-log-max-lines) its oldest lines are dropped, attempt headers kept, and a marker line counts what was dropped")
 	fs.Int64Var(&c.logMaxLines, "subtask-log-max-lines", task.DefaultLogMaxLines, "lines one subtask's log keeps (see --subtask-log-max-bytes)")
@@ -123,8 +125,8 @@ func main() {
 		fmt.Fprintf(os.Stderr, "agentplane-server: --agent-lost-after (%s) must be at least twice --heartbeat-interval (%s), which must be positive\n", c.lostAfter, c.heartbeat)
 		os.Exit(2)
 	}
-	if !(c.agentMsgRate > 0) || c.agentMsgBurst < 1 || c.agentMaxStreams < 1 || c.agentReplacements < 1 {
-		fmt.Fprintln(os.Stderr, "agentplane-server: --agent-max-msgs-per-sec, --agent-msg-burst, --agent-max-streams and --agent-max-replacements-per-min must be positive")
+	if !(c.agentMsgRate > 0) || c.agentMsgBurst < 1 || c.agentMaxStreams < 1 || c.agentReplacements < 1 || c.maxHandshakes < 1 {
+		fmt.Fprintln(os.Stderr, "agentplane-server: --agent-max-msgs-per-sec, --agent-msg-burst, --agent-max-streams, --agent-max-replacements-per-min and --grpc-max-handshakes must be positive")
 		os.Exit(2)
 	}
 	if c.handshake <= 0 {
@@ -166,6 +168,13 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 		return err
 	}
 	defer st.Close()
+	// The agentds connected to the previous server (or just before it
+	// stopped) are on their way back: the fleet waits for them past
+	// --agent-lost-after while they keep coming (fleet.Fleet.Expect).
+	expected, err := st.ExpectedBack(ctx, time.Now().Add(-c.lostAfter))
+	if err != nil {
+		return err
+	}
 	if err := st.MarkAllOffline(ctx); err != nil {
 		return err
 	}
@@ -224,6 +233,7 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 		MaxStreamsPerHost: c.agentMaxStreams, MaxReplacementsPerMin: c.agentReplacements,
 		Log: log.With().Str("component", "fleet").Logger(),
 	})
+	agents.Expect(expected)
 	enrollment := enroll.New(enroll.Config{
 		Store: st, Signer: ca, Sessions: agents, Log: log.With().Str("component", "enroll").Logger(),
 	})
@@ -248,7 +258,8 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 	}
 	var grpcOpts []grpc.ServerOption
 	if !c.insecure {
-		grpcOpts = append(grpcOpts, grpc.Creds(credentials.NewTLS(ca.MutualTLSConfig())))
+		grpcOpts = append(grpcOpts, grpc.Creds(rpc.LimitHandshakes(credentials.NewTLS(ca.MutualTLSConfig()),
+			c.maxHandshakes, rpc.DefaultHandshakeQueueWait)))
 	}
 	gs := rpc.NewServer(rpc.Config{Hosts: hosts, Tasks: engine, Fleet: agents, Users: users, Enroll: enrollment,
 		AccessKeys: keys, Throttle: throttle, Audit: audits, Store: st, Log: log,
@@ -271,9 +282,10 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 		serveHTTP = func() error { return hs.ServeTLS(httpLis, "", "") }
 	}
 	errc := make(chan error, 2)
+	agents.Serving()
 	go func() { errc <- serveGRPC(gs, grpcLis) }()
 	go func() { errc <- serveHTTP() }()
-	log.Info().Str("grpc_addr", grpcLis.Addr().String()).Str("http_addr", httpLis.Addr().String()).
+	log.Info().Str("grpc_addr", grpcLis.Addr().String()).Str("http_addr", httpLis.Addr().String()).Int("agents_expected", len(expected)).
 		Bool("tls", !c.insecure).Str("data_dir", c.dataDir).Str("version", version).Msg("server started")
 
 	select {

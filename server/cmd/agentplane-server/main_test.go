@@ -44,6 +44,7 @@ func testConfig(t *testing.T) config {
 		heartbeat: 10 * time.Second, lostAfter: 30 * time.Second, shutdownWait: 5 * time.Second,
 		agentCertTTL: pki.DefaultAgentCertTTL, agentMsgRate: rpc.DefaultAgentMsgsPerSec, agentMsgBurst: rpc.DefaultAgentMsgBurst,
 		agentMaxStreams: fleet.DefaultMaxStreamsPerHost, agentReplacements: fleet.DefaultMaxReplacementsPerMin,
+		maxHandshakes: rpc.DefaultMaxHandshakes,
 	}
 }
 

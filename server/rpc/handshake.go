@@ -1,0 +1,90 @@
+package rpc
+
+import (
+	"errors"
+	"net"
+	"time"
+
+	"google.golang.org/grpc/credentials"
+)
+
+// Defaults of LimitHandshakes, for agentplane-server.
+const (
+	// DefaultMaxHandshakes bounds the TLS handshakes run at once. A slot
+	// is held across the client's round trips too, so the bound must
+	// cover a slow client fleet's latency (512 at 0.5 s each is 1,000
+	// handshakes a second), while the CPU of that many (a few ms each)
+	// keeps each under a second or two on two busy cores.
+	DefaultMaxHandshakes = 512
+	// DefaultHandshakeQueueWait is how long a connection may wait for a
+	// handshake slot: under agentd's 5 s connect timeout, so a client
+	// still waits when its handshake runs.
+	DefaultHandshakeQueueWait = 3 * time.Second
+)
+
+// errHandshakeQueue is why a connection that waited too long for a slot is
+// closed.
+var errHandshakeQueue = errors.New("too many TLS handshakes in progress; retry")
+
+// LimitHandshakes returns creds that run at most n server handshakes at
+// once, in arrival order. A connection that has not sent its first byte
+// takes no slot; one that waits more than wait for a slot (counted from its
+// accept) is closed unhandshaken, and its client retries with its backoff.
+// n < 1: no bound.
+//
+// Without it, 10,000 agents reconnecting to a restarted server run 10,000
+// handshakes at once on a few cores; each takes thousands of times its CPU
+// cost, the clients' connect timeouts pass first, and they retry: the
+// server spends its CPU on handshakes nobody waits for, and the reconnect
+// storm collapses to a few accepts a second. Bounded, each handshake
+// finishes in time and the storm runs at the server's real handshake rate.
+func LimitHandshakes(c credentials.TransportCredentials, n int, wait time.Duration) credentials.TransportCredentials {
+	if n < 1 {
+		return c
+	}
+	return &limitedCreds{TransportCredentials: c, slots: make(chan struct{}, n), wait: wait}
+}
+
+type limitedCreds struct {
+	credentials.TransportCredentials
+	slots chan struct{}
+	wait  time.Duration
+}
+
+func (l *limitedCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	deadline := time.Now().Add(l.wait)
+	// Until the client speaks, waiting for it costs nothing; gRPC's
+	// connection timeout bounds this read.
+	first := make([]byte, 1)
+	if _, err := raw.Read(first); err != nil {
+		return nil, nil, err
+	}
+	t := time.NewTimer(time.Until(deadline))
+	select {
+	case l.slots <- struct{}{}:
+		t.Stop()
+	case <-t.C:
+		return nil, nil, errHandshakeQueue
+	}
+	defer func() { <-l.slots }()
+	return l.TransportCredentials.ServerHandshake(&replayConn{Conn: raw, first: first})
+}
+
+func (l *limitedCreds) Clone() credentials.TransportCredentials {
+	return &limitedCreds{TransportCredentials: l.TransportCredentials.Clone(), slots: l.slots, wait: l.wait}
+}
+
+// replayConn reads first before the rest of Conn.
+type replayConn struct {
+	net.Conn
+	first []byte
+}
+
+func (c *replayConn) Read(p []byte) (int, error) {
+	if len(c.first) > 0 {
+		n := copy(p, c.first)
+		c.first = c.first[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
