@@ -137,13 +137,20 @@ func (f *Fleet) begin(ctx context.Context, s *Session, b Begin) error {
 	log := f.cfg.Log.With().Int64("host_id", s.HostID).Int64("subtask_id", b.SubtaskID).Int("attempt", b.Attempt).Logger()
 	if why == "" {
 		log.Debug().Msg("command begun")
-		return f.cfg.Logs.AppendSubtaskLog(ctx, b.SubtaskID, task.LogLine{RunTime: b.Attempt, Time: f.cfg.Now(),
-			Line: fmt.Sprintf("agentd began attempt %d; the server confirmed it", b.Attempt)})
+		if err := f.cfg.Logs.AppendSubtaskLog(ctx, b.SubtaskID, task.LogLine{RunTime: b.Attempt, Time: f.cfg.Now(),
+			Line: fmt.Sprintf("agentd began attempt %d; the server confirmed it", b.Attempt)}); err != nil {
+			// The answer is sent; a line the store cannot take (a full
+			// disk) is not worth the stream.
+			f.writeFailed(err, s.HostID, "storing a go-ahead line failed; the line is skipped, the stream goes on")
+		}
+		return nil
 	}
 	log.Warn().Str("reason", why).Msg("command not confirmed to agentd")
-	_, err := f.recordLate(ctx, s.HostID, k, false, fmt.Sprintf(
-		"agentd asked to begin attempt %d after the server gave up; refused, so it signals nothing: %s", b.Attempt, why))
-	return err
+	if _, err := f.recordLate(ctx, s.HostID, k, false, fmt.Sprintf(
+		"agentd asked to begin attempt %d after the server gave up; refused, so it signals nothing: %s", b.Attempt, why)); err != nil {
+		f.writeFailed(err, s.HostID, "storing a refused go-ahead failed; the line is skipped, the stream goes on")
+	}
+	return nil
 }
 
 // refusal says why agentd may not begin k on s, or "" when it may.

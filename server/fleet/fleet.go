@@ -890,7 +890,10 @@ func (f *Fleet) Receive(ctx context.Context, s *Session, m Inbound) error {
 		if !f.dispatchedTo(key{p.SubtaskID, p.Attempt}, s.HostID) {
 			late := fmt.Sprintf("late progress from agentd after the server gave up (attempt %d): %s", p.Attempt, p.Message)
 			if ok, err := f.recordLate(ctx, s.HostID, key{p.SubtaskID, p.Attempt}, false, late); ok || err != nil {
-				return err
+				if err != nil {
+					f.writeFailed(err, s.HostID, "storing a late progress line failed; the line is skipped, the stream goes on")
+				}
+				return nil
 			}
 			log.Warn().Int64("subtask_id", p.SubtaskID).Int("attempt", p.Attempt).Msg("progress for a command not dispatched to this host dropped")
 			return nil
@@ -939,7 +942,11 @@ func (f *Fleet) Receive(ctx context.Context, s *Session, m Inbound) error {
 // gave up on it): it is acknowledged so the agent forgets it.
 func (f *Fleet) unawaited(ctx context.Context, s *Session, r Result) error {
 	if late, err := f.lateResult(ctx, s, r); late || err != nil {
-		return err
+		if err != nil {
+			// Not acknowledged: agentd's outbox keeps it for a later try.
+			f.writeFailed(err, s.HostID, "storing a late result failed; it stays in agentd's outbox, the stream goes on")
+		}
+		return nil
 	}
 	live, err := f.cfg.Registry.AttemptLive(ctx, s.HostID, r.SubtaskID, r.Attempt)
 	if err != nil {
