@@ -106,7 +106,8 @@ func TestLogSizesAfterTheMigration(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, q := range []string{`DROP TABLE subtask_log_sizes`, `ALTER TABLE subtask_logs DROP COLUMN size`,
+	// (and the migrations after it: agent_certs)
+	for _, q := range []string{`DROP TABLE agent_certs`, `DROP TABLE subtask_log_sizes`, `ALTER TABLE subtask_logs DROP COLUMN size`,
 		`ALTER TABLE subtask_logs DROP COLUMN kind`, fmt.Sprintf(`UPDATE schema_version SET version = %d`, before)} {
 		if _, err := db.ExecContext(ctx, q); err != nil {
 			t.Fatal(q, err)
