@@ -59,12 +59,16 @@ func (l *limitedCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.Auth
 	if _, err := raw.Read(first); err != nil {
 		return nil, nil, err
 	}
-	t := time.NewTimer(time.Until(deadline))
 	select {
-	case l.slots <- struct{}{}:
-		t.Stop()
-	case <-t.C:
-		return nil, nil, errHandshakeQueue
+	case l.slots <- struct{}{}: // a free slot is taken even past the deadline
+	default:
+		t := time.NewTimer(time.Until(deadline))
+		select {
+		case l.slots <- struct{}{}:
+			t.Stop()
+		case <-t.C:
+			return nil, nil, errHandshakeQueue
+		}
 	}
 	defer func() { <-l.slots }()
 	return l.TransportCredentials.ServerHandshake(&replayConn{Conn: raw, first: first})
