@@ -30,7 +30,7 @@ build: ## build bin/agentplane-server and bin/agentplane-agentd
 
 .PHONY: build-bench
 build-bench: build ## build the benchmark tools: bin/agentplane-bench, bin/agentplane-sim, bin/fakeocpagent
-	go build -ldflags "$(LDFLAGS)" -o bin/agentplane-bench ./server/cmd/agentplane-bench
+	go build -ldflags "$(LDFLAGS)" -o bin/agentplane-bench ./agentd/cmd/agentplane-bench
 	go build -ldflags "$(LDFLAGS)" -o bin/agentplane-sim ./agentd/cmd/agentplane-sim
 	go build -o bin/fakeocpagent ./testdata/fakeocpagent
 
@@ -51,7 +51,7 @@ test: ## run every test (unit and integration, with the real binaries), always w
 
 # Fuzz targets as package:Name; each has a seed corpus in its package's
 # testdata/fuzz/<Name>/ (plus its f.Add seeds), which `make test` runs too.
-FUZZ_TARGETS := ./server/rest:FuzzHandler ./server/auth:FuzzVerify ./server/rpc:FuzzAgentMessage
+FUZZ_TARGETS := ./server/internal/rest:FuzzHandler ./server/internal/auth:FuzzVerify ./server/internal/rpc:FuzzAgentMessage
 FUZZTIME ?= 10s
 # Minimizing each new interesting input may take 60s by default, which
 # stalls a short run; a failing input is still minimized for this long.

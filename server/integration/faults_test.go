@@ -11,8 +11,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"agentplane/agentd/state"
 )
 
 // Faults during a stop: agentd killed or frozen, its stream cut, the server
@@ -37,8 +35,8 @@ func TestAgentdKilledMidStop(t *testing.T) {
 
 	tk := s.waitFinal(t, id)
 	st := tk.subtask(stopAllName)
-	if tk.Status != "FAILED" || st.Status != "FAILED" || !strings.Contains(st.Message, state.RestartedMessage) {
-		t.Fatalf("task %s, stop subtask %s %q; want both FAILED with %q", tk.Status, st.Status, st.Message, state.RestartedMessage)
+	if tk.Status != "FAILED" || st.Status != "FAILED" || !strings.Contains(st.Message, agentdRestartedMessage) {
+		t.Fatalf("task %s, stop subtask %s %q; want both FAILED with %q", tk.Status, st.Status, st.Message, agentdRestartedMessage)
 	}
 	if n := commandRuns(a)[runKey{st.ID, 1}]; n != 1 {
 		t.Fatalf("attempt 1 of the stop subtask ran %d times, want once (not re-run after the restart)", n)

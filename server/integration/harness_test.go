@@ -1038,3 +1038,10 @@ func (s *server) conn(t *testing.T) *grpc.ClientConn {
 func withCreds(ctx context.Context, c *creds) context.Context {
 	return metadata.AppendToOutgoingContext(ctx, "authorization", c.basic())
 }
+
+// The messages agentd gives the commands it cannot vouch for, as an operator
+// reads them in the task (agentd's state package writes them).
+const (
+	agentdRestartedMessage = "agentd restarted while the command ran; not re-run"
+	agentdStateLostMessage = "state lost: agentd's journal entry for this command was corrupt; not re-run"
+)

@@ -7,8 +7,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"agentplane/agentd/state"
 )
 
 // TestCorruptJournalAtRestart: agentd killed mid-stop, its journal entry
@@ -29,8 +27,8 @@ func TestCorruptJournalAtRestart(t *testing.T) {
 
 	tk := s.waitFinal(t, id)
 	st = tk.subtask(stopAllName)
-	if tk.Status != "FAILED" || st.Status != "FAILED" || !strings.Contains(st.Message, state.StateLostMessage) {
-		t.Fatalf("task %s, stop subtask %s %q; want both FAILED with %q", tk.Status, st.Status, st.Message, state.StateLostMessage)
+	if tk.Status != "FAILED" || st.Status != "FAILED" || !strings.Contains(st.Message, agentdStateLostMessage) {
+		t.Fatalf("task %s, stop subtask %s %q; want both FAILED with %q", tk.Status, st.Status, st.Message, agentdStateLostMessage)
 	}
 	if n := commandRuns(a)[runKey{st.ID, 1}]; n != 1 {
 		t.Fatalf("attempt 1 of the stop subtask ran %d times, want once", n)

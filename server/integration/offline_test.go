@@ -10,7 +10,7 @@ import (
 
 	_ "modernc.org/sqlite" // read the server's store to catch the instant a host turns ONLINE
 
-	"agentplane/server/store"
+	"agentplane/server/internal/store"
 )
 
 // TestHostOfflineWhenAgentdLeavesAtOnce stops agentd the instant its host

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"agentplane/agentd/sim"
+	"agentplane/internal/simplan"
 )
 
 var (
@@ -135,9 +135,9 @@ func (s *server) waitSimOnline(t *testing.T, p *process, prefix string, n int, t
 	})
 	ids := make([]int64, n)
 	for i := range n {
-		h, ok := online[sim.HostName(prefix, i)]
+		h, ok := online[simplan.HostName(prefix, i)]
 		if !ok {
-			t.Fatalf("no host %s among %d", sim.HostName(prefix, i), len(online))
+			t.Fatalf("no host %s among %d", simplan.HostName(prefix, i), len(online))
 		}
 		ids[i] = h.ID
 	}
@@ -157,7 +157,7 @@ func TestSimFleetBatchStop(t *testing.T) {
 	// The hosts whose first stop fails, by index (= parallel branch).
 	failing := map[int]bool{}
 	for i := range hosts {
-		if sim.Fails(i, 1, failRate) {
+		if simplan.Fails(i, 1, failRate) {
 			failing[i] = true
 		}
 	}
@@ -201,7 +201,7 @@ func TestSimFleetBatchStop(t *testing.T) {
 		}
 		for name, status := range want {
 			if st := tk.branchSub(t, i, name); st.Status != status {
-				t.Errorf("branch %d (%s) %q: %s (%q), want %s", i, sim.HostName(prefix, i), name, st.Status, st.Message, status)
+				t.Errorf("branch %d (%s) %q: %s (%q), want %s", i, simplan.HostName(prefix, i), name, st.Status, st.Message, status)
 			}
 		}
 		if msg := tk.branchSub(t, i, stopAllName).Message; failing[i] && !strings.Contains(msg, "still running") {

@@ -19,7 +19,7 @@ import (
 	_ "modernc.org/sqlite" // the test holds a read snapshot on the server's store, as a backup does
 
 	iamv1 "agentplane/gen/agentplane/iam/v1"
-	"agentplane/server/store"
+	"agentplane/server/internal/store"
 )
 
 // A full disk under the server's data dir: a small tmpfs, filled by a file

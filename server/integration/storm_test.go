@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"agentplane/agentd/sim"
+	"agentplane/internal/simplan"
 )
 
 // ---- a turnstile: a proxy that holds new connections until let through ----
@@ -242,7 +242,7 @@ func TestRestartStormSlowerThanTheLostBound(t *testing.T) {
 				want = map[string]string{stopAllName: "FAILED", finishName: "PENDING"}[name]
 			}
 			if st.Status != want {
-				t.Errorf("branch %d (%s) %q: %s (%q), want %s", i, sim.HostName(prefix, i), name, st.Status, st.Message, want)
+				t.Errorf("branch %d (%s) %q: %s (%q), want %s", i, simplan.HostName(prefix, i), name, st.Status, st.Message, want)
 			}
 		}
 	}

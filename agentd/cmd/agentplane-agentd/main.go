@@ -31,13 +31,13 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"agentplane/agentd/conn"
-	"agentplane/agentd/identity"
-	"agentplane/agentd/proc"
-	"agentplane/agentd/state"
+	"agentplane/agentd/internal/conn"
+	"agentplane/agentd/internal/identity"
+	"agentplane/agentd/internal/proc"
+	"agentplane/agentd/internal/state"
 	agentv1 "agentplane/gen/agentplane/agent/v1"
-	"agentplane/server/logging"
-	"agentplane/server/pprofserver"
+	"agentplane/internal/logging"
+	"agentplane/internal/pprofserver"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".

@@ -22,7 +22,7 @@ import (
 	"go.uber.org/goleak"
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	"agentplane/agentd/identity"
+	"agentplane/agentd/internal/identity"
 	"agentplane/agentd/internal/testsrv"
 	agentv1 "agentplane/gen/agentplane/agent/v1"
 )
@@ -403,7 +403,7 @@ func TestPprofServedWhileRunningOnly(t *testing.T) {
 	}
 	// agentd's own goroutines are in the profile: it is this agentd's.
 	code, body, err := get("/debug/pprof/goroutine?debug=1")
-	if err != nil || code != http.StatusOK || !strings.Contains(body, "agentplane/agentd/conn.") {
+	if err != nil || code != http.StatusOK || !strings.Contains(body, "agentplane/agentd/internal/conn.") {
 		t.Fatalf("goroutine profile: %d, %v:\n%.2000s", code, err, body)
 	}
 	if code, body, err := get("/debug/pprof/heap?debug=1"); err != nil || code != http.StatusOK || !strings.Contains(body, "heap profile") {

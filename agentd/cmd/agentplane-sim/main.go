@@ -33,8 +33,8 @@ import (
 	"syscall"
 	"time"
 
-	"agentplane/agentd/sim"
-	"agentplane/server/logging"
+	"agentplane/agentd/internal/sim"
+	"agentplane/internal/logging"
 )
 
 var version = "dev"

@@ -14,9 +14,9 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"agentplane/server/fleet"
-	"agentplane/server/pki"
-	"agentplane/server/rpc"
+	"agentplane/server/internal/fleet"
+	"agentplane/server/internal/pki"
+	"agentplane/server/internal/rpc"
 )
 
 // syncBuffer is a log sink safe for concurrent use.

@@ -1,0 +1,91 @@
+package rpc
+
+import (
+	"context"
+	"fmt"
+
+	iamv1 "agentplane/gen/agentplane/iam/v1"
+	"agentplane/server/internal/audit"
+	"agentplane/server/internal/auth"
+	"agentplane/server/internal/errs"
+)
+
+// AccessKeys is what the adapter needs from the access key service
+// (auth.AccessKeyService): verifying signed calls, and managing keys. The
+// managing methods check the caller themselves (their own keys, or ADMIN).
+type AccessKeys interface {
+	Verify(ctx context.Context, r *auth.SignedRequest) (auth.Principal, error)
+	CreateAccessKey(ctx context.Context, username string) (auth.AccessKey, string, error)
+	ListAccessKeys(ctx context.Context, username string) ([]auth.AccessKey, error)
+	DeleteAccessKey(ctx context.Context, id string) error
+}
+
+var _ AccessKeys = (*auth.AccessKeyService)(nil)
+
+// iamServer serves IamService; with no AccessKeys every call is
+// UNIMPLEMENTED.
+type iamServer struct {
+	iamv1.UnimplementedIamServiceServer
+	keys AccessKeys
+}
+
+var _ iamv1.IamServiceServer = (*iamServer)(nil)
+
+func (s *iamServer) enabled() error {
+	if s.keys == nil {
+		return fmt.Errorf("access keys are not enabled on this server: %w", errs.ErrUnavailable)
+	}
+	return nil
+}
+
+func toAccessKey(k auth.AccessKey) *iamv1.AccessKey {
+	return &iamv1.AccessKey{AccessKeyId: k.ID, Username: k.Username, CreateTime: ts(k.CreateTime), LastUsedTime: ts(k.LastUsedTime)}
+}
+
+// CreateAccessKey creates a key for the caller, or for another user (ADMIN);
+// the answer carries the secret, which is never shown again.
+func (s *iamServer) CreateAccessKey(ctx context.Context, req *iamv1.CreateAccessKeyRequest) (*iamv1.CreateAccessKeyResponse, error) {
+	if err := s.enabled(); err != nil {
+		return nil, toStatus(ctx, err)
+	}
+	k, secret, err := s.keys.CreateAccessKey(ctx, req.GetUsername())
+	if err != nil {
+		return nil, toStatus(ctx, err)
+	}
+	audit.SetTarget(ctx, k.ID)
+	return &iamv1.CreateAccessKeyResponse{AccessKey: toAccessKey(k), Secret: secret}, nil
+}
+
+// ListAccessKeys lists keys without secrets: the caller's, one user's
+// (ADMIN for another), or every user's for an ADMIN asking for none.
+func (s *iamServer) ListAccessKeys(ctx context.Context, req *iamv1.ListAccessKeysRequest) (*iamv1.ListAccessKeysResponse, error) {
+	if err := s.enabled(); err != nil {
+		return nil, toStatus(ctx, err)
+	}
+	ks, err := s.keys.ListAccessKeys(ctx, req.GetUsername())
+	if err != nil {
+		return nil, toStatus(ctx, err)
+	}
+	out := &iamv1.ListAccessKeysResponse{AccessKeys: make([]*iamv1.AccessKey, 0, len(ks))}
+	for _, k := range ks {
+		out.AccessKeys = append(out.AccessKeys, toAccessKey(k))
+	}
+	return out, nil
+}
+
+// DeleteAccessKey deletes a key: the caller's own, or any for an ADMIN
+// (another user's is NOT_FOUND without ADMIN).
+func (s *iamServer) DeleteAccessKey(ctx context.Context, req *iamv1.DeleteAccessKeyRequest) (*iamv1.DeleteAccessKeyResponse, error) {
+	if err := s.enabled(); err != nil {
+		return nil, toStatus(ctx, err)
+	}
+	id := req.GetAccessKeyId()
+	audit.SetTarget(ctx, id[:min(len(id), 64)])
+	if id == "" {
+		return nil, toStatus(ctx, fmt.Errorf("access_key_id is required: %w", errs.ErrInvalidArgument))
+	}
+	if err := s.keys.DeleteAccessKey(ctx, id); err != nil {
+		return nil, toStatus(ctx, err)
+	}
+	return &iamv1.DeleteAccessKeyResponse{}, nil
+}

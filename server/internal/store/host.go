@@ -1,0 +1,357 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"agentplane/server/internal/errs"
+	"agentplane/server/internal/host"
+)
+
+const hostCols = `id, name, inner_ip, machine_id, status, agent_status, agentd_version, install_home, last_seen,
+	op_task_id, processes, create_time, update_time, revoke_time`
+
+func scanHost(sc interface{ Scan(...any) error }) (host.Host, error) {
+	var h host.Host
+	var lastSeen, created, updated, revoked int64
+	var op sql.NullInt64
+	var procs string
+	err := sc.Scan(&h.ID, &h.Name, &h.InnerIP, &h.MachineID, &h.Status, &h.AgentStatus, &h.AgentdVersion,
+		&h.InstallHome, &lastSeen, &op, &procs, &created, &updated, &revoked)
+	if err != nil {
+		return h, err
+	}
+	h.LastSeen, h.CreateTime, h.UpdateTime = fromMS(lastSeen), fromMS(created), fromMS(updated)
+	h.RevokeTime = fromMS(revoked)
+	h.OpTaskID = op.Int64
+	if h.Processes, err = decodeProcesses(procs); err != nil {
+		return h, err
+	}
+	// The fleet writes a process list only when it changes, and batches
+	// last_seen (HostsSeen): a process STARTED in the list was in every
+	// report since, so it was active when the host was last seen.
+	for i := range h.Processes {
+		if p := &h.Processes[i]; p.Status == host.AgentStarted && h.LastSeen.After(p.LastActiveTime) {
+			p.LastActiveTime = h.LastSeen
+		}
+	}
+	return h, nil
+}
+
+// decodeProcesses reads a stored process list. Lists stored before
+// processes had a status held only the last report: those ran.
+func decodeProcesses(text string) ([]host.Process, error) {
+	ps := []host.Process{}
+	if err := fromJSON(text, &ps); err != nil {
+		return nil, err
+	}
+	for i := range ps {
+		if ps[i].Status == host.AgentUnknown {
+			ps[i].Status = host.AgentStarted
+		}
+	}
+	return ps, nil
+}
+
+// mergeProcesses merges a report of the running base processes, made at
+// `at`, into the list known for a host. Every process ever seen stays,
+// keyed by name: those reported are STARTED with the report's details and
+// LastActiveTime at; the others become STOPPED with their last details. A
+// name reported twice keeps its first entry. The result is sorted by name.
+func mergeProcesses(known, reported []host.Process, at time.Time) []host.Process {
+	byName := make(map[string]host.Process, len(known)+len(reported))
+	for _, p := range known {
+		p.Status = host.AgentStopped
+		byName[p.Name] = p
+	}
+	seen := make(map[string]bool, len(reported))
+	for _, p := range reported {
+		if seen[p.Name] {
+			continue
+		}
+		seen[p.Name] = true
+		p.Status, p.LastActiveTime = host.AgentStarted, at
+		byName[p.Name] = p
+	}
+	out := make([]host.Process, 0, len(byName))
+	for _, p := range byName {
+		out = append(out, p)
+	}
+	slices.SortFunc(out, func(a, b host.Process) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// RegisterHost records a connecting agentd's host and marks it ONLINE, with
+// its install home, and r.Processes (the base processes running now; nil:
+// none) merged into the host's process list as HostSeen does. The host is
+// found by name, else created; the stored host is returned with its id.
+// ErrPermissionDenied, and nothing written, when the host is revoked.
+func (s *Store) RegisterHost(ctx context.Context, r host.Host, at time.Time) (host.Host, error) {
+	if r.Name == "" {
+		return host.Host{}, fmt.Errorf("registering a host with no name: %w", errs.ErrInvalidArgument)
+	}
+	var h host.Host
+	err := s.tx(ctx, func(ctx context.Context, tx *wtx) error {
+		var id, revoked int64
+		var stored string
+		err := tx.QueryRowContext(ctx, `SELECT id, processes, revoke_time FROM hosts WHERE name = ?`, r.Name).Scan(&id, &stored, &revoked)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			procs := mergeProcesses(nil, r.Processes, at)
+			res, err := tx.ExecContext(ctx, `INSERT INTO hosts (name, inner_ip, machine_id, status, agent_status,
+				agentd_version, install_home, last_seen, processes, create_time, update_time)
+				VALUES (?,?,?,?,?,?,?,?,?,?,?)`,
+				r.Name, r.InnerIP, r.MachineID, host.StatusOnline, agentStatusOf(procs), r.AgentdVersion,
+				r.InstallHome, ms(at), toJSON(procs), ms(at), ms(at))
+			if err != nil {
+				return fmt.Errorf("inserting host %q: %w", r.Name, err)
+			}
+			if id, err = res.LastInsertId(); err != nil {
+				return err
+			}
+		case err != nil:
+			return fmt.Errorf("finding host %q: %w", r.Name, err)
+		case revoked != 0:
+			return fmt.Errorf("host %d (%q) is revoked: %w", id, r.Name, errs.ErrPermissionDenied)
+		default:
+			known, err := decodeProcesses(stored)
+			if err != nil {
+				return fmt.Errorf("host %d: %w", id, err)
+			}
+			procs := mergeProcesses(known, r.Processes, at)
+			_, err = tx.ExecContext(ctx, `UPDATE hosts SET inner_ip = ?, machine_id = ?, status = ?, agentd_version = ?,
+				install_home = ?, last_seen = ?, processes = ?, agent_status = ?, update_time = ? WHERE id = ?`,
+				r.InnerIP, r.MachineID, host.StatusOnline, r.AgentdVersion, r.InstallHome, ms(at), toJSON(procs),
+				agentStatusOf(procs), ms(at), id)
+			if err != nil {
+				return fmt.Errorf("updating host %d: %w", id, err)
+			}
+		}
+		// Read back in the same transaction: once it commits, nothing can
+		// fail and leave the host ONLINE without a session.
+		h, err = scanHost(tx.QueryRowContext(ctx, `SELECT `+hostCols+` FROM hosts WHERE id = ?`, id))
+		return err
+	})
+	if err != nil {
+		return host.Host{}, err
+	}
+	return h, nil
+}
+
+// agentStatusOf derives the agent's status from a host's merged process
+// list: STARTED when any process is STARTED, else STOPPED.
+func agentStatusOf(procs []host.Process) host.AgentStatus {
+	for _, p := range procs {
+		if p.Status == host.AgentStarted {
+			return host.AgentStarted
+		}
+	}
+	return host.AgentStopped
+}
+
+// HostSeen records that a host's agentd was heard from at `at`, with the
+// base processes it reported running (nil: the same as last time, so only
+// last_seen moves),
+// merged into the host's process list (see RegisterHost); the agent's status
+// follows. It is one write either way.
+func (s *Store) HostSeen(ctx context.Context, id int64, at time.Time, procs []host.Process) error {
+	if procs == nil {
+		if _, err := s.exec(ctx, `UPDATE hosts SET last_seen = ? WHERE id = ?`, ms(at), id); err != nil {
+			return fmt.Errorf("recording host %d seen: %w", id, err)
+		}
+		return nil
+	}
+	err := s.tx(ctx, func(ctx context.Context, tx *wtx) error {
+		var stored string
+		err := tx.QueryRowContext(ctx, `SELECT processes FROM hosts WHERE id = ?`, id).Scan(&stored)
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("host %d: %w", id, errs.ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		known, err := decodeProcesses(stored)
+		if err != nil {
+			return err
+		}
+		merged := mergeProcesses(known, procs, at)
+		_, err = tx.ExecContext(ctx, `UPDATE hosts SET last_seen = ?, processes = ?, agent_status = ?, update_time = ?
+			WHERE id = ?`, ms(at), toJSON(merged), agentStatusOf(merged), ms(at), id)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("recording host %d seen: %w", id, err)
+	}
+	return nil
+}
+
+// SetHostStatus sets a host's status.
+func (s *Store) SetHostStatus(ctx context.Context, id int64, st host.Status) error {
+	res, err := s.exec(ctx, `UPDATE hosts SET status = ?, update_time = ? WHERE id = ?`, st, nowMS(), id)
+	if err != nil {
+		return fmt.Errorf("setting host %d %s: %w", id, st, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("host %d: %w", id, errs.ErrNotFound)
+	}
+	return nil
+}
+
+// HostsSeen records when each host's agentd was last heard from (its
+// reports unchanged since the last HostSeen), in writes of seenChunk hosts
+// (25), so that a request's write waits behind a few rows at most, not 10,000. A time
+// older than the one stored is ignored. Hosts that no longer exist are
+// skipped.
+func (s *Store) HostsSeen(ctx context.Context, seen map[int64]time.Time) error {
+	ids := make([]int64, 0, len(seen))
+	for id := range seen {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	for chunk := range slices.Chunk(ids, seenChunk) {
+		err := s.tx(ctx, func(ctx context.Context, tx *wtx) error {
+			stmt, err := tx.PrepareContext(ctx, `UPDATE hosts SET last_seen = ? WHERE id = ? AND last_seen < ?`)
+			if err != nil {
+				return err
+			}
+			defer stmt.Close()
+			for _, id := range chunk {
+				at := ms(seen[id])
+				if _, err := stmt.ExecContext(ctx, at, id, at); err != nil {
+					return fmt.Errorf("host %d: %w", id, err)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("recording %d hosts seen: %w", len(seen), err)
+		}
+	}
+	return nil
+}
+
+const seenChunk = 25
+
+// FinishAgentOperation records the OCP Agent's status on the host after the
+// agent operation of taskID, and releases the host's lock if that task holds
+// it. ErrConflict when another task holds the lock.
+func (s *Store) FinishAgentOperation(ctx context.Context, hostID, taskID int64, st host.AgentStatus) error {
+	res, err := s.exec(ctx, `UPDATE hosts SET agent_status = ?, op_task_id = NULL, update_time = ?
+		WHERE id = ? AND (op_task_id IS NULL OR op_task_id = ?)`, st, nowMS(), hostID, taskID)
+	if err != nil {
+		return fmt.Errorf("finishing the agent operation on host %d: %w", hostID, err)
+	}
+	if n, _ := res.RowsAffected(); n == 1 {
+		return nil
+	}
+	if _, err := s.GetHost(ctx, hostID); err != nil {
+		return err
+	}
+	return fmt.Errorf("host %d: lock held by another task than %d: %w", hostID, taskID, errs.ErrConflict)
+}
+
+// GetHost returns a host. ErrNotFound when there is none.
+func (s *Store) GetHost(ctx context.Context, id int64) (*host.Host, error) {
+	h, err := scanHost(s.r.QueryRowContext(ctx, `SELECT `+hostCols+` FROM hosts WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("host %d: %w", id, errs.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading host %d: %w", id, err)
+	}
+	return &h, nil
+}
+
+// HostState returns a host without its process list (Processes nil): what
+// an agent operation checks on every request, without decoding the list.
+// ErrNotFound when there is none.
+func (s *Store) HostState(ctx context.Context, id int64) (*host.Host, error) {
+	var h host.Host
+	var lastSeen, revoked int64
+	var op sql.NullInt64
+	err := s.r.QueryRowContext(ctx, `SELECT id, name, status, agent_status, last_seen, op_task_id, revoke_time
+		FROM hosts WHERE id = ?`, id).Scan(&h.ID, &h.Name, &h.Status, &h.AgentStatus, &lastSeen, &op, &revoked)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("host %d: %w", id, errs.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading host %d: %w", id, err)
+	}
+	h.LastSeen, h.RevokeTime, h.OpTaskID = fromMS(lastSeen), fromMS(revoked), op.Int64
+	return &h, nil
+}
+
+// GetHostAgent returns the OCP Agent of a host as agentd last reported it,
+// with every base process seen there, by name. Version is empty: agentd
+// does not report it. ErrNotFound when there is no such host.
+func (s *Store) GetHostAgent(ctx context.Context, hostID int64) (*host.Agent, error) {
+	h, err := s.GetHost(ctx, hostID)
+	if err != nil {
+		return nil, err
+	}
+	procs := slices.Clone(h.Processes)
+	slices.SortFunc(procs, func(a, b host.Process) int { return strings.Compare(a.Name, b.Name) })
+	return &host.Agent{
+		HostID: h.ID, InnerIP: h.InnerIP, InstallHome: h.InstallHome, Status: h.AgentStatus, LastSeen: h.LastSeen,
+		Processes: procs, CreateTime: h.CreateTime, UpdateTime: h.UpdateTime,
+	}, nil
+}
+
+// ListHosts returns a page of hosts by ascending id.
+func (s *Store) ListHosts(ctx context.Context, q host.ListQuery) (host.Page, error) {
+	var p host.Page
+	if err := s.r.QueryRowContext(ctx, `SELECT COUNT(*) FROM hosts`).Scan(&p.Total); err != nil {
+		return p, fmt.Errorf("counting hosts: %w", err)
+	}
+	limit, offset := page(q.Page, q.Size)
+	rows, err := s.r.QueryContext(ctx, `SELECT `+hostCols+` FROM hosts ORDER BY id LIMIT ? OFFSET ?`, limit, offset)
+	if err != nil {
+		return p, fmt.Errorf("listing hosts: %w", err)
+	}
+	defer rows.Close()
+	p.Hosts = []host.Host{}
+	for rows.Next() {
+		h, err := scanHost(rows)
+		if err != nil {
+			return p, fmt.Errorf("listing hosts: %w", err)
+		}
+		p.Hosts = append(p.Hosts, h)
+	}
+	return p, rows.Err()
+}
+
+// ExpectedBack returns the hosts whose agentds a starting server expects
+// back: ONLINE (connected to the previous server when it stopped), holding
+// a running operation, or seen since seenSince. Read before MarkAllOffline.
+func (s *Store) ExpectedBack(ctx context.Context, seenSince time.Time) ([]int64, error) {
+	rows, err := s.r.QueryContext(ctx, `SELECT id FROM hosts WHERE revoke_time = 0
+		AND (status = ? OR op_task_id IS NOT NULL OR last_seen >= ?)`, host.StatusOnline, ms(seenSince))
+	if err != nil {
+		return nil, fmt.Errorf("listing the hosts expected back: %w", err)
+	}
+	defer rows.Close()
+	var ids []int64
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return nil, fmt.Errorf("listing the hosts expected back: %w", err)
+		}
+		ids = append(ids, id)
+	}
+	return ids, rows.Err()
+}
+
+// MarkAllOffline sets every ONLINE host OFFLINE; the server calls it at start,
+// before any agentd can have connected.
+func (s *Store) MarkAllOffline(ctx context.Context) error {
+	_, err := s.exec(ctx, `UPDATE hosts SET status = ? WHERE status = ?`, host.StatusOffline, host.StatusOnline)
+	if err != nil {
+		return fmt.Errorf("marking hosts offline: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,273 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"agentplane/server/internal/errs"
+	"agentplane/server/internal/task"
+)
+
+// Subtask logs are bounded: subtask_log_sizes keeps each log's line and byte
+// counts, so an append costs its inserts and one counter row, never a scan
+// of the log. A log past either limit has its oldest lines deleted in bulk
+// down to three quarters of the limits (so the next trim is a quarter of a
+// log away), its attempt headers kept, and one marker line, in place of
+// the lines dropped, saying how many lines and bytes were dropped in all.
+//
+// Kinds of subtask_logs rows.
+const (
+	lineText   = 0 // a line of an attempt (engine or agent)
+	lineHeader = 1 // an attempt's header: never dropped
+	lineMarker = 2 // stands for the lines dropped before it
+)
+
+// LogLimits bound each subtask's stored log: MaxBytes of line text and
+// MaxLines lines, the headers and the marker included.
+type LogLimits struct {
+	MaxBytes int64
+	MaxLines int64
+}
+
+// Option configures Open.
+type Option func(*Store)
+
+// WithLogLimits sets the bounds of each subtask's log (default
+// task.DefaultLogMaxBytes and task.DefaultLogMaxLines). A zero field keeps
+// its default.
+func WithLogLimits(l LogLimits) Option {
+	return func(s *Store) {
+		if l.MaxBytes > 0 {
+			s.logLimits.MaxBytes = l.MaxBytes
+		}
+		if l.MaxLines > 0 {
+			s.logLimits.MaxLines = l.MaxLines
+		}
+	}
+}
+
+func defaultLogLimits() LogLimits {
+	return LogLimits{MaxBytes: task.DefaultLogMaxBytes, MaxLines: task.DefaultLogMaxLines}
+}
+
+// AppendSubtaskLog appends one line to a subtask's log.
+func (s *Store) AppendSubtaskLog(ctx context.Context, subtaskID int64, l task.LogLine) error {
+	return s.AppendSubtaskLogs(ctx, []task.SubtaskLogLine{{SubtaskID: subtaskID, LogLine: l}})
+}
+
+// AppendSubtaskLogs appends lines to their subtasks' logs, in order, in one
+// transaction (one INSERT per rowsPerInsert lines), and trims the logs that
+// grew past the limits.
+func (s *Store) AppendSubtaskLogs(ctx context.Context, lines []task.SubtaskLogLine) error {
+	if len(lines) == 0 {
+		return nil
+	}
+	return s.tx(ctx, func(ctx context.Context, tx *wtx) error { return s.appendSubtaskLogs(ctx, tx, lines) })
+}
+
+// logSize is a subtask's row of subtask_log_sizes.
+type logSize struct {
+	stored                     bool // the row exists
+	lines, bytes               int64
+	droppedLines, droppedBytes int64
+}
+
+func (s *Store) appendSubtaskLogs(ctx context.Context, tx *wtx, lines []task.SubtaskLogLine) error {
+	if len(lines) == 0 {
+		return nil
+	}
+	var order []int64 // the subtasks, in order of first line
+	added := map[int64]*logSize{}
+	for lo := 0; lo < len(lines); lo += rowsPerInsert {
+		chunk := lines[lo:min(lo+rowsPerInsert, len(lines))]
+		args := make([]any, 0, 6*len(chunk))
+		for _, l := range chunk {
+			kind := lineText
+			if l.Header {
+				kind = lineHeader
+			}
+			args = append(args, l.SubtaskID, l.RunTime, ms(l.Time), kind, len(l.Line), l.Line)
+			a := added[l.SubtaskID]
+			if a == nil {
+				a = &logSize{}
+				added[l.SubtaskID] = a
+				order = append(order, l.SubtaskID)
+			}
+			a.lines++
+			a.bytes += int64(len(l.Line))
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO subtask_logs (subtask_id, run_time, at, kind, size, line) VALUES (?,?,?,?,?,?)`+
+			strings.Repeat(",(?,?,?,?,?,?)", len(chunk)-1), args...); err != nil {
+			return fmt.Errorf("appending %d lines to subtask logs: %w", len(chunk), err)
+		}
+	}
+	sizes, err := logSizes(ctx, tx, order)
+	if err != nil {
+		return err
+	}
+	// The counters are written back in bulk: the stored rows deleted, then
+	// every row inserted, a few statements for a batch of many logs.
+	var stored []int64
+	rows := make([]any, 0, 5*len(order))
+	for _, id := range order {
+		sz, a := sizes[id], added[id]
+		sz.lines += a.lines
+		sz.bytes += a.bytes
+		if sz.lines > s.logLimits.MaxLines || sz.bytes > s.logLimits.MaxBytes {
+			if err := s.trimLog(ctx, tx, id, &sz); err != nil {
+				return err
+			}
+		}
+		if sz.stored {
+			stored = append(stored, id)
+		}
+		rows = append(rows, id, sz.lines, sz.bytes, sz.droppedLines, sz.droppedBytes)
+	}
+	for lo := 0; lo < len(stored); lo += rowsPerInsert {
+		chunk := stored[lo:min(lo+rowsPerInsert, len(stored))]
+		if _, err := tx.ExecContext(ctx, `DELETE FROM subtask_log_sizes WHERE subtask_id IN (`+idList(chunk)+`)`); err != nil {
+			return fmt.Errorf("counting the logs of %d subtasks: %w", len(chunk), err)
+		}
+	}
+	for lo := 0; lo < len(rows); lo += 5 * rowsPerInsert {
+		chunk := rows[lo:min(lo+5*rowsPerInsert, len(rows))]
+		if _, err := tx.ExecContext(ctx, `INSERT INTO subtask_log_sizes (subtask_id, lines, bytes, dropped_lines, dropped_bytes)
+			VALUES (?,?,?,?,?)`+strings.Repeat(",(?,?,?,?,?)", len(chunk)/5-1), chunk...); err != nil {
+			return fmt.Errorf("counting the logs of %d subtasks: %w", len(chunk)/5, err)
+		}
+	}
+	return nil
+}
+
+// idList is ids as SQL list items (integers: nothing to quote).
+func idList(ids []int64) string {
+	var b strings.Builder
+	for i, id := range ids {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(strconv.FormatInt(id, 10))
+	}
+	return b.String()
+}
+
+// logSizes reads the counters of the logs of ids; a log without a row has
+// none yet (the migration counted the logs that were there).
+func logSizes(ctx context.Context, tx *wtx, ids []int64) (map[int64]logSize, error) {
+	sizes := make(map[int64]logSize, len(ids))
+	for lo := 0; lo < len(ids); lo += rowsPerInsert {
+		chunk := ids[lo:min(lo+rowsPerInsert, len(ids))]
+		rows, err := tx.QueryContext(ctx, `SELECT subtask_id, lines, bytes, dropped_lines, dropped_bytes FROM subtask_log_sizes
+			WHERE subtask_id IN (`+idList(chunk)+`)`)
+		if err != nil {
+			return nil, fmt.Errorf("reading the sizes of %d subtask logs: %w", len(chunk), err)
+		}
+		for rows.Next() {
+			var id int64
+			sz := logSize{stored: true}
+			if err := rows.Scan(&id, &sz.lines, &sz.bytes, &sz.droppedLines, &sz.droppedBytes); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			sizes[id] = sz
+		}
+		if err := rows.Close(); err != nil {
+			return nil, err
+		}
+	}
+	return sizes, nil
+}
+
+// trimLog deletes the oldest lines of a subtask's log (never a header) down
+// to three quarters of the limits, and puts the marker in their place, with
+// the id of the last line dropped so that it reads where they were. sz is
+// updated.
+func (s *Store) trimLog(ctx context.Context, tx *wtx, subtaskID int64, sz *logSize) error {
+	lim := s.logLimits
+	wantLines, wantBytes := lim.MaxLines*3/4, lim.MaxBytes*3/4
+	rows, err := tx.QueryContext(ctx, `SELECT id, kind, size, run_time, at FROM subtask_logs
+		WHERE subtask_id = ? AND kind <> ? ORDER BY id`, subtaskID, lineHeader)
+	if err != nil {
+		return fmt.Errorf("trimming the log of subtask %d: %w", subtaskID, err)
+	}
+	lines, bytes := sz.lines+1, sz.bytes // +1: the new marker
+	var lastID, lastAt int64
+	var lastRun int
+	var dropLines, dropBytes int64
+	for (lines > wantLines || bytes > wantBytes) && rows.Next() {
+		var id, size, at int64
+		var kind, run int
+		if err := rows.Scan(&id, &kind, &size, &run, &at); err != nil {
+			rows.Close()
+			return err
+		}
+		lines--
+		bytes -= size
+		if kind == lineText {
+			dropLines++
+			dropBytes += size
+		}
+		lastID, lastRun, lastAt = id, run, at
+	}
+	if err := rows.Close(); err != nil {
+		return fmt.Errorf("trimming the log of subtask %d: %w", subtaskID, err)
+	}
+	if dropLines == 0 {
+		return nil // only headers (and the marker) left: they stay
+	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM subtask_logs WHERE subtask_id = ? AND kind <> ? AND id <= ?`,
+		subtaskID, lineHeader, lastID); err != nil {
+		return fmt.Errorf("trimming the log of subtask %d: %w", subtaskID, err)
+	}
+	sz.droppedLines += dropLines
+	sz.droppedBytes += dropBytes
+	marker := fmt.Sprintf("[agentplane] %d earlier lines (%d bytes) dropped: a subtask log keeps at most %d lines and %d bytes",
+		sz.droppedLines, sz.droppedBytes, lim.MaxLines, lim.MaxBytes)
+	if _, err := tx.ExecContext(ctx, `INSERT INTO subtask_logs (id, subtask_id, run_time, at, kind, size, line) VALUES (?,?,?,?,?,?,?)`,
+		lastID, subtaskID, lastRun, lastAt, lineMarker, len(marker), marker); err != nil {
+		return fmt.Errorf("marking the log of subtask %d: %w", subtaskID, err)
+	}
+	sz.lines, sz.bytes = lines, bytes+int64(len(marker))
+	return nil
+}
+
+// SubtaskLog returns up to limit lines of a subtask's log after position
+// after (a line id), oldest first, and no more than maxBytes of text (but
+// at least one line); more says lines were left. It is ErrNotFound when the
+// subtask is not one of task taskID's.
+func (s *Store) SubtaskLog(ctx context.Context, taskID, subtaskID, after int64, limit, maxBytes int) ([]task.LogLine, bool, error) {
+	var owner int64
+	if err := s.r.QueryRowContext(ctx, `SELECT task_id FROM subtasks WHERE id = ?`, subtaskID).Scan(&owner); err != nil || owner != taskID {
+		if err == nil || errors.Is(err, sql.ErrNoRows) {
+			return nil, false, fmt.Errorf("subtask %d is not in task %d: %w", subtaskID, taskID, errs.ErrNotFound)
+		}
+		return nil, false, fmt.Errorf("reading subtask %d: %w", subtaskID, err)
+	}
+	rows, err := s.r.QueryContext(ctx, `SELECT id, run_time, at, kind, line FROM subtask_logs
+		WHERE subtask_id = ? AND id > ? ORDER BY id LIMIT ?`, subtaskID, after, limit+1)
+	if err != nil {
+		return nil, false, fmt.Errorf("reading the log of subtask %d: %w", subtaskID, err)
+	}
+	defer rows.Close()
+	lines := []task.LogLine{}
+	size := 0
+	for rows.Next() {
+		var l task.LogLine
+		var at int64
+		var kind int
+		if err := rows.Scan(&l.Seq, &l.RunTime, &at, &kind, &l.Line); err != nil {
+			return nil, false, err
+		}
+		if len(lines) == limit || (len(lines) > 0 && size+len(l.Line) > maxBytes) {
+			return lines, true, nil
+		}
+		l.Time, l.Header = fromMS(at), kind == lineHeader
+		size += len(l.Line)
+		lines = append(lines, l)
+	}
+	return lines, false, rows.Err()
+}

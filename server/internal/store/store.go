@@ -1,0 +1,227 @@
+// Package store owns durable state: hosts, tasks and subtasks, subtask logs
+// and users, in SQL. SQLite (pure Go, WAL, one file) is the embedded default.
+// Statements stay portable to MySQL/OceanBase: `?` placeholders, no
+// RETURNING, no upserts, times as BIGINT Unix milliseconds, lists as JSON
+// text. Only the schema (schema.go) is per dialect.
+//
+// Errors wrap the errs kinds: ErrNotFound for a missing row, ErrConflict for
+// a compare-and-swap that lost or a unique key taken, ErrStoreUnavailable
+// (an *errs.StoreError) for a write the store itself failed, e.g. on a full
+// disk (health.go).
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	_ "modernc.org/sqlite" // the "sqlite" database/sql driver
+
+	"agentplane/server/internal/errs"
+	"agentplane/server/internal/task"
+)
+
+// Store is the SQL store. It is safe for concurrent use.
+type Store struct {
+	// w serialises writes on one connection (SQLite allows one writer);
+	// r serves reads concurrently (WAL lets them run beside the writer).
+	w      *sql.DB
+	r      *rdb
+	wstmts *stmtCache // the writer's prepared statements (stmts.go)
+	// lock holds an exclusive flock on the data dir: two servers running
+	// the same tasks would each execute them.
+	lock *os.File
+	// writes feeds the group-commit writer (writer.go); stop ends it and
+	// stopped is closed once it has.
+	writes   chan *write
+	stop     chan struct{}
+	stopOnce sync.Once
+	stopped  chan struct{}
+	// checkpointed is closed when checkpointer has returned.
+	checkpointed chan struct{}
+	// health is whether writes commit (health.go).
+	health health
+	// logLimits bound each subtask's log (logs.go).
+	logLimits LogLimits
+}
+
+// FileName is the database file inside the data dir.
+const FileName = "agentplane.db"
+
+// Open opens (creating if needed) the SQLite database in dataDir and brings
+// its schema up to date. It fails with ErrConflict when another process has
+// the data dir open.
+func Open(ctx context.Context, dataDir string, opts ...Option) (s *Store, err error) {
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating data dir: %w", err)
+	}
+	lock, err := lockDir(dataDir)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			lock.Close()
+		}
+	}()
+	path := filepath.Join(dataDir, FileName)
+	q := url.Values{}
+	q.Add("_pragma", "journal_mode(WAL)")
+	q.Add("_pragma", "synchronous(NORMAL)")
+	q.Add("_pragma", "busy_timeout(10000)")
+	q.Add("_pragma", "foreign_keys(1)")
+	// No checkpoint inside a commit: its fsync would stall whichever write
+	// crossed the threshold. checkpointer runs them beside the writer.
+	q.Add("_pragma", "wal_autocheckpoint(0)")
+	q.Set("_txlock", "immediate")
+	dsn := "file:" + path + "?" + q.Encode()
+
+	w, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("opening %s: %w", path, err)
+	}
+	w.SetMaxOpenConns(1)
+	w.SetConnMaxIdleTime(0)
+	s = &Store{w: w, lock: lock, logLimits: defaultLogLimits()}
+	for _, o := range opts {
+		o(s)
+	}
+	if err := migrate(ctx, w); err != nil {
+		w.Close()
+		return nil, fmt.Errorf("migrating %s: %w", path, err)
+	}
+	r, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		w.Close()
+		return nil, fmt.Errorf("opening %s: %w", path, err)
+	}
+	r.SetMaxOpenConns(4)
+	s.r = &rdb{DB: r, c: newStmtCache()}
+	s.wstmts = newStmtCache()
+	s.writes, s.stop, s.stopped = make(chan *write), make(chan struct{}), make(chan struct{})
+	s.checkpointed = make(chan struct{})
+	s.health.lastOK = time.Now() // the migration committed
+	go s.writer()
+	go s.checkpointer()
+	return s, nil
+}
+
+// Close closes the database and releases the data dir.
+func (s *Store) Close() error {
+	s.stopOnce.Do(func() { close(s.stop) })
+	<-s.stopped
+	<-s.checkpointed
+	s.wstmts.close()
+	s.r.c.close()
+	return errors.Join(s.r.Close(), s.w.Close(), s.lock.Close())
+}
+
+// lockDir takes an exclusive, non-blocking flock on dataDir/lock; the kernel
+// releases it when the process ends, however it ends.
+func lockDir(dataDir string) (*os.File, error) {
+	path := filepath.Join(dataDir, "lock")
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("opening %s: %w", path, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("data dir %s is in use by another agentplane-server: %w", dataDir, errs.ErrConflict)
+		}
+		return nil, fmt.Errorf("locking %s: %w", path, err)
+	}
+	return f, nil
+}
+
+// querier is what reads need: *sql.DB or *sql.Tx.
+type querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+}
+
+func ms(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMilli()
+}
+
+func fromMS(v int64) time.Time {
+	if v == 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(v)
+}
+
+func toJSON(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(fmt.Sprintf("store: marshal %T: %v", v, err)) // only our own plain types reach here
+	}
+	return string(b)
+}
+
+func fromJSON(s string, v any) error {
+	if s == "" {
+		return nil
+	}
+	if err := json.Unmarshal([]byte(s), v); err != nil {
+		return fmt.Errorf("decoding stored %T: %w", v, err)
+	}
+	return nil
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// isUniqueViolation reports whether err is a unique-key violation, in the
+// words of SQLite or MySQL.
+func isUniqueViolation(err error) bool {
+	if err == nil {
+		return false
+	}
+	m := err.Error()
+	return strings.Contains(m, "UNIQUE constraint failed") || strings.Contains(m, "Duplicate entry")
+}
+
+// expectOne turns an UPDATE that matched no row into a conflict.
+func expectOne(res sql.Result, what string) error {
+	n, err := res.RowsAffected()
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	if n != 1 {
+		return fmt.Errorf("%s: %w", what, task.ErrChanged)
+	}
+	return nil
+}
+
+// page turns a 1-based page and size into LIMIT and OFFSET.
+func page(p, size int) (limit, offset int) {
+	if size <= 0 {
+		size = 20
+	}
+	if p <= 0 {
+		p = 1
+	}
+	return size, (p - 1) * size
+}
+
+func secs(n int) time.Duration { return time.Duration(n) * time.Second }
+
+func nowMS() int64 { return time.Now().UnixMilli() }
