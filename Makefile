@@ -4,6 +4,7 @@ SHELL := bash
 MAKEFLAGS += --no-builtin-rules
 
 BUF := go tool -modfile=.ci/tools/go.mod buf
+GOLANGCI_LINT := go tool -modfile=.ci/tools/go.mod golangci-lint
 
 .PHONY: help
 help: ## show the targets
@@ -66,9 +67,10 @@ fuzz: ## run each fuzz target for FUZZTIME (default 10s), one after another; fai
 	done
 
 .PHONY: lint
-lint: ## go vet, gofmt, buf lint and buf format
+lint: ## go vet, gofmt, golangci-lint (.golangci.yml), buf lint and buf format
 	go vet ./... ./testdata/fakeocpagent
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^gen/')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GOLANGCI_LINT) run ./... ./testdata/fakeocpagent
 	$(BUF) lint
 	$(BUF) format -d --exit-code
 

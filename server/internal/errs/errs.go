@@ -27,6 +27,11 @@ var (
 	// ErrRollbackProhibited: the task may not be rolled back (OCP's
 	// prohibitRollback).
 	ErrRollbackProhibited = errors.New("rollback prohibited")
+	// ErrAborted: the server ended work in flight, not because of anything
+	// wrong with the request: an agent stream replaced by a newer one of its
+	// host, too slow to read, or silent past the lost bound. Trying again
+	// may succeed.
+	ErrAborted = errors.New("aborted")
 	// ErrUnavailable: a dependency (e.g. the host's agentd) cannot be reached now.
 	ErrUnavailable = errors.New("unavailable")
 	// ErrTooManyRequests: the caller is throttled (e.g. after repeated
@@ -84,7 +89,7 @@ type RetryAfterer interface {
 // Kind returns the sentinel kind that err wraps, or nil when it wraps none
 // (an internal error).
 func Kind(err error) error {
-	for _, k := range []error{ErrInvalidArgument, ErrUnauthenticated, ErrPermissionDenied, ErrNotFound, ErrConflict, ErrFailedPrecondition, ErrRollbackProhibited, ErrUnavailable, ErrTooManyRequests, ErrStoreUnavailable} {
+	for _, k := range []error{ErrInvalidArgument, ErrUnauthenticated, ErrPermissionDenied, ErrNotFound, ErrConflict, ErrFailedPrecondition, ErrRollbackProhibited, ErrAborted, ErrUnavailable, ErrTooManyRequests, ErrStoreUnavailable} {
 		if errors.Is(err, k) {
 			return k
 		}
