@@ -186,14 +186,8 @@ func (f *Fleet) Close() {
 	defer f.flushSeen()
 	defer f.flushing.Wait()
 	f.mu.Lock()
-	if f.flushTimer != nil && f.flushTimer.Stop() {
-		f.flushing.Done()
-	}
-	f.flushTimer = nil
-	if f.offlineTimer != nil && f.offlineTimer.Stop() {
-		f.flushing.Done() // the next server marks every host OFFLINE
-	}
-	f.offlineTimer = nil
+	f.disarm(&f.flushTimer)   // written below
+	f.disarm(&f.offlineTimer) // the next server marks every host OFFLINE
 	f.closing = true
 	var sessions []*Session
 	for _, st := range f.hosts {

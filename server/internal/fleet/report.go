@@ -24,12 +24,8 @@ func (f *Fleet) markSeen(hostID int64, at time.Time) {
 		st.seenMarked = true
 		f.seenHosts = append(f.seenHosts, st)
 	}
-	if f.flushTimer == nil && !f.closing {
-		f.flushing.Add(1)
-		f.flushTimer = time.AfterFunc(f.cfg.HeartbeatInterval, func() {
-			defer f.flushing.Done()
-			f.flushSeen()
-		})
+	if !f.closing {
+		f.arm(&f.flushTimer, f.flushSeen)
 	}
 }
 
@@ -116,13 +112,29 @@ func (f *Fleet) offlineLater(hostID int64) {
 		st.offline = true
 		f.offlineHosts = append(f.offlineHosts, st)
 	}
-	if f.offlineTimer == nil {
+	f.arm(&f.offlineTimer, f.retryOffline)
+}
+
+// arm sets *t to run write a heartbeat interval from now, unless it is
+// set already. The write counts in flushing until done; it clears *t
+// (under mu) before it writes. Callers hold mu.
+func (f *Fleet) arm(t **time.Timer, write func()) {
+	if *t == nil {
 		f.flushing.Add(1)
-		f.offlineTimer = time.AfterFunc(f.cfg.HeartbeatInterval, func() {
+		*t = time.AfterFunc(f.cfg.HeartbeatInterval, func() {
 			defer f.flushing.Done()
-			f.retryOffline()
+			write()
 		})
 	}
+}
+
+// disarm stops *t, if set, and clears it; a write it stopped before it ran
+// no longer counts in flushing. Callers hold mu.
+func (f *Fleet) disarm(t **time.Timer) {
+	if *t != nil && (*t).Stop() {
+		f.flushing.Done()
+	}
+	*t = nil
 }
 
 // retryOffline writes OFFLINE the hosts offlineLater noted that have no
