@@ -298,7 +298,7 @@ func TestReconnectResendsWaitingCommandsAndReplacesTheSession(t *testing.T) {
 		t.Fatalf("got %+v on the new session", m)
 	}
 	f.Disconnect(s1) // the old stream ending must not take the host offline
-	if f.sessions[s2.HostID] != s2 {
+	if f.hosts[s2.HostID].session != s2 {
 		t.Fatal("host disconnected by its replaced session")
 	}
 	_ = f.Receive(context.Background(), s2, Inbound{Result: &Result{SubtaskID: 3, Attempt: 1, Outcome: Succeeded}})

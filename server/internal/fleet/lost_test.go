@@ -243,7 +243,7 @@ func TestPendingCancelsAreBounded(t *testing.T) {
 		f.keepCancel(1, Cancel{SubtaskID: int64(i + 1), Attempt: 1})
 	}
 	f.keepCancel(1, Cancel{SubtaskID: 5, Attempt: 1, Reason: "again"}) // replaces, not adds
-	p := f.pending[1]
+	p := f.hosts[1].pending
 	f.mu.Unlock()
 	if len(p) != maxPendingCancels || p[0].SubtaskID != 3 || p[len(p)-1].Reason != "again" {
 		t.Fatalf("%d pending, first %+v, last %+v", len(p), p[0], p[len(p)-1])

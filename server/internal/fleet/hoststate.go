@@ -1,0 +1,159 @@
+package fleet
+
+import (
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// hostState is what the fleet holds about one host, in Fleet.hosts, guarded
+// by Fleet.mu. It is made when first needed (state) and dropped once it
+// holds nothing (release), so memory follows the hosts connected, waited
+// for or written, not every host ever named. The exception is heard: a host
+// once heard from keeps its state (as little as that time) while the
+// process runs.
+//
+// A pointer to a hostState stays valid while it holds something; code that
+// keeps one across an unlock of Fleet.mu holds it (waiters) or knows it
+// non-empty.
+type hostState struct {
+	id int64
+
+	// session is the host's current session; nil without one. It may have
+	// ended (see live).
+	//
+	// The per-session epoch the scale-out work adds (a token that only
+	// grows, bumped when a session is installed) is a field here, beside
+	// session.
+	session *Session
+	// streams counts the sessions Connect opened that Disconnect has not
+	// yet ended (at most MaxStreamsPerHost).
+	streams int
+	// replacements is the token bucket Connect takes from when it replaces
+	// a live session; nil until then, and dropped once full when the host
+	// holds no stream (a full bucket is a new one).
+	replacements *rate.Limiter
+
+	// calls are the host's entries of Fleet.inflight, so a connecting host
+	// finds its commands without a scan of every host's.
+	calls map[key]*call
+	// pending holds the cancels that found no session to take them, oldest
+	// first; Connect delivers them. At most maxPendingCancels.
+	pending []Cancel
+	// joined is closed (and cleared) when a session of the host is
+	// installed; made by the first waiter, dropped when none is left.
+	joined chan struct{}
+	// waiters counts the WaitConnected and Dispatch calls that wait on the
+	// host; each holds the state, so it is not dropped under them.
+	waiters int
+
+	// heard is when the host's agentd was last heard from in this process
+	// (monotonic clock); zero if never. It outlives the host's sessions: a
+	// dispatch to a host without one counts its lost bound from it, and
+	// Expect skips a host heard from.
+	heard time.Time
+	// expected: the host is expected back after a server restart and is
+	// not back yet (Expect).
+	expected bool
+
+	// seen is when the host last sent a report unchanged since the one
+	// stored, not yet written; seenMarked says it is set and the host is
+	// in Fleet.seenHosts (markSeen).
+	seen       time.Time
+	seenMarked bool
+	// offline: the host's OFFLINE write failed; it is in
+	// Fleet.offlineHosts, written again later (offlineLater).
+	offline bool
+}
+
+// empty reports whether st holds nothing, so it may be dropped.
+func (st *hostState) empty() bool {
+	return st.session == nil && st.streams == 0 && st.replacements == nil && len(st.calls) == 0 &&
+		len(st.pending) == 0 && st.waiters == 0 && st.joined == nil && st.heard.IsZero() && !st.expected &&
+		!st.seenMarked && !st.offline
+}
+
+// state returns the host's state, made if it has none. Callers hold mu,
+// and release it once done if they may have left it empty.
+func (f *Fleet) state(hostID int64) *hostState {
+	st := f.hosts[hostID]
+	if st == nil {
+		st = &hostState{id: hostID}
+		f.hosts[hostID] = st
+	}
+	return st
+}
+
+// release drops st if it holds nothing. Callers hold mu.
+func (f *Fleet) release(st *hostState) {
+	if st.empty() && f.hosts[st.id] == st {
+		delete(f.hosts, st.id)
+	}
+}
+
+// live returns the host's session unless it has none or it has ended.
+// Callers hold mu.
+func (f *Fleet) live(hostID int64) *Session {
+	if st := f.hosts[hostID]; st != nil {
+		return st.live()
+	}
+	return nil
+}
+
+// live returns the session unless there is none or it has ended.
+func (st *hostState) live() *Session {
+	if s := st.session; s != nil && s.Err() == nil {
+		return s
+	}
+	return nil
+}
+
+// hold returns the host's state, held for a wait on the host until
+// unhold. Callers hold mu.
+func (f *Fleet) hold(hostID int64) *hostState {
+	st := f.state(hostID)
+	st.waiters++
+	return st
+}
+
+// unhold ends a hold: the last waiter drops the joined channel, and st if
+// it then holds nothing. Callers hold mu.
+func (f *Fleet) unhold(st *hostState) {
+	if st.waiters--; st.waiters == 0 {
+		st.joined = nil
+	}
+	f.release(st)
+}
+
+// joinedCh returns the channel closed when a session of the host is next
+// installed. Callers hold mu and hold st.
+func (st *hostState) joinedCh() chan struct{} {
+	if st.joined == nil {
+		st.joined = make(chan struct{})
+	}
+	return st.joined
+}
+
+// hostLocks are per-host mutexes (striped), and a way to hold them all.
+type hostLocks struct {
+	every   sync.RWMutex // held shared by host, exclusively by all
+	stripes [256]sync.Mutex
+}
+
+// host locks one host; call the result to unlock.
+func (l *hostLocks) host(id int64) func() {
+	l.every.RLock()
+	m := &l.stripes[uint64(id)%uint64(len(l.stripes))]
+	m.Lock()
+	return func() {
+		m.Unlock()
+		l.every.RUnlock()
+	}
+}
+
+// all locks every host; call the result to unlock.
+func (l *hostLocks) all() func() {
+	l.every.Lock()
+	return l.every.Unlock
+}

@@ -1,0 +1,128 @@
+package fleet
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"agentplane/server/internal/errs"
+	"agentplane/server/internal/task"
+)
+
+// Receive handles one message of a session; any message proves the host
+// alive. A Begin is answered (see fence.go). Progress and results of an
+// attempt the fleet gave up on are recorded in the subtask's log (bounded);
+// other messages about commands that were not dispatched to this session's
+// host are dropped with a warning. A message over the bounds on reports
+// (MaxReportedProcesses, MaxTextBytes and the like) or with no field set is
+// an ErrInvalidArgument error; any other error is a store failure. A
+// heartbeat or progress line the store fails to record is logged (at most
+// once per writeFailLogEvery) and skipped, not an error: a full disk must
+// not end agents' streams.
+func (f *Fleet) Receive(ctx context.Context, s *Session, m Inbound) error {
+	if err := checkInbound(m); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	f.state(s.HostID).heard = time.Now()
+	f.mu.Unlock()
+	log := f.cfg.Log.With().Int64("host_id", s.HostID).Logger()
+	switch {
+	case m.Heartbeat != nil:
+		now, procs := f.cfg.Now(), m.Heartbeat.Processes
+		if procs == nil || sameProcesses(procs, s.reported) {
+			f.markSeen(s.HostID, now)
+			return nil
+		}
+		if err := f.cfg.Registry.HostSeen(ctx, s.HostID, now, procs); err != nil {
+			// Not stored (e.g. a full disk): the next heartbeat tries again;
+			// the stream goes on.
+			f.writeFailed(err, s.HostID, "recording a heartbeat failed; the stream goes on")
+			return nil
+		}
+		s.reported = procs
+		return nil
+	case m.Progress != nil:
+		p := m.Progress
+		if !f.dispatchedTo(key{p.SubtaskID, p.Attempt}, s.HostID) {
+			late := fmt.Sprintf("late progress from agentd after the server gave up (attempt %d): %s", p.Attempt, p.Message)
+			if ok, err := f.recordLate(ctx, s.HostID, key{p.SubtaskID, p.Attempt}, false, late); ok || err != nil {
+				if err != nil {
+					f.writeFailed(err, s.HostID, "storing a late progress line failed; the line is skipped, the stream goes on")
+				}
+				return nil
+			}
+			log.Warn().Int64("subtask_id", p.SubtaskID).Int("attempt", p.Attempt).Msg("progress for a command not dispatched to this host dropped")
+			return nil
+		}
+		at := p.Time
+		if at.IsZero() {
+			at = f.cfg.Now()
+		}
+		if err := f.cfg.Logs.AppendSubtaskLog(ctx, p.SubtaskID, task.LogLine{RunTime: p.Attempt, Time: at, Line: p.Message}); err != nil {
+			// A progress line is not worth the stream (and its host's
+			// registration, which would then fail too): skipped.
+			f.writeFailed(err, s.HostID, "storing a progress line failed; the line is skipped, the stream goes on")
+		}
+		return nil
+	case m.Result != nil:
+		r := *m.Result
+		k := key{r.SubtaskID, r.Attempt}
+		f.mu.Lock()
+		f.forgetCancel(s.HostID, k)
+		c := f.inflight[k]
+		awaited := c != nil && c.hostID == s.HostID && !c.abandoned
+		if awaited {
+			select {
+			case c.result <- r:
+			default:
+			}
+		}
+		f.mu.Unlock()
+		if !awaited {
+			return f.unawaited(ctx, s, r)
+		}
+		return nil
+	case m.Begin != nil:
+		return f.begin(ctx, s, *m.Begin)
+	default:
+		return fmt.Errorf("empty message: %w", errs.ErrInvalidArgument)
+	}
+}
+
+// unawaited handles a result nobody waits for. The result of an attempt
+// the server gave up on is recorded in the subtask's log and acknowledged
+// (lateResult). If its attempt is still live, the engine has not resumed
+// it yet: it will dispatch again and the agent answer again, so the result
+// is left unacknowledged. Otherwise it is stale (the subtask moved on, e.g.
+// finished while the agent's acknowledgement was lost, or a previous server
+// gave up on it): it is acknowledged so the agent forgets it.
+func (f *Fleet) unawaited(ctx context.Context, s *Session, r Result) error {
+	if late, err := f.lateResult(ctx, s, r); late || err != nil {
+		if err != nil {
+			// Not acknowledged: agentd's outbox keeps it for a later try.
+			f.writeFailed(err, s.HostID, "storing a late result failed; it stays in agentd's outbox, the stream goes on")
+		}
+		return nil
+	}
+	live, err := f.cfg.Registry.AttemptLive(ctx, s.HostID, r.SubtaskID, r.Attempt)
+	if err != nil {
+		return err
+	}
+	log := f.cfg.Log.With().Int64("host_id", s.HostID).Int64("subtask_id", r.SubtaskID).Int("attempt", r.Attempt).Logger()
+	if live {
+		log.Debug().Msg("result before its dispatch resumed; left for the agent to re-send")
+		return nil
+	}
+	log.Info().Msg("stale result acknowledged and dropped")
+	s.send(Outbound{Ack: &Ack{SubtaskID: r.SubtaskID, Attempt: r.Attempt}})
+	return nil
+}
+
+// dispatchedTo reports whether Dispatch waits for k's result from hostID.
+func (f *Fleet) dispatchedTo(k key, hostID int64) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c := f.inflight[k]
+	return c != nil && c.hostID == hostID
+}

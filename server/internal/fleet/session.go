@@ -1,0 +1,80 @@
+package fleet
+
+import (
+	"sync"
+	"time"
+
+	"agentplane/server/internal/host"
+)
+
+// Session is one connected agentd stream. The adapter sends what Out yields
+// and stops when Done is closed (the session was replaced, lost or closed).
+//
+// Each session has a watchdog: a timer (no goroutine) that fires LostAfter
+// after the host was last heard from and ends the session with ErrLost if
+// nothing came since, else re-arms for the rest. It is stopped when the
+// session ends, so nothing outlives a closed session or a closed Fleet.
+type Session struct {
+	HostID int64
+	serial string // the client certificate's; "" without one
+	out    chan Outbound
+	done   chan struct{}
+	once   sync.Once
+	err    error       // why it ended; set before done is closed
+	lost   *time.Timer // the watchdog; set before the session is published
+	// disconnected is set by the first Disconnect, which releases the
+	// session's place in its hostState.streams; guarded by Fleet.mu.
+	disconnected bool
+	// reported is the process list last stored for the host by this
+	// session (the Hello's, then each changed heartbeat's). Only Receive
+	// uses it, which the adapter calls from one goroutine per session.
+	reported []host.Process
+}
+
+// sessionBuffer bounds the messages queued for one agent; an agent that
+// falls this far behind is disconnected.
+const sessionBuffer = 64
+
+// Out yields the messages to send to the agent.
+func (s *Session) Out() <-chan Outbound { return s.out }
+
+// Done is closed when the session ends; Err then says why.
+func (s *Session) Done() <-chan struct{} { return s.done }
+
+// Err says why the session ended: ErrReplaced, ErrSlowAgent, ErrLost,
+// ErrRevoked, ErrCertRevoked, ErrClosing, or ErrDisconnected (possibly
+// wrapped). It is nil while Done is open.
+func (s *Session) Err() error {
+	select {
+	case <-s.done:
+		return s.err
+	default:
+		return nil
+	}
+}
+
+func (s *Session) close(reason error) {
+	s.once.Do(func() {
+		s.err = reason
+		close(s.done)
+		if s.lost != nil {
+			s.lost.Stop()
+		}
+	})
+}
+
+// send queues m without blocking; a full queue ends the session.
+func (s *Session) send(m Outbound) bool {
+	select {
+	case <-s.done:
+		return false
+	default:
+	}
+	select {
+	case s.out <- m:
+		return true
+	default:
+		s.close(ErrSlowAgent)
+		return false
+	}
+}
