@@ -12,13 +12,13 @@ import (
 // (errs.ErrUnavailable), or the host may not hold a stream
 // (errs.ErrPermissionDenied).
 var (
-	ErrReplaced  = fmt.Errorf("replaced by a newer stream of the same host: %w", errs.ErrAborted)
-	ErrSlowAgent = fmt.Errorf("agent reads too slowly: more than %d messages queued: %w", sessionBuffer, errs.ErrAborted)
-	ErrLost      = fmt.Errorf("agentd silent for longer than the lost bound: %w", errs.ErrAborted)
+	ErrReplaced  = errs.New(errs.ErrAborted, "replaced by a newer stream of the same host")
+	ErrSlowAgent = errs.New(errs.ErrAborted, fmt.Sprintf("agent reads too slowly: more than %d messages queued", sessionBuffer))
+	ErrLost      = errs.New(errs.ErrAborted, "agentd silent for longer than the lost bound")
 	ErrClosing   = fmt.Errorf("server shutting down: %w", errs.ErrUnavailable)
 	// ErrDisconnected ends a session its adapter disconnected (the stream
 	// ended); no client sees it.
-	ErrDisconnected = fmt.Errorf("disconnected: %w", errs.ErrUnavailable)
+	ErrDisconnected = errs.New(errs.ErrUnavailable, "disconnected")
 	ErrRevoked      = fmt.Errorf("host revoked: %w", errs.ErrPermissionDenied)
 	// ErrCertRevoked ends the session of a certificate revoked: its host
 	// enrolled again, or an admin revoked it.
@@ -34,22 +34,12 @@ var (
 
 // Why a wait for a host's agentd fails; both are errs.ErrUnavailable
 // errors. Their text is the start of a subtask's message as an operator
-// reads it ("agentd lost: not heard from for 31s"), so it carries no kind.
+// reads it ("agentd lost: not heard from for 31s"), so it does not name
+// the kind.
 var (
 	// ErrAgentLost is why a dispatch fails when the host's agentd has not
 	// been heard from for LostAfter and has no session.
-	ErrAgentLost error = &kindError{"agentd lost", errs.ErrUnavailable}
+	ErrAgentLost = errs.New(errs.ErrUnavailable, "agentd lost")
 	// ErrNotConnected is why WaitConnected gives up.
-	ErrNotConnected error = &kindError{"agentd not connected", errs.ErrUnavailable}
+	ErrNotConnected = errs.New(errs.ErrUnavailable, "agentd not connected")
 )
-
-// kindError is an error of kind whose text is msg alone.
-type kindError struct {
-	msg  string
-	kind error
-}
-
-func (e *kindError) Error() string { return e.msg }
-
-// Unwrap makes errors.Is see the kind.
-func (e *kindError) Unwrap() error { return e.kind }
