@@ -71,7 +71,7 @@ func runStopAccepted(ctx context.Context, env *Env) ([]Row, error) {
 		plan = acceptPlan{hosts: 2000, serial: 500, echo: time.Second}
 	}
 	prof := newE2EProf()
-	srv, err := env.StartServer(ctx, "server", prof.args("server")...)
+	srv, err := env.StartServer(ctx, "server", prof.args(ctx, "server")...)
 	if err != nil {
 		return nil, err
 	}
@@ -94,7 +94,7 @@ func runStopAccepted(ctx context.Context, env *Env) ([]Row, error) {
 	}
 	env.Logf("stop-accepted: %d simulated hosts connected in %s", len(ids), time.Since(began).Round(time.Second))
 
-	echo, err := acceptStartEcho()
+	echo, err := acceptStartEcho(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -327,8 +327,11 @@ func acceptREST(ctx context.Context, srv *Server, id int64) error {
 			ID int64 `json:"id"`
 		} `json:"data"`
 	}
-	if err := json.Unmarshal(body, &e); err != nil || !e.Successful || e.Data.ID <= 0 {
-		return fmt.Errorf("stop host %d: not a task in a success envelope (%v): %s", id, err, body)
+	if err := json.Unmarshal(body, &e); err != nil {
+		return fmt.Errorf("stop host %d: not a task in a success envelope (%w): %s", id, err, body)
+	}
+	if !e.Successful || e.Data.ID <= 0 {
+		return fmt.Errorf("stop host %d: not a task in a success envelope: %s", id, body)
 	}
 	return nil
 }
@@ -349,7 +352,7 @@ func acceptWarm(ctx context.Context, srv *Server, hosts hostv1.HostServiceClient
 			if err != nil {
 				return err
 			}
-			io.Copy(io.Discard, resp.Body)
+			_, _ = io.Copy(io.Discard, resp.Body) // drained for the connection's reuse; the status says the rest
 			resp.Body.Close()
 			if resp.StatusCode != http.StatusOK {
 				return fmt.Errorf("GET hosts: status %d", resp.StatusCode)
@@ -382,7 +385,7 @@ func acceptStartSim(ctx context.Context, env *Env, srv *Server, n int) (*Process
 		return nil, nil, err
 	}
 	const pwEnv = "AGENTPLANE_BENCH_SIM_PASSWORD"
-	p, err := env.Start("sim", []string{pwEnv + "=" + AdminPassword}, env.Binary("agentplane-sim"),
+	p, err := env.Start(ctx, "sim", []string{pwEnv + "=" + AdminPassword}, env.Binary("agentplane-sim"),
 		"--server", srv.GRPCAddr, "--ca-file", srv.CAFile, "--hosts", fmt.Sprint(n), "--state-dir", state,
 		"--enroll-user", AdminUser, "--enroll-password-env", pwEnv, "--name-prefix", acceptPrefix,
 		"--stop-delay", "0s", "--fail-rate", "0", "--stats-interval", "100ms")
@@ -506,7 +509,7 @@ type acceptEcho struct {
 	client healthpb.HealthClient
 }
 
-func acceptStartEcho() (*acceptEcho, error) {
+func acceptStartEcho(ctx context.Context) (*acceptEcho, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader) // as agentplane's generated server key
 	if err != nil {
 		return nil, err
@@ -528,7 +531,7 @@ func acceptStartEcho() (*acceptEcho, error) {
 	pool := x509.NewCertPool()
 	pool.AddCert(cert)
 
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	lis, err := new(net.ListenConfig).Listen(ctx, "tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
@@ -536,7 +539,7 @@ func acceptStartEcho() (*acceptEcho, error) {
 		Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}, MinVersion: tls.VersionTLS12,
 	})))
 	healthpb.RegisterHealthServer(srv, health.NewServer())
-	go srv.Serve(lis)
+	go func() { _ = srv.Serve(lis) }() // returns once Stop is called
 	conn, err := grpc.NewClient(lis.Addr().String(),
 		grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12})),
 		grpc.WithUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn,

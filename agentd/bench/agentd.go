@@ -41,7 +41,7 @@ func agentdBench(ctx context.Context, env *Env) (rows []Row, err error) {
 	if err := agentdInstallFake(env, home); err != nil {
 		return nil, err
 	}
-	if _, err := env.Start("fake-ocp_agentd", []string{"FAKE_OCP_MODE=graceful"}, filepath.Join(home, "bin", proc.Supervisor)); err != nil {
+	if _, err := env.Start(ctx, "fake-ocp_agentd", []string{"FAKE_OCP_MODE=graceful"}, filepath.Join(home, "bin", proc.Supervisor)); err != nil {
 		return nil, err
 	}
 	fake, err := agentdWaitFake(ctx, home)
@@ -58,7 +58,7 @@ func agentdBench(ctx context.Context, env *Env) (rows []Row, err error) {
 		return rows, err
 	}
 
-	sleeps, err := agentdStartSleeps(agentdUnrelated)
+	sleeps, err := agentdStartSleeps(ctx, agentdUnrelated)
 	defer func() { // reaped even when the run fails
 		if kerr := sleeps.kill(); kerr != nil && err == nil {
 			err = kerr
@@ -120,11 +120,11 @@ func agentdStart(ctx context.Context, env *Env, home string) (*Server, *Process,
 		return nil, nil, err
 	}
 	const hostName = "bench-agentd"
-	token, err := agentdJoinToken(srv, hostName)
+	token, err := agentdJoinToken(ctx, srv, hostName)
 	if err != nil {
 		return nil, nil, err
 	}
-	a, err := env.Start("agentd", []string{"AGENTPLANE_JOIN_TOKEN=" + token}, env.Binary("agentplane-agentd"),
+	a, err := env.Start(ctx, "agentd", []string{"AGENTPLANE_JOIN_TOKEN=" + token}, env.Binary("agentplane-agentd"),
 		"--server", srv.GRPCAddr, "--ca-file", srv.CAFile, "--state-dir", filepath.Join(env.Work, "agentd-state"),
 		"--host-name", hostName, "--install-home", home, "--log-format", "json", "--log-level", "info")
 	if err != nil {
@@ -134,7 +134,7 @@ func agentdStart(ctx context.Context, env *Env, home string) (*Server, *Process,
 		if a.Exited() {
 			return false, fmt.Errorf("agentd exited: %s", a.Tail(20))
 		}
-		return agentdHostOnline(srv, hostName)
+		return agentdHostOnline(ctx, srv, hostName)
 	})
 	return srv, a, err
 }
@@ -180,7 +180,7 @@ func agentdIdle(ctx context.Context, env *Env, srv *Server, a *Process, base, un
 	if err := errors.Join(as.stop(), bs.stop()); err != nil {
 		return nil, err
 	}
-	online, err := agentdHostOnline(srv, "bench-agentd")
+	online, err := agentdHostOnline(ctx, srv, "bench-agentd")
 	if err != nil {
 		return nil, err
 	}
@@ -242,12 +242,12 @@ func agentdBuild(path string) string {
 
 // agentdJoinToken creates a join token bound to hostName over REST, as the
 // admin.
-func agentdJoinToken(srv *Server, hostName string) (string, error) {
+func agentdJoinToken(ctx context.Context, srv *Server, hostName string) (string, error) {
 	body, _ := json.Marshal(map[string]any{"hostName": hostName, "ttlSeconds": 600})
 	var out struct {
 		Token string `json:"token"`
 	}
-	if err := agentdREST(srv, http.MethodPost, "/api/v2/agent/joinTokens", body, &out); err != nil {
+	if err := agentdREST(ctx, srv, http.MethodPost, "/api/v2/agent/joinTokens", body, &out); err != nil {
 		return "", fmt.Errorf("creating a join token: %w", err)
 	}
 	if out.Token == "" {
@@ -257,14 +257,14 @@ func agentdJoinToken(srv *Server, hostName string) (string, error) {
 }
 
 // agentdHostOnline reports whether the host named name is ONLINE.
-func agentdHostOnline(srv *Server, name string) (bool, error) {
+func agentdHostOnline(ctx context.Context, srv *Server, name string) (bool, error) {
 	var page struct {
 		Contents []struct {
 			Name   string `json:"name"`
 			Status string `json:"status"`
 		} `json:"contents"`
 	}
-	if err := agentdREST(srv, http.MethodGet, "/api/v2/compute/hosts?size=100", nil, &page); err != nil {
+	if err := agentdREST(ctx, srv, http.MethodGet, "/api/v2/compute/hosts?size=100", nil, &page); err != nil {
 		return false, err
 	}
 	for _, h := range page.Contents {
@@ -277,12 +277,12 @@ func agentdHostOnline(srv *Server, name string) (bool, error) {
 
 // agentdREST calls the REST API as the admin and decodes the envelope's
 // data into out.
-func agentdREST(srv *Server, method, path string, body []byte, out any) error {
+func agentdREST(ctx context.Context, srv *Server, method, path string, body []byte, out any) error {
 	var rd io.Reader
 	if body != nil {
 		rd = bytes.NewReader(body)
 	}
-	req, err := http.NewRequest(method, srv.URL(path), rd)
+	req, err := http.NewRequestWithContext(ctx, method, srv.URL(path), rd)
 	if err != nil {
 		return err
 	}
@@ -496,14 +496,15 @@ type agentdSleeps struct {
 // agentdStartSleeps starts n `sleep 3600` in one new process group, each
 // killed if this process dies. On error, the ones started are returned too,
 // for kill.
-func agentdStartSleeps(n int) (*agentdSleeps, error) {
+func agentdStartSleeps(ctx context.Context, n int) (*agentdSleeps, error) {
 	s := &agentdSleeps{}
 	path, err := exec.LookPath("sleep")
 	if err != nil {
 		return s, err
 	}
 	for range n {
-		cmd := exec.Command(path, "3600")
+		// Not ended by ctx: kill ends the whole group.
+		cmd := exec.CommandContext(context.WithoutCancel(ctx), path, "3600")
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pgid: s.pgid, Pdeathsig: syscall.SIGKILL}
 		if err := cmd.Start(); err != nil {
 			return s, fmt.Errorf("starting unrelated process %d of %d: %w", len(s.cmds)+1, n, err)

@@ -95,7 +95,7 @@ func runStopE2E(ctx context.Context, env *Env) (rows []Row, err error) {
 	}
 
 	prof := newE2EProf()
-	srv, err := env.StartServer(ctx, "server", prof.args("server")...)
+	srv, err := env.StartServer(ctx, "server", prof.args(ctx, "server")...)
 	if err != nil {
 		return nil, err
 	}
@@ -123,8 +123,8 @@ func runStopE2E(ctx context.Context, env *Env) (rows []Row, err error) {
 		argv := append([]string{env.Binary("agentplane-agentd"),
 			"--server", srv.GRPCAddr, "--ca-file", srv.CAFile, "--state-dir", filepath.Join(filepath.Dir(h.home), "agentd-state"),
 			"--host-name", h.name, "--install-home", h.home, "--grace", "30s", "--log-format", "json", "--log-level", "info"},
-			prof.args(fmt.Sprintf("agentd%d", k+1))...)
-		if h.agentd, err = env.Start(fmt.Sprintf("agentd%d", k+1), []string{"AGENTPLANE_JOIN_TOKEN=" + tok.GetToken()}, argv...); err != nil {
+			prof.args(ctx, fmt.Sprintf("agentd%d", k+1))...)
+		if h.agentd, err = env.Start(ctx, fmt.Sprintf("agentd%d", k+1), []string{"AGENTPLANE_JOIN_TOKEN=" + tok.GetToken()}, argv...); err != nil {
 			return nil, err
 		}
 		fleet[k] = h
@@ -296,7 +296,7 @@ func e2eStartFake(ctx context.Context, env *Env, name, home string) (*Process, m
 			return nil, nil, err
 		}
 	}
-	p, err := env.Start(name, nil, filepath.Join(home, "bin", "ocp_agentd"))
+	p, err := env.Start(ctx, name, nil, filepath.Join(home, "bin", "ocp_agentd"))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -661,11 +661,11 @@ func newE2EProf() *e2eProf {
 }
 
 // args are the flags that make the named process serve pprof.
-func (p *e2eProf) args(name string) []string {
+func (p *e2eProf) args(ctx context.Context, name string) []string {
 	if p == nil {
 		return nil
 	}
-	addr, err := freeAddr()
+	addr, err := freeAddr(ctx)
 	if err != nil {
 		return nil
 	}

@@ -90,7 +90,7 @@ func runFleet(ctx context.Context, env *Env) ([]Row, error) {
 	}
 	defer os.RemoveAll(stateDir)
 
-	prof := newFleetProf()
+	prof := newFleetProf(ctx)
 	srv, err := env.StartServer(ctx, "server", prof.args()...)
 	if err != nil {
 		return nil, err
@@ -120,7 +120,7 @@ func runFleet(ctx context.Context, env *Env) ([]Row, error) {
 		r, err := f.step(ctx, n)
 		rows = append(rows, r...)
 		if err != nil {
-			return rows, fmt.Errorf("N=%d: %w", n, err)
+			return rows, fmt.Errorf("with N=%d: %w", n, err)
 		}
 	}
 	return rows, nil
@@ -167,7 +167,7 @@ func (f *fleetRun) step(ctx context.Context, n int) ([]Row, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer sims.stop()
+	defer func() { _ = sims.stop() }() // after the checked stop below, a no-op; on an early return, cleanup
 	ids, err := f.waitConnected(ctx, sims, n, 60*time.Second+time.Duration(n)*20*time.Millisecond)
 	if err != nil {
 		return nil, err
@@ -241,7 +241,7 @@ func (f *fleetRun) storm(ctx context.Context, n int, ids []int64) (*Row, error) 
 	if err != nil {
 		return nil, err
 	}
-	defer sims.stop()
+	defer func() { _ = sims.stop() }() // after the checked stop below, a no-op; on an early return, cleanup
 	if _, err := f.waitConnected(ctx, sims, n, 60*time.Second+time.Duration(n)*10*time.Millisecond); err != nil {
 		return nil, err
 	}
@@ -455,7 +455,7 @@ func (f *fleetRun) watch(ctx context.Context, id int64) (fleetFinal, error) {
 	for try := 0; try < 20; try++ {
 		if try > 0 {
 			if err := sleepCtx(ctx, 500*time.Millisecond); err != nil {
-				return fleetFinal{}, fmt.Errorf("watching task %d: %w (last: %v)", id, err, last)
+				return fleetFinal{}, fmt.Errorf("watching task %d: %w (last: %w)", id, err, last)
 			}
 		}
 		w, err := f.tasks.WatchTask(ctx, &taskv1.WatchTaskRequest{Id: id}, grpc.WaitForReady(true), grpc.MaxCallRecvMsgSize(fleetMaxRecvMsg))
@@ -545,9 +545,9 @@ func (f *fleetRun) startSims(ctx context.Context, n int, stopDelay time.Duration
 			"--hosts", strconv.Itoa(hosts), "--first", strconv.Itoa(first), "--state-dir", f.stateDir,
 			"--name-prefix", fleetPrefix, "--enroll-user", AdminUser, "--enroll-password-env", "AGENTPLANE_ADMIN_PASSWORD",
 			"--stop-delay", stopDelay.String(), "--stats-interval", fleetStatsEvery.String(), "--log-level", "warn"}
-		p, err := f.env.Start(fmt.Sprintf("sim-n%d-%d-%d", n, f.starts, j), []string{"AGENTPLANE_ADMIN_PASSWORD=" + AdminPassword}, argv...)
+		p, err := f.env.Start(ctx, fmt.Sprintf("sim-n%d-%d-%d", n, f.starts, j), []string{"AGENTPLANE_ADMIN_PASSWORD=" + AdminPassword}, argv...)
 		if err != nil {
-			sims.stop()
+			_ = sims.stop() // the start error is the one to report
 			return nil, err
 		}
 		sims.procs = append(sims.procs, &fleetSim{p: p})
@@ -640,7 +640,7 @@ func (fs *fleetSims) err() error {
 			return err
 		}
 		if s.p.Exited() {
-			return fmt.Errorf("%s exited: %v\n%s", s.p.Name, s.p.err, s.p.Tail(20))
+			return fmt.Errorf("%s exited: %w\n%s", s.p.Name, s.p.err, s.p.Tail(20))
 		}
 	}
 	return nil
@@ -772,7 +772,7 @@ func (fs *fleetSims) stop() error {
 	fs.mu.Unlock()
 	for _, s := range procs {
 		if !s.p.Exited() {
-			s.p.Cmd.Process.Signal(syscall.SIGTERM)
+			_ = s.p.Cmd.Process.Signal(syscall.SIGTERM) // one that exited meanwhile is reaped below
 		}
 	}
 	var errs []error
@@ -787,7 +787,7 @@ func (fs *fleetSims) stop() error {
 		if s.p.err != nil && !errors.Is(s.p.err, os.ErrProcessDone) {
 			var ee interface{ ExitCode() int }
 			if errors.As(s.p.err, &ee) && ee.ExitCode() != 0 {
-				errs = append(errs, fmt.Errorf("%s: %v\n%s", s.p.Name, s.p.err, s.p.Tail(10)))
+				errs = append(errs, fmt.Errorf("%s: %w\n%s", s.p.Name, s.p.err, s.p.Tail(10)))
 			}
 		}
 	}
@@ -805,12 +805,12 @@ type fleetProf struct {
 	errs []error
 }
 
-func newFleetProf() *fleetProf {
+func newFleetProf(ctx context.Context) *fleetProf {
 	dir := os.Getenv("AGENTPLANE_BENCH_PPROF")
 	if dir == "" {
 		return nil
 	}
-	addr, err := freeAddr()
+	addr, err := freeAddr(ctx)
 	if err != nil || os.MkdirAll(dir, 0o755) != nil {
 		return nil
 	}

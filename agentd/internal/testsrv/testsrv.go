@@ -220,7 +220,7 @@ func Start(t testing.TB, o Options) *Server {
 	if o.Clock != nil {
 		now = o.Clock.Now
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	l, err := new(net.ListenConfig).Listen(t.Context(), "tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,7 +237,7 @@ func Start(t testing.TB, o Options) *Server {
 	}
 	gs := grpc.NewServer(opts...)
 	agentv1.RegisterAgentServiceServer(gs, s)
-	go gs.Serve(s.lis)
+	go func() { _ = gs.Serve(s.lis) }() // returns once Stop is called
 	t.Cleanup(gs.Stop)
 	return s
 }
