@@ -87,8 +87,8 @@ func (f *fleetRun) batchStop(ctx context.Context, ids []int64) (fleetBatch, erro
 	return b, nil
 }
 
-// fleetMaxBatch finds the server's batch bound in its refusal ("...: 10000
-// hosts, must be 1..2000").
+// fleetMaxBatch finds the server's batch bound in its refusal ("hostIds:
+// 20000 hosts, must be 1..10000").
 var fleetMaxBatch = regexp.MustCompile(`hosts, must be 1\.\.(\d+)`)
 
 // createBatches creates one batch stop task for ids; when the server
