@@ -1,21 +1,11 @@
 package bench
 
 import (
-	"bufio"
 	"cmp"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"math/big"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -24,12 +14,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/health"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/metadata"
 
 	hostv1 "agentplane/gen/agentplane/host/v1"
 )
@@ -71,7 +55,7 @@ func runStopAccepted(ctx context.Context, env *Env) ([]Row, error) {
 		plan = acceptPlan{hosts: 2000, serial: 500, echo: time.Second}
 	}
 	prof := newE2EProf()
-	srv, err := env.StartServer(ctx, "server", prof.args("server")...)
+	srv, err := env.StartServer(ctx, "server", prof.args(ctx, "server")...)
 	if err != nil {
 		return nil, err
 	}
@@ -94,7 +78,7 @@ func runStopAccepted(ctx context.Context, env *Env) ([]Row, error) {
 	}
 	env.Logf("stop-accepted: %d simulated hosts connected in %s", len(ids), time.Since(began).Round(time.Second))
 
-	echo, err := acceptStartEcho()
+	echo, err := acceptStartEcho(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -327,8 +311,11 @@ func acceptREST(ctx context.Context, srv *Server, id int64) error {
 			ID int64 `json:"id"`
 		} `json:"data"`
 	}
-	if err := json.Unmarshal(body, &e); err != nil || !e.Successful || e.Data.ID <= 0 {
-		return fmt.Errorf("stop host %d: not a task in a success envelope (%v): %s", id, err, body)
+	if err := json.Unmarshal(body, &e); err != nil {
+		return fmt.Errorf("stop host %d: not a task in a success envelope (%w): %s", id, err, body)
+	}
+	if !e.Successful || e.Data.ID <= 0 {
+		return fmt.Errorf("stop host %d: not a task in a success envelope: %s", id, body)
 	}
 	return nil
 }
@@ -349,7 +336,7 @@ func acceptWarm(ctx context.Context, srv *Server, hosts hostv1.HostServiceClient
 			if err != nil {
 				return err
 			}
-			io.Copy(io.Discard, resp.Body)
+			_, _ = io.Copy(io.Discard, resp.Body) // drained for the connection's reuse; the status says the rest
 			resp.Body.Close()
 			if resp.StatusCode != http.StatusOK {
 				return fmt.Errorf("GET hosts: status %d", resp.StatusCode)
@@ -366,202 +353,4 @@ func acceptWarm(ctx context.Context, srv *Server, hosts hostv1.HostServiceClient
 		return fmt.Errorf("warming up: %w", err)
 	}
 	return nil
-}
-
-// acceptStartSim starts agentplane-sim with n hosts and waits until every
-// one is connected. stop ends it and removes its state.
-func acceptStartSim(ctx context.Context, env *Env, srv *Server, n int) (*Process, func(), error) {
-	// The simulated hosts journal every command with fsyncs, as agentd does;
-	// on tmpfs those cost nothing, so the simulator loads the machine less.
-	root := "/dev/shm"
-	if st, err := os.Stat(root); err != nil || !st.IsDir() {
-		root = env.Work
-	}
-	state, err := os.MkdirTemp(root, "agentplane-bench-sim-")
-	if err != nil {
-		return nil, nil, err
-	}
-	const pwEnv = "AGENTPLANE_BENCH_SIM_PASSWORD"
-	p, err := env.Start("sim", []string{pwEnv + "=" + AdminPassword}, env.Binary("agentplane-sim"),
-		"--server", srv.GRPCAddr, "--ca-file", srv.CAFile, "--hosts", fmt.Sprint(n), "--state-dir", state,
-		"--enroll-user", AdminUser, "--enroll-password-env", pwEnv, "--name-prefix", acceptPrefix,
-		"--stop-delay", "0s", "--fail-rate", "0", "--stats-interval", "100ms")
-	if err != nil {
-		os.RemoveAll(state)
-		return nil, nil, err
-	}
-	stop := func() {
-		if err := p.Stop(10 * time.Second); err != nil {
-			env.Logf("stop-accepted: %v", err)
-		}
-		os.RemoveAll(state)
-	}
-	last := time.Now()
-	err = Poll(ctx, 10*time.Minute, 200*time.Millisecond, fmt.Sprintf("%d simulated hosts connected", n), func() (bool, error) {
-		if p.Exited() {
-			return false, fmt.Errorf("agentplane-sim exited: %s", p.Tail(10))
-		}
-		st := acceptSimStats(p.LogPath)
-		if time.Since(last) > 10*time.Second {
-			env.Logf("stop-accepted: simulator: %d enrolled, %d connected of %d", st.Enrolled, st.Connected, n)
-			last = time.Now()
-		}
-		return st.Ready && st.Connected >= n, nil
-	})
-	if err != nil {
-		stop()
-		return nil, nil, err
-	}
-	return p, stop, nil
-}
-
-// acceptSimStat is what the bench reads of the simulator's stats lines.
-type acceptSimStat struct {
-	Event     string `json:"event"`
-	Enrolled  int    `json:"enrolled"`
-	Connected *int   `json:"connected"`
-}
-
-type acceptSimState struct {
-	Ready               bool
-	Enrolled, Connected int
-}
-
-// acceptSimStats reads the simulator's latest stats line, and whether it
-// printed its "ready" line.
-func acceptSimStats(path string) acceptSimState {
-	var out acceptSimState
-	f, err := os.Open(path)
-	if err != nil {
-		return out
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		var s acceptSimStat
-		if json.Unmarshal(sc.Bytes(), &s) != nil || s.Connected == nil {
-			continue
-		}
-		out.Enrolled, out.Connected = s.Enrolled, *s.Connected
-		out.Ready = out.Ready || s.Event == "ready"
-	}
-	return out
-}
-
-// acceptHosts pages through the simulated hosts.
-func acceptHosts(ctx context.Context, hosts hostv1.HostServiceClient, each func(*hostv1.Host)) error {
-	const size = 2000
-	for page := int32(1); ; page++ {
-		resp, err := hosts.ListHosts(ctx, &hostv1.ListHostsRequest{Page: page, Size: size})
-		if err != nil {
-			return fmt.Errorf("listing hosts: %w", err)
-		}
-		for _, h := range resp.GetHosts() {
-			if strings.HasPrefix(h.GetName(), acceptPrefix+"-") {
-				each(h)
-			}
-		}
-		if len(resp.GetHosts()) < size {
-			return nil
-		}
-	}
-}
-
-// acceptHostIDs returns the ids of the n simulated hosts once all are ONLINE.
-func acceptHostIDs(ctx context.Context, hosts hostv1.HostServiceClient, n int) ([]int64, error) {
-	var ids []int64
-	err := Poll(ctx, time.Minute, 100*time.Millisecond, fmt.Sprintf("%d simulated hosts ONLINE", n), func() (bool, error) {
-		ids = ids[:0]
-		err := acceptHosts(ctx, hosts, func(h *hostv1.Host) {
-			if h.GetStatus() == hostv1.HostStatus_HOST_STATUS_ONLINE {
-				ids = append(ids, h.GetId())
-			}
-		})
-		return len(ids) >= n, err
-	})
-	return ids, err
-}
-
-// acceptWaitIdle waits until no simulated host runs an agent operation, so
-// that every host can be stopped again and no earlier stop loads the server.
-func acceptWaitIdle(ctx context.Context, hosts hostv1.HostServiceClient, n int) error {
-	return Poll(ctx, 3*time.Minute, 100*time.Millisecond, "every stop final", func() (bool, error) {
-		busy, seen := 0, 0
-		err := acceptHosts(ctx, hosts, func(h *hostv1.Host) {
-			seen++
-			if h.GetOperationTaskId() != 0 {
-				busy++
-			}
-		})
-		return busy == 0 && seen >= n, err
-	})
-}
-
-// acceptEcho is the baseline: a grpc-go server with the standard health
-// service, on loopback TLS, and one client connection to it.
-type acceptEcho struct {
-	srv    *grpc.Server
-	conn   *grpc.ClientConn
-	client healthpb.HealthClient
-}
-
-func acceptStartEcho() (*acceptEcho, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader) // as agentplane's generated server key
-	if err != nil {
-		return nil, err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "agentplane-bench echo"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, IsCA: true, BasicConstraintsValid: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return nil, err
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, err
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{
-		Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}, MinVersion: tls.VersionTLS12,
-	})))
-	healthpb.RegisterHealthServer(srv, health.NewServer())
-	go srv.Serve(lis)
-	conn, err := grpc.NewClient(lis.Addr().String(),
-		grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12})),
-		grpc.WithUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn,
-			invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-			return invoker(metadata.AppendToOutgoingContext(ctx, "authorization", BasicAuth()), method, req, reply, cc, opts...)
-		}))
-	if err != nil {
-		srv.Stop()
-		return nil, err
-	}
-	return &acceptEcho{srv: srv, conn: conn, client: healthpb.NewHealthClient(conn)}, nil
-}
-
-func (e *acceptEcho) call(ctx context.Context) error {
-	resp, err := e.client.Check(ctx, &healthpb.HealthCheckRequest{})
-	if err != nil {
-		return err
-	}
-	if resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
-		return errors.New("echo: not SERVING")
-	}
-	return nil
-}
-
-func (e *acceptEcho) stop() {
-	e.conn.Close()
-	e.srv.Stop()
 }

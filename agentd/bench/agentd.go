@@ -10,15 +10,8 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
-	"syscall"
 	"time"
-
-	"github.com/rs/zerolog"
-	"golang.org/x/sys/unix"
 
 	"agentplane/agentd/internal/proc"
 )
@@ -41,7 +34,7 @@ func agentdBench(ctx context.Context, env *Env) (rows []Row, err error) {
 	if err := agentdInstallFake(env, home); err != nil {
 		return nil, err
 	}
-	if _, err := env.Start("fake-ocp_agentd", []string{"FAKE_OCP_MODE=graceful"}, filepath.Join(home, "bin", proc.Supervisor)); err != nil {
+	if _, err := env.Start(ctx, "fake-ocp_agentd", []string{"FAKE_OCP_MODE=graceful"}, filepath.Join(home, "bin", proc.Supervisor)); err != nil {
 		return nil, err
 	}
 	fake, err := agentdWaitFake(ctx, home)
@@ -58,7 +51,7 @@ func agentdBench(ctx context.Context, env *Env) (rows []Row, err error) {
 		return rows, err
 	}
 
-	sleeps, err := agentdStartSleeps(agentdUnrelated)
+	sleeps, err := agentdStartSleeps(ctx, agentdUnrelated)
 	defer func() { // reaped even when the run fails
 		if kerr := sleeps.kill(); kerr != nil && err == nil {
 			err = kerr
@@ -120,11 +113,11 @@ func agentdStart(ctx context.Context, env *Env, home string) (*Server, *Process,
 		return nil, nil, err
 	}
 	const hostName = "bench-agentd"
-	token, err := agentdJoinToken(srv, hostName)
+	token, err := agentdJoinToken(ctx, srv, hostName)
 	if err != nil {
 		return nil, nil, err
 	}
-	a, err := env.Start("agentd", []string{"AGENTPLANE_JOIN_TOKEN=" + token}, env.Binary("agentplane-agentd"),
+	a, err := env.Start(ctx, "agentd", []string{"AGENTPLANE_JOIN_TOKEN=" + token}, env.Binary("agentplane-agentd"),
 		"--server", srv.GRPCAddr, "--ca-file", srv.CAFile, "--state-dir", filepath.Join(env.Work, "agentd-state"),
 		"--host-name", hostName, "--install-home", home, "--log-format", "json", "--log-level", "info")
 	if err != nil {
@@ -134,7 +127,7 @@ func agentdStart(ctx context.Context, env *Env, home string) (*Server, *Process,
 		if a.Exited() {
 			return false, fmt.Errorf("agentd exited: %s", a.Tail(20))
 		}
-		return agentdHostOnline(srv, hostName)
+		return agentdHostOnline(ctx, srv, hostName)
 	})
 	return srv, a, err
 }
@@ -180,7 +173,7 @@ func agentdIdle(ctx context.Context, env *Env, srv *Server, a *Process, base, un
 	if err := errors.Join(as.stop(), bs.stop()); err != nil {
 		return nil, err
 	}
-	online, err := agentdHostOnline(srv, "bench-agentd")
+	online, err := agentdHostOnline(ctx, srv, "bench-agentd")
 	if err != nil {
 		return nil, err
 	}
@@ -242,12 +235,12 @@ func agentdBuild(path string) string {
 
 // agentdJoinToken creates a join token bound to hostName over REST, as the
 // admin.
-func agentdJoinToken(srv *Server, hostName string) (string, error) {
+func agentdJoinToken(ctx context.Context, srv *Server, hostName string) (string, error) {
 	body, _ := json.Marshal(map[string]any{"hostName": hostName, "ttlSeconds": 600})
 	var out struct {
 		Token string `json:"token"`
 	}
-	if err := agentdREST(srv, http.MethodPost, "/api/v2/agent/joinTokens", body, &out); err != nil {
+	if err := agentdREST(ctx, srv, http.MethodPost, "/api/v2/agent/joinTokens", body, &out); err != nil {
 		return "", fmt.Errorf("creating a join token: %w", err)
 	}
 	if out.Token == "" {
@@ -257,14 +250,14 @@ func agentdJoinToken(srv *Server, hostName string) (string, error) {
 }
 
 // agentdHostOnline reports whether the host named name is ONLINE.
-func agentdHostOnline(srv *Server, name string) (bool, error) {
+func agentdHostOnline(ctx context.Context, srv *Server, name string) (bool, error) {
 	var page struct {
 		Contents []struct {
 			Name   string `json:"name"`
 			Status string `json:"status"`
 		} `json:"contents"`
 	}
-	if err := agentdREST(srv, http.MethodGet, "/api/v2/compute/hosts?size=100", nil, &page); err != nil {
+	if err := agentdREST(ctx, srv, http.MethodGet, "/api/v2/compute/hosts?size=100", nil, &page); err != nil {
 		return false, err
 	}
 	for _, h := range page.Contents {
@@ -277,12 +270,12 @@ func agentdHostOnline(srv *Server, name string) (bool, error) {
 
 // agentdREST calls the REST API as the admin and decodes the envelope's
 // data into out.
-func agentdREST(srv *Server, method, path string, body []byte, out any) error {
+func agentdREST(ctx context.Context, srv *Server, method, path string, body []byte, out any) error {
 	var rd io.Reader
 	if body != nil {
 		rd = bytes.NewReader(body)
 	}
-	req, err := http.NewRequest(method, srv.URL(path), rd)
+	req, err := http.NewRequestWithContext(ctx, method, srv.URL(path), rd)
 	if err != nil {
 		return err
 	}
@@ -309,228 +302,4 @@ func agentdREST(srv *Server, method, path string, body []byte, out any) error {
 		return fmt.Errorf("%s %s: %w", method, path, err)
 	}
 	return json.Unmarshal(env.Data, out)
-}
-
-// agentdSampler follows one process's RSS (sampled) and CPU time (between
-// start and stop).
-type agentdSampler struct {
-	pid                       int
-	n                         int
-	maxRSS, firstRSS, lastRSS int64
-	sumRSS                    float64
-	cpu0, ticks0              time.Duration
-	cpu, ticks                time.Duration // used between start and stop
-	began, ended              time.Time
-}
-
-func newAgentdSampler(pid int) *agentdSampler { return &agentdSampler{pid: pid} }
-
-func (s *agentdSampler) start() error {
-	s.began = time.Now()
-	var err1, err2 error
-	s.cpu0, err1 = agentdSchedCPU(s.pid)
-	s.ticks0, err2 = CPUTime(s.pid)
-	return errors.Join(err1, err2, s.sample())
-}
-
-func (s *agentdSampler) sample() error {
-	rss, err := RSS(s.pid)
-	if err != nil {
-		return fmt.Errorf("pid %d: %w", s.pid, err)
-	}
-	if s.n == 0 {
-		s.firstRSS = rss
-	}
-	s.lastRSS = rss
-	s.maxRSS = max(s.maxRSS, rss)
-	s.sumRSS += float64(rss)
-	s.n++
-	return nil
-}
-
-func (s *agentdSampler) stop() error {
-	s.ended = time.Now()
-	cpu, err1 := agentdSchedCPU(s.pid)
-	ticks, err2 := CPUTime(s.pid)
-	s.cpu, s.ticks = cpu-s.cpu0, ticks-s.ticks0
-	return errors.Join(err1, err2, s.sample())
-}
-
-func (s *agentdSampler) meanRSS() float64 { return s.sumRSS / float64(max(s.n, 1)) }
-
-// cpuPercent is the CPU time used (schedstat) as a percentage of one core
-// over the window.
-func (s *agentdSampler) cpuPercent() float64 {
-	return 100 * float64(s.cpu) / float64(s.ended.Sub(s.began))
-}
-
-// agentdSchedCPU is the CPU time a process's threads have used, in
-// nanoseconds, from /proc/pid/task/*/schedstat (the stat ticks are 10 ms
-// coarse, too coarse for 60 ms in a minute).
-func agentdSchedCPU(pid int) (time.Duration, error) {
-	dir := fmt.Sprintf("/proc/%d/task", pid)
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return 0, err
-	}
-	var sum time.Duration
-	for _, e := range ents {
-		b, err := os.ReadFile(filepath.Join(dir, e.Name(), "schedstat"))
-		if err != nil {
-			continue // the thread exited
-		}
-		f := strings.Fields(string(b))
-		if len(f) == 0 {
-			return 0, fmt.Errorf("%s/%s/schedstat: empty", dir, e.Name())
-		}
-		ns, err := strconv.ParseInt(f[0], 10, 64)
-		if err != nil {
-			return 0, fmt.Errorf("%s/%s/schedstat: %w", dir, e.Name(), err)
-		}
-		sum += time.Duration(ns)
-	}
-	return sum, nil
-}
-
-// agentdScan times agentd's discovery scan (proc.Stopper.Scan, as on every
-// heartbeat, the fake OCP Agent under home running) and a raw read of
-// /proc/*/comm, interleaved, in this process, while the unrelated processes
-// run.
-func agentdScan(ctx context.Context, env *Env, home string) ([]Row, error) {
-	iters := 400
-	if env.Short {
-		iters = 150
-	}
-	env.Logf("agentd scan: %d scans and raw reads, interleaved", iters)
-	s := &proc.Stopper{InstallHome: home, Log: zerolog.Nop()}
-	var buf [64]byte
-	var raw, scan Latencies
-	var procs, found int
-	once := func(i int) error {
-		rawOnce := func() error {
-			t0 := time.Now()
-			n, err := agentdRawComm(buf[:])
-			if i >= 0 {
-				raw.Add(time.Since(t0))
-			}
-			procs = n
-			return err
-		}
-		scanOnce := func() error {
-			t0 := time.Now()
-			ts, err := s.Scan(ctx)
-			if i >= 0 {
-				scan.Add(time.Since(t0))
-			}
-			if err == nil && len(ts) != len(proc.BaseNames) {
-				err = fmt.Errorf("the scan found %d base processes under %s, want %d", len(ts), home, len(proc.BaseNames))
-			}
-			found = len(ts)
-			return err
-		}
-		if i%2 == 0 { // alternate the order, so neither always runs on a warm cache
-			return errors.Join(rawOnce(), scanOnce())
-		}
-		return errors.Join(scanOnce(), rawOnce())
-	}
-	for i := -10; i < iters; i++ { // 10 rounds of warm-up
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		if err := once(i); err != nil {
-			return nil, err
-		}
-	}
-	if procs < agentdUnrelated {
-		return nil, fmt.Errorf("the raw read saw %d processes, want at least %d", procs, agentdUnrelated)
-	}
-
-	baseRow := Row{Bench: "agentd", Case: "raw /proc/*/comm read", Note: fmt.Sprintf(
-		"baseline: list /proc, then open, read, close each comm; %d processes", procs)}
-	raw.Fill(&baseRow)
-	row := Row{Bench: "agentd", Case: fmt.Sprintf("scan, %d procs", agentdUnrelated), Baseline: "raw /proc/*/comm read p50"}
-	scan.Fill(&row)
-	row.Ratio = row.P50Ms / baseRow.P50Ms
-	row.Extra = map[string]float64{"p99_ratio": row.P99Ms / baseRow.P99Ms, "procs": float64(procs), "base_processes": float64(found)}
-	row.Note = fmt.Sprintf("proc.Stopper.Scan with the fake OCP Agent's 3 processes found among %d", procs)
-	row.Check("≤ 2× raw read (p50)", row.Ratio <= agentdScanTarget)
-	env.Logf("agentd scan: p50 %.3f ms vs raw %.3f ms (%.2fx), p99 %.3f vs %.3f ms", row.P50Ms, baseRow.P50Ms, row.Ratio, row.P99Ms, baseRow.P99Ms)
-	return []Row{baseRow, row}, nil
-}
-
-// agentdRawComm reads /proc/*/comm as plainly as it can be done, and
-// returns how many processes it read.
-func agentdRawComm(buf []byte) (int, error) {
-	d, err := os.Open("/proc")
-	if err != nil {
-		return 0, err
-	}
-	names, err := d.Readdirnames(-1)
-	d.Close()
-	if err != nil {
-		return 0, err
-	}
-	n := 0
-	for _, name := range names {
-		if name[0] < '0' || name[0] > '9' {
-			continue
-		}
-		fd, err := unix.Open("/proc/"+name+"/comm", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			continue
-		}
-		if k, err := unix.Read(fd, buf); err == nil && k > 0 {
-			n++
-		}
-		unix.Close(fd)
-	}
-	return n, nil
-}
-
-// agentdSleeps are the unrelated processes, in one process group.
-type agentdSleeps struct {
-	cmds []*exec.Cmd
-	pgid int
-}
-
-// agentdStartSleeps starts n `sleep 3600` in one new process group, each
-// killed if this process dies. On error, the ones started are returned too,
-// for kill.
-func agentdStartSleeps(n int) (*agentdSleeps, error) {
-	s := &agentdSleeps{}
-	path, err := exec.LookPath("sleep")
-	if err != nil {
-		return s, err
-	}
-	for range n {
-		cmd := exec.Command(path, "3600")
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pgid: s.pgid, Pdeathsig: syscall.SIGKILL}
-		if err := cmd.Start(); err != nil {
-			return s, fmt.Errorf("starting unrelated process %d of %d: %w", len(s.cmds)+1, n, err)
-		}
-		if s.pgid == 0 {
-			s.pgid = cmd.Process.Pid
-		}
-		s.cmds = append(s.cmds, cmd)
-	}
-	return s, nil
-}
-
-// kill SIGKILLs every process started and waits for each.
-func (s *agentdSleeps) kill() error {
-	if s.pgid != 0 {
-		_ = syscall.Kill(-s.pgid, syscall.SIGKILL)
-	}
-	var errs []error
-	for _, c := range s.cmds {
-		_ = c.Process.Kill() // in case it left the group
-		if err := c.Wait(); err != nil {
-			var ee *exec.ExitError
-			if !errors.As(err, &ee) {
-				errs = append(errs, err)
-			}
-		}
-	}
-	s.cmds = nil
-	return errors.Join(errs...)
 }

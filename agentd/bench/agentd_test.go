@@ -25,7 +25,7 @@ func TestAgentdSchedCPUCountsThisProcess(t *testing.T) {
 }
 
 func TestAgentdSleepsAreReaped(t *testing.T) {
-	s, err := agentdStartSleeps(5)
+	s, err := agentdStartSleeps(t.Context(), 5)
 	if err != nil {
 		s.kill()
 		t.Fatal(err)

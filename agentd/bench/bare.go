@@ -58,14 +58,14 @@ func RunBareServer(args []string) error {
 	}
 	creds := credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool,
 		ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS13})
-	lis, err := net.Listen("tcp", *addr)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	lis, err := new(net.ListenConfig).Listen(ctx, "tcp", *addr)
 	if err != nil {
 		return err
 	}
 	s := grpc.NewServer(grpc.Creds(creds), grpc.ReadBufferSize(0))
 	healthpb.RegisterHealthServer(s, health.NewServer())
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-	defer stop()
 	go func() {
 		<-ctx.Done()
 		s.Stop()
@@ -100,11 +100,11 @@ func bareRSSPerHost(ctx context.Context, env *Env, dataDir, idDir string, n int,
 	if err != nil {
 		return 0, err
 	}
-	p, err := env.StartWithStdout(fmt.Sprintf("bare-grpc-server-%d", n), f, self, BareServerCommand, "--data-dir", dataDir)
+	p, err := env.StartWithStdout(ctx, fmt.Sprintf("bare-grpc-server-%d", n), f, self, BareServerCommand, "--data-dir", dataDir)
 	if err != nil {
 		return 0, err
 	}
-	defer p.Stop(10 * time.Second)
+	defer func() { _ = p.Stop(10 * time.Second) }() // a stop that timed out killed it: nothing left to do
 	var addr string
 	err = Poll(ctx, 10*time.Second, 10*time.Millisecond, "bare grpc server listening", func() (bool, error) {
 		if p.Exited() {

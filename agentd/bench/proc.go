@@ -42,22 +42,24 @@ type Process struct {
 
 // Start starts argv with extra environment, in its own process group, its
 // output in Work/name.log. Env.Cleanup kills and reaps whatever is left.
-func (e *Env) Start(name string, env []string, argv ...string) (*Process, error) {
-	return e.start(name, env, nil, argv...)
+func (e *Env) Start(ctx context.Context, name string, env []string, argv ...string) (*Process, error) {
+	return e.start(ctx, name, env, nil, argv...)
 }
 
 // StartWithStdout is Start with the process's stdout to out.
-func (e *Env) StartWithStdout(name string, out *os.File, argv ...string) (*Process, error) {
-	return e.start(name, nil, out, argv...)
+func (e *Env) StartWithStdout(ctx context.Context, name string, out *os.File, argv ...string) (*Process, error) {
+	return e.start(ctx, name, nil, out, argv...)
 }
 
-func (e *Env) start(name string, env []string, stdout *os.File, argv ...string) (*Process, error) {
+func (e *Env) start(ctx context.Context, name string, env []string, stdout *os.File, argv ...string) (*Process, error) {
 	logPath := filepath.Join(e.Work, name+".log")
 	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(argv[0], argv[1:]...)
+	// Not ended by ctx: a cancel would SIGKILL the leader only; Stop, Kill
+	// and Cleanup end the process's whole group.
+	cmd := exec.CommandContext(context.WithoutCancel(ctx), argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout, cmd.Stderr = f, f
 	if stdout != nil {

@@ -3,6 +3,13 @@
 // them over loopback, and reports latency percentiles, throughput and memory,
 // each beside a baseline measured in the same run, since the machines are
 // noisy and only ratios compare across runs.
+//
+// It lives under agentd/ because it is a client of the server: it drives
+// agentplane-server as a black box, through its gRPC and REST APIs and the
+// files its data dir documents (ca.crt, server.crt, server.key), and imports
+// none of the server's packages. It measures agentd's own code in process
+// (proc's discovery scan) and reads an enrolled host's identity by
+// identity's file names, so it imports agentd's internal packages.
 package bench
 
 import (

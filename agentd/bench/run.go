@@ -135,7 +135,7 @@ func ReadMachine(version string) Machine {
 	}
 	var si syscall.Sysinfo_t
 	if syscall.Sysinfo(&si) == nil {
-		m.MemGiB = int((uint64(si.Totalram)*uint64(si.Unit) + 1<<29) >> 30)
+		m.MemGiB = int((uint64(si.Totalram)*uint64(si.Unit) + 1<<29) >> 30) //nolint:unconvert // Totalram is a uint32 on 32-bit Linux
 	}
 	var u syscall.Utsname
 	if syscall.Uname(&u) == nil {

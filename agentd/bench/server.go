@@ -44,10 +44,10 @@ type Server struct {
 func (e *Env) StartServer(ctx context.Context, name string, args ...string) (*Server, error) {
 	s := &Server{env: e, name: name, DataDir: filepath.Join(e.Work, name), Args: args}
 	var err error
-	if s.GRPCAddr, err = freeAddr(); err != nil {
+	if s.GRPCAddr, err = freeAddr(ctx); err != nil {
 		return nil, err
 	}
-	if s.HTTPAddr, err = freeAddr(); err != nil {
+	if s.HTTPAddr, err = freeAddr(ctx); err != nil {
 		return nil, err
 	}
 	return s, s.Launch(ctx)
@@ -58,7 +58,7 @@ func (e *Env) StartServer(ctx context.Context, name string, args ...string) (*Se
 func (s *Server) Launch(ctx context.Context) error {
 	argv := append([]string{s.env.Binary("agentplane-server"), "--data-dir", s.DataDir, "--grpc-addr", s.GRPCAddr,
 		"--http-addr", s.HTTPAddr, "--log-format", "json", "--log-level", "warn"}, s.Args...)
-	p, err := s.env.Start(s.name, []string{"AGENTPLANE_ADMIN_PASSWORD=" + AdminPassword}, argv...)
+	p, err := s.env.Start(ctx, s.name, []string{"AGENTPLANE_ADMIN_PASSWORD=" + AdminPassword}, argv...)
 	if err != nil {
 		return err
 	}
@@ -67,7 +67,7 @@ func (s *Server) Launch(ctx context.Context) error {
 		if p.Exited() {
 			return false, fmt.Errorf("server exited: %s", p.Tail(20))
 		}
-		return s.trustCA() && s.ready(), nil
+		return s.trustCA() && s.ready(ctx), nil
 	})
 	if err != nil {
 		p.Kill()
@@ -95,8 +95,8 @@ func (s *Server) trustCA() bool {
 	return true
 }
 
-func (s *Server) ready() bool {
-	req, _ := http.NewRequest(http.MethodGet, s.URL("/api/v2/compute/hosts"), nil)
+func (s *Server) ready(ctx context.Context) bool {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.URL("/api/v2/compute/hosts"), nil)
 	req.SetBasicAuth(AdminUser, AdminPassword)
 	resp, err := s.HTTP.Do(req)
 	if err != nil {
@@ -138,8 +138,8 @@ func (s *Server) Stop() error { return s.Proc.Stop(30 * time.Second) }
 func (s *Server) Kill() { s.Proc.Kill() }
 
 // freeAddr returns a loopback address whose port was free a moment ago.
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+func freeAddr(ctx context.Context) (string, error) {
+	l, err := new(net.ListenConfig).Listen(ctx, "tcp", "127.0.0.1:0")
 	if err != nil {
 		return "", err
 	}

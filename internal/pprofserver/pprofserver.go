@@ -9,6 +9,7 @@
 package pprofserver
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -55,13 +56,13 @@ func CheckAddr(addr string) error {
 }
 
 // Start listens on addr, which must be loopback (see CheckAddr), and serves
-// Handler there until Close. It logs the address at WARN, as a reminder that
-// profiles are exposed.
-func Start(addr string, log zerolog.Logger) (*Server, error) {
+// Handler there until Close; ctx bounds the listen only. It logs the address
+// at WARN, as a reminder that profiles are exposed.
+func Start(ctx context.Context, addr string, log zerolog.Logger) (*Server, error) {
 	if err := CheckAddr(addr); err != nil {
 		return nil, err
 	}
-	lis, err := net.Listen("tcp", addr)
+	lis, err := new(net.ListenConfig).Listen(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
 	}

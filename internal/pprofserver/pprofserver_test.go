@@ -25,7 +25,7 @@ func TestCheckAddr(t *testing.T) {
 }
 
 func TestStartRefusesNonLoopback(t *testing.T) {
-	if s, err := Start("0.0.0.0:0", zerolog.Nop()); err == nil {
+	if s, err := Start(t.Context(), "0.0.0.0:0", zerolog.Nop()); err == nil {
 		s.Close()
 		t.Fatal("Start listened on 0.0.0.0")
 	} else if !strings.Contains(err.Error(), "loopback") {
@@ -52,7 +52,7 @@ func get(t *testing.T, addr, path string) (int, []byte) {
 
 func TestServesProfilesUntilClosed(t *testing.T) {
 	var logs bytes.Buffer
-	s, err := Start("127.0.0.1:0", zerolog.New(&logs))
+	s, err := Start(t.Context(), "127.0.0.1:0", zerolog.New(&logs))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -392,7 +392,7 @@ func postStop(client *http.Client, url, key string) (stopAnswer, error) {
 		} `json:"error"`
 	}
 	if err := json.Unmarshal(b, &env); err != nil {
-		return stopAnswer{}, fmt.Errorf("status %d, body not JSON: %v: %s", resp.StatusCode, err, b)
+		return stopAnswer{}, fmt.Errorf("status %d, body not JSON: %w: %s", resp.StatusCode, err, b)
 	}
 	return stopAnswer{status: resp.StatusCode, id: env.Data.ID, message: env.Error.Message, body: b}, nil
 }

@@ -105,7 +105,7 @@ func grpcurl(t *testing.T) string {
 		cmd := exec.Command("go", "build", "-modfile=.ci/tools/go.mod", "-o", bin, "github.com/fullstorydev/grpcurl/cmd/grpcurl")
 		cmd.Dir = moduleRoot
 		if out, err := cmd.CombinedOutput(); err != nil {
-			grpcurlErr = fmt.Errorf("building grpcurl: %v\n%s", err, out)
+			grpcurlErr = fmt.Errorf("building grpcurl: %w\n%s", err, out)
 			return
 		}
 		grpcurlBin = bin
@@ -555,7 +555,10 @@ func (s *server) launch(t *testing.T) error {
 			if strings.Contains(log, "address already in use") {
 				return fmt.Errorf("%w: %s", errAddrInUse, tail(p.logPath, 5))
 			}
-			return fmt.Errorf("server exited before it was ready (%v):\n%s", p.err, tail(p.logPath, 40))
+			if p.err == nil {
+				return fmt.Errorf("server exited before it was ready (status 0):\n%s", tail(p.logPath, 40))
+			}
+			return fmt.Errorf("server exited before it was ready (%w):\n%s", p.err, tail(p.logPath, 40))
 		}
 		if s.trustCA() && s.ready() {
 			s.proc = p

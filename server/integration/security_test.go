@@ -176,7 +176,7 @@ func withTarget(t *testing.T, s *server, req *http.Request, target string) *http
 }
 
 // grpcSigned returns ctx carrying the metadata of a gRPC call to method
-// signed with k, as the doc comment of server/rpc's authenticator says: the
+// signed with k, as the doc comment of server/internal/rpc's authenticator says: the
 // string to sign of a POST without body or query, Content-Type
 // application/grpc, the "date" metadata, the :authority, the x-ocp-*
 // metadata, and the full method name as the path. It returns the

@@ -31,7 +31,7 @@ func simBinary(t *testing.T) string {
 		cmd := exec.Command("go", "build", "-race", "-o", bin, "./agentd/cmd/agentplane-sim")
 		cmd.Dir = moduleRoot
 		if out, err := cmd.CombinedOutput(); err != nil {
-			simErr = fmt.Errorf("building agentplane-sim: %v\n%s", err, out)
+			simErr = fmt.Errorf("building agentplane-sim: %w\n%s", err, out)
 			return
 		}
 		simBin = bin

@@ -20,6 +20,7 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"os"
@@ -57,6 +58,9 @@ func main() {
 	}
 	bin := filepath.Dir(exe)
 	home := filepath.Dir(bin)
+	// Never cancelled: the fake ends by exit, as its mode says on SIGTERM,
+	// and its children (supervised or respawned) are not ended with it.
+	ctx := context.Background()
 
 	// Handle SIGTERM before writing the pid file: a process whose pid file
 	// is written is ready to be stopped.
@@ -70,7 +74,7 @@ func main() {
 			bin = b
 		}
 		for _, child := range []string{"ocp_mgragent", "ocp_monagent"} {
-			go supervise(filepath.Join(bin, child))
+			go supervise(ctx, filepath.Join(bin, child))
 		}
 	}
 
@@ -91,7 +95,7 @@ func main() {
 			logf("SIGTERM, exiting in %s", d)
 			time.AfterFunc(d, func() { exit(0) })
 		case "respawn":
-			respawn(exe, filepath.Join(home, "run", name+".pid"))
+			respawn(ctx, exe, filepath.Join(home, "run", name+".pid"))
 			exit(0)
 		default:
 			logf("SIGTERM, exiting")
@@ -101,9 +105,9 @@ func main() {
 }
 
 // supervise runs path and starts it again whenever it exits.
-func supervise(path string) {
+func supervise(ctx context.Context, path string) {
 	for {
-		cmd := exec.Command(path)
+		cmd := exec.CommandContext(ctx, path)
 		if err := cmd.Start(); err != nil {
 			logf("starting %s: %v", path, err)
 		} else {
@@ -119,7 +123,7 @@ func supervise(path string) {
 // copies are left. Start returns once the copy has exec'd, so the copy is
 // visible before this process exits; it then waits (up to 5s) for the copy to
 // write its pid file, so the copy handles SIGTERM before this one exits.
-func respawn(exe, pidFile string) {
+func respawn(ctx context.Context, exe, pidFile string) {
 	left := -1
 	if v, err := strconv.Atoi(os.Getenv("FAKE_OCP_RESPAWN")); err == nil {
 		left = v
@@ -128,7 +132,7 @@ func respawn(exe, pidFile string) {
 		logf("SIGTERM, no respawns left, exiting")
 		return
 	}
-	cmd := exec.Command(exe, os.Args[1:]...)
+	cmd := exec.CommandContext(ctx, exe, os.Args[1:]...)
 	cmd.Env = append(os.Environ(), "FAKE_OCP_RESPAWN="+strconv.Itoa(left-1))
 	if err := cmd.Start(); err != nil {
 		logf("respawning: %v", err)
@@ -141,7 +145,7 @@ func respawn(exe, pidFile string) {
 		}
 	}
 	logf("SIGTERM, respawned as pid %d, exiting", cmd.Process.Pid)
-	cmd.Process.Release()
+	_ = cmd.Process.Release() // only frees this process's handle; the copy lives on
 }
 
 func openFiles(home, name string) {

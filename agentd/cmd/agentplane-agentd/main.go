@@ -178,7 +178,7 @@ func agent(ctx context.Context, o options, log zerolog.Logger) error {
 		return fmt.Errorf("--grace %s must be positive", o.grace)
 	}
 	if o.pprofAddr != "" {
-		ps, err := pprofserver.Start(o.pprofAddr, log)
+		ps, err := pprofserver.Start(ctx, o.pprofAddr, log)
 		if err != nil {
 			return fmt.Errorf("--pprof-addr: %w", err)
 		}
@@ -191,7 +191,7 @@ func agent(ctx context.Context, o options, log zerolog.Logger) error {
 	}
 	defer st.Close()
 
-	ip := innerIP(o.server)
+	ip := innerIP(ctx, o.server)
 	mid := machineID()
 	log.Info().Str("server", o.server).Str("host_name", o.hostName).Str("inner_ip", ip).Bool("tls", !o.insecure).
 		Str("state_dir", o.stateDir).Str("install_home", o.installHome).Str("version", version).
@@ -312,8 +312,8 @@ func checkServer(addr string) error {
 // innerIP returns the local address used to reach the server when it is not
 // loopback, else the first non-loopback IPv4 address of an up interface,
 // else "".
-func innerIP(server string) string {
-	if c, err := net.Dial("udp", server); err == nil { // no packet is sent
+func innerIP(ctx context.Context, server string) string {
+	if c, err := new(net.Dialer).DialContext(ctx, "udp", server); err == nil { // no packet is sent
 		ip := c.LocalAddr().(*net.UDPAddr).IP
 		c.Close()
 		if !ip.IsLoopback() && ip.To4() != nil {

@@ -172,7 +172,7 @@ func (p *printer) line(event string, s sim.Stats) {
 	b, _ := json.Marshal(statsLine{Event: event, T: time.Now().UTC().Format(time.RFC3339Nano), Stats: s})
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.w.Write(append(b, '\n'))
+	_, _ = p.w.Write(append(b, '\n')) // stats lines are best effort: a closed stdout must not stop the fleet
 }
 
 // readCAs reads the PEM certificates of --ca-file.

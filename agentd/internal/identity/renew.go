@@ -67,14 +67,14 @@ func (id *Identity) KeepRenewed(ctx context.Context, svc Renewer) error {
 			id.log.Warn().Time("not_after", leaf.NotAfter).Msg("client certificate expired before it was renewed; enrolling again")
 			if err := id.enroll(ctx); err != nil {
 				if ctx.Err() != nil {
-					return nil
+					return nil //nolint:nilerr // stopping: nil once ctx is done, as documented; err is the cancel's
 				}
 				return err
 			}
 		case Due(leaf, now):
 			if err := id.renew(ctx, svc); err != nil {
 				if ctx.Err() != nil {
-					return nil
+					return nil //nolint:nilerr // stopping: nil once ctx is done, as documented; err is the cancel's
 				}
 				wait := id.cfg.Backoff.Delay(failures, rnd)
 				failures++

@@ -36,7 +36,7 @@ func testMain(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 	fakeBin = filepath.Join(dir, "ocp_agentd")
-	build := exec.Command("go", "build", "-o", fakeBin, "../../testdata/fakeocpagent")
+	build := exec.Command("go", "build", "-o", fakeBin, "../../../testdata/fakeocpagent")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "building the fake OCP Agent:", err)

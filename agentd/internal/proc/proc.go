@@ -7,7 +7,12 @@
 // ocp_agentd first, then verify).
 package proc
 
-import "time"
+import (
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+)
 
 // BaseNames are the OCP Agent's base processes. ocp_agentd supervises the
 // other two and is stopped first.
@@ -49,4 +54,18 @@ type Event struct {
 	Target  Target
 	Time    time.Time
 	Message string // a human-readable line for the subtask log
+}
+
+// Stopper is agentd's one handle on the base processes whose executable lies
+// under InstallHome, not only their stop: Scan finds them (scan.go),
+// ReadStartSpec records how one was started (spec.go), StopAll stops them
+// (stop.go) and StartAll starts them again (start.go).
+type Stopper struct {
+	InstallHome string        // e.g. /home/admin/ocp_agent; must be absolute
+	Grace       time.Duration // default grace between SIGTERM and SIGKILL (used when StopAll's grace is 0)
+	MaxRounds   int           // rescan/restop rounds bound; 0 means 3
+	StartWait   time.Duration // how long StartAll waits for the processes to run after starting them; 0 means 30s
+	Log         zerolog.Logger
+
+	scans atomic.Int64 // full scans of /proc made, for tests
 }

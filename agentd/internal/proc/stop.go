@@ -7,7 +7,6 @@ import (
 	"os"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -44,18 +43,6 @@ func (e *StillRunningError) Error() string {
 
 // Unwrap makes errors.Is(err, ErrStillRunning) hold.
 func (e *StillRunningError) Unwrap() error { return ErrStillRunning }
-
-// Stopper finds, stops and starts the base processes whose executable lies
-// under InstallHome.
-type Stopper struct {
-	InstallHome string        // e.g. /home/admin/ocp_agent; must be absolute
-	Grace       time.Duration // default grace between SIGTERM and SIGKILL (used when StopAll's grace is 0)
-	MaxRounds   int           // rescan/restop rounds bound; 0 means 3
-	StartWait   time.Duration // how long StartAll waits for the processes to run after starting them; 0 means 30s
-	Log         zerolog.Logger
-
-	scans atomic.Int64 // full scans of /proc made, for tests
-}
 
 // StopAll stops every base process under InstallHome: ocp_agentd first (it
 // restarts the others), then all the rest that still run, in parallel. Each

@@ -267,14 +267,14 @@ func TestStopAllCancel(t *testing.T) {
 
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			if tt.want == context.DeadlineExceeded {
+			if errors.Is(tt.want, context.DeadlineExceeded) {
 				ctx, cancel = context.WithTimeout(ctx, 300*time.Millisecond)
 				defer cancel()
 			}
 			rec := &recorder{t: t}
 			emit := func(e Event) {
 				rec.emit(e)
-				if e.Kind == EventSigtermSent && tt.want == context.Canceled {
+				if e.Kind == EventSigtermSent && errors.Is(tt.want, context.Canceled) {
 					cancel()
 				}
 			}

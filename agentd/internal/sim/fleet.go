@@ -234,10 +234,11 @@ func (f *Fleet) shutdown() {
 }
 
 // startHost opens host i's state dir and identity, enrolls it when it has
-// no valid certificate, and starts its client.
+// no valid certificate, and starts its client. Once ctx is done it returns
+// nil, the host left unstarted: the fleet is stopping, which is no error.
 func (f *Fleet) startHost(ctx context.Context, i int) error {
 	if ctx.Err() != nil {
-		return nil
+		return nil //nolint:nilerr // stopping is no error (see the doc)
 	}
 	name := simplan.HostName(f.cfg.NamePrefix, i)
 	dir := filepath.Join(f.cfg.StateDir, name)
@@ -258,7 +259,7 @@ func (f *Fleet) startHost(ctx context.Context, i int) error {
 		if icfg.JoinToken, err = f.joinToken(ctx, name); err != nil {
 			st.Close()
 			if ctx.Err() != nil {
-				return nil
+				return nil //nolint:nilerr // stopping is no error (see the doc); err is the cancel's
 			}
 			return fmt.Errorf("host %s: creating a join token: %w", name, err)
 		}
@@ -270,7 +271,7 @@ func (f *Fleet) startHost(ctx context.Context, i int) error {
 	if err := id.Ensure(ctx); err != nil {
 		st.Close()
 		if ctx.Err() != nil {
-			return nil
+			return nil //nolint:nilerr // stopping is no error (see the doc); err is the cancel's
 		}
 		return fmt.Errorf("host %s: %w", name, err)
 	}

@@ -131,7 +131,8 @@ func TestFails(t *testing.T) {
 			if simplan.Fails(h, 1, rate) {
 				n++
 			}
-			if simplan.Fails(h, 1, rate) != simplan.Fails(h, 1, rate) {
+			first, second := simplan.Fails(h, 1, rate), simplan.Fails(h, 1, rate)
+			if first != second {
 				t.Fatalf("simplan.Fails(%d, 1, %v) is not deterministic", h, rate)
 			}
 		}

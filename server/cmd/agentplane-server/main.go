@@ -153,7 +153,7 @@ func main() {
 
 func run(ctx context.Context, c config, log zerolog.Logger) error {
 	if c.pprofAddr != "" {
-		ps, err := pprofserver.Start(c.pprofAddr, log)
+		ps, err := pprofserver.Start(ctx, c.pprofAddr, log)
 		if err != nil {
 			return fmt.Errorf("--pprof-addr: %w", err)
 		}
@@ -247,11 +247,11 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 	defer engine.Close()
 	hosts := agentop.NewService(st, engine)
 
-	grpcLis, err := net.Listen("tcp", c.grpcAddr)
+	grpcLis, err := new(net.ListenConfig).Listen(ctx, "tcp", c.grpcAddr)
 	if err != nil {
 		return fmt.Errorf("gRPC listener: %w", err)
 	}
-	httpLis, err := net.Listen("tcp", c.httpAddr)
+	httpLis, err := new(net.ListenConfig).Listen(ctx, "tcp", c.httpAddr)
 	if err != nil {
 		grpcLis.Close()
 		return fmt.Errorf("REST listener: %w", err)
