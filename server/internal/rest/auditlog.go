@@ -2,7 +2,6 @@ package rest
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"net/http"
 	"strconv"
@@ -10,17 +9,6 @@ import (
 
 	"agentplane/server/internal/audit"
 )
-
-// Auditor records calls and reads the record (audit.Service).
-type Auditor interface {
-	// Record stores e; it never fails the call (failures are logged).
-	Record(ctx context.Context, e audit.Event)
-	// ListEvents returns a page of the record; it checks that the caller is
-	// ADMIN.
-	ListEvents(ctx context.Context, q audit.Query) (audit.Page, error)
-}
-
-var _ Auditor = (*audit.Service)(nil)
 
 // audited wraps the whole handler (authentication included) so that every
 // mutating call (POST, PUT, PATCH, DELETE), refused ones too, is recorded

@@ -16,10 +16,10 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	agentv1 "agentplane/gen/agentplane/agent/v1"
+	"agentplane/server/internal/api"
 	"agentplane/server/internal/enroll"
 	"agentplane/server/internal/errs"
 	"agentplane/server/internal/fleet"
-	"agentplane/server/internal/host"
 	"agentplane/server/internal/pki"
 )
 
@@ -27,12 +27,9 @@ import (
 // and revocation (HostService), enrollment and renewal (AgentService). Each
 // method checks what it needs itself (ADMIN, or the token).
 type Enrollment interface {
-	CreateJoinToken(ctx context.Context, hostName string, ttl time.Duration) (enroll.JoinToken, error)
-	Enroll(ctx context.Context, token, hostName string, csrDER []byte, innerIP, machineID, addr string) (hostID int64, certDER, caPEM []byte, err error)
-	Renew(ctx context.Context, presented enroll.Cert, csrDER []byte, addr string) ([]byte, error)
-	RevokeHost(ctx context.Context, hostID int64) (*host.Host, error)
-	ListCertificates(ctx context.Context, hostID int64) ([]enroll.Cert, error)
-	RevokeCertificate(ctx context.Context, serial string) (enroll.Cert, error)
+	api.Enrollment
+	api.AgentEnrollment
+	api.Certificates
 }
 
 // Fleet is what the agent stream adapter needs.

@@ -11,19 +11,9 @@ import (
 
 	auditv1 "agentplane/gen/agentplane/audit/v1"
 	taskv1 "agentplane/gen/agentplane/task/v1"
+	"agentplane/server/internal/api"
 	"agentplane/server/internal/audit"
 )
-
-// Auditor records calls and reads the record (audit.Service).
-type Auditor interface {
-	// Record stores e; it never fails the call (failures are logged).
-	Record(ctx context.Context, e audit.Event)
-	// ListEvents returns a page of the record; it checks that the caller is
-	// ADMIN.
-	ListEvents(ctx context.Context, q audit.Query) (audit.Page, error)
-}
-
-var _ Auditor = (*audit.Service)(nil)
 
 // registerAudit registers AuditService when cfg.Audit is set.
 func registerAudit(s *grpc.Server, cfg Config) {
@@ -36,7 +26,7 @@ func registerAudit(s *grpc.Server, cfg Config) {
 // (see audited); it must be the first of the chain, before authentication,
 // so that refused calls are recorded too. With a nil Auditor it only calls
 // the handler.
-func auditUnary(a Auditor) grpc.UnaryServerInterceptor {
+func auditUnary(a api.Auditor) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 		if a == nil || !audited(info.FullMethod) {
 			return h(ctx, req)
@@ -135,7 +125,7 @@ func outcomeOf(c codes.Code) string {
 // auditServer serves AuditService.
 type auditServer struct {
 	auditv1.UnimplementedAuditServiceServer
-	audit Auditor
+	audit api.Auditor
 }
 
 var _ auditv1.AuditServiceServer = (*auditServer)(nil)
