@@ -15,10 +15,9 @@ import (
 )
 
 // Outcomes. A call that succeeded is OutcomeOK; one that failed is named by
-// its error kind, as the adapter answered it (REST: the error envelope's
-// code, else the status; gRPC: the code, which errs kinds map to one to one
-// but for ErrRollbackProhibited, a FAILED_PRECONDITION on both). The names
-// are the same whichever adapter served the call.
+// the error the adapter answered with (OutcomeOf): by its errs kind, or by
+// the adapter's own refusal (REST's 405, 413, 415). The names are the same
+// whichever adapter served the call.
 const (
 	OutcomeOK                 = "OK"
 	OutcomeInvalidArgument    = "INVALID_ARGUMENT"

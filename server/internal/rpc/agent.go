@@ -95,7 +95,11 @@ var _ agentv1.AgentServiceServer = (*agentServer)(nil)
 // RESOURCE_EXHAUSTED, as does a host over the fleet's stream bounds
 // (fleet.ErrTooManyStreams, fleet.ErrTooManyReplacements). A message the
 // server cannot use (no kind set, a second Hello, a result without a
-// known outcome) ends the stream with INVALID_ARGUMENT.
+// known outcome) ends the stream with INVALID_ARGUMENT. A session the fleet
+// ends is answered by its error's kind (toStatus): ABORTED when the server
+// ended it (replaced by a newer stream, too slow to read, lost:
+// errs.ErrAborted), PERMISSION_DENIED for a revoked host or certificate,
+// UNAVAILABLE while the server shuts down.
 func (s *agentServer) Connect(stream agentv1.AgentService_ConnectServer) error {
 	ctx, cancel := context.WithCancel(stream.Context())
 	defer cancel()
@@ -152,23 +156,29 @@ func (s *agentServer) Connect(stream agentv1.AgentService_ConnectServer) error {
 		log.Debug().Msg("agent stream ended")
 		return nil
 	}
-	if errors.Is(err, fleet.ErrReplaced) || errors.Is(err, fleet.ErrSlowAgent) || errors.Is(err, fleet.ErrLost) {
-		log.Info().Err(err).Msg("agent stream ended by the server")
-		return status.Error(codes.Aborted, err.Error())
-	}
-	if errors.Is(err, fleet.ErrClosing) {
-		return toStatus(ctx, err)
-	}
-	if errors.Is(err, fleet.ErrRevoked) || errors.Is(err, fleet.ErrCertRevoked) {
-		log.Warn().Err(err).Msg("agent stream of a revoked host or certificate ended")
-		return toStatus(ctx, err)
-	}
-	if status.Code(err) == codes.ResourceExhausted {
-		log.Warn().Err(err).Msg("agent stream ended over a limit")
-		return err
-	}
-	log.Info().Err(err).Msg("agent stream failed")
+	logStreamEnd(log, err)
 	return toStatus(ctx, err)
+}
+
+// logStreamEnd logs why an agent stream ended, at a level chosen by the
+// error's kind: work the server ended (errs.ErrAborted: replaced, too slow,
+// lost) at info; a revoked host or certificate (errs.ErrPermissionDenied)
+// and a limit (errs.ErrTooManyRequests, RESOURCE_EXHAUSTED) at warn; the
+// server shutting down (errs.ErrUnavailable) at debug; anything else at
+// info.
+func logStreamEnd(log zerolog.Logger, err error) {
+	switch kind := errs.Kind(err); {
+	case kind == errs.ErrAborted:
+		log.Info().Err(err).Msg("agent stream ended by the server")
+	case kind == errs.ErrUnavailable:
+		log.Debug().Err(err).Msg("agent stream ended: the server is unavailable")
+	case kind == errs.ErrPermissionDenied:
+		log.Warn().Err(err).Msg("agent stream of a revoked host or certificate ended")
+	case kind == errs.ErrTooManyRequests || status.Code(err) == codes.ResourceExhausted:
+		log.Warn().Err(err).Msg("agent stream ended over a limit")
+	default:
+		log.Info().Err(err).Msg("agent stream failed")
+	}
 }
 
 // Enroll exchanges a join token and a CSR for the host's client
