@@ -12,6 +12,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"agentplane/server/internal/errs"
+	"agentplane/server/internal/paging"
 )
 
 // Outcomes. A call that succeeded is OutcomeOK; one that failed is named by
@@ -55,10 +56,10 @@ type Page struct {
 	Total  int64
 }
 
-// Paging limits.
+// Paging limits: those of every list (package paging).
 const (
-	DefaultPageSize = 20
-	MaxPageSize     = 2000
+	DefaultPageSize = paging.DefaultSize
+	MaxPageSize     = paging.MaxSize
 )
 
 // Store keeps the record (store.Store).
