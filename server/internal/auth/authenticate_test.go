@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -43,7 +44,7 @@ func TestAuthenticatorAuthenticate(t *testing.T) {
 			if err != nil {
 				return nil, nil, err
 			}
-			return &SignedRequest{Method: "POST", Path: path}, func() error { return checkErr }, nil
+			return &SignedRequest{Method: http.MethodPost, Path: path}, func() error { return checkErr }, nil
 		}
 	}
 	errBody := fmt.Errorf("reading the request body: %w", errs.ErrInvalidArgument)
@@ -94,7 +95,7 @@ func TestAuthenticatorAuthenticate(t *testing.T) {
 			if p.Username != tt.user || p.AccessKeyID != tt.key || p.Addr != tt.c.Addr {
 				t.Fatalf("principal %+v, want user %q key %q addr %q", p, tt.user, tt.key, tt.c.Addr)
 			}
-			if tt.key != "" && (keys.got.AccessKeyID != "AKGOOD" || keys.got.Signature != "good" || keys.got.Method != "POST") {
+			if tt.key != "" && (keys.got.AccessKeyID != "AKGOOD" || keys.got.Signature != "good" || keys.got.Method != http.MethodPost) {
 				t.Fatalf("verified %+v, want the adapter's request with the key and signature filled in", keys.got)
 			}
 		})

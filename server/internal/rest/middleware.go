@@ -61,7 +61,7 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	defer func() {
 		if v := recover(); v != nil {
-			if v == http.ErrAbortHandler {
+			if err, ok := v.(error); ok && errors.Is(err, http.ErrAbortHandler) {
 				panic(v)
 			}
 			st.log.Error().Str("panic", fmt.Sprint(v)).Bytes("stack", debug.Stack()).Msg("handler panicked")
@@ -163,7 +163,7 @@ func (s *server) bufferBody(w http.ResponseWriter, r *http.Request) ([]byte, err
 		return nil, err
 	}
 	if err != nil {
-		return nil, fmt.Errorf("reading the request body: %v: %w", err, errs.ErrInvalidArgument)
+		return nil, fmt.Errorf("reading the request body: %w: %w", err, errs.ErrInvalidArgument)
 	}
 	r.Body = io.NopCloser(bytes.NewReader(body))
 	return body, nil

@@ -167,14 +167,14 @@ func (s *agentServer) Connect(stream agentv1.AgentService_ConnectServer) error {
 // server shutting down (errs.ErrUnavailable) at debug; anything else at
 // info.
 func logStreamEnd(log zerolog.Logger, err error) {
-	switch kind := errs.Kind(err); {
-	case kind == errs.ErrAborted:
+	switch {
+	case errors.Is(err, errs.ErrAborted):
 		log.Info().Err(err).Msg("agent stream ended by the server")
-	case kind == errs.ErrUnavailable:
+	case errors.Is(err, errs.ErrUnavailable):
 		log.Debug().Err(err).Msg("agent stream ended: the server is unavailable")
-	case kind == errs.ErrPermissionDenied:
+	case errors.Is(err, errs.ErrPermissionDenied):
 		log.Warn().Err(err).Msg("agent stream of a revoked host or certificate ended")
-	case kind == errs.ErrTooManyRequests || status.Code(err) == codes.ResourceExhausted:
+	case errors.Is(err, errs.ErrTooManyRequests), status.Code(err) == codes.ResourceExhausted:
 		log.Warn().Err(err).Msg("agent stream ended over a limit")
 	default:
 		log.Info().Err(err).Msg("agent stream failed")

@@ -291,7 +291,7 @@ func checkDigest(digest string, req any) error {
 	}
 	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
 	if err != nil {
-		return fmt.Errorf("serializing the request to check its digest: %v: %w", err, errs.ErrUnauthenticated)
+		return fmt.Errorf("serializing the request to check its digest: %w: %w", err, errs.ErrUnauthenticated)
 	}
 	sum := sha256.Sum256(b)
 	if !strings.EqualFold(digest, hex.EncodeToString(sum[:])) {
