@@ -1,7 +1,9 @@
 // Package rest is the OCP-compatible REST adapter: it serves OCP's paths
-// (bare and under /api/v2) over net/http, authenticates callers with HTTP
-// Basic, translates between JSON and the domain types, and renders OCP's
-// success and error envelopes. Authorization stays in the domain services.
+// (bare and under /api/v2) over net/http, authenticates callers (HTTP Basic
+// or an OCP access-key signature, through auth.Authenticator), translates
+// between JSON and the domain types (the interfaces of package api), and
+// renders OCP's success and error envelopes, mapping errors once
+// (apiErrorOf). Authorization stays in the domain services.
 package rest
 
 import (

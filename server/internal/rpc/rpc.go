@@ -1,7 +1,9 @@
-// Package rpc is the gRPC adapter: HostService, TaskService and the
-// AgentService stream, plus authentication, health and reflection. It
-// translates between protobuf and the domain packages, and maps domain
-// errors to gRPC codes in one place (errors.go).
+// Package rpc is the gRPC adapter: HostService, TaskService, IamService,
+// AuditService and the AgentService stream, plus authentication (through
+// auth.Authenticator), health and reflection. It translates between protobuf
+// and the domain (the interfaces of package api), maps domain errors to gRPC
+// codes in one place (errors.go), and records mutating calls with the
+// outcome of the error's kind (audit.go).
 package rpc
 
 import (
@@ -40,6 +42,7 @@ type Config struct {
 	Hosts api.Hosts
 	Tasks Tasks
 	Fleet Fleet
+	// Users checks the passwords of HTTP Basic credentials.
 	Users auth.PasswordChecker
 	// AccessKeys verifies access-key signatures and serves IamService
 	// (iam.go); nil: signed calls are refused and IamService is
