@@ -50,7 +50,7 @@ func (s *server) audited(next http.Handler) http.Handler {
 		ctx, note := audit.WithNote(r.Context())
 		ans := &answer{}
 		ctx = context.WithValue(ctx, answerKey{}, ans)
-		rec := &auditWriter{ResponseWriter: w}
+		rec := &statusRecorder{ResponseWriter: w}
 		returned := false
 		defer func() {
 			e := audit.Event{SourceAddr: r.RemoteAddr, Operation: r.Method + " " + pattern}
@@ -91,29 +91,6 @@ func patternID(pattern, path, name string) int64 {
 	}
 	return 0
 }
-
-// auditWriter remembers the status written.
-type auditWriter struct {
-	http.ResponseWriter
-	status int
-}
-
-func (w *auditWriter) WriteHeader(code int) {
-	if w.status == 0 {
-		w.status = code
-	}
-	w.ResponseWriter.WriteHeader(code)
-}
-
-func (w *auditWriter) Write(b []byte) (int, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	return w.ResponseWriter.Write(b)
-}
-
-// Unwrap lets http.ResponseController reach the underlying writer.
-func (w *auditWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // answer holds the error a request was answered with, for its audit record:
 // audited puts one in the request's context, writeError fills it

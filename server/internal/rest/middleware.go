@@ -179,8 +179,8 @@ func requestPath(r *http.Request) string {
 	return r.URL.EscapedPath()
 }
 
-// statusRecorder remembers the status written, for the access log and for
-// knowing whether a panic can still be answered.
+// statusRecorder remembers the status written, for the access log, the
+// audit record and knowing whether a panic can still be answered.
 type statusRecorder struct {
 	http.ResponseWriter
 	status int
