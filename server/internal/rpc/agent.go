@@ -164,14 +164,14 @@ func (s *agentServer) Connect(stream agentv1.AgentService_ConnectServer) error {
 // error's kind: work the server ended (errs.ErrAborted: replaced, too slow,
 // lost) at info; a revoked host or certificate (errs.ErrPermissionDenied)
 // and a limit (errs.ErrTooManyRequests, RESOURCE_EXHAUSTED) at warn; the
-// server shutting down (errs.ErrUnavailable) at debug; anything else at
-// info.
+// server shutting down or the session gone (errs.ErrUnavailable) at debug:
+// at shutdown every agent's stream ends so; anything else at info.
 func logStreamEnd(log zerolog.Logger, err error) {
 	switch {
 	case errors.Is(err, errs.ErrAborted):
 		log.Info().Err(err).Msg("agent stream ended by the server")
 	case errors.Is(err, errs.ErrUnavailable):
-		log.Debug().Err(err).Msg("agent stream ended: the server is unavailable")
+		log.Debug().Err(err).Msg("agent stream ended: unavailable")
 	case errors.Is(err, errs.ErrPermissionDenied):
 		log.Warn().Err(err).Msg("agent stream of a revoked host or certificate ended")
 	case errors.Is(err, errs.ErrTooManyRequests), status.Code(err) == codes.ResourceExhausted:
