@@ -4,8 +4,8 @@
 // the call's context with what it acted on (SetHost, SetTask, SetTarget),
 // and the authentication step with who called (SetPrincipal).
 //
-// The package imports no other server package but errs, so that any of them
-// (auth included) may annotate a Note.
+// The package imports no other server package but errs and paging, so that
+// any of them (auth included) may annotate a Note.
 package audit
 
 import (

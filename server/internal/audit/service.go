@@ -12,13 +12,13 @@ import (
 	"github.com/rs/zerolog"
 
 	"agentplane/server/internal/errs"
+	"agentplane/server/internal/paging"
 )
 
 // Outcomes. A call that succeeded is OutcomeOK; one that failed is named by
-// its error kind, as the adapter answered it (REST: the error envelope's
-// code, else the status; gRPC: the code, which errs kinds map to one to one
-// but for ErrRollbackProhibited, a FAILED_PRECONDITION on both). The names
-// are the same whichever adapter served the call.
+// the error the adapter answered with (OutcomeOf): by its errs kind, or by
+// the adapter's own refusal (REST's 405, 413, 415). The names are the same
+// whichever adapter served the call.
 const (
 	OutcomeOK                 = "OK"
 	OutcomeInvalidArgument    = "INVALID_ARGUMENT"
@@ -56,10 +56,10 @@ type Page struct {
 	Total  int64
 }
 
-// Paging limits.
+// Paging limits: those of every list (package paging).
 const (
-	DefaultPageSize = 20
-	MaxPageSize     = 2000
+	DefaultPageSize = paging.DefaultSize
+	MaxPageSize     = paging.MaxSize
 )
 
 // Store keeps the record (store.Store).

@@ -2,8 +2,9 @@
 // (authentication) and what they may do (authorization). Credentials are
 // passwords (Service) and OCP access keys, whose signed requests it verifies
 // (AccessKeyService, StringToSign); a Throttle slows down and locks out
-// callers that keep failing. Adapters authenticate at the edge and put the
-// Principal in the context; domain services call Require.
+// callers that keep failing. Authenticator decides who a caller is from the
+// Credentials an adapter extracted at the edge; the adapter puts the
+// Principal in the context, and domain services call Require.
 package auth
 
 import (

@@ -72,7 +72,8 @@ type Agent struct {
 	UpdateTime  time.Time
 }
 
-// ListQuery pages hosts. Page is 1-based; Size is 1..2000.
+// ListQuery pages hosts. Page is 1-based (0: the first); Size is
+// 1..paging.MaxSize (0: paging.DefaultSize).
 type ListQuery struct {
 	Page int
 	Size int

@@ -37,10 +37,10 @@ func ParseCSR(der []byte) (*x509.CertificateRequest, error) {
 	}
 	csr, err := x509.ParseCertificateRequest(der)
 	if err != nil {
-		return nil, fmt.Errorf("malformed certificate signing request: %v: %w", err, errs.ErrInvalidArgument)
+		return nil, fmt.Errorf("malformed certificate signing request: %w: %w", err, errs.ErrInvalidArgument)
 	}
 	if err := csr.CheckSignature(); err != nil {
-		return nil, fmt.Errorf("certificate signing request signature: %v: %w", err, errs.ErrInvalidArgument)
+		return nil, fmt.Errorf("certificate signing request signature: %w: %w", err, errs.ErrInvalidArgument)
 	}
 	switch k := csr.PublicKey.(type) {
 	case *ecdsa.PublicKey:

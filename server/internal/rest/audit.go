@@ -8,6 +8,7 @@ import (
 
 	"agentplane/server/internal/audit"
 	"agentplane/server/internal/errs"
+	"agentplane/server/internal/paging"
 )
 
 // auditRoutes are the routes of the audit record; none without
@@ -53,7 +54,7 @@ func auditQuery(r *http.Request) (audit.Query, string, error) {
 	if q.Page, err = queryInt(r, "page", 1, 1, maxPage); err != nil {
 		return q, "page", err
 	}
-	if q.Size, err = queryInt(r, "size", defaultPageSize, 1, maxPageSize); err != nil {
+	if q.Size, err = queryInt(r, "size", paging.DefaultSize, 1, paging.MaxSize); err != nil {
 		return q, "size", err
 	}
 	if q.HostID, err = queryID(r, paramHostID); err != nil {

@@ -1,26 +1,13 @@
 package rest
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"net/http"
 	"strconv"
 	"strings"
 
 	"agentplane/server/internal/audit"
 )
-
-// Auditor records calls and reads the record (audit.Service).
-type Auditor interface {
-	// Record stores e; it never fails the call (failures are logged).
-	Record(ctx context.Context, e audit.Event)
-	// ListEvents returns a page of the record; it checks that the caller is
-	// ADMIN.
-	ListEvents(ctx context.Context, q audit.Query) (audit.Page, error)
-}
-
-var _ Auditor = (*audit.Service)(nil)
 
 // audited wraps the whole handler (authentication included) so that every
 // mutating call (POST, PUT, PATCH, DELETE), refused ones too, is recorded
@@ -32,10 +19,11 @@ var _ Auditor = (*audit.Service)(nil)
 //     "POST /compute/hosts/{hostId}/agent/stop"; "POST /" for a path no
 //     route serves), the host, task and target the domain put in the
 //     audit.Note, else the {hostId} and {taskInstanceId} of the path;
-//   - the outcome: OK for a 2xx or 3xx, else the error kind (audit.Outcome*)
-//     from the error envelope's code (or the status), with its message,
-//     which is the one the client was told (never an internal error's
-//     text). Request bodies and headers are never recorded.
+//   - the outcome: OK for a 2xx or 3xx, else audit.OutcomeOf the error
+//     the request was answered with (writeError hands it over through the
+//     context, see answered), with its message, which is the one the client
+//     was told (never an internal error's text). Request bodies and headers
+//     are never recorded.
 //
 // The record is written synchronously once the handler has written its
 // answer, before the server ends the response: a client has the whole
@@ -60,7 +48,9 @@ func (s *server) audited(next http.Handler) http.Handler {
 			pattern = "/"
 		}
 		ctx, note := audit.WithNote(r.Context())
-		rec := &auditWriter{ResponseWriter: w}
+		ans := &answer{}
+		ctx = context.WithValue(ctx, answerKey{}, ans)
+		rec := &statusRecorder{ResponseWriter: w}
 		returned := false
 		defer func() {
 			e := audit.Event{SourceAddr: r.RemoteAddr, Operation: r.Method + " " + pattern}
@@ -72,7 +62,7 @@ func (s *server) audited(next http.Handler) http.Handler {
 			if e.TaskID == 0 {
 				e.TaskID = patternID(pattern, path, paramTaskID)
 			}
-			e.Outcome, e.Message = rec.outcome()
+			e.Outcome, e.Message = ans.outcome(rec.status)
 			if !returned && rec.status < http.StatusBadRequest { // aborted (http.ErrAbortHandler)
 				e.Outcome, e.Message = audit.OutcomeInternal, "request aborted"
 			}
@@ -102,88 +92,40 @@ func patternID(pattern, path, name string) int64 {
 	return 0
 }
 
-// maxErrorBody bounds the error envelope kept to read its code and message.
-const maxErrorBody = 16 << 10
+// answer holds the error a request was answered with, for its audit record:
+// audited puts one in the request's context, writeError fills it
+// (recordAnswer).
+type answer struct{ err error }
 
-// auditWriter remembers the status and, for an error, the start of the
-// body (the error envelope).
-type auditWriter struct {
-	http.ResponseWriter
-	status int
-	body   bytes.Buffer
-}
+type answerKey struct{}
 
-func (w *auditWriter) WriteHeader(code int) {
-	if w.status == 0 {
-		w.status = code
+// recordAnswer keeps err as the answer of the request whose context ctx is,
+// if it is audited.
+func recordAnswer(ctx context.Context, err error) {
+	if a, ok := ctx.Value(answerKey{}).(*answer); ok {
+		a.err = err
 	}
-	w.ResponseWriter.WriteHeader(code)
 }
 
-func (w *auditWriter) Write(b []byte) (int, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	if w.status >= http.StatusBadRequest && w.body.Len() < maxErrorBody {
-		w.body.Write(b[:min(len(b), maxErrorBody-w.body.Len())])
-	}
-	return w.ResponseWriter.Write(b)
+// answered is an error as the client was told it: the message the envelope
+// carried, and the kind (or the adapter's own refusal) the answer stands
+// for; nil for an internal error.
+type answered struct {
+	msg  string
+	kind error
 }
 
-// Unwrap lets http.ResponseController reach the underlying writer.
-func (w *auditWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+func (e *answered) Error() string { return e.msg }
+func (e *answered) Unwrap() error { return e.kind }
 
-// outcomeByCode names the outcome of each error envelope code.
-var outcomeByCode = map[int]string{
-	CodeBadRequest:          audit.OutcomeInvalidArgument,
-	CodeUnauthenticated:     audit.OutcomeUnauthenticated,
-	CodeNotAuthorized:       audit.OutcomePermissionDenied,
-	CodeNotFound:            audit.OutcomeNotFound,
-	CodeTaskNotFound:        audit.OutcomeNotFound,
-	CodeMethodNotAllowed:    audit.OutcomeMethodNotAllowed,
-	CodeConflict:            audit.OutcomeConflict,
-	CodePayloadTooLarge:     audit.OutcomeResourceExhausted,
-	CodeUnsupportedMedia:    audit.OutcomeUnsupportedMedia,
-	CodeInternal:            audit.OutcomeInternal,
-	CodeUnavailable:         audit.OutcomeUnavailable,
-	CodeOperationNotAllowed: audit.OutcomeFailedPrecondition,
-	CodeRollbackProhibited:  audit.OutcomeFailedPrecondition,
-}
-
-// outcomeByStatus names the outcome of an error status whose envelope code
-// is unknown.
-var outcomeByStatus = map[int]string{
-	http.StatusBadRequest:            audit.OutcomeInvalidArgument,
-	http.StatusUnauthorized:          audit.OutcomeUnauthenticated,
-	http.StatusForbidden:             audit.OutcomePermissionDenied,
-	http.StatusNotFound:              audit.OutcomeNotFound,
-	http.StatusMethodNotAllowed:      audit.OutcomeMethodNotAllowed,
-	http.StatusConflict:              audit.OutcomeConflict,
-	http.StatusRequestEntityTooLarge: audit.OutcomeResourceExhausted,
-	http.StatusUnsupportedMediaType:  audit.OutcomeUnsupportedMedia,
-	http.StatusTooManyRequests:       audit.OutcomeResourceExhausted,
-	http.StatusInternalServerError:   audit.OutcomeInternal,
-	http.StatusServiceUnavailable:    audit.OutcomeUnavailable,
-}
-
-// outcome names how the call ended and, for an error, the message its
-// envelope carried.
-func (w *auditWriter) outcome() (outcome, message string) {
-	if w.status < http.StatusBadRequest { // 0: nothing written, an implicit 200
+// outcome names how a call answered with status ended and, for an error,
+// the message its envelope carried.
+func (a *answer) outcome(status int) (outcome, message string) {
+	switch {
+	case status < http.StatusBadRequest: // 0: nothing written, an implicit 200
 		return audit.OutcomeOK, ""
+	case a.err != nil:
+		return audit.OutcomeOf(a.err), a.err.Error()
 	}
-	var env struct {
-		Error struct {
-			Code    int    `json:"code"`
-			Message string `json:"message"`
-		} `json:"error"`
-	}
-	_ = json.Unmarshal(w.body.Bytes(), &env) // a body that is not an envelope leaves it zero
-	if o, ok := outcomeByCode[env.Error.Code]; ok {
-		return o, env.Error.Message
-	}
-	if o, ok := outcomeByStatus[w.status]; ok {
-		return o, env.Error.Message
-	}
-	return "HTTP_" + strconv.Itoa(w.status), env.Error.Message
+	return "HTTP_" + strconv.Itoa(status), "" // an error written without an envelope
 }

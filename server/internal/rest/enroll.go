@@ -1,24 +1,13 @@
 package rest
 
 import (
-	"context"
 	"fmt"
 	"net/http"
 	"time"
 
 	"agentplane/server/internal/enroll"
 	"agentplane/server/internal/errs"
-	"agentplane/server/internal/host"
 )
-
-// Enrollment is what the adapter needs from the agent identity service
-// (enroll.Service). Each method checks ADMIN itself.
-type Enrollment interface {
-	CreateJoinToken(ctx context.Context, hostName string, ttl time.Duration) (enroll.JoinToken, error)
-	RevokeHost(ctx context.Context, hostID int64) (*host.Host, error)
-}
-
-var _ Enrollment = (*enroll.Service)(nil)
 
 // enrollRoutes are the routes of agent identity: join tokens and host revocation.
 func (s *server) enrollRoutes() []route {

@@ -82,6 +82,7 @@ func (s *server) writeData(w http.ResponseWriter, r *http.Request, data any) {
 func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error, target string) {
 	st := stateFrom(r.Context())
 	e := apiErrorOf(err, target)
+	recordAnswer(r.Context(), &answered{msg: e.Message, kind: e.Kind})
 	if e.Status >= http.StatusInternalServerError {
 		ev := st.log.Error()
 		if r.Context().Err() != nil {
@@ -121,6 +122,7 @@ func (s *server) writeJSON(w http.ResponseWriter, r *http.Request, status int, v
 		// Only a programming error (an unmarshalable type) gets here.
 		stateFrom(r.Context()).log.Error().Err(err).Msg("encoding response")
 		status = http.StatusInternalServerError
+		recordAnswer(r.Context(), &answered{msg: "internal server error"})
 		b = []byte(`{"successful":false,"status":500,"error":{"code":10500,"message":"internal server error","subErrors":[]}}`)
 	}
 	w.Header().Set("Content-Type", "application/json")

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"agentplane/server/internal/audit"
 	"agentplane/server/internal/errs"
 	"agentplane/server/internal/task"
 )
@@ -25,7 +26,8 @@ import (
 //	404   20000  task or subtask not found (errs.ErrNotFound for a taskInstanceId or subtaskInstanceId)
 //	404   10004  not found: host, user, or an unknown path (errs.ErrNotFound)
 //	405   10005  method not allowed on this path (Allow header lists the methods)
-//	409   10009  conflict: already exists, or held by other work, named in the message (errs.ErrConflict)
+//	409   10009  conflict: already exists, or held by other work, named in the message (errs.ErrConflict);
+//	             or work in flight the server ended, which may succeed if tried again (errs.ErrAborted)
 //	413   10013  request body larger than Config.MaxBodyBytes
 //	415   10015  request body is not application/json
 //	429   10029  too many failed authentication attempts; Retry-After says when to try again (errs.ErrTooManyRequests)
@@ -49,11 +51,21 @@ const (
 	CodeNotAuthorized       = 30014
 )
 
-// Errors the adapter itself raises besides the errs kinds.
+// Errors the adapter itself raises besides the errs kinds. A path no route
+// serves is answered, and recorded, as an errs.ErrNotFound; the others name
+// their audit outcome (audit.Outcomer).
 var (
 	errRouteNotFound        = errors.New("no such API path")
-	errUnsupportedMediaType = errors.New("request body must be application/json")
+	errUnsupportedMediaType = &refusal{"request body must be application/json", audit.OutcomeUnsupportedMedia}
+	// errBodyTooLarge is what an *http.MaxBytesError is answered as.
+	errBodyTooLarge = &refusal{"request body too large", audit.OutcomeResourceExhausted}
 )
+
+// refusal is an error of the adapter's own that no errs kind names.
+type refusal struct{ msg, outcome string }
+
+func (e *refusal) Error() string        { return e.msg }
+func (e *refusal) AuditOutcome() string { return e.outcome }
 
 // methodNotAllowedError is a known path asked with the wrong method.
 type methodNotAllowedError struct{ allow string }
@@ -62,10 +74,17 @@ func (e *methodNotAllowedError) Error() string {
 	return "method not allowed; allowed: " + e.allow
 }
 
+// AuditOutcome makes a 405 recorded as such.
+func (e *methodNotAllowedError) AuditOutcome() string { return audit.OutcomeMethodNotAllowed }
+
 // apiError is an error as the client sees it.
 type apiError struct {
-	Status       int
-	Code         int
+	Status int
+	Code   int
+	// Kind is what the answer stands for: the errs kind err wraps, or the
+	// adapter's own refusal; nil for an internal error. The audit record
+	// takes its outcome from it (answered).
+	Kind         error
 	Message      string
 	DebugMessage string
 	Target       string
@@ -94,19 +113,19 @@ func subtaskTarget(err error) string {
 // Messages of errs kinds are meant for callers and are sent; anything else is
 // an internal error whose text is never sent.
 func apiErrorOf(err error, target string) apiError {
-	e := apiError{Message: err.Error(), Target: target}
+	e := apiError{Message: err.Error(), Target: target, Kind: errs.Kind(err)}
 	var tooLarge *http.MaxBytesError
 	var notAllowed *methodNotAllowedError
 	switch {
 	case errors.As(err, &tooLarge):
-		e.Status, e.Code = http.StatusRequestEntityTooLarge, CodePayloadTooLarge
+		e.Status, e.Code, e.Kind = http.StatusRequestEntityTooLarge, CodePayloadTooLarge, errBodyTooLarge
 		e.Message = fmt.Sprintf("request body exceeds %d bytes", tooLarge.Limit)
 	case errors.As(err, &notAllowed):
-		e.Status, e.Code, e.Allow = http.StatusMethodNotAllowed, CodeMethodNotAllowed, notAllowed.allow
+		e.Status, e.Code, e.Kind, e.Allow = http.StatusMethodNotAllowed, CodeMethodNotAllowed, notAllowed, notAllowed.allow
 	case errors.Is(err, errRouteNotFound):
-		e.Status, e.Code = http.StatusNotFound, CodeNotFound
+		e.Status, e.Code, e.Kind = http.StatusNotFound, CodeNotFound, errs.ErrNotFound
 	case errors.Is(err, errUnsupportedMediaType):
-		e.Status, e.Code = http.StatusUnsupportedMediaType, CodeUnsupportedMedia
+		e.Status, e.Code, e.Kind = http.StatusUnsupportedMediaType, CodeUnsupportedMedia, errUnsupportedMediaType
 	case errors.Is(err, errs.ErrInvalidArgument):
 		e.Status, e.Code = http.StatusBadRequest, CodeBadRequest
 	case errors.Is(err, errs.ErrUnauthenticated):
@@ -118,7 +137,7 @@ func apiErrorOf(err error, target string) apiError {
 		if target == targetTaskID || target == targetSubtaskID {
 			e.Code = CodeTaskNotFound
 		}
-	case errors.Is(err, errs.ErrConflict):
+	case errors.Is(err, errs.ErrConflict), errors.Is(err, errs.ErrAborted):
 		e.Status, e.Code = http.StatusConflict, CodeConflict
 	case errors.Is(err, errs.ErrFailedPrecondition):
 		e.Status, e.Code = http.StatusBadRequest, CodeOperationNotAllowed
@@ -136,7 +155,7 @@ func apiErrorOf(err error, target string) apiError {
 			e.RetryAfter = max(int64((ra.RetryAfter()+time.Second-1)/time.Second), 1)
 		}
 	case errors.Is(err, context.DeadlineExceeded):
-		e.Status, e.Code = http.StatusServiceUnavailable, CodeUnavailable
+		e.Status, e.Code, e.Kind = http.StatusServiceUnavailable, CodeUnavailable, errs.ErrUnavailable
 		e.Message = "request timed out"
 	default:
 		e.Status, e.Code = http.StatusInternalServerError, CodeInternal

@@ -6,6 +6,7 @@ import (
 
 	"agentplane/server/internal/auth"
 	"agentplane/server/internal/host"
+	"agentplane/server/internal/paging"
 	"agentplane/server/internal/task"
 )
 
@@ -14,12 +15,6 @@ const (
 	paramHostID    = "hostId"
 	paramTaskID    = targetTaskID
 	paramSubtaskID = targetSubtaskID
-)
-
-// List paging: page is 1-based.
-const (
-	defaultPageSize = 20
-	maxPageSize     = 2000
 )
 
 // hostOp serves POST /compute/hosts/{hostId}/agent/{stop,start,restart}
@@ -53,7 +48,8 @@ func (s *server) hostOp(op func(ctx context.Context, hostID int64) (*task.Task, 
 
 // batchOp serves POST /compute/hosts/{batchStopAgents,batchRestartAgents}
 // {"hostIds":[...]} → the created task. The host service validates the ids
-// (1..2000 distinct positive ids of known hosts). Idempotency-Key as hostOp.
+// (1..agentop.MaxBatch, 10,000, distinct positive ids of known hosts).
+// Idempotency-Key as hostOp.
 func (s *server) batchOp(op func(ctx context.Context, hostIDs []int64) (*task.Task, error)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		var req batchRequest
@@ -112,7 +108,7 @@ func (s *server) listHosts(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err, "page")
 		return
 	}
-	size, err := queryInt(r, "size", defaultPageSize, 1, maxPageSize)
+	size, err := queryInt(r, "size", paging.DefaultSize, 1, paging.MaxSize)
 	if err != nil {
 		s.writeError(w, r, err, "size")
 		return
@@ -172,7 +168,7 @@ func taskListQuery(r *http.Request) (task.ListQuery, string, error) {
 	if q.Page, err = queryInt(r, "page", 1, 1, maxPage); err != nil {
 		return q, "page", err
 	}
-	if q.Size, err = queryInt(r, "size", defaultPageSize, 1, maxPageSize); err != nil {
+	if q.Size, err = queryInt(r, "size", paging.DefaultSize, 1, paging.MaxSize); err != nil {
 		return q, "size", err
 	}
 	v := r.URL.Query()

@@ -7,13 +7,6 @@ import (
 	"agentplane/server/internal/errs"
 )
 
-// StoreHealth says whether the data store can be written (store.Store).
-type StoreHealth interface {
-	// Writable returns nil while the store can be written, else why not (an
-	// errs.ErrStoreUnavailable).
-	Writable() error
-}
-
 // healthPaths are where health is served, without credentials.
 var healthPaths = map[string]bool{"/health": true, apiPrefix + "/health": true}
 

@@ -1,25 +1,11 @@
 package rest
 
 import (
-	"context"
 	"net/http"
 
 	"agentplane/server/internal/audit"
 	"agentplane/server/internal/auth"
 )
-
-// AccessKeys is what the adapter needs from the access key service
-// (auth.AccessKeyService): verifying signed requests, and managing keys.
-// The managing methods check the caller themselves (their own keys, or
-// ADMIN).
-type AccessKeys interface {
-	Verify(ctx context.Context, r *auth.SignedRequest) (auth.Principal, error)
-	CreateAccessKey(ctx context.Context, username string) (auth.AccessKey, string, error)
-	ListAccessKeys(ctx context.Context, username string) ([]auth.AccessKey, error)
-	DeleteAccessKey(ctx context.Context, id string) error
-}
-
-var _ AccessKeys = (*auth.AccessKeyService)(nil)
 
 // paramAccessKeyID is the path parameter naming an access key.
 const paramAccessKeyID = "accessKeyId"

@@ -61,7 +61,7 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	defer func() {
 		if v := recover(); v != nil {
-			if v == http.ErrAbortHandler {
+			if err, ok := v.(error); ok && errors.Is(err, http.ErrAbortHandler) {
 				panic(v)
 			}
 			st.log.Error().Str("panic", fmt.Sprint(v)).Bytes("stack", debug.Stack()).Msg("handler panicked")
@@ -117,20 +117,13 @@ func canonicalPath(p string) bool {
 	return c == p
 }
 
-// authenticate returns the caller of r, from its one Authorization header:
-//
-//   - "Basic": a username and password (Users);
-//   - "OCP-ACCESS-KEY-HMACSHA1 AK:Signature": a request signed with an
-//     access key (AccessKeys.Verify; see auth.StringToSign). The body is
-//     read first, up to MaxBodyBytes (larger: a 413, never a silent
-//     truncation), to hash it; the handler then reads the same bytes.
-//
-// Each attempt runs under the Throttle, keyed by the claimed username or
-// access key id and by r.RemoteAddr (signatures apart from passwords): a
-// locked-out caller gets a 429 before anything is checked or read. No error repeats a password, a signature or
-// the header.
+// authenticate returns the caller of r (auth.Authenticator.Authenticate)
+// from its one Authorization header. For an access-key signature the body
+// is read first, up to MaxBodyBytes (larger: a 413, never a silent
+// truncation), to hash it; the handler then reads the same bytes. The
+// signature covers r's method, body, Content-Type, Date, Host, OCP headers,
+// path as sent and query (see auth.StringToSign).
 func (s *server) authenticate(w http.ResponseWriter, r *http.Request) (auth.Principal, error) {
-	ctx, addr := r.Context(), r.RemoteAddr
 	vals := r.Header.Values("Authorization")
 	switch {
 	case len(vals) == 0:
@@ -138,32 +131,15 @@ func (s *server) authenticate(w http.ResponseWriter, r *http.Request) (auth.Prin
 	case len(vals) > 1:
 		return auth.Principal{}, fmt.Errorf("the Authorization header is sent %d times, at most once allowed: %w", len(vals), errs.ErrUnauthenticated)
 	}
-	scheme, cred, _ := strings.Cut(vals[0], " ")
-	switch {
-	case strings.EqualFold(scheme, "Basic"):
-		username, password, ok := r.BasicAuth()
-		if !ok {
-			return s.cfg.Throttle.Do(ctx, "", addr, refuse(fmt.Errorf("malformed Basic credentials: %w", errs.ErrUnauthenticated)))
-		}
-		return s.cfg.Throttle.Do(ctx, username, addr, func(ctx context.Context) (auth.Principal, error) {
-			return s.cfg.Users.Authenticate(ctx, username, password)
-		})
-	case strings.EqualFold(scheme, auth.SignatureScheme):
-		if s.cfg.AccessKeys == nil {
-			return auth.Principal{}, fmt.Errorf("access keys are not enabled on this server: %w", errs.ErrUnauthenticated)
-		}
-		ak, sig, err := auth.ParseSignatureCredentials(cred)
-		if err != nil {
-			return s.cfg.Throttle.Do(ctx, "", addr, refuse(err))
-		}
-		return s.cfg.Throttle.DoSigned(ctx, ak, addr, func(ctx context.Context) (auth.Principal, error) {
+	return s.auth.Authenticate(r.Context(), auth.Credentials{
+		Authorization: vals[0],
+		Addr:          r.RemoteAddr,
+		Signed: func(context.Context) (*auth.SignedRequest, func() error, error) {
 			body, err := s.bufferBody(w, r)
 			if err != nil {
-				return auth.Principal{}, err
+				return nil, nil, err
 			}
-			return s.cfg.AccessKeys.Verify(ctx, &auth.SignedRequest{
-				AccessKeyID: ak,
-				Signature:   sig,
+			return &auth.SignedRequest{
 				Method:      r.Method,
 				Body:        body,
 				ContentType: r.Header.Get("Content-Type"),
@@ -172,15 +148,9 @@ func (s *server) authenticate(w http.ResponseWriter, r *http.Request) (auth.Prin
 				Headers:     r.Header,
 				Path:        requestPath(r),
 				RawQuery:    r.URL.RawQuery,
-			})
-		})
-	}
-	return auth.Principal{}, fmt.Errorf("unsupported authorization scheme; use HTTP Basic or %s: %w", auth.SignatureScheme, errs.ErrUnauthenticated)
-}
-
-// refuse is a verification that fails with err.
-func refuse(err error) func(context.Context) (auth.Principal, error) {
-	return func(context.Context) (auth.Principal, error) { return auth.Principal{}, err }
+			}, nil, nil
+		},
+	})
 }
 
 // bufferBody reads r's whole body, at most MaxBodyBytes (an
@@ -193,7 +163,7 @@ func (s *server) bufferBody(w http.ResponseWriter, r *http.Request) ([]byte, err
 		return nil, err
 	}
 	if err != nil {
-		return nil, fmt.Errorf("reading the request body: %v: %w", err, errs.ErrInvalidArgument)
+		return nil, fmt.Errorf("reading the request body: %w: %w", err, errs.ErrInvalidArgument)
 	}
 	r.Body = io.NopCloser(bytes.NewReader(body))
 	return body, nil
@@ -209,8 +179,8 @@ func requestPath(r *http.Request) string {
 	return r.URL.EscapedPath()
 }
 
-// statusRecorder remembers the status written, for the access log and for
-// knowing whether a panic can still be answered.
+// statusRecorder remembers the status written, for the access log, the
+// audit record and knowing whether a panic can still be answered.
 type statusRecorder struct {
 	http.ResponseWriter
 	status int

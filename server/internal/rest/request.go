@@ -135,7 +135,7 @@ func duplicateKey(data []byte) error {
 	for {
 		tok, err := dec.Token()
 		if err != nil {
-			return nil
+			return nil //nolint:nilerr // malformed text is the decoder's to report (see above)
 		}
 		var top *frame
 		if len(stack) > 0 {
@@ -179,7 +179,7 @@ func bodyError(err error) error {
 	case errors.Is(err, io.EOF):
 		return fmt.Errorf("request body is empty: %w", errs.ErrInvalidArgument)
 	default:
-		return fmt.Errorf("malformed JSON body: %v: %w", err, errs.ErrInvalidArgument)
+		return fmt.Errorf("malformed JSON body: %w: %w", err, errs.ErrInvalidArgument)
 	}
 }
 

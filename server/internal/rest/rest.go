@@ -1,67 +1,29 @@
 // Package rest is the OCP-compatible REST adapter: it serves OCP's paths
-// (bare and under /api/v2) over net/http, authenticates callers with HTTP
-// Basic, translates between JSON and the domain types, and renders OCP's
-// success and error envelopes. Authorization stays in the domain services.
+// (bare and under /api/v2) over net/http, authenticates callers (HTTP Basic
+// or an OCP access-key signature, through auth.Authenticator), translates
+// between JSON and the domain types (the interfaces of package api), and
+// renders OCP's success and error envelopes, mapping errors once
+// (apiErrorOf). Authorization stays in the domain services.
 package rest
 
 import (
-	"context"
 	"net/http"
 	"time"
 
 	"github.com/rs/zerolog"
 
+	"agentplane/server/internal/api"
 	"agentplane/server/internal/auth"
-	"agentplane/server/internal/host"
-	"agentplane/server/internal/task"
 )
-
-// Hosts is what the adapter needs from the host service (agentop.Service).
-// Each method checks the caller's role itself (auth.Require). The methods
-// that create a task honour an Idempotency-Key in ctx
-// (task.WithIdempotencyKey).
-type Hosts interface {
-	StopAgent(ctx context.Context, hostID int64) (*task.Task, error)
-	StartAgent(ctx context.Context, hostID int64) (*task.Task, error)
-	RestartAgent(ctx context.Context, hostID int64) (*task.Task, error)
-	BatchStopAgents(ctx context.Context, hostIDs []int64) (*task.Task, error)
-	BatchRestartAgents(ctx context.Context, hostIDs []int64) (*task.Task, error)
-	GetHost(ctx context.Context, id int64) (*host.Host, error)
-	ListHosts(ctx context.Context, q host.ListQuery) (host.Page, error)
-	GetHostAgent(ctx context.Context, hostID int64) (*host.Agent, error)
-}
-
-// Tasks is what the adapter needs from the task service (task.Engine).
-// Each method checks the caller's role itself.
-type Tasks interface {
-	GetTask(ctx context.Context, id int64) (*task.Task, error)
-	ListTasks(ctx context.Context, q task.ListQuery) (task.Page, error)
-	RetryTask(ctx context.Context, id int64) (*task.Task, error)
-	RollbackTask(ctx context.Context, id int64) (*task.Task, error)
-	RetrySubtask(ctx context.Context, taskID, subtaskID int64) (*task.Task, error)
-	SkipSubtask(ctx context.Context, taskID, subtaskID int64) (*task.Task, error)
-	CancelSubtask(ctx context.Context, taskID, subtaskID int64) (*task.Task, error)
-	SubtaskLog(ctx context.Context, taskID, subtaskID int64, q task.LogQuery) (task.LogPage, error)
-}
-
-var _ Tasks = (*task.Engine)(nil)
-
-// Users is what the adapter needs from the user service (auth.Service).
-type Users interface {
-	Authenticate(ctx context.Context, username, password string) (auth.Principal, error)
-	CreateUser(ctx context.Context, username, password string, roles []auth.Role) (auth.User, error)
-}
-
-var _ Users = (*auth.Service)(nil)
 
 // DefaultMaxBodyBytes is the request body limit when Config leaves it zero.
 const DefaultMaxBodyBytes = 1 << 20
 
 // Config wires the handler. Hosts, Tasks and Users are required.
 type Config struct {
-	Hosts Hosts
-	Tasks Tasks
-	Users Users
+	Hosts api.Hosts
+	Tasks api.Tasks
+	Users api.Users
 	// Log receives the access log and errors; each request's logger (with
 	// trace_id) is also put in the request context for zerolog.Ctx.
 	Log zerolog.Logger
@@ -71,20 +33,20 @@ type Config struct {
 	Now func() time.Time
 	// AccessKeys verifies access-key signatures and serves /iam/accessKeys
 	// (iam.go); nil: neither (signed requests get 401).
-	AccessKeys AccessKeys
+	AccessKeys api.AccessKeys
 	// Throttle slows down and locks out callers that keep failing to
 	// authenticate; share one with the gRPC adapter. Default: a Throttle of
 	// its own with auth's default limits.
 	Throttle *auth.Throttle
 	// Enroll serves POST /agent/joinTokens and POST
 	// /compute/hosts/{hostId}/revoke (enroll.go); nil: neither.
-	Enroll Enrollment
+	Enroll api.Enrollment
 	// Audit records every mutating call and serves GET /audit/events
 	// (auditlog.go, audit.go); nil: neither.
-	Audit Auditor
+	Audit api.Auditor
 	// Store serves GET /health, without credentials (health.go); nil: no
 	// such path.
-	Store StoreHealth
+	Store api.StoreHealth
 }
 
 // apiPrefix is where OCP serves its API; every route is also served bare.
@@ -102,14 +64,16 @@ func NewHandler(cfg Config) http.Handler {
 		cfg.Throttle = auth.NewThrottle(auth.ThrottleConfig{})
 	}
 	s := &server{cfg: cfg, mux: http.NewServeMux()}
+	s.auth = auth.Authenticator{Users: cfg.Users, Keys: cfg.AccessKeys, Throttle: cfg.Throttle}
 	s.routes()
 	return s.audited(s)
 }
 
 // server is the handler NewHandler returns.
 type server struct {
-	cfg Config
-	mux *http.ServeMux
+	cfg  Config
+	mux  *http.ServeMux
+	auth auth.Authenticator
 }
 
 // route is one endpoint.

@@ -16,10 +16,10 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	agentv1 "agentplane/gen/agentplane/agent/v1"
+	"agentplane/server/internal/api"
 	"agentplane/server/internal/enroll"
 	"agentplane/server/internal/errs"
 	"agentplane/server/internal/fleet"
-	"agentplane/server/internal/host"
 	"agentplane/server/internal/pki"
 )
 
@@ -27,12 +27,9 @@ import (
 // and revocation (HostService), enrollment and renewal (AgentService). Each
 // method checks what it needs itself (ADMIN, or the token).
 type Enrollment interface {
-	CreateJoinToken(ctx context.Context, hostName string, ttl time.Duration) (enroll.JoinToken, error)
-	Enroll(ctx context.Context, token, hostName string, csrDER []byte, innerIP, machineID, addr string) (hostID int64, certDER, caPEM []byte, err error)
-	Renew(ctx context.Context, presented enroll.Cert, csrDER []byte, addr string) ([]byte, error)
-	RevokeHost(ctx context.Context, hostID int64) (*host.Host, error)
-	ListCertificates(ctx context.Context, hostID int64) ([]enroll.Cert, error)
-	RevokeCertificate(ctx context.Context, serial string) (enroll.Cert, error)
+	api.Enrollment
+	api.AgentEnrollment
+	api.Certificates
 }
 
 // Fleet is what the agent stream adapter needs.
@@ -98,7 +95,11 @@ var _ agentv1.AgentServiceServer = (*agentServer)(nil)
 // RESOURCE_EXHAUSTED, as does a host over the fleet's stream bounds
 // (fleet.ErrTooManyStreams, fleet.ErrTooManyReplacements). A message the
 // server cannot use (no kind set, a second Hello, a result without a
-// known outcome) ends the stream with INVALID_ARGUMENT.
+// known outcome) ends the stream with INVALID_ARGUMENT. A session the fleet
+// ends is answered by its error's kind (toStatus): ABORTED when the server
+// ended it (replaced by a newer stream, too slow to read, lost:
+// errs.ErrAborted), PERMISSION_DENIED for a revoked host or certificate,
+// UNAVAILABLE while the server shuts down.
 func (s *agentServer) Connect(stream agentv1.AgentService_ConnectServer) error {
 	ctx, cancel := context.WithCancel(stream.Context())
 	defer cancel()
@@ -155,23 +156,29 @@ func (s *agentServer) Connect(stream agentv1.AgentService_ConnectServer) error {
 		log.Debug().Msg("agent stream ended")
 		return nil
 	}
-	if errors.Is(err, fleet.ErrReplaced) || errors.Is(err, fleet.ErrSlowAgent) || errors.Is(err, fleet.ErrLost) {
-		log.Info().Err(err).Msg("agent stream ended by the server")
-		return status.Error(codes.Aborted, err.Error())
-	}
-	if errors.Is(err, fleet.ErrClosing) {
-		return toStatus(ctx, err)
-	}
-	if errors.Is(err, fleet.ErrRevoked) || errors.Is(err, fleet.ErrCertRevoked) {
-		log.Warn().Err(err).Msg("agent stream of a revoked host or certificate ended")
-		return toStatus(ctx, err)
-	}
-	if status.Code(err) == codes.ResourceExhausted {
-		log.Warn().Err(err).Msg("agent stream ended over a limit")
-		return err
-	}
-	log.Info().Err(err).Msg("agent stream failed")
+	logStreamEnd(log, err)
 	return toStatus(ctx, err)
+}
+
+// logStreamEnd logs why an agent stream ended, at a level chosen by the
+// error's kind: work the server ended (errs.ErrAborted: replaced, too slow,
+// lost) at info; a revoked host or certificate (errs.ErrPermissionDenied)
+// and a limit (errs.ErrTooManyRequests, RESOURCE_EXHAUSTED) at warn; the
+// server shutting down or the session gone (errs.ErrUnavailable) at debug:
+// at shutdown every agent's stream ends so; anything else at info.
+func logStreamEnd(log zerolog.Logger, err error) {
+	switch {
+	case errors.Is(err, errs.ErrAborted):
+		log.Info().Err(err).Msg("agent stream ended by the server")
+	case errors.Is(err, errs.ErrUnavailable):
+		log.Debug().Err(err).Msg("agent stream ended: unavailable")
+	case errors.Is(err, errs.ErrPermissionDenied):
+		log.Warn().Err(err).Msg("agent stream of a revoked host or certificate ended")
+	case errors.Is(err, errs.ErrTooManyRequests), status.Code(err) == codes.ResourceExhausted:
+		log.Warn().Err(err).Msg("agent stream ended over a limit")
+	default:
+		log.Info().Err(err).Msg("agent stream failed")
+	}
 }
 
 // Enroll exchanges a join token and a CSR for the host's client

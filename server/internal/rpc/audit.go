@@ -2,6 +2,7 @@ package rpc
 
 import (
 	"context"
+	"errors"
 	"strings"
 
 	"google.golang.org/grpc"
@@ -11,19 +12,10 @@ import (
 
 	auditv1 "agentplane/gen/agentplane/audit/v1"
 	taskv1 "agentplane/gen/agentplane/task/v1"
+	"agentplane/server/internal/api"
 	"agentplane/server/internal/audit"
+	"agentplane/server/internal/errs"
 )
-
-// Auditor records calls and reads the record (audit.Service).
-type Auditor interface {
-	// Record stores e; it never fails the call (failures are logged).
-	Record(ctx context.Context, e audit.Event)
-	// ListEvents returns a page of the record; it checks that the caller is
-	// ADMIN.
-	ListEvents(ctx context.Context, q audit.Query) (audit.Page, error)
-}
-
-var _ Auditor = (*audit.Service)(nil)
 
 // registerAudit registers AuditService when cfg.Audit is set.
 func registerAudit(s *grpc.Server, cfg Config) {
@@ -36,7 +28,7 @@ func registerAudit(s *grpc.Server, cfg Config) {
 // (see audited); it must be the first of the chain, before authentication,
 // so that refused calls are recorded too. With a nil Auditor it only calls
 // the handler.
-func auditUnary(a Auditor) grpc.UnaryServerInterceptor {
+func auditUnary(a api.Auditor) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 		if a == nil || !audited(info.FullMethod) {
 			return h(ctx, req)
@@ -54,10 +46,9 @@ func auditUnary(a Auditor) grpc.UnaryServerInterceptor {
 		if e.TaskID == 0 {
 			e.TaskID = taskIDOf(info.FullMethod, req)
 		}
-		st := status.Convert(err)
-		e.Outcome = outcomeOf(st.Code())
+		e.Outcome = outcome(err)
 		if err != nil {
-			e.Message = st.Message()
+			e.Message = status.Convert(err).Message()
 		}
 		a.Record(ctx, e)
 		return resp, err
@@ -106,28 +97,35 @@ func taskIDOf(fullMethod string, req any) int64 {
 	return 0
 }
 
-// outcomeByCode names the outcome of each gRPC code (errors.go maps the
-// error kinds to the codes).
-var outcomeByCode = map[codes.Code]string{
-	codes.OK:                 audit.OutcomeOK,
-	codes.Canceled:           audit.OutcomeCanceled,
-	codes.InvalidArgument:    audit.OutcomeInvalidArgument,
-	codes.OutOfRange:         audit.OutcomeInvalidArgument,
-	codes.DeadlineExceeded:   audit.OutcomeDeadlineExceeded,
-	codes.NotFound:           audit.OutcomeNotFound,
-	codes.AlreadyExists:      audit.OutcomeConflict,
-	codes.Aborted:            audit.OutcomeConflict,
-	codes.PermissionDenied:   audit.OutcomePermissionDenied,
-	codes.ResourceExhausted:  audit.OutcomeResourceExhausted,
-	codes.FailedPrecondition: audit.OutcomeFailedPrecondition,
-	codes.Unimplemented:      audit.OutcomeUnimplemented,
-	codes.Unavailable:        audit.OutcomeUnavailable,
-	codes.Unauthenticated:    audit.OutcomeUnauthenticated,
+// outcome names how a call that ended with err ended (audit.OutcomeOf).
+// An error toStatus made keeps the domain error and its kind; a status that
+// gRPC or the adapter raised itself (UNIMPLEMENTED, a malformed request) is
+// named by its code.
+func outcome(err error) string {
+	if errs.Kind(err) != nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return audit.OutcomeOf(err)
+	}
+	return outcomeOf(status.Code(err))
 }
 
+// outcomeOf names the outcome of a status of code c that carries no error:
+// the outcome of the kinds codeOf answers with c (they share one), or of
+// the context error c stands for; UNIMPLEMENTED; else INTERNAL.
 func outcomeOf(c codes.Code) string {
-	if o, ok := outcomeByCode[c]; ok {
-		return o
+	switch c {
+	case codes.OK:
+		return audit.OutcomeOK
+	case codes.Canceled:
+		return audit.OutcomeOf(context.Canceled)
+	case codes.DeadlineExceeded:
+		return audit.OutcomeOf(context.DeadlineExceeded)
+	case codes.Unimplemented:
+		return audit.OutcomeUnimplemented
+	}
+	for kind, kc := range codeOf {
+		if kc == c {
+			return audit.OutcomeOf(kind)
+		}
 	}
 	return audit.OutcomeInternal // Unknown, Internal, DataLoss
 }
@@ -135,7 +133,7 @@ func outcomeOf(c codes.Code) string {
 // auditServer serves AuditService.
 type auditServer struct {
 	auditv1.UnimplementedAuditServiceServer
-	audit Auditor
+	audit api.Auditor
 }
 
 var _ auditv1.AuditServiceServer = (*auditServer)(nil)

@@ -18,6 +18,7 @@ var codeOf = map[error]codes.Code{
 	errs.ErrPermissionDenied:   codes.PermissionDenied,
 	errs.ErrNotFound:           codes.NotFound,
 	errs.ErrConflict:           codes.Aborted,
+	errs.ErrAborted:            codes.Aborted,
 	errs.ErrFailedPrecondition: codes.FailedPrecondition,
 	errs.ErrRollbackProhibited: codes.FailedPrecondition,
 	errs.ErrUnavailable:        codes.Unavailable,
@@ -25,8 +26,9 @@ var codeOf = map[error]codes.Code{
 	errs.ErrStoreUnavailable:   codes.Unavailable,
 }
 
-// toStatus turns a domain error into a gRPC status. Internal errors are
-// logged and answered without their details.
+// toStatus turns a domain error into a gRPC status error that keeps err
+// (statusError), so that the audit record takes its outcome from err's kind.
+// Internal errors are logged and answered without their details.
 func toStatus(ctx context.Context, err error) error {
 	if err == nil {
 		return nil
@@ -36,18 +38,29 @@ func toStatus(ctx context.Context, err error) error {
 	}
 	switch {
 	case errors.Is(err, context.Canceled):
-		return status.Error(codes.Canceled, err.Error())
+		return &statusError{status.New(codes.Canceled, err.Error()), err}
 	case errors.Is(err, context.DeadlineExceeded):
-		return status.Error(codes.DeadlineExceeded, err.Error())
+		return &statusError{status.New(codes.DeadlineExceeded, err.Error()), err}
 	}
 	if msg := errs.StoreMessage(err); msg != "" {
 		// The cause (the driver's text) is logged, not sent.
 		zerolog.Ctx(ctx).Error().Err(err).Msg("data store failure")
-		return status.Error(codes.Unavailable, msg)
+		return &statusError{status.New(codes.Unavailable, msg), err}
 	}
 	if c, ok := codeOf[errs.Kind(err)]; ok {
-		return status.Error(c, err.Error())
+		return &statusError{status.New(c, err.Error()), err}
 	}
 	zerolog.Ctx(ctx).Error().Err(err).Msg("internal error")
-	return status.Error(codes.Internal, "internal error; see the server log")
+	return &statusError{status.New(codes.Internal, "internal error; see the server log"), err}
 }
+
+// statusError is the status a domain error is answered with; it unwraps to
+// the domain error. Its text is the status's, as status.Error's is.
+type statusError struct {
+	st  *status.Status
+	err error
+}
+
+func (e *statusError) Error() string              { return e.st.Err().Error() }
+func (e *statusError) GRPCStatus() *status.Status { return e.st }
+func (e *statusError) Unwrap() error              { return e.err }

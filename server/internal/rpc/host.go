@@ -8,28 +8,15 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	hostv1 "agentplane/gen/agentplane/host/v1"
+	"agentplane/server/internal/api"
 	"agentplane/server/internal/errs"
 	"agentplane/server/internal/host"
 	"agentplane/server/internal/task"
 )
 
-// Hosts is the host API the adapter serves (agentop.Service). Each method
-// checks the caller's role itself. The methods that create a task honour an
-// Idempotency-Key in ctx (task.WithIdempotencyKey).
-type Hosts interface {
-	StopAgent(ctx context.Context, hostID int64) (*task.Task, error)
-	StartAgent(ctx context.Context, hostID int64) (*task.Task, error)
-	RestartAgent(ctx context.Context, hostID int64) (*task.Task, error)
-	BatchStopAgents(ctx context.Context, hostIDs []int64) (*task.Task, error)
-	BatchRestartAgents(ctx context.Context, hostIDs []int64) (*task.Task, error)
-	GetHost(ctx context.Context, id int64) (*host.Host, error)
-	ListHosts(ctx context.Context, q host.ListQuery) (host.Page, error)
-	GetHostAgent(ctx context.Context, hostID int64) (*host.Agent, error)
-}
-
 type hostServer struct {
 	hostv1.UnimplementedHostServiceServer
-	hosts  Hosts
+	hosts  api.Hosts
 	enroll Enrollment // join tokens and revocation (enroll.go); nil: unimplemented
 }
 

@@ -5,28 +5,17 @@ import (
 	"fmt"
 
 	iamv1 "agentplane/gen/agentplane/iam/v1"
+	"agentplane/server/internal/api"
 	"agentplane/server/internal/audit"
 	"agentplane/server/internal/auth"
 	"agentplane/server/internal/errs"
 )
 
-// AccessKeys is what the adapter needs from the access key service
-// (auth.AccessKeyService): verifying signed calls, and managing keys. The
-// managing methods check the caller themselves (their own keys, or ADMIN).
-type AccessKeys interface {
-	Verify(ctx context.Context, r *auth.SignedRequest) (auth.Principal, error)
-	CreateAccessKey(ctx context.Context, username string) (auth.AccessKey, string, error)
-	ListAccessKeys(ctx context.Context, username string) ([]auth.AccessKey, error)
-	DeleteAccessKey(ctx context.Context, id string) error
-}
-
-var _ AccessKeys = (*auth.AccessKeyService)(nil)
-
 // iamServer serves IamService; with no AccessKeys every call is
 // UNIMPLEMENTED.
 type iamServer struct {
 	iamv1.UnimplementedIamServiceServer
-	keys AccessKeys
+	keys api.AccessKeys
 }
 
 var _ iamv1.IamServiceServer = (*iamServer)(nil)

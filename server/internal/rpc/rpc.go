@@ -1,14 +1,15 @@
-// Package rpc is the gRPC adapter: HostService, TaskService and the
-// AgentService stream, plus authentication, health and reflection. It
-// translates between protobuf and the domain packages, and maps domain
-// errors to gRPC codes in one place (errors.go).
+// Package rpc is the gRPC adapter: HostService, TaskService, IamService,
+// AuditService and the AgentService stream, plus authentication (through
+// auth.Authenticator), health and reflection. It translates between protobuf
+// and the domain (the interfaces of package api), maps domain errors to gRPC
+// codes in one place (errors.go), and records mutating calls with the
+// outcome of the error's kind (audit.go).
 package rpc
 
 import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
-	"encoding/base64"
 	"encoding/hex"
 	"fmt"
 	"strings"
@@ -30,26 +31,23 @@ import (
 	hostv1 "agentplane/gen/agentplane/host/v1"
 	iamv1 "agentplane/gen/agentplane/iam/v1"
 	taskv1 "agentplane/gen/agentplane/task/v1"
+	"agentplane/server/internal/api"
 	"agentplane/server/internal/audit"
 	"agentplane/server/internal/auth"
 	"agentplane/server/internal/errs"
 )
 
-// Authenticator checks user credentials.
-type Authenticator interface {
-	Authenticate(ctx context.Context, username, password string) (auth.Principal, error)
-}
-
 // Config wires the adapter to the domain.
 type Config struct {
-	Hosts Hosts
+	Hosts api.Hosts
 	Tasks Tasks
 	Fleet Fleet
-	Users Authenticator
+	// Users checks the passwords of HTTP Basic credentials.
+	Users auth.PasswordChecker
 	// AccessKeys verifies access-key signatures and serves IamService
 	// (iam.go); nil: signed calls are refused and IamService is
 	// UNIMPLEMENTED.
-	AccessKeys AccessKeys
+	AccessKeys api.AccessKeys
 	// Throttle slows down and locks out callers that keep failing to
 	// authenticate; share the REST adapter's. Default: one of its own.
 	Throttle *auth.Throttle
@@ -74,19 +72,10 @@ type Config struct {
 	AgentLimits AgentLimits
 	// Audit records every mutating call and serves AuditService
 	// (audit.go); nil: neither.
-	Audit Auditor
+	Audit api.Auditor
 	// Store, if set, drives the health service: NOT_SERVING (the server
 	// and each service) while the data store cannot be written.
-	Store StoreHealth
-}
-
-// StoreHealth says whether the data store can be written (store.Store).
-type StoreHealth interface {
-	// Writable returns nil while the store can be written.
-	Writable() error
-	// OnWritable registers fn, called with nil or the failure each time the
-	// store turns writable or unwritable; fn must return soon.
-	OnWritable(fn func(err error))
+	Store api.StoreHealthWatcher
 }
 
 // DefaultHandshakeTimeout is Config.HandshakeTimeout's default: grpc-go's
@@ -166,11 +155,11 @@ var open = []string{
 	"/grpc.reflection.",
 }
 
+// authenticator authenticates calls (auth.Authenticator) and gives each a
+// trace id and logger.
 type authenticator struct {
-	users    Authenticator
-	keys     AccessKeys // nil: signatures refused
-	throttle *auth.Throttle
-	log      zerolog.Logger
+	auth auth.Authenticator
+	log  zerolog.Logger
 }
 
 func newAuthenticator(cfg Config) authenticator {
@@ -178,7 +167,7 @@ func newAuthenticator(cfg Config) authenticator {
 	if t == nil {
 		t = auth.NewThrottle(auth.ThrottleConfig{})
 	}
-	return authenticator{users: cfg.Users, keys: cfg.AccessKeys, throttle: t, log: cfg.Log}
+	return authenticator{auth: auth.Authenticator{Users: cfg.Users, Keys: cfg.AccessKeys, Throttle: t}, log: cfg.Log}
 }
 
 // begin gives the call a trace id and logger, and authenticates it unless
@@ -207,14 +196,12 @@ func (a authenticator) begin(ctx context.Context, method string, req any) (conte
 	return auth.WithPrincipal(ctx, p), nil
 }
 
-// authenticate returns the caller from the call's one "authorization"
-// metadata value, under the throttle (keyed by the claimed username or
-// access key id and by the peer's address; a locked-out caller gets
-// RESOURCE_EXHAUSTED with the wait in the message):
-//
-//   - "Basic base64(user:password)", as in HTTP;
-//   - "OCP-ACCESS-KEY-HMACSHA1 AK:Signature", OCP's access-key signature,
-//     with the RFC 1123 time in the "date" metadata.
+// authenticate returns the caller (auth.Authenticator.Authenticate) from
+// the call's one "authorization" metadata value: "Basic
+// base64(user:password)", as in HTTP, or "OCP-ACCESS-KEY-HMACSHA1
+// AK:Signature", OCP's access-key signature, with the RFC 1123 time in the
+// "date" metadata. The throttle is keyed by the peer's address; a
+// locked-out caller gets RESOURCE_EXHAUSTED with the wait in the message.
 //
 // A gRPC call has no body or query, so its string to sign
 // (auth.StringToSign) fixes them: METHOD is "POST", MD5 is empty,
@@ -246,46 +233,30 @@ func (a authenticator) authenticate(ctx context.Context, method string, req any)
 	case len(vals) > 1:
 		return auth.Principal{}, fmt.Errorf("authorization metadata sent %d times, at most once allowed: %w", len(vals), errs.ErrUnauthenticated)
 	}
-	scheme, cred, _ := strings.Cut(vals[0], " ")
-	switch {
-	case strings.EqualFold(scheme, "Basic"):
-		user, pass, err := basicCredentials(cred)
-		if err != nil {
-			return a.throttle.Do(ctx, "", addr, refuse(err))
-		}
-		return a.throttle.Do(ctx, user, addr, func(ctx context.Context) (auth.Principal, error) {
-			return a.users.Authenticate(ctx, user, pass)
-		})
-	case strings.EqualFold(scheme, auth.SignatureScheme):
-		if a.keys == nil {
-			return auth.Principal{}, fmt.Errorf("access keys are not enabled on this server: %w", errs.ErrUnauthenticated)
-		}
-		ak, sig, err := auth.ParseSignatureCredentials(cred)
-		if err != nil {
-			return a.throttle.Do(ctx, "", addr, refuse(err))
-		}
-		return a.throttle.DoSigned(ctx, ak, addr, func(ctx context.Context) (auth.Principal, error) {
+	return a.auth.Authenticate(ctx, auth.Credentials{
+		Authorization: vals[0],
+		Addr:          addr,
+		Signed: func(context.Context) (*auth.SignedRequest, func() error, error) {
 			digest, err := signedDigest(md)
 			if err != nil {
-				return auth.Principal{}, err
+				return nil, nil, err
 			}
-			p, err := a.keys.Verify(ctx, &auth.SignedRequest{
-				AccessKeyID: ak,
-				Signature:   sig,
+			r := &auth.SignedRequest{
 				Method:      grpcSignedMethod,
 				ContentType: grpcSignedContentType,
 				Date:        first(md.Get("date")),
 				Host:        first(md.Get(":authority")),
 				Headers:     md,
 				Path:        method,
-			})
-			if err == nil && req != nil {
-				err = checkDigest(digest, req)
 			}
-			return p, err
-		})
-	}
-	return auth.Principal{}, fmt.Errorf("unsupported authorization scheme; use Basic or %s: %w", auth.SignatureScheme, errs.ErrUnauthenticated)
+			return r, func() error {
+				if req == nil {
+					return nil
+				}
+				return checkDigest(digest, req)
+			}, nil
+		},
+	})
 }
 
 // The fixed parts of a gRPC call's string to sign.
@@ -323,7 +294,7 @@ func checkDigest(digest string, req any) error {
 	}
 	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
 	if err != nil {
-		return fmt.Errorf("serializing the request to check its digest: %v: %w", err, errs.ErrUnauthenticated)
+		return fmt.Errorf("serializing the request to check its digest: %w: %w", err, errs.ErrUnauthenticated)
 	}
 	sum := sha256.Sum256(b)
 	if !strings.EqualFold(digest, hex.EncodeToString(sum[:])) {
@@ -337,24 +308,6 @@ func first(vs []string) string {
 		return ""
 	}
 	return vs[0]
-}
-
-// refuse is a verification that fails with err.
-func refuse(err error) func(context.Context) (auth.Principal, error) {
-	return func(context.Context) (auth.Principal, error) { return auth.Principal{}, err }
-}
-
-// basicCredentials decodes the credentials of a Basic authorization value.
-func basicCredentials(enc string) (user, pass string, err error) {
-	raw, derr := base64.StdEncoding.DecodeString(strings.TrimSpace(enc))
-	if derr != nil {
-		return "", "", fmt.Errorf("malformed Basic credentials: %w", errs.ErrUnauthenticated)
-	}
-	user, pass, ok := strings.Cut(string(raw), ":")
-	if !ok {
-		return "", "", fmt.Errorf("malformed Basic credentials: %w", errs.ErrUnauthenticated)
-	}
-	return user, pass, nil
 }
 
 func (a authenticator) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {

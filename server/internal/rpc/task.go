@@ -5,25 +5,16 @@ import (
 	"fmt"
 
 	taskv1 "agentplane/gen/agentplane/task/v1"
+	"agentplane/server/internal/api"
 	"agentplane/server/internal/errs"
 	"agentplane/server/internal/task"
 )
 
-// Tasks is the task API the adapter serves (task.Engine). Each method checks
-// the caller's role itself.
+// Tasks is the task API the adapter serves, watching included.
 type Tasks interface {
-	GetTask(ctx context.Context, id int64) (*task.Task, error)
-	ListTasks(ctx context.Context, q task.ListQuery) (task.Page, error)
-	WatchTask(ctx context.Context, id int64, send func(*task.Task) error) error
-	RetryTask(ctx context.Context, id int64) (*task.Task, error)
-	RollbackTask(ctx context.Context, id int64) (*task.Task, error)
-	RetrySubtask(ctx context.Context, taskID, subtaskID int64) (*task.Task, error)
-	SkipSubtask(ctx context.Context, taskID, subtaskID int64) (*task.Task, error)
-	CancelSubtask(ctx context.Context, taskID, subtaskID int64) (*task.Task, error)
-	SubtaskLog(ctx context.Context, taskID, subtaskID int64, q task.LogQuery) (task.LogPage, error)
+	api.Tasks
+	api.TaskWatcher
 }
-
-var _ Tasks = (*task.Engine)(nil)
 
 type taskServer struct {
 	taskv1.UnimplementedTaskServiceServer
