@@ -31,7 +31,7 @@ type Hosts interface {
 	GetHostAgent(ctx context.Context, hostID int64) (*host.Agent, error)
 }
 
-// Tasks is what the adapter needs from the task service (task.Engine).
+// Tasks is what the adapter needs from the task service (task.Service).
 // Each method checks the caller's role itself.
 type Tasks interface {
 	GetTask(ctx context.Context, id int64) (*task.Task, error)
@@ -44,7 +44,7 @@ type Tasks interface {
 	SubtaskLog(ctx context.Context, taskID, subtaskID int64, q task.LogQuery) (task.LogPage, error)
 }
 
-var _ Tasks = (*task.Engine)(nil)
+var _ Tasks = (*task.Service)(nil)
 
 // Users is what the adapter needs from the user service (auth.Service).
 type Users interface {

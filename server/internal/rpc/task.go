@@ -9,7 +9,7 @@ import (
 	"agentplane/server/internal/task"
 )
 
-// Tasks is the task API the adapter serves (task.Engine). Each method checks
+// Tasks is the task API the adapter serves (task.Service). Each method checks
 // the caller's role itself.
 type Tasks interface {
 	GetTask(ctx context.Context, id int64) (*task.Task, error)
@@ -23,7 +23,7 @@ type Tasks interface {
 	SubtaskLog(ctx context.Context, taskID, subtaskID int64, q task.LogQuery) (task.LogPage, error)
 }
 
-var _ Tasks = (*task.Engine)(nil)
+var _ Tasks = (*task.Service)(nil)
 
 type taskServer struct {
 	taskv1.UnimplementedTaskServiceServer

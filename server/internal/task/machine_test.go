@@ -655,13 +655,25 @@ func TestParallelBranches(t *testing.T) {
 	}
 }
 
-func TestLockHosts(t *testing.T) {
+func TestRetaken(t *testing.T) {
+	// holdsHost says a subtask holds the host it acts on, as agentop's
+	// subtasks do.
+	holdsHost := func(st *Subtask) []Resource {
+		if st.HostID == 0 {
+			return nil
+		}
+		return []Resource{{Kind: "host", ID: st.HostID}}
+	}
 	hosts := func(op Operation, subs string, hostIDs ...int64) []int64 {
 		tk := build(op, subs)
 		for i, h := range hostIDs {
 			tk.Subtasks[i].HostID = h
 		}
-		return lockHosts(tk)
+		var ids []int64
+		for _, r := range retaken(tk, holdsHost) {
+			ids = append(ids, r.ID)
+		}
+		return ids
 	}
 	tests := []struct {
 		name string
@@ -681,7 +693,7 @@ func TestLockHosts(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			if !slices.Equal(tt.got, tt.want) {
-				t.Fatalf("lockHosts = %v, want %v", tt.got, tt.want)
+				t.Fatalf("retaken = %v, want %v", tt.got, tt.want)
 			}
 		})
 	}
