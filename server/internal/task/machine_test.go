@@ -342,7 +342,7 @@ func TestTransitions(t *testing.T) {
 					t.Fatalf("err = %v, want %v", err, tt.wantErr)
 				}
 				named := []string{"task 7", tt.op.name, tt.state}
-				if tt.wantErr == errs.ErrNotFound {
+				if errors.Is(tt.wantErr, errs.ErrNotFound) {
 					named = []string{tt.state} // names the subtask and the task
 				}
 				for _, s := range named {

@@ -69,6 +69,7 @@ func (s *Service) WatchTask(ctx context.Context, id int64, send func(*Task) erro
 	return s.e.watch(ctx, id, send)
 }
 
+// validIDs checks a task id and a subtask id (0: none).
 func validIDs(id, subtaskID int64) error {
 	if id <= 0 {
 		return fmt.Errorf("task id %d: must be positive: %w", id, errs.ErrInvalidArgument)
