@@ -7,30 +7,28 @@ import (
 	"agentplane/server/internal/task"
 )
 
-// This file is where an agent operation (stop, start, restart, and their
-// batch forms) holds its host. The host's agent-operation lock is the
-// task.Resource HostResource(id), stored as the host's OpTaskID; while a
+// HostResource is host id's agent-operation lock, as a task resource: the
+// one place where an agent operation (stop, start, restart, and their batch
+// forms) holds its host. The lock is stored as the host's OpTaskID; while a
 // task holds it, no other agent operation on the host can be created
-// (ErrConflict naming the holder). A stop's host lock is:
+// (ErrConflict naming the holder). A stop's host lock is taken:
 //
-// Taken
 //   - when the task is created: plan lists the task's hosts as the plan's
 //     Resources, and the store takes them in the transaction that creates
 //     the task (store.CreateTask);
 //   - when an operator retries or rolls back the ended task: the engine
-//     takes again, in the same transaction as the change, the resources
-//     Holds names for the subtasks that will run (server main sets
-//     task.Config.Holds to Holds; store.UpdateTask);
+//     takes again, in the same transaction as that change, what Holds names
+//     for the subtasks that will run (the server sets task.Config.Holds to
+//     Holds; store.UpdateTask);
 //   - by Prepare, should the task not hold it then (holdHost).
 //
-// Released
+// And it is released:
+//
 //   - by Finish, once the host's chain is done, with the agent's new status
 //     (releaseHost): a batch frees each host as its branch ends;
 //   - when the task ends, whatever its status: the store releases every
 //     resource of a task in the step that makes it final
 //     (store.UpdateTask).
-
-// HostResource is host id's agent-operation lock, as a task resource.
 func HostResource(id int64) task.Resource {
 	return task.Resource{Kind: host.ResourceKind, ID: id}
 }

@@ -151,7 +151,7 @@ var sortColumns = map[string]string{
 	task.SortStartTime: "start_time", task.SortEndTime: "end_time",
 }
 
-// orderBy renders a sort (validated by the engine; unknown fields sort by
+// orderBy renders a sort (validated by task.Service; unknown fields sort by
 // id), with id as the tie-breaker so pages are stable.
 func orderBy(s task.Sort) string {
 	col, ok := sortColumns[s.Field]
