@@ -238,7 +238,7 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 		Store: st, Signer: ca, Sessions: agents, Log: log.With().Str("component", "enroll").Logger(),
 	})
 	engine := task.New(task.Config{
-		Store: st, Executors: agentop.Executors(st, agents), Executor: c.advertise,
+		Store: st, Executors: agentop.Executors(st, agents), Executor: c.advertise, Holds: agentop.Holds,
 		Log: log.With().Str("component", "engine").Logger(),
 	})
 	if err := engine.Start(ctx); err != nil {
@@ -246,6 +246,7 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 	}
 	defer engine.Close()
 	hosts := agentop.NewService(st, engine)
+	tasks := task.NewService(engine)
 
 	grpcLis, err := new(net.ListenConfig).Listen(ctx, "tcp", c.grpcAddr)
 	if err != nil {
@@ -261,11 +262,11 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 		grpcOpts = append(grpcOpts, grpc.Creds(rpc.LimitHandshakes(credentials.NewTLS(ca.MutualTLSConfig()),
 			c.maxHandshakes, rpc.DefaultHandshakeQueueWait)))
 	}
-	gs := rpc.NewServer(rpc.Config{Hosts: hosts, Tasks: engine, Fleet: agents, Users: users, Enroll: enrollment,
+	gs := rpc.NewServer(rpc.Config{Hosts: hosts, Tasks: tasks, Fleet: agents, Users: users, Enroll: enrollment,
 		AccessKeys: keys, Throttle: throttle, Audit: audits, Store: st, Log: log,
 		AgentLimits: rpc.AgentLimits{MsgsPerSec: c.agentMsgRate, MsgBurst: c.agentMsgBurst}, HandshakeTimeout: c.handshake}, grpcOpts...)
 	hs := &http.Server{
-		Handler: rest.NewHandler(rest.Config{Hosts: hosts, Tasks: engine, Users: users, Enroll: enrollment,
+		Handler: rest.NewHandler(rest.Config{Hosts: hosts, Tasks: tasks, Users: users, Enroll: enrollment,
 			AccessKeys: keys, Throttle: throttle, Audit: audits, Store: st, Log: log}),
 		// Also bounds the TLS handshake (the least of the three timeouts).
 		ReadHeaderTimeout: c.handshake,

@@ -40,8 +40,8 @@ func TestStopPlanIsOCPsChain(t *testing.T) {
 			t.Errorf("subtask %d: %+v", i, st)
 		}
 	}
-	if fmt.Sprint(p.Edges) != "[[0 1] [1 2]]" || fmt.Sprint(p.Locks) != "[7]" {
-		t.Fatalf("edges %v locks %v", p.Edges, p.Locks)
+	if fmt.Sprint(p.Edges) != "[[0 1] [1 2]]" || fmt.Sprint(p.Resources) != "[host:7]" {
+		t.Fatalf("edges %v locks %v", p.Edges, p.Resources)
 	}
 }
 
@@ -288,8 +288,8 @@ func TestRestartAndBatchPlans(t *testing.T) {
 	}
 	b := BatchPlan(OpStop, []int64{4, 9, 2}, "ops")
 	if b.Task.Name != "Batch stop OCP agent" || !b.Task.Context.Parallel || b.Task.HostID != 0 ||
-		fmt.Sprint(b.Task.Context.ListMap["host_ids"]) != "[4 9 2]" || fmt.Sprint(b.Locks) != "[4 9 2]" {
-		t.Fatalf("batch task %+v locks %v", b.Task, b.Locks)
+		fmt.Sprint(b.Task.Context.ListMap["host_ids"]) != "[4 9 2]" || fmt.Sprint(b.Resources) != "[host:4 host:9 host:2]" {
+		t.Fatalf("batch task %+v locks %v", b.Task, b.Resources)
 	}
 	if len(b.Task.Subtasks) != 9 || fmt.Sprint(b.Edges) != "[[0 1] [1 2] [3 4] [4 5] [6 7] [7 8]]" {
 		t.Fatalf("batch subtasks %d edges %v", len(b.Task.Subtasks), b.Edges)

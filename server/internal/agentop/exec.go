@@ -69,8 +69,8 @@ func nothingToUndo(_ context.Context, r task.Run) task.Result {
 }
 
 // prepare checks that the host exists and its agentd is connected (waiting
-// up to ConnectWait for it, longer after a restart), and takes the host's agent-operation lock (held
-// since creation; taking it again is idempotent).
+// up to ConnectWait for it, longer after a restart), and takes the host's
+// agent-operation lock should the task not hold it (see lock.go).
 type prepare struct {
 	hosts  Hosts
 	agents Agents
@@ -85,10 +85,8 @@ func (p prepare) Execute(ctx context.Context, r task.Run) task.Result {
 	if err := p.agents.WaitConnected(ctx, id, ConnectWait); err != nil {
 		return task.Result{Err: fmt.Errorf("host %d: %w", id, err)}
 	}
-	if h.OpTaskID != r.Task.ID { // held since creation, unless the task was retried
-		if err := whileStoreDown(ctx, func() error { return p.hosts.LockHost(ctx, id, r.Task.ID) }); err != nil {
-			return task.Result{Err: err}
-		}
+	if err := holdHost(ctx, p.hosts, id, h.OpTaskID, r.Task.ID); err != nil {
+		return task.Result{Err: err}
 	}
 	r.Log(fmt.Sprintf("host %d: agentd connected, agent-operation lock held by task %d", id, r.Task.ID))
 	return task.Result{Message: fmt.Sprintf("host %d ready", id)}
@@ -170,7 +168,7 @@ func (d dispatch) run(ctx context.Context, r task.Run, a action) task.Result {
 
 // finishOp records the agent's status after the operation (STARTED when
 // the task's chain on this host starts the agent, else STOPPED) and
-// releases the host's lock.
+// releases the host's lock (see lock.go).
 type finishOp struct {
 	hosts Hosts
 }
@@ -189,7 +187,7 @@ func (f finishOp) Execute(ctx context.Context, r task.Run) task.Result {
 			}
 		}
 	}
-	if err := whileStoreDown(ctx, func() error { return f.hosts.FinishAgentOperation(ctx, id, r.Task.ID, st) }); err != nil {
+	if err := releaseHost(ctx, f.hosts, id, r.Task.ID, st); err != nil {
 		return task.Result{Err: err}
 	}
 	r.Log(fmt.Sprintf("host %d: OCP agent %s, lock released", id, st))

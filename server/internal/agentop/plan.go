@@ -1,6 +1,7 @@
 // Package agentop owns the operations on hosts' OCP Agents that become
 // tasks: the plans of OCP's agent tasks (stop, start, restart, and their
-// batch forms), the executors of their subtasks, and the host API that
+// batch forms), the executors of their subtasks, the host lock such a task
+// holds (lock.go: where it is taken and released), and the host API that
 // adapters serve.
 package agentop
 
@@ -76,7 +77,8 @@ var batchNames = map[Op]string{OpStop: TaskBatchStopAgents, OpRestart: TaskBatch
 func StopPlan(hostID int64, creator string) task.Plan { return HostPlan(OpStop, hostID, creator) }
 
 // HostPlan is the task of op on one host: a chain whose series ids count
-// from the end, as OCP builds the DAG. The host's lock is taken at creation.
+// from the end, as OCP builds the DAG. The task holds the host's lock (see
+// lock.go).
 func HostPlan(op Op, hostID int64, creator string) task.Plan {
 	p := plan(taskNames[op], op, creator, []int64{hostID}, -1)
 	p.Task.HostID = hostID
@@ -110,7 +112,7 @@ func plan(name string, op Op, creator string, hostIDs []int64, first int) task.P
 				StringMap:   map[string]string{"prohibit_rollback": "false"},
 			},
 		},
-		Locks: hostIDs,
+		Resources: hostResources(hostIDs),
 	}
 	steps := chains[op]
 	for b, h := range hostIDs {

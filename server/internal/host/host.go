@@ -1,5 +1,5 @@
-// Package host owns hosts: their registry record, the OCP Agent's state on
-// them, and the host operations (stop the agent) that turn into tasks.
+// Package host owns hosts: their registry record and the OCP Agent's state on
+// them. The operations on the agent that turn into tasks are agentop's.
 package host
 
 import "time"
@@ -26,6 +26,12 @@ const (
 	AgentStopped AgentStatus = "STOPPED"
 )
 
+// ResourceKind is the kind of task.Resource that is a host's agent-operation
+// lock: the task holding the resource {ResourceKind, id} is the one agent
+// operation on host id (Host.OpTaskID). agentop says which tasks hold it
+// (agentop/lock.go); the store takes and releases it.
+const ResourceKind = "host"
+
 // Host is a machine with an agentd.
 type Host struct {
 	ID            int64
@@ -38,7 +44,7 @@ type Host struct {
 	InstallHome   string    // the OCP Agent install home agentd watches
 	RevokeTime    time.Time // when an admin revoked the host's agent identity; zero if not
 	LastSeen      time.Time // last time agentd was heard from; zero if never
-	OpTaskID      int64     // agent-operation task holding the host; 0 if none
+	OpTaskID      int64     // agent-operation task holding the host (its Resource); 0 if none
 	Processes     []Process // OCP Agent processes as agentd last reported them
 	CreateTime    time.Time
 	UpdateTime    time.Time

@@ -14,11 +14,20 @@ import (
 	"agentplane/server/internal/task"
 )
 
+// hostLocks is the agent-operation locks of hosts, as task resources.
+func hostLocks(hosts []int64) []task.Resource {
+	var rs []task.Resource
+	for _, h := range hosts {
+		rs = append(rs, task.Resource{Kind: host.ResourceKind, ID: h})
+	}
+	return rs
+}
+
 // batchPlan is a task of n chains first → second → third (series 2, 1, 0),
 // chain i on hosts[i] when hosts are given.
 func batchPlan(n int, hosts []int64) task.Plan {
 	p := plan(0)
-	p.Edges, p.Locks = nil, hosts
+	p.Edges, p.Resources = nil, hostLocks(hosts)
 	for i := range n {
 		var h int64
 		if hosts != nil {
@@ -84,7 +93,7 @@ func TestCreateTaskBatch(t *testing.T) {
 		t.Fatalf("ids are not 1..%d", 3*n)
 	}
 	p := withSubtasks(plan(0))
-	p.Locks = nil
+	p.Resources = nil
 	next, _, err := s.CreateTask(ctx, p)
 	if err != nil {
 		t.Fatal(err)

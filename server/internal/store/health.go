@@ -37,7 +37,7 @@ func classify(err error) error {
 	}
 	hit, full := false, false
 	walkErrors(err, func(e error) {
-		switch e := e.(type) {
+		switch e := e.(type) { //nolint:errorlint // walkErrors visits every wrapped error: e is one of them
 		case *sqlite.Error:
 			switch e.Code() & 0xff { // the primary code of an extended one
 			case sqlite3.SQLITE_FULL:
@@ -68,7 +68,7 @@ func walkErrors(err error, f func(error)) {
 		return
 	}
 	f(err)
-	switch u := err.(type) {
+	switch u := err.(type) { //nolint:errorlint // this is the unwrapping: it must see err itself
 	case interface{ Unwrap() error }:
 		walkErrors(u.Unwrap(), f)
 	case interface{ Unwrap() []error }:

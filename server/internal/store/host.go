@@ -237,24 +237,6 @@ func (s *Store) HostsSeen(ctx context.Context, seen map[int64]time.Time) error {
 
 const seenChunk = 25
 
-// FinishAgentOperation records the OCP Agent's status on the host after the
-// agent operation of taskID, and releases the host's lock if that task holds
-// it. ErrConflict when another task holds the lock.
-func (s *Store) FinishAgentOperation(ctx context.Context, hostID, taskID int64, st host.AgentStatus) error {
-	res, err := s.exec(ctx, `UPDATE hosts SET agent_status = ?, op_task_id = NULL, update_time = ?
-		WHERE id = ? AND (op_task_id IS NULL OR op_task_id = ?)`, st, nowMS(), hostID, taskID)
-	if err != nil {
-		return fmt.Errorf("finishing the agent operation on host %d: %w", hostID, err)
-	}
-	if n, _ := res.RowsAffected(); n == 1 {
-		return nil
-	}
-	if _, err := s.GetHost(ctx, hostID); err != nil {
-		return err
-	}
-	return fmt.Errorf("host %d: lock held by another task than %d: %w", hostID, taskID, errs.ErrConflict)
-}
-
 // GetHost returns a host. ErrNotFound when there is none.
 func (s *Store) GetHost(ctx context.Context, id int64) (*host.Host, error) {
 	h, err := scanHost(s.r.QueryRowContext(ctx, `SELECT `+hostCols+` FROM hosts WHERE id = ?`, id))

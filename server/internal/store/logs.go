@@ -160,26 +160,30 @@ func idList(ids []int64) string {
 func logSizes(ctx context.Context, tx *wtx, ids []int64) (map[int64]logSize, error) {
 	sizes := make(map[int64]logSize, len(ids))
 	for lo := 0; lo < len(ids); lo += rowsPerInsert {
-		chunk := ids[lo:min(lo+rowsPerInsert, len(ids))]
-		rows, err := tx.QueryContext(ctx, `SELECT subtask_id, lines, bytes, dropped_lines, dropped_bytes FROM subtask_log_sizes
-			WHERE subtask_id IN (`+idList(chunk)+`)`)
-		if err != nil {
-			return nil, fmt.Errorf("reading the sizes of %d subtask logs: %w", len(chunk), err)
-		}
-		for rows.Next() {
-			var id int64
-			sz := logSize{stored: true}
-			if err := rows.Scan(&id, &sz.lines, &sz.bytes, &sz.droppedLines, &sz.droppedBytes); err != nil {
-				rows.Close()
-				return nil, err
-			}
-			sizes[id] = sz
-		}
-		if err := rows.Close(); err != nil {
+		if err := readLogSizes(ctx, tx, ids[lo:min(lo+rowsPerInsert, len(ids))], sizes); err != nil {
 			return nil, err
 		}
 	}
 	return sizes, nil
+}
+
+// readLogSizes reads the counters of the logs of ids into sizes.
+func readLogSizes(ctx context.Context, tx *wtx, ids []int64, sizes map[int64]logSize) error {
+	rows, err := tx.QueryContext(ctx, `SELECT subtask_id, lines, bytes, dropped_lines, dropped_bytes FROM subtask_log_sizes
+		WHERE subtask_id IN (`+idList(ids)+`)`)
+	if err != nil {
+		return fmt.Errorf("reading the sizes of %d subtask logs: %w", len(ids), err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id int64
+		sz := logSize{stored: true}
+		if err := rows.Scan(&id, &sz.lines, &sz.bytes, &sz.droppedLines, &sz.droppedBytes); err != nil {
+			return err
+		}
+		sizes[id] = sz
+	}
+	return rows.Err()
 }
 
 // trimLog deletes the oldest lines of a subtask's log (never a header) down
@@ -188,51 +192,66 @@ func logSizes(ctx context.Context, tx *wtx, ids []int64) (map[int64]logSize, err
 // updated.
 func (s *Store) trimLog(ctx context.Context, tx *wtx, subtaskID int64, sz *logSize) error {
 	lim := s.logLimits
-	wantLines, wantBytes := lim.MaxLines*3/4, lim.MaxBytes*3/4
-	rows, err := tx.QueryContext(ctx, `SELECT id, kind, size, run_time, at FROM subtask_logs
-		WHERE subtask_id = ? AND kind <> ? ORDER BY id`, subtaskID, lineHeader)
-	if err != nil {
+	d := trim{lines: sz.lines + 1, bytes: sz.bytes} // +1: the new marker
+	if err := d.read(ctx, tx, subtaskID, lim.MaxLines*3/4, lim.MaxBytes*3/4); err != nil {
 		return fmt.Errorf("trimming the log of subtask %d: %w", subtaskID, err)
 	}
-	lines, bytes := sz.lines+1, sz.bytes // +1: the new marker
-	var lastID, lastAt int64
-	var lastRun int
-	var dropLines, dropBytes int64
-	for (lines > wantLines || bytes > wantBytes) && rows.Next() {
-		var id, size, at int64
-		var kind, run int
-		if err := rows.Scan(&id, &kind, &size, &run, &at); err != nil {
-			rows.Close()
-			return err
-		}
-		lines--
-		bytes -= size
-		if kind == lineText {
-			dropLines++
-			dropBytes += size
-		}
-		lastID, lastRun, lastAt = id, run, at
-	}
-	if err := rows.Close(); err != nil {
-		return fmt.Errorf("trimming the log of subtask %d: %w", subtaskID, err)
-	}
-	if dropLines == 0 {
+	if d.dropLines == 0 {
 		return nil // only headers (and the marker) left: they stay
 	}
 	if _, err := tx.ExecContext(ctx, `DELETE FROM subtask_logs WHERE subtask_id = ? AND kind <> ? AND id <= ?`,
-		subtaskID, lineHeader, lastID); err != nil {
+		subtaskID, lineHeader, d.lastID); err != nil {
 		return fmt.Errorf("trimming the log of subtask %d: %w", subtaskID, err)
 	}
-	sz.droppedLines += dropLines
-	sz.droppedBytes += dropBytes
+	sz.droppedLines += d.dropLines
+	sz.droppedBytes += d.dropBytes
 	marker := fmt.Sprintf("[agentplane] %d earlier lines (%d bytes) dropped: a subtask log keeps at most %d lines and %d bytes",
 		sz.droppedLines, sz.droppedBytes, lim.MaxLines, lim.MaxBytes)
 	if _, err := tx.ExecContext(ctx, `INSERT INTO subtask_logs (id, subtask_id, run_time, at, kind, size, line) VALUES (?,?,?,?,?,?,?)`,
-		lastID, subtaskID, lastRun, lastAt, lineMarker, len(marker), marker); err != nil {
+		d.lastID, subtaskID, d.lastRun, d.lastAt, lineMarker, len(marker), marker); err != nil {
 		return fmt.Errorf("marking the log of subtask %d: %w", subtaskID, err)
 	}
-	sz.lines, sz.bytes = lines, bytes+int64(len(marker))
+	sz.lines, sz.bytes = d.lines, d.bytes+int64(len(marker))
 	return nil
+}
+
+// trim is what trimming a log drops: the counts left (lines, bytes, the
+// marker included), the text lines dropped, and the last line dropped.
+type trim struct {
+	lines, bytes         int64
+	dropLines, dropBytes int64
+	lastID, lastAt       int64
+	lastRun              int
+}
+
+// read walks the log's lines (never a header), oldest first, counting each
+// as dropped until the log holds at most wantLines lines and wantBytes
+// bytes.
+func (d *trim) read(ctx context.Context, tx *wtx, subtaskID, wantLines, wantBytes int64) error {
+	rows, err := tx.QueryContext(ctx, `SELECT id, kind, size, run_time, at FROM subtask_logs
+		WHERE subtask_id = ? AND kind <> ? ORDER BY id`, subtaskID, lineHeader)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for (d.lines > wantLines || d.bytes > wantBytes) && rows.Next() {
+		var id, size, at int64
+		var kind, run int
+		if err := rows.Scan(&id, &kind, &size, &run, &at); err != nil {
+			return err
+		}
+		d.lines--
+		d.bytes -= size
+		if kind == lineText {
+			d.dropLines++
+			d.dropBytes += size
+		}
+		d.lastID, d.lastRun, d.lastAt = id, run, at
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	return rows.Close()
 }
 
 // SubtaskLog returns up to limit lines of a subtask's log after position

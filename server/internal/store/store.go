@@ -1,5 +1,13 @@
-// Package store owns durable state: hosts, tasks and subtasks, subtask logs
-// and users, in SQL. SQLite (pure Go, WAL, one file) is the embedded default.
+// Package store owns durable state, in SQL, one file per domain: hosts
+// (host.go) and the resources tasks hold on them (resource.go: a host's
+// agent-operation lock); tasks and subtasks with their idempotency keys
+// (task.go creates, taskread.go reads, taskupdate.go changes); subtask logs
+// (logs.go); users (user.go) and their access keys (accesskey.go); the audit
+// trail (audit.go); agent enrollment: join tokens and agent certificates
+// (enroll.go). The schema and its migrations are in schema.go. Writes go
+// through one group-commit writer (writer.go), statements are kept prepared
+// (stmts.go), and health.go says whether the store can be written. SQLite
+// (pure Go, WAL, one file) is the embedded default.
 // Statements stay portable to MySQL/OceanBase: `?` placeholders, no
 // RETURNING, no upserts, times as BIGINT Unix milliseconds, lists as JSON
 // text. Only the schema (schema.go) is per dialect.
@@ -143,7 +151,7 @@ func lockDir(dataDir string) (*os.File, error) {
 	return f, nil
 }
 
-// querier is what reads need: *sql.DB or *sql.Tx.
+// querier runs the statements of a transaction: a wtx, or an *sql.Tx.
 type querier interface {
 	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row

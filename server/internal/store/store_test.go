@@ -29,8 +29,8 @@ func plan(hostID int64) task.Plan {
 		Task: task.Task{Name: "t", Type: task.TypeManual, Operation: task.OpExecute, Status: task.StatusRunning,
 			Creator: "admin", HostID: hostID, TaskDefinitionID: -1, StartTime: time.Now(),
 			Context: task.Context{ListMap: map[string][]string{}, StringMap: map[string]string{"host_id": "1"}, ParallelIdx: -1}},
-		Edges: [][2]int{{0, 1}},
-		Locks: []int64{hostID},
+		Edges:     [][2]int{{0, 1}},
+		Resources: []task.Resource{{Kind: host.ResourceKind, ID: hostID}},
 	}
 }
 

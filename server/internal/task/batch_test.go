@@ -57,9 +57,9 @@ func fleetStore(tb testing.TB, dir string, n int) (*store.Store, []int64) {
 	return st, ids
 }
 
-func startEngine(tb testing.TB, st task.Store, execs map[string]task.Executor) *task.Engine {
+func startEngine(tb testing.TB, st task.Store, execs map[string]task.Executor) *engine {
 	tb.Helper()
-	e := task.New(task.Config{Store: st, Executors: execs, Executor: "127.0.0.1", Log: zerolog.Nop()})
+	e := serve(task.New(task.Config{Store: st, Executors: execs, Executor: "127.0.0.1", Log: zerolog.Nop(), Holds: agentop.Holds}))
 	if err := e.Start(context.Background()); err != nil {
 		tb.Fatal(err)
 	}
@@ -68,7 +68,7 @@ func startEngine(tb testing.TB, st task.Store, execs map[string]task.Executor) *
 }
 
 // watchFinal watches a task (as a WatchTask client does) until it is final.
-func watchFinal(tb testing.TB, e *task.Engine, id int64, within time.Duration) *task.Task {
+func watchFinal(tb testing.TB, e *engine, id int64, within time.Duration) *task.Task {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(viewer, within)
 	defer cancel()
@@ -99,9 +99,9 @@ type counted struct {
 	updates atomic.Int64
 }
 
-func (c *counted) UpdateTask(ctx context.Context, before, after *task.Task, lock []int64, logs ...task.SubtaskLogLine) error {
+func (c *counted) UpdateTask(ctx context.Context, before, after *task.Task, take []task.Resource, logs ...task.SubtaskLogLine) error {
 	c.updates.Add(1)
-	return c.Store.UpdateTask(ctx, before, after, lock, logs...)
+	return c.Store.UpdateTask(ctx, before, after, take, logs...)
 }
 
 // BenchmarkBatch is a batch stop of all hosts (3 subtasks each) with agents

@@ -5,30 +5,29 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"runtime/debug"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
 
-	"agentplane/server/internal/auth"
 	"agentplane/server/internal/errs"
 )
 
 // Store is what the engine needs from durable storage.
 type Store interface {
-	// CreateTask stores a new task (taking p.Locks). With p.Idempotency
+	// CreateTask stores a new task (taking p.Resources). With p.Idempotency
 	// set and a task already stored under its scope, it returns that task
 	// and existed true instead.
 	CreateTask(ctx context.Context, p Plan) (t *Task, existed bool, err error)
 	GetTask(ctx context.Context, id int64) (*Task, error)
 	ListTasks(ctx context.Context, q ListQuery) (Page, error)
 	// UpdateTask stores after over before as a compare-and-swap (ErrChanged
-	// when before is not what is stored), taking the agent-operation locks
-	// of the hosts in lock, and appending logs, in one transaction.
-	UpdateTask(ctx context.Context, before, after *Task, lock []int64, logs ...SubtaskLogLine) error
+	// when before is not what is stored), taking the resources in take for
+	// the task (ErrConflict naming the holder), releasing every resource the
+	// task holds when after is final, and appending logs, in one
+	// transaction.
+	UpdateTask(ctx context.Context, before, after *Task, take []Resource, logs ...SubtaskLogLine) error
 	RunningTaskIDs(ctx context.Context) ([]int64, error)
 	// AppendSubtaskLogs appends lines to their subtasks' logs, in order.
 	AppendSubtaskLogs(ctx context.Context, lines []SubtaskLogLine) error
@@ -79,11 +78,18 @@ type Config struct {
 	Executor  string              // this server's address, recorded on tasks and subtasks
 	Log       zerolog.Logger
 	Now       func() time.Time // default time.Now
+	// Holds names the resources a subtask holds while it runs (nil: none):
+	// what a task takes again when an operator reopens it (see Resource).
+	Holds func(st *Subtask) []Resource
 }
 
 // Engine runs tasks: event-driven, a subtask starts as soon as its upstreams
 // succeed. Every state change is a compare-and-swap in the store, so a
-// restarted engine resumes where the last one stopped.
+// restarted engine resumes where the last one stopped. It is the runtime
+// only: Submit, Start and Close here, attempts and their outcomes in
+// attempt.go, what it keeps of tasks between steps and the watches in
+// memory.go. The operations users call (get, list, watch, retry, ...) are
+// the Service's, over it.
 //
 // The engine is the only writer of tasks. Between steps it keeps each task
 // that is not final (or is watched) as it last stored it (held.stored), so
@@ -94,46 +100,25 @@ type Config struct {
 // steps, not one per subtask.
 type Engine struct {
 	cfg   Config
-	locks [64]sync.Mutex // serialises changes to one task (striped by id)
+	locks stripes // serialise changes to one task
 
 	base   context.Context // parent of every run; cancelled by Close with ErrShutdown
 	cancel context.CancelCauseFunc
 	wg     sync.WaitGroup
 
-	mu       sync.Mutex
-	runs     map[int64]running // running attempts, by subtask id
-	watchers map[int64]map[chan struct{}]struct{}
-	tasks    map[int64]*held // tasks kept between steps, or with outcomes queued
+	mu   sync.Mutex
+	runs map[int64]running // running attempts, by subtask id (under mu)
+
+	mem memory // tasks kept between steps, outcomes queued, watchers
 
 	logs *LogWriter // the attempts' log lines
 }
 
-// running is an attempt this engine runs.
-type running struct {
-	attempt int
-	cancel  context.CancelCauseFunc
-}
+// stripes are the locks that serialise changes to one task, striped by id.
+type stripes [64]sync.Mutex
 
-// held is what the engine keeps of one task (under Engine.mu).
-type held struct {
-	// stored is the task as this engine last stored it, or nil (read it
-	// from the store). It is never modified: a step changes a copy.
-	stored *Task
-	pos    map[int64]int // positions of stored's subtasks
-	// outcomes are finished attempts waiting to be stored; draining says a
-	// goroutine stores them.
-	outcomes []*outcome
-	draining bool
-}
-
-// outcome is a finished attempt waiting to be stored.
-type outcome struct {
-	subtaskID int64
-	runTime   int
-	res       Result
-	err       error         // nil once stored, errStale when dropped, else why it was not stored
-	done      chan struct{} // closed once err is set
-}
+// of returns task id's lock.
+func (s *stripes) of(id int64) *sync.Mutex { return &s[id%int64(len(s))] }
 
 // New returns an engine; call Start to resume stored tasks.
 func New(cfg Config) *Engine {
@@ -142,12 +127,11 @@ func New(cfg Config) *Engine {
 	}
 	base, cancel := context.WithCancelCause(context.Background())
 	e := &Engine{
-		cfg:      cfg,
-		base:     base,
-		cancel:   cancel,
-		runs:     map[int64]running{},
-		watchers: map[int64]map[chan struct{}]struct{}{},
-		tasks:    map[int64]*held{},
+		cfg:    cfg,
+		base:   base,
+		cancel: cancel,
+		runs:   map[int64]running{},
+		mem:    memory{watchers: map[int64]map[chan struct{}]struct{}{}, tasks: map[int64]*held{}},
 	}
 	e.logs = &LogWriter{ctx: base, store: cfg.Store}
 	return e
@@ -222,18 +206,18 @@ func (e *Engine) Submit(ctx context.Context, p Plan) (*Task, error) {
 		return nil, fmt.Errorf("creating task %q: %w", t.Name, err)
 	}
 	if existed {
-		e.logger(ctx).Info().Int64("task_id", created.ID).Msg("idempotent repeat: returning the task created before")
+		loggerOf(ctx, &e.cfg.Log).Info().Int64("task_id", created.ID).Msg("idempotent repeat: returning the task created before")
 		return created, nil
 	}
-	e.logger(ctx).Info().Int64("task_id", created.ID).Int64("host_id", created.HostID).Str("task", created.Name).
+	loggerOf(ctx, &e.cfg.Log).Info().Int64("task_id", created.ID).Int64("host_id", created.HostID).Str("task", created.Name).
 		Int("subtasks", len(created.Subtasks)).Msg("task created")
 	// The task as stored is what CreateTask returned: the first step needs
 	// not read it back. (A copy: the caller may keep created.)
-	mu := e.lock(created.ID)
+	mu := e.locks.of(created.ID)
 	mu.Lock()
-	if e.kept(created.ID) == nil {
+	if e.mem.kept(created.ID) == nil {
 		kept := cloneTask(created)
-		e.keep(kept, positions(kept))
+		e.mem.keep(kept, positions(kept))
 	}
 	mu.Unlock()
 	// Start it in the background: the caller's ctx ends with its request.
@@ -250,7 +234,7 @@ func (e *Engine) Submit(ctx context.Context, p Plan) (*Task, error) {
 // settle retries, in the background, the step of task id (what it was
 // doing) that failed with err (e.g. on a full disk), until it is stored or
 // the engine closes (the next Start resumes the task): a task whose step
-// was not stored would otherwise wait for nothing, holding its hosts.
+// was not stored would otherwise wait for nothing, holding its resources.
 func (e *Engine) settle(id int64, what string, err error) {
 	log := e.cfg.Log.With().Int64("task_id", id).Logger()
 	log.Error().Err(err).Msg(what + " failed; retrying")
@@ -311,18 +295,16 @@ type mutation func(t *Task, pos map[int64]int) error
 // this engine does not run yet, after a restart). It returns the task as
 // stored, which must not be modified.
 func (e *Engine) step(ctx context.Context, id int64, mutate mutation) (*Task, error) {
-	mu := e.lock(id)
+	mu := e.locks.of(id)
 	mu.Lock()
 	defer mu.Unlock()
 	return e.stepLocked(ctx, id, mutate)
 }
 
-func (e *Engine) lock(id int64) *sync.Mutex { return &e.locks[id%int64(len(e.locks))] }
-
 // stepLocked is step, with the task's lock held.
 func (e *Engine) stepLocked(ctx context.Context, id int64, mutate mutation) (*Task, error) {
 	for try := 0; ; try++ {
-		before, pos, err := e.load(ctx, id)
+		before, pos, err := e.mem.load(ctx, e.cfg.Store, id)
 		if err != nil {
 			return nil, err
 		}
@@ -334,9 +316,9 @@ func (e *Engine) stepLocked(ctx context.Context, id int64, mutate mutation) (*Ta
 		}
 		started := startRunnable(after, pos, e.cfg.Executor, e.now())
 		if !sameTask(before, after) {
-			var lock []int64
+			var take []Resource
 			if before.Status.Final() && !after.Status.Final() {
-				lock = lockHosts(after)
+				take = retaken(after, e.cfg.Holds)
 			}
 			// Each attempt started gets its log's header in the same
 			// transaction: it is there once the attempt runs.
@@ -345,535 +327,27 @@ func (e *Engine) stepLocked(ctx context.Context, id int64, mutate mutation) (*Ta
 				headers[i] = SubtaskLogLine{SubtaskID: st.ID,
 					LogLine: LogLine{RunTime: st.RunTime, Time: st.StartTime, Line: logHeader(st.Operation, st.StartTime), Header: true}}
 			}
-			err = e.cfg.Store.UpdateTask(ctx, before, after, lock, headers...)
+			err = e.cfg.Store.UpdateTask(ctx, before, after, take, headers...)
 		}
 		if err != nil {
-			e.forget(id) // what is stored is no longer sure
+			e.mem.forget(id) // what is stored is no longer sure
 			if errors.Is(err, ErrChanged) && try < 5 {
 				continue
 			}
 			return nil, err
 		}
-		e.keep(after, pos)
-		e.notify(id)
+		e.mem.keep(after, pos)
+		e.mem.notify(id)
 		e.run(after)
 		return after, nil
 	}
 }
 
-// load returns the task as this engine last stored it, else as the store
-// has it, with its subtasks' positions. The task's lock is held.
-func (e *Engine) load(ctx context.Context, id int64) (*Task, map[int64]int, error) {
-	e.mu.Lock()
-	if h := e.tasks[id]; h != nil && h.stored != nil {
-		t, pos := h.stored, h.pos
-		e.mu.Unlock()
-		return t, pos, nil
-	}
-	e.mu.Unlock()
-	t, err := e.cfg.Store.GetTask(ctx, id)
-	if err != nil {
-		return nil, nil, err
-	}
-	return t, positions(t), nil
-}
-
-// kept returns task id as this engine last stored it, or nil.
-func (e *Engine) kept(id int64) *Task {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if h := e.tasks[id]; h != nil {
-		return h.stored
-	}
-	return nil
-}
-
-// keep records t as stored: kept until it is final, or, while someone
-// watches it, until the last watcher has seen it final.
-func (e *Engine) keep(t *Task, pos map[int64]int) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	h := e.tasks[t.ID]
-	switch {
-	case !t.Status.Final() || len(e.watchers[t.ID]) > 0:
-		if h == nil {
-			h = &held{}
-			e.tasks[t.ID] = h
-		}
-		h.stored, h.pos = t, pos
-	case h != nil:
-		h.stored, h.pos = nil, nil
-		e.tidy(t.ID, h)
-	}
-}
-
-// forget drops what the engine keeps of task id: the next step reads it.
-func (e *Engine) forget(id int64) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if h := e.tasks[id]; h != nil {
-		h.stored, h.pos = nil, nil
-		e.tidy(id, h)
-	}
-}
-
-// tidy removes h, task id's entry, once it holds nothing. e.mu is held.
-func (e *Engine) tidy(id int64, h *held) {
-	if h.stored == nil && len(h.outcomes) == 0 && !h.draining {
-		delete(e.tasks, id)
-	}
-}
-
-// run stops the work of t's CANCELING subtasks and launches every active
-// attempt of t that this engine does not run yet. The task's lock is held,
-// so an attempt whose outcome is stored meanwhile is not launched again.
-// (An attempt whose outcome is stored leaves runs only afterwards: a new
-// attempt of the same subtask replaces it.)
-func (e *Engine) run(t *Task) {
-	type attempt struct {
-		ctx    context.Context
-		cancel context.CancelCauseFunc
-		st     *Subtask
-	}
-	var launch []attempt
-	e.mu.Lock()
-	if e.base.Err() != nil {
-		e.mu.Unlock()
-		return
-	}
-	for i := range t.Subtasks {
-		st := &t.Subtasks[i]
-		if !st.Status.active() {
-			continue
-		}
-		r, ok := e.runs[st.ID]
-		if !ok || r.attempt != st.RunTime {
-			var ctx context.Context
-			ctx, r.cancel = e.attemptContext(st)
-			r.attempt = st.RunTime
-			e.runs[st.ID] = r
-			launch = append(launch, attempt{ctx, r.cancel, st})
-		}
-		if st.Status == SubtaskCanceling {
-			r.cancel(ErrCanceled)
-		}
-	}
-	e.wg.Add(len(launch))
-	e.mu.Unlock()
-	for _, a := range launch {
-		go e.attempt(a.ctx, a.cancel, *t, *a.st)
-	}
-}
-
-// ErrCanceled is the cause of the context of an attempt an operator
-// canceled.
-var ErrCanceled = errors.New("canceled by an operator")
-
-// attemptContext is the context of an attempt: ended by its deadline, an
-// operator's cancel, or Close.
-func (e *Engine) attemptContext(st *Subtask) (context.Context, context.CancelCauseFunc) {
-	base, cancelBase := context.WithCancelCause(e.base)
-	ctx, cancelDeadline := context.WithDeadlineCause(base, st.StartTime.Add(st.Timeout),
-		fmt.Errorf("timed out after %ds", int(st.Timeout/time.Second)))
-	return ctx, func(cause error) { cancelBase(cause); cancelDeadline() }
-}
-
-// attempt runs one attempt of st and stores its outcome.
-func (e *Engine) attempt(ctx context.Context, cancel context.CancelCauseFunc, t Task, st Subtask) {
-	defer e.wg.Done()
-	defer func() {
-		e.mu.Lock()
-		if e.runs[st.ID].attempt == st.RunTime {
-			delete(e.runs, st.ID)
-		}
-		e.mu.Unlock()
-		cancel(nil)
-	}()
-	log := e.cfg.Log.With().Int64("task_id", t.ID).Int64("subtask_id", st.ID).Int("attempt", st.RunTime).Logger()
-	log.Debug().Str("subtask", st.Name).Msg("subtask attempt started")
-	res := e.execute(ctx, t, st)
-	if e.base.Err() != nil {
-		return // shutting down: the next Start resumes this attempt
-	}
-	if cause := context.Cause(ctx); res.Err != nil && ctx.Err() != nil && !errors.Is(res.Err, cause) {
-		res.Err = fmt.Errorf("%w: %w", cause, res.Err)
-	}
-	// The outcome is stored whatever it takes (a full disk): until then
-	// the subtask stays RUNNING and holds its hosts, and the agent's result
-	// is not acknowledged (AfterCommit).
-	o := &outcome{subtaskID: st.ID, runTime: st.RunTime, res: res}
-	err := e.report(t.ID, o)
-	if err != nil && !errors.Is(err, errStale) && e.base.Err() == nil {
-		log.Error().Err(err).Msg("storing subtask outcome failed; retrying")
-		err = e.retry(&log, "storing subtask outcome", func() error {
-			if err := e.report(t.ID, o); !errors.Is(err, errStale) {
-				return err
-			}
-			return nil // o.err says errStale
-		})
-		if err == nil {
-			err = o.err
-		}
-	}
-	switch {
-	case errors.Is(err, errStale):
-		log.Warn().Msg("subtask attempt outcome dropped: the subtask moved on")
-		return
-	case err != nil:
-		return // shutting down: the next Start resumes this attempt
-	}
-	if res.Err != nil {
-		log.Warn().Str("subtask", st.Name).Str("reason", res.Err.Error()).Msg("subtask failed")
-	} else {
-		log.Debug().Str("subtask", st.Name).Msg("subtask succeeded")
-	}
-	if res.AfterCommit != nil {
-		res.AfterCommit()
-	}
-}
-
-// report queues an attempt's outcome on its task and waits until it is
-// stored (nil), dropped (errStale) or failed to store.
-func (e *Engine) report(taskID int64, o *outcome) error {
-	o.done = make(chan struct{})
-	e.mu.Lock()
-	h := e.tasks[taskID]
-	if h == nil {
-		h = &held{}
-		e.tasks[taskID] = h
-	}
-	h.outcomes = append(h.outcomes, o)
-	drain := !h.draining
-	h.draining = true
-	if drain {
-		e.wg.Add(1) // inside the attempt's own count: never from zero
-	}
-	e.mu.Unlock()
-	if drain {
-		go e.drain(taskID)
-	}
-	<-o.done
-	return o.err
-}
-
-// drain stores the outcomes queued on a task, each time all that are
-// queued in one step, until none is left.
-func (e *Engine) drain(id int64) {
-	defer e.wg.Done()
-	mu := e.lock(id)
-	for {
-		mu.Lock()
-		e.mu.Lock()
-		h := e.tasks[id]
-		batch := h.outcomes
-		h.outcomes = nil
-		if len(batch) == 0 {
-			h.draining = false
-			e.tidy(id, h)
-			e.mu.Unlock()
-			mu.Unlock()
-			return
-		}
-		e.mu.Unlock()
-		_, err := e.stepLocked(e.base, id, func(t *Task, pos map[int64]int) error {
-			now := e.now()
-			for _, o := range batch {
-				s := find(t, pos, o.subtaskID)
-				if s == nil || !s.Status.active() || s.RunTime != o.runTime {
-					o.err = errStale
-					continue
-				}
-				o.err = nil
-				finish(t, s, o.res, now)
-			}
-			return nil
-		})
-		mu.Unlock()
-		for _, o := range batch {
-			if err != nil && o.err == nil {
-				o.err = err
-			}
-			close(o.done)
-		}
-	}
-}
-
-var errStale = errors.New("stale attempt")
-
-// ErrShutdown is the cause of the context of attempts stopped because the
-// server shuts down: executors should leave remote work running, since the
-// next server resumes the attempt.
-var ErrShutdown = errors.New("server shutting down")
-
-// execute calls the subtask's executor, turning a panic into a failure.
-func (e *Engine) execute(ctx context.Context, t Task, st Subtask) (res Result) {
-	x, ok := e.cfg.Executors[st.ClassName]
-	if !ok {
-		return Result{Err: fmt.Errorf("no executor for %s", st.ClassName)}
-	}
-	defer func() {
-		if p := recover(); p != nil {
-			e.cfg.Log.Error().Interface("panic", p).Bytes("stack", debug.Stack()).Int64("subtask_id", st.ID).
-				Msg("executor panicked")
-			res = Result{Err: errors.New("internal error in the executor")}
-		}
-	}()
-	r := Run{Task: t, Subtask: st, Log: func(line string) { e.appendLog(st.ID, st.RunTime, line) }}
-	if t.RollingBack() {
-		return x.Rollback(ctx, r)
-	}
-	return x.Execute(ctx, r)
-}
-
-// logger is the request's logger (with its trace id) when ctx has one, else
-// the engine's.
-func (e *Engine) logger(ctx context.Context) *zerolog.Logger {
+// loggerOf is the request's logger (with its trace id) when ctx has one,
+// else fallback.
+func loggerOf(ctx context.Context, fallback *zerolog.Logger) *zerolog.Logger {
 	if l := zerolog.Ctx(ctx); l.GetLevel() != zerolog.Disabled {
 		return l
 	}
-	return &e.cfg.Log
-}
-
-// appendLog appends a line to a subtask's log under an attempt, and returns
-// once it is stored. Lines appended at the same time are stored together.
-func (e *Engine) appendLog(subtaskID int64, runTime int, line string) {
-	err := e.logs.AppendSubtaskLog(e.base, subtaskID, LogLine{RunTime: runTime, Time: e.cfg.Now(), Line: line})
-	if err != nil && e.base.Err() == nil {
-		e.cfg.Log.Error().Err(err).Int64("subtask_id", subtaskID).Msg("appending to subtask log failed")
-	}
-}
-
-// writeLogs stores lines at once.
-func (e *Engine) writeLogs(lines []SubtaskLogLine) {
-	err := e.cfg.Store.AppendSubtaskLogs(e.base, lines)
-	if err != nil && e.base.Err() == nil {
-		e.cfg.Log.Error().Err(err).Int64("subtask_id", lines[0].SubtaskID).Int("lines", len(lines)).
-			Msg("appending to subtask logs failed")
-	}
-}
-
-// LogStore is where a LogWriter stores lines.
-type LogStore interface {
-	AppendSubtaskLogs(ctx context.Context, lines []SubtaskLogLine) error
-}
-
-// LogWriter appends lines to subtask logs in few transactions, for callers
-// that append one line at a time from many goroutines (attempts, agent
-// streams): a line waits while the lines before it are stored, then is
-// stored with every line that arrived meanwhile (a group commit). A lone
-// line is stored at once. It is safe for concurrent use.
-type LogWriter struct {
-	ctx   context.Context // of the writes
-	store LogStore
-
-	mu      sync.Mutex
-	next    *logBatch     // lines waiting for the writer
-	writing chan struct{} // while the writer goroutine runs; closed when it ends
-}
-
-type logBatch struct {
-	lines []SubtaskLogLine
-	err   error
-	done  chan struct{} // closed once lines are stored, or err says why not
-}
-
-// NewLogWriter returns a LogWriter that stores lines in s.
-func NewLogWriter(s LogStore) *LogWriter { return &LogWriter{ctx: context.Background(), store: s} }
-
-// AppendSubtaskLog appends a line to a subtask's log, and returns once it is
-// stored (or ctx is done: the line may still be stored).
-func (w *LogWriter) AppendSubtaskLog(ctx context.Context, subtaskID int64, l LogLine) error {
-	w.mu.Lock()
-	b := w.next
-	if b == nil {
-		b = &logBatch{done: make(chan struct{})}
-		w.next = b
-	}
-	b.lines = append(b.lines, SubtaskLogLine{SubtaskID: subtaskID, LogLine: l})
-	if w.writing == nil {
-		w.writing = make(chan struct{})
-		go w.write(w.writing)
-	}
-	w.mu.Unlock()
-	select {
-	case <-b.done:
-		return b.err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-func (w *LogWriter) write(writing chan struct{}) {
-	for {
-		w.mu.Lock()
-		b := w.next
-		w.next = nil
-		if b == nil {
-			w.writing = nil
-			w.mu.Unlock()
-			close(writing)
-			return
-		}
-		w.mu.Unlock()
-		b.err = w.store.AppendSubtaskLogs(w.ctx, b.lines)
-		close(b.done)
-	}
-}
-
-// wait returns once no line is being written.
-func (w *LogWriter) wait() {
-	w.mu.Lock()
-	writing := w.writing
-	w.mu.Unlock()
-	if writing != nil {
-		<-writing
-	}
-}
-
-// GetTask returns a task. Needs TASK_VIEWER.
-func (e *Engine) GetTask(ctx context.Context, id int64) (*Task, error) {
-	if err := auth.Require(ctx, auth.RoleTaskViewer); err != nil {
-		return nil, err
-	}
-	if id <= 0 {
-		return nil, fmt.Errorf("task id %d: must be positive: %w", id, errs.ErrInvalidArgument)
-	}
-	return e.cfg.Store.GetTask(ctx, id)
-}
-
-// ListTasks returns a page of tasks, newest first unless q.Sort says
-// otherwise. Needs TASK_VIEWER.
-func (e *Engine) ListTasks(ctx context.Context, q ListQuery) (Page, error) {
-	if err := auth.Require(ctx, auth.RoleTaskViewer); err != nil {
-		return Page{}, err
-	}
-	if q.Page < 0 || q.Size < 0 || q.Size > 2000 {
-		return Page{}, fmt.Errorf("page %d size %d: page must be ≥ 1 and size 1..2000: %w", q.Page, q.Size, errs.ErrInvalidArgument)
-	}
-	if q.Sort.Field != "" && !slices.Contains(sortFields, q.Sort.Field) {
-		return Page{}, fmt.Errorf("sort field %q: must be one of %s: %w", q.Sort.Field, strings.Join(sortFields, ", "), errs.ErrInvalidArgument)
-	}
-	if len(q.Name) > 128 {
-		return Page{}, fmt.Errorf("name filter longer than 128 characters: %w", errs.ErrInvalidArgument)
-	}
-	return e.cfg.Store.ListTasks(ctx, q)
-}
-
-// WatchTask calls send with the task now and after every change, and returns
-// nil once it has sent the task in a final status. It returns early with
-// send's error or ctx's. send must not modify the task. Changes that follow
-// each other faster than a refresh (reading, comparing and sending the
-// task) costs are sent together: a watcher of a big task that changes
-// thousands of times spends at most about half its time refreshing. Needs
-// TASK_VIEWER.
-func (e *Engine) WatchTask(ctx context.Context, id int64, send func(*Task) error) error {
-	if err := auth.Require(ctx, auth.RoleTaskViewer); err != nil {
-		return err
-	}
-	if id <= 0 {
-		return fmt.Errorf("task id %d: must be positive: %w", id, errs.ErrInvalidArgument)
-	}
-	ch := make(chan struct{}, 1)
-	e.mu.Lock()
-	if e.watchers[id] == nil {
-		e.watchers[id] = map[chan struct{}]struct{}{}
-	}
-	e.watchers[id][ch] = struct{}{}
-	e.mu.Unlock()
-	defer func() {
-		e.mu.Lock()
-		delete(e.watchers[id], ch)
-		if len(e.watchers[id]) == 0 {
-			delete(e.watchers, id)
-			if h := e.tasks[id]; h != nil && h.stored != nil && h.stored.Status.Final() {
-				h.stored, h.pos = nil, nil // kept only for its watchers (see keep)
-				e.tidy(id, h)
-			}
-		}
-		e.mu.Unlock()
-	}()
-	var last *Task
-	for {
-		began := time.Now()
-		t, err := e.current(ctx, id)
-		if err != nil {
-			return err
-		}
-		if last == nil || t != last && !sameTask(last, t) {
-			if err := send(t); err != nil {
-				return err
-			}
-			last = t
-		}
-		if t.Status.Final() {
-			return nil
-		}
-		ended := time.Now()
-		cost := ended.Sub(began)
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-e.base.Done():
-			return fmt.Errorf("watching task %d: server shutting down: %w", id, errs.ErrUnavailable)
-		case <-ch:
-		}
-		if wait := cost - time.Since(ended); wait > 0 {
-			timer := time.NewTimer(wait)
-			select {
-			case <-ctx.Done():
-				timer.Stop()
-				return ctx.Err()
-			case <-e.base.Done():
-				timer.Stop()
-				return fmt.Errorf("watching task %d: server shutting down: %w", id, errs.ErrUnavailable)
-			case <-timer.C:
-			}
-		}
-	}
-}
-
-// current returns the task as this engine last stored it, else as the store
-// has it. It must not be modified.
-func (e *Engine) current(ctx context.Context, id int64) (*Task, error) {
-	if t := e.kept(id); t != nil {
-		return t, nil
-	}
-	return e.cfg.Store.GetTask(ctx, id)
-}
-
-// notify wakes the watchers of task id; a pending wake-up is enough.
-func (e *Engine) notify(id int64) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	for ch := range e.watchers[id] {
-		select {
-		case ch <- struct{}{}:
-		default:
-		}
-	}
-}
-
-// sameTask reports whether a and b, versions of the same task, agree on
-// everything a step changes.
-func sameTask(a, b *Task) bool {
-	if a.Status != b.Status || a.Operation != b.Operation || !a.EndTime.Equal(b.EndTime) ||
-		len(a.Subtasks) != len(b.Subtasks) {
-		return false
-	}
-	for i := range a.Subtasks {
-		x, y := &a.Subtasks[i], &b.Subtasks[i]
-		if x.ID != y.ID || x.Status != y.Status || x.Operation != y.Operation || x.RunTime != y.RunTime ||
-			x.Executor != y.Executor || !x.StartTime.Equal(y.StartTime) || !x.EndTime.Equal(y.EndTime) ||
-			x.Message != y.Message || x.ProhibitRollback != y.ProhibitRollback {
-			return false
-		}
-	}
-	return true
-}
-
-func cloneTask(t *Task) *Task {
-	c := *t
-	c.Subtasks = make([]Subtask, len(t.Subtasks))
-	copy(c.Subtasks, t.Subtasks)
-	return &c
+	return fallback
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"agentplane/server/internal/agentop"
 	"agentplane/server/internal/auth"
 	"agentplane/server/internal/host"
 	"agentplane/server/internal/store"
@@ -38,9 +39,18 @@ func openStore(t *testing.T, dir string) *store.Store {
 	return st
 }
 
-func newEngine(t *testing.T, st *store.Store, execs map[string]task.Executor) *task.Engine {
+// engine is an engine and the task service over it, as the server wires
+// them: tests submit to the one and operate through the other.
+type engine struct {
+	*task.Engine
+	*task.Service
+}
+
+func serve(e *task.Engine) *engine { return &engine{e, task.NewService(e)} }
+
+func newEngine(t *testing.T, st *store.Store, execs map[string]task.Executor) *engine {
 	t.Helper()
-	e := task.New(task.Config{Store: st, Executors: execs, Executor: "127.0.0.1", Log: zerolog.Nop()})
+	e := serve(task.New(task.Config{Store: st, Executors: execs, Executor: "127.0.0.1", Log: zerolog.Nop(), Holds: agentop.Holds}))
 	if err := e.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -65,7 +75,7 @@ func plan(timeouts ...time.Duration) task.Plan {
 var viewer = auth.WithPrincipal(context.Background(), auth.Principal{Username: "v", Roles: []auth.Role{auth.RoleTaskViewer}})
 
 // waitFinal watches the task until it is final, with a deadline.
-func waitFinal(t *testing.T, e *task.Engine, id int64) *task.Task {
+func waitFinal(t *testing.T, e *engine, id int64) *task.Task {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(viewer, 20*time.Second)
 	defer cancel()
@@ -179,7 +189,7 @@ func TestEngineResumesAfterRestart(t *testing.T) {
 		}
 		return task.Result{Err: ctx.Err()}
 	})
-	e1 := task.New(task.Config{Store: st, Executors: map[string]task.Executor{"a": execFunc(ok), "b": block}, Executor: "x", Log: zerolog.Nop()})
+	e1 := serve(task.New(task.Config{Store: st, Executors: map[string]task.Executor{"a": execFunc(ok), "b": block}, Executor: "x", Log: zerolog.Nop(), Holds: agentop.Holds}))
 	if err := e1.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -224,7 +234,7 @@ func TestEngineHostLockConflict(t *testing.T) {
 		return task.Result{}
 	})})
 	p := plan(time.Minute)
-	p.Locks = []int64{h.ID}
+	p.Resources = []task.Resource{agentop.HostResource(h.ID)}
 	first, err := e.Submit(context.Background(), p)
 	if err != nil {
 		t.Fatal(err)

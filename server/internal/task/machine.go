@@ -330,21 +330,6 @@ func refused(t *Task, op, state string) error {
 	return fmt.Errorf("task %d: cannot %s: %s: %w", t.ID, op, state, errs.ErrFailedPrecondition)
 }
 
-// lockHosts lists the hosts whose agent-operation lock a task must take
-// again when it leaves a final status: those of the subtasks that will run.
-func lockHosts(t *Task) []int64 {
-	seen := map[int64]bool{}
-	var hosts []int64
-	for _, st := range t.Subtasks {
-		will := st.Status == SubtaskReady || st.Status.active() || !t.RollingBack() && st.Status == SubtaskPending
-		if will && st.HostID != 0 && !seen[st.HostID] {
-			seen[st.HostID] = true
-			hosts = append(hosts, st.HostID)
-		}
-	}
-	return hosts
-}
-
 // LogHeaderLayout formats the time in a subtask log's attempt header.
 const LogHeaderLayout = "2006-01-02T15:04:05.000-07:00"
 

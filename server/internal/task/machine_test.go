@@ -342,7 +342,7 @@ func TestTransitions(t *testing.T) {
 					t.Fatalf("err = %v, want %v", err, tt.wantErr)
 				}
 				named := []string{"task 7", tt.op.name, tt.state}
-				if tt.wantErr == errs.ErrNotFound {
+				if errors.Is(tt.wantErr, errs.ErrNotFound) {
 					named = []string{tt.state} // names the subtask and the task
 				}
 				for _, s := range named {
@@ -652,37 +652,5 @@ func TestParallelBranches(t *testing.T) {
 	}
 	if got := launchRunnable(tk, now); !slices.Equal(got, []int64{2, 4}) {
 		t.Fatalf("rollback started %v, want [2 4]", got)
-	}
-}
-
-func TestLockHosts(t *testing.T) {
-	hosts := func(op Operation, subs string, hostIDs ...int64) []int64 {
-		tk := build(op, subs)
-		for i, h := range hostIDs {
-			tk.Subtasks[i].HostID = h
-		}
-		return lockHosts(tk)
-	}
-	tests := []struct {
-		name string
-		got  []int64
-		want []int64
-	}{
-		{"forward: ready, running and pending; deduplicated", hosts(OpRetry,
-			"SUCCESSFUL/EXECUTE/1 READY/RETRY/2 PENDING/EXECUTE/1 PENDING/EXECUTE/1", 10, 20, 30, 20), []int64{20, 30}},
-		{"forward: failed and done hosts are not taken", hosts(OpExecute,
-			"SUCCESSFUL/SKIP/1 FAILED/EXECUTE/1 RUNNING/EXECUTE/1", 10, 20, 30), []int64{30}},
-		{"forward: canceling holds its host", hosts(OpExecute,
-			"CANCELING/CANCEL/1 PENDING/EXECUTE/1", 10, 0), []int64{10}},
-		{"rolling back: only what will be undone", hosts(OpRollback,
-			"READY/ROLLBACK/2 RUNNING/ROLLBACK/2 PENDING/ROLLBACK/2 PENDING/EXECUTE/1", 10, 20, 30, 40), []int64{10, 20}},
-		{"no host", hosts(OpExecute, "READY/EXECUTE/1 PENDING/EXECUTE/1", 0, 0), nil},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if !slices.Equal(tt.got, tt.want) {
-				t.Fatalf("lockHosts = %v, want %v", tt.got, tt.want)
-			}
-		})
 	}
 }

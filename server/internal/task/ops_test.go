@@ -14,6 +14,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"agentplane/server/internal/agentop"
 	"agentplane/server/internal/auth"
 	"agentplane/server/internal/errs"
 	"agentplane/server/internal/host"
@@ -104,7 +105,7 @@ func await[T any](t *testing.T, ch <-chan T, what string) T {
 	}
 }
 
-func submit(t *testing.T, e *task.Engine, p task.Plan) *task.Task {
+func submit(t *testing.T, e *engine, p task.Plan) *task.Task {
 	t.Helper()
 	created, err := e.Submit(context.Background(), p)
 	if err != nil {
@@ -116,11 +117,11 @@ func submit(t *testing.T, e *task.Engine, p task.Plan) *task.Task {
 func TestEngineRetry(t *testing.T) {
 	tests := []struct {
 		name  string
-		retry func(e *task.Engine, tk *task.Task) (*task.Task, error)
+		retry func(e *engine, tk *task.Task) (*task.Task, error)
 		op    task.Operation // the task's operation after
 	}{
-		{"task", func(e *task.Engine, tk *task.Task) (*task.Task, error) { return e.RetryTask(manager, tk.ID) }, task.OpRetry},
-		{"subtask", func(e *task.Engine, tk *task.Task) (*task.Task, error) {
+		{"task", func(e *engine, tk *task.Task) (*task.Task, error) { return e.RetryTask(manager, tk.ID) }, task.OpRetry},
+		{"subtask", func(e *engine, tk *task.Task) (*task.Task, error) {
 			return e.RetrySubtask(manager, tk.ID, tk.Subtasks[1].ID)
 		}, task.OpRetry},
 	}
@@ -534,7 +535,7 @@ func TestEngineRetryRetakesTheHostLock(t *testing.T) {
 	e := newEngine(t, st, rec.executors("a", "other"))
 	onHost := func(class string) task.Plan {
 		p := plan(time.Minute)
-		p.Task.Name, p.Task.HostID, p.Locks = class, h.ID, []int64{h.ID}
+		p.Task.Name, p.Task.HostID, p.Resources = class, h.ID, []task.Resource{agentop.HostResource(h.ID)}
 		p.Task.Subtasks[0].ClassName, p.Task.Subtasks[0].HostID = class, h.ID
 		return p
 	}
@@ -592,7 +593,7 @@ func TestEngineCancelingSurvivesRestart(t *testing.T) {
 	stubborn := &recorder{do: map[string]func(context.Context, task.Run, bool) task.Result{
 		"a": func(context.Context, task.Run, bool) task.Result { close(started); <-release; return task.Result{} },
 	}}
-	e1 := task.New(task.Config{Store: st, Executors: stubborn.executors("a", "b"), Executor: "x", Log: zerolog.Nop()})
+	e1 := serve(task.New(task.Config{Store: st, Executors: stubborn.executors("a", "b"), Executor: "x", Log: zerolog.Nop(), Holds: agentop.Holds}))
 	t.Cleanup(e1.Close)
 	releaseOnce := sync.OnceFunc(func() { close(release) })
 	t.Cleanup(releaseOnce) // runs first: lets e1.Close return should the test fail

@@ -11,6 +11,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"agentplane/server/internal/agentop"
 	"agentplane/server/internal/errs"
 	"agentplane/server/internal/store"
 	"agentplane/server/internal/task"
@@ -30,7 +31,7 @@ func (f *failingStore) fail(cond func() bool) {
 	f.failing = cond
 }
 
-func (f *failingStore) UpdateTask(ctx context.Context, before, after *task.Task, lock []int64, logs ...task.SubtaskLogLine) error {
+func (f *failingStore) UpdateTask(ctx context.Context, before, after *task.Task, take []task.Resource, logs ...task.SubtaskLogLine) error {
 	f.mu.Lock()
 	failing := f.failing
 	f.mu.Unlock()
@@ -38,13 +39,13 @@ func (f *failingStore) UpdateTask(ctx context.Context, before, after *task.Task,
 		f.failed.Add(1)
 		return &errs.StoreError{Full: true, Err: errors.New("database or disk is full (13)")}
 	}
-	return f.Store.UpdateTask(ctx, before, after, lock, logs...)
+	return f.Store.UpdateTask(ctx, before, after, take, logs...)
 }
 
-func newFailingEngine(t *testing.T, execs map[string]task.Executor) (*task.Engine, *failingStore) {
+func newFailingEngine(t *testing.T, execs map[string]task.Executor) (*engine, *failingStore) {
 	t.Helper()
 	fs := &failingStore{Store: openStore(t, t.TempDir())}
-	e := task.New(task.Config{Store: fs, Executors: execs, Executor: "127.0.0.1", Log: testLog(t)})
+	e := serve(task.New(task.Config{Store: fs, Executors: execs, Executor: "127.0.0.1", Log: testLog(t), Holds: agentop.Holds}))
 	if err := e.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +70,7 @@ func TestOutcomeRetriedUntilStored(t *testing.T) {
 			acks.Add(1)
 		}}
 	})
-	var e *task.Engine
+	var e *engine
 	e, fs = newFailingEngine(t, map[string]task.Executor{"a": first, "b": execFunc(ok), "c": execFunc(ok)})
 	got := runPlan(t, e, plan(time.Minute, time.Minute, time.Minute), 10*time.Second)
 	if got.Status != task.StatusSuccessful {
@@ -95,7 +96,7 @@ func TestTimeoutStoredAfterWritesFail(t *testing.T) {
 		<-ctx.Done()
 		return task.Result{Err: context.Cause(ctx)}
 	})
-	var e *task.Engine
+	var e *engine
 	e, fs = newFailingEngine(t, map[string]task.Executor{"a": wait, "b": execFunc(ok), "c": execFunc(ok)})
 	got := runPlan(t, e, plan(time.Second, time.Minute, time.Minute), 15*time.Second)
 	a := got.Subtasks[0]
@@ -121,7 +122,7 @@ func TestStartRetriedUntilStored(t *testing.T) {
 
 // runPlan submits p and watches its task until it is final, failing the
 // test after timeout.
-func runPlan(t *testing.T, e *task.Engine, p task.Plan, timeout time.Duration) *task.Task {
+func runPlan(t *testing.T, e *engine, p task.Plan, timeout time.Duration) *task.Task {
 	t.Helper()
 	created, err := e.Submit(context.Background(), p)
 	if err != nil {

@@ -1,6 +1,10 @@
-// Package task owns asynchronous DAG tasks: their model, the state machine of
-// tasks and subtasks (OCP's semantics), the built-in task plans, and the
-// event-driven engine that runs them. It knows nothing of protobuf or HTTP.
+// Package task owns asynchronous DAG tasks: their model (task.go), the state
+// machine of tasks and subtasks (OCP's semantics, machine.go), the resources
+// a task holds while it runs (resource.go), the event-driven Engine that runs
+// them (engine.go, attempt.go, memory.go), the Service of the operations
+// users call on them (service.go, ops.go), and the LogWriter that batches
+// subtask log lines (logwriter.go). The plans of particular tasks live with
+// their executors (agentop). It knows nothing of protobuf or HTTP.
 package task
 
 import (
@@ -181,13 +185,13 @@ type Page struct {
 
 // Plan is a task to create: the task and its subtasks (in execution order,
 // IDs unset) and the DAG's edges as pairs of indexes into Subtasks
-// (upstream, downstream). Locks lists the hosts whose agent-operation lock
-// the task takes at creation; creation fails with ErrConflict when another
-// task holds one.
+// (upstream, downstream). Resources are what the task holds from its
+// creation (see Resource); creation fails with ErrConflict when another task
+// holds one.
 type Plan struct {
-	Task  Task
-	Edges [][2]int
-	Locks []int64
+	Task      Task
+	Edges     [][2]int
+	Resources []Resource
 	// Idempotency, when set, makes creation return the task created earlier
 	// with the same Scope (and refuse one whose Fingerprint differs).
 	Idempotency *Idempotency
@@ -243,7 +247,7 @@ type LogQuery struct {
 
 // LogPage is a page of a subtask's log.
 type LogPage struct {
-	// Text is the page's lines, one per line of text (see Engine.SubtaskLog).
+	// Text is the page's lines, one per line of text (see Service.SubtaskLog).
 	Text string
 	// Lines is how many lines Text holds.
 	Lines int
