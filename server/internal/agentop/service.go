@@ -154,8 +154,8 @@ func (s *Service) ListHosts(ctx context.Context, q host.ListQuery) (host.Page, e
 	if err := auth.Require(ctx, auth.RoleHostViewer); err != nil {
 		return host.Page{}, err
 	}
-	if q.Page < 0 || q.Size < 0 || q.Size > paging.MaxSize {
-		return host.Page{}, fmt.Errorf("page %d size %d: page must be ≥ 1 and size 1..%d: %w", q.Page, q.Size, paging.MaxSize, errs.ErrInvalidArgument)
+	if err := paging.Check(q.Page, q.Size); err != nil {
+		return host.Page{}, err
 	}
 	return s.hosts.ListHosts(ctx, q)
 }

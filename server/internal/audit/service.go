@@ -235,9 +235,9 @@ func (s *Service) ListEvents(ctx context.Context, q Query) (Page, error) {
 	if q.Size == 0 {
 		q.Size = DefaultPageSize
 	}
-	switch {
-	case q.Page < 1 || q.Size < 1 || q.Size > MaxPageSize:
-		return Page{}, fmt.Errorf("page %d size %d: page must be ≥ 1 and size 1..%d: %w", q.Page, q.Size, MaxPageSize, errs.ErrInvalidArgument)
+	switch err := paging.Check(q.Page, q.Size); {
+	case err != nil:
+		return Page{}, err
 	case q.HostID < 0 || q.TaskID < 0:
 		return Page{}, fmt.Errorf("host id %d task id %d: must be positive: %w", q.HostID, q.TaskID, errs.ErrInvalidArgument)
 	case !q.Start.IsZero() && !q.End.IsZero() && !q.Start.Before(q.End):

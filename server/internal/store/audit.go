@@ -7,6 +7,7 @@ import (
 	"unicode/utf8"
 
 	"agentplane/server/internal/audit"
+	"agentplane/server/internal/paging"
 )
 
 var _ audit.Store = (*Store)(nil)
@@ -59,7 +60,7 @@ func (s *Store) ListAuditEvents(ctx context.Context, q audit.Query) (audit.Page,
 	if err := s.r.QueryRowContext(ctx, `SELECT COUNT(*) FROM audit_events WHERE `+cond, args...).Scan(&p.Total); err != nil {
 		return p, fmt.Errorf("counting audit events: %w", err)
 	}
-	limit, offset := page(q.Page, q.Size)
+	limit, offset := paging.Bounds(q.Page, q.Size)
 	rows, err := s.r.QueryContext(ctx, `SELECT `+auditCols+` FROM audit_events WHERE `+cond+
 		` ORDER BY at DESC, id DESC LIMIT ? OFFSET ?`, append(args, limit, offset)...)
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 
 	"agentplane/server/internal/errs"
 	"agentplane/server/internal/host"
+	"agentplane/server/internal/paging"
 )
 
 const hostCols = `id, name, inner_ip, machine_id, status, agent_status, agentd_version, install_home, last_seen,
@@ -290,7 +291,7 @@ func (s *Store) ListHosts(ctx context.Context, q host.ListQuery) (host.Page, err
 	if err := s.r.QueryRowContext(ctx, `SELECT COUNT(*) FROM hosts`).Scan(&p.Total); err != nil {
 		return p, fmt.Errorf("counting hosts: %w", err)
 	}
-	limit, offset := page(q.Page, q.Size)
+	limit, offset := paging.Bounds(q.Page, q.Size)
 	rows, err := s.r.QueryContext(ctx, `SELECT `+hostCols+` FROM hosts ORDER BY id LIMIT ? OFFSET ?`, limit, offset)
 	if err != nil {
 		return p, fmt.Errorf("listing hosts: %w", err)

@@ -219,17 +219,6 @@ func expectOne(res sql.Result, what string) error {
 	return nil
 }
 
-// page turns a 1-based page and size into LIMIT and OFFSET.
-func page(p, size int) (limit, offset int) {
-	if size <= 0 {
-		size = 20
-	}
-	if p <= 0 {
-		p = 1
-	}
-	return size, (p - 1) * size
-}
-
 func secs(n int) time.Duration { return time.Duration(n) * time.Second }
 
 func nowMS() int64 { return time.Now().UnixMilli() }

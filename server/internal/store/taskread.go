@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"agentplane/server/internal/errs"
+	"agentplane/server/internal/paging"
 	"agentplane/server/internal/task"
 )
 
@@ -116,7 +117,7 @@ func (s *Store) ListTasks(ctx context.Context, q task.ListQuery) (task.Page, err
 	if err := s.r.QueryRowContext(ctx, `SELECT COUNT(*) FROM tasks WHERE `+cond, args...).Scan(&p.Total); err != nil {
 		return p, fmt.Errorf("counting tasks: %w", err)
 	}
-	limit, offset := page(q.Page, q.Size)
+	limit, offset := paging.Bounds(q.Page, q.Size)
 	rows, err := s.r.QueryContext(ctx, `SELECT `+taskCols+` FROM tasks WHERE `+cond+` ORDER BY `+orderBy(q.Sort)+` LIMIT ? OFFSET ?`,
 		append(args, limit, offset)...)
 	if err != nil {

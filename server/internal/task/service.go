@@ -9,6 +9,7 @@ import (
 
 	"agentplane/server/internal/auth"
 	"agentplane/server/internal/errs"
+	"agentplane/server/internal/paging"
 )
 
 // Service is the task API users call: it checks the caller's role,
@@ -40,8 +41,8 @@ func (s *Service) ListTasks(ctx context.Context, q ListQuery) (Page, error) {
 	if err := auth.Require(ctx, auth.RoleTaskViewer); err != nil {
 		return Page{}, err
 	}
-	if q.Page < 0 || q.Size < 0 || q.Size > 2000 {
-		return Page{}, fmt.Errorf("page %d size %d: page must be ≥ 1 and size 1..2000: %w", q.Page, q.Size, errs.ErrInvalidArgument)
+	if err := paging.Check(q.Page, q.Size); err != nil {
+		return Page{}, err
 	}
 	if q.Sort.Field != "" && !slices.Contains(sortFields, q.Sort.Field) {
 		return Page{}, fmt.Errorf("sort field %q: must be one of %s: %w", q.Sort.Field, strings.Join(sortFields, ", "), errs.ErrInvalidArgument)

@@ -128,7 +128,7 @@ func (t *Task) Subtask(id int64) *Subtask {
 }
 
 // ListQuery filters, orders and pages tasks. Zero values match everything.
-// Page is 1-based; Size is 1..2000.
+// Page is 1-based; Size is 1..paging.MaxSize (0: the defaults).
 type ListQuery struct {
 	Name   string // contained in the name, case-insensitive
 	Status Status
