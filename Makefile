@@ -67,10 +67,10 @@ fuzz: ## run each fuzz target for FUZZTIME (default 10s), one after another; fai
 	done
 
 .PHONY: lint
-lint: ## go vet, gofmt, golangci-lint (.golangci.yml), buf lint and buf format
+lint: ## go vet, gofmt, golangci-lint (.ci/golangci.yml), buf lint and buf format
 	go vet ./... ./testdata/fakeocpagent
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^gen/')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
-	$(GOLANGCI_LINT) run ./... ./testdata/fakeocpagent
+	$(GOLANGCI_LINT) run --config .ci/golangci.yml ./... ./testdata/fakeocpagent
 	$(BUF) lint
 	$(BUF) format -d --exit-code
 
