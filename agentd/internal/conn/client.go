@@ -181,11 +181,15 @@ func New(cfg Config) *Client {
 // attempt fails (no connection, no Welcome within WelcomeTimeout, the stream
 // ended by the server or the network), the next attempt goes to the next
 // server in this agentd's order (see servers.Pool). The waits are
-// backoff.Rounds': at most Backoff.Base between the servers of a round, so a
-// dead server costs the next one only its own failure, and the growing,
-// jittered Backoff after a round in which every server failed, so agentd
-// never loops hot. A stream that stayed up StableAfter starts the rounds over.
-// With one server this is the backoff of every attempt, as with Service.
+// backoff.Rounds': at most Backoff.Base between the servers of a round, and
+// the growing, jittered Backoff after a round in which every server failed,
+// so agentd never loops hot. A dead server costs the next one only its own
+// failure: a new connection to one of several servers fails the attempt as
+// soon as it fails (refused at once; unanswered, gRPC's connect timeout of
+// 5 s, see DialOptions) rather than waiting WelcomeTimeout for the server
+// to come back. A stream that stayed up StableAfter starts the rounds over.
+// With one server every attempt ends a round: the same connection, waits
+// and logs as with Service.
 func (c *Client) Run(ctx context.Context) error {
 	c.mu.Lock()
 	c.root = ctx
@@ -234,6 +238,11 @@ type dest struct {
 	name  string // for the logs; "" for Config.Service
 	svc   agentv1.AgentServiceClient
 	reset func() // nil: nothing to reset
+	// failFast: the stream fails at once when the connection does, rather
+	// than waiting up to WelcomeTimeout for the server to come back; for a
+	// new connection (no failure of gRPC's cached) when there are other
+	// servers to try.
+	failFast bool
 }
 
 // pick returns the server of the next attempt and how many servers a round
@@ -247,8 +256,8 @@ func (c *Client) pick(ctx context.Context) (dest, int, error) {
 	if err != nil {
 		return dest{}, 1, err
 	}
-	return dest{name: sc.Endpoint.String(), svc: agentv1.NewAgentServiceClient(sc.CC), reset: sc.CC.ResetConnectBackoff},
-		sc.Servers, nil
+	return dest{name: sc.Endpoint.String(), svc: agentv1.NewAgentServiceClient(sc.CC), reset: sc.CC.ResetConnectBackoff,
+		failFast: sc.Fresh && sc.Servers > 1}, sc.Servers, nil
 }
 
 // send hands msg to the current connection. Progress (droppable) is dropped

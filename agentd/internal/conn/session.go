@@ -57,10 +57,12 @@ func (c *Client) session(ctx context.Context, srv dest) (welcomed bool, err erro
 	}
 	// Wait for the connection, but no longer than WelcomeTimeout: a
 	// fail-fast call would fail on a failure gRPC cached before the server
-	// came back.
+	// came back. A new connection to one of several servers has none
+	// cached: its first failure ends the attempt, and the next server is
+	// tried.
 	opening := time.AfterFunc(c.cfg.WelcomeTimeout, cancel)
 	stopping := context.AfterFunc(ctx, cancel) // shutdown ends the wait too
-	stream, err := srv.svc.Connect(sctx, grpc.WaitForReady(true))
+	stream, err := srv.svc.Connect(sctx, grpc.WaitForReady(!srv.failFast))
 	stopping()
 	if ctx.Err() != nil {
 		if err == nil {

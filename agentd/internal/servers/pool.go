@@ -31,7 +31,8 @@ type Config struct {
 type Conn struct {
 	Endpoint Endpoint
 	CC       *grpc.ClientConn
-	Servers  int // how many endpoints the list resolved to at this attempt: a round
+	Servers  int  // how many endpoints the list resolved to at this attempt: a round
+	Fresh    bool // CC was made for this attempt: it holds no failure of an earlier one
 }
 
 // Pool holds agentd's one connection to the server of the current attempt
@@ -87,7 +88,7 @@ func (p *Pool) Next(ctx context.Context) (Conn, error) {
 		return Conn{}, errors.New("servers: pool closed")
 	}
 	if p.cur.CC != nil && p.cur.Endpoint == ep {
-		p.cur.Servers = n
+		p.cur.Servers, p.cur.Fresh = n, false
 		return p.cur, nil
 	}
 	cc, err := p.dial(ep)
@@ -97,7 +98,7 @@ func (p *Pool) Next(ctx context.Context) (Conn, error) {
 	if p.cur.CC != nil {
 		p.cur.CC.Close()
 	}
-	p.cur = Conn{Endpoint: ep, CC: cc, Servers: n}
+	p.cur = Conn{Endpoint: ep, CC: cc, Servers: n, Fresh: true}
 	return p.cur, nil
 }
 
