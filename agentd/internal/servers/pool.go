@@ -65,10 +65,7 @@ func NewPool(cfg Config) *Pool {
 	if cfg.Rand == nil {
 		cfg.Rand = rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
 	}
-	rot := &rotation{entries: cfg.Entries, resolver: cfg.Resolver, timeout: cfg.ResolveTimeout, log: cfg.Log,
-		seed: cfg.Rand.Uint64()}
-	rot.last.rank = cfg.Rand.Uint64() // start at a random point of the order
-	return &Pool{cfg: cfg, rot: rot}
+	return &Pool{cfg: cfg, rot: newRotation(cfg)}
 }
 
 // Next returns the connection to the next server in this agentd's order

@@ -59,6 +59,14 @@ type rotation struct {
 	last ranked // the endpoint of the previous attempt
 }
 
+// newRotation returns the rotation of cfg, defaults filled in.
+func newRotation(cfg Config) *rotation {
+	r := &rotation{entries: cfg.Entries, resolver: cfg.Resolver, timeout: cfg.ResolveTimeout, log: cfg.Log,
+		seed: cfg.Rand.Uint64()}
+	r.last.rank = cfg.Rand.Uint64() // start at a random point of the order
+	return r
+}
+
 type ranked struct {
 	rank uint64
 	key  string
