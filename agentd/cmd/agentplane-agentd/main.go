@@ -200,6 +200,7 @@ func agent(ctx context.Context, o options, log zerolog.Logger) error {
 		Int64("memory_limit", debug.SetMemoryLimit(-1)).Msg("agentd starting")
 
 	creds := insecure.NewCredentials()
+	serverName := "" // the name every server's certificate must carry; "": each its own
 	var id *identity.Identity
 	if o.insecure {
 		log.Warn().Msg("--insecure: plaintext connection to the server, authenticated by the bootstrap token")
@@ -219,11 +220,13 @@ func agent(ctx context.Context, o options, log zerolog.Logger) error {
 			return err
 		}
 		creds = credentials.NewTLS(id.ClientTLS())
+		serverName = id.ServerName()
 	}
 
 	// One connection at a time, to the server of the stream's current
 	// attempt; renewal calls go on it too.
-	pool := servers.NewPool(servers.Config{Entries: entries, Creds: creds, Options: conn.DialOptions(), Log: log})
+	pool := servers.NewPool(servers.Config{Entries: entries, Creds: creds, ServerName: serverName,
+		Options: conn.DialOptions(), Log: log})
 	defer pool.Close()
 	svc := agentv1.NewAgentServiceClient(pool)
 

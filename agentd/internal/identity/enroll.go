@@ -83,7 +83,7 @@ func (id *Identity) enroll(ctx context.Context) error {
 	}
 	rnd := mrand.New(mrand.NewPCG(mrand.Uint64(), mrand.Uint64()))
 	pool := servers.NewPool(servers.Config{Entries: id.entries, Creds: credentials.NewTLS(id.serverAuthTLS()),
-		Resolver: id.cfg.Resolver, Rand: rnd, Log: id.log})
+		ServerName: id.cfg.ServerName, Resolver: id.cfg.Resolver, Rand: rnd, Log: id.log})
 	defer pool.Close()
 	req := &agentv1.EnrollRequest{JoinToken: id.cfg.JoinToken, HostName: id.cfg.HostName, Csr: csr,
 		InnerIpAddress: id.cfg.InnerIP, MachineId: id.cfg.MachineID}

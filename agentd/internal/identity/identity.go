@@ -143,6 +143,10 @@ func (id *Identity) Certificate() *x509.Certificate {
 	return id.cert.Leaf
 }
 
+// ServerName returns the name every server's certificate must carry, ""
+// when it is each server's own (servers.Config.ServerName).
+func (id *Identity) ServerName() string { return id.cfg.ServerName }
+
 // HostID returns the host id the current certificate is bound to, 0 when
 // there is none.
 func (id *Identity) HostID() int64 {

@@ -18,12 +18,16 @@ import (
 
 // Config configures a Pool. Entries and Creds are required.
 type Config struct {
-	Entries        []Entry                          // from Parse
-	Creds          credentials.TransportCredentials // of every connection
-	Options        []grpc.DialOption                // more options of every connection (keepalive, backoff)
-	Resolver       Resolver                         // default net.DefaultResolver
-	ResolveTimeout time.Duration                    // of one entry's lookup; default DefaultResolveTimeout
-	Rand           *rand.Rand                       // draws the order; default a random seed
+	Entries []Entry                          // from Parse
+	Creds   credentials.TransportCredentials // of every connection
+	// ServerName, when set, is the name every server's certificate must
+	// carry, as a fixed name in Creds' tls.Config (which must be the same,
+	// or gRPC refuses the connection); default each entry's host.
+	ServerName     string
+	Options        []grpc.DialOption // more options of every connection (keepalive, backoff)
+	Resolver       Resolver          // default net.DefaultResolver
+	ResolveTimeout time.Duration     // of one entry's lookup; default DefaultResolveTimeout
+	Rand           *rand.Rand        // draws the order; default a random seed
 	Log            zerolog.Logger
 }
 
@@ -38,9 +42,8 @@ type Conn struct {
 // Pool holds agentd's one connection to the server of the current attempt
 // and picks the server of the next one (Next). Connections are made by
 // grpc.NewClient on the endpoint's address, with the entry as authority, so
-// the server's certificate is checked for the name dialled; when Creds fix a
-// server name (tls.Config.ServerName), that name is checked for every
-// endpoint instead. Pool is also a grpc.ClientConnInterface over the
+// the server's certificate is checked for the name dialled; with
+// Config.ServerName, that name is checked for every endpoint instead. Pool is also a grpc.ClientConnInterface over the
 // current connection, for calls beside the stream (certificate renewal).
 // Its methods are safe for concurrent use.
 type Pool struct {
@@ -101,12 +104,13 @@ func (p *Pool) Next(ctx context.Context) (Conn, error) {
 
 // dial returns a connection (not yet connected) to ep.
 func (p *Pool) dial(ep Endpoint) (*grpc.ClientConn, error) {
-	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(p.cfg.Creds)}, p.cfg.Options...)
-	if p.cfg.Creds.Info().ServerName == "" {
-		// The TLS name checked is the host of the authority (grpc-go's
-		// credentials.NewTLS), so the entry's, not the address's.
-		opts = append(opts, grpc.WithAuthority(ep.Entry.String()))
+	// The TLS name checked is the host of the authority (grpc-go's
+	// credentials.NewTLS): the entry's, not the address's.
+	authority := ep.Entry.String()
+	if p.cfg.ServerName != "" {
+		authority = p.cfg.ServerName
 	}
+	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(p.cfg.Creds), grpc.WithAuthority(authority)}, p.cfg.Options...)
 	cc, err := grpc.NewClient("passthrough:///"+ep.Addr, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("server %s: %w", ep, err)

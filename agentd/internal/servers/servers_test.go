@@ -261,7 +261,7 @@ func TestServerNameIsTheNameDialled(t *testing.T) {
 			t.Fatal(err)
 		}
 		creds := credentials.NewTLS(&tls.Config{RootCAs: ca.Pool(), ServerName: serverName, MinVersion: tls.VersionTLS12})
-		p := NewPool(Config{Entries: entries, Creds: creds, Resolver: r})
+		p := NewPool(Config{Entries: entries, Creds: creds, ServerName: serverName, Resolver: r})
 		defer p.Close()
 		sc, err := p.Next(t.Context())
 		if err != nil {
