@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/x509"
 	"encoding/json"
@@ -15,7 +14,6 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -34,30 +32,12 @@ func TestMain(m *testing.M) {
 
 const joinToken = "jt-5ecret-join-token"
 
-// syncBuffer is a log sink safe for concurrent use.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // running is an agentd run in this process.
 type running struct {
 	t      *testing.T
 	cancel context.CancelFunc
 	done   chan error
-	logs   *syncBuffer
+	logs   *testsrv.Logs
 }
 
 // launch runs agentd with args (plus a test install home, host name and
@@ -72,7 +52,7 @@ func launch(t *testing.T, tweak func(*options), args ...string) *running {
 	if tweak != nil {
 		tweak(&o)
 	}
-	logs := &syncBuffer{}
+	logs := &testsrv.Logs{}
 	log := zerolog.New(zerolog.MultiLevelWriter(logs, zerolog.NewTestWriter(t))).Level(zerolog.DebugLevel)
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{t: t, cancel: cancel, done: make(chan error, 1), logs: logs}

@@ -1,13 +1,10 @@
 package conn
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"math/rand/v2"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -25,33 +22,6 @@ import (
 
 const bootToken = "boot-token"
 
-// logLines is a JSON log sink safe for concurrent use.
-type logLines struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logLines) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-// count returns how many lines have message msg and, when server is not
-// empty, that server field.
-func (l *logLines) count(msg, server string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	n := 0
-	for _, line := range strings.Split(l.b.String(), "\n") {
-		var m struct{ Message, Server string }
-		if json.Unmarshal([]byte(line), &m) == nil && m.Message == msg && (server == "" || m.Server == server) {
-			n++
-		}
-	}
-	return n
-}
-
 // deadAddr returns a loopback address where nothing listens.
 func deadAddr(t *testing.T) string {
 	t.Helper()
@@ -67,7 +37,7 @@ func deadAddr(t *testing.T) string {
 // multiClient runs a Client over the servers of list until the test ends
 // or stop is called.
 type multiClient struct {
-	logs   *logLines
+	logs   *testsrv.Logs
 	cancel context.CancelFunc
 	done   chan error
 }
@@ -83,7 +53,7 @@ func runMulti(t *testing.T, list string, seed uint64, b backoff.Backoff) *multiC
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	logs := &logLines{}
+	logs := &testsrv.Logs{}
 	log := zerolog.New(zerolog.MultiLevelWriter(logs, zerolog.NewTestWriter(t))).Level(zerolog.DebugLevel)
 	pool := servers.NewPool(servers.Config{Entries: entries, Creds: insecure.NewCredentials(), Options: DialOptions(),
 		Rand: rand.New(rand.NewPCG(seed, 0)), Log: log})
@@ -179,7 +149,7 @@ func TestStoppedServerFailsOverToAnother(t *testing.T) {
 	if st.Hello.GetToken() != bootToken {
 		t.Fatalf("hello %v", st.Hello)
 	}
-	poll(t, "the log of connecting to "+addrs[i], func() bool { return m.logs.count("connected to server", addrs[i]) == 1 })
+	poll(t, "the log of connecting to "+addrs[i], func() bool { return m.logs.Count("connected to server", addrs[i]) == 1 })
 
 	// Stop that server: another one within the bound, then the last one.
 	left := map[int]bool{0: true, 1: true, 2: true}
@@ -193,10 +163,10 @@ func TestStoppedServerFailsOverToAnother(t *testing.T) {
 			t.Fatalf("reconnected to server %d, which was stopped", i)
 		}
 		t.Logf("server %d stopped: on server %d after %s", prev, i, time.Since(start))
-		if m.logs.count("connection to server lost", addrs[prev]) == 0 {
+		if m.logs.Count("connection to server lost", addrs[prev]) == 0 {
 			t.Fatalf("no log of leaving %s", addrs[prev])
 		}
-		poll(t, "the log of connecting to "+addrs[i], func() bool { return m.logs.count("connected to server", addrs[i]) == 1 })
+		poll(t, "the log of connecting to "+addrs[i], func() bool { return m.logs.Count("connected to server", addrs[i]) == 1 })
 	}
 	m.stop(t)
 }
@@ -213,8 +183,8 @@ func TestDeadFirstServerThenLiveOne(t *testing.T) {
 	if d := time.Since(start); d > failover {
 		t.Fatalf("connected after %s; want within %s", d, failover)
 	}
-	poll(t, "the log of connecting to the live server", func() bool { return m.logs.count("connected to server", addrs[0]) == 1 })
-	if n := m.logs.count("connection to server lost", dead); n != 1 {
+	poll(t, "the log of connecting to the live server", func() bool { return m.logs.Count("connected to server", addrs[0]) == 1 })
+	if n := m.logs.Count("connection to server lost", dead); n != 1 {
 		t.Fatalf("%d lines for leaving the dead server, want 1", n)
 	}
 	m.stop(t)
@@ -225,12 +195,12 @@ func TestAllServersDownRetriesWithBackoffUntilCanceled(t *testing.T) {
 	b := backoff.Backoff{Base: 20 * time.Millisecond, Cap: 100 * time.Millisecond}
 	m := runMulti(t, list, 7, b)
 	// Retried round after round...
-	poll(t, "ten failed attempts", func() bool { return m.logs.count("connection to server lost", "") >= 10 })
+	poll(t, "ten failed attempts", func() bool { return m.logs.Count("connection to server lost", "") >= 10 })
 	// ... but not hot: an attempt waits at most Cap, on average at least
 	// Base/2 (jitter), so 1s holds no more than a few hundred.
-	n0 := m.logs.count("connection to server lost", "")
+	n0 := m.logs.Count("connection to server lost", "")
 	time.Sleep(time.Second)
-	if n := m.logs.count("connection to server lost", "") - n0; n > 300 {
+	if n := m.logs.Count("connection to server lost", "") - n0; n > 300 {
 		t.Fatalf("%d attempts in a second: a hot loop", n)
 	}
 	start := time.Now()
