@@ -19,7 +19,9 @@ import (
 // backoff only spaces the tries within one attempt, at most a second apart,
 // so an agent is back within about a second of the server, never after a
 // cached failure of gRPC's; 10,000 agents after a server restart spread over
-// the jitter of their own backoffs.
+// the jitter of their own backoffs. For several servers, servers.Pool makes
+// the connections with DialOptions, and a new one fails its attempt at its
+// first failure (see Client.Run).
 func Dial(server string, creds credentials.TransportCredentials) (*grpc.ClientConn, error) {
 	cc, err := grpc.NewClient(server, append([]grpc.DialOption{grpc.WithTransportCredentials(creds)}, DialOptions()...)...)
 	if err != nil {

@@ -49,9 +49,11 @@ type Conn struct {
 type Pool struct {
 	cfg Config
 
-	mu     sync.Mutex // guards the fields below; rot is used by Next only, one call at a time
+	nextMu sync.Mutex // serializes Next: guards rot
 	rot    *rotation
-	cur    Conn // CC nil before the first Next
+
+	mu     sync.Mutex // guards the fields below
+	cur    Conn       // CC nil before the first Next
 	closed bool
 }
 
@@ -78,6 +80,8 @@ func NewPool(cfg Config) *Pool {
 // Pool's: do not close it. Next returns an error when no entry resolves,
 // and when the Pool is closed.
 func (p *Pool) Next(ctx context.Context) (Conn, error) {
+	p.nextMu.Lock()
+	defer p.nextMu.Unlock()
 	ep, n, err := p.rot.next(ctx)
 	if err != nil {
 		return Conn{}, err
