@@ -44,6 +44,12 @@ type multiClient struct {
 
 func runMulti(t *testing.T, list string, seed uint64, b backoff.Backoff) *multiClient {
 	t.Helper()
+	return runMultiWelcome(t, list, seed, b, 0)
+}
+
+// runMultiWelcome is runMulti with a WelcomeTimeout (0: the default).
+func runMultiWelcome(t *testing.T, list string, seed uint64, b backoff.Backoff, welcome time.Duration) *multiClient {
+	t.Helper()
 	entries, err := servers.Parse(list)
 	if err != nil {
 		t.Fatal(err)
@@ -60,7 +66,7 @@ func runMulti(t *testing.T, list string, seed uint64, b backoff.Backoff) *multiC
 	c := New(Config{
 		Servers: pool, State: st, Runner: newFakeRunner(false),
 		Token: bootToken, HostName: "h1", InstallHome: "/home/admin/ocp_agent",
-		Backoff: b, ShutdownTimeout: time.Second, Log: log,
+		Backoff: b, WelcomeTimeout: welcome, ShutdownTimeout: time.Second, Log: log,
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &multiClient{logs: logs, cancel: cancel, done: make(chan error, 1)}
@@ -208,4 +214,29 @@ func TestAllServersDownRetriesWithBackoffUntilCanceled(t *testing.T) {
 	if d := time.Since(start); d > time.Second {
 		t.Fatalf("Run returned %s after cancel", d)
 	}
+}
+
+// TestSilentServerTimesOutThenNext: a first server that accepts TCP
+// connections and never answers costs WelcomeTimeout, then the next one is
+// tried.
+func TestSilentServerTimesOutThenNext(t *testing.T) {
+	srvs, addrs := startPlain(t, 1)
+	silent, err := new(net.ListenConfig).Listen(t.Context(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close() // the kernel accepts; nobody reads or writes
+	list := silent.Addr().String() + "," + addrs[0]
+	seed := seedStartingAt(t, list, silent.Addr().String())
+	const welcome = 300 * time.Millisecond
+	start := time.Now()
+	m := runMultiWelcome(t, list, seed, backoff.Backoff{}, welcome)
+	srvs[0].NextStream(t)
+	if d := time.Since(start); d < welcome || d > failover {
+		t.Fatalf("connected after %s; want after the silent server's %s, within %s", d, welcome, failover)
+	}
+	if n := m.logs.Count("connection to server lost", silent.Addr().String()); n != 1 {
+		t.Fatalf("%d lines for leaving the silent server, want 1", n)
+	}
+	m.stop(t)
 }
