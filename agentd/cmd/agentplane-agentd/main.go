@@ -1,5 +1,6 @@
 // Command agentplane-agentd is the per-host daemon of agentplane: it keeps
-// one stream to agentplane-server, registers the host, sends heartbeats,
+// one stream to agentplane-server (--server: one, or several replicas
+// tried in turn, see conn.Client.Run), registers the host, sends heartbeats,
 // records how the OCP Agent's base processes were started, and stops and
 // starts them when the server asks.
 //
@@ -34,6 +35,7 @@ import (
 	"agentplane/agentd/internal/conn"
 	"agentplane/agentd/internal/identity"
 	"agentplane/agentd/internal/proc"
+	"agentplane/agentd/internal/servers"
 	"agentplane/agentd/internal/state"
 	agentv1 "agentplane/gen/agentplane/agent/v1"
 	"agentplane/internal/logging"
@@ -103,7 +105,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs := flag.NewFlagSet("agentplane-agentd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	hostname, _ := os.Hostname()
-	fs.StringVar(&o.server, "server", "127.0.0.1:7070", "agentplane-server gRPC address, host:port")
+	fs.StringVar(&o.server, "server", "127.0.0.1:7070", "agentplane-server gRPC address, host:port; or several servers (replicas), comma-separated: one stream at a time, to another on failure (a name with several addresses counts as several)")
 	fs.StringVar(&o.caFile, "ca-file", "", "PEM file of the CA certificates that sign the server's certificate (required unless --insecure)")
 	fs.StringVar(&o.joinToken, "join-token", "", "join token for the first enrollment, created by an admin (or set $"+joinTokenEnv+"); not needed once the state dir holds a certificate")
 	fs.StringVar(&o.tokenFile, "token-file", "", "with --insecure: file holding the server's bootstrap agent-token (or set $"+tokenEnv+")")
@@ -144,12 +146,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 // agent runs agentd with parsed flags until ctx is done.
 func agent(ctx context.Context, o options, log zerolog.Logger) error {
-	if err := checkServer(o.server); err != nil {
-		return err
+	entries, err := servers.Parse(o.server)
+	if err != nil {
+		return fmt.Errorf("--server %q: %w", o.server, err)
 	}
 	var token string
 	var roots *x509.CertPool
-	var err error
 	if o.insecure {
 		if o.caFile != "" || o.joinToken != "" {
 			return errors.New("--ca-file and --join-token are for TLS; --insecure uses plaintext and --token-file")
@@ -191,13 +193,14 @@ func agent(ctx context.Context, o options, log zerolog.Logger) error {
 	}
 	defer st.Close()
 
-	ip := innerIP(ctx, o.server)
+	ip := innerIP(ctx, entries)
 	mid := machineID()
 	log.Info().Str("server", o.server).Str("host_name", o.hostName).Str("inner_ip", ip).Bool("tls", !o.insecure).
 		Str("state_dir", o.stateDir).Str("install_home", o.installHome).Str("version", version).
 		Int64("memory_limit", debug.SetMemoryLimit(-1)).Msg("agentd starting")
 
 	creds := insecure.NewCredentials()
+	serverName := "" // the name every server's certificate must carry; "": each its own
 	var id *identity.Identity
 	if o.insecure {
 		log.Warn().Msg("--insecure: plaintext connection to the server, authenticated by the bootstrap token")
@@ -217,17 +220,18 @@ func agent(ctx context.Context, o options, log zerolog.Logger) error {
 			return err
 		}
 		creds = credentials.NewTLS(id.ClientTLS())
+		serverName = id.ServerName()
 	}
 
-	cc, err := conn.Dial(o.server, creds)
-	if err != nil {
-		return fmt.Errorf("--server: %w", err)
-	}
-	defer cc.Close()
-	svc := agentv1.NewAgentServiceClient(cc)
+	// One connection at a time, to the server of the stream's current
+	// attempt; renewal calls go on it too.
+	pool := servers.NewPool(servers.Config{Entries: entries, Creds: creds, ServerName: serverName,
+		Options: conn.DialOptions(), Log: log})
+	defer pool.Close()
+	svc := agentv1.NewAgentServiceClient(pool)
 
 	client := conn.New(conn.Config{
-		Service:     svc,
+		Servers:     pool,
 		State:       st,
 		Runner:      &proc.Stopper{InstallHome: o.installHome, Grace: o.grace, Log: log},
 		Token:       token,
@@ -238,8 +242,6 @@ func agent(ctx context.Context, o options, log zerolog.Logger) error {
 		InstallHome: o.installHome,
 		Grace:       o.grace,
 		Log:         log,
-		// Each reconnect attempt tries at once; the client's backoff paces them.
-		ResetBackoff: cc.ResetConnectBackoff,
 	})
 
 	// Renewal runs beside the stream; when the identity is lost for good
@@ -300,25 +302,21 @@ func readToken(path string) (string, error) {
 	return t, nil
 }
 
-// checkServer checks that addr is host:port.
-func checkServer(addr string) error {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil || host == "" || port == "" {
-		return fmt.Errorf("--server %q: want host:port", addr)
-	}
-	return nil
-}
-
-// innerIP returns the local address used to reach the server when it is not
-// loopback, else the first non-loopback IPv4 address of an up interface,
-// else "".
-func innerIP(ctx context.Context, server string) string {
-	if c, err := new(net.Dialer).DialContext(ctx, "udp", server); err == nil { // no packet is sent
+// innerIP returns the local address used to reach the first server that
+// resolves when it is not loopback, else the first non-loopback IPv4
+// address of an up interface, else "".
+func innerIP(ctx context.Context, entries []servers.Entry) string {
+	for _, e := range entries {
+		c, err := new(net.Dialer).DialContext(ctx, "udp", e.String()) // no packet is sent
+		if err != nil {
+			continue
+		}
 		ip := c.LocalAddr().(*net.UDPAddr).IP
 		c.Close()
 		if !ip.IsLoopback() && ip.To4() != nil {
 			return ip.String()
 		}
+		break
 	}
 	ifaces, err := net.Interfaces()
 	if err != nil {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/x509"
 	"encoding/json"
@@ -9,12 +8,12 @@ import (
 	"errors"
 	"io"
 	"math"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"runtime/debug"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -33,30 +32,12 @@ func TestMain(m *testing.M) {
 
 const joinToken = "jt-5ecret-join-token"
 
-// syncBuffer is a log sink safe for concurrent use.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // running is an agentd run in this process.
 type running struct {
 	t      *testing.T
 	cancel context.CancelFunc
 	done   chan error
-	logs   *syncBuffer
+	logs   *testsrv.Logs
 }
 
 // launch runs agentd with args (plus a test install home, host name and
@@ -71,7 +52,7 @@ func launch(t *testing.T, tweak func(*options), args ...string) *running {
 	if tweak != nil {
 		tweak(&o)
 	}
-	logs := &syncBuffer{}
+	logs := &testsrv.Logs{}
 	log := zerolog.New(zerolog.MultiLevelWriter(logs, zerolog.NewTestWriter(t))).Level(zerolog.DebugLevel)
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{t: t, cancel: cancel, done: make(chan error, 1), logs: logs}
@@ -434,4 +415,60 @@ func TestTuneMemory(t *testing.T) {
 	if got := tuneMemory(); got != 64<<20 || debug.SetMemoryLimit(-1) != 64<<20 {
 		t.Fatalf("with GOMEMLIMIT=64MiB: tuneMemory() = %d, limit %d", got, debug.SetMemoryLimit(-1))
 	}
+}
+
+func TestServerListErrors(t *testing.T) {
+	ca := testsrv.NewCA(t, "test ca").WriteFile(t, t.TempDir())
+	for _, tc := range []struct{ list, want string }{
+		{"a:7070,,b:7070", `--server "a:7070,,b:7070": entry 2 of 3 is empty`},
+		{"a:7070,b", `--server "a:7070,b": "b": want host:port`},
+		{"a:7070,b:7070,a:7070", `"a:7070" is listed twice`},
+		{"a:seven", `port "seven" is not a number`},
+	} {
+		t.Run(tc.list, func(t *testing.T) {
+			r := launch(t, nil, "--state-dir", t.TempDir(), "--ca-file", ca, "--server", tc.list)
+			if err := r.wait(); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("agentd = %v, want an error with %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestDeadServerThenLiveOne: --server dead:port,localhost:port. Enrollment,
+// the stream and renewal all reach the live server, checked for the name
+// dialled (localhost).
+func TestDeadServerThenLiveOne(t *testing.T) {
+	clock := testsrv.NewClock(time.Now())
+	srv, ca := newServer(t, testsrv.Options{Clock: clock})
+	l, err := new(net.ListenConfig).Listen(t.Context(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := l.Addr().String()
+	l.Close()
+	_, port, _ := net.SplitHostPort(srv.Addr)
+	live := "localhost:" + port
+	dir := t.TempDir()
+	fast := func(o *options) { o.now, o.renewCheck = clock.Now, 10*time.Millisecond }
+	start := time.Now()
+	r := launch(t, fast, "--server", dead+","+live, "--ca-file", ca, "--state-dir", dir, "--join-token", joinToken)
+	st := srv.NextStream(t)
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("enrolled and connected after %s", d)
+	}
+	if srv.Enrolls() != 1 || !st.Peer.Equal(srv.Issued()[0]) {
+		t.Fatalf("%d enrollments, stream with %s", srv.Enrolls(), testsrv.String(st.Peer))
+	}
+	testsrv.Poll(t, "the log of connecting to "+live, func() bool {
+		s, _ := logField(r.logs.String(), "connected to server", "server")
+		return strings.HasPrefix(s, live+" (127.0.0.1:"+port+")")
+	})
+
+	// Renewal goes to the server of the stream.
+	clock.Add(41 * time.Minute)
+	testsrv.Poll(t, "renewal", func() bool { return srv.Renews() == 1 })
+	if err := r.stop(); err != nil {
+		t.Fatal(err)
+	}
+	checkNoSecrets(t, r.logs.String(), dir)
 }

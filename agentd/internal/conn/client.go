@@ -18,6 +18,7 @@ import (
 
 	"agentplane/agentd/internal/backoff"
 	"agentplane/agentd/internal/proc"
+	"agentplane/agentd/internal/servers"
 	"agentplane/agentd/internal/state"
 	agentv1 "agentplane/gen/agentplane/agent/v1"
 )
@@ -51,11 +52,24 @@ const (
 	outQueue               = 256
 )
 
-// Config configures a Client. Service, State and Runner are required.
+// Servers gives Client the server of each connection attempt;
+// *servers.Pool satisfies it. Next is called by Run only, one call at a
+// time.
+type Servers interface {
+	Next(ctx context.Context) (servers.Conn, error)
+}
+
+var _ Servers = (*servers.Pool)(nil)
+
+// Config configures a Client. Service or Servers, State and Runner are
+// required.
 type Config struct {
-	Service agentv1.AgentServiceClient // the server (mTLS, or plaintext with Token); the caller owns and closes its connection
-	State   *state.State               // host id and command journal; the caller closes it
-	Runner  Runner                     // finds, stops and starts processes
+	Service agentv1.AgentServiceClient // the one server (mTLS, or plaintext with Token); the caller owns and closes its connection
+	// Servers, when set, are several servers, one stream at a time (see
+	// Run); Service and ResetBackoff are then unused. The caller closes it.
+	Servers Servers
+	State   *state.State // host id and command journal; the caller closes it
+	Runner  Runner       // finds, stops and starts processes
 
 	Token       string // bootstrap token sent in Hello, for a server in --insecure mode; empty with mTLS
 	HostName    string
@@ -77,9 +91,10 @@ type Config struct {
 	// OnSession, when set, is called with true once a stream is welcomed and
 	// with false when that stream ends. It must return quickly.
 	OnSession func(connected bool)
-	// ResetBackoff, when set, is called before each connection attempt:
-	// (*grpc.ClientConn).ResetConnectBackoff, so that the attempt tries at
-	// once rather than after gRPC's own backoff (see Dial).
+	// ResetBackoff, when set, is called before each connection attempt to
+	// Service: (*grpc.ClientConn).ResetConnectBackoff, so that the attempt
+	// tries at once rather than after gRPC's own backoff (see Dial). With
+	// Servers, each attempt resets its connection's.
 	ResetBackoff func()
 }
 
@@ -161,6 +176,20 @@ func New(cfg Config) *Client {
 // commands, lets running ones end (they see ctx done) and save their results,
 // sends what it can within ShutdownTimeout, closes the stream and returns nil
 // once every command goroutine has ended.
+//
+// With Servers, Run holds one stream at a time, to one server. When an
+// attempt fails (no connection, no Welcome within WelcomeTimeout, the stream
+// ended by the server or the network), the next attempt goes to the next
+// server in this agentd's order (see servers.Pool). The waits are
+// backoff.Rounds': at most Backoff.Base between the servers of a round, and
+// the growing, jittered Backoff after a round in which every server failed,
+// so agentd never loops hot. A dead server costs the next one only its own
+// failure: a new connection to one of several servers fails the attempt as
+// soon as it fails (refused at once; unanswered, gRPC's connect timeout of
+// 5 s, see DialOptions) rather than waiting WelcomeTimeout for the server
+// to come back. A stream that stayed up StableAfter starts the rounds over.
+// With one server every attempt ends a round: the same connection, waits
+// and logs as with Service.
 func (c *Client) Run(ctx context.Context) error {
 	c.mu.Lock()
 	c.root = ctx
@@ -171,21 +200,27 @@ func (c *Client) Run(ctx context.Context) error {
 		c.closing = true
 		c.mu.Unlock()
 	}()
-	retry := 0
+	pace := backoff.Rounds{Backoff: c.cfg.Backoff}
 	for {
+		srv, n, err := c.pick(ctx)
 		start := time.Now()
-		welcomed, err := c.session(ctx)
+		welcomed := false
+		if err == nil {
+			welcomed, err = c.session(ctx, srv)
+		}
 		if ctx.Err() != nil {
 			return nil
 		}
 		if welcomed && time.Since(start) >= c.cfg.StableAfter {
-			retry = 0
+			pace.Reset()
 		}
-		delay := c.cfg.Backoff.Delay(retry, c.cfg.Rand)
-		retry++
+		delay := pace.Failed(n, c.cfg.Rand)
 		ev := c.log.Warn()
 		if s, ok := status.FromError(err); ok && (s.Code() == codes.Unauthenticated || s.Code() == codes.PermissionDenied) {
 			ev = c.log.Error()
+		}
+		if srv.name != "" {
+			ev = ev.Str("server", srv.name)
 		}
 		ev.Err(err).Int64("host_id", c.hostID.Load()).Dur("retry_in", delay).Msg("connection to server lost")
 		t := time.NewTimer(delay)
@@ -196,6 +231,33 @@ func (c *Client) Run(ctx context.Context) error {
 		case <-t.C:
 		}
 	}
+}
+
+// dest is the server of one attempt.
+type dest struct {
+	name  string // for the logs; "" for Config.Service
+	svc   agentv1.AgentServiceClient
+	reset func() // nil: nothing to reset
+	// failFast: the stream fails at once when the connection does, rather
+	// than waiting up to WelcomeTimeout for the server to come back; for a
+	// new connection (no failure of gRPC's cached) when there are other
+	// servers to try.
+	failFast bool
+}
+
+// pick returns the server of the next attempt and how many servers a round
+// has. When no server can be named (no entry resolves), the attempt counts
+// as a whole round.
+func (c *Client) pick(ctx context.Context) (dest, int, error) {
+	if c.cfg.Servers == nil {
+		return dest{svc: c.cfg.Service, reset: c.cfg.ResetBackoff}, 1, nil
+	}
+	sc, err := c.cfg.Servers.Next(ctx)
+	if err != nil {
+		return dest{}, 1, err
+	}
+	return dest{name: sc.Endpoint.String(), svc: agentv1.NewAgentServiceClient(sc.CC), reset: sc.CC.ResetConnectBackoff,
+		failFast: sc.Fresh && sc.Servers > 1}, sc.Servers, nil
 }
 
 // send hands msg to the current connection. Progress (droppable) is dropped

@@ -19,18 +19,25 @@ import (
 // backoff only spaces the tries within one attempt, at most a second apart,
 // so an agent is back within about a second of the server, never after a
 // cached failure of gRPC's; 10,000 agents after a server restart spread over
-// the jitter of their own backoffs.
+// the jitter of their own backoffs. For several servers, servers.Pool makes
+// the connections with DialOptions, and a new one fails its attempt at its
+// first failure (see Client.Run).
 func Dial(server string, creds credentials.TransportCredentials) (*grpc.ClientConn, error) {
-	cc, err := grpc.NewClient(server,
-		grpc.WithTransportCredentials(creds),
+	cc, err := grpc.NewClient(server, append([]grpc.DialOption{grpc.WithTransportCredentials(creds)}, DialOptions()...)...)
+	if err != nil {
+		return nil, fmt.Errorf("server %q: %w", server, err)
+	}
+	return cc, nil
+}
+
+// DialOptions are Dial's options but the credentials: keepalive and gRPC's
+// backoff within one attempt, for a servers.Pool of several servers.
+func DialOptions() []grpc.DialOption {
+	return []grpc.DialOption{
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
 			MinConnectTimeout: 5 * time.Second,
 		}),
-	)
-	if err != nil {
-		return nil, fmt.Errorf("server %q: %w", server, err)
 	}
-	return cc, nil
 }

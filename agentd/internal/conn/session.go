@@ -45,22 +45,24 @@ func (s *session) send(msg *agentv1.ConnectRequest, droppable bool) bool {
 
 var errNoWelcome = errors.New("no welcome from server")
 
-// session runs one stream until it fails or ctx is done. welcomed reports
-// whether the server accepted the Hello.
-func (c *Client) session(ctx context.Context) (welcomed bool, err error) {
+// session runs one stream to srv until it fails or ctx is done. welcomed
+// reports whether the server accepted the Hello.
+func (c *Client) session(ctx context.Context, srv dest) (welcomed bool, err error) {
 	// The stream outlives ctx by a bounded time, so that a shutdown can send
 	// the results of canceled commands and close the stream cleanly.
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
-	if c.cfg.ResetBackoff != nil {
-		c.cfg.ResetBackoff()
+	if srv.reset != nil {
+		srv.reset()
 	}
 	// Wait for the connection, but no longer than WelcomeTimeout: a
 	// fail-fast call would fail on a failure gRPC cached before the server
-	// came back.
+	// came back. A new connection to one of several servers has none
+	// cached: its first failure ends the attempt, and the next server is
+	// tried.
 	opening := time.AfterFunc(c.cfg.WelcomeTimeout, cancel)
 	stopping := context.AfterFunc(ctx, cancel) // shutdown ends the wait too
-	stream, err := c.cfg.Service.Connect(sctx, grpc.WaitForReady(true))
+	stream, err := srv.svc.Connect(sctx, grpc.WaitForReady(!srv.failFast))
 	stopping()
 	if ctx.Err() != nil {
 		if err == nil {
@@ -161,7 +163,11 @@ func (c *Client) session(ctx context.Context) (welcomed bool, err error) {
 		}
 		c.hostID.Store(id)
 	}
-	s.log = c.log.With().Int64("host_id", id).Logger()
+	lc := c.log.With().Int64("host_id", id)
+	if srv.name != "" {
+		lc = lc.Str("server", srv.name)
+	}
+	s.log = lc.Logger()
 	interval := welcome.GetHeartbeatInterval().AsDuration()
 	if welcome.GetHeartbeatInterval() == nil || interval <= 0 {
 		interval = DefaultHeartbeat

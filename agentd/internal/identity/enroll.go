@@ -13,11 +13,12 @@ import (
 	"strings"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
+	"agentplane/agentd/internal/backoff"
+	"agentplane/agentd/internal/servers"
 	agentv1 "agentplane/gen/agentplane/agent/v1"
 )
 
@@ -72,28 +73,28 @@ func (id *Identity) syncHostID() error {
 
 // enroll gets a certificate with the join token over a TLS connection that
 // verifies the server and presents no certificate, and installs it with a
-// new key.
+// new key. It asks the servers of Server in turn (servers.Pool), paced as
+// the stream is (backoff.Rounds): any server that answers enrolls; a
+// refusal is final, as the servers share one store.
 func (id *Identity) enroll(ctx context.Context) error {
 	key, csr, err := newKeyAndCSR(id.cfg.HostName)
 	if err != nil {
 		return err
 	}
-	cc, err := grpc.NewClient(id.cfg.Server, grpc.WithTransportCredentials(credentials.NewTLS(id.serverAuthTLS())))
-	if err != nil {
-		return fmt.Errorf("server %q: %w", id.cfg.Server, err)
-	}
-	defer cc.Close()
-	svc := agentv1.NewAgentServiceClient(cc)
+	rnd := mrand.New(mrand.NewPCG(mrand.Uint64(), mrand.Uint64()))
+	pool := servers.NewPool(servers.Config{Entries: id.entries, Creds: credentials.NewTLS(id.serverAuthTLS()),
+		ServerName: id.cfg.ServerName, Resolver: id.cfg.Resolver, Rand: rnd, Log: id.log})
+	defer pool.Close()
 	req := &agentv1.EnrollRequest{JoinToken: id.cfg.JoinToken, HostName: id.cfg.HostName, Csr: csr,
 		InnerIpAddress: id.cfg.InnerIP, MachineId: id.cfg.MachineID}
-	rnd := mrand.New(mrand.NewPCG(mrand.Uint64(), mrand.Uint64()))
 	id.log.Info().Str("server", id.cfg.Server).Str("host_name", id.cfg.HostName).Msg("enrolling")
+	pace := backoff.Rounds{Backoff: id.cfg.Backoff}
 	var resp *agentv1.EnrollResponse
-	for retry := 0; ; retry++ {
-		cctx, cancel := context.WithTimeout(ctx, callTimeout)
-		resp, err = svc.Enroll(cctx, req)
-		cancel()
+	for {
+		var sc servers.Conn
+		resp, sc, err = id.enrollOnce(ctx, pool, req)
 		if err == nil {
+			id.log.Debug().Str("server", sc.Endpoint.String()).Msg("enrollment answered")
 			break
 		}
 		if ctx.Err() != nil {
@@ -102,10 +103,13 @@ func (id *Identity) enroll(ctx context.Context) error {
 		if s, ok := status.FromError(err); ok && refused(s.Code()) {
 			return fmt.Errorf("%w: %s: %s", ErrRejected, s.Code(), s.Message())
 		}
-		delay := id.cfg.Backoff.Delay(retry, rnd)
+		delay := pace.Failed(max(sc.Servers, 1), rnd) // no server named: a whole round failed
 		ev := id.log.Warn()
 		if handshakeFailed(err) {
 			ev = id.log.Error() // a wrong --ca-file or server name; retried, the server may be fixed
+		}
+		if sc.CC != nil {
+			ev = ev.Str("server", sc.Endpoint.String())
 		}
 		ev.Err(err).Dur("retry_in", delay).Msg("cannot enroll")
 		if !sleep(ctx, delay) {
@@ -125,6 +129,19 @@ func (id *Identity) enroll(ctx context.Context) error {
 	id.log.Info().Int64("host_id", resp.GetHostId()).Str("serial", leaf.SerialNumber.Text(16)).
 		Time("not_after", leaf.NotAfter).Msg("enrolled")
 	return nil
+}
+
+// enrollOnce asks the next server of pool to enroll, and returns the
+// connection it asked (zero when no entry resolved).
+func (id *Identity) enrollOnce(ctx context.Context, pool *servers.Pool, req *agentv1.EnrollRequest) (*agentv1.EnrollResponse, servers.Conn, error) {
+	sc, err := pool.Next(ctx)
+	if err != nil {
+		return nil, sc, err
+	}
+	cctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	resp, err := agentv1.NewAgentServiceClient(sc.CC).Enroll(cctx, req)
+	return resp, sc, err
 }
 
 // checkIssued parses an issued certificate and checks that it is for key,

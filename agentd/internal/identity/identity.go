@@ -25,7 +25,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -37,6 +36,7 @@ import (
 
 	"agentplane/agentd/internal/atomicfile"
 	"agentplane/agentd/internal/backoff"
+	"agentplane/agentd/internal/servers"
 )
 
 // File names in the state dir.
@@ -69,12 +69,13 @@ type HostIDs interface {
 // Config configures an Identity. Dir, Server, RootCAs, HostName and HostIDs
 // are required.
 type Config struct {
-	Dir        string         // the state dir
-	Server     string         // the server's gRPC address, host:port, for enrollment
-	RootCAs    *x509.CertPool // CAs that sign the server's certificate (--ca-file)
-	ServerName string         // name the server's certificate must carry; default the host of Server
-	JoinToken  string         // to enroll when there is no valid certificate; never logged
-	HostName   string         // sent at enrollment, and the CSR's common name
+	Dir        string           // the state dir
+	Server     string           // the servers' gRPC addresses, a --server list (host:port, comma-separated), for enrollment
+	RootCAs    *x509.CertPool   // CAs that sign the server's certificate (--ca-file)
+	ServerName string           // name every server's certificate must carry; default the host of Server when it is one entry, else each entry's own host
+	Resolver   servers.Resolver // looks up the entries' addresses; default the system's
+	JoinToken  string           // to enroll when there is no valid certificate; never logged
+	HostName   string           // sent at enrollment, and the CSR's common name
 	InnerIP    string
 	MachineID  string
 	HostIDs    HostIDs
@@ -88,8 +89,9 @@ type Config struct {
 // Identity is agentd's key and certificate, on disk and in memory. Its
 // methods are safe for concurrent use.
 type Identity struct {
-	cfg Config
-	log zerolog.Logger
+	cfg     Config
+	log     zerolog.Logger
+	entries []servers.Entry // cfg.Server
 
 	mu   sync.RWMutex
 	cert *tls.Certificate // the current one, Leaf set; nil before the first enrollment
@@ -99,15 +101,20 @@ type Identity struct {
 // Open loads the key and certificate from cfg.Dir, completing or discarding
 // an interrupted install first. A missing, unreadable or mismatched pair is
 // not an error: the Identity has no certificate, and Ensure enrolls. It
-// returns an error only when the dir cannot be read or written.
+// returns an error only when cfg.Server is not a valid list or the dir
+// cannot be read or written.
 func Open(cfg Config) (*Identity, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	if cfg.ServerName == "" {
-		cfg.ServerName = hostOf(cfg.Server)
+	entries, err := servers.Parse(cfg.Server)
+	if err != nil {
+		return nil, fmt.Errorf("server: %w", err)
 	}
-	id := &Identity{cfg: cfg, log: cfg.Log}
+	if cfg.ServerName == "" && len(entries) == 1 {
+		cfg.ServerName = entries[0].Host // as for one server always; several: the name dialled (servers.Pool)
+	}
+	id := &Identity{cfg: cfg, log: cfg.Log, entries: entries}
 	if err := id.recover(); err != nil {
 		return nil, err
 	}
@@ -136,6 +143,10 @@ func (id *Identity) Certificate() *x509.Certificate {
 	return id.cert.Leaf
 }
 
+// ServerName returns the name every server's certificate must carry, ""
+// when it is each server's own (servers.Config.ServerName).
+func (id *Identity) ServerName() string { return id.cfg.ServerName }
+
 // HostID returns the host id the current certificate is bound to, 0 when
 // there is none.
 func (id *Identity) HostID() int64 {
@@ -145,7 +156,8 @@ func (id *Identity) HostID() int64 {
 }
 
 // ClientTLS returns the TLS configuration of the mTLS connection to the
-// server: it verifies the server with RootCAs and ServerName, and presents
+// server: it verifies the server with RootCAs and ServerName (when it is
+// empty, servers.Pool checks each server's entry host), and presents
 // the current certificate at each handshake, so a renewed certificate is
 // used by the next connection without a restart. Session resumption stays
 // off, so a resumed session never carries an old certificate.
@@ -173,14 +185,6 @@ func (id *Identity) set(cert *tls.Certificate) {
 	id.mu.Lock()
 	id.cert, id.id = cert, hostID
 	id.mu.Unlock()
-}
-
-// hostOf returns the host of a host:port address, or addr itself.
-func hostOf(addr string) string {
-	if h, _, err := net.SplitHostPort(addr); err == nil {
-		return h
-	}
-	return addr
 }
 
 func (id *Identity) path(name string) string { return filepath.Join(id.cfg.Dir, name) }

@@ -1,7 +1,6 @@
 package identity
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -47,24 +46,6 @@ func (h *hostIDs) SetHostID(id int64) error {
 	return nil
 }
 
-// syncBuffer is a log sink safe for concurrent use.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 type fixture struct {
 	t     *testing.T
 	ca    *testsrv.CA
@@ -72,12 +53,12 @@ type fixture struct {
 	clock *testsrv.Clock
 	dir   string
 	ids   *hostIDs
-	logs  *syncBuffer
+	logs  *testsrv.Logs
 }
 
 func newFixture(t *testing.T, o testsrv.Options) *fixture {
 	f := &fixture{t: t, ca: testsrv.NewCA(t, "test ca"), clock: testsrv.NewClock(time.Now()),
-		dir: t.TempDir(), ids: &hostIDs{}, logs: &syncBuffer{}}
+		dir: t.TempDir(), ids: &hostIDs{}, logs: &testsrv.Logs{}}
 	if o.CA == nil {
 		o.CA = f.ca
 	}

@@ -80,6 +80,7 @@ type Server struct {
 
 	o       Options
 	now     func() time.Time
+	gs      *grpc.Server
 	lis     *trackingListener
 	streams chan *Stream
 
@@ -132,11 +133,21 @@ func Start(t testing.TB, o Options) *Server {
 		})))
 	}
 	gs := grpc.NewServer(opts...)
+	s.gs = gs
 	agentv1.RegisterAgentServiceServer(gs, s)
 	go func() { _ = gs.Serve(s.lis) }() // returns once Stop is called
 	t.Cleanup(gs.Stop)
 	return s
 }
+
+// Stop stops the server as a replica that goes away does: the listener is
+// closed (its port refuses connections) and every connection and stream
+// ends.
+func (s *Server) Stop() { s.gs.Stop() }
+
+// Streams delivers the accepted streams, for a test that waits on several
+// servers at once; NextStream waits on one.
+func (s *Server) Streams() <-chan *Stream { return s.streams }
 
 // Enrolls returns how many enrollments succeeded.
 func (s *Server) Enrolls() int {
