@@ -297,8 +297,8 @@ func describeSQLiteLikeMySQL(t *testing.T, db *sql.DB) map[string][]string {
 		}
 		slices.Sort(idx)
 		out[tb+" indexes"] = idx
-		for _, r := range queryRows(t, db, `SELECT "from", "table", "to" FROM pragma_foreign_key_list(?) ORDER BY "from"`, tb) {
-			out[tb+" foreign keys"] = append(out[tb+" foreign keys"], r)
+		if fks := queryRows(t, db, `SELECT "from", "table", "to" FROM pragma_foreign_key_list(?) ORDER BY "from"`, tb); len(fks) > 0 {
+			out[tb+" foreign keys"] = fks
 		}
 	}
 	return out

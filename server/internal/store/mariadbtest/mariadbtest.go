@@ -38,11 +38,11 @@ const (
 // Server is one running mariadbd.
 type Server struct {
 	addr   string // 127.0.0.1:port
-	dir    string
 	cmd    *exec.Cmd
-	exited chan struct{} // closed when cmd has been reaped
-	err    error         // cmd.Wait's, once exited is closed
-	dbs    atomic.Int64
+	kill   context.CancelFunc // SIGKILLs cmd
+	exited chan struct{}      // closed when cmd has been reaped
+	err    error              // cmd.Wait's, once exited is closed
+	dbs    atomic.Int64       // databases made, for their names
 }
 
 // Start starts a MariaDB server for t and stops it when t ends.
@@ -97,7 +97,7 @@ func lookup(name string) string {
 }
 
 func start(ctx context.Context, bin, dir, data string) (*Server, error) {
-	port, err := freePort()
+	port, err := freePort(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -106,7 +106,9 @@ func start(ctx context.Context, bin, dir, data string) (*Server, error) {
 		return nil, err
 	}
 	defer logf.Close() // the child has its own descriptor
-	cmd := exec.Command(bin, "--no-defaults", "--datadir="+data, "--user=root",
+	// life is the process's: stop ends it with SIGKILL when SIGTERM did not.
+	life, kill := context.WithCancel(context.Background())
+	cmd := exec.CommandContext(life, bin, "--no-defaults", "--datadir="+data, "--user=root",
 		"--bind-address=127.0.0.1", "--port="+strconv.Itoa(port),
 		"--socket="+filepath.Join(dir, "mariadbd.sock"), "--pid-file="+filepath.Join(dir, "mariadbd.pid"),
 		"--character-set-server=utf8mb4", "--collation-server=utf8mb4_bin",
@@ -116,9 +118,10 @@ func start(ctx context.Context, bin, dir, data string) (*Server, error) {
 	// Killed with the test binary, should it die before its cleanups.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
+		kill()
 		return nil, err
 	}
-	s := &Server{addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), dir: dir, cmd: cmd, exited: make(chan struct{})}
+	s := &Server{addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), cmd: cmd, kill: kill, exited: make(chan struct{})}
 	go func() {
 		s.err = cmd.Wait()
 		close(s.exited)
@@ -148,7 +151,7 @@ func (s *Server) waitReady(ctx context.Context) error {
 		select {
 		case <-s.exited:
 			t.Stop()
-			return fmt.Errorf("mariadbd exited: %v (last connection error: %w)", s.err, err)
+			return fmt.Errorf("mariadbd exited: %w (last connection error: %w)", s.err, err)
 		case <-ctx.Done():
 			t.Stop()
 			return fmt.Errorf("mariadbd not accepting connections: %w", err)
@@ -161,6 +164,7 @@ func (s *Server) waitReady(ctx context.Context) error {
 // stop sends SIGTERM, waits for the exit (SIGKILL after stopTimeout) and
 // reaps the process.
 func (s *Server) stop() error {
+	defer s.kill()
 	select {
 	case <-s.exited:
 		return nil // already reaped (it died)
@@ -176,8 +180,8 @@ func (s *Server) stop() error {
 		return nil
 	case <-t.C:
 	}
-	_ = s.cmd.Process.Kill() // reaped below
-	<-s.exited
+	s.kill()
+	<-s.exited // reaped by the goroutine of start
 	return fmt.Errorf("mariadbd ignored SIGTERM for %v: killed", stopTimeout)
 }
 
@@ -211,8 +215,9 @@ func (s *Server) NewDatabase(t testing.TB) string {
 
 // freePort is a loopback TCP port that was free a moment ago (start retries
 // when mariadbd finds it taken).
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+func freePort(ctx context.Context) (int, error) {
+	var lc net.ListenConfig
+	l, err := lc.Listen(ctx, "tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err
 	}
