@@ -127,7 +127,7 @@ func TestMigrateMariaDB(t *testing.T) {
 			t.Fatal(err)
 		}
 		if _, err := db.ExecContext(t.Context(), `UPDATE `+lockTable+` SET owner = 'dead', generation = generation + 1,
-			expires_at = NOW(6) - INTERVAL 1 SECOND`); err != nil {
+			expires_at = UTC_TIMESTAMP(6) - INTERVAL 1 SECOND`); err != nil {
 			t.Fatal(err)
 		}
 		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
@@ -146,7 +146,7 @@ func TestMigrateMariaDB(t *testing.T) {
 			t.Fatal(err)
 		}
 		if _, err := db.ExecContext(t.Context(), `UPDATE `+lockTable+` SET owner = 'alive', generation = generation + 1,
-			expires_at = NOW(6) + INTERVAL 1 HOUR`); err != nil {
+			expires_at = UTC_TIMESTAMP(6) + INTERVAL 1 HOUR`); err != nil {
 			t.Fatal(err)
 		}
 		ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)

@@ -19,9 +19,11 @@ import (
 // row of migration_lock, leased to one migrator at a time.
 //
 //   - Lock takes the row by a compare-and-swap UPDATE, where the row is free
-//     or its lease has expired, with an expiry of NOW(6) + lease: every time
-//     is the database's, never a server's. While the row is held by another,
-//     it polls with backoff until ctx ends.
+//     or its lease has expired, with an expiry of UTC_TIMESTAMP(6) + lease:
+//     every time is the database's clock, never a server's. (UTC_TIMESTAMP
+//     rather than NOW: NOW follows each session's time_zone, and two
+//     servers' sessions may differ; a DATETIME keeps no zone.) While the row
+//     is held by another, Lock polls with backoff until ctx ends.
 //   - While the migrations run, the lease is renewed every lease/3; a
 //     renewal that finds the row taken by another (this one's lease expired:
 //     a long pause), or that fails for a whole lease, calls onLost, which
@@ -84,6 +86,10 @@ func newMigrationLock(o lockOptions) *migrationLock {
 
 // Lock takes the row, waiting while another holds it, until ctx ends.
 func (l *migrationLock) Lock(ctx context.Context, db *sql.DB) error {
+	if db.Stats().MaxOpenConnections == 1 {
+		// goose holds one connection for the migrations while it locks.
+		return errors.New("migration lock: the pool needs two connections or more")
+	}
 	if err := ensureLockRow(ctx, db); err != nil {
 		return err
 	}
@@ -94,8 +100,8 @@ func (l *migrationLock) Lock(ctx context.Context, db *sql.DB) error {
 	wait := 20 * time.Millisecond
 	for {
 		res, err := db.ExecContext(ctx, `UPDATE `+lockTable+` SET owner = ?, generation = generation + 1,
-			expires_at = NOW(6) + INTERVAL ? MICROSECOND
-			WHERE id = ? AND (owner = '' OR expires_at < NOW(6))`, owner, l.opts.lease.Microseconds(), lockRowID)
+			expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND
+			WHERE id = ? AND (owner = '' OR expires_at < UTC_TIMESTAMP(6))`, owner, l.opts.lease.Microseconds(), lockRowID)
 		if err != nil {
 			return fmt.Errorf("taking the migration lock: %w", err)
 		}
@@ -136,7 +142,7 @@ func (l *migrationLock) Unlock(ctx context.Context, db *sql.DB) error {
 	ctx, cancel := context.WithTimeout(ctx, unlockTimeout)
 	defer cancel()
 	res, err := db.ExecContext(ctx, `UPDATE `+lockTable+` SET owner = '', generation = generation + 1,
-		expires_at = NOW(6) WHERE id = ? AND owner = ?`, lockRowID, owner)
+		expires_at = UTC_TIMESTAMP(6) WHERE id = ? AND owner = ?`, lockRowID, owner)
 	if err != nil {
 		return fmt.Errorf("freeing the migration lock: %w", err)
 	}
@@ -163,7 +169,7 @@ func (l *migrationLock) renew(ctx context.Context, db *sql.DB, owner string, don
 		}
 		rctx, cancel := context.WithTimeout(ctx, l.opts.lease/3)
 		res, err := db.ExecContext(rctx, `UPDATE `+lockTable+` SET generation = generation + 1,
-			expires_at = NOW(6) + INTERVAL ? MICROSECOND WHERE id = ? AND owner = ?`,
+			expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND WHERE id = ? AND owner = ?`,
 			l.opts.lease.Microseconds(), lockRowID, owner)
 		cancel()
 		if err == nil {
@@ -197,7 +203,7 @@ func ensureLockRow(ctx context.Context, db *sql.DB) error {
 		return fmt.Errorf("creating %s: %w", lockTable, err)
 	}
 	_, err := db.ExecContext(ctx, `INSERT INTO `+lockTable+` (id, owner, generation, expires_at)
-		VALUES (?, '', 0, NOW(6))`, lockRowID)
+		VALUES (?, '', 0, UTC_TIMESTAMP(6))`, lockRowID)
 	if err != nil && !isUniqueViolation(err) {
 		return fmt.Errorf("creating the row of %s: %w", lockTable, err)
 	}
@@ -210,7 +216,7 @@ func lockHolder(db *sql.DB) string {
 	defer cancel()
 	var owner string
 	var left float64
-	err := db.QueryRowContext(ctx, `SELECT owner, TIMESTAMPDIFF(MICROSECOND, NOW(6), expires_at) / 1e6
+	err := db.QueryRowContext(ctx, `SELECT owner, TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), expires_at) / 1e6
 		FROM `+lockTable+` WHERE id = ?`, lockRowID).Scan(&owner, &left)
 	if err != nil {
 		return "holder unknown: " + err.Error()
