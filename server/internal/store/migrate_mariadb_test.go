@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"path/filepath"
-	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -30,29 +29,11 @@ func TestMigrateMariaDB(t *testing.T) {
 		t.Cleanup(func() { db.Close() })
 		return db
 	}
-	want := []int64{0}
-	for i := range migrationVersions(t, dialectMySQL) {
-		want = append(want, int64(i+1))
-	}
+	want := allVersions(t, dialectMySQL)
 
 	t.Run("fresh, then again", func(t *testing.T) {
 		db := open(t, srv.NewDatabase(t))
-		if err := migrate(t.Context(), db, dialectMySQL); err != nil {
-			t.Fatal(err)
-		}
-		if got := gooseVersions(t, db); !slices.Equal(got, want) {
-			t.Fatalf("versions %v, want %v", got, want)
-		}
-		before := describeMySQL(t, db)
-		if err := migrate(t.Context(), db, dialectMySQL); err != nil {
-			t.Fatal(err)
-		}
-		if got := gooseVersions(t, db); !slices.Equal(got, want) {
-			t.Fatalf("versions after a second migration %v, want %v", got, want)
-		}
-		if after := describeMySQL(t, db); !reflect.DeepEqual(before, after) {
-			t.Fatalf("the second migration changed the schema")
-		}
+		migrateTwice(t, db, dialectMySQL, describeMySQL)
 		free := queryRows(t, db, `SELECT owner FROM `+lockTable)
 		if !slices.Equal(free, []string{""}) {
 			t.Fatalf("lock row after the migrations: %q", free)
@@ -62,17 +43,7 @@ func TestMigrateMariaDB(t *testing.T) {
 		if err := migrate(t.Context(), lite, dialectSQLite); err != nil {
 			t.Fatal(err)
 		}
-		my, sq := describeMySQL(t, db), describeSQLiteLikeMySQL(t, lite)
-		for k := range sq {
-			if !reflect.DeepEqual(my[k], sq[k]) {
-				t.Errorf("%s:\n mysql  %q\n sqlite %q", k, my[k], sq[k])
-			}
-		}
-		for k := range my {
-			if _, ok := sq[k]; !ok {
-				t.Errorf("%s only in mysql: %q", k, my[k])
-			}
-		}
+		sameSchema(t, "sqlite", describeSQLiteLikeMySQL(t, lite), "mysql", describeMySQL(t, db))
 	})
 
 	t.Run("died mid-baseline: the file runs again", func(t *testing.T) {
@@ -123,13 +94,7 @@ func TestMigrateMariaDB(t *testing.T) {
 
 	t.Run("holder died: its lease expires", func(t *testing.T) {
 		db := open(t, srv.NewDatabase(t))
-		if err := ensureLockRow(t.Context(), db); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := db.ExecContext(t.Context(), `UPDATE `+lockTable+` SET owner = 'dead', generation = generation + 1,
-			expires_at = UTC_TIMESTAMP(6) - INTERVAL 1 SECOND`); err != nil {
-			t.Fatal(err)
-		}
+		holdLock(t, db, "dead", "UTC_TIMESTAMP(6) - INTERVAL 1 SECOND")
 		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 		defer cancel()
 		if err := migrate(ctx, db, dialectMySQL); err != nil {
@@ -142,13 +107,7 @@ func TestMigrateMariaDB(t *testing.T) {
 
 	t.Run("holder alive: wait until ctx ends", func(t *testing.T) {
 		db := open(t, srv.NewDatabase(t))
-		if err := ensureLockRow(t.Context(), db); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := db.ExecContext(t.Context(), `UPDATE `+lockTable+` SET owner = 'alive', generation = generation + 1,
-			expires_at = UTC_TIMESTAMP(6) + INTERVAL 1 HOUR`); err != nil {
-			t.Fatal(err)
-		}
+		holdLock(t, db, "alive", "UTC_TIMESTAMP(6) + INTERVAL 1 HOUR")
 		ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
 		defer cancel()
 		err := migrate(ctx, db, dialectMySQL)
@@ -206,6 +165,18 @@ func TestMigrateMariaDB(t *testing.T) {
 			t.Fatalf("unlock of a lost lock: %v", err)
 		}
 	})
+}
+
+// holdLock makes the migration lock held by owner until expires (SQL).
+func holdLock(t *testing.T, db *sql.DB, owner, expires string) {
+	t.Helper()
+	if err := ensureLockRow(t.Context(), db); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.ExecContext(t.Context(), `UPDATE `+lockTable+` SET owner = ?, generation = generation + 1,
+		expires_at = `+expires, owner); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func mysqlHasTable(ctx context.Context, db *sql.DB, name string) (bool, error) {

@@ -101,27 +101,42 @@ func TestDialectsHaveTheSameMigrations(t *testing.T) {
 // schema_version); migrating again changes nothing.
 func TestMigrateFreshSQLite(t *testing.T) {
 	db := openSQLite(t, filepath.Join(t.TempDir(), FileName))
-	if err := migrate(t.Context(), db, dialectSQLite); err != nil {
-		t.Fatal(err)
+	migrateTwice(t, db, dialectSQLite, describeSQLite)
+	if legacy, err := sqliteHasTable(t.Context(), db, "schema_version"); err != nil || legacy {
+		t.Fatalf("schema_version in a new database: %v, %v", legacy, err)
 	}
+}
+
+// allVersions are the versions goose records in a database migrated by
+// this server: 0 (goose's own), then each migration's.
+func allVersions(t *testing.T, d dialect) []int64 {
+	t.Helper()
 	want := []int64{0}
-	for i := range migrationVersions(t, dialectSQLite) {
+	for i := range migrationVersions(t, d) {
 		want = append(want, int64(i+1))
+	}
+	return want
+}
+
+// migrateTwice migrates the new database db, checks that every version is
+// recorded once, then migrates it again and checks that nothing changed.
+func migrateTwice(t *testing.T, db *sql.DB, d dialect, describe func(*testing.T, *sql.DB) map[string][]string) {
+	t.Helper()
+	want := allVersions(t, d)
+	if err := migrate(t.Context(), db, d); err != nil {
+		t.Fatal(err)
 	}
 	if got := gooseVersions(t, db); !slices.Equal(got, want) {
 		t.Fatalf("versions %v, want %v", got, want)
 	}
-	if legacy, err := sqliteHasTable(t.Context(), db, "schema_version"); err != nil || legacy {
-		t.Fatalf("schema_version in a new database: %v, %v", legacy, err)
-	}
-	before := describeSQLite(t, db)
-	if err := migrate(t.Context(), db, dialectSQLite); err != nil {
+	before := describe(t, db)
+	if err := migrate(t.Context(), db, d); err != nil {
 		t.Fatal(err)
 	}
 	if got := gooseVersions(t, db); !slices.Equal(got, want) {
 		t.Fatalf("versions after a second migration %v, want %v", got, want)
 	}
-	if after := describeSQLite(t, db); !reflect.DeepEqual(before, after) {
+	if after := describe(t, db); !reflect.DeepEqual(before, after) {
 		t.Fatalf("the second migration changed the schema:\n%v\n%v", before, after)
 	}
 }
@@ -140,19 +155,7 @@ func TestBaselineIsTheLegacySchema(t *testing.T) {
 	if err := migrate(t.Context(), fresh, dialectSQLite); err != nil {
 		t.Fatal(err)
 	}
-	a, b := describeSQLite(t, old), describeSQLite(t, fresh)
-	if !reflect.DeepEqual(a, b) {
-		for k := range a {
-			if !reflect.DeepEqual(a[k], b[k]) {
-				t.Errorf("%s:\n legacy   %q\n baseline %q", k, a[k], b[k])
-			}
-		}
-		for k := range b {
-			if _, ok := a[k]; !ok {
-				t.Errorf("%s only in the baseline: %q", k, b[k])
-			}
-		}
-	}
+	sameSchema(t, "legacy", describeSQLite(t, old), "baseline", describeSQLite(t, fresh))
 	if av, bv := gooseVersions(t, old), gooseVersions(t, fresh); !slices.Equal(av, bv) {
 		t.Fatalf("goose versions: legacy %v, new %v", av, bv)
 	}
@@ -177,6 +180,21 @@ func TestNewerDatabaseRefused(t *testing.T) {
 	}
 	if err := migrate(t.Context(), db, dialectSQLite); err == nil || !strings.Contains(err.Error(), "newer than this server") {
 		t.Fatalf("migrating a newer database: %v", err)
+	}
+}
+
+// sameSchema reports each difference between two schema descriptions.
+func sameSchema(t *testing.T, aName string, a map[string][]string, bName string, b map[string][]string) {
+	t.Helper()
+	for k := range a {
+		if !reflect.DeepEqual(a[k], b[k]) {
+			t.Errorf("%s:\n %-8s %q\n %-8s %q", k, aName, a[k], bName, b[k])
+		}
+	}
+	for k := range b {
+		if _, ok := a[k]; !ok {
+			t.Errorf("%s only in %s: %q", k, bName, b[k])
+		}
 	}
 }
 
