@@ -90,6 +90,11 @@ func TestMigrateMariaDB(t *testing.T) {
 		if got := gooseVersions(t, open(t, dsn)); !slices.Equal(got, want) {
 			t.Fatalf("versions %v, want %v (each applied once)", got, want)
 		}
+		// Each took and freed the lock in turn (a take and a free each bump it).
+		var g int64
+		if err := open(t, dsn).QueryRowContext(t.Context(), `SELECT generation FROM `+lockTable).Scan(&g); err != nil || g < 4 {
+			t.Fatalf("lock generation %d (%v): want both migrators through the lock", g, err)
+		}
 	})
 
 	t.Run("holder died: its lease expires", func(t *testing.T) {
@@ -125,7 +130,19 @@ func TestMigrateMariaDB(t *testing.T) {
 		if err := l.Lock(t.Context(), db); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(time.Second) // three leases: renewed, or taken below
+		// Four renewals: past the first lease, which only they extended.
+		gen := func() (g int64) {
+			if err := db.QueryRowContext(t.Context(), `SELECT generation FROM `+lockTable).Scan(&g); err != nil {
+				t.Fatal(err)
+			}
+			return g
+		}
+		for g0, deadline := gen(), time.Now().Add(10*time.Second); gen() < g0+4; {
+			if time.Now().After(deadline) {
+				t.Fatal("the lease was not renewed")
+			}
+			time.Sleep(20 * time.Millisecond) // polling, with the deadline above
+		}
 		other := newMigrationLock(lockOptions{lease: time.Second})
 		ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
 		defer cancel()
