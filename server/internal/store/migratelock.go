@@ -14,9 +14,9 @@ import (
 	"github.com/pressly/goose/v3/lock"
 )
 
-// migrationLock is goose's lock.Locker for MySQL and OceanBase, which have
-// no GET_LOCK (OceanBase) and whose LOCK TABLES ends with the session: one
-// row of migration_lock, leased to one migrator at a time.
+// migrationLock is the migration lock for MySQL and OceanBase, which has
+// no GET_LOCK (and LOCK TABLES would end with its session): one row of
+// migration_lock, leased to one migrator at a time.
 //
 //   - Lock takes the row by a compare-and-swap UPDATE, where the row is free
 //     or its lease has expired, with an expiry of UTC_TIMESTAMP(6) + lease:
@@ -33,9 +33,10 @@ import (
 // Every UPDATE bumps generation, so that a matched row is a changed row and
 // RowsAffected says 1 whether the driver counts changed or found rows.
 //
-// It is a lock.Locker, not a lock.SessionLocker: the lease is a row, not a
-// session's, and renewals commit on their own connection while goose's
-// connection is inside a migration's transaction.
+// It has the shape of goose's lock.Locker (a row is no session's, and the
+// renewals commit on their own connection while goose's is inside a
+// migration's transaction), but migrate holds it around the whole goose
+// run instead of giving it to goose: see migrate.
 type migrationLock struct {
 	opts lockOptions
 
@@ -87,7 +88,7 @@ func newMigrationLock(o lockOptions) *migrationLock {
 // Lock takes the row, waiting while another holds it, until ctx ends.
 func (l *migrationLock) Lock(ctx context.Context, db *sql.DB) error {
 	if db.Stats().MaxOpenConnections == 1 {
-		// goose holds one connection for the migrations while it locks.
+		// The renewals need a connection beside the one goose migrates on.
 		return errors.New("migration lock: the pool needs two connections or more")
 	}
 	if err := ensureLockRow(ctx, db); err != nil {

@@ -53,22 +53,14 @@ func (d dialect) migrationsFS() (fs.FS, error) {
 // schema_version) first gets the legacy migrations it lacks and is recorded
 // at the baseline version; then goose applies what is pending.
 //
-// On MySQL the migrations run under migrationLock, a row lease on the
+// On MySQL all of it runs under migrationLock, a row lease on the
 // database's clock, so that servers starting together migrate once: the
-// others wait for the lock, then find nothing pending. SQLite needs no
-// lock: the data dir's flock (lockDir) makes its process the database's
-// only user.
-func migrate(ctx context.Context, db *sql.DB, d dialect) error {
-	gd, err := d.goose()
-	if err != nil {
-		return err
-	}
-	fsys, err := d.migrationsFS()
-	if err != nil {
-		return err
-	}
-	opts := []goose.ProviderOption{goose.WithDisableGlobalRegistry(true)}
-	var lock *migrationLock
+// others wait for the lock, then find nothing pending. The lock is held
+// around the whole goose run rather than given to goose (WithLocker):
+// goose's Up first asks HasPending without its locker, and that first call
+// creates goose's version table, unlocked. SQLite needs no lock: the data
+// dir's flock (lockDir) makes its process the database's only user.
+func migrate(ctx context.Context, db *sql.DB, d dialect) (err error) {
 	switch d {
 	case dialectSQLite:
 		if err := adoptLegacy(ctx, db); err != nil {
@@ -78,10 +70,27 @@ func migrate(ctx context.Context, db *sql.DB, d dialect) error {
 		var cancel context.CancelCauseFunc
 		ctx, cancel = context.WithCancelCause(ctx)
 		defer cancel(nil)
-		lock = newMigrationLock(lockOptions{onLost: cancel})
-		opts = append(opts, goose.WithLocker(lock))
+		l := newMigrationLock(lockOptions{onLost: cancel})
+		if err := l.Lock(ctx, db); err != nil {
+			return err
+		}
+		defer func() { err = errors.Join(err, l.Unlock(context.WithoutCancel(ctx), db)) }()
 	}
-	p, err := goose.NewProvider(gd, db, fsys, opts...)
+	return gooseUp(ctx, db, d)
+}
+
+// gooseUp applies d's pending goose migrations to db, and refuses a
+// database newer than this server.
+func gooseUp(ctx context.Context, db *sql.DB, d dialect) error {
+	gd, err := d.goose()
+	if err != nil {
+		return err
+	}
+	fsys, err := d.migrationsFS()
+	if err != nil {
+		return err
+	}
+	p, err := goose.NewProvider(gd, db, fsys, goose.WithDisableGlobalRegistry(true))
 	if err != nil {
 		return err
 	}
