@@ -1,6 +1,7 @@
 // Package mariadbtest runs a private MariaDB server for tests: Debian's
 // mariadbd started as a plain process (no systemd) on a data dir of its
-// own, listening on a free loopback TCP port, as root with no password, and
+// own, listening on a free loopback TCP port (the MariaDB user root, with
+// no password), run as the test's own user (root here, --user=root), and
 // stopped and reaped when the test ends. Each test takes a database of its
 // own (NewDatabase).
 //
@@ -59,7 +60,7 @@ func Start(t testing.TB) *Server {
 	data := filepath.Join(dir, "data")
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, install, "--no-defaults", "--datadir="+data, "--user=root",
+	out, err := exec.CommandContext(ctx, install, "--no-defaults", "--datadir="+data, userFlag(),
 		"--auth-root-authentication-method=normal", "--skip-test-db", "--innodb-log-file-size=8M").CombinedOutput()
 	if err != nil {
 		t.Fatalf("mariadb-install-db: %v\n%s", err, out)
@@ -79,6 +80,19 @@ func Start(t testing.TB) *Server {
 	}
 	t.Fatalf("starting mariadbd: %v (its log: %s)", lastErr, filepath.Join(dir, "mariadbd.log"))
 	return nil
+}
+
+// userFlag runs mariadbd as the test's user: root has to say so (mariadbd
+// refuses to run as root otherwise); another user is itself anyway.
+func userFlag() string {
+	if os.Geteuid() == 0 {
+		return "--user=root"
+	}
+	u := os.Getenv("USER")
+	if u == "" {
+		u = strconv.Itoa(os.Geteuid())
+	}
+	return "--user=" + u
 }
 
 // lookup finds a MariaDB program in PATH or in /usr/sbin, which a user's
@@ -108,7 +122,7 @@ func start(ctx context.Context, bin, dir, data string) (*Server, error) {
 	defer logf.Close() // the child has its own descriptor
 	// life is the process's: stop ends it with SIGKILL when SIGTERM did not.
 	life, kill := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(life, bin, "--no-defaults", "--datadir="+data, "--user=root",
+	cmd := exec.CommandContext(life, bin, "--no-defaults", "--datadir="+data, userFlag(),
 		"--bind-address=127.0.0.1", "--port="+strconv.Itoa(port),
 		"--socket="+filepath.Join(dir, "mariadbd.sock"), "--pid-file="+filepath.Join(dir, "mariadbd.pid"),
 		"--character-set-server=utf8mb4", "--collation-server=utf8mb4_bin",
