@@ -14,9 +14,9 @@ import (
 	"github.com/pressly/goose/v3/lock"
 )
 
-// migrationLock is the migration lock for MySQL and OceanBase, which has
-// no GET_LOCK (and LOCK TABLES would end with its session): one row of
-// migration_lock, leased to one migrator at a time.
+// migrationLock is the migration lock for MySQL and OceanBase (whose MySQL
+// mode has no GET_LOCK and no LOCK TABLES): one row of migration_lock,
+// leased to one migrator at a time.
 //
 //   - Lock takes the row by a compare-and-swap UPDATE, where the row is free
 //     or its lease has expired, with an expiry of UTC_TIMESTAMP(6) + lease:
@@ -63,7 +63,8 @@ const (
 	// lockTable is the lease's table; its one row has id lockRowID.
 	lockTable = "migration_lock"
 	lockRowID = 1
-	// unlockTimeout bounds Unlock, called by goose without a deadline.
+	// unlockTimeout bounds Unlock, called with a context never cancelled
+	// (the migration's may have been).
 	unlockTimeout = 10 * time.Second
 )
 
