@@ -28,6 +28,7 @@ func TestSubtaskIDsContinueAfterTheMigration(t *testing.T) {
 		}
 		return p
 	}
+	legacyDataDir(t, dir) // made by a server before goose, adopted by Open
 	s, err := Open(ctx, dir)
 	if err != nil {
 		t.Fatal(err)
@@ -81,6 +82,7 @@ func TestSubtaskIDsContinueAfterTheMigration(t *testing.T) {
 func TestLogSizesAfterTheMigration(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
+	legacyDataDir(t, dir) // made by a server before goose, adopted by Open
 	s, err := Open(ctx, dir)
 	if err != nil {
 		t.Fatal(err)

@@ -3,180 +3,126 @@ package store
 import (
 	"context"
 	"database/sql"
+	"embed"
+	"errors"
 	"fmt"
+	"io/fs"
+
+	"github.com/pressly/goose/v3"
+	"github.com/pressly/goose/v3/database"
 )
 
-// migrations are applied in order, each once; schema_version records how many
-// ran. The DDL is SQLite's; a MySQL dialect changes only the key columns
-// (BIGINT AUTO_INCREMENT) and TEXT lengths.
-var migrations = []string{
-	`CREATE TABLE hosts (
-		id            INTEGER PRIMARY KEY AUTOINCREMENT,
-		name          VARCHAR(255) NOT NULL UNIQUE,
-		inner_ip      VARCHAR(64)  NOT NULL DEFAULT '',
-		machine_id    VARCHAR(64)  NOT NULL DEFAULT '',
-		status        VARCHAR(16)  NOT NULL,
-		agent_status  VARCHAR(16)  NOT NULL DEFAULT '',
-		agentd_version VARCHAR(64) NOT NULL DEFAULT '',
-		last_seen     BIGINT       NOT NULL DEFAULT 0,
-		op_task_id    BIGINT       NULL,
-		processes     TEXT         NOT NULL,
-		create_time   BIGINT       NOT NULL,
-		update_time   BIGINT       NOT NULL
-	)`,
-	`CREATE TABLE tasks (
-		id            INTEGER PRIMARY KEY AUTOINCREMENT,
-		name          VARCHAR(128) NOT NULL,
-		type          VARCHAR(16)  NOT NULL,
-		operation     VARCHAR(16)  NOT NULL,
-		status        VARCHAR(16)  NOT NULL,
-		creator       VARCHAR(64)  NOT NULL,
-		executor      VARCHAR(128) NOT NULL,
-		host_id       BIGINT       NOT NULL,
-		task_definition_id BIGINT  NOT NULL,
-		context       TEXT         NOT NULL,
-		start_time    BIGINT       NOT NULL,
-		end_time      BIGINT       NOT NULL DEFAULT 0,
-		update_time   BIGINT       NOT NULL
-	)`,
-	`CREATE INDEX tasks_host ON tasks (host_id, id)`,
-	`CREATE INDEX tasks_status ON tasks (status, id)`,
-	`CREATE TABLE subtasks (
-		id            INTEGER PRIMARY KEY AUTOINCREMENT,
-		task_id       BIGINT       NOT NULL REFERENCES tasks (id),
-		seq           INT          NOT NULL,
-		name          VARCHAR(128) NOT NULL,
-		description   VARCHAR(255) NOT NULL,
-		class_name    VARCHAR(255) NOT NULL,
-		node_type     VARCHAR(32)  NOT NULL,
-		operation     VARCHAR(16)  NOT NULL,
-		status        VARCHAR(16)  NOT NULL,
-		series_id     INT          NOT NULL,
-		upstreams     TEXT         NOT NULL,
-		downstreams   TEXT         NOT NULL,
-		timeout_s     INT          NOT NULL,
-		run_time      INT          NOT NULL,
-		parallel_idx  INT          NOT NULL,
-		prohibit_rollback INT      NOT NULL,
-		host_id       BIGINT       NOT NULL,
-		executor      VARCHAR(128) NOT NULL DEFAULT '',
-		start_time    BIGINT       NOT NULL DEFAULT 0,
-		end_time      BIGINT       NOT NULL DEFAULT 0,
-		message       TEXT         NOT NULL
-	)`,
-	`CREATE INDEX subtasks_task ON subtasks (task_id, seq)`,
-	`CREATE TABLE subtask_logs (
-		id            INTEGER PRIMARY KEY AUTOINCREMENT,
-		subtask_id    BIGINT       NOT NULL REFERENCES subtasks (id),
-		run_time      INT          NOT NULL,
-		at            BIGINT       NOT NULL,
-		line          TEXT         NOT NULL
-	)`,
-	`CREATE INDEX subtask_logs_subtask ON subtask_logs (subtask_id, id)`,
-	`CREATE TABLE users (
-		id            INTEGER PRIMARY KEY AUTOINCREMENT,
-		username      VARCHAR(64)  NOT NULL UNIQUE,
-		password_hash VARCHAR(255) NOT NULL,
-		roles         TEXT         NOT NULL,
-		create_time   BIGINT       NOT NULL
-	)`,
-	// Idempotency-Key: one task per (caller, key).
-	`CREATE TABLE idempotency_keys (
-		scope         VARCHAR(255) NOT NULL PRIMARY KEY,
-		fingerprint   VARCHAR(255) NOT NULL,
-		task_id       BIGINT       NOT NULL,
-		create_time   BIGINT       NOT NULL
-	)`,
-	`CREATE INDEX subtasks_host ON subtasks (host_id, task_id)`,
-	`ALTER TABLE hosts ADD COLUMN install_home VARCHAR(1024) NOT NULL DEFAULT ''`,
-	// Agent identity: single-use join tokens (stored hashed) and revocation.
-	`CREATE TABLE join_tokens (
-		id            INTEGER PRIMARY KEY AUTOINCREMENT,
-		token_hash    VARCHAR(64)  NOT NULL UNIQUE,
-		host_name     VARCHAR(255) NOT NULL DEFAULT '',
-		creator       VARCHAR(64)  NOT NULL,
-		create_time   BIGINT       NOT NULL,
-		expire_time   BIGINT       NOT NULL,
-		used_time     BIGINT       NOT NULL DEFAULT 0,
-		used_host_id  BIGINT       NOT NULL DEFAULT 0
-	)`,
-	`ALTER TABLE hosts ADD COLUMN revoke_time BIGINT NOT NULL DEFAULT 0`,
-	// API access keys: the secret is stored sealed with the data dir's key.
-	`CREATE TABLE access_keys (
-		id            INTEGER PRIMARY KEY AUTOINCREMENT,
-		access_key_id VARCHAR(64)  NOT NULL UNIQUE,
-		username      VARCHAR(64)  NOT NULL,
-		sealed_secret TEXT         NOT NULL,
-		create_time   BIGINT       NOT NULL,
-		last_used_time BIGINT      NOT NULL DEFAULT 0
-	)`,
-	`CREATE INDEX access_keys_user ON access_keys (username, id)`,
-	// Audit: who did what, when, and how it ended.
-	`CREATE TABLE audit_events (
-		id            INTEGER PRIMARY KEY AUTOINCREMENT,
-		at            BIGINT       NOT NULL,
-		username      VARCHAR(64)  NOT NULL,
-		access_key_id VARCHAR(64)  NOT NULL DEFAULT '',
-		source_addr   VARCHAR(128) NOT NULL DEFAULT '',
-		operation     VARCHAR(128) NOT NULL,
-		host_id       BIGINT       NOT NULL DEFAULT 0,
-		task_id       BIGINT       NOT NULL DEFAULT 0,
-		target        VARCHAR(255) NOT NULL DEFAULT '',
-		outcome       VARCHAR(32)  NOT NULL,
-		message       TEXT         NOT NULL
-	)`,
-	`CREATE INDEX audit_events_at ON audit_events (at, id)`,
-	// Subtask ids are taken in ranges before insert (allocIDs), so that a
-	// task's subtasks are stored with their edges in multi-row INSERTs.
-	`CREATE TABLE id_sequences (
-		name          VARCHAR(64)  NOT NULL PRIMARY KEY,
-		next_id       BIGINT       NOT NULL
-	)`,
-	`INSERT INTO id_sequences (name, next_id) SELECT 'subtasks', COALESCE(MAX(id), 0) + 1 FROM subtasks`,
-	// A task's host locks are released by task id when it ends.
-	`CREATE INDEX hosts_op_task ON hosts (op_task_id)`,
-	// The health probe's one row (health.go): a write that tests the store
-	// is writable, when no other write has lately.
-	`CREATE TABLE store_probe (
-		id            INT          NOT NULL PRIMARY KEY,
-		at            BIGINT       NOT NULL
-	)`,
-	`INSERT INTO store_probe (id, at) VALUES (1, 0)`,
-	// Bounded subtask logs (logs.go): each line's kind (0 text, 1 attempt
-	// header, 2 marker of dropped lines) and size in bytes, and each log's
-	// counters, so that an append never scans the log.
-	`ALTER TABLE subtask_logs ADD COLUMN kind INT NOT NULL DEFAULT 0`,
-	`ALTER TABLE subtask_logs ADD COLUMN size INT NOT NULL DEFAULT 0`,
-	`UPDATE subtask_logs SET size = LENGTH(CAST(line AS BLOB)),
-		kind = CASE WHEN line LIKE '############{%' THEN 1 ELSE 0 END`,
-	`CREATE TABLE subtask_log_sizes (
-		subtask_id    BIGINT       NOT NULL PRIMARY KEY,
-		lines         BIGINT       NOT NULL,
-		bytes         BIGINT       NOT NULL,
-		dropped_lines BIGINT       NOT NULL DEFAULT 0,
-		dropped_bytes BIGINT       NOT NULL DEFAULT 0
-	)`,
-	`INSERT INTO subtask_log_sizes (subtask_id, lines, bytes)
-		SELECT subtask_id, COUNT(*), SUM(size) FROM subtask_logs GROUP BY subtask_id`,
-	// Agent client certificates, by serial (lowercase hex): a host's live
-	// certificates, revocable one by one; "legacy" ones were issued
-	// before this table and recorded at their first use.
-	`CREATE TABLE agent_certs (
-		serial          VARCHAR(64)  NOT NULL PRIMARY KEY,
-		host_id         BIGINT       NOT NULL,
-		not_before      BIGINT       NOT NULL,
-		not_after       BIGINT       NOT NULL,
-		source          VARCHAR(16)  NOT NULL,
-		source_addr     VARCHAR(255) NOT NULL DEFAULT '',
-		create_time     BIGINT       NOT NULL,
-		first_used_time BIGINT       NOT NULL DEFAULT 0,
-		revoke_time     BIGINT       NOT NULL DEFAULT 0
-	)`,
-	`CREATE INDEX agent_certs_host ON agent_certs (host_id, revoke_time)`,
+// dialect names the SQL a database speaks; each has its own directory of
+// migrations (migrations/<dialect>), with the same versions in both.
+type dialect string
+
+const (
+	dialectSQLite dialect = "sqlite"
+	dialectMySQL  dialect = "mysql" // MySQL, MariaDB, OceanBase's MySQL mode
+)
+
+// migrationFiles are the goose migrations, NNNNN_name.sql, one directory
+// per dialect. 00001_baseline is the whole schema of the legacy migrations
+// (legacy.go); each later change is a new file in both directories.
+//
+//go:embed migrations/sqlite/*.sql migrations/mysql/*.sql
+var migrationFiles embed.FS
+
+// baselineVersion is the goose version a legacy database is adopted at.
+const baselineVersion = 1
+
+// versionTable is goose's table of applied versions.
+const versionTable = goose.DefaultTablename
+
+func (d dialect) goose() (goose.Dialect, error) {
+	switch d {
+	case dialectSQLite:
+		return goose.DialectSQLite3, nil
+	case dialectMySQL:
+		return goose.DialectMySQL, nil
+	}
+	return "", fmt.Errorf("unknown store dialect %q", d)
 }
 
-func migrate(ctx context.Context, db *sql.DB) error {
-	if _, err := db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_version (version INT NOT NULL)`); err != nil {
+// migrationsFS is d's directory of migrations.
+func (d dialect) migrationsFS() (fs.FS, error) {
+	return fs.Sub(migrationFiles, "migrations/"+string(d))
+}
+
+// migrate brings db's schema up to date. A legacy SQLite database (one with
+// schema_version) first gets the legacy migrations it lacks and is recorded
+// at the baseline version; then goose applies what is pending.
+//
+// On MySQL all of it runs under migrationLock, a row lease on the
+// database's clock, so that servers starting together migrate once: the
+// others wait for the lock, then find nothing pending. The lock is held
+// around the whole goose run rather than given to goose (WithLocker):
+// goose's Up first asks HasPending without its locker, and that first call
+// creates goose's version table, unlocked. SQLite needs no lock: the data
+// dir's flock (lockDir) makes its process the database's only user.
+func migrate(ctx context.Context, db *sql.DB, d dialect) (err error) {
+	switch d {
+	case dialectSQLite:
+		if err := adoptLegacy(ctx, db); err != nil {
+			return err
+		}
+	case dialectMySQL:
+		var cancel context.CancelCauseFunc
+		ctx, cancel = context.WithCancelCause(ctx)
+		defer cancel(nil)
+		l := newMigrationLock(lockOptions{onLost: cancel})
+		if err := l.Lock(ctx, db); err != nil {
+			return err
+		}
+		defer func() { err = errors.Join(err, l.Unlock(context.WithoutCancel(ctx), db)) }()
+	}
+	return gooseUp(ctx, db, d)
+}
+
+// gooseUp applies d's pending goose migrations to db, and refuses a
+// database newer than this server.
+func gooseUp(ctx context.Context, db *sql.DB, d dialect) error {
+	gd, err := d.goose()
+	if err != nil {
+		return err
+	}
+	fsys, err := d.migrationsFS()
+	if err != nil {
+		return err
+	}
+	p, err := goose.NewProvider(gd, db, fsys, goose.WithDisableGlobalRegistry(true))
+	if err != nil {
+		return err
+	}
+	if _, err := p.Up(ctx); err != nil {
+		return fmt.Errorf("migrating the schema: %w", cause(ctx, err))
+	}
+	current, known, err := p.GetVersions(ctx)
+	if err != nil {
+		return err
+	}
+	if current > known {
+		return fmt.Errorf("database schema version %d is newer than this server (%d)", current, known)
+	}
+	return nil
+}
+
+// cause is err, or why ctx ended when it did (a lost migration lock).
+func cause(ctx context.Context, err error) error {
+	if c := context.Cause(ctx); c != nil && !errors.Is(err, c) {
+		return fmt.Errorf("%w (%w)", err, c)
+	}
+	return err
+}
+
+// adoptLegacy runs, for a database that has schema_version (made before
+// goose), the legacy migrations it lacks and records it in goose's version
+// table at the baseline version, all in one transaction. A database without
+// schema_version is left to goose. schema_version stays, frozen at the
+// last legacy migration.
+func adoptLegacy(ctx context.Context, db *sql.DB) error {
+	legacy, err := sqliteHasTable(ctx, db, "schema_version")
+	if err != nil || !legacy {
 		return err
 	}
 	tx, err := db.BeginTx(ctx, nil)
@@ -184,26 +130,38 @@ func migrate(ctx context.Context, db *sql.DB) error {
 		return err
 	}
 	defer func() { _ = tx.Rollback() }() // after a commit, ErrTxDone: nothing to undo
-	var v int
-	switch err := tx.QueryRowContext(ctx, `SELECT version FROM schema_version`).Scan(&v); err {
-	case nil:
-	case sql.ErrNoRows:
-		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_version (version) VALUES (0)`); err != nil {
-			return err
-		}
-	default:
+	if err := migrateLegacy(ctx, tx); err != nil {
 		return err
 	}
-	if v > len(migrations) {
-		return fmt.Errorf("database schema version %d is newer than this server (%d)", v, len(migrations))
+	vs, err := database.NewStore(database.DialectSQLite3, versionTable)
+	if err != nil {
+		return err
 	}
-	for i := v; i < len(migrations); i++ {
-		if _, err := tx.ExecContext(ctx, migrations[i]); err != nil {
-			return fmt.Errorf("migration %d: %w", i+1, err)
+	adopted, err := sqliteHasTable(ctx, tx, versionTable)
+	if err != nil {
+		return err
+	}
+	if !adopted {
+		if err := vs.CreateVersionTable(ctx, tx); err != nil {
+			return fmt.Errorf("creating %s: %w", versionTable, err)
+		}
+		if err := vs.Insert(ctx, tx, database.InsertRequest{Version: 0}); err != nil {
+			return err
 		}
 	}
-	if _, err := tx.ExecContext(ctx, `UPDATE schema_version SET version = ?`, len(migrations)); err != nil {
+	switch _, err := vs.GetMigration(ctx, tx, baselineVersion); {
+	case errors.Is(err, database.ErrVersionNotFound):
+		if err := vs.Insert(ctx, tx, database.InsertRequest{Version: baselineVersion}); err != nil {
+			return err
+		}
+	case err != nil:
 		return err
 	}
 	return tx.Commit()
+}
+
+func sqliteHasTable(ctx context.Context, q querier, name string) (bool, error) {
+	var n int
+	err := q.QueryRowContext(ctx, `SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?`, name).Scan(&n)
+	return n > 0, err
 }

@@ -4,13 +4,16 @@
 // (task.go creates, taskread.go reads, taskupdate.go changes); subtask logs
 // (logs.go); users (user.go) and their access keys (accesskey.go); the audit
 // trail (audit.go); agent enrollment: join tokens and agent certificates
-// (enroll.go). The schema and its migrations are in schema.go. Writes go
-// through one group-commit writer (writer.go), statements are kept prepared
-// (stmts.go), and health.go says whether the store can be written. SQLite
+// (enroll.go). The schema is versioned by goose migrations, one directory
+// per dialect (migrations/), run by schema.go (under migratelock.go's lock
+// on MySQL); the frozen migrations of data dirs made before goose are in
+// legacy.go. Writes go through one group-commit writer (writer.go),
+// statements are kept prepared (stmts.go), and health.go says whether the
+// store can be written. SQLite
 // (pure Go, WAL, one file) is the embedded default.
 // Statements stay portable to MySQL/OceanBase: `?` placeholders, no
 // RETURNING, no upserts, times as BIGINT Unix milliseconds, lists as JSON
-// text. Only the schema (schema.go) is per dialect.
+// text. Only the schema (migrations/<dialect>) is per dialect.
 //
 // Errors wrap the errs kinds: ErrNotFound for a missing row, ErrConflict for
 // a compare-and-swap that lost or a unique key taken, ErrStoreUnavailable
@@ -103,7 +106,7 @@ func Open(ctx context.Context, dataDir string, opts ...Option) (s *Store, err er
 	for _, o := range opts {
 		o(s)
 	}
-	if err := migrate(ctx, w); err != nil {
+	if err := migrate(ctx, w, dialectSQLite); err != nil {
 		w.Close()
 		return nil, fmt.Errorf("migrating %s: %w", path, err)
 	}
