@@ -92,7 +92,10 @@ func TestMySQLStore(t *testing.T) {
 	}
 	back := time.Now()
 	var again apiResponse
-	if !poll(30*time.Second, func() bool { again = user(fmt.Sprintf("after-%d", time.Now().UnixNano())); return again.status == http.StatusOK }) {
+	if !poll(30*time.Second, func() bool {
+		again = user(fmt.Sprintf("after-%d", time.Now().UnixNano()))
+		return again.status == http.StatusOK
+	}) {
 		t.Fatalf("REST write 30s after the database came back: %d %s", again.status, again.body)
 	}
 	t.Logf("REST writes again %v after the database came back", time.Since(back).Round(time.Millisecond))

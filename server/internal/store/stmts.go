@@ -154,9 +154,9 @@ func (d *rdb) QueryContext(ctx context.Context, query string, args ...any) (*row
 	var rs *sql.Rows
 	var err error
 	if st := d.c.prepared(ctx, d.DB, query); st != nil { //nolint:sqlclosecheck // cached; closed by stmtCache.close when the store closes
-		rs, err = st.QueryContext(ctx, args...)
+		rs, err = st.QueryContext(ctx, args...) //nolint:rowserrcheck // the caller checks, through rows.Err
 	} else {
-		rs, err = d.DB.QueryContext(ctx, query, args...)
+		rs, err = d.DB.QueryContext(ctx, query, args...) //nolint:rowserrcheck // the caller checks, through rows.Err
 	}
 	if err != nil {
 		return nil, classify(err)
