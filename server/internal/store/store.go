@@ -9,16 +9,23 @@
 // on MySQL); the frozen migrations of data dirs made before goose are in
 // legacy.go. Writes go through one group-commit writer (writer.go),
 // statements are kept prepared (stmts.go), and health.go says whether the
-// store can be written. SQLite
-// (pure Go, WAL, one file) is the embedded default.
+// store can be written.
+//
+// SQLite (pure Go, WAL, one file in the data dir: Open) is the embedded
+// default; MySQL, MariaDB and OceanBase's MySQL mode are opened from a
+// mysql:// URL (OpenMySQL, mysql.go). The Store's methods are the same on
+// both: only the two Open functions know the dialect.
 // Statements stay portable to MySQL/OceanBase: `?` placeholders, no
 // RETURNING, no upserts, times as BIGINT Unix milliseconds, lists as JSON
-// text. Only the schema (migrations/<dialect>) is per dialect.
+// text, `lines` quoted, and every UPDATE whose match is counted changes a
+// column (MySQL counts changed rows). Only the schema
+// (migrations/<dialect>) is per dialect.
 //
 // Errors wrap the errs kinds: ErrNotFound for a missing row, ErrConflict for
 // a compare-and-swap that lost or a unique key taken, ErrStoreUnavailable
-// (an *errs.StoreError) for a write the store itself failed, e.g. on a full
-// disk (health.go).
+// (an *errs.StoreError) for a read or write the store itself failed, e.g.
+// on a full disk or with the MySQL database unreachable (health.go,
+// mysqlerr.go).
 package store
 
 import (

@@ -9,8 +9,9 @@ import (
 )
 
 // Writes go through one goroutine that commits them in groups: SQLite has
-// one writer, and a transaction's commit costs far more than a few more
-// rows in it. Each write runs inside a savepoint of the group's
+// one writer, and a transaction's commit (an fsync, or on MySQL a round
+// trip and the server's log flush) costs far more than a few more rows in
+// it. Each write runs inside a savepoint of the group's
 // transaction, so a write that fails is undone alone; a write returns only
 // once its group has committed (or failed as a whole). Under load, the
 // writes that queue while a group commits make the next group: 64 stops
