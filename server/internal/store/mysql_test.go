@@ -206,6 +206,47 @@ func TestMySQLUnavailableThenRecovers(t *testing.T) {
 			t.Errorf("the write that failed was committed: %v", err)
 		}
 	})
+
+	t.Run("database frozen, then thawed", func(t *testing.T) {
+		// A store of its own, whose reads and writes on a connection give
+		// up after a second (the default is mysqlIOTimeout).
+		fs, err := OpenMySQL(ctx, srv.URL(name)+"?readTimeout=1s&writeTimeout=1s")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer fs.Close()
+		fchanges := make(chan error, 16)
+		fs.OnWritable(func(err error) { fchanges <- err })
+		if err := srv.Signal(syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+		thawed := false
+		thaw := func() {
+			if !thawed {
+				thawed = true
+				if err := srv.Signal(syscall.SIGCONT); err != nil {
+					t.Error(err)
+				}
+			}
+		}
+		defer thaw()
+		start := time.Now()
+		if _, err := fs.CreateUser(ctx, auth.User{Username: "frozen", PasswordHash: "x"}); !errors.Is(err, errs.ErrStoreUnavailable) {
+			t.Fatalf("write with the database frozen: %v", err)
+		}
+		if _, err := fs.UserByName(ctx, "before"); !errors.Is(err, errs.ErrStoreUnavailable) {
+			t.Fatalf("read with the database frozen: %v", err)
+		}
+		if d := time.Since(start); d > 10*time.Second {
+			t.Errorf("failing took %v with the database frozen (1s timeouts)", d)
+		}
+		waitChange(t, fs, fchanges, true)
+		thaw()
+		waitChange(t, fs, fchanges, false)
+		if _, err := fs.UserByName(ctx, "before"); err != nil {
+			t.Fatalf("read once thawed: %v", err)
+		}
+	})
 }
 
 // waitChange waits for the store's watcher to say unwritable (or writable).

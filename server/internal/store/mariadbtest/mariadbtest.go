@@ -260,6 +260,15 @@ func (s *Server) Kill() {
 	<-exited
 }
 
+// Signal sends sig to mariadbd: SIGSTOP freezes it (its connections stay
+// open, unanswered), SIGCONT thaws it.
+func (s *Server) Signal(sig os.Signal) error {
+	s.mu.Lock()
+	cmd := s.cmd
+	s.mu.Unlock()
+	return cmd.Process.Signal(sig)
+}
+
 // Restart starts mariadbd again, after Stop or Kill, on the same data dir
 // and port, and waits until it answers.
 func (s *Server) Restart() error {
