@@ -73,6 +73,9 @@ func TestMySQLStore(t *testing.T) {
 		e["message"] != "the data store is unavailable" {
 		t.Errorf("REST write with the database down: %d %s, want 503 with code 10503", r.status, r.body)
 	}
+	if r := s.call(t, http.MethodGet, fmt.Sprintf("/api/v2/compute/hosts/%d", a.hostID), admin, nil); r.status != http.StatusServiceUnavailable {
+		t.Errorf("REST read with the database down: %d %s, want 503", r.status, r.body)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	_, err := iamv1.NewIamServiceClient(s.conn(t)).CreateAccessKey(withCreds(ctx, admin), &iamv1.CreateAccessKeyRequest{})

@@ -123,6 +123,18 @@ func TestMySQLUnavailableThenRecovers(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	var iso, zone, mode string
+	isoVar := "transaction_isolation"
+	if _, err := root.ExecContext(ctx, `SELECT @@transaction_isolation`); err != nil {
+		isoVar = "tx_isolation" // MariaDB before 11.1
+	}
+	if err := s.r.QueryRowContext(ctx, `SELECT @@SESSION.`+isoVar+`, @@SESSION.time_zone, @@SESSION.sql_mode`).
+		Scan(&iso, &zone, &mode); err != nil {
+		t.Fatal(err)
+	}
+	if iso != "READ-COMMITTED" || zone != "+00:00" || !strings.Contains(mode, "STRICT_ALL_TABLES") {
+		t.Fatalf("session: isolation %s, time zone %s, sql_mode %s", iso, zone, mode)
+	}
 	changes := make(chan error, 16)
 	s.OnWritable(func(err error) { changes <- err })
 	newUser := func(name string) error {
