@@ -47,8 +47,13 @@ bench-short: build-bench ## the benchmarks in short mode (smaller fleets, under 
 	bin/agentplane-bench -short $(BENCH_ARGS)
 
 .PHONY: test
-test: ## run every test (unit and integration, with the real binaries), always with -race
+test: ## run every test (unit and integration, with the real binaries), always with -race; then the store suite on MariaDB
 	go test -race -count=1 -timeout 20m ./...
+	$(MAKE) test-store-mysql
+
+.PHONY: test-store-mysql
+test-store-mysql: ## the store conformance suite on MariaDB (a private mariadbd; skipped without one unless AGENTPLANE_REQUIRE_MARIADB=1)
+	AGENTPLANE_TEST_STORE=mysql go test -race -count=1 -timeout 10m ./server/internal/store/...
 
 # Fuzz targets as package:Name; each has a seed corpus in its package's
 # testdata/fuzz/<Name>/ (plus its f.Add seeds), which `make test` runs too.

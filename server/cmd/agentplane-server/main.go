@@ -40,6 +40,7 @@ var version = "dev"
 
 type config struct {
 	dataDir      string
+	storeURL     string // "" for SQLite in dataDir, else the mysql:// URL (storeFlags.resolve)
 	grpcAddr     string
 	httpAddr     string
 	advertise    string
@@ -84,7 +85,10 @@ func (l *listFlag) Set(v string) error {
 func main() {
 	var c config
 	fs := flag.NewFlagSet("agentplane-server", flag.ContinueOnError)
-	fs.StringVar(&c.dataDir, "data-dir", "data", "directory of the SQLite database, the agent token and the admin password file")
+	fs.StringVar(&c.dataDir, "data-dir", "data", "directory of the SQLite database (with --store sqlite), the agent token, the CA and keys, and the admin password file")
+	var sf storeFlags
+	fs.StringVar(&sf.spec, "store", "sqlite", storeUsage)
+	fs.StringVar(&sf.dsnFile, "store-dsn-file", "", storeDSNFileUsage)
 	fs.StringVar(&c.grpcAddr, "grpc-addr", "127.0.0.1:7070", "gRPC listen address (API and agent streams)")
 	fs.StringVar(&c.httpAddr, "http-addr", "127.0.0.1:8080", "REST listen address")
 	fs.StringVar(&c.advertise, "advertise-addr", "", "address recorded as the executor of tasks (default: this host's first non-loopback IPv4)")
@@ -116,6 +120,12 @@ func main() {
 	if *showVersion {
 		fmt.Println("agentplane-server", version)
 		return
+	}
+	fs.Visit(func(f *flag.Flag) { sf.specSet = sf.specSet || f.Name == "store" })
+	var err error
+	if c.storeURL, err = sf.resolve(); err != nil {
+		fmt.Fprintln(os.Stderr, "agentplane-server:", err)
+		os.Exit(2)
 	}
 	if c.agentCertTTL < time.Hour {
 		fmt.Fprintf(os.Stderr, "agentplane-server: --agent-cert-ttl (%s) must be at least 1h\n", c.agentCertTTL)
@@ -163,11 +173,12 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 		c.advertise = firstIPv4()
 	}
 
-	st, err := store.Open(ctx, c.dataDir, store.WithLogLimits(store.LogLimits{MaxBytes: c.logMaxBytes, MaxLines: c.logMaxLines}))
+	st, storeName, err := openStore(ctx, c.storeURL, c.dataDir, store.WithLogLimits(store.LogLimits{MaxBytes: c.logMaxBytes, MaxLines: c.logMaxLines}))
 	if err != nil {
 		return err
 	}
 	defer st.Close()
+	log.Info().Str("store", storeName).Msg("store opened")
 	// The agentds connected to the previous server (or just before it
 	// stopped) are on their way back: the fleet waits for them past
 	// --agent-lost-after while they keep coming (fleet.Fleet.Expect).
@@ -287,7 +298,7 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 	go func() { errc <- serveGRPC(gs, grpcLis) }()
 	go func() { errc <- serveHTTP() }()
 	log.Info().Str("grpc_addr", grpcLis.Addr().String()).Str("http_addr", httpLis.Addr().String()).Int("agents_expected", len(expected)).
-		Bool("tls", !c.insecure).Str("data_dir", c.dataDir).Str("version", version).Msg("server started")
+		Bool("tls", !c.insecure).Str("data_dir", c.dataDir).Str("store", storeName).Str("version", version).Msg("server started")
 
 	select {
 	case <-ctx.Done():

@@ -3,7 +3,6 @@ package store_test
 import (
 	"bytes"
 	"context"
-	"database/sql"
 	"errors"
 	"os"
 	"path/filepath"
@@ -113,11 +112,7 @@ func TestAccessKeySecretSealedInTheDatabase(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	db, err := sql.Open("sqlite", "file:"+filepath.Join(dir, store.FileName)+"?mode=ro")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := store.RawTestDB(t, dir)
 	var sealed string
 	if err := db.QueryRowContext(ctx, `SELECT sealed_secret FROM access_keys WHERE access_key_id = ?`, k.ID).Scan(&sealed); err != nil {
 		t.Fatal(err)

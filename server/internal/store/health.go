@@ -14,13 +14,14 @@ import (
 )
 
 // A write can fail because of the store itself (a full disk, an I/O error,
-// a read-only or vanished file) rather than because of the change. Such
+// a read-only or vanished file; on MySQL, the database unreachable, gone
+// away or read-only: mysqlerr.go) rather than because of the change. Such
 // failures are classified here, once, as *errs.StoreError (an
 // errs.ErrStoreUnavailable), and they make the store unwritable until a
 // write commits again: the writer records each group's outcome, and while
 // the store is unwritable a probe (a one-row write to store_probe) runs
-// every probeRetry, so the store turns writable by itself once space is
-// back. When no write has committed for probeIdle, the probe runs too, so
+// every probeRetry, so the store turns writable by itself once space (or
+// the database) is back. When no write has committed for probeIdle, the probe runs too, so
 // that a store that went bad while idle is seen.
 
 // Probe intervals.
@@ -35,7 +36,7 @@ func classify(err error) error {
 	if err == nil || errors.Is(err, errs.ErrStoreUnavailable) {
 		return err
 	}
-	hit, full := false, false
+	hit, full := mysqlStoreFailure(err), mysqlFull(err)
 	walkErrors(err, func(e error) {
 		switch e := e.(type) { //nolint:errorlint // walkErrors visits every wrapped error: e is one of them
 		case *sqlite.Error:

@@ -193,7 +193,8 @@ func (s *Store) HostSeen(ctx context.Context, id int64, at time.Time, procs []ho
 
 // SetHostStatus sets a host's status.
 func (s *Store) SetHostStatus(ctx context.Context, id int64, st host.Status) error {
-	res, err := s.exec(ctx, `UPDATE hosts SET status = ?, update_time = ? WHERE id = ?`, st, nowMS(), id)
+	now := nowMS()
+	res, err := s.exec(ctx, `UPDATE hosts SET status = ?, `+bumpUpdateTime+` WHERE id = ?`, st, now, now, id)
 	if err != nil {
 		return fmt.Errorf("setting host %d %s: %w", id, st, err)
 	}

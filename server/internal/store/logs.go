@@ -135,7 +135,7 @@ func (s *Store) appendSubtaskLogs(ctx context.Context, tx *wtx, lines []task.Sub
 	}
 	for lo := 0; lo < len(rows); lo += 5 * rowsPerInsert {
 		chunk := rows[lo:min(lo+5*rowsPerInsert, len(rows))]
-		if _, err := tx.ExecContext(ctx, `INSERT INTO subtask_log_sizes (subtask_id, lines, bytes, dropped_lines, dropped_bytes)
+		if _, err := tx.ExecContext(ctx, `INSERT INTO subtask_log_sizes (subtask_id, `+"`lines`"+`, bytes, dropped_lines, dropped_bytes)
 			VALUES (?,?,?,?,?)`+strings.Repeat(",(?,?,?,?,?)", len(chunk)/5-1), chunk...); err != nil {
 			return fmt.Errorf("counting the logs of %d subtasks: %w", len(chunk)/5, err)
 		}
@@ -169,7 +169,7 @@ func logSizes(ctx context.Context, tx *wtx, ids []int64) (map[int64]logSize, err
 
 // readLogSizes reads the counters of the logs of ids into sizes.
 func readLogSizes(ctx context.Context, tx *wtx, ids []int64, sizes map[int64]logSize) error {
-	rows, err := tx.QueryContext(ctx, `SELECT subtask_id, lines, bytes, dropped_lines, dropped_bytes FROM subtask_log_sizes
+	rows, err := tx.QueryContext(ctx, `SELECT subtask_id, `+"`lines`"+`, bytes, dropped_lines, dropped_bytes FROM subtask_log_sizes
 		WHERE subtask_id IN (`+idList(ids)+`)`)
 	if err != nil {
 		return fmt.Errorf("reading the sizes of %d subtask logs: %w", len(ids), err)

@@ -2,9 +2,7 @@ package store_test
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -18,12 +16,12 @@ import (
 // the store.
 func storedLog(t *testing.T, dir string, subtaskID int64) (lines, bytes int64) {
 	t.Helper()
-	db, err := sql.Open("sqlite", "file:"+filepath.Join(dir, store.FileName)+"?mode=ro")
-	if err != nil {
-		t.Fatal(err)
+	db := store.RawTestDB(t, dir)
+	size := `LENGTH(CAST(line AS BLOB))` // bytes, not characters
+	if store.OnMySQLForTest() {
+		size = `LENGTH(line)` // bytes in MySQL
 	}
-	defer db.Close()
-	if err := db.QueryRow(`SELECT COUNT(*), COALESCE(SUM(LENGTH(CAST(line AS BLOB))), 0) FROM subtask_logs WHERE subtask_id = ?`,
+	if err := db.QueryRow(`SELECT COUNT(*), COALESCE(SUM(`+size+`), 0) FROM subtask_logs WHERE subtask_id = ?`,
 		subtaskID).Scan(&lines, &bytes); err != nil {
 		t.Fatal(err)
 	}
@@ -62,7 +60,7 @@ func TestSubtaskLogBounded(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx := context.Background()
 			dir := t.TempDir()
-			s, err := store.Open(ctx, dir, store.WithLogLimits(tt.lim))
+			s, err := store.OpenTest(t, dir, store.WithLogLimits(tt.lim))
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -17,6 +17,7 @@ import (
 // were stored before ids were taken from id_sequences, new ids follow the
 // stored ones.
 func TestSubtaskIDsContinueAfterTheMigration(t *testing.T) {
+	SkipOnMySQL(t, "a legacy SQLite data dir")
 	ctx := context.Background()
 	dir := t.TempDir()
 	chain := func() task.Plan {
@@ -80,6 +81,7 @@ func TestSubtaskIDsContinueAfterTheMigration(t *testing.T) {
 // by the migration (their headers recognised), so the bound applies to
 // them from the next append.
 func TestLogSizesAfterTheMigration(t *testing.T) {
+	SkipOnMySQL(t, "a legacy SQLite data dir")
 	ctx := context.Background()
 	dir := t.TempDir()
 	legacyDataDir(t, dir) // made by a server before goose, adopted by Open

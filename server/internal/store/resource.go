@@ -94,6 +94,8 @@ func lockHost(ctx context.Context, q querier, hostID, taskID int64) error {
 		return fmt.Errorf("host %d: %w", hostID, errs.ErrNotFound)
 	case err != nil:
 		return fmt.Errorf("locking host %d: %w", hostID, err)
+	case holder.Valid && holder.Int64 == taskID:
+		return nil // held already: MySQL counts the UPDATE that changed nothing as no row
 	}
 	return fmt.Errorf("host %d: agent operation in progress (task %d): %w", hostID, holder.Int64, errs.ErrConflict)
 }
@@ -102,8 +104,9 @@ func lockHost(ctx context.Context, q querier, hostID, taskID int64) error {
 // agent operation of taskID, and releases the host's lock if that task holds
 // it. ErrConflict when another task holds the lock.
 func (s *Store) FinishAgentOperation(ctx context.Context, hostID, taskID int64, st host.AgentStatus) error {
-	res, err := s.exec(ctx, `UPDATE hosts SET agent_status = ?, op_task_id = NULL, update_time = ?
-		WHERE id = ? AND (op_task_id IS NULL OR op_task_id = ?)`, st, nowMS(), hostID, taskID)
+	now := nowMS()
+	res, err := s.exec(ctx, `UPDATE hosts SET agent_status = ?, op_task_id = NULL, `+bumpUpdateTime+`
+		WHERE id = ? AND (op_task_id IS NULL OR op_task_id = ?)`, st, now, now, hostID, taskID)
 	if err != nil {
 		return fmt.Errorf("finishing the agent operation on host %d: %w", hostID, err)
 	}

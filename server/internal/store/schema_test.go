@@ -100,6 +100,7 @@ func TestDialectsHaveTheSameMigrations(t *testing.T) {
 // TestMigrateFreshSQLite: a new database gets the goose migrations (and no
 // schema_version); migrating again changes nothing.
 func TestMigrateFreshSQLite(t *testing.T) {
+	SkipOnMySQL(t, "SQLite's migrations (MariaDB's: TestMigrateMariaDB)")
 	db := openSQLite(t, filepath.Join(t.TempDir(), FileName))
 	migrateTwice(t, db, dialectSQLite, describeSQLite)
 	if legacy, err := sqliteHasTable(t.Context(), db, "schema_version"); err != nil || legacy {
@@ -145,6 +146,7 @@ func migrateTwice(t *testing.T, db *sql.DB, d dialect, describe func(*testing.T,
 // and a new one have the same tables, columns, indexes, foreign keys and
 // seeded rows, and the same goose versions.
 func TestBaselineIsTheLegacySchema(t *testing.T) {
+	SkipOnMySQL(t, "a legacy SQLite data dir")
 	dir := t.TempDir()
 	legacyDataDir(t, dir)
 	old := openSQLite(t, filepath.Join(dir, FileName))
@@ -171,6 +173,7 @@ func TestBaselineIsTheLegacySchema(t *testing.T) {
 // TestNewerDatabaseRefused: a database migrated by a newer server is not
 // opened by an older one.
 func TestNewerDatabaseRefused(t *testing.T) {
+	SkipOnMySQL(t, "SQLite's migrations")
 	db := openSQLite(t, filepath.Join(t.TempDir(), FileName))
 	if err := migrate(t.Context(), db, dialectSQLite); err != nil {
 		t.Fatal(err)

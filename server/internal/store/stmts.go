@@ -3,7 +3,11 @@ package store
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"sync"
+	"time"
+
+	"agentplane/server/internal/errs"
 )
 
 // Parsing a statement costs SQLite about as much as running it (a fifth of
@@ -45,7 +49,9 @@ func (c *stmtCache) lookup(query string) *sql.Stmt {
 	return st
 }
 
-// prepareWanted prepares the wanted statements on db.
+// prepareWanted prepares the wanted statements on db. It stops at the
+// first that fails for the store (classify): the rest are wanted again
+// when next run.
 func (c *stmtCache) prepareWanted(ctx context.Context, db *sql.DB) {
 	c.mu.Lock()
 	if len(c.wanted) == 0 {
@@ -58,6 +64,9 @@ func (c *stmtCache) prepareWanted(ctx context.Context, db *sql.DB) {
 	for q := range wanted {
 		st, err := db.PrepareContext(ctx, q) //nolint:sqlclosecheck // cached; closed by stmtCache.close when the store closes
 		if err != nil {
+			if ctx.Err() != nil || errors.Is(classify(err), errs.ErrStoreUnavailable) {
+				return
+			}
 			continue // it runs unprepared, and says why then
 		}
 		c.mu.Lock()
@@ -84,6 +93,17 @@ func (c *stmtCache) close() {
 		_ = st.Close()
 		delete(c.stmts, q)
 	}
+}
+
+// prepareTimeout bounds the writer's preparing between two transactions
+// (a database that stopped answering would hold every write behind it).
+const prepareTimeout = 2 * time.Second
+
+// prepareWanted prepares the writer's wanted statements.
+func (s *Store) prepareWanted() {
+	ctx, cancel := context.WithTimeout(context.Background(), prepareTimeout)
+	defer cancel()
+	s.wstmts.prepareWanted(ctx, s.w)
 }
 
 // wtx is a write transaction that runs statements prepared by the writer.
@@ -128,20 +148,39 @@ type rdb struct {
 }
 
 // QueryContext runs a read; an error the store itself causes (its file
-// gone or unreadable) is classified as for writes (health.go). (QueryRow's
-// errors come with Scan, in each caller: those are not.)
-func (d *rdb) QueryContext(ctx context.Context, query string, args ...any) (rows *sql.Rows, err error) {
+// gone or unreadable, the database unreachable) is classified as for
+// writes (health.go), the query's and those of its rows alike.
+func (d *rdb) QueryContext(ctx context.Context, query string, args ...any) (*rows, error) {
+	var rs *sql.Rows
+	var err error
 	if st := d.c.prepared(ctx, d.DB, query); st != nil { //nolint:sqlclosecheck // cached; closed by stmtCache.close when the store closes
-		rows, err = st.QueryContext(ctx, args...)
+		rs, err = st.QueryContext(ctx, args...) //nolint:rowserrcheck // the caller checks, through rows.Err
 	} else {
-		rows, err = d.DB.QueryContext(ctx, query, args...)
+		rs, err = d.DB.QueryContext(ctx, query, args...) //nolint:rowserrcheck // the caller checks, through rows.Err
 	}
-	return rows, classify(err)
+	if err != nil {
+		return nil, classify(err)
+	}
+	return &rows{rs}, nil
 }
 
-func (d *rdb) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
+// QueryRowContext runs a one-row read, its errors classified as
+// QueryContext's.
+func (d *rdb) QueryRowContext(ctx context.Context, query string, args ...any) row {
 	if st := d.c.prepared(ctx, d.DB, query); st != nil { //nolint:sqlclosecheck // cached; closed by stmtCache.close when the store closes
-		return st.QueryRowContext(ctx, args...)
+		return row{st.QueryRowContext(ctx, args...)}
 	}
-	return d.DB.QueryRowContext(ctx, query, args...)
+	return row{d.DB.QueryRowContext(ctx, query, args...)}
 }
+
+// rows are a read's rows, their errors classified.
+type rows struct{ *sql.Rows }
+
+func (r *rows) Scan(dest ...any) error { return classify(r.Rows.Scan(dest...)) }
+
+func (r *rows) Err() error { return classify(r.Rows.Err()) }
+
+// row is a one-row read, its error classified.
+type row struct{ *sql.Row }
+
+func (r row) Scan(dest ...any) error { return classify(r.Row.Scan(dest...)) }

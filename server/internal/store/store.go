@@ -9,16 +9,23 @@
 // on MySQL); the frozen migrations of data dirs made before goose are in
 // legacy.go. Writes go through one group-commit writer (writer.go),
 // statements are kept prepared (stmts.go), and health.go says whether the
-// store can be written. SQLite
-// (pure Go, WAL, one file) is the embedded default.
+// store can be written.
+//
+// SQLite (pure Go, WAL, one file in the data dir: Open) is the embedded
+// default; MySQL, MariaDB and OceanBase's MySQL mode are opened from a
+// mysql:// URL (OpenMySQL, mysql.go). The Store's methods are the same on
+// both: only the two Open functions know the dialect.
 // Statements stay portable to MySQL/OceanBase: `?` placeholders, no
 // RETURNING, no upserts, times as BIGINT Unix milliseconds, lists as JSON
-// text. Only the schema (migrations/<dialect>) is per dialect.
+// text, `lines` quoted, and every UPDATE whose match is counted changes a
+// column (MySQL counts changed rows). Only the schema
+// (migrations/<dialect>) is per dialect.
 //
 // Errors wrap the errs kinds: ErrNotFound for a missing row, ErrConflict for
 // a compare-and-swap that lost or a unique key taken, ErrStoreUnavailable
-// (an *errs.StoreError) for a write the store itself failed, e.g. on a full
-// disk (health.go).
+// (an *errs.StoreError) for a read or write the store itself failed, e.g.
+// on a full disk or with the MySQL database unreachable (health.go,
+// mysqlerr.go).
 package store
 
 import (
@@ -43,13 +50,16 @@ import (
 
 // Store is the SQL store. It is safe for concurrent use.
 type Store struct {
-	// w serialises writes on one connection (SQLite allows one writer);
-	// r serves reads concurrently (WAL lets them run beside the writer).
+	// dialect is the database's: SQLite (Open) or MySQL (OpenMySQL).
+	dialect dialect
+	// w serialises writes on one connection (SQLite allows one writer; on
+	// MySQL, one transaction at a time on a small pool); r serves reads
+	// concurrently (WAL lets them run beside the writer).
 	w      *sql.DB
 	r      *rdb
 	wstmts *stmtCache // the writer's prepared statements (stmts.go)
-	// lock holds an exclusive flock on the data dir: two servers running
-	// the same tasks would each execute them.
+	// lock holds an exclusive flock on the data dir (SQLite): two servers
+	// running the same tasks would each execute them. nil on MySQL.
 	lock *os.File
 	// writes feeds the group-commit writer (writer.go); stop ends it and
 	// stopped is closed once it has.
@@ -57,8 +67,8 @@ type Store struct {
 	stop     chan struct{}
 	stopOnce sync.Once
 	stopped  chan struct{}
-	// checkpointed is closed when checkpointer has returned.
-	checkpointed chan struct{}
+	// maintained is closed when maintainer has returned.
+	maintained chan struct{}
 	// health is whether writes commit (health.go).
 	health health
 	// logLimits bound each subtask's log (logs.go).
@@ -91,7 +101,7 @@ func Open(ctx context.Context, dataDir string, opts ...Option) (s *Store, err er
 	q.Add("_pragma", "busy_timeout(10000)")
 	q.Add("_pragma", "foreign_keys(1)")
 	// No checkpoint inside a commit: its fsync would stall whichever write
-	// crossed the threshold. checkpointer runs them beside the writer.
+	// crossed the threshold. maintainer runs them beside the writer.
 	q.Add("_pragma", "wal_autocheckpoint(0)")
 	q.Set("_txlock", "immediate")
 	dsn := "file:" + path + "?" + q.Encode()
@@ -102,7 +112,7 @@ func Open(ctx context.Context, dataDir string, opts ...Option) (s *Store, err er
 	}
 	w.SetMaxOpenConns(1)
 	w.SetConnMaxIdleTime(0)
-	s = &Store{w: w, lock: lock, logLimits: defaultLogLimits()}
+	s = &Store{w: w, dialect: dialectSQLite, lock: lock, logLimits: defaultLogLimits()}
 	for _, o := range opts {
 		o(s)
 	}
@@ -117,23 +127,33 @@ func Open(ctx context.Context, dataDir string, opts ...Option) (s *Store, err er
 	}
 	r.SetMaxOpenConns(4)
 	s.r = &rdb{DB: r, c: newStmtCache()}
-	s.wstmts = newStmtCache()
-	s.writes, s.stop, s.stopped = make(chan *write), make(chan struct{}), make(chan struct{})
-	s.checkpointed = make(chan struct{})
-	s.health.lastOK = time.Now() // the migration committed
-	go s.writer()
-	go s.checkpointer()
+	s.start()
 	return s, nil
 }
 
-// Close closes the database and releases the data dir.
+// start starts the writer and the maintainer of a store whose schema is up
+// to date.
+func (s *Store) start() {
+	s.wstmts = newStmtCache()
+	s.writes, s.stop, s.stopped = make(chan *write), make(chan struct{}), make(chan struct{})
+	s.maintained = make(chan struct{})
+	s.health.lastOK = time.Now() // the migration committed
+	go s.writer()
+	go s.maintainer()
+}
+
+// Close closes the database and releases the data dir (SQLite).
 func (s *Store) Close() error {
 	s.stopOnce.Do(func() { close(s.stop) })
 	<-s.stopped
-	<-s.checkpointed
+	<-s.maintained
 	s.wstmts.close()
 	s.r.c.close()
-	return errors.Join(s.r.Close(), s.w.Close(), s.lock.Close())
+	err := errors.Join(s.r.Close(), s.w.Close())
+	if s.lock != nil {
+		err = errors.Join(err, s.lock.Close())
+	}
+	return err
 }
 
 // lockDir takes an exclusive, non-blocking flock on dataDir/lock; the kernel
@@ -200,15 +220,23 @@ func boolInt(b bool) int {
 	return 0
 }
 
-// isUniqueViolation reports whether err is a unique-key violation, in the
-// words of SQLite or MySQL.
+// isUniqueViolation reports whether err is a unique-key violation, of
+// SQLite or of MySQL (1062, ER_DUP_ENTRY).
 func isUniqueViolation(err error) bool {
 	if err == nil {
 		return false
 	}
-	m := err.Error()
-	return strings.Contains(m, "UNIQUE constraint failed") || strings.Contains(m, "Duplicate entry")
+	if mysqlErrorIs(err, erDupEntry) {
+		return true
+	}
+	return strings.Contains(err.Error(), "UNIQUE constraint failed")
 }
+
+// bumpUpdateTime sets update_time to now (its two arguments: now, now),
+// or one millisecond past the stored value when that is not older: the
+// UPDATE always changes the row, so that MySQL, which counts changed rows,
+// reports the match (expectOne) as SQLite does.
+const bumpUpdateTime = `update_time = CASE WHEN update_time < ? THEN ? ELSE update_time + 1 END`
 
 // expectOne turns an UPDATE that matched no row into a conflict.
 func expectOne(res sql.Result, what string) error {

@@ -16,7 +16,7 @@ import (
 
 func open(t *testing.T, dir string) *store.Store {
 	t.Helper()
-	s, err := store.Open(context.Background(), dir)
+	s, err := store.OpenTest(t, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -211,6 +211,7 @@ func TestSubtaskLogInOrder(t *testing.T) {
 }
 
 func TestOpenRefusesADataDirInUse(t *testing.T) {
+	store.SkipOnMySQL(t, "the data dir's flock")
 	dir := t.TempDir()
 	s := open(t, dir)
 	if _, err := store.Open(context.Background(), dir); !errors.Is(err, errs.ErrConflict) ||

@@ -50,9 +50,10 @@ func (s *Store) UpdateTask(ctx context.Context, before, after *task.Task, take [
 				return err
 			}
 		}
-		res, err := tx.ExecContext(ctx, `UPDATE tasks SET operation = ?, status = ?, end_time = ?, update_time = ?
+		now := nowMS()
+		res, err := tx.ExecContext(ctx, `UPDATE tasks SET operation = ?, status = ?, end_time = ?, `+bumpUpdateTime+`
 			WHERE id = ? AND status = ? AND operation = ?`,
-			after.Operation, after.Status, ms(after.EndTime), nowMS(), after.ID, before.Status, before.Operation)
+			after.Operation, after.Status, ms(after.EndTime), now, now, after.ID, before.Status, before.Operation)
 		if err != nil {
 			return fmt.Errorf("updating task %d: %w", after.ID, err)
 		}
@@ -80,6 +81,6 @@ func sameSubtask(t *task.Task, i int, id int64) *task.Subtask {
 
 func subtaskEqual(a, b *task.Subtask) bool {
 	return a.Operation == b.Operation && a.Status == b.Status && a.RunTime == b.RunTime && a.Executor == b.Executor &&
-		a.StartTime.Equal(b.StartTime) && a.EndTime.Equal(b.EndTime) && a.Message == b.Message &&
+		ms(a.StartTime) == ms(b.StartTime) && ms(a.EndTime) == ms(b.EndTime) && a.Message == b.Message &&
 		a.ProhibitRollback == b.ProhibitRollback
 }

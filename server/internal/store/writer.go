@@ -9,8 +9,9 @@ import (
 )
 
 // Writes go through one goroutine that commits them in groups: SQLite has
-// one writer, and a transaction's commit costs far more than a few more
-// rows in it. Each write runs inside a savepoint of the group's
+// one writer, and a transaction's commit (an fsync, or on MySQL a round
+// trip and the server's log flush) costs far more than a few more rows in
+// it. Each write runs inside a savepoint of the group's
 // transaction, so a write that fails is undone alone; a write returns only
 // once its group has committed (or failed as a whole). Under load, the
 // writes that queue while a group commits make the next group: 64 stops
@@ -82,30 +83,56 @@ func (s *Store) writer() {
 			}
 		}
 		s.commit(group)
-		s.wstmts.prepareWanted(context.Background(), s.w)
+		s.prepareWanted()
 	}
 }
 
 // commit runs a group of writes in one transaction and tells each its
-// outcome.
+// outcome. A transaction the database gave up on for a lock (a deadlock,
+// a lock wait timeout: MySQL) is rolled back whole and run again, at most
+// maxAttempts times; then its writes fail as the store unavailable.
 func (s *Store) commit(group []*write) {
-	errs := make([]error, len(group))
-	defer func() {
-		for i := range errs {
-			errs[i] = classify(errs[i])
+	var errs []error
+	for attempt := 1; ; attempt++ {
+		var retry bool
+		errs, retry = s.attempt(group)
+		if !retry || attempt == maxAttempts {
+			break
 		}
-		s.noteWrites(errs)
-		for i, w := range group {
-			w.done <- errs[i]
+		t := time.NewTimer(time.Duration(attempt) * retryWait)
+		select {
+		case <-t.C:
+		case <-s.stop:
+			t.Stop()
 		}
-	}()
+	}
+	for i := range errs {
+		errs[i] = classify(errs[i])
+	}
+	s.noteWrites(errs)
+	for i, w := range group {
+		w.done <- errs[i]
+	}
+}
+
+// Retries of a transaction that lost a lock.
+const (
+	maxAttempts = 4
+	retryWait   = 20 * time.Millisecond // times the attempt
+)
+
+// attempt runs a group of writes in one transaction, and returns each
+// write's outcome; retry says that nothing was committed and the group
+// should run again (a lock lost: retryable).
+func (s *Store) attempt(group []*write) (errs []error, retry bool) {
+	errs = make([]error, len(group))
 	bg := context.Background()
 	tx, err := s.w.BeginTx(bg, nil)
 	if err != nil {
 		for i := range errs {
 			errs[i] = fmt.Errorf("begin: %w", err)
 		}
-		return
+		return errs, false
 	}
 	alone := len(group) == 1
 	for i, w := range group {
@@ -115,11 +142,13 @@ func (s *Store) commit(group []*write) {
 		}
 		if !alone {
 			if _, err := tx.ExecContext(bg, `SAVEPOINT w`); err != nil {
-				s.abort(tx, errs, fmt.Errorf("savepoint: %w", err))
-				return
+				return errs, s.abort(tx, errs, fmt.Errorf("savepoint: %w", err))
 			}
 		}
 		errs[i] = run(w, &wtx{Tx: tx, c: s.wstmts})
+		if retryable(errs[i]) {
+			return errs, s.abort(tx, errs, errs[i])
+		}
 		if alone {
 			break
 		}
@@ -127,18 +156,16 @@ func (s *Store) commit(group []*write) {
 			if _, err := tx.ExecContext(bg, `ROLLBACK TO SAVEPOINT w`); err != nil {
 				// (SQLite may have rolled the transaction back itself,
 				// e.g. on a full disk: errs[i] says why.)
-				s.abort(tx, errs, fmt.Errorf("rolling back a failed write (%w): %w", errs[i], err))
-				return
+				return errs, s.abort(tx, errs, fmt.Errorf("rolling back a failed write (%w): %w", errs[i], err))
 			}
 		}
 		if _, err := tx.ExecContext(bg, `RELEASE SAVEPOINT w`); err != nil {
-			s.abort(tx, errs, fmt.Errorf("release savepoint: %w", err))
-			return
+			return errs, s.abort(tx, errs, fmt.Errorf("release savepoint: %w", err))
 		}
 	}
 	if alone && errs[0] != nil {
 		_ = tx.Rollback()
-		return
+		return errs, false
 	}
 	if err := tx.Commit(); err != nil {
 		for i := range errs {
@@ -146,7 +173,9 @@ func (s *Store) commit(group []*write) {
 				errs[i] = fmt.Errorf("commit: %w", err)
 			}
 		}
+		return errs, retryable(err)
 	}
+	return errs, false
 }
 
 // run calls a write's body with the group's transaction; a panic fails
@@ -161,38 +190,46 @@ func run(w *write, tx *wtx) (err error) {
 }
 
 // abort rolls the group back after the transaction itself failed: every
-// write not yet failed gets err.
-func (s *Store) abort(tx *sql.Tx, errs []error, err error) {
+// write not yet failed gets err. It reports whether err is retryable (the
+// group runs again: abort's errors are then dropped).
+func (s *Store) abort(tx *sql.Tx, errs []error, err error) bool {
 	_ = tx.Rollback()
 	for i := range errs {
 		if errs[i] == nil {
 			errs[i] = err
 		}
 	}
+	return retryable(err)
 }
 
-// checkpointInterval is how often checkpointer copies the WAL into the
-// database.
+// checkpointInterval is how often maintainer runs: a WAL checkpoint
+// (SQLite) and the health probe when due.
 const checkpointInterval = time.Second
 
-// checkpointer checkpoints the WAL every checkpointInterval on a read
-// connection, PASSIVE: it copies what no reader needs beside the writer,
-// never blocking it, and the writer starts the WAL over once all of it is
-// copied. It also runs the health probe when due (health.go). At Close it
-// truncates the WAL, the writer having stopped.
-func (s *Store) checkpointer() {
-	defer close(s.checkpointed)
+// maintainer, on SQLite, checkpoints the WAL every checkpointInterval on a
+// read connection, PASSIVE: it copies what no reader needs beside the
+// writer, never blocking it, and the writer starts the WAL over once all of
+// it is copied. On both dialects it runs the health probe when due
+// (health.go). At Close it truncates the WAL (SQLite), the writer having
+// stopped.
+func (s *Store) maintainer() {
+	defer close(s.maintained)
 	t := time.NewTicker(checkpointInterval)
 	defer t.Stop()
+	sqlite := s.dialect == dialectSQLite
 	for {
 		select {
 		case now := <-t.C:
-			_, _ = s.r.DB.ExecContext(context.Background(), `PRAGMA wal_checkpoint(PASSIVE)`)
+			if sqlite {
+				_, _ = s.r.DB.ExecContext(context.Background(), `PRAGMA wal_checkpoint(PASSIVE)`)
+			}
 			if s.probeDue(now) {
 				s.probe()
 			}
 		case <-s.stopped:
-			_, _ = s.r.DB.ExecContext(context.Background(), `PRAGMA wal_checkpoint(TRUNCATE)`)
+			if sqlite {
+				_, _ = s.r.DB.ExecContext(context.Background(), `PRAGMA wal_checkpoint(TRUNCATE)`)
+			}
 			return
 		}
 	}

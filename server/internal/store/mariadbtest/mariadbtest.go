@@ -2,8 +2,10 @@
 // mariadbd started as a plain process (no systemd) on a data dir of its
 // own, listening on a free loopback TCP port (the MariaDB user root, with
 // no password), run as the test's own user (root here, --user=root), and
-// stopped and reaped when the test ends. Each test takes a database of its
-// own (NewDatabase).
+// stopped and reaped when the test ends (Start), or when a TestMain says
+// (Launch, Stop). Each test takes a database of its own (NewDatabase),
+// dropped when it ends. Stop or Kill, then Restart, bring the same server
+// back on the same data dir and port.
 //
 // Without mariadbd installed, Start skips the test, or fails it when
 // AGENTPLANE_REQUIRE_MARIADB=1 (CI, which installs mariadb-server).
@@ -19,6 +21,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -38,48 +41,79 @@ const (
 
 // Server is one running mariadbd.
 type Server struct {
-	addr   string // 127.0.0.1:port
+	bin, dir, data string // the program, its work dir and its data dir
+	port           int
+	addr           string       // 127.0.0.1:port
+	dbs            atomic.Int64 // databases made, for their names
+
+	mu     sync.Mutex
 	cmd    *exec.Cmd
 	kill   context.CancelFunc // SIGKILLs cmd
 	exited chan struct{}      // closed when cmd has been reaped
 	err    error              // cmd.Wait's, once exited is closed
-	dbs    atomic.Int64       // databases made, for their names
 }
 
 // Start starts a MariaDB server for t and stops it when t ends.
 func Start(t testing.TB) *Server {
 	t.Helper()
+	if reason, fail := Missing(); reason != "" {
+		if fail {
+			t.Fatal(reason)
+		}
+		t.Skip(reason)
+	}
+	s, err := Launch(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.Stop(); err != nil {
+			t.Errorf("stopping mariadbd: %v", err)
+		}
+	})
+	return s
+}
+
+// Missing says why mariadbd cannot run here ("" when it can), and whether
+// that is a failure (RequireEnv) rather than a reason to skip.
+func Missing() (reason string, fail bool) {
+	if lookup("mariadbd") != "" && lookup("mariadb-install-db") != "" {
+		return "", false
+	}
+	if os.Getenv(RequireEnv) == "1" {
+		return fmt.Sprintf("mariadbd or mariadb-install-db not found (%s=1): apt-get install -y mariadb-server", RequireEnv), true
+	}
+	return fmt.Sprintf("mariadbd not installed (apt-get install -y mariadb-server; %s=1 makes this a failure)", RequireEnv), false
+}
+
+// Launch makes a data dir in dir and starts mariadbd on it, for a caller
+// without a testing.TB (a TestMain); the caller must Stop it.
+func Launch(dir string) (*Server, error) {
 	bin, install := lookup("mariadbd"), lookup("mariadb-install-db")
 	if bin == "" || install == "" {
-		if os.Getenv(RequireEnv) == "1" {
-			t.Fatalf("mariadbd or mariadb-install-db not found (%s=1): apt-get install -y mariadb-server", RequireEnv)
-		}
-		t.Skipf("mariadbd not installed (apt-get install -y mariadb-server; %s=1 makes this a failure)", RequireEnv)
+		reason, _ := Missing()
+		return nil, errors.New(reason)
 	}
-	dir := t.TempDir()
 	data := filepath.Join(dir, "data")
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, install, "--no-defaults", "--datadir="+data, userFlag(),
 		"--auth-root-authentication-method=normal", "--skip-test-db", "--innodb-log-file-size=8M").CombinedOutput()
 	if err != nil {
-		t.Fatalf("mariadb-install-db: %v\n%s", err, out)
+		return nil, fmt.Errorf("mariadb-install-db: %w\n%s", err, out)
 	}
+	s := &Server{bin: bin, dir: dir, data: data}
 	var lastErr error
 	for range startTries {
-		s, err := start(ctx, bin, dir, data)
-		if err == nil {
-			t.Cleanup(func() {
-				if err := s.stop(); err != nil {
-					t.Errorf("stopping mariadbd: %v", err)
-				}
-			})
-			return s
+		port, err := freePort(ctx)
+		if err != nil {
+			return nil, err
 		}
-		lastErr = err
+		if lastErr = s.start(ctx, port); lastErr == nil {
+			return s, nil
+		}
 	}
-	t.Fatalf("starting mariadbd: %v (its log: %s)", lastErr, filepath.Join(dir, "mariadbd.log"))
-	return nil
+	return nil, fmt.Errorf("starting mariadbd: %w (its log: %s)", lastErr, filepath.Join(dir, "mariadbd.log"))
 }
 
 // userFlag runs mariadbd as the test's user: root has to say so (mariadbd
@@ -110,21 +144,19 @@ func lookup(name string) string {
 	return ""
 }
 
-func start(ctx context.Context, bin, dir, data string) (*Server, error) {
-	port, err := freePort(ctx)
+// start runs mariadbd on s's data dir and port, and waits until it
+// answers.
+func (s *Server) start(ctx context.Context, port int) error {
+	logf, err := os.OpenFile(filepath.Join(s.dir, "mariadbd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
-		return nil, err
-	}
-	logf, err := os.OpenFile(filepath.Join(dir, "mariadbd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return nil, err
+		return err
 	}
 	defer logf.Close() // the child has its own descriptor
 	// life is the process's: stop ends it with SIGKILL when SIGTERM did not.
 	life, kill := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(life, bin, "--no-defaults", "--datadir="+data, userFlag(),
+	cmd := exec.CommandContext(life, s.bin, "--no-defaults", "--datadir="+s.data, userFlag(),
 		"--bind-address=127.0.0.1", "--port="+strconv.Itoa(port),
-		"--socket="+filepath.Join(dir, "mariadbd.sock"), "--pid-file="+filepath.Join(dir, "mariadbd.pid"),
+		"--socket="+filepath.Join(s.dir, "mariadbd.sock"), "--pid-file="+filepath.Join(s.dir, "mariadbd.pid"),
 		"--character-set-server=utf8mb4", "--collation-server=utf8mb4_bin",
 		"--innodb-log-file-size=8M", "--innodb-buffer-pool-size=32M", "--innodb-flush-log-at-trx-commit=2",
 		"--skip-log-bin", "--max-connections=500")
@@ -133,21 +165,31 @@ func start(ctx context.Context, bin, dir, data string) (*Server, error) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		kill()
-		return nil, err
+		return err
 	}
-	s := &Server{addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), cmd: cmd, kill: kill, exited: make(chan struct{})}
+	exited := make(chan struct{})
+	s.mu.Lock()
+	s.port, s.addr = port, net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	s.cmd, s.kill, s.exited = cmd, kill, exited
+	s.mu.Unlock()
 	go func() {
-		s.err = cmd.Wait()
-		close(s.exited)
+		err := cmd.Wait()
+		s.mu.Lock()
+		s.err = err
+		s.mu.Unlock()
+		close(exited)
 	}()
 	if err := s.waitReady(ctx); err != nil {
-		return nil, errors.Join(err, s.stop())
+		return errors.Join(err, s.Stop())
 	}
-	return s, nil
+	return nil
 }
 
 // waitReady polls until the server answers, it exits, or ctx ends.
 func (s *Server) waitReady(ctx context.Context) error {
+	s.mu.Lock()
+	exited := s.exited
+	s.mu.Unlock()
 	db, err := sql.Open("mysql", s.DSN(""))
 	if err != nil {
 		return err
@@ -163,9 +205,9 @@ func (s *Server) waitReady(ctx context.Context) error {
 		}
 		t := time.NewTimer(wait)
 		select {
-		case <-s.exited:
+		case <-exited:
 			t.Stop()
-			return fmt.Errorf("mariadbd exited: %w (last connection error: %w)", s.err, err)
+			return fmt.Errorf("mariadbd exited: %w (last connection error: %w)", s.exitErr(), err)
 		case <-ctx.Done():
 			t.Stop()
 			return fmt.Errorf("mariadbd not accepting connections: %w", err)
@@ -175,56 +217,126 @@ func (s *Server) waitReady(ctx context.Context) error {
 	}
 }
 
-// stop sends SIGTERM, waits for the exit (SIGKILL after stopTimeout) and
-// reaps the process.
-func (s *Server) stop() error {
-	defer s.kill()
+// exitErr is cmd.Wait's error, once the process has exited.
+func (s *Server) exitErr() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}
+
+// Stop sends SIGTERM, waits for the exit (SIGKILL after stopTimeout) and
+// reaps the process. The data dir stays: Restart starts it again.
+func (s *Server) Stop() error {
+	s.mu.Lock()
+	cmd, kill, exited := s.cmd, s.kill, s.exited
+	s.mu.Unlock()
+	defer kill()
 	select {
-	case <-s.exited:
+	case <-exited:
 		return nil // already reaped (it died)
 	default:
 	}
-	if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
 		return err
 	}
 	t := time.NewTimer(stopTimeout)
 	defer t.Stop()
 	select {
-	case <-s.exited:
+	case <-exited:
 		return nil
 	case <-t.C:
 	}
-	s.kill()
-	<-s.exited // reaped by the goroutine of start
+	kill()
+	<-exited // reaped by the goroutine of start
 	return fmt.Errorf("mariadbd ignored SIGTERM for %v: killed", stopTimeout)
 }
 
+// Kill ends mariadbd with SIGKILL, as a crash would, and reaps it.
+func (s *Server) Kill() {
+	s.mu.Lock()
+	kill, exited := s.kill, s.exited
+	s.mu.Unlock()
+	kill()
+	<-exited
+}
+
+// Signal sends sig to mariadbd: SIGSTOP freezes it (its connections stay
+// open, unanswered), SIGCONT thaws it.
+func (s *Server) Signal(sig os.Signal) error {
+	s.mu.Lock()
+	cmd := s.cmd
+	s.mu.Unlock()
+	return cmd.Process.Signal(sig)
+}
+
+// Restart starts mariadbd again, after Stop or Kill, on the same data dir
+// and port, and waits until it answers.
+func (s *Server) Restart() error {
+	s.mu.Lock()
+	exited, port := s.exited, s.port
+	s.mu.Unlock()
+	select {
+	case <-exited:
+	default:
+		return errors.New("mariadbd is still running")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	return s.start(ctx, port)
+}
+
 // Addr is the server's host:port.
-func (s *Server) Addr() string { return s.addr }
+func (s *Server) Addr() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.addr
+}
 
 // DSN is the go-sql-driver/mysql DSN of database db ("" for none) as root.
 func (s *Server) DSN(db string) string {
 	c := mysql.NewConfig()
-	c.User, c.Net, c.Addr, c.DBName = "root", "tcp", s.addr, db
+	c.User, c.Net, c.Addr, c.DBName = "root", "tcp", s.Addr(), db
 	return c.FormatDSN()
 }
 
+// URL is the agentplane store URL (--store) of database db as root.
+func (s *Server) URL(db string) string {
+	return "mysql://root@" + s.Addr() + "/" + db
+}
+
 // NewDatabase creates an empty database (utf8mb4, binary collation) for t,
-// and returns its DSN.
+// dropped when t ends, and returns its DSN.
 func (s *Server) NewDatabase(t testing.TB) string {
 	t.Helper()
+	return s.DSN(s.NewDatabaseName(t))
+}
+
+// NewDatabaseName is NewDatabase, returning the database's name.
+func (s *Server) NewDatabaseName(t testing.TB) string {
+	t.Helper()
 	name := fmt.Sprintf("t%d", s.dbs.Add(1))
+	if err := s.exec(t.Context(), "CREATE DATABASE "+name+" CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.exec(context.Background(), "DROP DATABASE IF EXISTS "+name); err != nil {
+			t.Errorf("dropping database %s: %v", name, err)
+		}
+	})
+	return name
+}
+
+// exec runs one statement as root, with no database.
+func (s *Server) exec(ctx context.Context, query string) error {
 	db, err := sql.Open("mysql", s.DSN(""))
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	defer db.Close()
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	if _, err := db.ExecContext(ctx, "CREATE DATABASE "+name+" CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"); err != nil {
-		t.Fatal(err)
-	}
-	return s.DSN(name)
+	_, err = db.ExecContext(ctx, query)
+	return err
 }
 
 // freePort is a loopback TCP port that was free a moment ago (start retries
