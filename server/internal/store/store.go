@@ -4,7 +4,8 @@
 // (task.go creates, taskread.go reads, taskupdate.go changes); subtask logs
 // (logs.go); users (user.go) and their access keys (accesskey.go); the audit
 // trail (audit.go); agent enrollment: join tokens and agent certificates
-// (enroll.go). The schema is versioned by goose migrations, one directory
+// (enroll.go); the replicas registry and the fingerprints of the secrets
+// every replica shares (replica.go). The schema is versioned by goose migrations, one directory
 // per dialect (migrations/), run by schema.go (under migratelock.go's lock
 // on MySQL); the frozen migrations of data dirs made before goose are in
 // legacy.go. Writes go through one group-commit writer (writer.go),
@@ -63,6 +64,9 @@ type Store struct {
 	health health
 	// logLimits bound each subtask's log (logs.go).
 	logLimits LogLimits
+	// dialect is the SQL the database speaks; the statements are the same
+	// on both but for the database's clock (replica.go).
+	dialect dialect
 }
 
 // FileName is the database file inside the data dir.
@@ -102,7 +106,7 @@ func Open(ctx context.Context, dataDir string, opts ...Option) (s *Store, err er
 	}
 	w.SetMaxOpenConns(1)
 	w.SetConnMaxIdleTime(0)
-	s = &Store{w: w, lock: lock, logLimits: defaultLogLimits()}
+	s = &Store{w: w, lock: lock, logLimits: defaultLogLimits(), dialect: dialectSQLite}
 	for _, o := range opts {
 		o(s)
 	}
