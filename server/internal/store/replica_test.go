@@ -265,4 +265,3 @@ func testRegistry(t *testing.T, newRegistry func(t *testing.T) registry) {
 		}
 	})
 }
-
