@@ -35,9 +35,13 @@ const registrationRow = "replicas.registration"
 // differs from the fingerprint the store records while another replica is
 // live. With no other replica live, r.Shared are recorded; replaced names
 // those that differed from the recorded ones.
+//
+// A store whose process holds it alone (SQLite: the data dir's flock)
+// knows the other rows stale, whatever their heartbeats: it removes them,
+// and the registry records the one replica.
 func (s *Store) RegisterReplica(ctx context.Context, r replica.Registration, lease time.Duration) (replaced []string, err error) {
 	err = s.tx(ctx, func(ctx context.Context, tx *wtx) error {
-		replaced, err = registerReplica(ctx, tx, s.dialect, r, lease)
+		replaced, err = registerReplica(ctx, tx, s.dialect, r, lease, s.lock != nil)
 		return err
 	})
 	return replaced, err
@@ -63,9 +67,16 @@ func (s *Store) ListReplicas(ctx context.Context, lease time.Duration) ([]replic
 	return listReplicas(ctx, s.r, s.dialect, lease)
 }
 
-func registerReplica(ctx context.Context, q querier, d dialect, r replica.Registration, lease time.Duration) ([]string, error) {
+// registerReplica is RegisterReplica in q's transaction; exclusive: this
+// process is the store's only user (see there).
+func registerReplica(ctx context.Context, q querier, d dialect, r replica.Registration, lease time.Duration, exclusive bool) ([]string, error) {
 	if err := lockRegistrations(ctx, q, r.Incarnation); err != nil {
 		return nil, err
+	}
+	if exclusive {
+		if _, err := q.ExecContext(ctx, `DELETE FROM replicas WHERE id <> ?`, r.ID); err != nil {
+			return nil, fmt.Errorf("registering replica %q: %w", r.ID, err)
+		}
 	}
 	all, err := listReplicas(ctx, q, d, lease)
 	if err != nil {

@@ -33,12 +33,22 @@ func sqliteRegistry(t *testing.T) registry {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	return registry{
-		d: s.dialect, read: s.r, register: s.RegisterReplica, heartbeat: s.HeartbeatReplica, deregister: s.DeregisterReplica,
+	r := registry{
+		d: s.dialect, read: s.r, heartbeat: s.HeartbeatReplica, deregister: s.DeregisterReplica,
 		tx: func(ctx context.Context, fn func(ctx context.Context, q querier) error) error {
 			return s.tx(ctx, func(ctx context.Context, tx *wtx) error { return fn(ctx, tx) })
 		},
 	}
+	// The shared registration, as a store that does not hold its database
+	// alone runs it (Store.RegisterReplica knows SQLite's its own).
+	r.register = func(ctx context.Context, reg replica.Registration, lease time.Duration) (replaced []string, err error) {
+		err = r.tx(ctx, func(ctx context.Context, q querier) error {
+			replaced, err = registerReplica(ctx, q, s.dialect, reg, lease, false)
+			return err
+		})
+		return replaced, err
+	}
+	return r
 }
 
 func mysqlRegistry(t *testing.T, srv *mariadbtest.Server) registry {
@@ -64,7 +74,7 @@ func mysqlRegistry(t *testing.T, srv *mariadbtest.Server) registry {
 	}
 	r.register = func(ctx context.Context, reg replica.Registration, lease time.Duration) (replaced []string, err error) {
 		err = r.tx(ctx, func(ctx context.Context, q querier) error {
-			replaced, err = registerReplica(ctx, q, dialectMySQL, reg, lease)
+			replaced, err = registerReplica(ctx, q, dialectMySQL, reg, lease, false)
 			return err
 		})
 		return replaced, err
@@ -112,6 +122,31 @@ func TestReplicaRegistrySQLite(t *testing.T) {
 func TestReplicaRegistryMariaDB(t *testing.T) {
 	srv := mariadbtest.Start(t)
 	testRegistry(t, func(t *testing.T) registry { return mysqlRegistry(t, srv) })
+}
+
+// TestReplicaRegistrySQLiteAlone: the Store holding its SQLite data dir
+// alone (the flock) takes over the rows of other ids, live or not, and
+// records its secrets' fingerprints whatever they were.
+func TestReplicaRegistrySQLiteAlone(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(t.Context(), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ca := func(fp string) replica.Shared { return replica.Shared{Name: "ca.sha256", Fingerprint: fp} }
+	if _, err := s.RegisterReplica(t.Context(), reg("a:7070", "i1", ca("AA")), testLease); err != nil {
+		t.Fatal(err)
+	}
+	// a was killed; the server comes back on another port, with another CA.
+	replaced, err := s.RegisterReplica(t.Context(), reg("a:7071", "i2", ca("BB")), testLease)
+	if err != nil || len(replaced) != 1 {
+		t.Fatalf("registering after a kill, on another port: %v %v", replaced, err)
+	}
+	l, err := s.ListReplicas(t.Context(), testLease)
+	if err != nil || len(l) != 1 || l[0].ID != "a:7071" || !l[0].Live {
+		t.Fatalf("registry %+v, %v", l, err)
+	}
 }
 
 func testRegistry(t *testing.T, newRegistry func(t *testing.T) registry) {
