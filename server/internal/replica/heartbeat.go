@@ -8,7 +8,7 @@ import (
 	"agentplane/server/internal/errs"
 )
 
-// loop heartbeats every Interval until ctx ends. A heartbeat that finds
+// loop heartbeats every Interval until ctx ends (Close). A heartbeat that finds
 // the row gone registers again. Failures are logged at the first, then at
 // the 2nd, 4th, 8th... in a row (and at least every maxLogGap), and the
 // recovery once: a store down for an hour logs a dozen lines, not 1,800.

@@ -97,8 +97,9 @@ func ValidateID(id string) error {
 	return nil
 }
 
-// Start registers the replica (failing when the store refuses it) and
-// heartbeats until ctx ends or Close.
+// Start registers the replica (failing when the store refuses it, or when
+// ctx ends first) and heartbeats until Close: a server shutting down stays
+// live until it deregisters, however long its shutdown takes.
 func Start(ctx context.Context, cfg Config) (*Replica, error) {
 	if cfg.Interval <= 0 {
 		cfg.Interval = DefaultInterval
@@ -119,7 +120,7 @@ func Start(ctx context.Context, cfg Config) (*Replica, error) {
 		return nil, err
 	}
 	cfg.Log.Info().Str("replica_id", cfg.ID).Str("advertise_addr", cfg.Addr).Dur("lease", cfg.Lease).Msg("replica registered")
-	ctx, r.stop = context.WithCancel(ctx)
+	ctx, r.stop = context.WithCancel(context.WithoutCancel(ctx))
 	go r.loop(ctx)
 	return r, nil
 }
