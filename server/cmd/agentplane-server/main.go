@@ -40,11 +40,11 @@ import (
 var version = "dev"
 
 type config struct {
-	dataDir      string
-	grpcAddr     string
-	httpAddr     string
-	advertise    string
-	replicaID    string
+	dataDir   string
+	grpcAddr  string
+	httpAddr  string
+	advertise string
+	replicaID string
 	// replicaLease: a replica whose last heartbeat is older is not live.
 	replicaLease time.Duration
 	insecure     bool
