@@ -40,13 +40,12 @@ import (
 var version = "dev"
 
 type config struct {
-	dataDir   string
-	grpcAddr  string
-	httpAddr  string
-	advertise string
-	replicaID string
-	// replicaLease: a replica whose last heartbeat is older is not live.
-	replicaLease time.Duration
+	dataDir      string
+	grpcAddr     string
+	httpAddr     string
+	advertise    string
+	replicaID    string
+	replicaLease time.Duration // a replica whose last heartbeat is older is not live
 	insecure     bool
 	logFormat    string
 	logLevel     string
