@@ -291,7 +291,7 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 			c.maxHandshakes, rpc.DefaultHandshakeQueueWait)))
 	}
 	gs := rpc.NewServer(rpc.Config{Hosts: hosts, Tasks: tasks, Fleet: agents, Users: users, Enroll: enrollment,
-		AccessKeys: keys, Throttle: throttle, Audit: audits, Store: st, Log: log,
+		AccessKeys: keys, Throttle: throttle, Audit: audits, Replicas: self, Store: st, Log: log,
 		AgentLimits: rpc.AgentLimits{MsgsPerSec: c.agentMsgRate, MsgBurst: c.agentMsgBurst}, HandshakeTimeout: c.handshake}, grpcOpts...)
 	hs := &http.Server{
 		Handler: rest.NewHandler(rest.Config{Hosts: hosts, Tasks: tasks, Users: users, Enroll: enrollment,
