@@ -295,7 +295,7 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 		AgentLimits: rpc.AgentLimits{MsgsPerSec: c.agentMsgRate, MsgBurst: c.agentMsgBurst}, HandshakeTimeout: c.handshake}, grpcOpts...)
 	hs := &http.Server{
 		Handler: rest.NewHandler(rest.Config{Hosts: hosts, Tasks: tasks, Users: users, Enroll: enrollment,
-			AccessKeys: keys, Throttle: throttle, Audit: audits, Store: st, Log: log}),
+			AccessKeys: keys, Throttle: throttle, Audit: audits, Replicas: self, Store: st, Log: log}),
 		// Also bounds the TLS handshake (the least of the three timeouts).
 		ReadHeaderTimeout: c.handshake,
 		ReadTimeout:       30 * time.Second,
