@@ -2,15 +2,11 @@ package rpc
 
 import (
 	"context"
-	"net"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/test/bufconn"
 
 	clusterv1 "agentplane/gen/agentplane/cluster/v1"
 	"agentplane/server/internal/replica"
@@ -32,25 +28,7 @@ func (s replicaStore) ListReplicas(context.Context, time.Duration) ([]replica.In
 func clusterClient(t *testing.T, cfg Config) clusterv1.ClusterServiceClient {
 	t.Helper()
 	cfg.Users, cfg.Log = apiUsers{}, zerolog.Nop()
-	lis := bufconn.Listen(1 << 20)
-	srv := NewServer(cfg)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = srv.Serve(lis)
-	}()
-	conn, err := grpc.NewClient("passthrough:///bufnet",
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = conn.Close()
-		srv.Stop()
-		<-done
-	})
-	return clusterv1.NewClusterServiceClient(conn)
+	return clusterv1.NewClusterServiceClient(serveBufconn(t, cfg))
 }
 
 func TestListReplicas(t *testing.T) {
