@@ -158,6 +158,10 @@ func deregisterReplica(ctx context.Context, q querier, id, incarnation string) e
 	return err
 }
 
+// heartbeatReplica is HeartbeatReplica: one UPDATE (it needs no
+// transaction of its own: on MySQL, an autocommitted statement, so that an
+// idle replica's heartbeat is one round trip); the SELECT that says why it
+// matched nothing runs only then.
 func heartbeatReplica(ctx context.Context, q querier, d dialect, id, incarnation string) error {
 	res, err := q.ExecContext(ctx, `UPDATE replicas SET beats = beats + 1, heartbeat_at = `+d.now()+`
 		WHERE id = ? AND incarnation = ?`, id, incarnation)

@@ -50,7 +50,8 @@ type Store struct {
 	r      *rdb
 	wstmts *stmtCache // the writer's prepared statements (stmts.go)
 	// lock holds an exclusive flock on the data dir: two servers running
-	// the same tasks would each execute them.
+	// the same tasks would each execute them. Holding it, the store knows
+	// the registry's other replicas stale (RegisterReplica).
 	lock *os.File
 	// writes feeds the group-commit writer (writer.go); stop ends it and
 	// stopped is closed once it has.
