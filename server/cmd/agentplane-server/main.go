@@ -96,7 +96,7 @@ func main() {
 	fs.BoolVar(&c.insecure, "insecure", false, "serve gRPC and REST in plaintext, and let agents in with the bootstrap token (agent-token) instead of certificates")
 	fs.StringVar(&c.tlsCert, "tls-cert", "", "server certificate (PEM, may hold its chain) for both listeners, with --tls-key (default: generated in the data dir)")
 	fs.StringVar(&c.tlsKey, "tls-key", "", "private key (PEM) of --tls-cert")
-	fs.StringVar(&c.caCert, "ca-cert", "", "CA certificate (PEM) that signs and verifies agent certificates, with --ca-key (default: generated in the data dir)")
+	fs.StringVar(&c.caCert, "ca-cert", "", "CA certificate (PEM) that signs and verifies agent certificates, with --ca-key; every replica of a store needs the same one (default: generated in the data dir)")
 	fs.StringVar(&c.caKey, "ca-key", "", "private key (PEM) of --ca-cert")
 	fs.StringVar(&c.sealKeyFile, "access-key-seal-key-file", "", "file holding the key (64 hex digits, mode 0600: refused when group or others may read it) that seals access key secrets in the store; every replica of a store needs the same one (default: access-key.key in the data dir, created if missing)")
 	fs.Var(&c.tlsSANs, "tls-san", "extra DNS name or IP address for the generated server certificate (repeatable, or comma-separated)")
