@@ -80,7 +80,9 @@ func mysqlRegistry(t *testing.T, srv *mariadbtest.Server) registry {
 		return replaced, err
 	}
 	// One autocommitted statement each: no transaction's round trips.
-	r.heartbeat = func(ctx context.Context, id, inc string) error { return heartbeatReplica(ctx, db, dialectMySQL, id, inc) }
+	r.heartbeat = func(ctx context.Context, id, inc string) error {
+		return heartbeatReplica(ctx, db, dialectMySQL, id, inc)
+	}
 	r.deregister = func(ctx context.Context, id, inc string) error { return deregisterReplica(ctx, db, id, inc) }
 	return r
 }
