@@ -10,6 +10,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"agentplane/server/internal/pki"
 	"agentplane/server/internal/store"
 )
 
@@ -78,10 +79,12 @@ func TestReplicaRegisteredWhileRunning(t *testing.T) {
 	}
 }
 
-// TestSealKeyFile: --access-key-seal-key-file is used, refused when others
-// may read it, and a different key on the next start of this store's only
-// replica (SQLite: the data dir's) is recorded with a warning naming it.
-func TestSealKeyFile(t *testing.T) {
+// TestSharedSecrets: --access-key-seal-key-file is used, refused when
+// others may read it; a different sealing key or CA on the next start of
+// the store's only replica (SQLite: the data dir's flock) is recorded with
+// a warning naming its file. (With another replica live, the store refuses
+// it instead: store's TestReplicaRegistry*, "shared secrets".)
+func TestSharedSecrets(t *testing.T) {
 	c := testConfig(t)
 	writeKey := func(name string, b byte, mode os.FileMode) string {
 		path := filepath.Join(t.TempDir(), name)
@@ -108,5 +111,20 @@ func TestSealKeyFile(t *testing.T) {
 	}
 	if setting, _ := logField(srv.logs.String(), "the agent CA", "setting"); setting != "" {
 		t.Fatalf("the CA, unchanged, was reported changed:\n%s", srv.logs.String())
+	}
+
+	// Another CA (--ca-cert): recorded, with a warning naming the file.
+	other := t.TempDir()
+	if _, err := pki.Load(pki.Config{Dir: other, Hosts: []string{"localhost"}, AgentCertTTL: pki.DefaultAgentCertTTL, Log: zerolog.Nop()}); err != nil {
+		t.Fatal(err)
+	}
+	c.caCert, c.caKey = filepath.Join(other, pki.CACertFile), filepath.Join(other, pki.CAKeyFile)
+	srv = startServer(t, c)
+	srv.stop(t)
+	if setting, level := logField(srv.logs.String(), "the agent CA (--ca-cert "+c.caCert+") differs", "setting"); setting != settingCA || level != "warn" {
+		t.Fatalf("no warning of the changed CA:\n%s", srv.logs.String())
+	}
+	if setting, _ := logField(srv.logs.String(), "the access-key sealing key", "setting"); setting != "" {
+		t.Fatalf("the sealing key, unchanged, was reported changed:\n%s", srv.logs.String())
 	}
 }
