@@ -15,6 +15,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 	"unicode"
@@ -59,6 +60,13 @@ const (
 // MaxIDLen bounds a replica id, in bytes.
 const MaxIDLen = 128
 
+// The registry's bounds of an address and a version, in bytes (a longer
+// version is cut).
+const (
+	maxAddrLen    = 255
+	maxVersionLen = 64
+)
+
 // Config configures a Replica.
 type Config struct {
 	Store Store
@@ -90,7 +98,7 @@ func ValidateID(id string) error {
 		return fmt.Errorf("replica id %q: must be 1 to %d bytes: %w", id, MaxIDLen, errs.ErrInvalidArgument)
 	}
 	for _, r := range id {
-		if !unicode.IsPrint(r) || !utf8.ValidString(id) {
+		if !unicode.IsPrint(r) || r == utf8.RuneError && !utf8.ValidString(id) {
 			return fmt.Errorf("replica id %q: only printable characters: %w", id, errs.ErrInvalidArgument)
 		}
 	}
@@ -112,6 +120,12 @@ func Start(ctx context.Context, cfg Config) (*Replica, error) {
 	}
 	if err := ValidateID(cfg.ID); err != nil {
 		return nil, err
+	}
+	if len(cfg.Addr) > maxAddrLen {
+		return nil, fmt.Errorf("advertised address %q: longer than %d bytes: %w", cfg.Addr, maxAddrLen, errs.ErrInvalidArgument)
+	}
+	if len(cfg.Version) > maxVersionLen {
+		cfg.Version = strings.ToValidUTF8(cfg.Version[:maxVersionLen], "")
 	}
 	var b [16]byte
 	_, _ = rand.Read(b[:]) // never fails (crypto/rand)

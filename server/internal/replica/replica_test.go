@@ -262,3 +262,10 @@ func TestListNeedsAViewer(t *testing.T) {
 		}
 	}
 }
+
+func TestStartRefusesALongAddress(t *testing.T) {
+	_, err := Start(t.Context(), Config{Store: newFakeStore(), ID: "a:7070", Addr: strings.Repeat("a", 256) + ":7070", Log: zerolog.Nop()})
+	if !errors.Is(err, errs.ErrInvalidArgument) {
+		t.Fatalf("Start with a 261-byte address: %v", err)
+	}
+}
