@@ -29,6 +29,7 @@ import (
 	"agentplane/server/internal/enroll"
 	"agentplane/server/internal/fleet"
 	"agentplane/server/internal/pki"
+	"agentplane/server/internal/replica"
 	"agentplane/server/internal/rest"
 	"agentplane/server/internal/rpc"
 	"agentplane/server/internal/store"
@@ -44,6 +45,8 @@ type config struct {
 	grpcAddr     string
 	httpAddr     string
 	advertise    string
+	replicaID    string
+	replicaLease time.Duration // a replica whose last heartbeat is older is not live
 	insecure     bool
 	logFormat    string
 	logLevel     string
@@ -54,6 +57,7 @@ type config struct {
 	tlsKey       string
 	caCert       string
 	caKey        string
+	sealKeyFile  string
 	tlsSANs      listFlag
 	agentCertTTL time.Duration
 	// Limits of the agent streams.
@@ -91,12 +95,14 @@ func main() {
 	fs.StringVar(&sf.dsnFile, "store-dsn-file", "", storeDSNFileUsage)
 	fs.StringVar(&c.grpcAddr, "grpc-addr", "127.0.0.1:7070", "gRPC listen address (API and agent streams)")
 	fs.StringVar(&c.httpAddr, "http-addr", "127.0.0.1:8080", "REST listen address")
-	fs.StringVar(&c.advertise, "advertise-addr", "", "address recorded as the executor of tasks (default: this host's first non-loopback IPv4)")
+	fs.StringVar(&c.advertise, "advertise-addr", "", "host:port other replicas reach this one's gRPC listener on, registered in the store; its host is also recorded as the executor of tasks. A bare host gets --grpc-addr's port (default: this host's first non-loopback IPv4 and --grpc-addr's port)")
+	fs.StringVar(&c.replicaID, "replica-id", "", "this replica's id in the store's registry: printable, at most 128 bytes; the same id after a restart takes over its row (default: <host name>:<--grpc-addr's port>)")
 	fs.BoolVar(&c.insecure, "insecure", false, "serve gRPC and REST in plaintext, and let agents in with the bootstrap token (agent-token) instead of certificates")
 	fs.StringVar(&c.tlsCert, "tls-cert", "", "server certificate (PEM, may hold its chain) for both listeners, with --tls-key (default: generated in the data dir)")
 	fs.StringVar(&c.tlsKey, "tls-key", "", "private key (PEM) of --tls-cert")
-	fs.StringVar(&c.caCert, "ca-cert", "", "CA certificate (PEM) that signs and verifies agent certificates, with --ca-key (default: generated in the data dir)")
+	fs.StringVar(&c.caCert, "ca-cert", "", "CA certificate (PEM) that signs and verifies agent certificates, with --ca-key; every replica of a store needs the same one (default: generated in the data dir)")
 	fs.StringVar(&c.caKey, "ca-key", "", "private key (PEM) of --ca-cert")
+	fs.StringVar(&c.sealKeyFile, "access-key-seal-key-file", "", "file holding the key (64 hex digits, mode 0600: refused when group or others may read it) that seals access key secrets in the store; every replica of a store needs the same one (default: access-key.key in the data dir, created if missing)")
 	fs.Var(&c.tlsSANs, "tls-san", "extra DNS name or IP address for the generated server certificate (repeatable, or comma-separated)")
 	fs.DurationVar(&c.agentCertTTL, "agent-cert-ttl", pki.DefaultAgentCertTTL, "validity of the client certificates signed for agents")
 	fs.StringVar(&c.logFormat, "log-format", "auto", "log format: auto (console on a terminal, else json), json or console")
@@ -114,6 +120,7 @@ func main() {
 	fs.DurationVar(&c.handshake, "handshake-timeout", rpc.DefaultHandshakeTimeout, "how long a new connection to either listener has for its TLS handshake (gRPC: and HTTP/2 preface; REST: and request headers) before it is closed")
 	fs.StringVar(&c.pprofAddr, "pprof-addr", "", "serve net/http/pprof on this loopback host:port, e.g. 127.0.0.1:6060 (default off; unauthenticated, so loopback only)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
+	c.replicaLease = replica.DefaultLease
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		os.Exit(2)
 	}
@@ -169,9 +176,20 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 		}
 		defer ps.Close()
 	}
-	if c.advertise == "" {
-		c.advertise = firstIPv4()
+	port, grpcLis, err := grpcPort(ctx, c.grpcAddr)
+	if err != nil {
+		return err
 	}
+	defer func() {
+		if grpcLis != nil {
+			grpcLis.Close() // unless served (and closed) already
+		}
+	}()
+	id, err := resolveIdentity(c.replicaID, c.advertise, port)
+	if err != nil {
+		return err
+	}
+	c.advertise = id.advertise
 
 	st, storeName, err := openStore(ctx, c.storeURL, c.dataDir, store.WithLogLimits(store.LogLimits{MaxBytes: c.logMaxBytes, MaxLines: c.logMaxLines}))
 	if err != nil {
@@ -179,6 +197,27 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 	}
 	defer st.Close()
 	log.Info().Str("store", storeName).Msg("store opened")
+	sealKey, err := loadSealKey(c)
+	if err != nil {
+		return err
+	}
+	ca, err := pki.Load(pki.Config{
+		Dir: c.dataDir, CACertFile: c.caCert, CAKeyFile: c.caKey, ServerCertFile: c.tlsCert, ServerKeyFile: c.tlsKey,
+		Hosts: certHosts(c), AgentCertTTL: c.agentCertTTL, Log: log.With().Str("component", "pki").Logger(),
+	})
+	if err != nil {
+		return fmt.Errorf("certificates: %w", err)
+	}
+	// Before anything is written: a replica the store refuses changes
+	// nothing in it.
+	self, err := replica.Start(ctx, replica.Config{
+		Store: st, ID: id.id, Addr: id.advertise, Version: version, Shared: sharedSecrets(c, ca, sealKey),
+		Lease: c.replicaLease, Log: log.With().Str("component", "replica").Logger(),
+	})
+	if err != nil {
+		return err
+	}
+	defer self.Close() // after the listeners and the engine, before the store
 	// The agentds connected to the previous server (or just before it
 	// stopped) are on their way back: the fleet waits for them past
 	// --agent-lost-after while they keep coming (fleet.Fleet.Expect).
@@ -198,10 +237,6 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 	if pwFile != "" {
 		log.Warn().Str("file", pwFile).Msg("created user admin with a random password; read it from the file")
 	}
-	sealKey, err := auth.LoadOrCreateAccessKeySealKey(c.dataDir)
-	if err != nil {
-		return err
-	}
 	keys, err := auth.NewAccessKeyService(st, st, sealKey, log.With().Str("component", "accesskeys").Logger())
 	if err != nil {
 		return err
@@ -212,13 +247,6 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 	audits := audit.NewService(st, log.With().Str("component", "audit").Logger(),
 		func(ctx context.Context) error { return auth.Require(ctx, auth.RoleAdmin) })
 	defer audits.Close() // before the store: writes the events kept while it could not be written
-	ca, err := pki.Load(pki.Config{
-		Dir: c.dataDir, CACertFile: c.caCert, CAKeyFile: c.caKey, ServerCertFile: c.tlsCert, ServerKeyFile: c.tlsKey,
-		Hosts: certHosts(c), AgentCertTTL: c.agentCertTTL, Log: log.With().Str("component", "pki").Logger(),
-	})
-	if err != nil {
-		return fmt.Errorf("certificates: %w", err)
-	}
 	log.Info().Str("ca_fingerprint", ca.Fingerprint()).Str("ca_subject", ca.CA().Subject.String()).Msg("agent CA")
 	// Not a log line: for a human to copy, and to compare on each host with
 	// `openssl x509 -noout -fingerprint -sha256 -in ca.crt` before giving
@@ -249,7 +277,7 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 		Store: st, Signer: ca, Sessions: agents, Log: log.With().Str("component", "enroll").Logger(),
 	})
 	engine := task.New(task.Config{
-		Store: st, Executors: agentop.Executors(st, agents), Executor: c.advertise, Holds: agentop.Holds,
+		Store: st, Executors: agentop.Executors(st, agents), Executor: id.executor, Holds: agentop.Holds,
 		Log: log.With().Str("component", "engine").Logger(),
 	})
 	if err := engine.Start(ctx); err != nil {
@@ -259,13 +287,13 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 	hosts := agentop.NewService(st, engine)
 	tasks := task.NewService(engine)
 
-	grpcLis, err := new(net.ListenConfig).Listen(ctx, "tcp", c.grpcAddr)
-	if err != nil {
-		return fmt.Errorf("gRPC listener: %w", err)
+	if grpcLis == nil {
+		if grpcLis, err = new(net.ListenConfig).Listen(ctx, "tcp", c.grpcAddr); err != nil {
+			return fmt.Errorf("gRPC listener: %w", err)
+		}
 	}
 	httpLis, err := new(net.ListenConfig).Listen(ctx, "tcp", c.httpAddr)
 	if err != nil {
-		grpcLis.Close()
 		return fmt.Errorf("REST listener: %w", err)
 	}
 	var grpcOpts []grpc.ServerOption
@@ -274,11 +302,11 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 			c.maxHandshakes, rpc.DefaultHandshakeQueueWait)))
 	}
 	gs := rpc.NewServer(rpc.Config{Hosts: hosts, Tasks: tasks, Fleet: agents, Users: users, Enroll: enrollment,
-		AccessKeys: keys, Throttle: throttle, Audit: audits, Store: st, Log: log,
+		AccessKeys: keys, Throttle: throttle, Audit: audits, Replicas: self, Store: st, Log: log,
 		AgentLimits: rpc.AgentLimits{MsgsPerSec: c.agentMsgRate, MsgBurst: c.agentMsgBurst}, HandshakeTimeout: c.handshake}, grpcOpts...)
 	hs := &http.Server{
 		Handler: rest.NewHandler(rest.Config{Hosts: hosts, Tasks: tasks, Users: users, Enroll: enrollment,
-			AccessKeys: keys, Throttle: throttle, Audit: audits, Store: st, Log: log}),
+			AccessKeys: keys, Throttle: throttle, Audit: audits, Replicas: self, Store: st, Log: log}),
 		// Also bounds the TLS handshake (the least of the three timeouts).
 		ReadHeaderTimeout: c.handshake,
 		ReadTimeout:       30 * time.Second,
@@ -298,7 +326,8 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 	go func() { errc <- serveGRPC(gs, grpcLis) }()
 	go func() { errc <- serveHTTP() }()
 	log.Info().Str("grpc_addr", grpcLis.Addr().String()).Str("http_addr", httpLis.Addr().String()).Int("agents_expected", len(expected)).
-		Bool("tls", !c.insecure).Str("data_dir", c.dataDir).Str("store", storeName).Str("version", version).Msg("server started")
+		Bool("tls", !c.insecure).Str("data_dir", c.dataDir).Str("store", storeName).Str("version", version).
+		Str("replica_id", id.id).Str("advertise_addr", id.advertise).Msg("server started")
 
 	select {
 	case <-ctx.Done():
@@ -342,8 +371,8 @@ func shutdown(wait time.Duration, hs *http.Server, agents *fleet.Fleet, engine *
 }
 
 // certHosts lists what a generated server certificate must cover: the
-// loopback names, this host's name, the listen and advertise hosts, and
-// --tls-san. Wildcard addresses are dropped (pki ignores them).
+// loopback names, this host's name, the listen and advertise hosts (c's
+// advertise address resolved: host:port), and --tls-san. Wildcard addresses are dropped (pki ignores them).
 func certHosts(c config) []string {
 	hosts := []string{"localhost", "127.0.0.1", "::1"}
 	if h, err := os.Hostname(); err == nil && h != "" {
@@ -352,8 +381,6 @@ func certHosts(c config) []string {
 	for _, addr := range []string{c.grpcAddr, c.httpAddr, c.advertise} {
 		if h, _, err := net.SplitHostPort(addr); err == nil {
 			hosts = append(hosts, h)
-		} else {
-			hosts = append(hosts, addr) // the advertise address may have no port
 		}
 	}
 	return append(hosts, c.tlsSANs...)

@@ -17,6 +17,7 @@ import (
 
 	"agentplane/server/internal/fleet"
 	"agentplane/server/internal/pki"
+	"agentplane/server/internal/replica"
 	"agentplane/server/internal/rpc"
 )
 
@@ -45,7 +46,51 @@ func testConfig(t *testing.T) config {
 		heartbeat: 10 * time.Second, lostAfter: 30 * time.Second, shutdownWait: 5 * time.Second,
 		agentCertTTL: pki.DefaultAgentCertTTL, agentMsgRate: rpc.DefaultAgentMsgsPerSec, agentMsgBurst: rpc.DefaultAgentMsgBurst,
 		agentMaxStreams: fleet.DefaultMaxStreamsPerHost, agentReplacements: fleet.DefaultMaxReplacementsPerMin,
-		maxHandshakes: rpc.DefaultMaxHandshakes,
+		maxHandshakes: rpc.DefaultMaxHandshakes, replicaLease: replica.DefaultLease,
+	}
+}
+
+// running is a server run by run in the test's process.
+type running struct {
+	logs   *syncBuffer
+	cancel context.CancelFunc // stops it
+	done   chan error         // run's error, once it returned
+}
+
+// startServer runs the server with c until it has started, and stops it
+// when the test ends.
+func startServer(t *testing.T, c config) running {
+	t.Helper()
+	logs := &syncBuffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, c, zerolog.New(logs)) }()
+	deadline := time.Now().Add(30 * time.Second)
+	for started := ""; started == ""; started, _ = logField(logs.String(), "server started", "http_addr") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the server did not start:\n%s", logs.String())
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("run = %v:\n%s", err, logs.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return running{logs: logs, cancel: cancel, done: done}
+}
+
+// stop stops the server and waits for run to return.
+func (r running) stop(t *testing.T) {
+	t.Helper()
+	r.cancel()
+	select {
+	case err := <-r.done:
+		if err != nil && !errors.Is(err, context.Canceled) {
+			t.Fatalf("run = %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the server did not stop")
 	}
 }
 
@@ -82,25 +127,9 @@ func get(url string) (int, string, error) {
 func TestPprofServedWhileRunningOnly(t *testing.T) {
 	c := testConfig(t)
 	c.pprofAddr = "127.0.0.1:0"
-	logs := &syncBuffer{}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, c, zerolog.New(logs)) }()
-
-	var httpAddr string
-	deadline := time.Now().Add(30 * time.Second)
-	for httpAddr == "" {
-		if time.Now().After(deadline) {
-			t.Fatalf("the server did not start:\n%s", logs.String())
-		}
-		select {
-		case err := <-done:
-			t.Fatalf("run = %v:\n%s", err, logs.String())
-		case <-time.After(20 * time.Millisecond):
-		}
-		httpAddr, _ = logField(logs.String(), "server started", "http_addr")
-	}
+	srv := startServer(t, c)
+	logs := srv.logs
+	httpAddr, _ := logField(logs.String(), "server started", "http_addr")
 	addr, level := logField(logs.String(), "pprof enabled", "pprof_addr")
 	if addr == "" || level != "warn" {
 		t.Fatalf("no WARN line with pprof_addr in the log:\n%s", logs.String())
@@ -113,15 +142,7 @@ func TestPprofServedWhileRunningOnly(t *testing.T) {
 	if code, body, err := get("https://" + httpAddr + "/debug/pprof/goroutine?debug=1"); err != nil || code == http.StatusOK || strings.Contains(body, "goroutine profile") {
 		t.Fatalf("REST listener answered /debug/pprof/goroutine: %d, %v: %.200s", code, err, body)
 	}
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil && !errors.Is(err, context.Canceled) {
-			t.Fatalf("run = %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("the server did not stop")
-	}
+	srv.stop(t)
 	if _, _, err := get("http://" + addr + "/debug/pprof/"); err == nil {
 		t.Fatal("pprof still served after the server stopped")
 	}

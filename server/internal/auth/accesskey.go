@@ -80,7 +80,7 @@ type AccessKeyService struct {
 }
 
 // NewAccessKeyService returns the service over keys and users; sealKey is
-// the 32-byte key from LoadOrCreateAccessKeySealKey.
+// the 32-byte key from LoadOrCreateAccessKeySealKey or LoadAccessKeySealKey.
 func NewAccessKeyService(keys AccessKeyStore, users UserLookup, sealKey []byte, log zerolog.Logger) (*AccessKeyService, error) {
 	s, err := newSealer(sealKey)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"os"
 	"path/filepath"
@@ -180,5 +181,46 @@ func TestLoadOrCreateAccessKeySealKey(t *testing.T) {
 	}
 	if _, err := LoadOrCreateAccessKeySealKey(dir); err == nil {
 		t.Error("a malformed key file was accepted")
+	}
+}
+
+func TestLoadAccessKeySealKey(t *testing.T) {
+	dir := t.TempDir()
+	key := bytes.Repeat([]byte{0xab}, SealKeyLen)
+	path := filepath.Join(dir, "seal.key")
+	if err := os.WriteFile(path, []byte(hex.EncodeToString(key)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got, err := LoadAccessKeySealKey(path)
+	if err != nil || !bytes.Equal(got, key) {
+		t.Fatalf("LoadAccessKeySealKey = %x, %v", got, err)
+	}
+	for _, mode := range []os.FileMode{0o640, 0o604} {
+		if err := os.Chmod(path, mode); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := LoadAccessKeySealKey(path); err == nil || !strings.Contains(err.Error(), "readable by others") {
+			t.Errorf("mode %v: %v, want a refusal", mode, err)
+		}
+	}
+	short := filepath.Join(dir, "short.key")
+	if err := os.WriteFile(short, []byte("abcd"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadAccessKeySealKey(short); err == nil {
+		t.Error("a short key was accepted")
+	}
+	if _, err := LoadAccessKeySealKey(filepath.Join(dir, "missing")); err == nil {
+		t.Error("a missing file was accepted")
+	}
+}
+
+func TestSealKeyCheck(t *testing.T) {
+	a, b := bytes.Repeat([]byte{1}, SealKeyLen), bytes.Repeat([]byte{2}, SealKeyLen)
+	if SealKeyCheck(a) != SealKeyCheck(bytes.Clone(a)) || SealKeyCheck(a) == SealKeyCheck(b) {
+		t.Fatal("the check value does not tell keys apart")
+	}
+	if strings.Contains(SealKeyCheck(a), hex.EncodeToString(a)) || len(SealKeyCheck(a)) != 64 {
+		t.Fatalf("check value %s", SealKeyCheck(a))
 	}
 }

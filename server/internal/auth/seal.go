@@ -3,10 +3,13 @@ package auth
 import (
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/hmac"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 )
@@ -30,11 +33,42 @@ func LoadOrCreateAccessKeySealKey(dataDir string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("access key sealing key file: %w", err)
 	}
+	return decodeSealKey(path, s)
+}
+
+// LoadAccessKeySealKey returns the key in the file at path (64 hex
+// digits), given to every replica of a store. A file that group or others
+// may read is refused: the key opens every access key secret.
+func LoadAccessKeySealKey(path string) ([]byte, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("access key sealing key file: %w", err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("access key sealing key file %s is readable by others (mode %v): chmod 600 it", path, fi.Mode().Perm())
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("access key sealing key file: %w", err)
+	}
+	return decodeSealKey(path, strings.TrimSpace(string(b)))
+}
+
+func decodeSealKey(path, s string) ([]byte, error) {
 	key, err := hex.DecodeString(s)
 	if err != nil || len(key) != SealKeyLen {
 		return nil, fmt.Errorf("access key sealing key file %s must hold %d hex digits", path, 2*SealKeyLen)
 	}
 	return key, nil
+}
+
+// SealKeyCheck is the key check value of a sealing key: HMAC-SHA-256 of a
+// fixed label under the key, in hex. Replicas compare it to know they hold
+// the same key; the key cannot be recovered from it.
+func SealKeyCheck(key []byte) string {
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte("agentplane access-key sealing key check v1"))
+	return hex.EncodeToString(m.Sum(nil))
 }
 
 // sealer seals secrets with AES-256-GCM. Each sealed value is bound to the

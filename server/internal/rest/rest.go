@@ -44,6 +44,8 @@ type Config struct {
 	// Audit records every mutating call and serves GET /audit/events
 	// (auditlog.go, audit.go); nil: neither.
 	Audit api.Auditor
+	// Replicas serves GET /replicas (cluster.go); nil: no such path.
+	Replicas api.Replicas
 	// Store serves GET /health, without credentials (health.go); nil: no
 	// such path.
 	Store api.StoreHealth
@@ -112,6 +114,7 @@ func (s *server) routes() {
 	rs = append(rs, s.enrollRoutes()...)
 	rs = append(rs, s.iamRoutes()...)
 	rs = append(rs, s.auditRoutes()...)
+	rs = append(rs, s.clusterRoutes()...)
 	byPath := map[string]*pathRoutes{}
 	var paths []string
 	for _, r := range rs {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -13,10 +12,8 @@ import (
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
-	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	auditv1 "agentplane/gen/agentplane/audit/v1"
@@ -111,24 +108,7 @@ func newAuditEnv(t *testing.T, auditStore audit.Store, noAudit bool) *auditEnv {
 	if !noAudit {
 		cfg.Audit = audit.NewService(auditStore, log, func(ctx context.Context) error { return auth.Require(ctx, auth.RoleAdmin) })
 	}
-	lis := bufconn.Listen(1 << 20)
-	srv := NewServer(cfg)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = srv.Serve(lis)
-	}()
-	conn, err := grpc.NewClient("passthrough:///bufnet",
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = conn.Close()
-		srv.Stop()
-		<-done
-	})
+	conn := serveBufconn(t, cfg)
 	env.conn = conn
 	env.hc, env.tc = hostv1.NewHostServiceClient(conn), taskv1.NewTaskServiceClient(conn)
 	env.ac, env.health = auditv1.NewAuditServiceClient(conn), healthpb.NewHealthClient(conn)

@@ -1,5 +1,5 @@
 // Package rpc is the gRPC adapter: HostService, TaskService, IamService,
-// AuditService and the AgentService stream, plus authentication (through
+// AuditService, ClusterService and the AgentService stream, plus authentication (through
 // auth.Authenticator), health and reflection. It translates between protobuf
 // and the domain (the interfaces of package api), maps domain errors to gRPC
 // codes in one place (errors.go), and records mutating calls with the
@@ -73,6 +73,8 @@ type Config struct {
 	// Audit records every mutating call and serves AuditService
 	// (audit.go); nil: neither.
 	Audit api.Auditor
+	// Replicas serves ClusterService (cluster.go); nil: UNIMPLEMENTED.
+	Replicas api.Replicas
 	// Store, if set, drives the health service: NOT_SERVING (the server
 	// and each service) while the data store cannot be written.
 	Store api.StoreHealthWatcher
@@ -123,6 +125,7 @@ func NewServer(cfg Config, opts ...grpc.ServerOption) *grpc.Server {
 	taskv1.RegisterTaskServiceServer(s, &taskServer{tasks: cfg.Tasks})
 	agentv1.RegisterAgentServiceServer(s, &agentServer{fleet: cfg.Fleet, enroll: cfg.Enroll, limits: cfg.AgentLimits.withDefaults(), log: cfg.Log})
 	registerAudit(s, cfg)
+	registerCluster(s, cfg)
 	iamv1.RegisterIamServiceServer(s, &iamServer{keys: cfg.AccessKeys})
 	hs := health.NewServer()
 	setHealth := func(err error) {

@@ -282,8 +282,17 @@ type apiEnv struct {
 func newAPIEnv(t *testing.T) *apiEnv {
 	t.Helper()
 	env := &apiEnv{hosts: &apiHosts{}, tasks: &apiTasks{}}
+	conn := serveBufconn(t, Config{Hosts: env.hosts, Tasks: env.tasks, Users: apiUsers{}, Log: zerolog.Nop()})
+	env.hc, env.tc = hostv1.NewHostServiceClient(conn), taskv1.NewTaskServiceClient(conn)
+	return env
+}
+
+// serveBufconn serves NewServer(cfg) over an in-memory connection until
+// the test ends, and returns a client connection to it.
+func serveBufconn(t *testing.T, cfg Config) *grpc.ClientConn {
+	t.Helper()
 	lis := bufconn.Listen(1 << 20)
-	srv := NewServer(Config{Hosts: env.hosts, Tasks: env.tasks, Users: apiUsers{}, Log: zerolog.Nop()})
+	srv := NewServer(cfg)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -300,8 +309,7 @@ func newAPIEnv(t *testing.T) *apiEnv {
 		srv.Stop()
 		<-done
 	})
-	env.hc, env.tc = hostv1.NewHostServiceClient(conn), taskv1.NewTaskServiceClient(conn)
-	return env
+	return conn
 }
 
 // as returns a call context with user's credentials and the extra metadata

@@ -4,7 +4,8 @@
 // (task.go creates, taskread.go reads, taskupdate.go changes); subtask logs
 // (logs.go); users (user.go) and their access keys (accesskey.go); the audit
 // trail (audit.go); agent enrollment: join tokens and agent certificates
-// (enroll.go). The schema is versioned by goose migrations, one directory
+// (enroll.go); the replicas registry and the fingerprints of the secrets
+// every replica shares (replica.go). The schema is versioned by goose migrations, one directory
 // per dialect (migrations/), run by schema.go (under migratelock.go's lock
 // on MySQL); the frozen migrations of data dirs made before goose are in
 // legacy.go. Writes go through one group-commit writer (writer.go),
@@ -50,7 +51,9 @@ import (
 
 // Store is the SQL store. It is safe for concurrent use.
 type Store struct {
-	// dialect is the database's: SQLite (Open) or MySQL (OpenMySQL).
+	// dialect is the database's: SQLite (Open) or MySQL (OpenMySQL). The
+	// statements are the same on both but for the schema and the
+	// database's clock (replica.go).
 	dialect dialect
 	// w serialises writes on one connection (SQLite allows one writer; on
 	// MySQL, one transaction at a time on a small pool); r serves reads
@@ -58,8 +61,10 @@ type Store struct {
 	w      *sql.DB
 	r      *rdb
 	wstmts *stmtCache // the writer's prepared statements (stmts.go)
-	// lock holds an exclusive flock on the data dir (SQLite): two servers
-	// running the same tasks would each execute them. nil on MySQL.
+	// lock holds an exclusive flock on the data dir (SQLite; nil on
+	// MySQL): two servers running the same tasks would each execute them.
+	// Holding it, the store knows the registry's other replicas stale
+	// (RegisterReplica).
 	lock *os.File
 	// writes feeds the group-commit writer (writer.go); stop ends it and
 	// stopped is closed once it has.
