@@ -19,13 +19,8 @@ import (
 // for the go-ahead on s, the stream it came on, before it touches the host
 // (see goAhead).
 func (c *Client) handleCommand(s *session, cmd *agentv1.Command) {
-	k := cmdKey{cmd.GetSubtaskId(), cmd.GetAttempt()}
-	log := s.log.With().Int64("subtask_id", k.subtask).Int32("attempt", k.attempt).Logger()
-	if k.subtask <= 0 || k.attempt <= 0 {
-		log.Warn().Msg("ignoring command without a valid subtask and attempt")
-		return
-	}
-	if c.fenced(log, "command", cmd.GetEpoch()) {
+	k, log, ok := c.admit(s, "command", cmd.GetSubtaskId(), cmd.GetAttempt(), cmd.GetEpoch())
+	if !ok {
 		return
 	}
 
@@ -215,13 +210,8 @@ func (c *Client) progress(log zerolog.Logger, k cmdKey) func(proc.Event) {
 // finished command re-sends its result. A cancel of an older stream than
 // the newest seen is refused (see fenced).
 func (c *Client) handleCancel(s *session, m *agentv1.CancelCommand) {
-	k := cmdKey{m.GetSubtaskId(), m.GetAttempt()}
-	log := s.log.With().Int64("subtask_id", k.subtask).Int32("attempt", k.attempt).Logger()
-	if k.subtask <= 0 || k.attempt <= 0 {
-		log.Warn().Msg("ignoring cancel without a valid subtask and attempt")
-		return
-	}
-	if c.fenced(log, "cancel", m.GetEpoch()) {
+	k, log, ok := c.admit(s, "cancel", m.GetSubtaskId(), m.GetAttempt(), m.GetEpoch())
+	if !ok {
 		return
 	}
 	c.mu.Lock()

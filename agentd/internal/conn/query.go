@@ -17,6 +17,20 @@ import (
 // neither touch the host nor use up an attempt. Epoch 0 (a server without
 // epochs) is never refused.
 
+// admit checks a server message about a command (what names it for the
+// log): it returns the command's key and a logger naming it, or ok false
+// (logged) when the message names no valid subtask and attempt or comes
+// from an older stream than the newest seen (fenced).
+func (c *Client) admit(s *session, what string, subtask int64, attempt int32, epoch int64) (k cmdKey, log zerolog.Logger, ok bool) {
+	k = cmdKey{subtask, attempt}
+	log = s.log.With().Int64("subtask_id", k.subtask).Int32("attempt", k.attempt).Logger()
+	if k.subtask <= 0 || k.attempt <= 0 {
+		log.Warn().Msg("ignoring " + what + " without a valid subtask and attempt")
+		return k, log, false
+	}
+	return k, log, !c.fenced(log, what, epoch)
+}
+
 // fenced reports whether a message of epoch e (what names it for the log)
 // comes from a stream older than the newest agentd has seen, and must be
 // refused; it records e as seen otherwise.
@@ -52,13 +66,8 @@ func (c *Client) welcomed(log zerolog.Logger, e int64) {
 // now and the journal, on s. A command waiting for its go-ahead counts as
 // received again on s: it asks for the go-ahead there (see goAhead).
 func (c *Client) handleQuery(s *session, q *agentv1.ResultQuery) {
-	k := cmdKey{q.GetSubtaskId(), q.GetAttempt()}
-	log := s.log.With().Int64("subtask_id", k.subtask).Int32("attempt", k.attempt).Logger()
-	if k.subtask <= 0 || k.attempt <= 0 {
-		log.Warn().Msg("ignoring query without a valid subtask and attempt")
-		return
-	}
-	if c.fenced(log, "query", q.GetEpoch()) {
+	k, log, ok := c.admit(s, "query", q.GetSubtaskId(), q.GetAttempt(), q.GetEpoch())
+	if !ok {
 		return
 	}
 	a := &agentv1.QueryAnswer{SubtaskId: k.subtask, Attempt: k.attempt}
