@@ -26,7 +26,8 @@ type hostState struct {
 	// epoch is the newest epoch of the host's sessions in this process
 	// (Session.Epoch, from the registry): a fencing token that only grows,
 	// raised by one in the store for each session Connect installs. It
-	// outlives the session, as heard does.
+	// outlives the session (the state is kept for heard); the store holds
+	// the count, this copy only notices a count that went back.
 	epoch int64
 	// streams counts the sessions Connect opened that Disconnect has not
 	// yet ended (at most MaxStreamsPerHost).

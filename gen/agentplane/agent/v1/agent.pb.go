@@ -1095,7 +1095,9 @@ func (x *Process) GetCreateTime() *timestamppb.Timestamp {
 }
 
 // Command is work for agentd, fenced by (subtask_id, attempt): agentd runs a
-// given pair at most once and answers a repeated one with its stored result.
+// given pair at most once and answers a repeated one with its stored result;
+// and by epoch: agentd refuses a command of an older stream than the newest
+// it has seen.
 type Command struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Subtask that the command belongs to. Required, positive.
@@ -1541,8 +1543,9 @@ func (x *QueryAnswer) GetResult() *CommandResult {
 // is sent on the stream the command came on. On a refusal, or no answer
 // within min(10s, the command's timeout), agentd ends the attempt FAILED
 // without signalling or starting anything. When that stream ends first,
-// agentd waits, touching nothing, for the same command on a later stream
-// (and asks again there) or its CancelCommand, until the command's timeout.
+// agentd waits, touching nothing, for the same command (or a ResultQuery
+// about it) on a later stream (and asks again there) or its CancelCommand,
+// until the command's timeout.
 // This fences a command read late (from a stream the server has given up
 // on, say after a partition or while agentd was frozen): the server grants
 // it only while it still waits for that attempt's result on the host's
