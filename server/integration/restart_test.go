@@ -1,6 +1,8 @@
 package integration_test
 
 import (
+	"encoding/json"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -55,11 +57,14 @@ func TestServerRestartMidStop(t *testing.T) {
 	s.restart(t)
 
 	checkResumed(t, s, by, home, a, id)
+	checkAskedNotResent(t, s, a, id, "RUNNING", "FINISHED")
 }
 
 // TestServerDownWhenStopFinishes kills the server while agentd stops, lets
 // agentd finish the command while no server is there, then restarts it: the
 // result must be delivered after the reconnect and the task end SUCCESSFUL.
+// The restarted server asks agentd what became of the stop and takes the
+// FINISHED answer's result: the stop is not sent again, and ran once.
 func TestServerDownWhenStopFinishes(t *testing.T) {
 	t.Parallel()
 	s, by, home, a, id := startSlowStop(t, "1s")
@@ -69,6 +74,7 @@ func TestServerDownWhenStopFinishes(t *testing.T) {
 	s.restart(t)
 
 	checkResumed(t, s, by, home, a, id)
+	checkAskedNotResent(t, s, a, id, "FINISHED")
 }
 
 // TestServerSIGTERMMidStop stops the server gracefully while agentd stops
@@ -100,4 +106,44 @@ func checkResumed(t *testing.T, s *server, by *bystanders, home string, a *agent
 	s.waitHost(t, a.name, 45*time.Second, "ONLINE again", func(h hostJSON) bool { return h.Status == "ONLINE" })
 	checkStopped(t, s, tk, home, by, a.hostID)
 	logAgentd(t, a)
+}
+
+// checkAskedNotResent checks, after a restart mid-stop, that the restarted
+// server asked agentd what became of task id's stop (ResultQuery) rather
+// than sending it again, that agentd's answer was one of states, and that
+// the stop ran exactly once on the agent.
+func checkAskedNotResent(t *testing.T, s *server, a *agentd, id int64, states ...string) {
+	t.Helper()
+	st := s.getTask(t, id).subtask(stopAllName)
+	type entry struct {
+		Msg     string `json:"message"`
+		Subtask int64  `json:"subtask_id"`
+		State   string `json:"state"`
+	}
+	find := func(log, msg string) []entry {
+		var out []entry
+		for line := range strings.SplitSeq(log, "\n") {
+			var e entry
+			if json.Unmarshal([]byte(line), &e) == nil && e.Msg == msg && e.Subtask == st.ID {
+				out = append(out, e)
+			}
+		}
+		return out
+	}
+	// The answer may come after the result agentd re-sends from its
+	// outbox at once on connecting: then the server had its result already
+	// and the answer tells it nothing (logged at debug).
+	answered := find(a.proc.log(), "answering what became of a command")
+	if len(answered) != 1 || !slices.ContainsFunc(states, func(st string) bool { return answered[0].State == "COMMAND_STATE_"+st }) {
+		t.Fatalf("agentd answered %+v; want one answer, one of %v", answered, states)
+	}
+	for _, msg := range []string{"command already running", "command ran before; re-sending its result"} {
+		if again := find(a.proc.log(), msg); len(again) != 0 {
+			t.Fatalf("the stop was sent again after the restart: agentd logged %q", msg)
+		}
+	}
+	if n := commandRuns(a)[runKey{st.ID, 1}]; n != 1 {
+		t.Fatalf("attempt 1 of the stop ran %d times on the agent, want once", n)
+	}
+	t.Logf("the restarted server asked; agentd answered %s", answered[0].State)
 }

@@ -24,7 +24,8 @@ import (
 // When that stream ends before the answer (the server gave up on it, or
 // restarted), the command waits, still touching nothing, for the server to
 // send it again on a later stream (a server that still waits for it does so
-// when agentd reconnects) and asks again there; or for its Cancel (a server
+// when agentd reconnects), or to ask about it there (a restarted server's
+// ResultQuery, see handleQuery), and asks again there; or for its Cancel (a server
 // that gave up sends it when agentd reconnects), or its timeout, which end
 // it CANCELED. So a server restart between a command and its go-ahead does
 // not fail the command.

@@ -137,6 +137,9 @@ type execution struct {
 	// it runs (buffered 1): a command waiting for the server's go-ahead
 	// whose stream ended asks again there (see goAhead).
 	again chan *session
+	// begun is set once the server's go-ahead came: the command is doing
+	// its work (a query's RUNNING, not WAITING).
+	begun atomic.Bool
 }
 
 // New returns a Client for cfg, with defaults filled in.

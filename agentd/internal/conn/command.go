@@ -14,14 +14,13 @@ import (
 )
 
 // handleCommand starts cmd unless it ran before; a repeated command is
-// answered with its stored result. A command begun here asks the server
+// answered with its stored result. A command of an older stream than the
+// newest seen is refused (see fenced). A command begun here asks the server
 // for the go-ahead on s, the stream it came on, before it touches the host
 // (see goAhead).
 func (c *Client) handleCommand(s *session, cmd *agentv1.Command) {
-	k := cmdKey{cmd.GetSubtaskId(), cmd.GetAttempt()}
-	log := s.log.With().Int64("subtask_id", k.subtask).Int32("attempt", k.attempt).Logger()
-	if k.subtask <= 0 || k.attempt <= 0 {
-		log.Warn().Msg("ignoring command without a valid subtask and attempt")
+	k, log, ok := c.admit(s, "command", cmd.GetSubtaskId(), cmd.GetAttempt(), cmd.GetEpoch())
+	if !ok {
 		return
 	}
 
@@ -100,6 +99,7 @@ func (c *Client) handleCommand(s *session, cmd *agentv1.Command) {
 				log.Warn().Err(err).Msg("command ended without the server's go-ahead; nothing was signalled")
 				break
 			}
+			e.begun.Store(true)
 			r, seen = work(rctx)
 		}
 		r.SubtaskID, r.Attempt, r.FinishTime = k.subtask, k.attempt, time.Now()
@@ -207,12 +207,11 @@ func (c *Client) progress(log zerolog.Logger, k cmdKey) func(proc.Event) {
 
 // handleCancel stops a running command. A cancel for a command that never
 // started fences it (it will never run) and answers CANCELED; one for a
-// finished command re-sends its result.
+// finished command re-sends its result. A cancel of an older stream than
+// the newest seen is refused (see fenced).
 func (c *Client) handleCancel(s *session, m *agentv1.CancelCommand) {
-	k := cmdKey{m.GetSubtaskId(), m.GetAttempt()}
-	log := s.log.With().Int64("subtask_id", k.subtask).Int32("attempt", k.attempt).Logger()
-	if k.subtask <= 0 || k.attempt <= 0 {
-		log.Warn().Msg("ignoring cancel without a valid subtask and attempt")
+	k, log, ok := c.admit(s, "cancel", m.GetSubtaskId(), m.GetAttempt(), m.GetEpoch())
+	if !ok {
 		return
 	}
 	c.mu.Lock()

@@ -168,11 +168,12 @@ func (c *Client) session(ctx context.Context, srv dest) (welcomed bool, err erro
 		lc = lc.Str("server", srv.name)
 	}
 	s.log = lc.Logger()
+	c.welcomed(s.log, welcome.GetEpoch())
 	interval := welcome.GetHeartbeatInterval().AsDuration()
 	if welcome.GetHeartbeatInterval() == nil || interval <= 0 {
 		interval = DefaultHeartbeat
 	}
-	s.log.Info().Dur("heartbeat_interval", interval).Msg("connected to server")
+	s.log.Info().Dur("heartbeat_interval", interval).Int64("epoch", welcome.GetEpoch()).Msg("connected to server")
 
 	// Become the current session before reading the outbox: a result saved
 	// after this read is sent by its command through this session.
@@ -228,6 +229,8 @@ func (c *Client) handle(s *session, m *agentv1.ConnectResponse) {
 		c.handleAck(s, k.Ack)
 	case *agentv1.ConnectResponse_BeginAnswer:
 		s.answered(k.BeginAnswer)
+	case *agentv1.ConnectResponse_Query:
+		c.handleQuery(s, k.Query)
 	case *agentv1.ConnectResponse_Welcome:
 		s.log.Warn().Msg("ignoring repeated welcome")
 	default:

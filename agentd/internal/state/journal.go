@@ -81,6 +81,24 @@ func (s *State) Lookup(subtask int64, attempt int32) (r Result, ok bool, err err
 	return readResult(s.marker(subtask, attempt))
 }
 
+// Begun reports whether (subtask, attempt) was begun (Begin), by this
+// process or an earlier one, without recording anything.
+func (s *State) Begun(subtask int64, attempt int32) (bool, error) {
+	if err := validKey(subtask, attempt); err != nil {
+		return false, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, err := os.Stat(s.marker(subtask, attempt))
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, fs.ErrNotExist):
+		return false, nil
+	}
+	return false, fmt.Errorf("reading run marker: %w", err)
+}
+
 // PendingResults returns the results not yet acknowledged, ordered by
 // subtask and attempt.
 func (s *State) PendingResults() ([]Result, error) {

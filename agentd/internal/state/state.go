@@ -1,12 +1,14 @@
 // Package state owns agentd's on-disk state in --state-dir: the host id the
-// server assigned, how the OCP Agent's base processes were started, and the
-// command journal that makes every (subtask, attempt) run at most once and
+// server assigned, the newest stream epoch seen, how the OCP Agent's base
+// processes were started, and the command journal that makes every (subtask, attempt) run at most once and
 // keeps its result until the server acknowledges it.
 //
 // Layout:
 //
 //	lock                      flock held while a State is open
 //	host_id                   decimal host id, written atomically
+//	epoch                     decimal newest stream epoch seen (the
+//	                          server's fencing token), written atomically
 //	processes.json            start specs of the base processes last seen
 //	                          running (0600: it holds their environments)
 //	runs/<subtask>-<attempt>  marker created (O_EXCL) before a command runs;
@@ -93,6 +95,9 @@ type State struct {
 	log  zerolog.Logger
 
 	mu sync.Mutex // serialises journal changes
+
+	epochMu sync.Mutex
+	epoch   int64 // the newest epoch seen (epoch.go)
 }
 
 // Option configures Open.
@@ -133,6 +138,10 @@ func open(dir string, now func() time.Time, opts ...Option) (*State, error) {
 		o(s)
 	}
 	if err := s.recover(); err != nil {
+		s.Close()
+		return nil, err
+	}
+	if err := s.loadEpoch(); err != nil {
 		s.Close()
 		return nil, err
 	}

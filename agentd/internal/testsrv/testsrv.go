@@ -77,6 +77,12 @@ type Server struct {
 	// FailEnrolls and FailRenews are how many of the next calls fail with
 	// UNAVAILABLE.
 	FailEnrolls, FailRenews atomic.Int32
+	// Epoch is the epoch the next Welcome carries (0: none, as a server
+	// without epochs).
+	Epoch atomic.Int64
+	// HoldBegins: while set, go-ahead requests are not answered but put
+	// in Reqs, for the test to answer (or not).
+	HoldBegins atomic.Bool
 
 	o       Options
 	now     func() time.Time
@@ -95,7 +101,7 @@ type Server struct {
 type Stream struct {
 	Hello      *agentv1.Hello
 	Peer       *x509.Certificate            // the client certificate; nil in Plaintext mode
-	Reqs       chan *agentv1.ConnectRequest // every message after the Hello except heartbeats and go-ahead requests (each answered: proceed)
+	Reqs       chan *agentv1.ConnectRequest // every message after the Hello except heartbeats and go-ahead requests (each answered: proceed; unless Server.HoldBegins)
 	Heartbeats atomic.Int64                 // heartbeats received
 	Send       chan *agentv1.ConnectResponse
 	Done       chan struct{} // closed when the stream ended
@@ -269,7 +275,7 @@ func (s *Server) Connect(stream agentv1.AgentService_ConnectServer) error {
 		return status.Error(codes.Unauthenticated, "bad token")
 	}
 	if err := stream.Send(&agentv1.ConnectResponse{Kind: &agentv1.ConnectResponse_Welcome{Welcome: &agentv1.Welcome{
-		HostId: hostID, HeartbeatInterval: durationpb.New(50 * time.Millisecond),
+		HostId: hostID, HeartbeatInterval: durationpb.New(50 * time.Millisecond), Epoch: s.Epoch.Load(),
 	}}}); err != nil {
 		return err
 	}
@@ -293,7 +299,7 @@ func (s *Server) Connect(stream agentv1.AgentService_ConnectServer) error {
 				st.Heartbeats.Add(1)
 				continue
 			}
-			if b := m.GetBegin(); b != nil { // every command may proceed
+			if b := m.GetBegin(); b != nil && !s.HoldBegins.Load() { // every command may proceed
 				a := &agentv1.CommandBeginAnswer{SubtaskId: b.GetSubtaskId(), Attempt: b.GetAttempt(), Proceed: true}
 				select {
 				case st.Send <- &agentv1.ConnectResponse{Kind: &agentv1.ConnectResponse_BeginAnswer{BeginAnswer: a}}:

@@ -136,7 +136,7 @@ func (d dispatch) Rollback(ctx context.Context, r task.Run) task.Result {
 
 func (d dispatch) run(ctx context.Context, r task.Run, a action) task.Result {
 	id := r.Subtask.HostID
-	cmd := fleet.Command{SubtaskID: r.Subtask.ID, Attempt: r.Subtask.RunTime}
+	cmd := fleet.Command{SubtaskID: r.Subtask.ID, Attempt: r.Subtask.RunTime, Resumed: r.Resumed}
 	if a == actionStart {
 		cmd.StartAgent = &fleet.StartAgent{}
 	} else {

@@ -15,7 +15,10 @@ import (
 
 // Connect authenticates and registers an agent, and opens its session. A
 // previous session of the same host is closed. The cancels pending for the
-// host, then the commands waiting for it, are queued on the new session.
+// host, then the commands waiting for it, are queued on the new session
+// (for a resumed command not sent yet, its query: see query.go). The
+// registration raises the host's epoch (see Registry.RegisterHost): the
+// session's Epoch, in the Welcome and in all the session sends.
 //
 // With an Identity (a verified client certificate), the host is the
 // certificate's: a Hello naming another host id (when non-zero) or another
@@ -95,7 +98,7 @@ func (f *Fleet) Connect(ctx context.Context, h Hello) (*Session, Welcome, error)
 			return nil, Welcome{}, err
 		}
 	}
-	s := &Session{HostID: reg.ID, out: make(chan Outbound, sessionBuffer), done: make(chan struct{}), reported: h.Processes}
+	s := &Session{HostID: reg.ID, Epoch: reg.Epoch, out: make(chan Outbound, sessionBuffer), done: make(chan struct{}), reported: h.Processes}
 	if h.Identity != nil {
 		s.serial = h.Identity.Serial
 	}
@@ -106,6 +109,13 @@ func (f *Fleet) Connect(ctx context.Context, h Hello) (*Session, Welcome, error)
 	}
 	s.lost = time.AfterFunc(f.cfg.LostAfter, func() { f.watch(s) })
 	st := f.state(reg.ID)
+	if reg.Epoch != 0 && reg.Epoch <= st.epoch {
+		// The registry's count went back (a store restored from a backup?):
+		// agentd refuses what this session sends until it passes again.
+		f.cfg.Log.Warn().Int64("host_id", reg.ID).Int64("epoch", reg.Epoch).Int64("previous_epoch", st.epoch).
+			Msg("agent stream's epoch is not newer than the host's previous one")
+	}
+	st.epoch = max(st.epoch, reg.Epoch)
 	old := st.session
 	st.session = s
 	st.streams++
@@ -129,8 +139,7 @@ func (f *Fleet) Connect(ctx context.Context, h Hello) (*Session, Welcome, error)
 	resent := 0
 	for _, c := range st.calls {
 		if !c.canceled {
-			cmd := c.cmd
-			s.send(Outbound{Command: &cmd})
+			f.deliver(s, c)
 			resent++
 		}
 	}
@@ -138,9 +147,9 @@ func (f *Fleet) Connect(ctx context.Context, h Hello) (*Session, Welcome, error)
 	if old != nil {
 		old.close(ErrReplaced)
 	}
-	f.cfg.Log.Info().Int64("host_id", reg.ID).Str("host_name", reg.Name).Int("resent", resent).
+	f.cfg.Log.Info().Int64("host_id", reg.ID).Str("host_name", reg.Name).Int64("epoch", reg.Epoch).Int("resent", resent).
 		Int("cancels", len(cancels)).Msg("agent connected")
-	return s, Welcome{HostID: reg.ID, HeartbeatInterval: f.cfg.HeartbeatInterval}, nil
+	return s, Welcome{HostID: reg.ID, HeartbeatInterval: f.cfg.HeartbeatInterval, Epoch: reg.Epoch}, nil
 }
 
 // admit checks the host's stream bounds for a new session, taking a

@@ -27,11 +27,19 @@ type call struct {
 	// that comes now is a late one (see fence.go); guarded by Fleet.mu,
 	// as is sending to result.
 	abandoned bool
+	// asking: cmd is resumed and not sent yet; sessions get its Query
+	// until agentd answers or asked, the wait for the answer, fires (see
+	// query.go). Both guarded by Fleet.mu.
+	asking bool
+	asked  *time.Timer
 }
 
 // Dispatch sends cmd to the host's agentd and waits for its result. A host
 // not connected gets the command when it connects, and again whenever it
-// reconnects while Dispatch waits.
+// reconnects while Dispatch waits. A resumed command (Command.Resumed) is
+// sent only after agentd says it never received it, or did not answer
+// within QueryWait; when agentd has its result already, that result is
+// returned (see query.go).
 //
 // When the host has no session and was last heard from LostAfter ago (or,
 // if never heard from in this process, LostAfter after Dispatch began; or,
@@ -51,7 +59,7 @@ type call struct {
 // left to finish: the next server resumes the wait.
 func (f *Fleet) Dispatch(ctx context.Context, hostID int64, cmd Command) (Result, error) {
 	k := key{cmd.SubtaskID, cmd.Attempt}
-	c := &call{hostID: hostID, cmd: cmd, ctx: ctx, result: make(chan Result, 1)}
+	c := &call{hostID: hostID, cmd: cmd, ctx: ctx, result: make(chan Result, 1), asking: cmd.Resumed}
 	began := time.Now()
 	f.mu.Lock()
 	if prev := f.inflight[k]; prev != nil {
@@ -65,11 +73,14 @@ func (f *Fleet) Dispatch(ctx context.Context, hostID int64, cmd Command) (Result
 	}
 	st.calls[k] = c
 	if s := st.live(); s != nil && ctx.Err() == nil {
-		s.send(Outbound{Command: &cmd})
+		f.deliver(s, c)
 	}
 	f.mu.Unlock()
 	defer func() {
 		f.mu.Lock()
+		if c.asked != nil {
+			c.asked.Stop()
+		}
 		delete(f.inflight, k)
 		if delete(st.calls, k); len(st.calls) == 0 {
 			st.calls = nil

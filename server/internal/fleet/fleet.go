@@ -22,6 +22,7 @@ import (
 //	dispatch.go   commands: Dispatch, the wait for a result, cancels, Ack
 //	receive.go    what agents send: Receive, results nobody waits for
 //	fence.go      the go-ahead (Begin) and the attempts the server gave up on
+//	query.go      a resumed command: ask agentd what became of it (Query) first
 //	liveness.go   lost agents, WaitConnected, a server restart (Expect, Serving)
 //	report.go     heartbeat and status writes: batched last_seen, OFFLINE retries
 //	errors.go     the errors callers tell apart
@@ -29,6 +30,9 @@ import (
 
 // Registry is what the fleet records about hosts.
 type Registry interface {
+	// RegisterHost records the host of a new stream and marks it ONLINE;
+	// it returns the stored host with its epoch raised by one (Host.Epoch:
+	// the stream's fencing token), in the same write.
 	RegisterHost(ctx context.Context, h host.Host, at time.Time) (host.Host, error)
 	HostSeen(ctx context.Context, id int64, at time.Time, procs []host.Process) error
 	// HostsSeen records when each host was last heard from, its reports
@@ -70,6 +74,10 @@ type Config struct {
 	// CancelWait bounds how long a dispatch whose context ended waits for the
 	// agent's result after sending Cancel; default 5s.
 	CancelWait time.Duration
+	// QueryWait bounds how long a resumed dispatch waits for agentd's
+	// answer to its Query before it sends the command anyway (see
+	// query.go); default 5s.
+	QueryWait time.Duration
 	// LostAfter is how long an agentd may stay silent (no hello, heartbeat,
 	// progress or result) before it counts as lost: its session ends with
 	// ErrLost, and a dispatch to its host fails with ErrAgentLost unless the
@@ -157,6 +165,9 @@ func New(cfg Config) *Fleet {
 	}
 	if cfg.CancelWait <= 0 {
 		cfg.CancelWait = 5 * time.Second
+	}
+	if cfg.QueryWait <= 0 {
+		cfg.QueryWait = DefaultQueryWait
 	}
 	if cfg.LostAfter <= 0 {
 		cfg.LostAfter = max(30*time.Second, 3*cfg.HeartbeatInterval)

@@ -28,11 +28,12 @@ type registry struct {
 	logs    map[int64][]string
 	written map[int64]int       // HostSeen calls, by host
 	seen    map[int64]time.Time // HostsSeen, by host
+	epochs  map[int64]int64     // RegisterHost calls, by host: the epoch
 }
 
 func newRegistry() *registry {
 	return &registry{ids: map[string]int64{}, status: map[int64]host.Status{}, revoked: map[int64]bool{}, logs: map[int64][]string{},
-		written: map[int64]int{}, seen: map[int64]time.Time{}}
+		written: map[int64]int{}, seen: map[int64]time.Time{}, epochs: map[int64]int64{}}
 }
 
 func (r *registry) RegisterHost(_ context.Context, h host.Host, _ time.Time) (host.Host, error) {
@@ -47,7 +48,8 @@ func (r *registry) RegisterHost(_ context.Context, h host.Host, _ time.Time) (ho
 		return host.Host{}, fmt.Errorf("host %d is revoked: %w", id, errs.ErrPermissionDenied)
 	}
 	r.status[id] = host.StatusOnline
-	h.ID = id
+	r.epochs[id]++
+	h.ID, h.Epoch = id, r.epochs[id]
 	return h, nil
 }
 

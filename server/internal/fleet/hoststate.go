@@ -22,11 +22,13 @@ type hostState struct {
 
 	// session is the host's current session; nil without one. It may have
 	// ended (see live).
-	//
-	// The per-session epoch the scale-out work adds (a token that only
-	// grows, bumped when a session is installed) is a field here, beside
-	// session.
 	session *Session
+	// epoch is the newest epoch of the host's sessions in this process
+	// (Session.Epoch, from the registry): a fencing token that only grows,
+	// raised by one in the store for each session Connect installs. It
+	// outlives the session (the state is kept for heard); the store holds
+	// the count, this copy only notices a count that went back.
+	epoch int64
 	// streams counts the sessions Connect opened that Disconnect has not
 	// yet ended (at most MaxStreamsPerHost).
 	streams int

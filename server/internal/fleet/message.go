@@ -41,13 +41,25 @@ type Identity struct {
 type Welcome struct {
 	HostID            int64
 	HeartbeatInterval time.Duration
+	// Epoch is the stream's fencing token: the host's epoch in the store,
+	// which the registration of this stream raised by one. 0 when the
+	// registry keeps none.
+	Epoch int64
 }
 
-// Command is work for an agentd, fenced by (SubtaskID, Attempt).
+// Command is work for an agentd, fenced by (SubtaskID, Attempt), and by
+// Epoch against a server that no longer holds the host's stream.
 type Command struct {
 	SubtaskID int64
 	Attempt   int
 	Timeout   time.Duration // time left for the work
+	// Epoch is the epoch of the session the command is sent on; the
+	// session sets it (Dispatch's is ignored).
+	Epoch int64
+	// Resumed: the attempt may have reached agentd before (the server
+	// restarted while it ran), so Dispatch asks agentd what became of it
+	// (Query) before sending it (see query.go).
+	Resumed bool
 	// The action; exactly one is set.
 	StopAgent  *StopAgent
 	StartAgent *StartAgent
@@ -67,6 +79,38 @@ type Cancel struct {
 	SubtaskID int64
 	Attempt   int
 	Reason    string
+	Epoch     int64 // the epoch of the session it is sent on, set by the session
+}
+
+// Query asks an agentd what became of a command before it is sent again.
+type Query struct {
+	SubtaskID int64
+	Attempt   int
+	Epoch     int64 // the epoch of the session it is sent on, set by the session
+}
+
+// CommandState is what an agentd knows of a command (Answer).
+type CommandState int
+
+// Command states.
+const (
+	// StateUnknown: agentd never received the command.
+	StateUnknown CommandState = iota + 1
+	// StateWaiting: agentd journaled it as begun and waits for the
+	// go-ahead (Begin); it touched nothing yet.
+	StateWaiting
+	// StateRunning: agentd is doing the work; its result follows.
+	StateRunning
+	// StateFinished: the command ended; Answer.Result is its result.
+	StateFinished
+)
+
+// Answer is an agentd's answer to a Query.
+type Answer struct {
+	SubtaskID int64
+	Attempt   int
+	State     CommandState
+	Result    *Result // set when State is StateFinished
 }
 
 // Ack tells an agentd that its result is stored.
@@ -96,6 +140,7 @@ type Outbound struct {
 	Cancel      *Cancel
 	Ack         *Ack
 	BeginAnswer *BeginAnswer
+	Query       *Query
 }
 
 // Heartbeat proves an agentd is alive; Processes nil means not reported.
@@ -138,6 +183,7 @@ type Inbound struct {
 	Progress  *Progress
 	Result    *Result
 	Begin     *Begin
+	Answer    *Answer
 }
 
 type key struct {

@@ -10,7 +10,9 @@ import (
 )
 
 // Receive handles one message of a session; any message proves the host
-// alive. A Begin is answered (see fence.go). Progress and results of an
+// alive. A Begin is answered (see fence.go); an Answer to a Query decides
+// whether a resumed command is sent, and a finished one's result is
+// handled as a Result (see query.go). Progress and results of an
 // attempt the fleet gave up on are recorded in the subtask's log (bounded);
 // other messages about commands that were not dispatched to this session's
 // host are dropped with a warning. A message over the bounds on reports
@@ -85,6 +87,8 @@ func (f *Fleet) Receive(ctx context.Context, s *Session, m Inbound) error {
 		return nil
 	case m.Begin != nil:
 		return f.begin(ctx, s, *m.Begin)
+	case m.Answer != nil:
+		return f.answer(ctx, s, *m.Answer)
 	default:
 		return fmt.Errorf("empty message: %w", errs.ErrInvalidArgument)
 	}

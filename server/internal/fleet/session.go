@@ -16,6 +16,9 @@ import (
 // session ends, so nothing outlives a closed session or a closed Fleet.
 type Session struct {
 	HostID int64
+	// Epoch is the session's fencing token (Welcome.Epoch): every command,
+	// cancel and query sent on the session carries it (send sets it).
+	Epoch  int64
 	serial string // the client certificate's; "" without one
 	out    chan Outbound
 	done   chan struct{}
@@ -63,12 +66,25 @@ func (s *Session) close(reason error) {
 	})
 }
 
-// send queues m without blocking; a full queue ends the session.
+// send queues m without blocking, its command, cancel or query stamped
+// with the session's epoch (on a copy: the caller's is unchanged); a full
+// queue ends the session.
 func (s *Session) send(m Outbound) bool {
 	select {
 	case <-s.done:
 		return false
 	default:
+	}
+	switch {
+	case m.Command != nil:
+		c := *m.Command
+		c.Epoch, m.Command = s.Epoch, &c
+	case m.Cancel != nil:
+		c := *m.Cancel
+		c.Epoch, m.Cancel = s.Epoch, &c
+	case m.Query != nil:
+		q := *m.Query
+		q.Epoch, m.Query = s.Epoch, &q
 	}
 	select {
 	case s.out <- m:

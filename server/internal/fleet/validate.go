@@ -48,8 +48,26 @@ func checkInbound(m Inbound) error {
 		return checkLen("progress", "message", m.Progress.Message, MaxTextBytes)
 	case m.Result != nil:
 		return checkLen("result", "message", m.Result.Message, MaxTextBytes)
+	case m.Answer != nil:
+		return checkAnswer(*m.Answer)
 	}
 	return nil
+}
+
+// checkAnswer checks an answer to a query: a known state, and with
+// StateFinished the result of the command queried.
+func checkAnswer(a Answer) error {
+	switch a.State {
+	case StateUnknown, StateWaiting, StateRunning:
+		return nil
+	case StateFinished:
+		r := a.Result
+		if r == nil || r.SubtaskID != a.SubtaskID || r.Attempt != a.Attempt {
+			return fmt.Errorf("answer about subtask %d attempt %d: finished without its result: %w", a.SubtaskID, a.Attempt, errs.ErrInvalidArgument)
+		}
+		return checkLen("answer", "result's message", r.Message, MaxTextBytes)
+	}
+	return fmt.Errorf("answer about subtask %d attempt %d with state %d: %w", a.SubtaskID, a.Attempt, a.State, errs.ErrInvalidArgument)
 }
 
 func checkProcesses(what string, ps []host.Process) error {

@@ -48,6 +48,10 @@ type Host struct {
 	Processes     []Process // OCP Agent processes as agentd last reported them
 	CreateTime    time.Time
 	UpdateTime    time.Time
+	// Epoch counts the agent streams the server accepted for the host
+	// (RegisterHost adds one for each): the current stream's fencing token,
+	// sent with its commands. 0 before the first.
+	Epoch int64
 }
 
 // Process is one OCP Agent base process as agentd reported it. A host's

@@ -95,7 +95,8 @@ var _ agentv1.AgentServiceServer = (*agentServer)(nil)
 // RESOURCE_EXHAUSTED, as does a host over the fleet's stream bounds
 // (fleet.ErrTooManyStreams, fleet.ErrTooManyReplacements). A message the
 // server cannot use (no kind set, a second Hello, a result without a
-// known outcome) ends the stream with INVALID_ARGUMENT. A session the fleet
+// known outcome, an answer without a known state) ends the stream with
+// INVALID_ARGUMENT. A session the fleet
 // ends is answered by its error's kind (toStatus): ABORTED when the server
 // ended it (replaced by a newer stream, too slow to read, lost:
 // errs.ErrAborted), PERMISSION_DENIED for a revoked host or certificate,
@@ -128,7 +129,7 @@ func (s *agentServer) Connect(stream agentv1.AgentService_ConnectServer) error {
 	ctx = log.WithContext(ctx)
 
 	err = stream.Send(&agentv1.ConnectResponse{Kind: &agentv1.ConnectResponse_Welcome{Welcome: &agentv1.Welcome{
-		HostId: welcome.HostID, HeartbeatInterval: durationpb.New(welcome.HeartbeatInterval),
+		HostId: welcome.HostID, HeartbeatInterval: durationpb.New(welcome.HeartbeatInterval), Epoch: welcome.Epoch,
 	}}})
 	if err != nil {
 		return err
@@ -321,7 +322,7 @@ func toOutbound(m fleet.Outbound) *agentv1.ConnectResponse {
 	switch {
 	case m.Command != nil:
 		c := m.Command
-		cmd := &agentv1.Command{SubtaskId: c.SubtaskID, Attempt: int32(c.Attempt), Timeout: durationpb.New(c.Timeout)}
+		cmd := &agentv1.Command{SubtaskId: c.SubtaskID, Attempt: int32(c.Attempt), Timeout: durationpb.New(c.Timeout), Epoch: c.Epoch}
 		if c.StopAgent != nil {
 			stop := &agentv1.StopAgentAction{}
 			if c.StopAgent.Grace > 0 {
@@ -335,7 +336,11 @@ func toOutbound(m fleet.Outbound) *agentv1.ConnectResponse {
 		return &agentv1.ConnectResponse{Kind: &agentv1.ConnectResponse_Command{Command: cmd}}
 	case m.Cancel != nil:
 		return &agentv1.ConnectResponse{Kind: &agentv1.ConnectResponse_Cancel{Cancel: &agentv1.CancelCommand{
-			SubtaskId: m.Cancel.SubtaskID, Attempt: int32(m.Cancel.Attempt), Reason: m.Cancel.Reason,
+			SubtaskId: m.Cancel.SubtaskID, Attempt: int32(m.Cancel.Attempt), Reason: m.Cancel.Reason, Epoch: m.Cancel.Epoch,
+		}}}
+	case m.Query != nil:
+		return &agentv1.ConnectResponse{Kind: &agentv1.ConnectResponse_Query{Query: &agentv1.ResultQuery{
+			SubtaskId: m.Query.SubtaskID, Attempt: int32(m.Query.Attempt), Epoch: m.Query.Epoch,
 		}}}
 	case m.BeginAnswer != nil:
 		a := m.BeginAnswer
@@ -347,6 +352,43 @@ func toOutbound(m fleet.Outbound) *agentv1.ConnectResponse {
 			SubtaskId: m.Ack.SubtaskID, Attempt: int32(m.Ack.Attempt),
 		}}}
 	}
+}
+
+var commandStates = map[agentv1.CommandState]fleet.CommandState{
+	agentv1.CommandState_COMMAND_STATE_UNKNOWN:  fleet.StateUnknown,
+	agentv1.CommandState_COMMAND_STATE_WAITING:  fleet.StateWaiting,
+	agentv1.CommandState_COMMAND_STATE_RUNNING:  fleet.StateRunning,
+	agentv1.CommandState_COMMAND_STATE_FINISHED: fleet.StateFinished,
+}
+
+// fromAnswer is the fleet's Answer for a QueryAnswer; its result is read
+// only when the state is FINISHED.
+func fromAnswer(a *agentv1.QueryAnswer) (fleet.Inbound, error) {
+	st, ok := commandStates[a.GetState()]
+	if !ok {
+		return fleet.Inbound{}, fmt.Errorf("answer about subtask %d with state %v: %w", a.GetSubtaskId(), a.GetState(), errs.ErrInvalidArgument)
+	}
+	ans := &fleet.Answer{SubtaskID: a.GetSubtaskId(), Attempt: int(a.GetAttempt()), State: st}
+	if st == fleet.StateFinished && a.GetResult() != nil {
+		r, err := fromResult(a.GetResult())
+		if err != nil {
+			return fleet.Inbound{}, err
+		}
+		ans.Result = r
+	}
+	return fleet.Inbound{Answer: ans}, nil
+}
+
+// fromResult is the fleet's Result for a CommandResult.
+func fromResult(r *agentv1.CommandResult) (*fleet.Result, error) {
+	o, ok := outcomes[r.GetOutcome()]
+	if !ok {
+		return nil, fmt.Errorf("result of subtask %d with outcome %v: %w", r.GetSubtaskId(), r.GetOutcome(), errs.ErrInvalidArgument)
+	}
+	return &fleet.Result{
+		SubtaskID: r.GetSubtaskId(), Attempt: int(r.GetAttempt()), Outcome: o, Message: r.GetMessage(),
+		FinishTime: fromTS(r.GetFinishTime()),
+	}, nil
 }
 
 var outcomes = map[agentv1.CommandOutcome]fleet.Outcome{
@@ -366,15 +408,13 @@ func fromInbound(m *agentv1.ConnectRequest) (fleet.Inbound, error) {
 			PID: p.GetProcess().GetPid(),
 		}}, nil
 	case *agentv1.ConnectRequest_Result:
-		r := k.Result
-		o, ok := outcomes[r.GetOutcome()]
-		if !ok {
-			return fleet.Inbound{}, fmt.Errorf("result of subtask %d with outcome %v: %w", r.GetSubtaskId(), r.GetOutcome(), errs.ErrInvalidArgument)
+		r, err := fromResult(k.Result)
+		if err != nil {
+			return fleet.Inbound{}, err
 		}
-		return fleet.Inbound{Result: &fleet.Result{
-			SubtaskID: r.GetSubtaskId(), Attempt: int(r.GetAttempt()), Outcome: o, Message: r.GetMessage(),
-			FinishTime: fromTS(r.GetFinishTime()),
-		}}, nil
+		return fleet.Inbound{Result: r}, nil
+	case *agentv1.ConnectRequest_Answer:
+		return fromAnswer(k.Answer)
 	case *agentv1.ConnectRequest_Begin:
 		return fleet.Inbound{Begin: &fleet.Begin{SubtaskID: k.Begin.GetSubtaskId(), Attempt: int(k.Begin.GetAttempt())}}, nil
 	case *agentv1.ConnectRequest_Hello:

@@ -15,7 +15,7 @@ import (
 )
 
 const hostCols = `id, name, inner_ip, machine_id, status, agent_status, agentd_version, install_home, last_seen,
-	op_task_id, processes, create_time, update_time, revoke_time`
+	op_task_id, processes, create_time, update_time, revoke_time, epoch`
 
 func scanHost(sc interface{ Scan(...any) error }) (host.Host, error) {
 	var h host.Host
@@ -23,7 +23,7 @@ func scanHost(sc interface{ Scan(...any) error }) (host.Host, error) {
 	var op sql.NullInt64
 	var procs string
 	err := sc.Scan(&h.ID, &h.Name, &h.InnerIP, &h.MachineID, &h.Status, &h.AgentStatus, &h.AgentdVersion,
-		&h.InstallHome, &lastSeen, &op, &procs, &created, &updated, &revoked)
+		&h.InstallHome, &lastSeen, &op, &procs, &created, &updated, &revoked, &h.Epoch)
 	if err != nil {
 		return h, err
 	}
@@ -89,8 +89,11 @@ func mergeProcesses(known, reported []host.Process, at time.Time) []host.Process
 
 // RegisterHost records a connecting agentd's host and marks it ONLINE, with
 // its install home, and r.Processes (the base processes running now; nil:
-// none) merged into the host's process list as HostSeen does. The host is
-// found by name, else created; the stored host is returned with its id.
+// none) merged into the host's process list as HostSeen does, and adds one
+// to the host's epoch (1 for a new host): the new stream's fencing token,
+// in the same write (one transaction per stream, grouped with others by the
+// writer). The host is found by name, else created; the stored host is
+// returned with its id and new epoch.
 // ErrPermissionDenied, and nothing written, when the host is revoked.
 func (s *Store) RegisterHost(ctx context.Context, r host.Host, at time.Time) (host.Host, error) {
 	if r.Name == "" {
@@ -105,8 +108,8 @@ func (s *Store) RegisterHost(ctx context.Context, r host.Host, at time.Time) (ho
 		case errors.Is(err, sql.ErrNoRows):
 			procs := mergeProcesses(nil, r.Processes, at)
 			res, err := tx.ExecContext(ctx, `INSERT INTO hosts (name, inner_ip, machine_id, status, agent_status,
-				agentd_version, install_home, last_seen, processes, create_time, update_time)
-				VALUES (?,?,?,?,?,?,?,?,?,?,?)`,
+				agentd_version, install_home, last_seen, processes, create_time, update_time, epoch)
+				VALUES (?,?,?,?,?,?,?,?,?,?,?,1)`,
 				r.Name, r.InnerIP, r.MachineID, host.StatusOnline, agentStatusOf(procs), r.AgentdVersion,
 				r.InstallHome, ms(at), toJSON(procs), ms(at), ms(at))
 			if err != nil {
@@ -126,7 +129,7 @@ func (s *Store) RegisterHost(ctx context.Context, r host.Host, at time.Time) (ho
 			}
 			procs := mergeProcesses(known, r.Processes, at)
 			_, err = tx.ExecContext(ctx, `UPDATE hosts SET inner_ip = ?, machine_id = ?, status = ?, agentd_version = ?,
-				install_home = ?, last_seen = ?, processes = ?, agent_status = ?, update_time = ? WHERE id = ?`,
+				install_home = ?, last_seen = ?, processes = ?, agent_status = ?, update_time = ?, epoch = epoch + 1 WHERE id = ?`,
 				r.InnerIP, r.MachineID, host.StatusOnline, r.AgentdVersion, r.InstallHome, ms(at), toJSON(procs),
 				agentStatusOf(procs), ms(at), id)
 			if err != nil {

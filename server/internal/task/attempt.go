@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"slices"
 	"time"
 )
 
@@ -28,15 +29,17 @@ type outcome struct {
 }
 
 // run stops the work of t's CANCELING subtasks and launches every active
-// attempt of t that this engine does not run yet. The task's lock is held,
+// attempt of t that this engine does not run yet; those not among started
+// (the attempts the step that led to t started) are resumed (Run.Resumed). The task's lock is held,
 // so an attempt whose outcome is stored meanwhile is not launched again.
 // (An attempt whose outcome is stored leaves runs only afterwards: a new
 // attempt of the same subtask replaces it.)
-func (e *Engine) run(t *Task) {
+func (e *Engine) run(t *Task, started []Subtask) {
 	type attempt struct {
-		ctx    context.Context
-		cancel context.CancelCauseFunc
-		st     *Subtask
+		ctx     context.Context
+		cancel  context.CancelCauseFunc
+		st      *Subtask
+		resumed bool
 	}
 	var launch []attempt
 	e.mu.Lock()
@@ -55,7 +58,8 @@ func (e *Engine) run(t *Task) {
 			ctx, r.cancel = attemptContext(e.base, st)
 			r.attempt = st.RunTime
 			e.runs[st.ID] = r
-			launch = append(launch, attempt{ctx, r.cancel, st})
+			resumed := !slices.ContainsFunc(started, func(s Subtask) bool { return s.ID == st.ID && s.RunTime == st.RunTime })
+			launch = append(launch, attempt{ctx, r.cancel, st, resumed})
 		}
 		if st.Status == SubtaskCanceling {
 			r.cancel(ErrCanceled)
@@ -64,7 +68,7 @@ func (e *Engine) run(t *Task) {
 	e.wg.Add(len(launch))
 	e.mu.Unlock()
 	for _, a := range launch {
-		go e.attempt(a.ctx, a.cancel, *t, *a.st)
+		go e.attempt(a.ctx, a.cancel, *t, *a.st, a.resumed)
 	}
 }
 
@@ -82,7 +86,7 @@ func attemptContext(parent context.Context, st *Subtask) (context.Context, conte
 }
 
 // attempt runs one attempt of st and stores its outcome.
-func (e *Engine) attempt(ctx context.Context, cancel context.CancelCauseFunc, t Task, st Subtask) {
+func (e *Engine) attempt(ctx context.Context, cancel context.CancelCauseFunc, t Task, st Subtask, resumed bool) {
 	defer e.wg.Done()
 	defer func() {
 		e.mu.Lock()
@@ -94,7 +98,7 @@ func (e *Engine) attempt(ctx context.Context, cancel context.CancelCauseFunc, t 
 	}()
 	log := e.cfg.Log.With().Int64("task_id", t.ID).Int64("subtask_id", st.ID).Int("attempt", st.RunTime).Logger()
 	log.Debug().Str("subtask", st.Name).Msg("subtask attempt started")
-	res := e.execute(ctx, t, st)
+	res := e.execute(ctx, t, st, resumed)
 	if e.base.Err() != nil {
 		return // shutting down: the next Start resumes this attempt
 	}
@@ -190,7 +194,7 @@ var errStale = errors.New("stale attempt")
 var ErrShutdown = errors.New("server shutting down")
 
 // execute calls the subtask's executor, turning a panic into a failure.
-func (e *Engine) execute(ctx context.Context, t Task, st Subtask) (res Result) {
+func (e *Engine) execute(ctx context.Context, t Task, st Subtask, resumed bool) (res Result) {
 	x, ok := e.cfg.Executors[st.ClassName]
 	if !ok {
 		return Result{Err: fmt.Errorf("no executor for %s", st.ClassName)}
@@ -202,7 +206,7 @@ func (e *Engine) execute(ctx context.Context, t Task, st Subtask) (res Result) {
 			res = Result{Err: errors.New("internal error in the executor")}
 		}
 	}()
-	r := Run{Task: t, Subtask: st, Log: func(line string) { e.appendLog(st.ID, st.RunTime, line) }}
+	r := Run{Task: t, Subtask: st, Resumed: resumed, Log: func(line string) { e.appendLog(st.ID, st.RunTime, line) }}
 	if t.RollingBack() {
 		return x.Rollback(ctx, r)
 	}

@@ -56,6 +56,10 @@ type Executor interface {
 type Run struct {
 	Task    Task    // snapshot when the attempt started
 	Subtask Subtask // snapshot; Subtask.RunTime is the attempt number
+	// Resumed: the attempt was started before this engine ran it (by the
+	// server before a restart), so its work may be under way or done
+	// already: an executor asks what became of it before doing it again.
+	Resumed bool
 	// Log appends a line to the subtask's log under this attempt.
 	Log func(line string)
 }
@@ -338,7 +342,7 @@ func (e *Engine) stepLocked(ctx context.Context, id int64, mutate mutation) (*Ta
 		}
 		e.mem.keep(after, pos)
 		e.mem.notify(id)
-		e.run(after)
+		e.run(after, started)
 		return after, nil
 	}
 }

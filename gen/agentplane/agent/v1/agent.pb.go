@@ -23,6 +23,70 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// CommandState is what agentd knows of a command (QueryAnswer).
+type CommandState int32
+
+const (
+	// Never sent.
+	CommandState_COMMAND_STATE_UNSPECIFIED CommandState = 0
+	// agentd never received the command: its journal has no trace of it.
+	// The server sends it.
+	CommandState_COMMAND_STATE_UNKNOWN CommandState = 1
+	// agentd journaled the command as begun and waits for the server's
+	// go-ahead (CommandBegin); it has touched nothing on the host yet.
+	CommandState_COMMAND_STATE_WAITING CommandState = 2
+	// agentd is doing the command's work now; its result follows as a
+	// CommandResult.
+	CommandState_COMMAND_STATE_RUNNING CommandState = 3
+	// The command ended; QueryAnswer.result holds its stored result.
+	CommandState_COMMAND_STATE_FINISHED CommandState = 4
+)
+
+// Enum value maps for CommandState.
+var (
+	CommandState_name = map[int32]string{
+		0: "COMMAND_STATE_UNSPECIFIED",
+		1: "COMMAND_STATE_UNKNOWN",
+		2: "COMMAND_STATE_WAITING",
+		3: "COMMAND_STATE_RUNNING",
+		4: "COMMAND_STATE_FINISHED",
+	}
+	CommandState_value = map[string]int32{
+		"COMMAND_STATE_UNSPECIFIED": 0,
+		"COMMAND_STATE_UNKNOWN":     1,
+		"COMMAND_STATE_WAITING":     2,
+		"COMMAND_STATE_RUNNING":     3,
+		"COMMAND_STATE_FINISHED":    4,
+	}
+)
+
+func (x CommandState) Enum() *CommandState {
+	p := new(CommandState)
+	*p = x
+	return p
+}
+
+func (x CommandState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (CommandState) Descriptor() protoreflect.EnumDescriptor {
+	return file_agentplane_agent_v1_agent_proto_enumTypes[0].Descriptor()
+}
+
+func (CommandState) Type() protoreflect.EnumType {
+	return &file_agentplane_agent_v1_agent_proto_enumTypes[0]
+}
+
+func (x CommandState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use CommandState.Descriptor instead.
+func (CommandState) EnumDescriptor() ([]byte, []int) {
+	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{0}
+}
+
 // ProcessEventKind is a step in stopping one process.
 type ProcessEventKind int32
 
@@ -84,11 +148,11 @@ func (x ProcessEventKind) String() string {
 }
 
 func (ProcessEventKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_agentplane_agent_v1_agent_proto_enumTypes[0].Descriptor()
+	return file_agentplane_agent_v1_agent_proto_enumTypes[1].Descriptor()
 }
 
 func (ProcessEventKind) Type() protoreflect.EnumType {
-	return &file_agentplane_agent_v1_agent_proto_enumTypes[0]
+	return &file_agentplane_agent_v1_agent_proto_enumTypes[1]
 }
 
 func (x ProcessEventKind) Number() protoreflect.EnumNumber {
@@ -97,7 +161,7 @@ func (x ProcessEventKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ProcessEventKind.Descriptor instead.
 func (ProcessEventKind) EnumDescriptor() ([]byte, []int) {
-	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{0}
+	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{1}
 }
 
 // CommandOutcome is how a command ended.
@@ -141,11 +205,11 @@ func (x CommandOutcome) String() string {
 }
 
 func (CommandOutcome) Descriptor() protoreflect.EnumDescriptor {
-	return file_agentplane_agent_v1_agent_proto_enumTypes[1].Descriptor()
+	return file_agentplane_agent_v1_agent_proto_enumTypes[2].Descriptor()
 }
 
 func (CommandOutcome) Type() protoreflect.EnumType {
-	return &file_agentplane_agent_v1_agent_proto_enumTypes[1]
+	return &file_agentplane_agent_v1_agent_proto_enumTypes[2]
 }
 
 func (x CommandOutcome) Number() protoreflect.EnumNumber {
@@ -154,7 +218,7 @@ func (x CommandOutcome) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use CommandOutcome.Descriptor instead.
 func (CommandOutcome) EnumDescriptor() ([]byte, []int) {
-	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{1}
+	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{2}
 }
 
 // EnrollRequest asks for a client certificate.
@@ -407,6 +471,7 @@ type ConnectRequest struct {
 	//	*ConnectRequest_Progress
 	//	*ConnectRequest_Result
 	//	*ConnectRequest_Begin
+	//	*ConnectRequest_Answer
 	Kind          isConnectRequest_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -494,6 +559,15 @@ func (x *ConnectRequest) GetBegin() *CommandBegin {
 	return nil
 }
 
+func (x *ConnectRequest) GetAnswer() *QueryAnswer {
+	if x != nil {
+		if x, ok := x.Kind.(*ConnectRequest_Answer); ok {
+			return x.Answer
+		}
+	}
+	return nil
+}
+
 type isConnectRequest_Kind interface {
 	isConnectRequest_Kind()
 }
@@ -524,6 +598,11 @@ type ConnectRequest_Begin struct {
 	Begin *CommandBegin `protobuf:"bytes,5,opt,name=begin,proto3,oneof"`
 }
 
+type ConnectRequest_Answer struct {
+	// The answer to a ResultQuery, on the stream it came on.
+	Answer *QueryAnswer `protobuf:"bytes,6,opt,name=answer,proto3,oneof"`
+}
+
 func (*ConnectRequest_Hello) isConnectRequest_Kind() {}
 
 func (*ConnectRequest_Heartbeat) isConnectRequest_Kind() {}
@@ -533,6 +612,8 @@ func (*ConnectRequest_Progress) isConnectRequest_Kind() {}
 func (*ConnectRequest_Result) isConnectRequest_Kind() {}
 
 func (*ConnectRequest_Begin) isConnectRequest_Kind() {}
+
+func (*ConnectRequest_Answer) isConnectRequest_Kind() {}
 
 // ConnectResponse is one message from the server to agentd.
 type ConnectResponse struct {
@@ -546,6 +627,7 @@ type ConnectResponse struct {
 	//	*ConnectResponse_Cancel
 	//	*ConnectResponse_Ack
 	//	*ConnectResponse_BeginAnswer
+	//	*ConnectResponse_Query
 	Kind          isConnectResponse_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -633,6 +715,15 @@ func (x *ConnectResponse) GetBeginAnswer() *CommandBeginAnswer {
 	return nil
 }
 
+func (x *ConnectResponse) GetQuery() *ResultQuery {
+	if x != nil {
+		if x, ok := x.Kind.(*ConnectResponse_Query); ok {
+			return x.Query
+		}
+	}
+	return nil
+}
+
 type isConnectResponse_Kind interface {
 	isConnectResponse_Kind()
 }
@@ -662,6 +753,11 @@ type ConnectResponse_BeginAnswer struct {
 	BeginAnswer *CommandBeginAnswer `protobuf:"bytes,5,opt,name=begin_answer,json=beginAnswer,proto3,oneof"`
 }
 
+type ConnectResponse_Query struct {
+	// Asks what became of a command, before the server sends it again.
+	Query *ResultQuery `protobuf:"bytes,6,opt,name=query,proto3,oneof"`
+}
+
 func (*ConnectResponse_Welcome) isConnectResponse_Kind() {}
 
 func (*ConnectResponse_Command) isConnectResponse_Kind() {}
@@ -671,6 +767,8 @@ func (*ConnectResponse_Cancel) isConnectResponse_Kind() {}
 func (*ConnectResponse_Ack) isConnectResponse_Kind() {}
 
 func (*ConnectResponse_BeginAnswer) isConnectResponse_Kind() {}
+
+func (*ConnectResponse_Query) isConnectResponse_Kind() {}
 
 // Hello registers the host and authenticates agentd.
 type Hello struct {
@@ -789,8 +887,14 @@ type Welcome struct {
 	HostId int64 `protobuf:"varint,1,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
 	// How often the server expects a heartbeat.
 	HeartbeatInterval *durationpb.Duration `protobuf:"bytes,2,opt,name=heartbeat_interval,json=heartbeatInterval,proto3" json:"heartbeat_interval,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The stream's epoch (fencing token): greater than every earlier
+	// stream's of the host, as the server's store counts them (one more per
+	// stream). agentd keeps the newest epoch it has seen in its state dir,
+	// and refuses a Command, CancelCommand or ResultQuery whose epoch is
+	// older. 0: unset (a server without epochs).
+	Epoch         int64 `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Welcome) Reset() {
@@ -835,6 +939,13 @@ func (x *Welcome) GetHeartbeatInterval() *durationpb.Duration {
 		return x.HeartbeatInterval
 	}
 	return nil
+}
+
+func (x *Welcome) GetEpoch() int64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
 }
 
 // Heartbeat proves agentd is alive.
@@ -984,7 +1095,9 @@ func (x *Process) GetCreateTime() *timestamppb.Timestamp {
 }
 
 // Command is work for agentd, fenced by (subtask_id, attempt): agentd runs a
-// given pair at most once and answers a repeated one with its stored result.
+// given pair at most once and answers a repeated one with its stored result;
+// and by epoch: agentd refuses a command of an older stream than the newest
+// it has seen.
 type Command struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Subtask that the command belongs to. Required, positive.
@@ -993,6 +1106,11 @@ type Command struct {
 	Attempt int32 `protobuf:"varint,2,opt,name=attempt,proto3" json:"attempt,omitempty"`
 	// Time left for the work; agentd stops working when it passes.
 	Timeout *durationpb.Duration `protobuf:"bytes,3,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// The epoch of the stream the command was sent on (Welcome.epoch).
+	// agentd refuses a command whose epoch is older than the newest it has
+	// seen: it neither journals, runs nor answers it (the attempt stays
+	// unused), and logs it. 0: unset, never refused.
+	Epoch int64 `protobuf:"varint,6,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	// What to do. Exactly one is set.
 	//
 	// Types that are valid to be assigned to Action:
@@ -1053,6 +1171,13 @@ func (x *Command) GetTimeout() *durationpb.Duration {
 		return x.Timeout
 	}
 	return nil
+}
+
+func (x *Command) GetEpoch() int64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
 }
 
 func (x *Command) GetAction() isCommand_Action {
@@ -1194,7 +1319,12 @@ type CancelCommand struct {
 	// Attempt of the command.
 	Attempt int32 `protobuf:"varint,2,opt,name=attempt,proto3" json:"attempt,omitempty"`
 	// Why, e.g. "timed out after 600s".
-	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The epoch of the stream the cancel was sent on (Welcome.epoch).
+	// agentd refuses a cancel whose epoch is older than the newest it has
+	// seen: it neither journals nor stops the command, nor answers, and logs
+	// it. 0: unset, never refused.
+	Epoch         int64 `protobuf:"varint,4,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1250,14 +1380,172 @@ func (x *CancelCommand) GetReason() string {
 	return ""
 }
 
+func (x *CancelCommand) GetEpoch() int64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+// ResultQuery asks agentd what became of a command, before the server sends
+// it again: a server that resumes a running attempt (after it restarted, or
+// when the host's stream moved to it) does not know whether the previous
+// stream delivered the command, whether agentd ran it, or whether its
+// result was lost with the stream. agentd answers with a QueryAnswer on the
+// same stream, from its journal and the commands it runs now, and changes
+// nothing on the host. A query for a command waiting for its go-ahead
+// (COMMAND_STATE_WAITING) counts as the command received again on this
+// stream: agentd asks for the go-ahead here (CommandBegin).
+type ResultQuery struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Subtask of the command. Required, positive.
+	SubtaskId int64 `protobuf:"varint,1,opt,name=subtask_id,json=subtaskId,proto3" json:"subtask_id,omitempty"`
+	// Attempt of the command. Required, positive.
+	Attempt int32 `protobuf:"varint,2,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	// The epoch of the stream the query was sent on (Welcome.epoch). agentd
+	// does not answer a query whose epoch is older than the newest it has
+	// seen. 0: unset, never refused.
+	Epoch         int64 `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResultQuery) Reset() {
+	*x = ResultQuery{}
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResultQuery) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResultQuery) ProtoMessage() {}
+
+func (x *ResultQuery) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResultQuery.ProtoReflect.Descriptor instead.
+func (*ResultQuery) Descriptor() ([]byte, []int) {
+	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ResultQuery) GetSubtaskId() int64 {
+	if x != nil {
+		return x.SubtaskId
+	}
+	return 0
+}
+
+func (x *ResultQuery) GetAttempt() int32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *ResultQuery) GetEpoch() int64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+// QueryAnswer answers a ResultQuery.
+type QueryAnswer struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Subtask of the command, as queried.
+	SubtaskId int64 `protobuf:"varint,1,opt,name=subtask_id,json=subtaskId,proto3" json:"subtask_id,omitempty"`
+	// Attempt of the command, as queried.
+	Attempt int32 `protobuf:"varint,2,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	// What agentd knows of the command.
+	State CommandState `protobuf:"varint,3,opt,name=state,proto3,enum=agentplane.agent.v1.CommandState" json:"state,omitempty"`
+	// The command's result, from agentd's journal, when state is
+	// COMMAND_STATE_FINISHED; unset otherwise. The server stores it as if
+	// agentd had sent it as a CommandResult, then acknowledges it
+	// (ResultAck).
+	Result        *CommandResult `protobuf:"bytes,4,opt,name=result,proto3" json:"result,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueryAnswer) Reset() {
+	*x = QueryAnswer{}
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueryAnswer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueryAnswer) ProtoMessage() {}
+
+func (x *QueryAnswer) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueryAnswer.ProtoReflect.Descriptor instead.
+func (*QueryAnswer) Descriptor() ([]byte, []int) {
+	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *QueryAnswer) GetSubtaskId() int64 {
+	if x != nil {
+		return x.SubtaskId
+	}
+	return 0
+}
+
+func (x *QueryAnswer) GetAttempt() int32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *QueryAnswer) GetState() CommandState {
+	if x != nil {
+		return x.State
+	}
+	return CommandState_COMMAND_STATE_UNSPECIFIED
+}
+
+func (x *QueryAnswer) GetResult() *CommandResult {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
 // CommandBegin asks the server whether agentd may begin a command it
 // received: agentd has journaled the attempt as begun (it never runs it
 // again) and touches nothing on the host until the answer says proceed. It
 // is sent on the stream the command came on. On a refusal, or no answer
 // within min(10s, the command's timeout), agentd ends the attempt FAILED
 // without signalling or starting anything. When that stream ends first,
-// agentd waits, touching nothing, for the same command on a later stream
-// (and asks again there) or its CancelCommand, until the command's timeout.
+// agentd waits, touching nothing, for the same command (or a ResultQuery
+// about it) on a later stream (and asks again there) or its CancelCommand,
+// until the command's timeout.
 // This fences a command read late (from a stream the server has given up
 // on, say after a partition or while agentd was frozen): the server grants
 // it only while it still waits for that attempt's result on the host's
@@ -1274,7 +1562,7 @@ type CommandBegin struct {
 
 func (x *CommandBegin) Reset() {
 	*x = CommandBegin{}
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1286,7 +1574,7 @@ func (x *CommandBegin) String() string {
 func (*CommandBegin) ProtoMessage() {}
 
 func (x *CommandBegin) ProtoReflect() protoreflect.Message {
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1299,7 +1587,7 @@ func (x *CommandBegin) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandBegin.ProtoReflect.Descriptor instead.
 func (*CommandBegin) Descriptor() ([]byte, []int) {
-	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CommandBegin) GetSubtaskId() int64 {
@@ -1335,7 +1623,7 @@ type CommandBeginAnswer struct {
 
 func (x *CommandBeginAnswer) Reset() {
 	*x = CommandBeginAnswer{}
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1347,7 +1635,7 @@ func (x *CommandBeginAnswer) String() string {
 func (*CommandBeginAnswer) ProtoMessage() {}
 
 func (x *CommandBeginAnswer) ProtoReflect() protoreflect.Message {
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1360,7 +1648,7 @@ func (x *CommandBeginAnswer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandBeginAnswer.ProtoReflect.Descriptor instead.
 func (*CommandBeginAnswer) Descriptor() ([]byte, []int) {
-	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CommandBeginAnswer) GetSubtaskId() int64 {
@@ -1412,7 +1700,7 @@ type CommandProgress struct {
 
 func (x *CommandProgress) Reset() {
 	*x = CommandProgress{}
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1424,7 +1712,7 @@ func (x *CommandProgress) String() string {
 func (*CommandProgress) ProtoMessage() {}
 
 func (x *CommandProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1437,7 +1725,7 @@ func (x *CommandProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandProgress.ProtoReflect.Descriptor instead.
 func (*CommandProgress) Descriptor() ([]byte, []int) {
-	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CommandProgress) GetSubtaskId() int64 {
@@ -1501,7 +1789,7 @@ type CommandResult struct {
 
 func (x *CommandResult) Reset() {
 	*x = CommandResult{}
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1513,7 +1801,7 @@ func (x *CommandResult) String() string {
 func (*CommandResult) ProtoMessage() {}
 
 func (x *CommandResult) ProtoReflect() protoreflect.Message {
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1526,7 +1814,7 @@ func (x *CommandResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandResult.ProtoReflect.Descriptor instead.
 func (*CommandResult) Descriptor() ([]byte, []int) {
-	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{17}
+	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CommandResult) GetSubtaskId() int64 {
@@ -1577,7 +1865,7 @@ type ResultAck struct {
 
 func (x *ResultAck) Reset() {
 	*x = ResultAck{}
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1589,7 +1877,7 @@ func (x *ResultAck) String() string {
 func (*ResultAck) ProtoMessage() {}
 
 func (x *ResultAck) ProtoReflect() protoreflect.Message {
-	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_agentplane_agent_v1_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1602,7 +1890,7 @@ func (x *ResultAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResultAck.ProtoReflect.Descriptor instead.
 func (*ResultAck) Descriptor() ([]byte, []int) {
-	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{18}
+	return file_agentplane_agent_v1_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ResultAck) GetSubtaskId() int64 {
@@ -1639,20 +1927,22 @@ const file_agentplane_agent_v1_agent_proto_rawDesc = "" +
 	"\x17RenewCertificateRequest\x12\x10\n" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\"<\n" +
 	"\x18RenewCertificateResponse\x12 \n" +
-	"\vcertificate\x18\x01 \x01(\fR\vcertificate\"\xc9\x02\n" +
+	"\vcertificate\x18\x01 \x01(\fR\vcertificate\"\x85\x03\n" +
 	"\x0eConnectRequest\x122\n" +
 	"\x05hello\x18\x01 \x01(\v2\x1a.agentplane.agent.v1.HelloH\x00R\x05hello\x12>\n" +
 	"\theartbeat\x18\x02 \x01(\v2\x1e.agentplane.agent.v1.HeartbeatH\x00R\theartbeat\x12B\n" +
 	"\bprogress\x18\x03 \x01(\v2$.agentplane.agent.v1.CommandProgressH\x00R\bprogress\x12<\n" +
 	"\x06result\x18\x04 \x01(\v2\".agentplane.agent.v1.CommandResultH\x00R\x06result\x129\n" +
-	"\x05begin\x18\x05 \x01(\v2!.agentplane.agent.v1.CommandBeginH\x00R\x05beginB\x06\n" +
-	"\x04kind\"\xcd\x02\n" +
+	"\x05begin\x18\x05 \x01(\v2!.agentplane.agent.v1.CommandBeginH\x00R\x05begin\x12:\n" +
+	"\x06answer\x18\x06 \x01(\v2 .agentplane.agent.v1.QueryAnswerH\x00R\x06answerB\x06\n" +
+	"\x04kind\"\x87\x03\n" +
 	"\x0fConnectResponse\x128\n" +
 	"\awelcome\x18\x01 \x01(\v2\x1c.agentplane.agent.v1.WelcomeH\x00R\awelcome\x128\n" +
 	"\acommand\x18\x02 \x01(\v2\x1c.agentplane.agent.v1.CommandH\x00R\acommand\x12<\n" +
 	"\x06cancel\x18\x03 \x01(\v2\".agentplane.agent.v1.CancelCommandH\x00R\x06cancel\x122\n" +
 	"\x03ack\x18\x04 \x01(\v2\x1e.agentplane.agent.v1.ResultAckH\x00R\x03ack\x12L\n" +
-	"\fbegin_answer\x18\x05 \x01(\v2'.agentplane.agent.v1.CommandBeginAnswerH\x00R\vbeginAnswerB\x06\n" +
+	"\fbegin_answer\x18\x05 \x01(\v2'.agentplane.agent.v1.CommandBeginAnswerH\x00R\vbeginAnswer\x128\n" +
+	"\x05query\x18\x06 \x01(\v2 .agentplane.agent.v1.ResultQueryH\x00R\x05queryB\x06\n" +
 	"\x04kind\"\xa2\x02\n" +
 	"\x05Hello\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x17\n" +
@@ -1663,10 +1953,11 @@ const file_agentplane_agent_v1_agent_proto_rawDesc = "" +
 	"machine_id\x18\x05 \x01(\tR\tmachineId\x12%\n" +
 	"\x0eagentd_version\x18\x06 \x01(\tR\ragentdVersion\x12:\n" +
 	"\tprocesses\x18\a \x03(\v2\x1c.agentplane.agent.v1.ProcessR\tprocesses\x12!\n" +
-	"\finstall_home\x18\b \x01(\tR\vinstallHome\"l\n" +
+	"\finstall_home\x18\b \x01(\tR\vinstallHome\"\x82\x01\n" +
 	"\aWelcome\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\x03R\x06hostId\x12H\n" +
-	"\x12heartbeat_interval\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\"|\n" +
+	"\x12heartbeat_interval\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x12\x14\n" +
+	"\x05epoch\x18\x03 \x01(\x03R\x05epoch\"|\n" +
 	"\tHeartbeat\x123\n" +
 	"\asent_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x06sentAt\x12:\n" +
 	"\tprocesses\x18\x02 \x03(\v2\x1c.agentplane.agent.v1.ProcessR\tprocesses\"\xac\x01\n" +
@@ -1677,12 +1968,13 @@ const file_agentplane_agent_v1_agent_proto_rawDesc = "" +
 	"\acmdline\x18\x04 \x01(\tR\acmdline\x12\x12\n" +
 	"\x04user\x18\x05 \x01(\tR\x04user\x12;\n" +
 	"\vcreate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\"\x92\x02\n" +
+	"createTime\"\xa8\x02\n" +
 	"\aCommand\x12\x1d\n" +
 	"\n" +
 	"subtask_id\x18\x01 \x01(\x03R\tsubtaskId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\x05R\aattempt\x123\n" +
-	"\atimeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12E\n" +
+	"\atimeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12\x14\n" +
+	"\x05epoch\x18\x06 \x01(\x03R\x05epoch\x12E\n" +
 	"\n" +
 	"stop_agent\x18\x04 \x01(\v2$.agentplane.agent.v1.StopAgentActionH\x00R\tstopAgent\x12H\n" +
 	"\vstart_agent\x18\x05 \x01(\v2%.agentplane.agent.v1.StartAgentActionH\x00R\n" +
@@ -1690,12 +1982,24 @@ const file_agentplane_agent_v1_agent_proto_rawDesc = "" +
 	"\x06action\"B\n" +
 	"\x0fStopAgentAction\x12/\n" +
 	"\x05grace\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x05grace\"\x12\n" +
-	"\x10StartAgentAction\"`\n" +
+	"\x10StartAgentAction\"v\n" +
 	"\rCancelCommand\x12\x1d\n" +
 	"\n" +
 	"subtask_id\x18\x01 \x01(\x03R\tsubtaskId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\x05R\aattempt\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"G\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x14\n" +
+	"\x05epoch\x18\x04 \x01(\x03R\x05epoch\"\\\n" +
+	"\vResultQuery\x12\x1d\n" +
+	"\n" +
+	"subtask_id\x18\x01 \x01(\x03R\tsubtaskId\x12\x18\n" +
+	"\aattempt\x18\x02 \x01(\x05R\aattempt\x12\x14\n" +
+	"\x05epoch\x18\x03 \x01(\x03R\x05epoch\"\xbb\x01\n" +
+	"\vQueryAnswer\x12\x1d\n" +
+	"\n" +
+	"subtask_id\x18\x01 \x01(\x03R\tsubtaskId\x12\x18\n" +
+	"\aattempt\x18\x02 \x01(\x05R\aattempt\x127\n" +
+	"\x05state\x18\x03 \x01(\x0e2!.agentplane.agent.v1.CommandStateR\x05state\x12:\n" +
+	"\x06result\x18\x04 \x01(\v2\".agentplane.agent.v1.CommandResultR\x06result\"G\n" +
 	"\fCommandBegin\x12\x1d\n" +
 	"\n" +
 	"subtask_id\x18\x01 \x01(\x03R\tsubtaskId\x12\x18\n" +
@@ -1725,7 +2029,13 @@ const file_agentplane_agent_v1_agent_proto_rawDesc = "" +
 	"\tResultAck\x12\x1d\n" +
 	"\n" +
 	"subtask_id\x18\x01 \x01(\x03R\tsubtaskId\x12\x18\n" +
-	"\aattempt\x18\x02 \x01(\x05R\aattempt*\xba\x02\n" +
+	"\aattempt\x18\x02 \x01(\x05R\aattempt*\x9a\x01\n" +
+	"\fCommandState\x12\x1d\n" +
+	"\x19COMMAND_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15COMMAND_STATE_UNKNOWN\x10\x01\x12\x19\n" +
+	"\x15COMMAND_STATE_WAITING\x10\x02\x12\x19\n" +
+	"\x15COMMAND_STATE_RUNNING\x10\x03\x12\x1a\n" +
+	"\x16COMMAND_STATE_FINISHED\x10\x04*\xba\x02\n" +
 	"\x10ProcessEventKind\x12\"\n" +
 	"\x1ePROCESS_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18PROCESS_EVENT_KIND_FOUND\x10\x01\x12#\n" +
@@ -1760,69 +2070,76 @@ func file_agentplane_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_agentplane_agent_v1_agent_proto_rawDescData
 }
 
-var file_agentplane_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_agentplane_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_agentplane_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_agentplane_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_agentplane_agent_v1_agent_proto_goTypes = []any{
-	(ProcessEventKind)(0),            // 0: agentplane.agent.v1.ProcessEventKind
-	(CommandOutcome)(0),              // 1: agentplane.agent.v1.CommandOutcome
-	(*EnrollRequest)(nil),            // 2: agentplane.agent.v1.EnrollRequest
-	(*EnrollResponse)(nil),           // 3: agentplane.agent.v1.EnrollResponse
-	(*RenewCertificateRequest)(nil),  // 4: agentplane.agent.v1.RenewCertificateRequest
-	(*RenewCertificateResponse)(nil), // 5: agentplane.agent.v1.RenewCertificateResponse
-	(*ConnectRequest)(nil),           // 6: agentplane.agent.v1.ConnectRequest
-	(*ConnectResponse)(nil),          // 7: agentplane.agent.v1.ConnectResponse
-	(*Hello)(nil),                    // 8: agentplane.agent.v1.Hello
-	(*Welcome)(nil),                  // 9: agentplane.agent.v1.Welcome
-	(*Heartbeat)(nil),                // 10: agentplane.agent.v1.Heartbeat
-	(*Process)(nil),                  // 11: agentplane.agent.v1.Process
-	(*Command)(nil),                  // 12: agentplane.agent.v1.Command
-	(*StopAgentAction)(nil),          // 13: agentplane.agent.v1.StopAgentAction
-	(*StartAgentAction)(nil),         // 14: agentplane.agent.v1.StartAgentAction
-	(*CancelCommand)(nil),            // 15: agentplane.agent.v1.CancelCommand
-	(*CommandBegin)(nil),             // 16: agentplane.agent.v1.CommandBegin
-	(*CommandBeginAnswer)(nil),       // 17: agentplane.agent.v1.CommandBeginAnswer
-	(*CommandProgress)(nil),          // 18: agentplane.agent.v1.CommandProgress
-	(*CommandResult)(nil),            // 19: agentplane.agent.v1.CommandResult
-	(*ResultAck)(nil),                // 20: agentplane.agent.v1.ResultAck
-	(*durationpb.Duration)(nil),      // 21: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),    // 22: google.protobuf.Timestamp
+	(CommandState)(0),                // 0: agentplane.agent.v1.CommandState
+	(ProcessEventKind)(0),            // 1: agentplane.agent.v1.ProcessEventKind
+	(CommandOutcome)(0),              // 2: agentplane.agent.v1.CommandOutcome
+	(*EnrollRequest)(nil),            // 3: agentplane.agent.v1.EnrollRequest
+	(*EnrollResponse)(nil),           // 4: agentplane.agent.v1.EnrollResponse
+	(*RenewCertificateRequest)(nil),  // 5: agentplane.agent.v1.RenewCertificateRequest
+	(*RenewCertificateResponse)(nil), // 6: agentplane.agent.v1.RenewCertificateResponse
+	(*ConnectRequest)(nil),           // 7: agentplane.agent.v1.ConnectRequest
+	(*ConnectResponse)(nil),          // 8: agentplane.agent.v1.ConnectResponse
+	(*Hello)(nil),                    // 9: agentplane.agent.v1.Hello
+	(*Welcome)(nil),                  // 10: agentplane.agent.v1.Welcome
+	(*Heartbeat)(nil),                // 11: agentplane.agent.v1.Heartbeat
+	(*Process)(nil),                  // 12: agentplane.agent.v1.Process
+	(*Command)(nil),                  // 13: agentplane.agent.v1.Command
+	(*StopAgentAction)(nil),          // 14: agentplane.agent.v1.StopAgentAction
+	(*StartAgentAction)(nil),         // 15: agentplane.agent.v1.StartAgentAction
+	(*CancelCommand)(nil),            // 16: agentplane.agent.v1.CancelCommand
+	(*ResultQuery)(nil),              // 17: agentplane.agent.v1.ResultQuery
+	(*QueryAnswer)(nil),              // 18: agentplane.agent.v1.QueryAnswer
+	(*CommandBegin)(nil),             // 19: agentplane.agent.v1.CommandBegin
+	(*CommandBeginAnswer)(nil),       // 20: agentplane.agent.v1.CommandBeginAnswer
+	(*CommandProgress)(nil),          // 21: agentplane.agent.v1.CommandProgress
+	(*CommandResult)(nil),            // 22: agentplane.agent.v1.CommandResult
+	(*ResultAck)(nil),                // 23: agentplane.agent.v1.ResultAck
+	(*durationpb.Duration)(nil),      // 24: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),    // 25: google.protobuf.Timestamp
 }
 var file_agentplane_agent_v1_agent_proto_depIdxs = []int32{
-	8,  // 0: agentplane.agent.v1.ConnectRequest.hello:type_name -> agentplane.agent.v1.Hello
-	10, // 1: agentplane.agent.v1.ConnectRequest.heartbeat:type_name -> agentplane.agent.v1.Heartbeat
-	18, // 2: agentplane.agent.v1.ConnectRequest.progress:type_name -> agentplane.agent.v1.CommandProgress
-	19, // 3: agentplane.agent.v1.ConnectRequest.result:type_name -> agentplane.agent.v1.CommandResult
-	16, // 4: agentplane.agent.v1.ConnectRequest.begin:type_name -> agentplane.agent.v1.CommandBegin
-	9,  // 5: agentplane.agent.v1.ConnectResponse.welcome:type_name -> agentplane.agent.v1.Welcome
-	12, // 6: agentplane.agent.v1.ConnectResponse.command:type_name -> agentplane.agent.v1.Command
-	15, // 7: agentplane.agent.v1.ConnectResponse.cancel:type_name -> agentplane.agent.v1.CancelCommand
-	20, // 8: agentplane.agent.v1.ConnectResponse.ack:type_name -> agentplane.agent.v1.ResultAck
-	17, // 9: agentplane.agent.v1.ConnectResponse.begin_answer:type_name -> agentplane.agent.v1.CommandBeginAnswer
-	11, // 10: agentplane.agent.v1.Hello.processes:type_name -> agentplane.agent.v1.Process
-	21, // 11: agentplane.agent.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	22, // 12: agentplane.agent.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
-	11, // 13: agentplane.agent.v1.Heartbeat.processes:type_name -> agentplane.agent.v1.Process
-	22, // 14: agentplane.agent.v1.Process.create_time:type_name -> google.protobuf.Timestamp
-	21, // 15: agentplane.agent.v1.Command.timeout:type_name -> google.protobuf.Duration
-	13, // 16: agentplane.agent.v1.Command.stop_agent:type_name -> agentplane.agent.v1.StopAgentAction
-	14, // 17: agentplane.agent.v1.Command.start_agent:type_name -> agentplane.agent.v1.StartAgentAction
-	21, // 18: agentplane.agent.v1.StopAgentAction.grace:type_name -> google.protobuf.Duration
-	22, // 19: agentplane.agent.v1.CommandProgress.time:type_name -> google.protobuf.Timestamp
-	0,  // 20: agentplane.agent.v1.CommandProgress.kind:type_name -> agentplane.agent.v1.ProcessEventKind
-	11, // 21: agentplane.agent.v1.CommandProgress.process:type_name -> agentplane.agent.v1.Process
-	1,  // 22: agentplane.agent.v1.CommandResult.outcome:type_name -> agentplane.agent.v1.CommandOutcome
-	22, // 23: agentplane.agent.v1.CommandResult.finish_time:type_name -> google.protobuf.Timestamp
-	6,  // 24: agentplane.agent.v1.AgentService.Connect:input_type -> agentplane.agent.v1.ConnectRequest
-	2,  // 25: agentplane.agent.v1.AgentService.Enroll:input_type -> agentplane.agent.v1.EnrollRequest
-	4,  // 26: agentplane.agent.v1.AgentService.RenewCertificate:input_type -> agentplane.agent.v1.RenewCertificateRequest
-	7,  // 27: agentplane.agent.v1.AgentService.Connect:output_type -> agentplane.agent.v1.ConnectResponse
-	3,  // 28: agentplane.agent.v1.AgentService.Enroll:output_type -> agentplane.agent.v1.EnrollResponse
-	5,  // 29: agentplane.agent.v1.AgentService.RenewCertificate:output_type -> agentplane.agent.v1.RenewCertificateResponse
-	27, // [27:30] is the sub-list for method output_type
-	24, // [24:27] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	9,  // 0: agentplane.agent.v1.ConnectRequest.hello:type_name -> agentplane.agent.v1.Hello
+	11, // 1: agentplane.agent.v1.ConnectRequest.heartbeat:type_name -> agentplane.agent.v1.Heartbeat
+	21, // 2: agentplane.agent.v1.ConnectRequest.progress:type_name -> agentplane.agent.v1.CommandProgress
+	22, // 3: agentplane.agent.v1.ConnectRequest.result:type_name -> agentplane.agent.v1.CommandResult
+	19, // 4: agentplane.agent.v1.ConnectRequest.begin:type_name -> agentplane.agent.v1.CommandBegin
+	18, // 5: agentplane.agent.v1.ConnectRequest.answer:type_name -> agentplane.agent.v1.QueryAnswer
+	10, // 6: agentplane.agent.v1.ConnectResponse.welcome:type_name -> agentplane.agent.v1.Welcome
+	13, // 7: agentplane.agent.v1.ConnectResponse.command:type_name -> agentplane.agent.v1.Command
+	16, // 8: agentplane.agent.v1.ConnectResponse.cancel:type_name -> agentplane.agent.v1.CancelCommand
+	23, // 9: agentplane.agent.v1.ConnectResponse.ack:type_name -> agentplane.agent.v1.ResultAck
+	20, // 10: agentplane.agent.v1.ConnectResponse.begin_answer:type_name -> agentplane.agent.v1.CommandBeginAnswer
+	17, // 11: agentplane.agent.v1.ConnectResponse.query:type_name -> agentplane.agent.v1.ResultQuery
+	12, // 12: agentplane.agent.v1.Hello.processes:type_name -> agentplane.agent.v1.Process
+	24, // 13: agentplane.agent.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	25, // 14: agentplane.agent.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
+	12, // 15: agentplane.agent.v1.Heartbeat.processes:type_name -> agentplane.agent.v1.Process
+	25, // 16: agentplane.agent.v1.Process.create_time:type_name -> google.protobuf.Timestamp
+	24, // 17: agentplane.agent.v1.Command.timeout:type_name -> google.protobuf.Duration
+	14, // 18: agentplane.agent.v1.Command.stop_agent:type_name -> agentplane.agent.v1.StopAgentAction
+	15, // 19: agentplane.agent.v1.Command.start_agent:type_name -> agentplane.agent.v1.StartAgentAction
+	24, // 20: agentplane.agent.v1.StopAgentAction.grace:type_name -> google.protobuf.Duration
+	0,  // 21: agentplane.agent.v1.QueryAnswer.state:type_name -> agentplane.agent.v1.CommandState
+	22, // 22: agentplane.agent.v1.QueryAnswer.result:type_name -> agentplane.agent.v1.CommandResult
+	25, // 23: agentplane.agent.v1.CommandProgress.time:type_name -> google.protobuf.Timestamp
+	1,  // 24: agentplane.agent.v1.CommandProgress.kind:type_name -> agentplane.agent.v1.ProcessEventKind
+	12, // 25: agentplane.agent.v1.CommandProgress.process:type_name -> agentplane.agent.v1.Process
+	2,  // 26: agentplane.agent.v1.CommandResult.outcome:type_name -> agentplane.agent.v1.CommandOutcome
+	25, // 27: agentplane.agent.v1.CommandResult.finish_time:type_name -> google.protobuf.Timestamp
+	7,  // 28: agentplane.agent.v1.AgentService.Connect:input_type -> agentplane.agent.v1.ConnectRequest
+	3,  // 29: agentplane.agent.v1.AgentService.Enroll:input_type -> agentplane.agent.v1.EnrollRequest
+	5,  // 30: agentplane.agent.v1.AgentService.RenewCertificate:input_type -> agentplane.agent.v1.RenewCertificateRequest
+	8,  // 31: agentplane.agent.v1.AgentService.Connect:output_type -> agentplane.agent.v1.ConnectResponse
+	4,  // 32: agentplane.agent.v1.AgentService.Enroll:output_type -> agentplane.agent.v1.EnrollResponse
+	6,  // 33: agentplane.agent.v1.AgentService.RenewCertificate:output_type -> agentplane.agent.v1.RenewCertificateResponse
+	31, // [31:34] is the sub-list for method output_type
+	28, // [28:31] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_agentplane_agent_v1_agent_proto_init() }
@@ -1836,6 +2153,7 @@ func file_agentplane_agent_v1_agent_proto_init() {
 		(*ConnectRequest_Progress)(nil),
 		(*ConnectRequest_Result)(nil),
 		(*ConnectRequest_Begin)(nil),
+		(*ConnectRequest_Answer)(nil),
 	}
 	file_agentplane_agent_v1_agent_proto_msgTypes[5].OneofWrappers = []any{
 		(*ConnectResponse_Welcome)(nil),
@@ -1843,6 +2161,7 @@ func file_agentplane_agent_v1_agent_proto_init() {
 		(*ConnectResponse_Cancel)(nil),
 		(*ConnectResponse_Ack)(nil),
 		(*ConnectResponse_BeginAnswer)(nil),
+		(*ConnectResponse_Query)(nil),
 	}
 	file_agentplane_agent_v1_agent_proto_msgTypes[10].OneofWrappers = []any{
 		(*Command_StopAgent)(nil),
@@ -1853,8 +2172,8 @@ func file_agentplane_agent_v1_agent_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentplane_agent_v1_agent_proto_rawDesc), len(file_agentplane_agent_v1_agent_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   19,
+			NumEnums:      3,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

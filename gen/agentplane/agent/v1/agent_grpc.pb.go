@@ -36,6 +36,14 @@ type AgentServiceClient interface {
 	// requests, while agentd sends heartbeats, go-ahead requests (CommandBegin,
 	// before it touches the host for a command), progress and results. A
 	// second stream for the same host replaces the first.
+	//
+	// Each stream has an epoch, a fencing token: the server bumps the host's
+	// epoch in its store for every stream it accepts and sends it in the
+	// Welcome and in every Command, CancelCommand and ResultQuery. agentd
+	// remembers the newest epoch it has seen (in its state dir, across its
+	// restarts) and refuses a command, cancel or query whose epoch is older:
+	// it is not run, not journaled and not answered. So a server that no
+	// longer holds the host's newest stream can never touch the host.
 	Connect(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ConnectRequest, ConnectResponse], error)
 	// Enroll exchanges a join token (short-lived, single-use, created by an
 	// admin) and a certificate signing request for a client certificate bound to
@@ -102,6 +110,14 @@ type AgentServiceServer interface {
 	// requests, while agentd sends heartbeats, go-ahead requests (CommandBegin,
 	// before it touches the host for a command), progress and results. A
 	// second stream for the same host replaces the first.
+	//
+	// Each stream has an epoch, a fencing token: the server bumps the host's
+	// epoch in its store for every stream it accepts and sends it in the
+	// Welcome and in every Command, CancelCommand and ResultQuery. agentd
+	// remembers the newest epoch it has seen (in its state dir, across its
+	// restarts) and refuses a command, cancel or query whose epoch is older:
+	// it is not run, not journaled and not answered. So a server that no
+	// longer holds the host's newest stream can never touch the host.
 	Connect(grpc.BidiStreamingServer[ConnectRequest, ConnectResponse]) error
 	// Enroll exchanges a join token (short-lived, single-use, created by an
 	// admin) and a certificate signing request for a client certificate bound to
