@@ -148,9 +148,13 @@ func lockRegistrations(ctx context.Context, q querier, incarnation string) error
 	if n, err := res.RowsAffected(); err != nil || n == 1 {
 		return err
 	}
-	if _, err := q.ExecContext(ctx, `INSERT INTO cluster_settings (name, value) VALUES (?, ?)`, registrationRow, incarnation); err != nil {
+	_, err = q.ExecContext(ctx, `INSERT INTO cluster_settings (name, value) VALUES (?, ?)`, registrationRow, incarnation)
+	if err != nil && !isUniqueViolation(err) {
 		return fmt.Errorf("locking the replicas registry: %w", err)
 	}
+	// A duplicate: the row holds incarnation already (the same process
+	// registers again), which MySQL counts as no row changed; the UPDATE
+	// locked it all the same.
 	return nil
 }
 
