@@ -120,7 +120,7 @@ func TestTaskOwnerSweepClaimsOnlyFromDeadOwners(t *testing.T) {
 	s := ownerStore(t, "a", "b")
 	ofA := createOwned(t, s, task.Owner{Replica: "a", Epoch: 1})
 	ofB := createOwned(t, s, task.Owner{Replica: "b", Epoch: 1})
-	legacy := createOwned(t, s, task.Owner{})                       // made before tasks had owners
+	legacy := createOwned(t, s, task.Owner{})                        // made before tasks had owners
 	gone := createOwned(t, s, task.Owner{Replica: "gone", Epoch: 3}) // its replica deregistered
 	final := createOwned(t, s, task.Owner{Replica: "gone", Epoch: 1})
 	done := *final
