@@ -79,9 +79,9 @@ func (a autocommit) ExecContext(ctx context.Context, query string, args ...any) 
 
 func (a autocommit) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
 	if st := a.c.prepared(ctx, a.db, query); st != nil { //nolint:sqlclosecheck // cached; closed by stmtCache.close when the store closes
-		return st.QueryContext(ctx, args...) //nolint:rowserrcheck // the caller checks, through rows.Err
+		return st.QueryContext(ctx, args...)
 	}
-	return a.db.QueryContext(ctx, query, args...) //nolint:rowserrcheck // the caller checks, through rows.Err
+	return a.db.QueryContext(ctx, query, args...)
 }
 
 func (a autocommit) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
