@@ -30,6 +30,16 @@ type registry struct {
 	db *sql.DB
 }
 
+// twoReplicas opens a store with replicas "a" and "b" live.
+func twoReplicas(t *testing.T) (*store.Store, *registry) {
+	t.Helper()
+	dir := t.TempDir()
+	st, reg := openStore(t, dir), openRegistry(t, dir)
+	reg.beat("a")
+	reg.beat("b")
+	return st, reg
+}
+
 func openRegistry(t *testing.T, dir string) *registry {
 	t.Helper()
 	db, err := sql.Open("sqlite", "file:"+filepath.Join(dir, store.FileName)+"?_pragma=busy_timeout(10000)")
@@ -154,10 +164,7 @@ func receive[T any](t *testing.T, ch <-chan T, what string) T {
 // A task is run by the replica that created it only, while that replica
 // is live, however often the other sweeps.
 func TestOwnerRunsItsTasksAlone(t *testing.T) {
-	dir := t.TempDir()
-	st, reg := openStore(t, dir), openRegistry(t, dir)
-	reg.beat("a")
-	reg.beat("b")
+	st, _ := twoReplicas(t)
 	var rs runs
 	slow := func(ctx context.Context, r task.Run) task.Result {
 		time.Sleep(100 * time.Millisecond) // several of b's sweeps
@@ -187,19 +194,12 @@ func TestOwnerRunsItsTasksAlone(t *testing.T) {
 // the lease) has its task adopted by the other's sweep, which resumes the
 // running attempt (Run.Resumed) and finishes the task, each attempt once.
 func TestSweepAdoptsTheTasksOfADeadReplica(t *testing.T) {
-	dir := t.TempDir()
-	st, reg := openStore(t, dir), openRegistry(t, dir)
-	reg.beat("a")
-	reg.beat("b")
+	st, reg := twoReplicas(t)
 	var rs runs
 	started := make(chan task.Run, 1)
 	onA := map[string]task.Executor{"a": recordOn(&rs, "a", nil), "b": recordOn(&rs, "a", blockUntilDone(started)),
 		"c": recordOn(&rs, "a", nil)}
-	a := serve(task.New(task.Config{Store: st, Executors: onA, Executor: "a", Log: zerolog.Nop(), Holds: agentop.Holds,
-		Replica: "a", SweepInterval: 10 * time.Millisecond}))
-	if err := a.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	a := replicaEngine(t, st, "a", 10*time.Millisecond, nil, onA, nil)
 	logs := &syncLog{}
 	b := replicaEngine(t, st, "b", 20*time.Millisecond, logs, map[string]task.Executor{"a": recordOn(&rs, "b", nil),
 		"b": recordOn(&rs, "b", nil), "c": recordOn(&rs, "b", nil)}, nil)
@@ -228,17 +228,10 @@ func TestSweepAdoptsTheTasksOfADeadReplica(t *testing.T) {
 
 // Adopt claims a replica's tasks at once, its heartbeat still fresh.
 func TestAdoptClaimsAtOnce(t *testing.T) {
-	dir := t.TempDir()
-	st, reg := openStore(t, dir), openRegistry(t, dir)
-	reg.beat("a")
-	reg.beat("b")
+	st, _ := twoReplicas(t)
 	var rs runs
 	started := make(chan task.Run, 1)
-	a := serve(task.New(task.Config{Store: st, Executors: map[string]task.Executor{"a": recordOn(&rs, "a", blockUntilDone(started))},
-		Executor: "a", Log: zerolog.Nop(), Holds: agentop.Holds, Replica: "a"}))
-	if err := a.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	a := replicaEngine(t, st, "a", time.Hour, nil, map[string]task.Executor{"a": recordOn(&rs, "a", blockUntilDone(started))}, nil)
 	b := replicaEngine(t, st, "b", time.Hour, nil, map[string]task.Executor{"a": recordOn(&rs, "b", nil)}, nil)
 	created, err := a.Submit(context.Background(), plan(time.Minute))
 	if err != nil {
@@ -268,10 +261,7 @@ func TestAdoptClaimsAtOnce(t *testing.T) {
 // by another replica stores nothing: its attempt's outcome is dropped,
 // and the agent's result is not acknowledged (AfterCommit).
 func TestPausedOwnerStoresNothing(t *testing.T) {
-	dir := t.TempDir()
-	st, reg := openStore(t, dir), openRegistry(t, dir)
-	reg.beat("a")
-	reg.beat("b")
+	st, _ := twoReplicas(t)
 	var rs runs
 	started, release := make(chan task.Run, 1), make(chan struct{})
 	var acked atomic.Bool
@@ -348,10 +338,7 @@ func (w *wire) set(es ...*engine) {
 // over to b, which applies it; a, told of the change, stops its attempt
 // (cause ErrNotOwner) without storing anything.
 func TestOperationElsewhereHandsTheTaskOver(t *testing.T) {
-	dir := t.TempDir()
-	st, reg := openStore(t, dir), openRegistry(t, dir)
-	reg.beat("a")
-	reg.beat("b")
+	st, _ := twoReplicas(t)
 	var rs runs
 	var w wire
 	startedA, startedB := make(chan task.Run, 1), make(chan task.Run, 1)
@@ -407,10 +394,7 @@ func TestOperationElsewhereHandsTheTaskOver(t *testing.T) {
 // A watcher on b of a task a runs is woken by a's change through Changed,
 // well before its 5 s safety re-read.
 func TestChangedWakesAWatcherOnAnotherReplica(t *testing.T) {
-	dir := t.TempDir()
-	st, reg := openStore(t, dir), openRegistry(t, dir)
-	reg.beat("a")
-	reg.beat("b")
+	st, _ := twoReplicas(t)
 	var w wire
 	started, release := make(chan task.Run, 1), make(chan struct{})
 	wait := func(ctx context.Context, r task.Run) task.Result {
