@@ -276,7 +276,7 @@ func (e *Engine) Submit(ctx context.Context, p Plan) (*Task, error) {
 	// not read it back. (A copy: the caller may keep created.)
 	mu := e.locks.of(created.ID)
 	mu.Lock()
-	e.claimed(created.ID, created.Owner.Epoch)
+	e.created(created.ID, created.Owner.Epoch)
 	if e.mem.kept(created.ID) == nil {
 		kept := cloneTask(created)
 		e.mem.keep(kept, positions(kept))

@@ -51,6 +51,13 @@ func (e *Engine) claim(id int64) (Owner, bool) {
 	return Owner{Replica: e.cfg.Replica, Epoch: epoch}, ok
 }
 
+// created records the claim of task id, created here at epoch.
+func (e *Engine) created(id, epoch int64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.claims[id] = epoch
+}
+
 // claimed records the claim of task id at epoch. The attempts of the task
 // this engine still runs under an earlier claim it lost stop (ErrNotOwner):
 // the task's next step resumes them.
@@ -91,6 +98,7 @@ func (e *Engine) drop(id int64, err error) {
 	stopped := e.stopRunsLocked(id)
 	e.mu.Unlock()
 	e.mem.forget(id)
+	e.mem.notify(id) // its watchers read it from the store
 	if had {
 		e.cfg.Log.Warn().Err(err).Int64("task_id", id).Int("attempts_stopped", stopped).
 			Msg("task taken over by another replica: stopped running it here; the new owner resumes its attempts")
@@ -231,7 +239,6 @@ func (e *Engine) recheck(id int64) {
 	}
 	if t.Owner != owner {
 		e.drop(id, notOwner(id, t.Owner))
-		e.mem.notify(id)
 	}
 }
 
