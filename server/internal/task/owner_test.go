@@ -83,6 +83,20 @@ func (l *syncLog) Write(p []byte) (int, error) {
 	return l.b.Write(p)
 }
 
+// waitLogged waits until l holds s, for 10 s at most.
+func waitLogged(t *testing.T, l *syncLog, s string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for l.count(s) == 0 {
+		if time.Now().After(deadline) {
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			t.Fatalf("not logged %q: %s", s, l.b.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 func (l *syncLog) count(s string) int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -286,13 +300,7 @@ func TestPausedOwnerStoresNothing(t *testing.T) {
 		t.Fatalf("task %+v", got)
 	}
 	close(release)
-	deadline := time.Now().Add(10 * time.Second)
-	for logsA.count("task taken over by another replica") == 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("a never dropped the task: %s", logsA.b.String())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitLogged(t, logsA, "task taken over by another replica")
 	a.Close() // waits for the attempt
 	if acked.Load() {
 		t.Fatal("a acknowledged an outcome it did not store")
@@ -470,5 +478,43 @@ func TestIdleEngineQueriesOncePerSweep(t *testing.T) {
 	time.Sleep(525 * time.Millisecond)
 	if n := c.calls.Load() - base; n < 8 || n > 11 {
 		t.Fatalf("%d queries in 10 sweeps", n)
+	}
+}
+
+// A replica restarted with the same id claims its tasks again at a new
+// epoch: the previous process, paused rather than dead, stores nothing.
+func TestRestartWithTheSameIDFencesThePreviousProcess(t *testing.T) {
+	st, _ := twoReplicas(t)
+	var rs runs
+	started, release := make(chan task.Run, 1), make(chan struct{})
+	var acked atomic.Bool
+	paused := func(ctx context.Context, r task.Run) task.Result {
+		started <- r
+		<-release
+		return task.Result{Message: "late", AfterCommit: func() { acked.Store(true) }}
+	}
+	logs := &syncLog{}
+	old := replicaEngine(t, st, "a", time.Hour, logs, map[string]task.Executor{"a": recordOn(&rs, "old", paused)}, nil)
+	created, err := old.Submit(context.Background(), plan(time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	receive(t, started, "the attempt on the old process")
+	restarted := replicaEngine(t, st, "a", time.Hour, nil, map[string]task.Executor{"a": recordOn(&rs, "new", nil)}, nil)
+	got := waitFinal(t, restarted, created.ID)
+	if got.Status != task.StatusSuccessful || got.Owner != (task.Owner{Replica: "a", Epoch: 2}) || got.Subtasks[0].Message != "on new" {
+		t.Fatalf("task %+v", got)
+	}
+	close(release)
+	waitLogged(t, logs, "task taken over by another replica")
+	old.Close()
+	if acked.Load() {
+		t.Fatal("the old process acknowledged an outcome it did not store")
+	}
+	if runs := rs.String(); runs != "old:a new:a:resumed" {
+		t.Fatalf("runs %q", runs)
+	}
+	if after, _ := st.GetTask(context.Background(), created.ID); after.Subtasks[0].Message != "on new" {
+		t.Fatalf("the old process's outcome was stored: %+v", after.Subtasks[0])
 	}
 }
