@@ -275,40 +275,80 @@ func TestAdoptClaimsAtOnce(t *testing.T) {
 // by another replica stores nothing: its attempt's outcome is dropped,
 // and the agent's result is not acknowledged (AfterCommit).
 func TestPausedOwnerStoresNothing(t *testing.T) {
+	testPausedOwner(t, func(t *testing.T, st task.Store, execs map[string]task.Executor) *engine {
+		b := replicaEngine(t, st, "b", time.Hour, nil, execs, nil)
+		if n, err := b.Adopt(context.Background(), "a"); err != nil || n != 1 {
+			t.Fatalf("Adopt: %d %v", n, err)
+		}
+		return b
+	}, task.Owner{Replica: "b", Epoch: 2})
+}
+
+// A replica restarted with the same id claims its tasks again at a new
+// epoch: the previous process, paused rather than dead, stores nothing.
+func TestRestartWithTheSameIDFencesThePreviousProcess(t *testing.T) {
+	testPausedOwner(t, func(t *testing.T, st task.Store, execs map[string]task.Executor) *engine {
+		return replicaEngine(t, st, "a", time.Hour, nil, execs, nil)
+	}, task.Owner{Replica: "a", Epoch: 2})
+}
+
+// testPausedOwner runs a task on replica "a" whose attempt pauses, has
+// takeOver start the engine that claims it (with execs), and checks that
+// the paused attempt's outcome, reported while the new owner's resumed
+// attempt runs (the task's state unchanged: only the fence refuses it), is
+// neither stored nor acknowledged, and that the new owner finishes the
+// task.
+func testPausedOwner(t *testing.T, takeOver func(t *testing.T, st task.Store, execs map[string]task.Executor) *engine, want task.Owner) {
 	st, _ := twoReplicas(t)
 	var rs runs
 	started, release := make(chan task.Run, 1), make(chan struct{})
 	var acked atomic.Bool
 	paused := func(ctx context.Context, r task.Run) task.Result {
 		started <- r
-		<-release // paused, then resumed: its context never ended
-		return task.Result{Message: "on a, late", AfterCommit: func() { acked.Store(true) }}
+		select { // paused, then resumed: its context never ends (unless the test fails)
+		case <-release:
+		case <-ctx.Done():
+		}
+		return task.Result{Message: "late", AfterCommit: func() { acked.Store(true) }}
 	}
-	logsA := &syncLog{}
-	a := replicaEngine(t, st, "a", time.Hour, logsA, map[string]task.Executor{"a": recordOn(&rs, "a", paused)}, nil)
-	b := replicaEngine(t, st, "b", time.Hour, nil, map[string]task.Executor{"a": recordOn(&rs, "b", nil)}, nil)
-	created, err := a.Submit(context.Background(), plan(time.Minute))
+	logs := &syncLog{}
+	old := replicaEngine(t, st, "a", time.Hour, logs, map[string]task.Executor{"a": recordOn(&rs, "old", paused)}, nil)
+	created, err := old.Submit(context.Background(), plan(time.Minute))
 	if err != nil {
 		t.Fatal(err)
 	}
-	receive(t, started, "the attempt on a")
-	if n, err := b.Adopt(context.Background(), "a"); err != nil || n != 1 {
-		t.Fatalf("Adopt: %d %v", n, err)
-	}
-	got := waitFinal(t, b, created.ID)
-	if got.Status != task.StatusSuccessful || got.Subtasks[0].Message != "on b" {
-		t.Fatalf("task %+v", got)
+	receive(t, started, "the attempt on the old owner")
+	resumed, finish := make(chan task.Run, 1), make(chan struct{})
+	next := takeOver(t, st, map[string]task.Executor{"a": recordOn(&rs, "new", func(ctx context.Context, r task.Run) task.Result {
+		resumed <- r
+		select {
+		case <-finish:
+		case <-ctx.Done():
+		}
+		return task.Result{Message: "on new"}
+	})})
+	if r := receive(t, resumed, "the attempt resumed on the new owner"); !r.Resumed {
+		t.Fatal("the new owner's attempt is not marked resumed")
 	}
 	close(release)
-	waitLogged(t, logsA, "task taken over by another replica")
-	a.Close() // waits for the attempt
+	waitLogged(t, logs, "task taken over by another replica")
+	old.Close() // waits for the attempt
 	if acked.Load() {
-		t.Fatal("a acknowledged an outcome it did not store")
+		t.Fatal("the old owner acknowledged an outcome it did not store")
 	}
-	if after, _ := st.GetTask(context.Background(), created.ID); after.Subtasks[0].Message != "on b" || after.Owner.Epoch != 2 {
-		t.Fatalf("a's late outcome was stored: %+v", after)
+	now, err := st.GetTask(context.Background(), created.ID)
+	if err != nil || now.Owner != want || now.Subtasks[0].Status != task.SubtaskRunning || now.Subtasks[0].Message != "" {
+		t.Fatalf("the old owner's outcome was stored: %+v %v", now, err)
 	}
-	if n := logsA.count("task taken over by another replica"); n != 1 {
+	close(finish)
+	got := waitFinal(t, next, created.ID)
+	if got.Status != task.StatusSuccessful || got.Subtasks[0].Message != "on new" || got.Owner != want {
+		t.Fatalf("task %+v", got)
+	}
+	if runs := rs.String(); runs != "old:a new:a:resumed" {
+		t.Fatalf("runs %q", runs)
+	}
+	if n := logs.count("task taken over by another replica"); n != 1 {
 		t.Fatalf("%d drop log lines", n)
 	}
 }
@@ -407,7 +447,10 @@ func TestChangedWakesAWatcherOnAnotherReplica(t *testing.T) {
 	started, release := make(chan task.Run, 1), make(chan struct{})
 	wait := func(ctx context.Context, r task.Run) task.Result {
 		started <- r
-		<-release
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
 		return task.Result{Message: "done"}
 	}
 	a := replicaEngine(t, st, "a", time.Hour, nil, map[string]task.Executor{"a": execFunc(wait)}, w.from(0))
@@ -478,43 +521,5 @@ func TestIdleEngineQueriesOncePerSweep(t *testing.T) {
 	time.Sleep(525 * time.Millisecond)
 	if n := c.calls.Load() - base; n < 8 || n > 11 {
 		t.Fatalf("%d queries in 10 sweeps", n)
-	}
-}
-
-// A replica restarted with the same id claims its tasks again at a new
-// epoch: the previous process, paused rather than dead, stores nothing.
-func TestRestartWithTheSameIDFencesThePreviousProcess(t *testing.T) {
-	st, _ := twoReplicas(t)
-	var rs runs
-	started, release := make(chan task.Run, 1), make(chan struct{})
-	var acked atomic.Bool
-	paused := func(ctx context.Context, r task.Run) task.Result {
-		started <- r
-		<-release
-		return task.Result{Message: "late", AfterCommit: func() { acked.Store(true) }}
-	}
-	logs := &syncLog{}
-	old := replicaEngine(t, st, "a", time.Hour, logs, map[string]task.Executor{"a": recordOn(&rs, "old", paused)}, nil)
-	created, err := old.Submit(context.Background(), plan(time.Minute))
-	if err != nil {
-		t.Fatal(err)
-	}
-	receive(t, started, "the attempt on the old process")
-	restarted := replicaEngine(t, st, "a", time.Hour, nil, map[string]task.Executor{"a": recordOn(&rs, "new", nil)}, nil)
-	got := waitFinal(t, restarted, created.ID)
-	if got.Status != task.StatusSuccessful || got.Owner != (task.Owner{Replica: "a", Epoch: 2}) || got.Subtasks[0].Message != "on new" {
-		t.Fatalf("task %+v", got)
-	}
-	close(release)
-	waitLogged(t, logs, "task taken over by another replica")
-	old.Close()
-	if acked.Load() {
-		t.Fatal("the old process acknowledged an outcome it did not store")
-	}
-	if runs := rs.String(); runs != "old:a new:a:resumed" {
-		t.Fatalf("runs %q", runs)
-	}
-	if after, _ := st.GetTask(context.Background(), created.ID); after.Subtasks[0].Message != "on new" {
-		t.Fatalf("the old process's outcome was stored: %+v", after.Subtasks[0])
 	}
 }
