@@ -278,7 +278,7 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 	})
 	engine := task.New(task.Config{
 		Store: st, Executors: agentop.Executors(st, agents), Executor: id.executor, Holds: agentop.Holds,
-		Log: log.With().Str("component", "engine").Logger(),
+		Replica: id.id, Lease: c.replicaLease, Log: log.With().Str("component", "engine").Logger(),
 	})
 	if err := engine.Start(ctx); err != nil {
 		return err

@@ -55,8 +55,9 @@ type call struct {
 // host's next connection if it has no session), waits up to CancelWait for
 // the agent's result, and returns the result it got (if any) with ctx's
 // cause. A ctx already done sends the Cancel only, never the command. When
-// ctx ends because the server shuts down (task.ErrShutdown), the agent is
-// left to finish: the next server resumes the wait.
+// ctx ends because the server shuts down (task.ErrShutdown) or another
+// replica took the task over (task.ErrNotOwner), the agent is left to
+// finish: the next server, or the task's new owner, resumes the wait.
 func (f *Fleet) Dispatch(ctx context.Context, hostID int64, cmd Command) (Result, error) {
 	k := key{cmd.SubtaskID, cmd.Attempt}
 	c := &call{hostID: hostID, cmd: cmd, ctx: ctx, result: make(chan Result, 1), asking: cmd.Resumed}
@@ -96,7 +97,7 @@ func (f *Fleet) Dispatch(ctx context.Context, hostID int64, cmd Command) (Result
 		if err == nil && cause == nil {
 			return r, nil
 		}
-		if errors.Is(cause, task.ErrShutdown) {
+		if errors.Is(cause, task.ErrShutdown) || errors.Is(cause, task.ErrNotOwner) {
 			return Result{}, cause
 		}
 		if err != nil {

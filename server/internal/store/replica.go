@@ -18,7 +18,9 @@ import (
 // functions of a querier so that one code path serves SQLite (through the
 // writer) and MySQL.
 //
-// Registrations run one at a time: each first updates the row
+// Several replicas share the store (each task has one owner among them:
+// taskowner.go); a replica registers beside the live ones, which must hold
+// the same shared secrets. Registrations run one at a time: each first updates the row
 // registrationRow of cluster_settings, whose row lock (InnoDB) or the
 // write transaction (SQLite, which has one writer) holds the others back
 // until it commits. (On InnoDB the registration's later reads are
@@ -29,12 +31,11 @@ import (
 const registrationRow = "replicas.registration"
 
 // RegisterReplica registers r, taking over r.ID's row if there is one (a
-// restart). It refuses, with an ErrConflict error naming them, while
-// another replica id is live within lease (on the database's clock), and
-// with a *replica.MismatchError (also ErrConflict) when one of r.Shared
-// differs from the fingerprint the store records while another replica is
-// live. With no other replica live, r.Shared are recorded; replaced names
-// those that differed from the recorded ones.
+// restart), beside the other replicas. It refuses with a
+// *replica.MismatchError (an ErrConflict) when one of r.Shared differs from
+// the fingerprint the store records while another replica is live within
+// lease (on the database's clock). With no other replica live, r.Shared
+// are recorded; replaced names those that differed from the recorded ones.
 //
 // A store whose process holds it alone (SQLite: the data dir's flock)
 // knows the other rows stale, whatever their heartbeats: it removes them,
@@ -49,11 +50,45 @@ func (s *Store) RegisterReplica(ctx context.Context, r replica.Registration, lea
 
 // HeartbeatReplica records a heartbeat of id's incarnation now. It fails
 // with ErrNotFound when id's row is gone, and ErrConflict when another
-// incarnation took it over.
+// incarnation took it over. On MySQL it is one autocommitted statement,
+// kept prepared, beside the writer (an idle replica's heartbeat is one
+// round trip, not a transaction's three); on SQLite it goes through the
+// writer, the one connection that writes.
 func (s *Store) HeartbeatReplica(ctx context.Context, id, incarnation string) error {
+	if s.dialect == dialectMySQL {
+		return classify(heartbeatReplica(ctx, autocommit{s.w, s.astmts}, s.dialect, id, incarnation))
+	}
 	return s.tx(ctx, func(ctx context.Context, tx *wtx) error {
 		return heartbeatReplica(ctx, tx, s.dialect, id, incarnation)
 	})
+}
+
+// autocommit runs each statement by itself on db (MySQL: autocommitted),
+// prepared and kept in c.
+type autocommit struct {
+	db *sql.DB
+	c  *stmtCache
+}
+
+func (a autocommit) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	if st := a.c.prepared(ctx, a.db, query); st != nil { //nolint:sqlclosecheck // cached; closed by stmtCache.close when the store closes
+		return st.ExecContext(ctx, args...)
+	}
+	return a.db.ExecContext(ctx, query, args...)
+}
+
+func (a autocommit) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	if st := a.c.prepared(ctx, a.db, query); st != nil { //nolint:sqlclosecheck // cached; closed by stmtCache.close when the store closes
+		return st.QueryContext(ctx, args...)
+	}
+	return a.db.QueryContext(ctx, query, args...)
+}
+
+func (a autocommit) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
+	if st := a.c.prepared(ctx, a.db, query); st != nil { //nolint:sqlclosecheck // cached; closed by stmtCache.close when the store closes
+		return st.QueryRowContext(ctx, args...)
+	}
+	return a.db.QueryRowContext(ctx, query, args...)
 }
 
 // DeregisterReplica removes id's row if incarnation still holds it.
@@ -93,12 +128,6 @@ func registerReplica(ctx context.Context, q querier, d dialect, r replica.Regist
 	if err != nil {
 		return nil, err
 	}
-	if len(live) > 0 {
-		o := live[0]
-		return nil, fmt.Errorf("replica %q (at %s, version %s, last heartbeat %s ago) is live on this store, and one replica per store "+
-			"is all this version runs: stop it, or, if it is gone, wait for its lease (%s) to pass: %w",
-			o.ID, o.Addr, o.Version, o.Age.Round(time.Millisecond), lease, errs.ErrConflict)
-	}
 	if _, err := q.ExecContext(ctx, `DELETE FROM replicas WHERE id = ?`, r.ID); err != nil {
 		return nil, fmt.Errorf("registering replica %q: %w", r.ID, err)
 	}
@@ -119,9 +148,13 @@ func lockRegistrations(ctx context.Context, q querier, incarnation string) error
 	if n, err := res.RowsAffected(); err != nil || n == 1 {
 		return err
 	}
-	if _, err := q.ExecContext(ctx, `INSERT INTO cluster_settings (name, value) VALUES (?, ?)`, registrationRow, incarnation); err != nil {
+	_, err = q.ExecContext(ctx, `INSERT INTO cluster_settings (name, value) VALUES (?, ?)`, registrationRow, incarnation)
+	if err != nil && !isUniqueViolation(err) {
 		return fmt.Errorf("locking the replicas registry: %w", err)
 	}
+	// A duplicate: the row holds incarnation already (the same process
+	// registers again), which MySQL counts as no row changed; the UPDATE
+	// locked it all the same.
 	return nil
 }
 

@@ -61,6 +61,9 @@ type Store struct {
 	w      *sql.DB
 	r      *rdb
 	wstmts *stmtCache // the writer's prepared statements (stmts.go)
+	// astmts are the prepared statements run autocommitted on w, beside
+	// the writer (MySQL's heartbeat: replica.go).
+	astmts *stmtCache
 	// lock holds an exclusive flock on the data dir (SQLite; nil on
 	// MySQL): two servers running the same tasks would each execute them.
 	// Holding it, the store knows the registry's other replicas stale
@@ -139,7 +142,7 @@ func Open(ctx context.Context, dataDir string, opts ...Option) (s *Store, err er
 // start starts the writer and the maintainer of a store whose schema is up
 // to date.
 func (s *Store) start() {
-	s.wstmts = newStmtCache()
+	s.wstmts, s.astmts = newStmtCache(), newStmtCache()
 	s.writes, s.stop, s.stopped = make(chan *write), make(chan struct{}), make(chan struct{})
 	s.maintained = make(chan struct{})
 	s.health.lastOK = time.Now() // the migration committed
@@ -153,6 +156,7 @@ func (s *Store) Close() error {
 	<-s.stopped
 	<-s.maintained
 	s.wstmts.close()
+	s.astmts.close()
 	s.r.c.close()
 	err := errors.Join(s.r.Close(), s.w.Close())
 	if s.lock != nil {

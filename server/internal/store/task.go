@@ -13,7 +13,7 @@ import (
 	"agentplane/server/internal/task"
 )
 
-// CreateTask stores a new task with its subtasks, taking every resource in
+// CreateTask stores a new task with its subtasks, owned by p.Task.Owner, taking every resource in
 // p.Resources for it (resource.go), all in one transaction. It returns the task
 // with IDs, upstreams and downstreams set. A lock held by another task is an
 // ErrConflict error naming that task; a missing host is ErrNotFound.
@@ -50,9 +50,10 @@ func (s *Store) createTask(ctx context.Context, p task.Plan) (created *task.Task
 			}
 		}
 		res, err := tx.ExecContext(ctx, `INSERT INTO tasks (name, type, operation, status, creator, executor, host_id,
-			task_definition_id, context, start_time, end_time, update_time) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)`,
+			task_definition_id, context, start_time, end_time, update_time, owner_replica, owner_epoch)
+			VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
 			t.Name, t.Type, t.Operation, t.Status, t.Creator, t.Executor, t.HostID, t.TaskDefinitionID,
-			toJSON(t.Context), ms(t.StartTime), ms(t.EndTime), ms(t.StartTime))
+			toJSON(t.Context), ms(t.StartTime), ms(t.EndTime), ms(t.StartTime), t.Owner.Replica, t.Owner.Epoch)
 		if err != nil {
 			return fmt.Errorf("inserting task: %w", err)
 		}

@@ -12,7 +12,8 @@ import (
 	"agentplane/server/internal/task"
 )
 
-const taskCols = `id, name, type, operation, status, creator, executor, host_id, task_definition_id, context, start_time, end_time`
+const taskCols = `id, name, type, operation, status, creator, executor, host_id, task_definition_id, context, start_time, end_time,
+	owner_replica, owner_epoch`
 
 const subtaskCols = `id, task_id, name, description, class_name, node_type, operation, status, series_id, upstreams,
 	downstreams, timeout_s, run_time, parallel_idx, prohibit_rollback, host_id, executor, start_time, end_time, message`
@@ -22,7 +23,7 @@ func scanTask(sc interface{ Scan(...any) error }) (task.Task, error) {
 	var ctxJSON string
 	var start, end int64
 	err := sc.Scan(&t.ID, &t.Name, &t.Type, &t.Operation, &t.Status, &t.Creator, &t.Executor, &t.HostID,
-		&t.TaskDefinitionID, &ctxJSON, &start, &end)
+		&t.TaskDefinitionID, &ctxJSON, &start, &end, &t.Owner.Replica, &t.Owner.Epoch)
 	if err != nil {
 		return t, err
 	}

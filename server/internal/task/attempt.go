@@ -15,6 +15,7 @@ import (
 
 // running is an attempt this engine runs.
 type running struct {
+	taskID  int64
 	attempt int
 	cancel  context.CancelCauseFunc
 }
@@ -37,7 +38,7 @@ type outcome struct {
 func (e *Engine) run(t *Task, started []Subtask) {
 	type attempt struct {
 		ctx     context.Context
-		cancel  context.CancelCauseFunc
+		r       *running
 		st      *Subtask
 		resumed bool
 	}
@@ -52,14 +53,14 @@ func (e *Engine) run(t *Task, started []Subtask) {
 		if !st.Status.active() {
 			continue
 		}
-		r, ok := e.runs[st.ID]
-		if !ok || r.attempt != st.RunTime {
+		r := e.runs[st.ID]
+		if r == nil || r.attempt != st.RunTime {
+			r = &running{taskID: t.ID, attempt: st.RunTime}
 			var ctx context.Context
 			ctx, r.cancel = attemptContext(e.base, st)
-			r.attempt = st.RunTime
 			e.runs[st.ID] = r
 			resumed := !slices.ContainsFunc(started, func(s Subtask) bool { return s.ID == st.ID && s.RunTime == st.RunTime })
-			launch = append(launch, attempt{ctx, r.cancel, st, resumed})
+			launch = append(launch, attempt{ctx, r, st, resumed})
 		}
 		if st.Status == SubtaskCanceling {
 			r.cancel(ErrCanceled)
@@ -68,7 +69,7 @@ func (e *Engine) run(t *Task, started []Subtask) {
 	e.wg.Add(len(launch))
 	e.mu.Unlock()
 	for _, a := range launch {
-		go e.attempt(a.ctx, a.cancel, *t, *a.st, a.resumed)
+		go e.attempt(a.ctx, a.r, *t, *a.st, a.resumed)
 	}
 }
 
@@ -86,21 +87,27 @@ func attemptContext(parent context.Context, st *Subtask) (context.Context, conte
 }
 
 // attempt runs one attempt of st and stores its outcome.
-func (e *Engine) attempt(ctx context.Context, cancel context.CancelCauseFunc, t Task, st Subtask, resumed bool) {
+func (e *Engine) attempt(ctx context.Context, r *running, t Task, st Subtask, resumed bool) {
 	defer e.wg.Done()
 	defer func() {
 		e.mu.Lock()
-		if e.runs[st.ID].attempt == st.RunTime {
+		if e.runs[st.ID] == r {
 			delete(e.runs, st.ID)
 		}
 		e.mu.Unlock()
-		cancel(nil)
+		r.cancel(nil)
 	}()
 	log := e.cfg.Log.With().Int64("task_id", t.ID).Int64("subtask_id", st.ID).Int("attempt", st.RunTime).Logger()
 	log.Debug().Str("subtask", st.Name).Msg("subtask attempt started")
 	res := e.execute(ctx, t, st, resumed)
 	if e.base.Err() != nil {
 		return // shutting down: the next Start resumes this attempt
+	}
+	if errors.Is(context.Cause(ctx), ErrNotOwner) {
+		// The task's new owner resumes this attempt and stores its outcome;
+		// the agent's result is not acknowledged here (AfterCommit).
+		log.Debug().Msg("subtask attempt outcome dropped: the task is owned by another replica")
+		return
 	}
 	if cause := context.Cause(ctx); res.Err != nil && ctx.Err() != nil && !errors.Is(res.Err, cause) {
 		res.Err = fmt.Errorf("%w: %w", cause, res.Err)
@@ -110,13 +117,13 @@ func (e *Engine) attempt(ctx context.Context, cancel context.CancelCauseFunc, t 
 	// is not acknowledged (AfterCommit).
 	o := &outcome{subtaskID: st.ID, runTime: st.RunTime, res: res}
 	err := e.report(t.ID, o)
-	if err != nil && !errors.Is(err, errStale) && e.base.Err() == nil {
+	if err != nil && !errors.Is(err, errStale) && !errors.Is(err, ErrNotOwner) && e.base.Err() == nil {
 		log.Error().Err(err).Msg("storing subtask outcome failed; retrying")
 		err = e.retry(&log, "storing subtask outcome", func() error {
-			if err := e.report(t.ID, o); !errors.Is(err, errStale) {
+			if err := e.report(t.ID, o); !errors.Is(err, errStale) && !errors.Is(err, ErrNotOwner) {
 				return err
 			}
-			return nil // o.err says errStale
+			return nil // o.err says why it was dropped
 		})
 		if err == nil {
 			err = o.err
@@ -125,6 +132,9 @@ func (e *Engine) attempt(ctx context.Context, cancel context.CancelCauseFunc, t 
 	switch {
 	case errors.Is(err, errStale):
 		log.Warn().Msg("subtask attempt outcome dropped: the subtask moved on")
+		return
+	case errors.Is(err, ErrNotOwner):
+		log.Debug().Msg("subtask attempt outcome dropped: the task is owned by another replica")
 		return
 	case err != nil:
 		return // shutting down: the next Start resumes this attempt

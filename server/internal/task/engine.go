@@ -12,6 +12,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"agentplane/server/internal/errs"
+	"agentplane/server/internal/replica"
 )
 
 // Store is what the engine needs from durable storage.
@@ -23,12 +24,25 @@ type Store interface {
 	GetTask(ctx context.Context, id int64) (*Task, error)
 	ListTasks(ctx context.Context, q ListQuery) (Page, error)
 	// UpdateTask stores after over before as a compare-and-swap (ErrChanged
-	// when before is not what is stored), taking the resources in take for
-	// the task (ErrConflict naming the holder), releasing every resource the
-	// task holds when after is final, and appending logs, in one
-	// transaction.
+	// when before is not what is stored), fenced by before.Owner
+	// (ErrNotOwner when the task has another owner or epoch), taking the
+	// resources in take for the task (ErrConflict naming the holder),
+	// releasing every resource the task holds when after is final, and
+	// appending logs, in one transaction.
 	UpdateTask(ctx context.Context, before, after *Task, take []Resource, logs ...SubtaskLogLine) error
-	RunningTaskIDs(ctx context.Context) ([]int64, error)
+	// ClaimTask makes replica the owner of task id, one epoch past from,
+	// as a compare-and-swap from from (ErrChanged when the task has
+	// another owner or epoch). With deadAfter > 0 the claim is taken only
+	// while from.Replica is "" or not live: no heartbeat within deadAfter
+	// on the database's clock (the replicas registry).
+	ClaimTask(ctx context.Context, id int64, from Owner, replica string, deadAfter time.Duration) (Owner, error)
+	// OwnedTasks returns the tasks that are not final and owned by
+	// replica, oldest first.
+	OwnedTasks(ctx context.Context, replica string) ([]OwnedTask, error)
+	// OrphanedTasks returns up to limit tasks that are not final and whose
+	// owner is neither replica nor live (as ClaimTask's deadAfter), oldest
+	// first: one indexed query.
+	OrphanedTasks(ctx context.Context, replica string, deadAfter time.Duration, limit int) ([]OwnedTask, error)
 	// AppendSubtaskLogs appends lines to their subtasks' logs, in order.
 	AppendSubtaskLogs(ctx context.Context, lines []SubtaskLogLine) error
 	// SubtaskLog returns up to limit lines of a subtask's log after
@@ -85,6 +99,20 @@ type Config struct {
 	// Holds names the resources a subtask holds while it runs (nil: none):
 	// what a task takes again when an operator reopens it (see Resource).
 	Holds func(st *Subtask) []Resource
+
+	// Replica is this server's replica id (package replica): the owner of
+	// the tasks it creates and claims (owner.go).
+	Replica string
+	// Lease: a replica whose last heartbeat is older is dead, and the
+	// sweep adopts its tasks; default replica.DefaultLease.
+	Lease time.Duration
+	// SweepInterval is the time between two sweeps for the tasks of dead
+	// replicas; default DefaultSweepInterval.
+	SweepInterval time.Duration
+	// OnChange, if set, is called with the ids of tasks after their
+	// changes are stored (in batches, from one goroutine: the engine never
+	// waits on it), for the replicas that watch them (see Changed).
+	OnChange func(ids []int64)
 }
 
 // Engine runs tasks: event-driven, a subtask starts as soon as its upstreams
@@ -95,7 +123,9 @@ type Config struct {
 // memory.go. The operations users call (get, list, watch, retry, ...) are
 // the Service's, over it.
 //
-// The engine is the only writer of tasks. Between steps it keeps each task
+// Several replicas' engines may share a store: each task is run, and
+// written, by one of them, its owner (owner.go, sweep.go). The owner's
+// engine is the only writer of the task. Between steps it keeps each task
 // that is not final (or is watched) as it last stored it (held.stored), so
 // a step reads nothing, and a watcher reads the same. Attempts that finish together are
 // stored together: each queues its outcome on its task, and one goroutine
@@ -110,8 +140,12 @@ type Engine struct {
 	cancel context.CancelCauseFunc
 	wg     sync.WaitGroup
 
-	mu   sync.Mutex
-	runs map[int64]running // running attempts, by subtask id (under mu)
+	mu     sync.Mutex
+	runs   map[int64]*running // running attempts, by subtask id (under mu)
+	claims map[int64]int64    // epochs of the tasks this engine owns, by task id (under mu; owner.go)
+	sweep  sync.Once          // starts the sweep (Start)
+
+	changes changes // ids waiting for OnChange
 
 	mem memory // tasks kept between steps, outcomes queued, watchers
 
@@ -129,37 +163,59 @@ func New(cfg Config) *Engine {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.Lease <= 0 {
+		cfg.Lease = replica.DefaultLease
+	}
+	if cfg.SweepInterval <= 0 {
+		cfg.SweepInterval = DefaultSweepInterval
+	}
 	base, cancel := context.WithCancelCause(context.Background())
 	e := &Engine{
 		cfg:    cfg,
 		base:   base,
 		cancel: cancel,
-		runs:   map[int64]running{},
+		runs:   map[int64]*running{},
+		claims: map[int64]int64{},
 		mem:    memory{watchers: map[int64]map[chan struct{}]struct{}{}, tasks: map[int64]*held{}},
 	}
 	e.logs = &LogWriter{ctx: base, store: cfg.Store}
+	if cfg.OnChange != nil {
+		e.changes.wake = make(chan struct{}, 1)
+		e.wg.Add(1)
+		go e.notifier()
+	}
 	return e
 }
 
-// Start resumes every task that is not final: running attempts are run again
-// with the same attempt number and the time they have left.
+// Start resumes the tasks this replica owns that are not final (a restart
+// with the same replica id), claiming each again (a new epoch: a previous
+// process with this id, paused, can write none of them), then adopts the
+// tasks of dead replicas (and those with no owner) in a first sweep, and
+// sweeps every SweepInterval until Close (sweep.go). Running attempts are
+// run again with the same attempt number and the time they have left.
 func (e *Engine) Start(ctx context.Context) error {
-	ids, err := e.cfg.Store.RunningTaskIDs(ctx)
+	owned, err := e.cfg.Store.OwnedTasks(ctx, e.cfg.Replica)
 	if err != nil {
 		return fmt.Errorf("resuming tasks: %w", err)
 	}
-	for _, id := range ids {
-		e.cfg.Log.Info().Int64("task_id", id).Msg("resuming task")
-		if _, err := e.step(ctx, id, nil); err != nil {
-			e.settle(id, "resuming task", err)
-		}
+	for _, o := range owned {
+		e.cfg.Log.Info().Int64("task_id", o.ID).Msg("resuming task")
+		e.adopt(ctx, o, 0)
 	}
+	if _, err := e.sweepOnce(ctx); err != nil {
+		return fmt.Errorf("adopting the tasks of dead replicas: %w", err)
+	}
+	e.sweep.Do(func() {
+		e.wg.Add(1)
+		go e.sweeper()
+	})
 	return nil
 }
 
 // Close stops every running attempt and waits for them to return, and ends
 // every WatchTask with ErrUnavailable. The attempts' subtasks stay RUNNING in
-// the store, to be resumed by the next Start. Close is idempotent.
+// the store, to be resumed by the next Start (or adopted by another
+// replica). Close is idempotent.
 func (e *Engine) Close() {
 	e.cancel(ErrShutdown)
 	e.wg.Wait()
@@ -177,6 +233,7 @@ func (e *Engine) Submit(ctx context.Context, p Plan) (*Task, error) {
 	t := &p.Task
 	t.Subtasks = slices.Clone(t.Subtasks) // the caller's plan stays as it was
 	t.Status, t.StartTime, t.Executor = StatusRunning, now, e.cfg.Executor
+	t.Owner = Owner{Replica: e.cfg.Replica, Epoch: 1}
 	if t.Operation == "" {
 		t.Operation = OpExecute
 	}
@@ -219,6 +276,7 @@ func (e *Engine) Submit(ctx context.Context, p Plan) (*Task, error) {
 	// not read it back. (A copy: the caller may keep created.)
 	mu := e.locks.of(created.ID)
 	mu.Lock()
+	e.created(created.ID, created.Owner.Epoch)
 	if e.mem.kept(created.ID) == nil {
 		kept := cloneTask(created)
 		e.mem.keep(kept, positions(kept))
@@ -240,14 +298,19 @@ func (e *Engine) Submit(ctx context.Context, p Plan) (*Task, error) {
 // the engine closes (the next Start resumes the task): a task whose step
 // was not stored would otherwise wait for nothing, holding its resources.
 func (e *Engine) settle(id int64, what string, err error) {
+	if errors.Is(err, ErrNotOwner) {
+		return // dropped (drop logged it): the owner runs it
+	}
 	log := e.cfg.Log.With().Int64("task_id", id).Logger()
 	log.Error().Err(err).Msg(what + " failed; retrying")
 	e.wg.Add(1)
 	go func() {
 		defer e.wg.Done()
 		_ = e.retry(&log, what, func() error {
-			_, err := e.step(e.base, id, nil)
-			return err
+			if _, err := e.step(e.base, id, nil); !errors.Is(err, ErrNotOwner) {
+				return err
+			}
+			return nil // dropped: the owner runs it
 		})
 	}()
 }
@@ -319,22 +382,21 @@ func (e *Engine) stepLocked(ctx context.Context, id int64, mutate mutation) (*Ta
 			}
 		}
 		started := startRunnable(after, pos, e.cfg.Executor, e.now())
-		if !sameTask(before, after) {
-			var take []Resource
-			if before.Status.Final() && !after.Status.Final() {
-				take = retaken(after, e.cfg.Holds)
+		owner, owned := e.claim(id)
+		wrote := !sameTask(before, after)
+		if wrote {
+			// Only this engine's claim writes the task (owner.go).
+			if !owned || before.Owner != owner {
+				err = notOwner(id, before.Owner)
+			} else {
+				err = e.cfg.Store.UpdateTask(ctx, before, after, e.taken(before, after), e.headers(started)...)
 			}
-			// Each attempt started gets its log's header in the same
-			// transaction: it is there once the attempt runs.
-			headers := make([]SubtaskLogLine, len(started))
-			for i, st := range started {
-				headers[i] = SubtaskLogLine{SubtaskID: st.ID,
-					LogLine: LogLine{RunTime: st.RunTime, Time: st.StartTime, Line: logHeader(st.Operation, st.StartTime), Header: true}}
-			}
-			err = e.cfg.Store.UpdateTask(ctx, before, after, take, headers...)
 		}
 		if err != nil {
 			e.mem.forget(id) // what is stored is no longer sure
+			if errors.Is(err, ErrNotOwner) {
+				e.drop(id, err)
+			}
 			if errors.Is(err, ErrChanged) && try < 5 {
 				continue
 			}
@@ -342,9 +404,37 @@ func (e *Engine) stepLocked(ctx context.Context, id int64, mutate mutation) (*Ta
 		}
 		e.mem.keep(after, pos)
 		e.mem.notify(id)
-		e.run(after, started)
+		if wrote {
+			e.changes.add(id)
+		}
+		if owned {
+			e.run(after, started)
+			if after.Status.Final() {
+				e.unclaim(id) // nothing runs: an operation claims it again
+			}
+		}
 		return after, nil
 	}
+}
+
+// taken is what a step from before to after takes (see Store.UpdateTask):
+// the resources of a task an operator reopens.
+func (e *Engine) taken(before, after *Task) []Resource {
+	if before.Status.Final() && !after.Status.Final() {
+		return retaken(after, e.cfg.Holds)
+	}
+	return nil
+}
+
+// headers are the log headers of the attempts a step started, stored in
+// its transaction: each is there once its attempt runs.
+func (e *Engine) headers(started []Subtask) []SubtaskLogLine {
+	headers := make([]SubtaskLogLine, len(started))
+	for i, st := range started {
+		headers[i] = SubtaskLogLine{SubtaskID: st.ID,
+			LogLine: LogLine{RunTime: st.RunTime, Time: st.StartTime, Line: logHeader(st.Operation, st.StartTime), Header: true}}
+	}
+	return headers
 }
 
 // loggerOf is the request's logger (with its trace id) when ctx has one,

@@ -170,8 +170,14 @@ func (m *memory) watch(id int64) (ch chan struct{}, stop func()) {
 	}
 }
 
+// watchRefresh is how often a watch reads its task again without being
+// woken: a task another replica runs changes there, and the wake-up comes
+// through Changed, unless the routing layer lost it.
+const watchRefresh = 5 * time.Second
+
 // watch calls send with the task now and after every change, and returns
 // nil once it has sent the task in a final status (see Service.WatchTask).
+// The task is the one this engine keeps when it runs it, else the store's.
 func (e *Engine) watch(ctx context.Context, id int64, send func(*Task) error) error {
 	ch, stop := e.mem.watch(id)
 	defer stop()
@@ -193,12 +199,17 @@ func (e *Engine) watch(ctx context.Context, id int64, send func(*Task) error) er
 		}
 		ended := time.Now()
 		cost := ended.Sub(began)
+		refresh := time.NewTimer(watchRefresh)
 		select {
 		case <-ctx.Done():
+			refresh.Stop()
 			return ctx.Err()
 		case <-e.base.Done():
+			refresh.Stop()
 			return fmt.Errorf("watching task %d: server shutting down: %w", id, errs.ErrUnavailable)
 		case <-ch:
+			refresh.Stop()
+		case <-refresh.C:
 		}
 		if wait := cost - time.Since(ended); wait > 0 {
 			timer := time.NewTimer(wait)

@@ -14,6 +14,18 @@ import (
 // and returns the task as stored after it. A transition the state does not
 // allow fails with ErrFailedPrecondition naming the task, the operation and
 // the state.
+//
+// Any replica serves any operation on any task: the replica that receives
+// one for a task another replica owns (live or dead) first claims the task
+// (a hand-over: its epoch goes up, so the old owner's next write fails and
+// it drops the task, or sooner when the routing layer's broadcast reaches
+// it, see Engine.Changed), then applies the operation and runs the task
+// from then on, resuming its running attempts (Run.Resumed). An operation
+// the task's state refuses claims nothing. (Rejected: forwarding the
+// operation to the owner. It needs the owner reachable and live, a second
+// path for a dead one, and a wait on another process inside the request;
+// the claim is one compare-and-swap in the store every replica shares,
+// whatever became of the owner.)
 
 // RetryTask re-runs the failed subtasks of a FAILED task.
 func (s *Service) RetryTask(ctx context.Context, id int64) (*Task, error) {
@@ -73,7 +85,7 @@ func (s *Service) operate(ctx context.Context, id, subtaskID int64, mutate func(
 	if err := s.e.base.Err(); err != nil {
 		return nil, fmt.Errorf("task %d: server shutting down: %w", id, errs.ErrUnavailable)
 	}
-	t, err := s.e.step(ctx, id, func(t *Task, _ map[int64]int) error { return mutate(t) })
+	t, err := s.e.operate(ctx, id, func(t *Task, _ map[int64]int) error { return mutate(t) })
 	if err != nil {
 		return nil, err
 	}
@@ -88,4 +100,16 @@ func (s *Service) operate(ctx context.Context, id, subtaskID int64, mutate func(
 	loggerOf(ctx, &s.e.cfg.Log).Info().Int64("task_id", id).Int64("subtask_id", subtaskID).Str("user", p.Username).
 		Str("operation", string(t.Operation)).Msg("task operation")
 	return t, nil
+}
+
+// operate claims task id if this engine does not own it (handOver), then
+// applies mutate in one step.
+func (e *Engine) operate(ctx context.Context, id int64, mutate mutation) (*Task, error) {
+	mu := e.locks.of(id)
+	mu.Lock()
+	defer mu.Unlock()
+	if err := e.handOver(ctx, id, mutate); err != nil {
+		return nil, err
+	}
+	return e.stepLocked(ctx, id, mutate)
 }

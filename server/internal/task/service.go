@@ -58,7 +58,10 @@ func (s *Service) ListTasks(ctx context.Context, q ListQuery) (Page, error) {
 // send's error or ctx's. send must not modify the task. Changes that follow
 // each other faster than a refresh (reading, comparing and sending the
 // task) costs are sent together: a watcher of a big task that changes
-// thousands of times spends at most about half its time refreshing. Needs
+// thousands of times spends at most about half its time refreshing. It
+// follows a task on any replica: one another replica runs is read from the
+// store each time that replica's change reaches this one (Engine.Changed),
+// and every 5 s while it is not final, should one be lost. Needs
 // TASK_VIEWER.
 func (s *Service) WatchTask(ctx context.Context, id int64, send func(*Task) error) error {
 	if err := auth.Require(ctx, auth.RoleTaskViewer); err != nil {

@@ -1,7 +1,8 @@
 // Package task owns asynchronous DAG tasks: their model (task.go), the state
 // machine of tasks and subtasks (OCP's semantics, machine.go), the resources
 // a task holds while it runs (resource.go), the event-driven Engine that runs
-// them (engine.go, attempt.go, memory.go), the Service of the operations
+// them (engine.go, attempt.go, memory.go; which replica runs which task:
+// owner.go, sweep.go), the Service of the operations
 // users call on them (service.go, ops.go), and the LogWriter that batches
 // subtask log lines (logwriter.go). The plans of particular tasks live with
 // their executors (agentop). It knows nothing of protobuf or HTTP.
@@ -91,6 +92,24 @@ type Task struct {
 	TaskDefinitionID int64
 	Context          Context
 	Subtasks         []Subtask // in execution (topological) order
+	// Owner is the replica that runs the task, and the epoch of its claim
+	// (see owner.go): only that claim's writes are stored.
+	Owner Owner
+}
+
+// Owner is a task's owner: the id of the replica that runs it (the
+// registry's, see package replica; "" for a task made before tasks had
+// owners, or by a server without an id) and Epoch, a fencing token that
+// each claim of the task raises by one (1 at creation).
+type Owner struct {
+	Replica string
+	Epoch   int64
+}
+
+// OwnedTask is a task's id and its owner, as a claim starts from.
+type OwnedTask struct {
+	ID    int64
+	Owner Owner
 }
 
 // Subtask is one node of a task's DAG.
