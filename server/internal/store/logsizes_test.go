@@ -24,11 +24,11 @@ import (
 // logTestLimits are small, so that a few dozen lines cross them.
 var logTestLimits = LogLimits{MaxBytes: 4 << 10, MaxLines: 40}
 
-// openLogTest opens the store of dir with logTestLimits and stores a task
-// with two subtasks, whose ids it returns.
-func openLogTest(t *testing.T, dir string) (*Store, int64, int64) {
+// openLogTest opens the store of dir (openLogStore) and stores a task with
+// two subtasks, whose ids it returns.
+func openLogTest(t *testing.T, dir string, bulk int) (*Store, int64, int64) {
 	t.Helper()
-	s := openLogStore(t, dir)
+	s := openLogStore(t, dir, bulk)
 	ctx := context.Background()
 	h, err := s.RegisterHost(ctx, host.Host{Name: "h1"}, time.Now())
 	if err != nil {
@@ -50,12 +50,15 @@ func openLogTest(t *testing.T, dir string) (*Store, int64, int64) {
 	return s, tk.Subtasks[0].ID, tk.Subtasks[1].ID
 }
 
-func openLogStore(t *testing.T, dir string) *Store {
+// openLogStore opens the store of dir with logTestLimits, and its logs'
+// counters written in bulk from bulk logs on (0: bulkLogs).
+func openLogStore(t *testing.T, dir string, bulk int) *Store {
 	t.Helper()
 	s, err := OpenTest(t, dir, WithLogLimits(logTestLimits))
 	if err != nil {
 		t.Fatal(err)
 	}
+	s.logBulk = bulk
 	t.Cleanup(func() { s.Close() })
 	return s
 }
@@ -159,8 +162,10 @@ func checkLog(t *testing.T, s *Store, f *logFeed) {
 // TestLogCountersAfterAFailedWrite: a write that appends to a log and then
 // fails leaves neither its lines nor its counts, alone or in a group commit
 // with other writes (which commit), and the log goes on within its limits.
-func TestLogCountersAfterAFailedWrite(t *testing.T) {
-	s, id, other := openLogTest(t, t.TempDir())
+func TestLogCountersAfterAFailedWrite(t *testing.T) { bothPaths(t, testLogCountersAfterAFailedWrite) }
+
+func testLogCountersAfterAFailedWrite(t *testing.T, bulk int) {
+	s, id, other := openLogTest(t, t.TempDir(), bulk)
 	f, g := &logFeed{id: id}, &logFeed{id: other}
 	f.append(t, s, 5, true)
 	g.append(t, s, 5, true)
@@ -187,6 +192,13 @@ func TestLogCountersAfterAFailedWrite(t *testing.T) {
 	}
 }
 
+// bothPaths runs test with the logs' counters written one by one (bulk
+// never) and in bulk (always).
+func bothPaths(t *testing.T, test func(t *testing.T, bulk int)) {
+	t.Run("rows", func(t *testing.T) { test(t, 1<<30) })
+	t.Run("bulk", func(t *testing.T) { test(t, 1) })
+}
+
 // commitGroup commits writes as one group, as the writer would (which
 // waits meanwhile: no write comes), and returns their outcomes.
 func commitGroup(s *Store, fns ...func(context.Context, *wtx) error) []error {
@@ -206,7 +218,11 @@ func commitGroup(s *Store, fns ...func(context.Context, *wtx) error) []error {
 // (a lost lock: the writer runs it again, then gives up) undoes the counts
 // with the lines, and the writes it ran again count their lines once.
 func TestLogCountersAfterAFailedGroupCommit(t *testing.T) {
-	s, id, _ := openLogTest(t, t.TempDir())
+	bothPaths(t, testLogCountersAfterAFailedGroupCommit)
+}
+
+func testLogCountersAfterAFailedGroupCommit(t *testing.T, bulk int) {
+	s, id, _ := openLogTest(t, t.TempDir(), bulk)
 	f := &logFeed{id: id}
 	f.append(t, s, 5, true)
 	deadlock := &mysql.MySQLError{Number: erLockDeadlock, Message: "deadlock on purpose"}
@@ -244,9 +260,11 @@ func TestLogCountersAfterAFailedGroupCommit(t *testing.T) {
 
 // TestLogCountersAfterARestart: a reopened store goes on counting and
 // trimming the logs where the one before left them.
-func TestLogCountersAfterARestart(t *testing.T) {
+func TestLogCountersAfterARestart(t *testing.T) { bothPaths(t, testLogCountersAfterARestart) }
+
+func testLogCountersAfterARestart(t *testing.T, bulk int) {
 	dir := t.TempDir()
-	s, id, _ := openLogTest(t, dir)
+	s, id, _ := openLogTest(t, dir, bulk)
 	f := &logFeed{id: id}
 	for i := range 8 {
 		f.append(t, s, 9, i%3 == 0)
@@ -254,7 +272,7 @@ func TestLogCountersAfterARestart(t *testing.T) {
 		if err := s.Close(); err != nil {
 			t.Fatal(err)
 		}
-		s = openLogStore(t, dir)
+		s = openLogStore(t, dir, bulk)
 		checkLog(t, s, f)
 	}
 }
@@ -263,12 +281,14 @@ func TestLogCountersAfterARestart(t *testing.T) {
 // servers; on SQLite, where one process holds the data dir, the same store)
 // appending in turn to the same log, as a task's new owner after a failover
 // would, keep its counters and its bounds.
-func TestLogCountersWithAnotherWriter(t *testing.T) {
+func TestLogCountersWithAnotherWriter(t *testing.T) { bothPaths(t, testLogCountersWithAnotherWriter) }
+
+func testLogCountersWithAnotherWriter(t *testing.T, bulk int) {
 	dir := t.TempDir()
-	a, id, _ := openLogTest(t, dir)
+	a, id, _ := openLogTest(t, dir, bulk)
 	b := a
 	if OnMySQLForTest() {
-		b = openLogStore(t, dir)
+		b = openLogStore(t, dir, bulk)
 	}
 	f := &logFeed{id: id}
 	f.append(t, a, 1, true)
@@ -291,7 +311,7 @@ func TestLogCountersWithAnotherWriter(t *testing.T) {
 func TestLogAppendStatements(t *testing.T) {
 	var mu sync.Mutex
 	var seen []string
-	s, id, other := openLogTest(t, t.TempDir())
+	s, id, other := openLogTest(t, t.TempDir(), 0)
 	s.wstmts.mu.Lock()
 	s.wstmts.seen = func(q string) { mu.Lock(); seen = append(seen, q); mu.Unlock() }
 	s.wstmts.mu.Unlock()
@@ -331,5 +351,62 @@ func TestLogAppendStatements(t *testing.T) {
 	defer mu.Unlock()
 	if len(seen) != 3 {
 		t.Fatalf("a batch for two logs: %d statements, want 3:\n%s", len(seen), strings.Join(seen, "\n"))
+	}
+	// In bulk: the INSERT, the counters read, deleted and inserted again.
+	seen = nil
+	s.logBulk = 2
+	mu.Unlock()
+	if err := s.AppendSubtaskLogs(context.Background(), append(f.batch(2, false), g.batch(2, false)...)); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	if len(seen) != 4 {
+		t.Fatalf("a batch for two logs in bulk: %d statements, want 4:\n%s", len(seen), strings.Join(seen, "\n"))
+	}
+}
+
+// BenchmarkAppendLogs appends a line to each of k logs in one write, their
+// counters updated one by one (rows) or in bulk.
+func BenchmarkAppendLogs(b *testing.B) {
+	ctx := context.Background()
+	s, err := OpenTest(b, b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	h, err := s.RegisterHost(ctx, host.Host{Name: "h1"}, time.Now())
+	if err != nil {
+		b.Fatal(err)
+	}
+	p := task.Plan{Task: task.Task{Name: "t", Type: task.TypeManual, Operation: task.OpExecute, Status: task.StatusRunning,
+		Creator: "admin", HostID: h.ID, TaskDefinitionID: -1, StartTime: time.Now(),
+		Context: task.Context{ListMap: map[string][]string{}, StringMap: map[string]string{}, ParallelIdx: -1}}}
+	for range 64 {
+		p.Task.Subtasks = append(p.Task.Subtasks, task.Subtask{Name: "s", ClassName: "a", Operation: task.OpExecute,
+			Status: task.SubtaskReady, Timeout: time.Minute, RunTime: 1, HostID: h.ID})
+	}
+	tk, _, err := s.CreateTask(ctx, p)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, k := range []int{1, 2, 4, 8, 16, 64} {
+		for _, mode := range []struct {
+			name string
+			bulk int
+		}{{"rows", 1 << 30}, {"bulk", 1}} {
+			b.Run(fmt.Sprintf("%s/%d", mode.name, k), func(b *testing.B) {
+				s.logBulk = mode.bulk
+				var lines []task.SubtaskLogLine
+				for _, st := range tk.Subtasks[:k] {
+					lines = append(lines, task.SubtaskLogLine{SubtaskID: st.ID, LogLine: task.LogLine{RunTime: 1, Time: time.Now(),
+						Line: "an agent's line of about sixty bytes, as the bench's are"}})
+				}
+				for b.Loop() {
+					if err := s.AppendSubtaskLogs(ctx, lines); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
 	}
 }
