@@ -55,8 +55,8 @@ const (
 	setLogSize = "UPDATE subtask_log_sizes SET `lines` = ?, bytes = ?, dropped_lines = ?, dropped_bytes = ?\n" +
 		"\tWHERE subtask_id = ?"
 	insertLogSizes = "INSERT INTO subtask_log_sizes (subtask_id, `lines`, bytes, dropped_lines, dropped_bytes) VALUES (?,?,?,?,?)"
-	deleteLogSizes = "DELETE FROM subtask_log_sizes WHERE subtask_id IN (?"
-	readLogSizes   = "SELECT subtask_id, `lines`, bytes, dropped_lines, dropped_bytes FROM subtask_log_sizes WHERE subtask_id IN (?"
+	deleteLogSizes = "DELETE FROM subtask_log_sizes WHERE subtask_id IN ("
+	readLogSizes   = "SELECT subtask_id, `lines`, bytes, dropped_lines, dropped_bytes FROM subtask_log_sizes WHERE subtask_id IN ("
 )
 
 func (s *Store) appendSubtaskLogs(ctx context.Context, tx *wtx, lines []task.SubtaskLogLine) error {
@@ -136,8 +136,8 @@ func (s *Store) countLogs(ctx context.Context, tx *wtx, ids []int64, added map[i
 		}
 	}
 	bulk := len(ids) >= s.bulkLogs()
-	var stored []any // the logs whose rows are deleted (bulk)
-	var rows []any   // the rows inserted
+	var stored []int64 // the logs whose rows are deleted (bulk)
+	var rows []any     // the rows inserted
 	for _, id := range ids {
 		sz, a := sizes[id], added[id]
 		sz.lines += a.lines
@@ -160,7 +160,8 @@ func (s *Store) countLogs(ctx context.Context, tx *wtx, ids []int64, added map[i
 	}
 	for lo := 0; lo < len(stored); lo += rowsPerInsert {
 		chunk := stored[lo:min(lo+rowsPerInsert, len(stored))]
-		if _, err := tx.ExecContext(ctx, deleteLogSizes+strings.Repeat(",?", len(chunk)-1)+")", chunk...); err != nil {
+		in, args := inList(chunk)
+		if _, err := tx.ExecContext(ctx, deleteLogSizes+in+")", args...); err != nil {
 			return fmt.Errorf("counting the logs of %d subtasks: %w", len(chunk), err)
 		}
 	}
@@ -180,13 +181,10 @@ func (s *Store) countLogs(ctx context.Context, tx *wtx, ids []int64, added map[i
 // appending the first lines of one log at once would both find no row: the
 // second's INSERT fails as a unique key taken, and its append with it.
 func (s *Store) readLogSizes(ctx context.Context, tx *wtx, ids []int64, sizes map[int64]logSize) error {
-	q := readLogSizes + strings.Repeat(",?", len(ids)-1) + ")"
+	in, args := inList(ids)
+	q := readLogSizes + in + ")"
 	if s.dialect == dialectMySQL {
 		q += " FOR UPDATE"
-	}
-	args := make([]any, len(ids))
-	for i, id := range ids {
-		args[i] = id
 	}
 	rows, err := tx.QueryContext(ctx, q, args...)
 	if err != nil {
@@ -202,4 +200,19 @@ func (s *Store) readLogSizes(ctx context.Context, tx *wtx, ids []int64, sizes ma
 		sizes[id] = sz
 	}
 	return rows.Err()
+}
+
+// inList is the placeholders and the arguments of an IN list of ids, padded
+// with the last id to a power of two: a few texts to prepare (stmts.go),
+// whatever the number of ids.
+func inList(ids []int64) (string, []any) {
+	n := 1
+	for n < len(ids) {
+		n *= 2
+	}
+	args := make([]any, n)
+	for i := range args {
+		args[i] = ids[min(i, len(ids)-1)]
+	}
+	return "?" + strings.Repeat(",?", n-1), args
 }
