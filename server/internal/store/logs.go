@@ -5,16 +5,15 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"strconv"
-	"strings"
 
 	"agentplane/server/internal/errs"
 	"agentplane/server/internal/task"
 )
 
 // Subtask logs are bounded: subtask_log_sizes keeps each log's line and byte
-// counts, so an append costs its inserts and one counter row, never a scan
-// of the log. A log past either limit has its oldest lines deleted in bulk
+// counts, so an append costs its inserts and one counter update, never a
+// scan of the log (logsizes.go). A log past either limit has its oldest
+// lines deleted in bulk
 // down to three quarters of the limits (so the next trim is a quarter of a
 // log away), its attempt headers kept, and one marker line, in place of
 // the lines dropped, saying how many lines and bytes were dropped in all.
@@ -67,123 +66,6 @@ func (s *Store) AppendSubtaskLogs(ctx context.Context, lines []task.SubtaskLogLi
 		return nil
 	}
 	return s.tx(ctx, func(ctx context.Context, tx *wtx) error { return s.appendSubtaskLogs(ctx, tx, lines) })
-}
-
-// logSize is a subtask's row of subtask_log_sizes.
-type logSize struct {
-	stored                     bool // the row exists
-	lines, bytes               int64
-	droppedLines, droppedBytes int64
-}
-
-func (s *Store) appendSubtaskLogs(ctx context.Context, tx *wtx, lines []task.SubtaskLogLine) error {
-	if len(lines) == 0 {
-		return nil
-	}
-	var order []int64 // the subtasks, in order of first line
-	added := map[int64]*logSize{}
-	for lo := 0; lo < len(lines); lo += rowsPerInsert {
-		chunk := lines[lo:min(lo+rowsPerInsert, len(lines))]
-		args := make([]any, 0, 6*len(chunk))
-		for _, l := range chunk {
-			kind := lineText
-			if l.Header {
-				kind = lineHeader
-			}
-			args = append(args, l.SubtaskID, l.RunTime, ms(l.Time), kind, len(l.Line), l.Line)
-			a := added[l.SubtaskID]
-			if a == nil {
-				a = &logSize{}
-				added[l.SubtaskID] = a
-				order = append(order, l.SubtaskID)
-			}
-			a.lines++
-			a.bytes += int64(len(l.Line))
-		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO subtask_logs (subtask_id, run_time, at, kind, size, line) VALUES (?,?,?,?,?,?)`+
-			strings.Repeat(",(?,?,?,?,?,?)", len(chunk)-1), args...); err != nil {
-			return fmt.Errorf("appending %d lines to subtask logs: %w", len(chunk), err)
-		}
-	}
-	sizes, err := logSizes(ctx, tx, order)
-	if err != nil {
-		return err
-	}
-	// The counters are written back in bulk: the stored rows deleted, then
-	// every row inserted, a few statements for a batch of many logs.
-	var stored []int64
-	rows := make([]any, 0, 5*len(order))
-	for _, id := range order {
-		sz, a := sizes[id], added[id]
-		sz.lines += a.lines
-		sz.bytes += a.bytes
-		if sz.lines > s.logLimits.MaxLines || sz.bytes > s.logLimits.MaxBytes {
-			if err := s.trimLog(ctx, tx, id, &sz); err != nil {
-				return err
-			}
-		}
-		if sz.stored {
-			stored = append(stored, id)
-		}
-		rows = append(rows, id, sz.lines, sz.bytes, sz.droppedLines, sz.droppedBytes)
-	}
-	for lo := 0; lo < len(stored); lo += rowsPerInsert {
-		chunk := stored[lo:min(lo+rowsPerInsert, len(stored))]
-		if _, err := tx.ExecContext(ctx, `DELETE FROM subtask_log_sizes WHERE subtask_id IN (`+idList(chunk)+`)`); err != nil {
-			return fmt.Errorf("counting the logs of %d subtasks: %w", len(chunk), err)
-		}
-	}
-	for lo := 0; lo < len(rows); lo += 5 * rowsPerInsert {
-		chunk := rows[lo:min(lo+5*rowsPerInsert, len(rows))]
-		if _, err := tx.ExecContext(ctx, `INSERT INTO subtask_log_sizes (subtask_id, `+"`lines`"+`, bytes, dropped_lines, dropped_bytes)
-			VALUES (?,?,?,?,?)`+strings.Repeat(",(?,?,?,?,?)", len(chunk)/5-1), chunk...); err != nil {
-			return fmt.Errorf("counting the logs of %d subtasks: %w", len(chunk)/5, err)
-		}
-	}
-	return nil
-}
-
-// idList is ids as SQL list items (integers: nothing to quote).
-func idList(ids []int64) string {
-	var b strings.Builder
-	for i, id := range ids {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		b.WriteString(strconv.FormatInt(id, 10))
-	}
-	return b.String()
-}
-
-// logSizes reads the counters of the logs of ids; a log without a row has
-// none yet (the migration counted the logs that were there).
-func logSizes(ctx context.Context, tx *wtx, ids []int64) (map[int64]logSize, error) {
-	sizes := make(map[int64]logSize, len(ids))
-	for lo := 0; lo < len(ids); lo += rowsPerInsert {
-		if err := readLogSizes(ctx, tx, ids[lo:min(lo+rowsPerInsert, len(ids))], sizes); err != nil {
-			return nil, err
-		}
-	}
-	return sizes, nil
-}
-
-// readLogSizes reads the counters of the logs of ids into sizes.
-func readLogSizes(ctx context.Context, tx *wtx, ids []int64, sizes map[int64]logSize) error {
-	rows, err := tx.QueryContext(ctx, `SELECT subtask_id, `+"`lines`"+`, bytes, dropped_lines, dropped_bytes FROM subtask_log_sizes
-		WHERE subtask_id IN (`+idList(ids)+`)`)
-	if err != nil {
-		return fmt.Errorf("reading the sizes of %d subtask logs: %w", len(ids), err)
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var id int64
-		sz := logSize{stored: true}
-		if err := rows.Scan(&id, &sz.lines, &sz.bytes, &sz.droppedLines, &sz.droppedBytes); err != nil {
-			return err
-		}
-		sizes[id] = sz
-	}
-	return rows.Err()
 }
 
 // trimLog deletes the oldest lines of a subtask's log (never a header) down

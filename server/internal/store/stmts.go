@@ -24,6 +24,9 @@ type stmtCache struct {
 	mu     sync.Mutex
 	stmts  map[string]*sql.Stmt
 	wanted map[string]bool
+	// seen, when set (by tests, before the store is used), is called with
+	// each statement run through the cache.
+	seen func(query string)
 }
 
 const maxStmts = 256
@@ -42,6 +45,9 @@ func newStmtCache() *stmtCache {
 func (c *stmtCache) lookup(query string) *sql.Stmt {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.seen != nil {
+		c.seen(query)
+	}
 	st := c.stmts[query]
 	if st == nil && len(query) <= maxStmtText && len(c.stmts)+len(c.wanted) < maxStmts {
 		c.wanted[query] = true

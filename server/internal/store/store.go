@@ -79,8 +79,10 @@ type Store struct {
 	maintained chan struct{}
 	// health is whether writes commit (health.go).
 	health health
-	// logLimits bound each subtask's log (logs.go).
+	// logLimits bound each subtask's log (logs.go); logBulk, when set (by
+	// tests), replaces bulkLogs (logsizes.go).
 	logLimits LogLimits
+	logBulk   int
 }
 
 // FileName is the database file inside the data dir.
