@@ -18,7 +18,9 @@ import (
 // functions of a querier so that one code path serves SQLite (through the
 // writer) and MySQL.
 //
-// Registrations run one at a time: each first updates the row
+// Several replicas share the store; a replica registers beside the live
+// ones, which must hold the same shared secrets. Registrations run one at
+// a time: each first updates the row
 // registrationRow of cluster_settings, whose row lock (InnoDB) or the
 // write transaction (SQLite, which has one writer) holds the others back
 // until it commits. (On InnoDB the registration's later reads are
@@ -29,12 +31,11 @@ import (
 const registrationRow = "replicas.registration"
 
 // RegisterReplica registers r, taking over r.ID's row if there is one (a
-// restart). It refuses, with an ErrConflict error naming them, while
-// another replica id is live within lease (on the database's clock), and
-// with a *replica.MismatchError (also ErrConflict) when one of r.Shared
-// differs from the fingerprint the store records while another replica is
-// live. With no other replica live, r.Shared are recorded; replaced names
-// those that differed from the recorded ones.
+// restart), beside the other replicas. It refuses with a
+// *replica.MismatchError (an ErrConflict) when one of r.Shared differs from
+// the fingerprint the store records while another replica is live within
+// lease (on the database's clock). With no other replica live, r.Shared
+// are recorded; replaced names those that differed from the recorded ones.
 //
 // A store whose process holds it alone (SQLite: the data dir's flock)
 // knows the other rows stale, whatever their heartbeats: it removes them,
@@ -93,12 +94,6 @@ func registerReplica(ctx context.Context, q querier, d dialect, r replica.Regist
 	if err != nil {
 		return nil, err
 	}
-	if len(live) > 0 {
-		o := live[0]
-		return nil, fmt.Errorf("replica %q (at %s, version %s, last heartbeat %s ago) is live on this store, and one replica per store "+
-			"is all this version runs: stop it, or, if it is gone, wait for its lease (%s) to pass: %w",
-			o.ID, o.Addr, o.Version, o.Age.Round(time.Millisecond), lease, errs.ErrConflict)
-	}
 	if _, err := q.ExecContext(ctx, `DELETE FROM replicas WHERE id = ?`, r.ID); err != nil {
 		return nil, fmt.Errorf("registering replica %q: %w", r.ID, err)
 	}
@@ -119,9 +114,13 @@ func lockRegistrations(ctx context.Context, q querier, incarnation string) error
 	if n, err := res.RowsAffected(); err != nil || n == 1 {
 		return err
 	}
-	if _, err := q.ExecContext(ctx, `INSERT INTO cluster_settings (name, value) VALUES (?, ?)`, registrationRow, incarnation); err != nil {
+	_, err = q.ExecContext(ctx, `INSERT INTO cluster_settings (name, value) VALUES (?, ?)`, registrationRow, incarnation)
+	if err != nil && !isUniqueViolation(err) {
 		return fmt.Errorf("locking the replicas registry: %w", err)
 	}
+	// A duplicate: the row holds incarnation already (the same process
+	// registers again), which MySQL counts as no row changed; the UPDATE
+	// locked it all the same.
 	return nil
 }
 
