@@ -92,6 +92,13 @@ demo: build ## like run, plus a fake OCP Agent under .run/ocp_agent for the agen
 	go build -o $(RUN_DIR)/ocp_agent/bin/ocp_agentd ./testdata/fakeocpagent
 	@RUN_DIR=$(RUN_DIR) GRPC_ADDR=$(GRPC_ADDR) HTTP_ADDR=$(HTTP_ADDR) DEMO=1 bash .ci/run-local
 
+# MARIADB_PORT (default: the first free one from 13306), GRPC_PORTS and
+# HTTP_PORTS (three each) place the cluster; .run/cluster keeps its data.
+.PHONY: demo-cluster
+demo-cluster: build ## a private MariaDB, three replicas on it, the fake OCP Agent and an agentd knowing all three (Ctrl-C stops all)
+	go build -o $(RUN_DIR)/cluster/ocp_agent/bin/ocp_agentd ./testdata/fakeocpagent
+	@RUN_DIR=$(RUN_DIR)/cluster bash .ci/run-cluster
+
 .PHONY: clean
 clean: ## remove bin/ and .run/ (the local run's data)
 	rm -rf bin .run
