@@ -286,6 +286,17 @@ func (c *cluster) waitFinal(t *testing.T, id int64, timeout time.Duration) opTas
 	return tk
 }
 
+// rawTask is task id as REST shows it (every field, times included), read
+// on a replica that is up.
+func (c *cluster) rawTask(t *testing.T, id int64) any {
+	t.Helper()
+	r := c.any(t).call(t, http.MethodGet, fmt.Sprintf("/api/v2/tasks/instances/%d", id), admin, nil)
+	if r.status != http.StatusOK {
+		t.Fatalf("GET task %d: %d %s", id, r.status, r.body)
+	}
+	return r.obj["data"]
+}
+
 // runs counts, over every agentd's logs, how often each (subtask, attempt)
 // began on an agent.
 func (c *cluster) runs() map[runKey]int {
