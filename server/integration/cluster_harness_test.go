@@ -225,23 +225,33 @@ func (c *cluster) restartDB(t *testing.T) {
 	t.Log("mariadbd killed and restarted")
 }
 
-// live is the registry as replica r lists it: id → live.
-func (c *cluster) live(t *testing.T, r *server) map[string]bool {
+// replicaRow is one replica as GET /api/v2/replicas lists it.
+type replicaRow struct {
+	ID        string `json:"id"`
+	Address   string `json:"address"`
+	Live      bool   `json:"live"`
+	AgeMillis int64  `json:"heartbeatAgeMillis"`
+}
+
+// registry is the replicas registry as replica r lists it.
+func (c *cluster) registry(t *testing.T, r *server) []replicaRow {
 	t.Helper()
 	resp := r.call(t, http.MethodGet, "/api/v2/replicas", admin, nil)
 	if resp.status != http.StatusOK {
 		t.Fatalf("GET /api/v2/replicas on %s: %d %s", r.httpAddr, resp.status, resp.body)
 	}
 	var page struct {
-		Contents []struct {
-			ID      string `json:"id"`
-			Address string `json:"address"`
-			Live    bool   `json:"live"`
-		} `json:"contents"`
+		Contents []replicaRow `json:"contents"`
 	}
 	resp.decode(t, &page)
+	return page.Contents
+}
+
+// live is the registry as replica r lists it: id → live.
+func (c *cluster) live(t *testing.T, r *server) map[string]bool {
+	t.Helper()
 	out := map[string]bool{}
-	for _, x := range page.Contents {
+	for _, x := range c.registry(t, r) {
 		out[x.ID] = x.Live
 	}
 	return out

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"maps"
-	"net/http"
 	"reflect"
 	"slices"
 	"testing"
@@ -30,6 +29,15 @@ func checkStopsOK(t *testing.T, tk opTask) {
 	}
 }
 
+// checkStopOnce runs the history check, then checks that the stop task id
+// ended SUCCESSFUL with its stop begun once on the agent.
+func checkStopOnce(t *testing.T, c *cluster, id int64, timeout time.Duration) {
+	t.Helper()
+	final := c.checkHistory(t, timeout)[id]
+	checkStopsOK(t, final)
+	c.ranOnce(t, final.sub(t, stopAllName).ID)
+}
+
 // TestClusterReplicasListEachOtherAndStopOnHolder: three replicas start on
 // one store and each lists all three live; an agentd knowing all three
 // connects to one, and a stop through that replica ends SUCCESSFUL, run
@@ -46,9 +54,7 @@ func TestClusterReplicasListEachOtherAndStopOnHolder(t *testing.T) {
 	h := c.holder(a)
 	t.Logf("agentd connected to r%d", h+1)
 	tk := c.stop(t, h, a)
-	final := c.checkHistory(t, 30*time.Second)[tk.ID]
-	checkStopsOK(t, final)
-	c.ranOnce(t, final.sub(t, stopAllName).ID)
+	checkStopOnce(t, c, tk.ID, 30*time.Second)
 }
 
 // TestClusterAgentdRehomesWhenItsReplicaIsKilled: kill -9 of the replica
@@ -66,9 +72,7 @@ func TestClusterAgentdRehomesWhenItsReplicaIsKilled(t *testing.T) {
 	t.Logf("agentd moved from r%d to r%d in %s", old+1, h+1, time.Since(begin).Round(time.Millisecond))
 	c.replicas[h].waitHost(t, a.name, 20*time.Second, "ONLINE", func(x hostJSON) bool { return x.Status == "ONLINE" })
 	tk := c.stop(t, h, a)
-	final := c.checkHistory(t, 30*time.Second)[tk.ID]
-	checkStopsOK(t, final)
-	c.ranOnce(t, final.sub(t, stopAllName).ID)
+	checkStopOnce(t, c, tk.ID, 30*time.Second)
 
 	// The killed replica, restarted with its id, is live again for all.
 	c.restart(t, old)
@@ -140,10 +144,8 @@ func TestClusterStopThroughEachReplicaForHostsOnOthers(t *testing.T) {
 		t.Logf("stop of %s (stream on r%d) through r%d", a.name, c.holder(a)+1, via+1)
 		tasks = append(tasks, c.stop(t, via, a).ID)
 	}
-	final := c.checkHistory(t, 30*time.Second)
 	for _, id := range tasks {
-		checkStopsOK(t, final[id])
-		c.ranOnce(t, final[id].sub(t, stopAllName).ID)
+		checkStopOnce(t, c, id, 30*time.Second)
 	}
 }
 
@@ -169,9 +171,7 @@ func TestClusterKillStreamHolderMidStopFinishesOnce(t *testing.T) {
 	c.kill(t, holder)
 	h := c.waitHolder(t, a, 20*time.Second, "on another replica", func(i int) bool { return i != holder })
 	t.Logf("stop through r%d; r%d (the stream's) killed mid-stop; agentd now on r%d", via+1, holder+1, h+1)
-	final := c.checkHistory(t, 30*time.Second)[tk.ID]
-	checkStopsOK(t, final)
-	c.ranOnce(t, final.sub(t, stopAllName).ID)
+	checkStopOnce(t, c, tk.ID, 30*time.Second)
 }
 
 // TestClusterKillTaskOwnerMidBatchNothingRunsTwice: a batch stop of hosts
@@ -181,12 +181,28 @@ func TestClusterKillStreamHolderMidStopFinishesOnce(t *testing.T) {
 func TestClusterKillTaskOwnerMidBatchNothingRunsTwice(t *testing.T) {
 	t.Parallel()
 	c := startCluster(t, 3)
-	agents := agentdsOnTwoReplicas(t, c, 4, 20*time.Second, "FAKE_OCP_MODE=slow", "FAKE_OCP_SLOW=2s")
-	owner := 0
-	tk := c.batchStop(t, owner, agents)
-	waitFor(t, 30*time.Second, "a stop to begin on an agent", func() bool { return len(c.runs()) > 0 })
+	const owner = 0
+	agents, id := startMidBatch(t, c, 4, owner)
 	c.kill(t, owner)
-	final := c.checkHistory(t, 45*time.Second)[tk.ID]
+	checkBatchOnce(t, c, agents, id, 45*time.Second)
+}
+
+// startMidBatch starts agentds (at least least, on two replicas or more)
+// whose fake OCP Agents stop slowly, posts a batch stop of all their hosts
+// through replica via, and returns once a stop has begun on an agent.
+func startMidBatch(t *testing.T, c *cluster, least, via int) ([]*agentd, int64) {
+	t.Helper()
+	agents := agentdsOnTwoReplicas(t, c, least, 20*time.Second, "FAKE_OCP_MODE=slow", "FAKE_OCP_SLOW=2s")
+	tk := c.batchStop(t, via, agents)
+	waitFor(t, 30*time.Second, "a stop to begin on an agent", func() bool { return len(c.runs()) > 0 })
+	return agents, tk.ID
+}
+
+// checkBatchOnce runs the history check, then checks that batch id ended
+// SUCCESSFUL with each branch's stop begun once on its agent.
+func checkBatchOnce(t *testing.T, c *cluster, agents []*agentd, id int64, timeout time.Duration) {
+	t.Helper()
+	final := c.checkHistory(t, timeout)[id]
 	checkStopsOK(t, final)
 	for i := range agents {
 		c.ranOnce(t, final.branchSub(t, i, stopAllName).ID)
@@ -201,32 +217,22 @@ func TestClusterKillTaskOwnerMidBatchNothingRunsTwice(t *testing.T) {
 func TestClusterFrozenReplicaPastItsLeaseIsFenced(t *testing.T) {
 	t.Parallel()
 	c := startCluster(t, 3)
-	agents := agentdsOnTwoReplicas(t, c, 3, 20*time.Second, "FAKE_OCP_MODE=slow", "FAKE_OCP_SLOW=2s")
 	const frozen = 0
-	tk := c.batchStop(t, frozen, agents)
-	waitFor(t, 30*time.Second, "a stop to begin on an agent", func() bool { return len(c.runs()) > 0 })
+	agents, id := startMidBatch(t, c, 3, frozen)
 	c.freeze(t, frozen)
 	waitFor(t, 3*clusterLease, "the others to see r1 dead", func() bool { return !c.live(t, c.any(t))["r1"] })
 	ended := c.checkHistory(t, 45*time.Second)
 	before := map[int64]any{}
-	for id := range ended {
-		before[id] = c.rawTask(t, id)
+	for tid := range ended {
+		before[tid] = c.rawTask(t, tid)
 	}
 	runs := c.runs()
 	other := c.any(t, frozen)
 	// r1's heartbeat age in the others' registry (-1: its row is gone).
 	heartbeatAge := func() time.Duration {
-		resp := other.call(t, http.MethodGet, "/api/v2/replicas", admin, nil)
-		var page struct {
-			Contents []struct {
-				ID  string `json:"id"`
-				Age int64  `json:"heartbeatAgeMillis"`
-			} `json:"contents"`
-		}
-		resp.decode(t, &page)
-		for _, x := range page.Contents {
+		for _, x := range c.registry(t, other) {
 			if x.ID == "r1" {
-				return time.Duration(x.Age) * time.Millisecond
+				return time.Duration(x.AgeMillis) * time.Millisecond
 			}
 		}
 		return -1
@@ -243,16 +249,15 @@ func TestClusterFrozenReplicaPastItsLeaseIsFenced(t *testing.T) {
 	})
 	t.Logf("r1 thawed %s ago; exited %v; its registry heartbeat is %s old (-1: deregistered)",
 		time.Since(thawed).Round(time.Millisecond), c.replicas[frozen].proc.exited(), heartbeatAge())
-	c.checkHistory(t, 10*time.Second)
-	for id, was := range before {
-		if now := c.rawTask(t, id); !reflect.DeepEqual(now, was) {
-			t.Errorf("task %d changed after the fenced replica thawed:\nbefore %v\nafter  %v", id, was, now)
+	for tid, was := range before {
+		if now := c.rawTask(t, tid); !reflect.DeepEqual(now, was) {
+			t.Errorf("task %d changed after the fenced replica thawed:\nbefore %v\nafter  %v", tid, was, now)
 		}
 	}
 	if got := c.runs(); !maps.Equal(got, runs) {
 		t.Errorf("commands began on the agents after the fenced replica thawed: before %v, after %v", runs, got)
 	}
-	checkStopsOK(t, ended[tk.ID])
+	checkBatchOnce(t, c, agents, id, 10*time.Second)
 }
 
 // TestClusterMariaDBRestartMidBatchFinishes: a batch stop of hosts on
@@ -261,15 +266,9 @@ func TestClusterFrozenReplicaPastItsLeaseIsFenced(t *testing.T) {
 func TestClusterMariaDBRestartMidBatchFinishes(t *testing.T) {
 	t.Parallel()
 	c := startCluster(t, 3)
-	agents := agentdsOnTwoReplicas(t, c, 3, 20*time.Second, "FAKE_OCP_MODE=slow", "FAKE_OCP_SLOW=2s")
-	tk := c.batchStop(t, 0, agents)
-	waitFor(t, 30*time.Second, "a stop to begin on an agent", func() bool { return len(c.runs()) > 0 })
+	agents, id := startMidBatch(t, c, 3, 0)
 	c.restartDB(t)
-	final := c.checkHistory(t, 60*time.Second)[tk.ID]
-	checkStopsOK(t, final)
-	for i := range agents {
-		c.ranOnce(t, final.branchSub(t, i, stopAllName).ID)
-	}
+	checkBatchOnce(t, c, agents, id, 60*time.Second)
 }
 
 // TestClusterWatchTaskOnOneReplicaFollowsAnother: WatchTask (gRPC over
