@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"agentplane/server/internal/store/mariadbtest"
 )
 
@@ -204,7 +206,7 @@ func (c *cluster) signal(t *testing.T, i int, sig syscall.Signal, frozen bool) {
 	} else {
 		delete(c.frozen, i)
 	}
-	t.Logf("replica r%d: %s", i+1, sig)
+	t.Logf("replica r%d: %s", i+1, unix.SignalName(sig))
 }
 
 // restart starts replica i again (same data dir, ports and flags) after it
