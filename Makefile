@@ -55,6 +55,10 @@ test: ## run every test (unit and integration, with the real binaries), always w
 test-store-mysql: ## the store conformance suite on MariaDB (a private mariadbd; skipped without one unless AGENTPLANE_REQUIRE_MARIADB=1)
 	AGENTPLANE_TEST_STORE=mysql go test -race -count=1 -timeout 10m ./server/internal/store/...
 
+.PHONY: test-cluster
+test-cluster: ## the cluster tests: three replicas on a private MariaDB, real agentds (skipped without mariadbd unless AGENTPLANE_REQUIRE_MARIADB=1)
+	go test -race -count=1 -timeout 15m -run '^TestCluster' ./server/integration/
+
 # Fuzz targets as package:Name; each has a seed corpus in its package's
 # testdata/fuzz/<Name>/ (plus its f.Add seeds), which `make test` runs too.
 FUZZ_TARGETS := ./server/internal/rest:FuzzHandler ./server/internal/auth:FuzzVerify ./server/internal/rpc:FuzzAgentMessage
