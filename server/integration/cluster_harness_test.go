@@ -183,6 +183,19 @@ func (c *cluster) waitHolder(t *testing.T, a *agentd, timeout time.Duration, wha
 	return h
 }
 
+// leastHolder is the replica holding the fewest of the agents' streams, and
+// how many it holds.
+func (c *cluster) leastHolder(agents []*agentd) (replica, streams int) {
+	n := make([]int, len(c.replicas))
+	for _, a := range agents {
+		if h := c.holder(a); h >= 0 {
+			n[h]++
+		}
+	}
+	replica = slices.Index(n, slices.Min(n))
+	return replica, n[replica]
+}
+
 // kill SIGKILLs replica i and reaps it.
 func (c *cluster) kill(t *testing.T, i int) {
 	t.Helper()
