@@ -55,6 +55,10 @@ test: ## run every test (unit and integration, with the real binaries), always w
 test-store-mysql: ## the store conformance suite on MariaDB (a private mariadbd; skipped without one unless AGENTPLANE_REQUIRE_MARIADB=1)
 	AGENTPLANE_TEST_STORE=mysql go test -race -count=1 -timeout 10m ./server/internal/store/...
 
+.PHONY: test-cluster
+test-cluster: ## the cluster tests: three replicas on a private MariaDB, real agentds (skipped without mariadbd unless AGENTPLANE_REQUIRE_MARIADB=1)
+	go test -race -count=1 -timeout 15m -run '^TestCluster' ./server/integration/
+
 # Fuzz targets as package:Name; each has a seed corpus in its package's
 # testdata/fuzz/<Name>/ (plus its f.Add seeds), which `make test` runs too.
 FUZZ_TARGETS := ./server/internal/rest:FuzzHandler ./server/internal/auth:FuzzVerify ./server/internal/rpc:FuzzAgentMessage
@@ -91,6 +95,13 @@ run: build ## run the server on the embedded store and an agentd for this machin
 demo: build ## like run, plus a fake OCP Agent under .run/ocp_agent for the agentd to stop
 	go build -o $(RUN_DIR)/ocp_agent/bin/ocp_agentd ./testdata/fakeocpagent
 	@RUN_DIR=$(RUN_DIR) GRPC_ADDR=$(GRPC_ADDR) HTTP_ADDR=$(HTTP_ADDR) DEMO=1 bash .ci/run-local
+
+# MARIADB_PORT (default: the first free one from 13306), GRPC_PORTS and
+# HTTP_PORTS (three each) place the cluster; .run/cluster keeps its data.
+.PHONY: demo-cluster
+demo-cluster: build ## a private MariaDB, three replicas on it, the fake OCP Agent and an agentd knowing all three (Ctrl-C stops all)
+	go build -o $(RUN_DIR)/cluster/ocp_agent/bin/ocp_agentd ./testdata/fakeocpagent
+	@RUN_DIR=$(RUN_DIR)/cluster bash .ci/run-cluster
 
 .PHONY: clean
 clean: ## remove bin/ and .run/ (the local run's data)

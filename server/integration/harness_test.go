@@ -511,15 +511,31 @@ func startServer(t *testing.T, args ...string) *server {
 // startServerIn is startServer on the data dir dataDir.
 func startServerIn(t *testing.T, dataDir string, args ...string) *server {
 	t.Helper()
-	s := &server{dataDir: dataDir, args: args, client: &http.Client{Timeout: 10 * time.Second}}
+	return newServer(dataDir, args...).start(t)
+}
+
+// newServer is a server not started yet: its data dir and extra flags.
+func newServer(dataDir string, args ...string) *server {
+	return &server{dataDir: dataDir, args: args, client: &http.Client{Timeout: 10 * time.Second}}
+}
+
+// start starts s on free loopback ports (see startServer) and returns it.
+func (s *server) start(t *testing.T) *server {
+	t.Helper()
+	if err := s.tryStart(t); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// tryStart is start returning its failure, for a goroutine of the test.
+func (s *server) tryStart(t *testing.T) error {
+	t.Helper()
 	for try := 1; ; try++ {
 		s.grpcAddr, s.httpAddr = freeAddr(t), freeAddr(t)
 		err := s.launch(t)
-		if err == nil {
-			return s
-		}
-		if !errors.Is(err, errAddrInUse) || try == 5 {
-			t.Fatal(err)
+		if err == nil || !errors.Is(err, errAddrInUse) || try == 5 {
+			return err
 		}
 		t.Logf("retrying on other ports: %v", err)
 	}
