@@ -101,6 +101,20 @@ type Config struct {
 	// Now stamps what is stored (registration, heartbeats); default time.Now.
 	// Liveness (LostAfter) always runs on the real monotonic clock.
 	Now func() time.Time
+	// ReplicaID is this server replica's id, recorded with each stream's
+	// registration (host.Host.Replica): where the host's stream is, for the
+	// other replicas. "" with one server.
+	ReplicaID string
+}
+
+// StreamRegistry is what a Registry also implements to fence a stream's
+// OFFLINE write by its epoch (store.Store does): with several replicas, a
+// session ending here must not mark OFFLINE a host whose newer stream is on
+// another replica. Without it, the fleet writes the status as it is.
+type StreamRegistry interface {
+	// SetHostOffline marks the host OFFLINE if its epoch is still epoch,
+	// and reports whether it did.
+	SetHostOffline(ctx context.Context, id, epoch int64) (bool, error)
 }
 
 // Defaults of the stream bounds (Config).
