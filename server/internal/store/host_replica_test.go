@@ -35,6 +35,10 @@ func TestHostReplicaFollowsTheStream(t *testing.T) {
 	if err != nil || hs.Replica != "b" || hs.Epoch != onB.Epoch || hs.Status != host.StatusOnline {
 		t.Fatalf("HostReplica: %+v, %v", hs, err)
 	}
+	all, err := s.HostReplicas(ctx, []int64{onB.ID, 999})
+	if err != nil || len(all) != 1 || all[onB.ID] != hs {
+		t.Fatalf("HostReplicas: %+v, %v", all, err)
+	}
 	// A's session ends after B's began: its OFFLINE changes nothing.
 	if wrote, err := s.SetHostOffline(ctx, onA.ID, onA.Epoch); err != nil || wrote {
 		t.Fatalf("stale SetHostOffline: wrote %t, %v", wrote, err)
