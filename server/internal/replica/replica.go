@@ -2,9 +2,10 @@
 // start it registers its id and the address its peers reach it on, with
 // the fingerprints of the secrets every replica must share (the agent CA,
 // the access-key sealing key); while it runs it heartbeats on the
-// database's clock; at a clean shutdown it deregisters. Until replicas
-// share a fleet, a replica refuses to start while another replica id is
-// live on the store (the store decides, race-free: store/replica.go).
+// database's clock; at a clean shutdown it deregisters. Several replicas
+// share a store and its fleet (package cluster); a replica whose shared
+// secrets differ from the live ones' is refused (the store decides,
+// race-free: store/replica.go).
 //
 // It is domain code: the adapters list the replicas through List.
 package replica
@@ -31,9 +32,8 @@ import (
 // database's clock.
 type Store interface {
 	// RegisterReplica registers r, taking over r.ID's row; it refuses
-	// (ErrConflict) while another id is live within lease, or when one of
-	// r.Shared differs from the store's while another is live
-	// (*MismatchError). Without others live it records r.Shared and names
+	// (ErrConflict) when one of r.Shared differs from the store's while
+	// another is live within lease (*MismatchError). Without others live it records r.Shared and names
 	// those it replaced.
 	RegisterReplica(ctx context.Context, r Registration, lease time.Duration) (replaced []string, err error)
 	// HeartbeatReplica records a heartbeat now: ErrNotFound when the row is

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"agentplane/server/internal/errs"
@@ -29,11 +30,10 @@ import (
 const registrationRow = "replicas.registration"
 
 // RegisterReplica registers r, taking over r.ID's row if there is one (a
-// restart). It refuses, with an ErrConflict error naming them, while
-// another replica id is live within lease (on the database's clock), and
-// with a *replica.MismatchError (also ErrConflict) when one of r.Shared
-// differs from the fingerprint the store records while another replica is
-// live. With no other replica live, r.Shared are recorded; replaced names
+// restart), beside the other replicas. It refuses, with a
+// *replica.MismatchError (an ErrConflict error naming them), when one of
+// r.Shared differs from the fingerprint the store records while another
+// replica is live within lease (on the database's clock). With no other replica live, r.Shared are recorded; replaced names
 // those that differed from the recorded ones.
 //
 // A store whose process holds it alone (SQLite: the data dir's flock)
@@ -93,12 +93,6 @@ func registerReplica(ctx context.Context, q querier, d dialect, r replica.Regist
 	if err != nil {
 		return nil, err
 	}
-	if len(live) > 0 {
-		o := live[0]
-		return nil, fmt.Errorf("replica %q (at %s, version %s, last heartbeat %s ago) is live on this store, and one replica per store "+
-			"is all this version runs: stop it, or, if it is gone, wait for its lease (%s) to pass: %w",
-			o.ID, o.Addr, o.Version, o.Age.Round(time.Millisecond), lease, errs.ErrConflict)
-	}
 	if _, err := q.ExecContext(ctx, `DELETE FROM replicas WHERE id = ?`, r.ID); err != nil {
 		return nil, fmt.Errorf("registering replica %q: %w", r.ID, err)
 	}
@@ -112,6 +106,9 @@ func registerReplica(ctx context.Context, q querier, d dialect, r replica.Regist
 // lockRegistrations takes registrationRow's lock (changing its value, so
 // that the UPDATE matches a changed row), creating the row if missing.
 func lockRegistrations(ctx context.Context, q querier, incarnation string) error {
+	// A value of its own each time, so that a registration of the same
+	// incarnation again (a retry) changes the row too.
+	incarnation += "/" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	res, err := q.ExecContext(ctx, `UPDATE cluster_settings SET value = ? WHERE name = ?`, incarnation, registrationRow)
 	if err != nil {
 		return fmt.Errorf("locking the replicas registry: %w", err)
