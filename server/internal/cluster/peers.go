@@ -230,7 +230,11 @@ func (p *Peers) drop(c *peerConn) {
 	if p.conns[c.id] == c {
 		delete(p.conns, c.id)
 	}
-	go func() { _ = c.cc.Close() }()
+	p.wg.Add(1)
+	go func() { // not under mu: Close waits for the connection's goroutines
+		defer p.wg.Done()
+		_ = c.cc.Close()
+	}()
 }
 
 // watch follows c's state: once it was up, a failure after which its
