@@ -87,9 +87,9 @@ func (r *Router) Close() { r.watch.close() }
 type where int
 
 const (
-	here     where = iota // this replica (or nowhere known: the fleet waits)
-	remote                // a live peer
-	nowhere               // a replica that is not live: the agent is on its way
+	here    where = iota // this replica (or nowhere known: the fleet waits)
+	remote               // a live peer
+	nowhere              // a replica that is not live: the agent is on its way
 )
 
 // locate says where the host's stream is: here when it is connected here,
