@@ -60,7 +60,8 @@ type node struct {
 	once   sync.Once
 
 	mu       sync.Mutex
-	notified []int64
+	notified []int64 // ids received by Notify
+	calls    int     // Notify calls received
 	gone     []string
 }
 
@@ -132,6 +133,7 @@ func (c *cluster3) start(id string) *node {
 	cluster.Register(n.gs, cluster.ServerConfig{Router: n.router, Log: log, OnNotify: func(ids []int64) {
 		n.mu.Lock()
 		n.notified = append(n.notified, ids...)
+		n.calls++
 		n.mu.Unlock()
 	}})
 	go func() { _ = n.gs.Serve(lis) }()
