@@ -2,7 +2,6 @@ package cluster_test
 
 import (
 	"context"
-	"crypto/tls"
 	"net"
 	"sync"
 	"testing"
@@ -104,23 +103,8 @@ func (c *cluster3) start(id string) *node {
 	n.fleet = fleet.New(fleet.Config{Registry: c.st, Logs: c.st, ReplicaID: id, LostAfter: lostAfter, HeartbeatInterval: time.Second,
 		CancelWait: time.Second, QueryWait: 2 * time.Second, Log: log})
 	n.fleet.Serving()
-	var mine struct {
-		sync.Mutex
-		cert *tls.Certificate
-	}
 	n.peers = cluster.NewPeers(cluster.PeersConfig{Self: id, Dir: c.dir, ListEvery: 20 * time.Millisecond, DialTimeout: time.Second,
-		TLS: c.ca.PeerTLSConfig(func() (*tls.Certificate, error) {
-			mine.Lock()
-			defer mine.Unlock()
-			if mine.cert == nil {
-				cert, err := c.ca.ReplicaCertificate(id)
-				if err != nil {
-					return nil, err
-				}
-				mine.cert = &cert
-			}
-			return mine.cert, nil
-		}),
+		TLS: c.ca.PeerTLSConfig(cluster.SelfCertificate(c.ca, id)),
 		OnGone: func(peer string) {
 			n.mu.Lock()
 			n.gone = append(n.gone, peer)

@@ -68,9 +68,10 @@ func NewNotifier(cfg NotifierConfig) *Notifier {
 }
 
 // Changed notes that tasks ids changed here, for every live peer (the
-// engine's OnChange). It does not block on the network.
+// engine's OnChange). It does not block on the network. A nil Notifier
+// (no peers: --insecure) ignores the changes.
 func (n *Notifier) Changed(ids []int64) {
-	if len(ids) == 0 || n.peers == nil {
+	if n == nil || len(ids) == 0 || n.peers == nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), n.timeout)
