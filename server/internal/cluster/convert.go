@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -77,15 +76,18 @@ func kindOf(err error) replicav1.ErrorKind {
 	case errors.Is(err, errs.ErrStoreUnavailable):
 		return replicav1.ErrorKind_ERROR_KIND_STORE_UNAVAILABLE
 	}
-	switch errs.Kind(err) {
-	case errs.ErrUnavailable:
-		return replicav1.ErrorKind_ERROR_KIND_UNAVAILABLE
-	case errs.ErrAborted:
-		return replicav1.ErrorKind_ERROR_KIND_ABORTED
-	case errs.ErrInvalidArgument:
-		return replicav1.ErrorKind_ERROR_KIND_INVALID_ARGUMENT
-	case errs.ErrPermissionDenied:
-		return replicav1.ErrorKind_ERROR_KIND_PERMISSION_DENIED
+	for _, k := range []struct {
+		kind error
+		pb   replicav1.ErrorKind
+	}{
+		{errs.ErrUnavailable, replicav1.ErrorKind_ERROR_KIND_UNAVAILABLE},
+		{errs.ErrAborted, replicav1.ErrorKind_ERROR_KIND_ABORTED},
+		{errs.ErrInvalidArgument, replicav1.ErrorKind_ERROR_KIND_INVALID_ARGUMENT},
+		{errs.ErrPermissionDenied, replicav1.ErrorKind_ERROR_KIND_PERMISSION_DENIED},
+	} {
+		if errors.Is(err, k.kind) {
+			return k.pb
+		}
 	}
 	return replicav1.ErrorKind_ERROR_KIND_UNSPECIFIED
 }
@@ -125,12 +127,4 @@ func ended(d *replicav1.Done, subtaskID int64, attempt int) (fleet.Result, error
 		return r, errs.New(k, msg)
 	}
 	return r, errors.New(msg)
-}
-
-// timeLeft is the time left before ctx's deadline, 0 without one.
-func timeLeft(ctx context.Context) time.Duration {
-	if dl, ok := ctx.Deadline(); ok {
-		return max(time.Until(dl), 0)
-	}
-	return 0
 }

@@ -205,8 +205,10 @@ func New(cfg Config) *Fleet {
 // Close ends every session with ErrClosing (stopping their watchdogs) and
 // refuses new ones, so agent streams end at once when the server shuts down
 // (agents reconnect to the next server), and writes the hosts seen since the
-// last batch. Their hosts are not written OFFLINE one by one: the next
-// server marks them all OFFLINE at start (store.MarkAllOffline).
+// last batch. Their hosts are not written OFFLINE one by one: their agents
+// reconnect to another replica (which marks them ONLINE there), and this
+// replica marks those still its own OFFLINE when it starts again
+// (store.MarkReplicaOffline).
 func (f *Fleet) Close() {
 	defer f.flushSeen()
 	defer f.flushing.Wait()
