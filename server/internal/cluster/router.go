@@ -73,7 +73,7 @@ func NewRouter(cfg RouterConfig) *Router {
 	if cfg.Poll <= 0 {
 		cfg.Poll = 500 * time.Millisecond
 	}
-	return &Router{cfg: cfg, watch: newWatcher(cfg.Dir, cfg.Poll), acks: make(chan struct{}, maxAcksForwarded)}
+	return &Router{cfg: cfg, watch: newWatcher(cfg.Dir, cfg.Poll, cfg.Fleet.Connected), acks: make(chan struct{}, maxAcksForwarded)}
 }
 
 // maxAcksForwarded bounds the Acks sent to peers at once; beyond it an Ack

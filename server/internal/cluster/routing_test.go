@@ -160,3 +160,44 @@ func TestStaleSessionEndKeepsTheNewReplicaOnline(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// The host's replica dies and its lease passes before its agent is back;
+// the agent then reconnects to the replica that dispatched the command:
+// the command, waiting for the host to be on a live replica, runs on here
+// resumed (asked, not run again).
+func TestCommandFollowsTheHostBackHere(t *testing.T) {
+	c := newCluster(t, "a", "b")
+	a, b := c.nodes["a"], c.nodes["b"]
+	ag := c.host("h1", 1500*time.Millisecond)
+	if err := ag.connect(b.addr); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the host on b", func() bool { return b.fleet.Connected(ag.hostID) })
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		r, err := a.router.Dispatch(ctx, ag.hostID, stop(14))
+		if err == nil && r.Outcome != fleet.Succeeded {
+			err = errors.New("outcome " + r.Message)
+		}
+		done <- err
+	}()
+	eventually(t, "the command running on the agent", func() bool { runs, _, _ := ag.counts(ak{14, 1}); return runs == 1 })
+	b.kill()
+	c.dir.set("b", b.addr, false)
+	if err := ag.connect(a.addr); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Dispatch on a: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("no result on a")
+	}
+	if runs, queries, _ := ag.counts(ak{14, 1}); runs != 1 || queries < 1 {
+		t.Fatalf("ran %d times with %d queries; want once, asked", runs, queries)
+	}
+}

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"maps"
 	"sync"
 	"time"
 
@@ -10,11 +11,13 @@ import (
 
 // watcher reads where the hosts some waits care about are (one query for
 // all of them, each poll interval), and hands each wait the host's latest
-// location. It reads only while something waits: a host whose stream is
-// here and whose command runs needs no read (see Router.dispatchHere).
+// location. It reads only while something waits for a host whose stream
+// is not here (skip says which are): a command whose host is connected here
+// costs no read (see Router.dispatchHere).
 type watcher struct {
 	dir   Directory
 	every time.Duration
+	skip  func(hostID int64) bool
 
 	mu   sync.Mutex
 	subs map[int64]map[*sub]struct{}
@@ -29,8 +32,8 @@ type sub struct {
 	ch   chan store.HostStream
 }
 
-func newWatcher(dir Directory, every time.Duration) *watcher {
-	return &watcher{dir: dir, every: every, subs: map[int64]map[*sub]struct{}{}, stop: make(chan struct{})}
+func newWatcher(dir Directory, every time.Duration, skip func(int64) bool) *watcher {
+	return &watcher{dir: dir, every: every, skip: skip, subs: map[int64]map[*sub]struct{}{}, stop: make(chan struct{})}
 }
 
 // watch subscribes to the host's location; call the result to end it.
@@ -96,15 +99,23 @@ func (w *watcher) loop() {
 			return
 		}
 		ids := make([]int64, 0, len(w.subs))
+		got := map[int64]store.HostStream{}
 		for id := range w.subs {
-			ids = append(ids, id)
+			if w.skip(id) {
+				got[id] = store.HostStream{} // here: nothing to read, but waits wake
+			} else {
+				ids = append(ids, id)
+			}
 		}
 		w.mu.Unlock()
-		ctx, cancel := context.WithTimeout(context.Background(), w.every+time.Second)
-		got, err := w.dir.HostReplicas(ctx, ids)
-		cancel()
-		if err != nil {
-			continue // the next tick reads again
+		if len(ids) > 0 {
+			ctx, cancel := context.WithTimeout(context.Background(), w.every+time.Second)
+			read, err := w.dir.HostReplicas(ctx, ids)
+			cancel()
+			if err != nil {
+				continue // the next tick reads again
+			}
+			maps.Copy(got, read)
 		}
 		w.mu.Lock()
 		for id, hs := range got {
