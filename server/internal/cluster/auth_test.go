@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	agentv1 "agentplane/gen/agentplane/agent/v1"
+	hostv1 "agentplane/gen/agentplane/host/v1"
 	replicav1 "agentplane/gen/agentplane/replica/v1"
 )
 
@@ -81,5 +82,9 @@ func TestReplicaServiceTakesOnlyReplicas(t *testing.T) {
 	}
 	if status.Code(err) != codes.Unauthenticated {
 		t.Fatalf("agent stream with a replica's certificate: %v, want Unauthenticated", err)
+	}
+	// A user's service: a certificate is no user's credentials.
+	if _, err := hostv1.NewHostServiceClient(dial(t, c, a.addr, &replicaCert)).ListHosts(ctx, &hostv1.ListHostsRequest{}); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("ListHosts with a replica's certificate: %v, want Unauthenticated", err)
 	}
 }
