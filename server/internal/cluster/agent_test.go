@@ -52,6 +52,7 @@ type ak struct {
 type entry struct {
 	state  agentv1.CommandState
 	result *agentv1.CommandResult
+	acked  bool // out of the outbox; the journal still answers with the result
 }
 
 type agentConn struct {
@@ -114,7 +115,7 @@ func (a *agent) connect(addr string) error {
 	a.all = append(a.all, c)
 	var outbox []*agentv1.CommandResult
 	for _, e := range a.journal {
-		if e.result != nil {
+		if e.result != nil && !e.acked {
 			outbox = append(outbox, e.result)
 		}
 	}
@@ -217,7 +218,7 @@ func (a *agent) read(c *agentConn) {
 			a.mu.Lock()
 			a.acks[k]++
 			if e := a.journal[k]; e != nil {
-				e.result = nil // forgotten: the journal keeps FINISHED
+				e.acked = true
 			}
 			a.mu.Unlock()
 		}

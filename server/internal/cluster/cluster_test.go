@@ -3,6 +3,7 @@ package cluster_test
 import (
 	"context"
 	"net"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -100,6 +101,9 @@ func (c *cluster3) start(id string) *node {
 	}
 	n := &node{id: id, addr: lis.Addr().String()}
 	log := zerolog.Nop()
+	if os.Getenv("AGENTPLANE_TEST_LOG") != "" {
+		log = zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr}).With().Timestamp().Str("replica", id).Logger()
+	}
 	n.fleet = fleet.New(fleet.Config{Registry: c.st, Logs: c.st, ReplicaID: id, LostAfter: lostAfter, HeartbeatInterval: time.Second,
 		CancelWait: time.Second, QueryWait: 2 * time.Second, Log: log})
 	n.fleet.Serving()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -54,6 +55,9 @@ type Router struct {
 	cfg   RouterConfig
 	watch *watcher
 	acks  chan struct{} // bounds the Acks forwarded at once
+
+	mu    sync.Mutex
+	moves map[string]time.Time // by dead replica: when one of its hosts was last seen moving (awaitMove)
 }
 
 var _ interface {
@@ -149,7 +153,7 @@ func (r *Router) Dispatch(ctx context.Context, hostID int64, cmd fleet.Command) 
 				away = time.Now()
 				log.Info().Str("replica", peer).Msg("host's replica is not live; waiting for its agentd to reconnect to another")
 			}
-			if err := r.awaitMove(ctx, hostID, away); err != nil {
+			if err := r.awaitMove(ctx, hostID, away, peer); err != nil {
 				return fleet.Result{}, err
 			}
 		}
@@ -157,26 +161,76 @@ func (r *Router) Dispatch(ctx context.Context, hostID int64, cmd fleet.Command) 
 	}
 }
 
-// awaitMove waits while the host is on no live replica: until its location
-// changes (or it connects here), ctx ends (its cause), or it has been away
-// LostAfter (fleet.ErrAgentLost).
-func (r *Router) awaitMove(ctx context.Context, hostID int64, away time.Time) error {
+// awaitMove waits while the host is on no live replica (its last one,
+// dead): until its location changes (or it connects here), ctx ends (its
+// cause), or it has been away LostAfter (fleet.ErrAgentLost). A failover
+// fails no command by itself: while the dead replica's hosts keep moving to
+// live ones (the survivors work through the reconnections, which may take
+// longer than LostAfter at thousands of hosts), the bound counts from the
+// last such move this replica saw, as the fleet's does after a restart.
+func (r *Router) awaitMove(ctx context.Context, hostID int64, away time.Time, dead string) error {
 	s, stop := r.watch.watch(hostID)
 	defer stop()
-	t := time.NewTimer(time.Until(away.Add(r.cfg.LostAfter)))
-	defer t.Stop()
 	for {
+		at := later(away, r.lastMove(dead)).Add(r.cfg.LostAfter)
+		t := time.NewTimer(time.Until(at))
 		select {
 		case <-ctx.Done():
+			t.Stop()
 			return context.Cause(ctx)
 		case <-t.C:
-			return fmt.Errorf("%w: on no live replica for %s", fleet.ErrAgentLost, r.cfg.LostAfter)
+			if at.Before(later(away, r.lastMove(dead)).Add(r.cfg.LostAfter)) {
+				continue // hosts moved meanwhile
+			}
+			return fmt.Errorf("%w: on no live replica for %s (its replica %s is not live)", fleet.ErrAgentLost,
+				roundDuration(time.Since(away)), dead)
 		case hs := <-s.ch:
+			t.Stop()
 			if w, _ := r.locate(ctx, hostID, &hs); w != nowhere {
+				r.moved(dead)
 				return nil
 			}
 		}
 	}
+}
+
+// moved records that a host of replica dead was seen on a live one.
+func (r *Router) moved(dead string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.moves == nil {
+		r.moves = map[string]time.Time{}
+	}
+	r.moves[dead] = time.Now()
+	// Bounded: the replicas that died within the last LostAfter.
+	for id, at := range r.moves {
+		if time.Since(at) > r.cfg.LostAfter {
+			delete(r.moves, id)
+		}
+	}
+}
+
+// lastMove is when a host of replica dead was last seen moving to a live
+// one; zero if never (or long ago).
+func (r *Router) lastMove(dead string) time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.moves[dead]
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
+// roundDuration rounds d for messages, as the fleet does.
+func roundDuration(d time.Duration) time.Duration {
+	if d >= time.Second {
+		return d.Round(time.Second)
+	}
+	return d.Round(time.Millisecond)
 }
 
 // dispatchHere runs cmd on this replica's fleet. While the host has no

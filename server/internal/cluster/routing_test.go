@@ -201,3 +201,58 @@ func TestCommandFollowsTheHostBackHere(t *testing.T) {
 		t.Fatalf("ran %d times with %d queries; want once, asked", runs, queries)
 	}
 }
+
+// A failover fails no command by itself: while the dead replica's hosts
+// keep reconnecting to live replicas, a command whose host is not back yet
+// waits past the lost bound (counted from the last host seen moving).
+func TestFailoverFailsNoCommandWhileHostsKeepMoving(t *testing.T) {
+	c := newCluster(t, "a", "b", "c")
+	a, b, cc := c.nodes["a"], c.nodes["b"], c.nodes["c"]
+	first, second := c.host("h1", time.Second), c.host("h2", time.Second)
+	for _, ag := range []*agent{first, second} {
+		if err := ag.connect(b.addr); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "the host on b", func() bool { return b.fleet.Connected(ag.hostID) })
+	}
+	done := make(chan error, 2)
+	for i, ag := range []*agent{first, second} {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			r, err := a.router.Dispatch(ctx, ag.hostID, stop(int64(20+i)))
+			if err == nil && r.Outcome != fleet.Succeeded {
+				err = errors.New("outcome " + r.Message)
+			}
+			done <- err
+		}()
+	}
+	eventually(t, "both commands running", func() bool {
+		r1, _, _ := first.counts(ak{20, 1})
+		r2, _, _ := second.counts(ak{21, 1})
+		return r1 == 1 && r2 == 1
+	})
+	killed := time.Now()
+	b.kill()
+	c.dir.set("b", b.addr, false)
+	// The first host is back on c two thirds into the bound; the second
+	// only past it (but within the bound of the first one's move).
+	eventually(t, "two thirds of the bound", func() bool { return time.Since(killed) > 2*lostAfter/3 })
+	if err := first.connect(cc.addr); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "past the bound", func() bool { return time.Since(killed) > lostAfter+lostAfter/3 })
+	if err := second.connect(cc.addr); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("a command failed in the failover: %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("no result on a")
+		}
+	}
+}
