@@ -222,12 +222,8 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 	// The agentds connected to the previous server (or just before it
 	// stopped) are on their way back: the fleet waits for them past
 	// --agent-lost-after while they keep coming (fleet.Fleet.Expect).
-	// Only this replica's: the other replicas' agentds are theirs.
-	expected, err := st.ExpectedBackOn(ctx, id.id, time.Now().Add(-c.lostAfter))
+	expected, err := hostsBack(ctx, st, c.storeURL == "", id.id, time.Now().Add(-c.lostAfter))
 	if err != nil {
-		return err
-	}
-	if err := st.MarkReplicaOffline(ctx, id.id); err != nil {
 		return err
 	}
 
