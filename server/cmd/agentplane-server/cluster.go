@@ -92,7 +92,7 @@ func (h *engineHooks) gone(replicaID string) {
 
 // hostsBack returns the hosts whose agentds this starting replica expects
 // back (fleet.Fleet.Expect), then marks OFFLINE those it had: only its own
-// (hosts.replica_id, or '' for rows from before), the other replicas'
+// (hosts.replica_id, or ” for rows from before), the other replicas'
 // agentds being theirs; every host on SQLite (alone: its process holds the
 // data dir, whatever replica id it ran under before).
 func hostsBack(ctx context.Context, st *store.Store, alone bool, self string, seenSince time.Time) ([]int64, error) {
