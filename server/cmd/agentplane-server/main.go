@@ -26,6 +26,7 @@ import (
 	"agentplane/server/internal/agentop"
 	"agentplane/server/internal/audit"
 	"agentplane/server/internal/auth"
+	"agentplane/server/internal/cluster"
 	"agentplane/server/internal/enroll"
 	"agentplane/server/internal/fleet"
 	"agentplane/server/internal/pki"
@@ -221,11 +222,8 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 	// The agentds connected to the previous server (or just before it
 	// stopped) are on their way back: the fleet waits for them past
 	// --agent-lost-after while they keep coming (fleet.Fleet.Expect).
-	expected, err := st.ExpectedBack(ctx, time.Now().Add(-c.lostAfter))
+	expected, err := hostsBack(ctx, st, c.storeURL == "", id.id, time.Now().Add(-c.lostAfter))
 	if err != nil {
-		return err
-	}
-	if err := st.MarkAllOffline(ctx); err != nil {
 		return err
 	}
 
@@ -269,17 +267,26 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 	agents := fleet.New(fleet.Config{
 		// Agents' progress lines, grouped into one transaction each batch.
 		Registry: st, Logs: logs, Certs: st, Token: token, HeartbeatInterval: c.heartbeat, LostAfter: c.lostAfter,
-		MaxStreamsPerHost: c.agentMaxStreams, MaxReplacementsPerMin: c.agentReplacements,
+		MaxStreamsPerHost: c.agentMaxStreams, MaxReplacementsPerMin: c.agentReplacements, ReplicaID: id.id,
 		Log: log.With().Str("component", "fleet").Logger(),
 	})
 	agents.Expect(expected)
+	// The replicas' hooks into the engine, set once it exists (below).
+	var hooks engineHooks
+	peers, router, notifier := startCluster(c, id.id, ca, st, agents, &hooks, log)
+	defer router.Close() // after the engine (closed first): nothing dispatches then
+	if peers != nil {
+		defer peers.Close()
+		defer notifier.Close()
+	}
 	enrollment := enroll.New(enroll.Config{
 		Store: st, Signer: ca, Sessions: agents, Log: log.With().Str("component", "enroll").Logger(),
 	})
 	engine := task.New(task.Config{
-		Store: st, Executors: agentop.Executors(st, agents), Executor: id.executor, Holds: agentop.Holds,
-		Replica: id.id, Lease: c.replicaLease, Log: log.With().Str("component", "engine").Logger(),
+		Store: st, Executors: agentop.Executors(st, router), Executor: id.executor, Holds: agentop.Holds,
+		Replica: id.id, Lease: c.replicaLease, OnChange: notifier.Changed, Log: log.With().Str("component", "engine").Logger(),
 	})
+	hooks.set(engine)
 	if err := engine.Start(ctx); err != nil {
 		return err
 	}
@@ -304,6 +311,7 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 	gs := rpc.NewServer(rpc.Config{Hosts: hosts, Tasks: tasks, Fleet: agents, Users: users, Enroll: enrollment,
 		AccessKeys: keys, Throttle: throttle, Audit: audits, Replicas: self, Store: st, Log: log,
 		AgentLimits: rpc.AgentLimits{MsgsPerSec: c.agentMsgRate, MsgBurst: c.agentMsgBurst}, HandshakeTimeout: c.handshake}, grpcOpts...)
+	cluster.Register(gs, cluster.ServerConfig{Router: router, OnNotify: hooks.changed, Log: log.With().Str("component", "cluster").Logger()})
 	hs := &http.Server{
 		Handler: rest.NewHandler(rest.Config{Hosts: hosts, Tasks: tasks, Users: users, Enroll: enrollment,
 			AccessKeys: keys, Throttle: throttle, Audit: audits, Replicas: self, Store: st, Log: log}),

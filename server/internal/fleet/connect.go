@@ -82,7 +82,7 @@ func (f *Fleet) Connect(ctx context.Context, h Hello) (*Session, Welcome, error)
 	}
 	reg, err := f.cfg.Registry.RegisterHost(ctx, host.Host{
 		ID: h.HostID, Name: h.HostName, InnerIP: h.InnerIP, MachineID: h.MachineID,
-		AgentdVersion: h.AgentdVersion, InstallHome: h.InstallHome, Processes: h.Processes,
+		AgentdVersion: h.AgentdVersion, InstallHome: h.InstallHome, Processes: h.Processes, Replica: f.cfg.ReplicaID,
 	}, f.cfg.Now())
 	if err != nil {
 		return nil, Welcome{}, fmt.Errorf("registering host %q: %w", h.HostName, err)
@@ -94,7 +94,7 @@ func (f *Fleet) Connect(ctx context.Context, h Hello) (*Session, Welcome, error)
 	}
 	if h.Identity == nil {
 		if err := f.admit(reg.ID); err != nil {
-			f.restoreOffline(reg.ID)
+			f.restoreOffline(reg.ID, reg.Epoch)
 			return nil, Welcome{}, err
 		}
 	}
@@ -290,9 +290,11 @@ func (f *Fleet) Disconnect(s *Session) {
 	// The stream's context is gone; this write must still happen.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := f.cfg.Registry.SetHostStatus(ctx, s.HostID, host.StatusOffline); err != nil {
+	wrote, err := f.setOffline(ctx, s.HostID, s.Epoch)
+	if err != nil {
 		f.cfg.Log.Error().Err(err).Int64("host_id", s.HostID).Msg("marking host offline failed; retrying")
 		f.offlineLater(s.HostID)
 	}
-	f.cfg.Log.Info().Int64("host_id", s.HostID).AnErr("reason", s.Err()).Msg("agent disconnected")
+	f.cfg.Log.Info().Int64("host_id", s.HostID).Int64("epoch", s.Epoch).AnErr("reason", s.Err()).Bool("moved", err == nil && !wrote).
+		Msg("agent disconnected")
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"time"
 
-	"agentplane/server/internal/errs"
 	"agentplane/server/internal/task"
 )
 
@@ -32,6 +31,9 @@ type call struct {
 	// query.go). Both guarded by Fleet.mu.
 	asking bool
 	asked  *time.Timer
+	// replaced is closed when a newer Dispatch of the same (subtask,
+	// attempt) takes c's place (see Dispatch); guarded by Fleet.mu.
+	replaced chan struct{}
 }
 
 // Dispatch sends cmd to the host's agentd and waits for its result. A host
@@ -55,17 +57,19 @@ type call struct {
 // host's next connection if it has no session), waits up to CancelWait for
 // the agent's result, and returns the result it got (if any) with ctx's
 // cause. A ctx already done sends the Cancel only, never the command. When
-// ctx ends because the server shuts down (task.ErrShutdown) or another
-// replica took the task over (task.ErrNotOwner), the agent is left to
-// finish: the next server, or the task's new owner, resumes the wait.
+// ctx ends because the server shuts down (task.ErrShutdown), another
+// replica took the task over (task.ErrNotOwner), the host's stream moved to
+// another replica (ErrMoved) or a newer dispatch of the same attempt
+// replaced this one (ErrSuperseded), the agent is left to finish: the next
+// server, the task's new owner, or the replica that holds the stream,
+// resumes the wait.
 func (f *Fleet) Dispatch(ctx context.Context, hostID int64, cmd Command) (Result, error) {
 	k := key{cmd.SubtaskID, cmd.Attempt}
-	c := &call{hostID: hostID, cmd: cmd, ctx: ctx, result: make(chan Result, 1), asking: cmd.Resumed}
+	c := &call{hostID: hostID, cmd: cmd, ctx: ctx, result: make(chan Result, 1), asking: cmd.Resumed, replaced: make(chan struct{})}
 	began := time.Now()
 	f.mu.Lock()
 	if prev := f.inflight[k]; prev != nil {
-		f.mu.Unlock()
-		return Result{}, fmt.Errorf("subtask %d attempt %d is already dispatched: %w", cmd.SubtaskID, cmd.Attempt, errs.ErrConflict)
+		f.supersede(prev)
 	}
 	f.inflight[k] = c
 	st := f.hold(hostID)
@@ -82,8 +86,13 @@ func (f *Fleet) Dispatch(ctx context.Context, hostID int64, cmd Command) (Result
 		if c.asked != nil {
 			c.asked.Stop()
 		}
-		delete(f.inflight, k)
-		if delete(st.calls, k); len(st.calls) == 0 {
+		if f.inflight[k] == c {
+			delete(f.inflight, k)
+		}
+		if st.calls[k] == c {
+			delete(st.calls, k)
+		}
+		if len(st.calls) == 0 {
 			st.calls = nil
 		}
 		f.unhold(st)
@@ -97,7 +106,7 @@ func (f *Fleet) Dispatch(ctx context.Context, hostID int64, cmd Command) (Result
 		if err == nil && cause == nil {
 			return r, nil
 		}
-		if errors.Is(cause, task.ErrShutdown) || errors.Is(cause, task.ErrNotOwner) {
+		if errors.Is(cause, task.ErrShutdown) || errors.Is(cause, task.ErrNotOwner) || errors.Is(cause, ErrMoved) || errors.Is(cause, ErrSuperseded) {
 			return Result{}, cause
 		}
 		if err != nil {
@@ -178,6 +187,9 @@ func (f *Fleet) await(ctx context.Context, st *hostState, c *call, began time.Ti
 		case r := <-c.result:
 			stop()
 			return r, nil, nil
+		case <-c.replaced:
+			stop()
+			return Result{}, ErrSuperseded, nil
 		case <-ctx.Done():
 		case <-ended:
 		case <-joined:
@@ -186,6 +198,18 @@ func (f *Fleet) await(ctx context.Context, st *hostState, c *call, began time.Ti
 		}
 		stop()
 	}
+}
+
+// supersede retires prev, a call a newer Dispatch of the same (subtask,
+// attempt) replaces: its Dispatch returns ErrSuperseded, its query timer
+// stops. Callers hold mu.
+func (f *Fleet) supersede(prev *call) {
+	close(prev.replaced)
+	if prev.asked != nil {
+		prev.asked.Stop()
+	}
+	f.cfg.Log.Info().Int64("host_id", prev.hostID).Int64("subtask_id", prev.cmd.SubtaskID).Int("attempt", prev.cmd.Attempt).
+		Msg("command dispatched again while its previous dispatch waited; the newer one takes over")
 }
 
 // keepCancel remembers a cancel for the host's next session, replacing one

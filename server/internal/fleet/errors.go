@@ -43,3 +43,14 @@ var (
 	// ErrNotConnected is why WaitConnected gives up.
 	ErrNotConnected = errs.New(errs.ErrUnavailable, "agentd not connected")
 )
+
+// Why a Dispatch returns without the command's result, leaving agentd to
+// finish it (no cancel is sent); both are errs.ErrAborted errors.
+var (
+	// ErrMoved is the cause a caller gives Dispatch's context when the
+	// host's stream moved to another replica, which takes the wait over.
+	ErrMoved = errs.New(errs.ErrAborted, "the host's agent stream moved to another replica")
+	// ErrSuperseded ends a Dispatch that a newer Dispatch of the same
+	// (subtask, attempt) replaced.
+	ErrSuperseded = errs.New(errs.ErrAborted, "dispatched again; the newer dispatch waits for the result")
+)

@@ -101,6 +101,20 @@ type Config struct {
 	// Now stamps what is stored (registration, heartbeats); default time.Now.
 	// Liveness (LostAfter) always runs on the real monotonic clock.
 	Now func() time.Time
+	// ReplicaID is this server replica's id, recorded with each stream's
+	// registration (host.Host.Replica): where the host's stream is, for the
+	// other replicas. "" with one server.
+	ReplicaID string
+}
+
+// StreamRegistry is what a Registry also implements to fence a stream's
+// OFFLINE write by its epoch (store.Store does): with several replicas, a
+// session ending here must not mark OFFLINE a host whose newer stream is on
+// another replica. Without it, the fleet writes the status as it is.
+type StreamRegistry interface {
+	// SetHostOffline marks the host OFFLINE if its epoch is still epoch,
+	// and reports whether it did.
+	SetHostOffline(ctx context.Context, id, epoch int64) (bool, error)
 }
 
 // Defaults of the stream bounds (Config).
@@ -191,8 +205,10 @@ func New(cfg Config) *Fleet {
 // Close ends every session with ErrClosing (stopping their watchdogs) and
 // refuses new ones, so agent streams end at once when the server shuts down
 // (agents reconnect to the next server), and writes the hosts seen since the
-// last batch. Their hosts are not written OFFLINE one by one: the next
-// server marks them all OFFLINE at start (store.MarkAllOffline).
+// last batch. Their hosts are not written OFFLINE one by one: their agents
+// reconnect to another replica (which marks them ONLINE there), and this
+// replica marks those still its own OFFLINE when it starts again
+// (store.MarkReplicaOffline).
 func (f *Fleet) Close() {
 	defer f.flushSeen()
 	defer f.flushing.Wait()

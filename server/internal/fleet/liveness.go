@@ -167,3 +167,10 @@ func (f *Fleet) alarm(at time.Time, set bool) (<-chan time.Time, func()) {
 	t := time.NewTimer(left)
 	return t.C, func() { t.Stop() }
 }
+
+// Connected reports whether the host's agentd has a live session here.
+func (f *Fleet) Connected(hostID int64) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.live(hostID) != nil
+}

@@ -81,8 +81,9 @@ func (f *Fleet) writeFailed(err error, hostID int64, msg string) {
 }
 
 // restoreOffline undoes a registration's ONLINE write for a host with no
-// live session. Callers hold the host's online lock.
-func (f *Fleet) restoreOffline(hostID int64) {
+// live session, unless a newer stream (epoch) was registered since (on
+// another replica). Callers hold the host's online lock.
+func (f *Fleet) restoreOffline(hostID, epoch int64) {
 	f.mu.Lock()
 	live := f.live(hostID) != nil
 	f.mu.Unlock()
@@ -91,10 +92,20 @@ func (f *Fleet) restoreOffline(hostID int64) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := f.cfg.Registry.SetHostStatus(ctx, hostID, host.StatusOffline); err != nil {
+	if _, err := f.setOffline(ctx, hostID, epoch); err != nil {
 		f.cfg.Log.Error().Err(err).Int64("host_id", hostID).Msg("marking host offline failed; retrying")
 		f.offlineLater(hostID)
 	}
+}
+
+// setOffline writes the host OFFLINE if its stream of epoch is still its
+// newest (StreamRegistry; unconditionally without one), and reports whether
+// it wrote.
+func (f *Fleet) setOffline(ctx context.Context, hostID, epoch int64) (bool, error) {
+	if r, ok := f.cfg.Registry.(StreamRegistry); ok && epoch != 0 {
+		return r.SetHostOffline(ctx, hostID, epoch)
+	}
+	return true, f.cfg.Registry.SetHostStatus(ctx, hostID, host.StatusOffline)
 }
 
 // offlineLater writes the host OFFLINE again a heartbeat interval from now
@@ -142,16 +153,18 @@ func (f *Fleet) disarm(t **time.Timer) {
 func (f *Fleet) retryOffline() {
 	f.mu.Lock()
 	hosts := make([]int64, 0, len(f.offlineHosts))
+	epochs := make([]int64, 0, len(f.offlineHosts))
 	for _, st := range f.offlineHosts {
 		hosts = append(hosts, st.id)
+		epochs = append(epochs, st.epoch)
 		st.offline = false
 		f.release(st)
 	}
 	f.offlineHosts, f.offlineTimer = nil, nil
 	f.mu.Unlock()
-	for _, id := range hosts {
+	for i, id := range hosts {
 		unlock := f.online.host(id)
-		f.restoreOffline(id)
+		f.restoreOffline(id, epochs[i])
 		unlock()
 	}
 }

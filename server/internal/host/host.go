@@ -52,6 +52,10 @@ type Host struct {
 	// (RegisterHost adds one for each): the current stream's fencing token,
 	// sent with its commands. 0 before the first.
 	Epoch int64
+	// Replica is the id of the server replica the host's current (or
+	// last) stream was registered on (RegisterHost records it with the
+	// epoch); "" for a host registered before replicas shared a fleet.
+	Replica string
 }
 
 // Process is one OCP Agent base process as agentd reported it. A host's

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	auditv1 "agentplane/gen/agentplane/audit/v1"
+	replicav1 "agentplane/gen/agentplane/replica/v1"
 	taskv1 "agentplane/gen/agentplane/task/v1"
 	"agentplane/server/internal/api"
 	"agentplane/server/internal/audit"
@@ -57,11 +58,13 @@ func auditUnary(a api.Auditor) grpc.UnaryServerInterceptor {
 
 // audited reports whether calls of the unary method are recorded: those
 // that may change state, which is every method but reads (Get*, List*,
-// Watch*), health and reflection. The agent stream (Connect) is a stream
-// and never reaches the unary interceptor; Enroll and RenewCertificate are
-// recorded.
+// Watch*), health, reflection and the replicas' own calls (ReplicaService:
+// no user's, and refused ones are logged). The agent stream (Connect) is a
+// stream and never reaches the unary interceptor; Enroll and
+// RenewCertificate are recorded.
 func audited(fullMethod string) bool {
-	if strings.HasPrefix(fullMethod, "/grpc.health.") || strings.HasPrefix(fullMethod, "/grpc.reflection.") {
+	if strings.HasPrefix(fullMethod, "/grpc.health.") || strings.HasPrefix(fullMethod, "/grpc.reflection.") ||
+		strings.HasPrefix(fullMethod, "/"+replicav1.ReplicaService_ServiceDesc.ServiceName+"/") {
 		return false
 	}
 	name := fullMethod[strings.LastIndexByte(fullMethod, '/')+1:]

@@ -30,6 +30,7 @@ import (
 	agentv1 "agentplane/gen/agentplane/agent/v1"
 	hostv1 "agentplane/gen/agentplane/host/v1"
 	iamv1 "agentplane/gen/agentplane/iam/v1"
+	replicav1 "agentplane/gen/agentplane/replica/v1"
 	taskv1 "agentplane/gen/agentplane/task/v1"
 	"agentplane/server/internal/api"
 	"agentplane/server/internal/audit"
@@ -150,10 +151,13 @@ func NewServer(cfg Config, opts ...grpc.ServerOption) *grpc.Server {
 }
 
 // open lists the method prefixes served without user credentials: the agent
-// stream authenticates with its own token, and health and reflection reveal
-// no data.
+// stream authenticates with its own token, ReplicaService (registered by
+// package cluster, when replicas share a fleet) takes only a replica's
+// client certificate and checks it itself, and health and reflection
+// reveal no data.
 var open = []string{
 	"/" + agentv1.AgentService_ServiceDesc.ServiceName + "/",
+	"/" + replicav1.ReplicaService_ServiceDesc.ServiceName + "/",
 	"/grpc.health.v1.Health/",
 	"/grpc.reflection.",
 }

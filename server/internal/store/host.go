@@ -15,7 +15,7 @@ import (
 )
 
 const hostCols = `id, name, inner_ip, machine_id, status, agent_status, agentd_version, install_home, last_seen,
-	op_task_id, processes, create_time, update_time, revoke_time, epoch`
+	op_task_id, processes, create_time, update_time, revoke_time, epoch, replica_id`
 
 func scanHost(sc interface{ Scan(...any) error }) (host.Host, error) {
 	var h host.Host
@@ -23,7 +23,7 @@ func scanHost(sc interface{ Scan(...any) error }) (host.Host, error) {
 	var op sql.NullInt64
 	var procs string
 	err := sc.Scan(&h.ID, &h.Name, &h.InnerIP, &h.MachineID, &h.Status, &h.AgentStatus, &h.AgentdVersion,
-		&h.InstallHome, &lastSeen, &op, &procs, &created, &updated, &revoked, &h.Epoch)
+		&h.InstallHome, &lastSeen, &op, &procs, &created, &updated, &revoked, &h.Epoch, &h.Replica)
 	if err != nil {
 		return h, err
 	}
@@ -93,7 +93,9 @@ func mergeProcesses(known, reported []host.Process, at time.Time) []host.Process
 // to the host's epoch (1 for a new host): the new stream's fencing token,
 // in the same write (one transaction per stream, grouped with others by the
 // writer). The host is found by name, else created; the stored host is
-// returned with its id and new epoch.
+// returned with its id and new epoch. r.Replica, the replica the stream is
+// on, is recorded in the same write (hosts.replica_id: where the host's
+// stream is, for the replicas that route commands to it).
 // ErrPermissionDenied, and nothing written, when the host is revoked.
 func (s *Store) RegisterHost(ctx context.Context, r host.Host, at time.Time) (host.Host, error) {
 	if r.Name == "" {
@@ -108,10 +110,10 @@ func (s *Store) RegisterHost(ctx context.Context, r host.Host, at time.Time) (ho
 		case errors.Is(err, sql.ErrNoRows):
 			procs := mergeProcesses(nil, r.Processes, at)
 			res, err := tx.ExecContext(ctx, `INSERT INTO hosts (name, inner_ip, machine_id, status, agent_status,
-				agentd_version, install_home, last_seen, processes, create_time, update_time, epoch)
-				VALUES (?,?,?,?,?,?,?,?,?,?,?,1)`,
+				agentd_version, install_home, last_seen, processes, create_time, update_time, epoch, replica_id)
+				VALUES (?,?,?,?,?,?,?,?,?,?,?,1,?)`,
 				r.Name, r.InnerIP, r.MachineID, host.StatusOnline, agentStatusOf(procs), r.AgentdVersion,
-				r.InstallHome, ms(at), toJSON(procs), ms(at), ms(at))
+				r.InstallHome, ms(at), toJSON(procs), ms(at), ms(at), r.Replica)
 			if err != nil {
 				return fmt.Errorf("inserting host %q: %w", r.Name, err)
 			}
@@ -129,9 +131,9 @@ func (s *Store) RegisterHost(ctx context.Context, r host.Host, at time.Time) (ho
 			}
 			procs := mergeProcesses(known, r.Processes, at)
 			_, err = tx.ExecContext(ctx, `UPDATE hosts SET inner_ip = ?, machine_id = ?, status = ?, agentd_version = ?,
-				install_home = ?, last_seen = ?, processes = ?, agent_status = ?, update_time = ?, epoch = epoch + 1 WHERE id = ?`,
+				install_home = ?, last_seen = ?, processes = ?, agent_status = ?, update_time = ?, epoch = epoch + 1, replica_id = ? WHERE id = ?`,
 				r.InnerIP, r.MachineID, host.StatusOnline, r.AgentdVersion, r.InstallHome, ms(at), toJSON(procs),
-				agentStatusOf(procs), ms(at), id)
+				agentStatusOf(procs), ms(at), r.Replica, id)
 			if err != nil {
 				return fmt.Errorf("updating host %d: %w", id, err)
 			}
@@ -205,6 +207,86 @@ func (s *Store) SetHostStatus(ctx context.Context, id int64, st host.Status) err
 		return fmt.Errorf("host %d: %w", id, errs.ErrNotFound)
 	}
 	return nil
+}
+
+// SetHostOffline marks a host OFFLINE if its epoch is still epoch: the
+// stream that ended is still its newest, not replaced by one on another
+// replica (a compare-and-swap; a newer stream's ONLINE stays). It reports
+// whether it wrote; ErrNotFound when there is no such host.
+func (s *Store) SetHostOffline(ctx context.Context, id, epoch int64) (bool, error) {
+	now := nowMS()
+	res, err := s.exec(ctx, `UPDATE hosts SET status = ?, `+bumpUpdateTime+` WHERE id = ? AND epoch = ?`,
+		host.StatusOffline, now, now, id, epoch)
+	if err != nil {
+		return false, fmt.Errorf("setting host %d OFFLINE: %w", id, err)
+	}
+	if n, _ := res.RowsAffected(); n == 1 {
+		return true, nil
+	}
+	if _, err := s.HostReplica(ctx, id); err != nil {
+		return false, err
+	}
+	return false, nil
+}
+
+// HostReplica returns where the host's stream was last registered: the
+// replica id and the stream's epoch (Host.Replica, Host.Epoch). It is what
+// a replica reads to route a command to the host. ErrNotFound when there
+// is no such host.
+func (s *Store) HostReplica(ctx context.Context, id int64) (HostStream, error) {
+	var hs HostStream
+	err := s.r.QueryRowContext(ctx, `SELECT replica_id, epoch, status FROM hosts WHERE id = ?`, id).Scan(&hs.Replica, &hs.Epoch, &hs.Status)
+	if errors.Is(err, sql.ErrNoRows) {
+		return hs, fmt.Errorf("host %d: %w", id, errs.ErrNotFound)
+	}
+	if err != nil {
+		return hs, fmt.Errorf("reading host %d: %w", id, err)
+	}
+	return hs, nil
+}
+
+// HostReplicas is HostReplica for several hosts at once (hostReplicasChunk ids a
+// query); hosts that do not exist
+// are left out.
+func (s *Store) HostReplicas(ctx context.Context, ids []int64) (map[int64]HostStream, error) {
+	out := make(map[int64]HostStream, len(ids))
+	for chunk := range slices.Chunk(ids, hostReplicasChunk) {
+		args := make([]any, len(chunk))
+		for i, id := range chunk {
+			args[i] = id
+		}
+		q := `SELECT id, replica_id, epoch, status FROM hosts WHERE id IN (?` + strings.Repeat(",?", len(chunk)-1) + `)`
+		if err := s.hostReplicas(ctx, q, args, out); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+const hostReplicasChunk = 500
+
+func (s *Store) hostReplicas(ctx context.Context, q string, args []any, out map[int64]HostStream) error {
+	rows, err := s.r.QueryContext(ctx, q, args...)
+	if err != nil {
+		return fmt.Errorf("reading where hosts are: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id int64
+		var hs HostStream
+		if err := rows.Scan(&id, &hs.Replica, &hs.Epoch, &hs.Status); err != nil {
+			return fmt.Errorf("reading where hosts are: %w", err)
+		}
+		out[id] = hs
+	}
+	return rows.Err()
+}
+
+// HostStream is where a host's stream was last registered (HostReplica).
+type HostStream struct {
+	Replica string // "" for a host registered before replicas shared a fleet
+	Epoch   int64
+	Status  host.Status
 }
 
 // HostsSeen records when each host's agentd was last heard from (its
@@ -316,8 +398,21 @@ func (s *Store) ListHosts(ctx context.Context, q host.ListQuery) (host.Page, err
 // back: ONLINE (connected to the previous server when it stopped), holding
 // a running operation, or seen since seenSince. Read before MarkAllOffline.
 func (s *Store) ExpectedBack(ctx context.Context, seenSince time.Time) ([]int64, error) {
-	rows, err := s.r.QueryContext(ctx, `SELECT id FROM hosts WHERE revoke_time = 0
+	return s.expectedBack(ctx, `SELECT id FROM hosts WHERE revoke_time = 0
 		AND (status = ? OR op_task_id IS NOT NULL OR last_seen >= ?)`, host.StatusOnline, ms(seenSince))
+}
+
+// ExpectedBackOn is ExpectedBack for the hosts whose last stream was on
+// replica id (or on no replica: rows from before replicas shared a fleet):
+// the others' agentds are another replica's. Read before
+// MarkReplicaOffline.
+func (s *Store) ExpectedBackOn(ctx context.Context, id string, seenSince time.Time) ([]int64, error) {
+	return s.expectedBack(ctx, `SELECT id FROM hosts WHERE revoke_time = 0 AND replica_id IN (?, '')
+		AND (status = ? OR op_task_id IS NOT NULL OR last_seen >= ?)`, id, host.StatusOnline, ms(seenSince))
+}
+
+func (s *Store) expectedBack(ctx context.Context, q string, args ...any) ([]int64, error) {
+	rows, err := s.r.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("listing the hosts expected back: %w", err)
 	}
@@ -339,6 +434,19 @@ func (s *Store) MarkAllOffline(ctx context.Context) error {
 	_, err := s.exec(ctx, `UPDATE hosts SET status = ? WHERE status = ?`, host.StatusOffline, host.StatusOnline)
 	if err != nil {
 		return fmt.Errorf("marking hosts offline: %w", err)
+	}
+	return nil
+}
+
+// MarkReplicaOffline sets OFFLINE every ONLINE host whose stream was on
+// replica id (or on no replica: rows from before replicas shared a fleet);
+// a starting replica calls it before any agentd can have connected to it.
+// Hosts whose streams are on other replicas keep their status.
+func (s *Store) MarkReplicaOffline(ctx context.Context, id string) error {
+	_, err := s.exec(ctx, `UPDATE hosts SET status = ? WHERE status = ? AND replica_id IN (?, '')`,
+		host.StatusOffline, host.StatusOnline, id)
+	if err != nil {
+		return fmt.Errorf("marking the hosts of replica %q offline: %w", id, err)
 	}
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"agentplane/server/internal/errs"
@@ -141,6 +142,9 @@ func registerReplica(ctx context.Context, q querier, d dialect, r replica.Regist
 // lockRegistrations takes registrationRow's lock (changing its value, so
 // that the UPDATE matches a changed row), creating the row if missing.
 func lockRegistrations(ctx context.Context, q querier, incarnation string) error {
+	// A value of its own each time, so that a registration of the same
+	// incarnation again (a retry) changes the row too.
+	incarnation += "/" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	res, err := q.ExecContext(ctx, `UPDATE cluster_settings SET value = ? WHERE name = ?`, incarnation, registrationRow)
 	if err != nil {
 		return fmt.Errorf("locking the replicas registry: %w", err)
@@ -148,13 +152,15 @@ func lockRegistrations(ctx context.Context, q querier, incarnation string) error
 	if n, err := res.RowsAffected(); err != nil || n == 1 {
 		return err
 	}
+	// No row (a store migrated without it): create it, or, when another
+	// registration created it meanwhile, lock it by the UPDATE again.
 	_, err = q.ExecContext(ctx, `INSERT INTO cluster_settings (name, value) VALUES (?, ?)`, registrationRow, incarnation)
-	if err != nil && !isUniqueViolation(err) {
+	if err != nil && isUniqueViolation(err) {
+		_, err = q.ExecContext(ctx, `UPDATE cluster_settings SET value = ? WHERE name = ?`, incarnation, registrationRow)
+	}
+	if err != nil {
 		return fmt.Errorf("locking the replicas registry: %w", err)
 	}
-	// A duplicate: the row holds incarnation already (the same process
-	// registers again), which MySQL counts as no row changed; the UPDATE
-	// locked it all the same.
 	return nil
 }
 

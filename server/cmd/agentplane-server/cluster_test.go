@@ -1,0 +1,40 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"testing"
+)
+
+// fakeEngine has the engine's side of the replicas' contract (wip/ownership).
+type fakeEngine struct {
+	changed []int64
+	adopted []string
+}
+
+func (e *fakeEngine) Changed(ids []int64) { e.changed = append(e.changed, ids...) }
+
+func (e *fakeEngine) Adopt(_ context.Context, replicaID string) error {
+	e.adopted = append(e.adopted, replicaID)
+	return errors.New("adopt failed") // logged, not fatal
+}
+
+// The hooks reach the engine's Changed and Adopt when it has them, and do
+// nothing when it does not.
+func TestEngineHooks(t *testing.T) {
+	var h engineHooks
+	h.changed([]int64{1}) // before set: nothing
+	h.gone("b")
+	e := &fakeEngine{}
+	h.set(e)
+	h.changed([]int64{4, 5})
+	h.gone("b")
+	if !slices.Equal(e.changed, []int64{4, 5}) || !slices.Equal(e.adopted, []string{"b"}) {
+		t.Fatalf("changed %v, adopted %v", e.changed, e.adopted)
+	}
+	var none engineHooks
+	none.set(struct{}{})
+	none.changed([]int64{1})
+	none.gone("b")
+}
