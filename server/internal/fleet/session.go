@@ -2,13 +2,15 @@ package fleet
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"agentplane/server/internal/host"
 )
 
 // Session is one connected agentd stream. The adapter sends what Out yields
-// and stops when Done is closed (the session was replaced, lost or closed).
+// and stops when Done is closed (the session was replaced, lost or closed);
+// Notify tells it when to look.
 //
 // Each session has a watchdog: a timer (no goroutine) that fires LostAfter
 // after the host was last heard from and ends the session with ErrLost if
@@ -28,6 +30,9 @@ type Session struct {
 	// disconnected is set by the first Disconnect, which releases the
 	// session's place in its hostState.streams; guarded by Fleet.mu.
 	disconnected bool
+	// notify, once set, is called after each message queued and when the
+	// session ends (Notify).
+	notify atomic.Pointer[func()]
 	// reported is the process list last stored for the host by this
 	// session (the Hello's, then each changed heartbeat's). Only Receive
 	// uses it, which the adapter calls from one goroutine per session.
@@ -43,6 +48,21 @@ func (s *Session) Out() <-chan Outbound { return s.out }
 
 // Done is closed when the session ends; Err then says why.
 func (s *Session) Done() <-chan struct{} { return s.done }
+
+// Notify has f called after each message queued on the session and once
+// it ends, so that an adapter needs no goroutine waiting on Out and Done.
+// f runs in the caller of the fleet's method (possibly under the fleet's
+// lock): it must not block nor call the fleet. Messages queued and an end
+// that came before Notify are not announced: the caller looks at Out and
+// Err once Notify has returned. Call it at most once.
+func (s *Session) Notify(f func()) { s.notify.Store(&f) }
+
+// notified calls the function given to Notify, if any.
+func (s *Session) notified() {
+	if f := s.notify.Load(); f != nil {
+		(*f)()
+	}
+}
 
 // Err says why the session ended: ErrReplaced, ErrSlowAgent, ErrLost,
 // ErrRevoked, ErrCertRevoked, ErrClosing, or ErrDisconnected (possibly
@@ -63,6 +83,7 @@ func (s *Session) close(reason error) {
 		if s.lost != nil {
 			s.lost.Stop()
 		}
+		s.notified()
 	})
 }
 
@@ -88,6 +109,7 @@ func (s *Session) send(m Outbound) bool {
 	}
 	select {
 	case s.out <- m:
+		s.notified()
 		return true
 	default:
 		s.close(ErrSlowAgent)
