@@ -22,11 +22,13 @@ type Session struct {
 	// cancel and query sent on the session carries it (send sets it).
 	Epoch  int64
 	serial string // the client certificate's; "" without one
-	out    chan Outbound
-	done   chan struct{}
-	once   sync.Once
-	err    error       // why it ended; set before done is closed
-	lost   *time.Timer // the watchdog; set before the session is published
+	// out is the queue of messages for the agent, made by the first send
+	// or Out (queue): most sessions idle, and a queue is 2.6 KB.
+	out  atomic.Pointer[chan Outbound]
+	done chan struct{}
+	once sync.Once
+	err  error       // why it ended; set before done is closed
+	lost *time.Timer // the watchdog; set before the session is published
 	// disconnected is set by the first Disconnect, which releases the
 	// session's place in its hostState.streams; guarded by Fleet.mu.
 	disconnected bool
@@ -44,7 +46,34 @@ type Session struct {
 const sessionBuffer = 64
 
 // Out yields the messages to send to the agent.
-func (s *Session) Out() <-chan Outbound { return s.out }
+func (s *Session) Out() <-chan Outbound { return s.queue() }
+
+// Next returns the next message to send to the agent without waiting;
+// false when none is queued. Unlike Out it makes no queue.
+func (s *Session) Next() (Outbound, bool) {
+	q := s.out.Load()
+	if q == nil {
+		return Outbound{}, false
+	}
+	select {
+	case m := <-*q:
+		return m, true
+	default:
+		return Outbound{}, false
+	}
+}
+
+// queue returns the session's queue, made on first use.
+func (s *Session) queue() chan Outbound {
+	if q := s.out.Load(); q != nil {
+		return *q
+	}
+	q := make(chan Outbound, sessionBuffer)
+	if s.out.CompareAndSwap(nil, &q) {
+		return q
+	}
+	return *s.out.Load()
+}
 
 // Done is closed when the session ends; Err then says why.
 func (s *Session) Done() <-chan struct{} { return s.done }
@@ -108,7 +137,7 @@ func (s *Session) send(m Outbound) bool {
 		q.Epoch, m.Query = s.Epoch, &q
 	}
 	select {
-	case s.out <- m:
+	case s.queue() <- m:
 		s.notified()
 		return true
 	default:

@@ -148,14 +148,13 @@ func (x *sender) drain() bool {
 			x.end.end(err)
 			return false
 		}
-		select {
-		case m := <-x.sess.Out():
-			if err := x.stream.Send(toOutbound(m)); err != nil {
-				x.end.end(err)
-				return false
-			}
-		default:
+		m, ok := x.sess.Next()
+		if !ok {
 			return true
+		}
+		if err := x.stream.Send(toOutbound(m)); err != nil {
+			x.end.end(err)
+			return false
 		}
 	}
 }
