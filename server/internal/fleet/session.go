@@ -8,9 +8,9 @@ import (
 	"agentplane/server/internal/host"
 )
 
-// Session is one connected agentd stream. The adapter sends what Out yields
-// and stops when Done is closed (the session was replaced, lost or closed);
-// Notify tells it when to look.
+// Session is one connected agentd stream. The adapter sends what Next (or
+// Out) yields and stops when Done is closed (the session was replaced, lost
+// or closed); Notify tells it when to look.
 //
 // Each session has a watchdog: a timer (no goroutine) that fires LostAfter
 // after the host was last heard from and ends the session with ErrLost if
