@@ -3,7 +3,6 @@ package rpc
 import (
 	"context"
 	"fmt"
-	"net"
 	"runtime"
 	"strings"
 	"sync"
@@ -11,11 +10,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
-	"google.golang.org/grpc/test/bufconn"
 
 	agentv1 "agentplane/gen/agentplane/agent/v1"
 	"agentplane/server/internal/fleet"
@@ -60,18 +56,7 @@ func TestAgentStreamHoldsOneGoroutine(t *testing.T) {
 	reg := &named{hosts: &hosts{}, ids: map[string]int64{}}
 	f := fleet.New(fleet.Config{Registry: reg, Logs: reg, Token: "tok", Log: zerolog.Nop()})
 	defer f.Close()
-	lis := bufconn.Listen(1 << 20)
-	gs := grpc.NewServer()
-	agentv1.RegisterAgentServiceServer(gs, &agentServer{fleet: f, log: zerolog.Nop()})
-	go func() { _ = gs.Serve(lis) }()
-	defer gs.Stop()
-	conn, err := grpc.NewClient("passthrough:///bufnet",
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := agentConn(t, f)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 
