@@ -73,7 +73,9 @@ func (e *streamEnd) end(err error) {
 			if e.disconnect != nil {
 				e.disconnect()
 			}
-			_ = e.w.WriteStatus(status.Convert(e.st)) // fails only on a stream gone already
+			// An error: the stream is gone already, or its status could
+			// not be written; the stream has ended either way.
+			_ = e.w.WriteStatus(status.Convert(e.st))
 		}
 	})
 }
