@@ -98,7 +98,7 @@ func (f *Fleet) Connect(ctx context.Context, h Hello) (*Session, Welcome, error)
 			return nil, Welcome{}, err
 		}
 	}
-	s := &Session{HostID: reg.ID, Epoch: reg.Epoch, out: make(chan Outbound, sessionBuffer), done: make(chan struct{}), reported: h.Processes}
+	s := &Session{HostID: reg.ID, Epoch: reg.Epoch, done: make(chan struct{}), reported: h.Processes}
 	if h.Identity != nil {
 		s.serial = h.Identity.Serial
 	}

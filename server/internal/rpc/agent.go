@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -82,9 +81,10 @@ type agentServer struct {
 
 var _ agentv1.AgentServiceServer = (*agentServer)(nil)
 
-// Connect runs one agent stream: Hello → Welcome, then a send goroutine fed
-// by the session and a receive loop feeding the fleet, until either fails,
-// the session ends (replaced, lost, revoked, closed), or the stream ends.
+// Connect runs one agent stream: Hello → Welcome, then a receive loop
+// feeding the fleet, and the session's messages sent as they are queued,
+// until either fails, the session ends (replaced, lost, revoked, closed), or
+// the stream ends.
 // The host is the one the verified client certificate names, if the stream
 // has one (the fleet checks the Hello against it); else the fleet decides
 // whether the Hello's bootstrap token is enough.
@@ -102,8 +102,9 @@ var _ agentv1.AgentServiceServer = (*agentServer)(nil)
 // errs.ErrAborted), PERMISSION_DENIED for a revoked host or certificate,
 // UNAVAILABLE while the server shuts down.
 func (s *agentServer) Connect(stream agentv1.AgentService_ConnectServer) error {
-	ctx, cancel := context.WithCancel(stream.Context())
-	defer cancel()
+	end := newStreamEnd(stream.Context())
+	defer end.cancel(nil)
+	ctx := end.ctx
 	limits := s.limits.withDefaults()
 
 	ident, err := peerIdentity(ctx)
@@ -127,6 +128,7 @@ func (s *agentServer) Connect(stream agentv1.AgentService_ConnectServer) error {
 	defer s.fleet.Disconnect(sess)
 	log := s.log.With().Int64("host_id", sess.HostID).Logger()
 	ctx = log.WithContext(ctx)
+	end.ctx = ctx
 
 	err = stream.Send(&agentv1.ConnectResponse{Kind: &agentv1.ConnectResponse_Welcome{Welcome: &agentv1.Welcome{
 		HostId: welcome.HostID, HeartbeatInterval: durationpb.New(welcome.HeartbeatInterval), Epoch: welcome.Epoch,
@@ -135,30 +137,24 @@ func (s *agentServer) Connect(stream agentv1.AgentService_ConnectServer) error {
 		return err
 	}
 
-	// Two goroutines per stream, not three: this one sends, one receives.
-	// At 10,000 agents each goroutine's stack is a tenth of a GB.
-	recvErr := make(chan error, 1)
-	go func() {
-		recvErr <- s.recvLoop(ctx, stream, sess, msgs)
-		cancel()
-	}()
-	err = sendLoop(ctx, stream, sess)
-	if ctx.Err() != nil {
-		// The receive loop ended the stream (or the client did, which ends
-		// the receive loop too): its error says why.
-		select {
-		case err = <-recvErr:
-		case <-time.After(time.Second):
-		}
+	// This goroutine receives; a sender runs while messages are queued
+	// and ends the stream when the session ends (agentsend.go).
+	end.disconnect = func() { s.fleet.Disconnect(sess) }
+	snd := &sender{stream: stream, sess: sess, end: end}
+	sess.Notify(snd.wake)
+	snd.wake() // what was queued, or the end that came, before Notify
+	if end.w != nil {
+		end.end(s.recvLoop(ctx, stream, sess, msgs))
+	} else {
+		// Without the transport's WriteStatus only returning ends the
+		// stream: the receive loop runs apart, and is still in Recv when
+		// this handler returns, which ends it.
+		go func() { end.end(s.recvLoop(ctx, stream, sess, msgs)) }()
+		<-ctx.Done()
+		end.end(context.Cause(ctx)) // the client's cancel
 	}
-	cancel()
-	// A receive loop still in Recv ends when this handler returns.
-	if errors.Is(err, io.EOF) || errors.Is(err, context.Canceled) || status.Code(err) == codes.Canceled {
-		log.Debug().Msg("agent stream ended")
-		return nil
-	}
-	logStreamEnd(log, err)
-	return toStatus(ctx, err)
+	snd.stop()
+	return end.result(log)
 }
 
 // logStreamEnd logs why an agent stream ended, at a level chosen by the
@@ -267,21 +263,6 @@ func recvWithin(ctx context.Context, stream agentv1.AgentService_ConnectServer, 
 		return nil, status.Errorf(codes.DeadlineExceeded, "no hello within %s", d)
 	case <-ctx.Done():
 		return nil, ctx.Err()
-	}
-}
-
-func sendLoop(ctx context.Context, stream agentv1.AgentService_ConnectServer, sess *fleet.Session) error {
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-sess.Done():
-			return sess.Err()
-		case m := <-sess.Out():
-			if err := stream.Send(toOutbound(m)); err != nil {
-				return err
-			}
-		}
 	}
 }
 

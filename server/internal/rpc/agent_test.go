@@ -70,18 +70,7 @@ func TestSilentAgentStreamIsEndedAndItsHostGoesOffline(t *testing.T) {
 	reg := &hosts{}
 	f := fleet.New(fleet.Config{Registry: reg, Logs: reg, Token: "tok", Log: zerolog.Nop(), LostAfter: 200 * time.Millisecond})
 	defer f.Close()
-	lis := bufconn.Listen(1 << 20)
-	gs := grpc.NewServer()
-	agentv1.RegisterAgentServiceServer(gs, &agentServer{fleet: f, log: zerolog.Nop()})
-	go func() { _ = gs.Serve(lis) }()
-	defer gs.Stop()
-	conn, err := grpc.NewClient("passthrough:///bufnet",
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := agentConn(t, f)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -118,6 +107,25 @@ func TestSilentAgentStreamIsEndedAndItsHostGoesOffline(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// agentConn serves the stream adapter over f on an in-memory connection
+// and returns a client connection to it; both end with the test.
+func agentConn(t *testing.T, f *fleet.Fleet) *grpc.ClientConn {
+	t.Helper()
+	lis := bufconn.Listen(1 << 20)
+	gs := grpc.NewServer()
+	agentv1.RegisterAgentServiceServer(gs, &agentServer{fleet: f, log: zerolog.Nop()})
+	go func() { _ = gs.Serve(lis) }()
+	t.Cleanup(gs.Stop)
+	conn, err := grpc.NewClient("passthrough:///bufnet",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return conn
 }
 
 func TestToOutboundActions(t *testing.T) {
