@@ -6,6 +6,7 @@ import (
 	"maps"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -185,6 +186,17 @@ func TestClusterKillTaskOwnerMidBatchNothingRunsTwice(t *testing.T) {
 	agents, id := startMidBatch(t, c, 4, func([]*agentd) int { return owner })
 	c.kill(t, owner)
 	checkBatchOnce(t, c, agents, id, 45*time.Second)
+	// The survivors noticed the owner's process gone through their
+	// connections to it and adopted its tasks at once, not only after its
+	// lease through the sweep.
+	waitFor(t, 10*time.Second, "a survivor to adopt the tasks of r1 as gone", func() bool {
+		for i := 1; i < len(c.replicas); i++ {
+			if strings.Contains(c.replicas[i].proc.log(), "adopted the tasks of a replica that is gone") {
+				return true
+			}
+		}
+		return false
+	})
 }
 
 // startMidBatch starts agentds (at least least, on two replicas or more)

@@ -11,6 +11,7 @@ import (
 	"agentplane/server/internal/fleet"
 	"agentplane/server/internal/pki"
 	"agentplane/server/internal/store"
+	"agentplane/server/internal/task"
 )
 
 // startCluster makes this replica one of its store's: a Router runs the
@@ -42,51 +43,43 @@ func startCluster(c config, self string, ca *pki.Authority, st *store.Store, age
 	return peers, router, notifier
 }
 
-// engineHooks are the engine's side of the replicas' contract (package
-// task, with wip/ownership): Changed(ids) for the tasks a peer changed,
-// Adopt(ctx, replicaID) for a peer gone. They are found on the engine by
-// their methods, so either side builds without the other; without them,
-// both hooks do nothing.
-type engineHooks struct {
-	log       zerolog.Logger
-	changedFn atomic.Pointer[func([]int64)]
-	adoptFn   atomic.Pointer[func(context.Context, string) error]
+// replicaEngine is the engine's side of the replicas' contract: Changed
+// for the tasks a peer changed, Adopt for the tasks of a peer gone.
+type replicaEngine interface {
+	Changed(ids []int64)
+	Adopt(ctx context.Context, from string) (int, error)
 }
 
-func (h *engineHooks) set(engine any) {
-	if e, ok := engine.(interface{ Changed(ids []int64) }); ok {
-		f := e.Changed
-		h.changedFn.Store(&f)
-	}
-	switch e := engine.(type) {
-	case interface {
-		Adopt(ctx context.Context, replicaID string) error
-	}:
-		f := e.Adopt
-		h.adoptFn.Store(&f)
-	case interface {
-		Adopt(ctx context.Context, replicaID string)
-	}:
-		f := func(ctx context.Context, id string) error { e.Adopt(ctx, id); return nil }
-		h.adoptFn.Store(&f)
-	}
+var _ replicaEngine = (*task.Engine)(nil)
+
+// engineHooks reach the engine once it exists: the cluster's parts are
+// made before it (its config takes the Router and the Notifier), and until
+// set both hooks do nothing.
+type engineHooks struct {
+	log    zerolog.Logger
+	engine atomic.Pointer[replicaEngine]
 }
+
+func (h *engineHooks) set(e replicaEngine) { h.engine.Store(&e) }
 
 // changed is ReplicaService.Notify's hook: the engine's Changed.
 func (h *engineHooks) changed(ids []int64) {
-	if f := h.changedFn.Load(); f != nil {
-		(*f)(ids)
+	if e := h.engine.Load(); e != nil {
+		(*e).Changed(ids)
 	}
 }
 
-// gone is Peers' OnGone: the engine adopts the tasks of the replica gone.
+// gone is Peers' OnGone: the engine adopts the tasks of the replica gone
+// (the sweep retries what this misses).
 func (h *engineHooks) gone(replicaID string) {
-	if f := h.adoptFn.Load(); f != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if err := (*f)(ctx, replicaID); err != nil {
-			h.log.Error().Err(err).Str("replica", replicaID).Msg("adopting the tasks of a replica gone failed; the sweep retries")
-		}
+	e := h.engine.Load()
+	if e == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := (*e).Adopt(ctx, replicaID); err != nil {
+		h.log.Error().Err(err).Str("replica", replicaID).Msg("adopting the tasks of a replica gone failed; the sweep retries")
 	}
 }
 

@@ -7,7 +7,7 @@ import (
 	"testing"
 )
 
-// fakeEngine has the engine's side of the replicas' contract (wip/ownership).
+// fakeEngine has the engine's side of the replicas' contract.
 type fakeEngine struct {
 	changed []int64
 	adopted []string
@@ -15,13 +15,13 @@ type fakeEngine struct {
 
 func (e *fakeEngine) Changed(ids []int64) { e.changed = append(e.changed, ids...) }
 
-func (e *fakeEngine) Adopt(_ context.Context, replicaID string) error {
+func (e *fakeEngine) Adopt(_ context.Context, replicaID string) (int, error) {
 	e.adopted = append(e.adopted, replicaID)
-	return errors.New("adopt failed") // logged, not fatal
+	return 0, errors.New("adopt failed") // logged, not fatal
 }
 
-// The hooks reach the engine's Changed and Adopt when it has them, and do
-// nothing when it does not.
+// The hooks reach the engine's Changed and Adopt once it is set, and do
+// nothing before.
 func TestEngineHooks(t *testing.T) {
 	var h engineHooks
 	h.changed([]int64{1}) // before set: nothing
@@ -33,8 +33,4 @@ func TestEngineHooks(t *testing.T) {
 	if !slices.Equal(e.changed, []int64{4, 5}) || !slices.Equal(e.adopted, []string{"b"}) {
 		t.Fatalf("changed %v, adopted %v", e.changed, e.adopted)
 	}
-	var none engineHooks
-	none.set(struct{}{})
-	none.changed([]int64{1})
-	none.gone("b")
 }

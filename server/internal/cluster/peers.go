@@ -48,11 +48,17 @@ type PeersConfig struct {
 	KeepaliveTime, KeepaliveTimeout time.Duration
 	// DialTimeout bounds a connection attempt; default 3s.
 	DialTimeout time.Duration
-	Log         zerolog.Logger
+	// ConnectEvery is how often Peers connects to the live replicas it has
+	// no connection to yet (default 3s): a connection held to every peer is
+	// what notices its process gone (OnGone) at once, instead of after its
+	// lease and a sweep. Negative: only on demand.
+	ConnectEvery time.Duration
+	Log          zerolog.Logger
 }
 
 // Peers holds one connection to each other live replica, dialled by its
-// registered address (--advertise-addr) with mutual TLS.
+// registered address (--advertise-addr) with mutual TLS, made ahead of need
+// (ConnectEvery) so that a peer's death is noticed as it happens.
 type Peers struct {
 	cfg    PeersConfig
 	ctx    context.Context // ended by Close: the watchers
@@ -95,8 +101,37 @@ func NewPeers(cfg PeersConfig) *Peers {
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = 3 * time.Second
 	}
+	if cfg.ConnectEvery == 0 {
+		cfg.ConnectEvery = 3 * time.Second
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Peers{cfg: cfg, ctx: ctx, cancel: cancel, conns: map[string]*peerConn{}}
+	p := &Peers{cfg: cfg, ctx: ctx, cancel: cancel, conns: map[string]*peerConn{}}
+	if cfg.ConnectEvery > 0 {
+		p.wg.Add(1)
+		go p.connectAll()
+	}
+	return p
+}
+
+// connectAll connects to every live peer, at once and then every
+// ConnectEvery, until Close: one registry read (shared with the other
+// callers, see replicas) per round.
+func (p *Peers) connectAll() {
+	defer p.wg.Done()
+	t := time.NewTicker(p.cfg.ConnectEvery)
+	defer t.Stop()
+	for {
+		if live, err := p.Live(p.ctx); err == nil {
+			for _, r := range live {
+				_, _ = p.client(p.ctx, r.ID) // an error: the next round tries again
+			}
+		}
+		select {
+		case <-p.ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // Close closes the connections and waits for their watchers.
