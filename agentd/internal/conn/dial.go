@@ -11,7 +11,9 @@ import (
 )
 
 // Dial returns agentd's connection to the server (not yet connected; the
-// first call connects). Keepalive pings find a dead connection within 40 s.
+// first call connects). Keepalive pings (every 10 s of silence from the
+// server, given up 5 s later) find a dead or frozen server, or a cut
+// network, within 15 s, so that agentd moves to another replica.
 //
 // Reconnects are paced by Client's own backoff, with full jitter, not by
 // gRPC's: Client calls ResetConnectBackoff before each attempt and waits for
@@ -34,7 +36,7 @@ func Dial(server string, creds credentials.TransportCredentials) (*grpc.ClientCo
 // backoff within one attempt, for a servers.Pool of several servers.
 func DialOptions() []grpc.DialOption {
 	return []grpc.DialOption{
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
 			MinConnectTimeout: 5 * time.Second,

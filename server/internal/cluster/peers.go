@@ -43,8 +43,8 @@ type PeersConfig struct {
 	ListEvery time.Duration
 	// Keepalive pings an idle connection this often and gives up on it
 	// KeepaliveTimeout later without an answer, so a frozen peer is
-	// noticed within their sum; defaults 10s (the least the replicas'
-	// servers accept) and 5s.
+	// noticed within their sum; defaults 10s and 5s (the replicas'
+	// servers accept a ping every 5 s at the most: rpc.NewServer).
 	KeepaliveTime, KeepaliveTimeout time.Duration
 	// DialTimeout bounds a connection attempt; default 3s.
 	DialTimeout time.Duration

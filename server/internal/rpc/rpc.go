@@ -118,7 +118,11 @@ func NewServer(cfg Config, opts ...grpc.ServerOption) *grpc.Server {
 		// audit first: refused calls are recorded too
 		grpc.ChainUnaryInterceptor(codec.unary, auditUnary(cfg.Audit), a.unary, refuseUndecodable),
 		grpc.ChainStreamInterceptor(codec.stream, a.stream),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		// Clients may ping every 5 s at the most: agentd pings every 10 s of
+		// silence (conn.DialOptions) and the replicas their peers as often,
+		// with room for timer jitter (a ping early by a hair must not count
+		// as abuse and cost a GOAWAY).
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),
 	)
 	s := grpc.NewServer(opts...)
