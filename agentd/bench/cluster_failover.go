@@ -1,0 +1,209 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	hostv1 "agentplane/gen/agentplane/host/v1"
+	taskv1 "agentplane/gen/agentplane/task/v1"
+)
+
+// The failover rounds stop slow fakes (each base process exits
+// clusterSlow after SIGTERM: ocp_agentd, then the other two at once, so
+// about 2 × clusterSlow in all) and kill a replica clusterKillAfter after
+// the request, while agentd waits for ocp_agentd's exit.
+const (
+	clusterSlow      = 500 * time.Millisecond
+	clusterKillAfter = 300 * time.Millisecond
+)
+
+// failoverStop is one slow stop, with the replica roles: the request (and
+// so the task's owner) on owner, the host's stream on stream, WatchTask on
+// watch (never killed).
+type failoverStop struct {
+	sent, kill, firstAfter, final time.Time
+	status                        taskv1.TaskStatus
+	task                          *taskv1.Task
+}
+
+// failover runs reference stops (no kill), then kills rounds, each killing
+// with SIGKILL the replica holding the stream (even rounds) or the task's
+// owner (odd rounds) mid-stop, and starting it again afterwards.
+func (c *clusterRun) failover(ctx context.Context, kills int) (*Row, error) {
+	refs := max(2, kills/2)
+	var ref, fo, first, added Latencies
+	failed, lost, doubled := 0, 0, 0
+	var subtasks []int64
+	c.env.Logf("cluster: failover: %d reference slow stops, then %d kills (stream's replica, owner, in turn)", refs, kills)
+	for k := range refs + kills {
+		h := c.agents[k%len(c.agents)]
+		s, err := c.waitHolder(ctx, h, func(int) bool { return true })
+		if err != nil {
+			return nil, err
+		}
+		o := (s + 1) % len(c.replicas)
+		w := (s + 2) % len(c.replicas)
+		victim := -1
+		if k >= refs {
+			victim = s
+			if (k-refs)%2 == 1 {
+				victim = o
+			}
+		}
+		f, err := c.slowStop(ctx, h, o, w, victim)
+		if f.task != nil {
+			for _, st := range f.task.GetSubtasks() {
+				subtasks = append(subtasks, st.GetId())
+			}
+		}
+		switch {
+		case errors.Is(err, errLost):
+			lost++
+			c.env.Logf("cluster: failover round %d: %v", k, err)
+		case err != nil:
+			return nil, err
+		case f.status == taskv1.TaskStatus_TASK_STATUS_FAILED:
+			failed++
+			c.env.Logf("cluster: failover round %d: task %d FAILED: %s", k, f.task.GetId(), e2eMessages(f.task))
+		case victim < 0:
+			ref.Add(f.final.Sub(f.sent))
+		default:
+			fo.Add(f.final.Sub(f.kill))
+			if !f.firstAfter.IsZero() {
+				first.Add(f.firstAfter.Sub(f.kill))
+			}
+			added.Add(f.final.Sub(f.sent) - ref.Quantile(0.5))
+			c.env.Logf("cluster: failover round %d: killed r%d (%s): SUCCESSFUL %s after the kill",
+				k, victim+1, map[bool]string{true: "stream", false: "owner"}[victim == s], f.final.Sub(f.kill).Round(time.Millisecond))
+		}
+		if victim >= 0 {
+			if err := c.replicas[victim].Launch(ctx); err != nil {
+				return nil, fmt.Errorf("starting r%d again: %w", victim+1, err)
+			}
+		}
+	}
+	var logs []string
+	for _, h := range c.agents {
+		logs = append(logs, h.agentd.LogPath)
+	}
+	starts := agentdStarts(logs)
+	for _, id := range subtasks {
+		if starts[id] > 1 {
+			doubled++
+		}
+	}
+	r := Row{Bench: "cluster", Case: "failover: kill -9 mid-stop → SUCCESSFUL on another replica",
+		Baseline: "the same slow stop without a kill", Extra: map[string]float64{
+			"lost": float64(lost), "doubled": float64(doubled), "failed": float64(failed)}}
+	fo.Fill(&r)
+	e2eExtra(r.Extra, "no_kill_stop", &ref)
+	e2eExtra(r.Extra, "first_change_after_kill", &first)
+	e2eExtra(r.Extra, "added_over_no_kill", &added)
+	r.Note = fmt.Sprintf("SIGKILL of the replica holding the host's stream or owning the task (in turn), %s after the request, "+
+		"while agentd stops slow fakes (%s each; the stop takes ~%s without a kill); figure: the kill → the task SUCCESSFUL seen "+
+		"by WatchTask on the third replica (it includes the stop's remaining work); the killed replica is started again "+
+		"between rounds; lost = not final within %s, doubled = a subtask's command started twice on agentd",
+		clusterKillAfter, clusterSlow, ref.Quantile(0.5).Round(time.Millisecond), clusterStopTimeout)
+	r.Check("p99 ≤ 3 s; 0 lost, doubled, failed", r.P99Ms <= 3000 && lost+doubled+failed == 0 && fo.Len() > 0)
+	return &r, nil
+}
+
+var errLost = errors.New("task not final in time")
+
+// slowStop starts h's fakes in slow mode, posts the stop to replica owner,
+// watches it on replica watch, and (victim ≥ 0) kills replica victim
+// clusterKillAfter after the request.
+func (c *clusterRun) slowStop(ctx context.Context, h *e2eHost, owner, watch, victim int) (failoverStop, error) {
+	var f failoverStop
+	sup, pids, err := e2eStartFake(ctx, c.env, "fake-"+h.name, h.home,
+		"FAKE_OCP_MODE=slow", "FAKE_OCP_SLOW="+clusterSlow.String())
+	if err != nil {
+		return f, err
+	}
+	defer func() { _ = e2eReap(sup, pids) }()
+	ctx, cancel := context.WithTimeout(ctx, clusterStopTimeout)
+	defer cancel()
+	if wait := time.Until(h.last.Add(e2eHostInterval)); wait > 0 {
+		time.Sleep(wait)
+	}
+	f.sent = time.Now()
+	h.last = f.sent
+	resp, err := c.hosts[owner].StopAgent(ctx, &hostv1.StopAgentRequest{HostId: h.id})
+	if err != nil {
+		return f, fmt.Errorf("StopAgent on r%d: %w", owner+1, err)
+	}
+	id := resp.GetTask().GetId()
+	msgs := make(chan *taskv1.Task, 64)
+	werr := make(chan error, 1)
+	go func() { werr <- c.watch(ctx, watch, id, msgs) }()
+	var kill <-chan time.Time
+	if victim >= 0 {
+		t := time.NewTimer(time.Until(f.sent.Add(clusterKillAfter)))
+		defer t.Stop()
+		kill = t.C
+	}
+	for {
+		select {
+		case <-kill:
+			kill = nil
+			f.kill = time.Now()
+			c.replicas[victim].Kill()
+		case t := <-msgs:
+			now := time.Now()
+			if !f.kill.IsZero() && f.firstAfter.IsZero() {
+				f.firstAfter = now
+			}
+			switch t.GetStatus() {
+			case taskv1.TaskStatus_TASK_STATUS_SUCCESSFUL, taskv1.TaskStatus_TASK_STATUS_FAILED:
+				if kill != nil { // final before the kill: no failover measured
+					return f, fmt.Errorf("task %d final %s after the request, before the kill", id, now.Sub(f.sent))
+				}
+				f.final, f.status, f.task = now, t.GetStatus(), t
+				return f, nil
+			}
+		case err := <-werr:
+			if ctx.Err() != nil {
+				return f, fmt.Errorf("task %d through r%d (watched on r%d): %w", id, owner+1, watch+1, errLost)
+			}
+			return f, err
+		}
+	}
+}
+
+// watch follows task id through WatchTask on replica r, sending each
+// update to out, and watches again when the stream ends before the task is
+// final (until ctx ends).
+func (c *clusterRun) watch(ctx context.Context, r int, id int64, out chan<- *taskv1.Task) error {
+	for {
+		w, err := c.tasks[r].WatchTask(ctx, &taskv1.WatchTaskRequest{Id: id})
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if err := sleepCtx(ctx, 50*time.Millisecond); err != nil {
+				return err
+			}
+			continue
+		}
+		for {
+			m, err := w.Recv()
+			if err != nil {
+				if !errors.Is(err, io.EOF) && ctx.Err() != nil {
+					return ctx.Err()
+				}
+				break
+			}
+			select {
+			case out <- m.GetTask():
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		if err := sleepCtx(ctx, 50*time.Millisecond); err != nil {
+			return err
+		}
+	}
+}
