@@ -193,18 +193,14 @@ func (c *clusterRun) addAgents(ctx context.Context, n int) error {
 // holder is the replica holding h's stream, from agentd's log: the server
 // of its last "connected to server" with no loss after it; -1 for none.
 func (c *clusterRun) holder(h *e2eHost) int {
-	b, err := os.ReadFile(h.agentd.LogPath)
-	if err != nil {
-		return -1
-	}
 	holder := -1
-	for line := range strings.SplitSeq(string(b), "\n") {
+	eachLogLine(h.agentd.LogPath, func(line []byte) {
 		var e struct {
 			Msg    string `json:"message"`
 			Server string `json:"server"`
 		}
-		if json.Unmarshal([]byte(line), &e) != nil {
-			continue
+		if json.Unmarshal(line, &e) != nil {
+			return
 		}
 		switch e.Msg {
 		case "connected to server":
@@ -212,7 +208,7 @@ func (c *clusterRun) holder(h *e2eHost) int {
 		case "connection to server lost", "disconnected from server":
 			holder = -1
 		}
-	}
+	})
 	return holder
 }
 

@@ -1,11 +1,9 @@
 package bench
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
 	"time"
 )
 
@@ -54,22 +52,15 @@ func (c *clusterRun) stopSameCross(ctx context.Context, stops int) ([]Row, error
 func agentdStarts(paths []string) map[int64]int {
 	out := map[int64]int{}
 	for _, p := range paths {
-		f, err := os.Open(p)
-		if err != nil {
-			continue
-		}
-		sc := bufio.NewScanner(f)
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		for sc.Scan() {
+		eachLogLine(p, func(line []byte) {
 			var e struct {
 				Msg     string `json:"message"`
 				Subtask int64  `json:"subtask_id"`
 			}
-			if json.Unmarshal(sc.Bytes(), &e) == nil && e.Subtask != 0 && e.Msg == "command started" {
+			if json.Unmarshal(line, &e) == nil && e.Subtask != 0 && e.Msg == "command started" {
 				out[e.Subtask]++
 			}
-		}
-		f.Close()
+		})
 	}
 	return out
 }
