@@ -91,10 +91,7 @@ func runCluster(ctx context.Context, env *Env) (rows []Row, err error) {
 		return rows, err
 	}
 	fo, err := c.failover(ctx, kills)
-	if fo != nil {
-		rows = append(rows, *fo)
-	}
-	return rows, err
+	return append(rows, fo...), err
 }
 
 // start launches mariadbd, a database for the store and the replicas.

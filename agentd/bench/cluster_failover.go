@@ -30,14 +30,32 @@ type failoverStop struct {
 	task                          *taskv1.Task
 }
 
+// failoverKind is what a round kills; kinds alternate.
+type failoverKind int
+
+const (
+	killStream failoverKind = iota // the replica holding the host's stream
+	killOwner                      // the replica that took the request and owns the task
+)
+
+func (k failoverKind) String() string {
+	return [...]string{"the stream's replica", "the task's owner"}[k]
+}
+
+// failoverStats are the rounds of one kind.
+type failoverStats struct {
+	final, first, added, stored Latencies // kill → seen final, → first change seen, over the no-kill stop, → stored end
+	failed, lost, doubled       int
+	subtasks                    []int64
+}
+
 // failover runs reference stops (no kill), then kills rounds, each killing
-// with SIGKILL the replica holding the stream (even rounds) or the task's
-// owner (odd rounds) mid-stop, and starting it again afterwards.
-func (c *clusterRun) failover(ctx context.Context, kills int) (*Row, error) {
+// with SIGKILL the replica holding the stream or the task's owner (in turn)
+// mid-stop, and starting it again afterwards. It returns a row per kind.
+func (c *clusterRun) failover(ctx context.Context, kills int) ([]Row, error) {
 	refs := max(2, kills/2)
-	var ref, fo, first, added, stored Latencies
-	failed, lost, doubled := 0, 0, 0
-	var subtasks []int64
+	var ref Latencies
+	var stats [2]failoverStats
 	c.env.Logf("cluster: failover: %d reference slow stops, then %d kills (stream's replica, owner, in turn)", refs, kills)
 	for k := range refs + kills {
 		h := c.agents[k%len(c.agents)]
@@ -47,47 +65,46 @@ func (c *clusterRun) failover(ctx context.Context, kills int) (*Row, error) {
 		}
 		o := (s + 1) % len(c.replicas)
 		w := (s + 2) % len(c.replicas)
-		victim := -1
+		kind, victim := killStream, -1
 		if k >= refs {
-			victim = s
-			if (k-refs)%2 == 1 {
-				victim = o
-			}
+			kind = failoverKind((k - refs) % 2)
+			victim = map[failoverKind]int{killStream: s, killOwner: o}[kind]
 		}
 		f, err := c.slowStop(ctx, h, o, w, victim)
-		if f.task != nil {
-			for _, st := range f.task.GetSubtasks() {
-				subtasks = append(subtasks, st.GetId())
+		if victim < 0 {
+			if err != nil {
+				return nil, fmt.Errorf("reference stop %d: %w", k, err)
 			}
+			ref.Add(f.final.Sub(f.sent))
+			continue
+		}
+		st := &stats[kind]
+		for _, sub := range f.task.GetSubtasks() {
+			st.subtasks = append(st.subtasks, sub.GetId())
 		}
 		switch {
 		case errors.Is(err, errLost):
-			lost++
+			st.lost++
 			c.env.Logf("cluster: failover round %d: %v", k, err)
 		case err != nil:
 			return nil, err
 		case f.status == taskv1.TaskStatus_TASK_STATUS_FAILED:
-			failed++
+			st.failed++
 			c.env.Logf("cluster: failover round %d: task %d FAILED: %s", k, f.task.GetId(), e2eMessages(f.task))
-		case victim < 0:
-			ref.Add(f.final.Sub(f.sent))
 		default:
-			fo.Add(f.final.Sub(f.kill))
+			st.final.Add(f.final.Sub(f.kill))
 			if !f.firstAfter.IsZero() {
-				first.Add(f.firstAfter.Sub(f.kill))
+				st.first.Add(f.firstAfter.Sub(f.kill))
 			}
-			added.Add(f.final.Sub(f.sent) - ref.Quantile(0.5))
+			st.added.Add(f.final.Sub(f.sent) - ref.Quantile(0.5))
 			if !f.stored.IsZero() {
-				stored.Add(f.stored.Sub(f.kill))
+				st.stored.Add(f.stored.Sub(f.kill))
 			}
-			c.env.Logf("cluster: failover round %d: killed r%d (%s): SUCCESSFUL (stored by %s) %s after the kill, seen %s after it",
-				k, victim+1, map[bool]string{true: "stream", false: "owner"}[victim == s], f.task.GetExecutor(),
-				f.stored.Sub(f.kill).Round(time.Millisecond), f.final.Sub(f.kill).Round(time.Millisecond))
+			c.env.Logf("cluster: failover round %d: killed r%d (%s): SUCCESSFUL stored %s after the kill, seen %s after it",
+				k, victim+1, kind, f.stored.Sub(f.kill).Round(time.Millisecond), f.final.Sub(f.kill).Round(time.Millisecond))
 		}
-		if victim >= 0 {
-			if err := c.replicas[victim].Launch(ctx); err != nil {
-				return nil, fmt.Errorf("starting r%d again: %w", victim+1, err)
-			}
+		if err := c.replicas[victim].Launch(ctx); err != nil {
+			return nil, fmt.Errorf("starting r%d again: %w", victim+1, err)
 		}
 	}
 	var logs []string
@@ -95,27 +112,36 @@ func (c *clusterRun) failover(ctx context.Context, kills int) (*Row, error) {
 		logs = append(logs, h.agentd.LogPath)
 	}
 	starts := agentdStarts(logs)
-	for _, id := range subtasks {
-		if starts[id] > 1 {
-			doubled++
+	var rows []Row
+	for kind := range stats {
+		st := &stats[kind]
+		for _, id := range st.subtasks {
+			if starts[id] > 1 {
+				st.doubled++
+			}
 		}
+		rows = append(rows, failoverRow(failoverKind(kind), st, &ref))
 	}
-	r := Row{Bench: "cluster", Case: "failover: kill -9 mid-stop → SUCCESSFUL on another replica",
-		Extra: map[string]float64{
-			"lost": float64(lost), "doubled": float64(doubled), "failed": float64(failed)}}
-	fo.Fill(&r)
-	e2eExtra(r.Extra, "no_kill_stop", &ref)
-	e2eExtra(r.Extra, "first_change_after_kill", &first)
-	e2eExtra(r.Extra, "added_over_no_kill", &added)
-	e2eExtra(r.Extra, "kill_to_stored_end", &stored)
-	r.Note = fmt.Sprintf("SIGKILL of the replica holding the host's stream or owning the task (in turn), %s after the request, "+
-		"while agentd stops slow fakes (%s each; the stop takes ~%s without a kill); figure: the kill → the task SUCCESSFUL seen "+
-		"by WatchTask on the third replica (it includes the stop's remaining work; kill_to_stored_end: to the task's "+
-		"stored end_time); the killed replica is started again "+
-		"between rounds; lost = not final within %s, doubled = a subtask's command started twice on agentd",
-		clusterKillAfter, clusterSlow, ref.Quantile(0.5).Round(time.Millisecond), clusterStopTimeout)
-	r.Check("p99 ≤ 3 s; 0 lost, doubled, failed", r.P99Ms <= 3000 && lost+doubled+failed == 0 && fo.Len() > 0)
-	return &r, nil
+	return rows, nil
+}
+
+// failoverRow is the report of one kind of kill.
+func failoverRow(kind failoverKind, st *failoverStats, ref *Latencies) Row {
+	r := Row{Bench: "cluster", Case: "failover: kill -9 of " + kind.String() + " mid-stop",
+		Extra: map[string]float64{"lost": float64(st.lost), "doubled": float64(st.doubled), "failed": float64(st.failed)}}
+	st.final.Fill(&r)
+	e2eExtra(r.Extra, "no_kill_stop", ref)
+	e2eExtra(r.Extra, "first_change_after_kill", &st.first)
+	e2eExtra(r.Extra, "added_over_no_kill", &st.added)
+	e2eExtra(r.Extra, "kill_to_stored_end", &st.stored)
+	r.Note = fmt.Sprintf("SIGKILL of %s %s after the request (made on the owner; the stream on another replica), while agentd "+
+		"stops slow fakes (%s each; the stop takes ~%s without a kill); figure: the kill → the task SUCCESSFUL seen by "+
+		"WatchTask on the third replica, so it includes the stop's remaining work (kill_to_stored_end: to the task's stored "+
+		"end_time); the killed replica is started again after each round; lost = not final within %s, doubled = a "+
+		"subtask's command started twice on agentd",
+		kind, clusterKillAfter, clusterSlow, ref.Quantile(0.5).Round(time.Millisecond), clusterStopTimeout)
+	r.Check("p99 ≤ 3 s; 0 lost, doubled, failed", r.P99Ms <= 3000 && st.lost+st.doubled+st.failed == 0 && st.final.Len() > 0)
+	return r
 }
 
 var errLost = errors.New("task not final in time")
