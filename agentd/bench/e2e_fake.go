@@ -46,14 +46,15 @@ func e2eTermAndWait(fds ...int) error {
 
 // e2eStartFake starts home/bin/ocp_agentd (reaped by Env) and waits until it
 // and its two children run from home and have written their pid files. It
-// returns the supervisor and the pid of each base process.
-func e2eStartFake(ctx context.Context, env *Env, name, home string) (*Process, map[string]int, error) {
+// returns the supervisor and the pid of each base process. fakeEnv
+// (FAKE_OCP_*) sets the fakes' behaviour; none is graceful.
+func e2eStartFake(ctx context.Context, env *Env, name, home string, fakeEnv ...string) (*Process, map[string]int, error) {
 	for _, n := range e2eBaseNames {
 		if err := os.Remove(filepath.Join(home, "run", n+".pid")); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return nil, nil, err
 		}
 	}
-	p, err := env.Start(ctx, name, nil, filepath.Join(home, "bin", "ocp_agentd"))
+	p, err := env.Start(ctx, name, fakeEnv, filepath.Join(home, "bin", "ocp_agentd"))
 	if err != nil {
 		return nil, nil, err
 	}

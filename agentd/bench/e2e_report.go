@@ -32,35 +32,28 @@ func e2eAgentdTimes(paths []string) map[int64][2]time.Time {
 }
 
 func e2eAgentdLog(path string, out map[int64][2]time.Time) {
-	f, err := os.Open(path)
-	if err != nil {
-		return
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
+	eachLogLine(path, func(line []byte) {
 		var e struct {
 			Msg     string `json:"message"`
 			Subtask int64  `json:"subtask_id"`
 			Time    string `json:"time"`
 		}
-		if json.Unmarshal(sc.Bytes(), &e) != nil || e.Subtask == 0 {
-			continue
+		if json.Unmarshal(line, &e) != nil || e.Subtask == 0 {
+			return
 		}
 		i := map[string]int{"command started": 0, "command finished": 1}
 		k, ok := i[e.Msg]
 		if !ok {
-			continue
+			return
 		}
 		t, err := time.Parse(time.RFC3339Nano, e.Time)
 		if err != nil {
-			continue
+			return
 		}
 		v := out[e.Subtask]
 		v[k] = t
 		out[e.Subtask] = v
-	}
+	})
 }
 
 // e2eRows turns the samples into the report: the end-to-end row, the
@@ -163,4 +156,19 @@ func e2eRows(samples []e2eSample, base *Latencies, agentdLogs []string) []Row {
 func e2eExtra(m map[string]float64, name string, l *Latencies) {
 	m[name+"_p50_ms"] = Ms(l.Quantile(0.5))
 	m[name+"_p99_ms"] = Ms(l.Quantile(0.99))
+}
+
+// eachLogLine calls f with each line of the log at path (none when it
+// cannot be read).
+func eachLogLine(path string, f func(line []byte)) {
+	fh, err := os.Open(path)
+	if err != nil {
+		return
+	}
+	defer fh.Close()
+	sc := bufio.NewScanner(fh)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		f(sc.Bytes())
+	}
 }

@@ -48,6 +48,7 @@ type Options struct {
 	Work    string   // scratch root; each scenario gets a dir in it
 	Short   bool     // the short mode
 	Only    []string // scenario names; empty runs all
+	Skip    []string // scenario names not to run (e.g. cluster where mariadbd is missing)
 	Version string
 	Logf    func(format string, args ...any)
 }
@@ -60,7 +61,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	for _, s := range Scenarios() {
 		known[s.Name] = true
 	}
-	for _, name := range o.Only {
+	for _, name := range slices.Concat(o.Only, o.Skip) {
 		if !known[name] {
 			return nil, fmt.Errorf("no scenario %q: want one of %s", name, strings.Join(slices.Sorted(maps.Keys(known)), ", "))
 		}
@@ -70,7 +71,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 	rep := &Report{Start: time.Now().UTC(), Short: o.Short, Machine: ReadMachine(o.Version)}
 	for _, s := range Scenarios() {
-		if len(o.Only) > 0 && !slices.Contains(o.Only, s.Name) {
+		if len(o.Only) > 0 && !slices.Contains(o.Only, s.Name) || slices.Contains(o.Skip, s.Name) {
 			continue
 		}
 		if ctx.Err() != nil {

@@ -16,7 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"agentplane/server/internal/store/mariadbtest"
+	"agentplane/internal/mariadbtest"
 )
 
 // cluster is N agentplane-server replicas on one private MariaDB, as

@@ -14,7 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	iamv1 "agentplane/gen/agentplane/iam/v1"
-	"agentplane/server/internal/store/mariadbtest"
+	"agentplane/internal/mariadbtest"
 )
 
 // startServerOnMariaDB starts agentplane-server (startServer, with args)

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"agentplane/server/internal/store/mariadbtest"
+	"agentplane/internal/mariadbtest"
 )
 
 // TestStopThroughTheOtherReplica runs two replicas of one MariaDB store

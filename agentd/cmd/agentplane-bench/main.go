@@ -35,6 +35,7 @@ func run() int {
 		out   = flag.String("o", "", "also write the report as JSON to this file")
 		short = flag.Bool("short", false, "short mode: smaller fleets and windows, under 5 minutes")
 		only  = flag.String("only", "", "comma-separated scenarios to run (default all): "+names())
+		skip  = flag.String("skip", "", "comma-separated scenarios not to run (e.g. cluster, which needs mariadbd)")
 		work  = flag.String("work", "", "scratch dir (default a new temporary dir, removed afterwards unless a scenario failed)")
 	)
 	flag.Parse()
@@ -56,6 +57,9 @@ func run() int {
 		}}
 	if *only != "" {
 		o.Only = strings.Split(*only, ",")
+	}
+	if *skip != "" {
+		o.Skip = strings.Split(*skip, ",")
 	}
 	rep, err := bench.Run(ctx, o)
 	if rep != nil {

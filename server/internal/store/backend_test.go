@@ -9,7 +9,7 @@ import (
 	"sync"
 	"testing"
 
-	"agentplane/server/internal/store/mariadbtest"
+	"agentplane/internal/mariadbtest"
 )
 
 // The store's tests are one conformance suite: each opens its store with

@@ -15,7 +15,7 @@ import (
 	_ "github.com/go-sql-driver/mysql" // the "mysql" database/sql driver
 	"github.com/pressly/goose/v3"
 
-	"agentplane/server/internal/store/mariadbtest"
+	"agentplane/internal/mariadbtest"
 )
 
 // TestMigrateMariaDB: the MySQL migrations on a real MariaDB, under the

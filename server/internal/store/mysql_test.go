@@ -14,10 +14,10 @@ import (
 
 	"github.com/go-sql-driver/mysql"
 
+	"agentplane/internal/mariadbtest"
 	"agentplane/server/internal/audit"
 	"agentplane/server/internal/auth"
 	"agentplane/server/internal/errs"
-	"agentplane/server/internal/store/mariadbtest"
 )
 
 func TestParseMySQLURL(t *testing.T) {

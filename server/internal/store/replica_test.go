@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"agentplane/internal/mariadbtest"
 	"agentplane/server/internal/errs"
 	"agentplane/server/internal/replica"
-	"agentplane/server/internal/store/mariadbtest"
 )
 
 // registry is the replicas registry of one dialect, as a test drives it:

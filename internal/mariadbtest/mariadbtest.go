@@ -1,14 +1,17 @@
-// Package mariadbtest runs a private MariaDB server for tests: Debian's
-// mariadbd started as a plain process (no systemd) on a data dir of its
-// own, listening on a free loopback TCP port (the MariaDB user root, with
-// no password), run as the test's own user (root here, --user=root), and
-// stopped and reaped when the test ends (Start), or when a TestMain says
-// (Launch, Stop). Each test takes a database of its own (NewDatabase),
-// dropped when it ends. Stop or Kill, then Restart, bring the same server
-// back on the same data dir and port.
+// Package mariadbtest runs a private MariaDB server for the tests and the
+// benchmarks (agentplane-bench's cluster scenario): Debian's mariadbd
+// started as a plain process (no systemd) on a data dir of its own,
+// listening on a free loopback TCP port (the MariaDB user root, with no
+// password), run as the caller's own user (root here, --user=root), and
+// stopped and reaped when the test ends (Start), or when its caller says
+// (Launch, Stop: a TestMain, the bench). Each test takes a database of its
+// own (NewDatabase), dropped when it ends; other callers make one with
+// CreateDatabase. Stop or Kill, then Restart, bring the same server back on
+// the same data dir and port.
 //
 // Without mariadbd installed, Start skips the test, or fails it when
-// AGENTPLANE_REQUIRE_MARIADB=1 (CI, which installs mariadb-server).
+// AGENTPLANE_REQUIRE_MARIADB=1 (CI, which installs mariadb-server);
+// Launch returns Missing's reason as its error.
 package mariadbtest
 
 import (
@@ -87,7 +90,7 @@ func Missing() (reason string, fail bool) {
 }
 
 // Launch makes a data dir in dir and starts mariadbd on it, for a caller
-// without a testing.TB (a TestMain); the caller must Stop it.
+// without a testing.TB (a TestMain, the bench); the caller must Stop it.
 func Launch(dir string) (*Server, error) {
 	bin, install := lookup("mariadbd"), lookup("mariadb-install-db")
 	if bin == "" || install == "" {
@@ -315,7 +318,7 @@ func (s *Server) NewDatabase(t testing.TB) string {
 func (s *Server) NewDatabaseName(t testing.TB) string {
 	t.Helper()
 	name := fmt.Sprintf("t%d", s.dbs.Add(1))
-	if err := s.exec(t.Context(), "CREATE DATABASE "+name+" CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"); err != nil {
+	if err := s.CreateDatabase(t.Context(), name); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
@@ -324,6 +327,12 @@ func (s *Server) NewDatabaseName(t testing.TB) string {
 		}
 	})
 	return name
+}
+
+// CreateDatabase creates the empty database name (utf8mb4, binary
+// collation), which stays until the server's data dir goes.
+func (s *Server) CreateDatabase(ctx context.Context, name string) error {
+	return s.exec(ctx, "CREATE DATABASE "+name+" CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
 }
 
 // exec runs one statement as root, with no database.
