@@ -36,8 +36,8 @@ type PeersConfig struct {
 	TLS *tls.Config
 	// OnGone, if set, is called when a peer's connection, once up, is lost
 	// and dialling its address again is refused: its process is gone (a
-	// timeout, which may be a partition, is not enough). Called once per
-	// connection, from its own goroutine.
+	// timeout, which may be a partition, is not enough). Called once each
+	// time a connection that was up is lost so, from its own goroutine.
 	OnGone func(replicaID string)
 	// ListEvery is how long a read of the registry is reused; default 1s.
 	ListEvery time.Duration
@@ -49,7 +49,7 @@ type PeersConfig struct {
 	// DialTimeout bounds a connection attempt; default 3s.
 	DialTimeout time.Duration
 	// ConnectEvery is how often Peers connects to the live replicas it has
-	// no connection to yet (default 3s): a connection held to every peer is
+	// no connection to yet (default 5s): a connection held to every peer is
 	// what notices its process gone (OnGone) at once, instead of after its
 	// lease and a sweep. Negative: only on demand.
 	ConnectEvery time.Duration
@@ -102,7 +102,7 @@ func NewPeers(cfg PeersConfig) *Peers {
 		cfg.DialTimeout = 3 * time.Second
 	}
 	if cfg.ConnectEvery == 0 {
-		cfg.ConnectEvery = 3 * time.Second
+		cfg.ConnectEvery = 5 * time.Second
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Peers{cfg: cfg, ctx: ctx, cancel: cancel, conns: map[string]*peerConn{}}
@@ -122,6 +122,7 @@ func (p *Peers) connectAll() {
 	defer t.Stop()
 	for {
 		if live, err := p.Live(p.ctx); err == nil {
+			p.dropNotLive(live)
 			for _, r := range live {
 				_, _ = p.client(p.ctx, r.ID) // an error: the next round tries again
 			}
@@ -243,7 +244,7 @@ func (p *Peers) client(ctx context.Context, id string) (replicav1.ReplicaService
 		grpc.WithTransportCredentials(credentials.NewTLS(p.cfg.TLS)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: p.cfg.KeepaliveTime, Timeout: p.cfg.KeepaliveTimeout, PermitWithoutStream: true}),
 		grpc.WithConnectParams(grpc.ConnectParams{
-			Backoff:           backoff.Config{BaseDelay: 200 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 500 * time.Millisecond},
 			MinConnectTimeout: p.cfg.DialTimeout,
 		}),
 		grpc.WithIdleTimeout(0), // stays connected: a lost peer is noticed (watch)
@@ -260,6 +261,18 @@ func (p *Peers) client(ctx context.Context, id string) (replicav1.ReplicaService
 	return c.client, nil
 }
 
+// dropNotLive drops the connections that are down to replicas not in live
+// (dead past their lease, or deregistered).
+func (p *Peers) dropNotLive(live []replica.Info) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for id, c := range p.conns {
+		if !slices.ContainsFunc(live, func(r replica.Info) bool { return r.ID == id }) && c.cc.GetState() != connectivity.Ready {
+			p.drop(c)
+		}
+	}
+}
+
 // drop closes c and forgets it. Callers hold mu.
 func (p *Peers) drop(c *peerConn) {
 	if p.conns[c.id] == c {
@@ -273,8 +286,9 @@ func (p *Peers) drop(c *peerConn) {
 }
 
 // watch follows c's state: once it was up, a failure after which its
-// address refuses connections means the peer's process is gone (OnGone),
-// and c is dropped (the next call dials again).
+// address refuses connections means the peer's process is gone (OnGone,
+// once per time it was up). c stays, for the replica's restart at the
+// same address; connectAll drops it once the replica is not live.
 func (p *Peers) watch(c *peerConn) {
 	defer p.wg.Done()
 	wasUp := false
@@ -289,13 +303,14 @@ func (p *Peers) watch(c *peerConn) {
 		case connectivity.TransientFailure, connectivity.Idle:
 			if wasUp && p.refused(c.addr) {
 				p.cfg.Log.Warn().Str("peer", c.id).Str("addr", c.addr).Msg("replica gone: its connection was lost and its address refuses connections")
-				p.mu.Lock()
-				p.drop(c)
-				p.mu.Unlock()
+				// The connection stays: gRPC redials it with backoff, so a
+				// replica restarted at the same address is connected again
+				// at once, and its next death noticed too. connectAll drops
+				// it once the registry no longer has the replica live.
+				wasUp = false
 				if p.cfg.OnGone != nil && p.ctx.Err() == nil {
 					p.cfg.OnGone(c.id)
 				}
-				return
 			}
 			if st == connectivity.Idle {
 				c.cc.Connect()
