@@ -14,6 +14,11 @@ import (
 	"agentplane/server/internal/task"
 )
 
+// orphanSweepEvery is how often a replica on a shared store looks for the
+// hosts of dead replicas still ONLINE (cluster.SweepOrphanHosts): one
+// UPDATE, 0.1 queries a second.
+const orphanSweepEvery = 10 * time.Second
+
 // startCluster makes this replica one of its store's: a Router runs the
 // engine's agent commands where each host's stream is; with TLS, Peers
 // dial the other replicas with a replica certificate this replica signs

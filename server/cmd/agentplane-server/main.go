@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -225,6 +226,17 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 	expected, err := hostsBack(ctx, st, c.storeURL == "", id.id, time.Now().Add(-c.lostAfter))
 	if err != nil {
 		return err
+	}
+	if c.storeURL != "" {
+		// Shared store: the hosts of a replica that died with its agentds
+		// are marked OFFLINE by the live ones (on SQLite a restart does it).
+		sweepCtx, stopSweep := context.WithCancel(ctx)
+		var sweep sync.WaitGroup
+		sweep.Go(func() {
+			cluster.SweepOrphanHosts(sweepCtx, st, orphanSweepEvery, c.replicaLease+c.lostAfter,
+				log.With().Str("component", "cluster").Logger())
+		})
+		defer func() { stopSweep(); sweep.Wait() }()
 	}
 
 	users := auth.NewService(st, log)

@@ -14,6 +14,7 @@
 //	watch.go     where the hosts' streams are, read while commands wait
 //	server.go    ReplicaService: Dispatch, Ack, Notify, and who may call
 //	notify.go    Notifier: task changes to the other replicas, coalesced
+//	orphans.go   the hosts of a dead replica whose agentds did not come back
 //	convert.go   commands, results and errors to and from protobuf
 package cluster
 

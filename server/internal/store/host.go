@@ -438,6 +438,23 @@ func (s *Store) MarkAllOffline(ctx context.Context) error {
 	return nil
 }
 
+// MarkOrphanHostsOffline sets OFFLINE every ONLINE host whose stream was
+// registered on a replica that has not heartbeaten for deadAfter (on the
+// database's clock) or is not registered at all: its agentd died with it,
+// or has not come back to any replica since. A host that reconnects
+// meanwhile is registered on a live replica and keeps its status. It
+// returns how many hosts it set OFFLINE.
+func (s *Store) MarkOrphanHostsOffline(ctx context.Context, deadAfter time.Duration) (int64, error) {
+	res, err := s.exec(ctx, `UPDATE hosts SET status = ? WHERE status = ? AND replica_id <> ''
+		AND NOT EXISTS (SELECT 1 FROM replicas r WHERE r.id = hosts.replica_id AND r.heartbeat_at > `+s.dialect.ago()+`)`,
+		host.StatusOffline, host.StatusOnline, deadAfter.Microseconds())
+	if err != nil {
+		return 0, fmt.Errorf("marking the hosts of dead replicas offline: %w", err)
+	}
+	n, err := res.RowsAffected()
+	return n, err
+}
+
 // MarkReplicaOffline sets OFFLINE every ONLINE host whose stream was on
 // replica id (or on no replica: rows from before replicas shared a fleet);
 // a starting replica calls it before any agentd can have connected to it.
