@@ -170,24 +170,6 @@ func orderBy(s task.Sort) string {
 	return col + dir + ", id" + dir
 }
 
-// RunningTaskIDs returns the ids of tasks that are not final, oldest first.
-func (s *Store) RunningTaskIDs(ctx context.Context) ([]int64, error) {
-	rows, err := s.r.QueryContext(ctx, `SELECT id FROM tasks WHERE status = ? ORDER BY id`, task.StatusRunning)
-	if err != nil {
-		return nil, fmt.Errorf("listing running tasks: %w", err)
-	}
-	defer rows.Close()
-	var ids []int64
-	for rows.Next() {
-		var id int64
-		if err := rows.Scan(&id); err != nil {
-			return nil, err
-		}
-		ids = append(ids, id)
-	}
-	return ids, rows.Err()
-}
-
 // AttemptLive reports whether attempt is the current attempt of a subtask
 // of hostID that is still running (RUNNING or CANCELING). A missing subtask,
 // another host's, or an attempt that has moved on is not live.
