@@ -88,18 +88,20 @@ func (c *Console) mutation(h func(w http.ResponseWriter, r *http.Request) error)
 		r = r.WithContext(ctx)
 		var err error
 		defer func() { c.record(r, note, err) }()
+		s, serr := c.ss.get(r)
+		if serr == nil {
+			audit.SetPrincipal(ctx, s.User, "", r.RemoteAddr)
+		}
 		if !sameOrigin(r) {
 			err = errs.New(errs.ErrPermissionDenied, msgOrigin)
 			c.writeJSONError(w, http.StatusForbidden, msgOrigin)
 			return
 		}
-		s, serr := c.ss.get(r)
 		if serr != nil {
 			err = errs.New(errs.ErrUnauthenticated, sessionMessage(serr))
 			c.writeJSONError(w, http.StatusUnauthorized, sessionMessage(serr))
 			return
 		}
-		audit.SetPrincipal(ctx, s.User, "", r.RemoteAddr)
 		token := r.Header.Get(CSRFHeader)
 		if token == "" {
 			token = r.PostFormValue(csrfField)
