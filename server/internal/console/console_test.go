@@ -325,9 +325,9 @@ func TestActions(t *testing.T) {
 		t.Errorf("calls %s, want %s", got, want)
 	}
 	for p, want := range map[string]string{
-		"/ui/api/hosts/2/agent/delete":    "Unknown host action",
-		"/ui/api/hosts/x/agent/stop":      "HostId must be a positive id",
-		"/ui/api/hosts/404/agent/stop":    "Host 404.",
+		"/ui/api/hosts/2/agent/delete":     "Unknown host action",
+		"/ui/api/hosts/x/agent/stop":       "HostId must be a positive id",
+		"/ui/api/hosts/404/agent/stop":     "Host 404.",
 		"/ui/api/tasks/77/subtasks/0/skip": "SubtaskId must be a positive id",
 	} {
 		res, body := f.do(http.MethodPost, p, cookie, nil, tok)

@@ -184,7 +184,7 @@
   // root), a batch's branches in rows by branch, each branch boxed; edges go
   // from each upstream to its downstream.
   function drawDAG(svg, task, selected, onSelect) {
-    const W = 190, H = 56, GAPX = 56, GAPY = 34, PAD = 24;
+    const W = 224, H = 56, GAPX = 56, GAPY = 34, PAD = 24;
     const byId = {};
     task.subtasks.forEach(function (s) { byId[s.id] = s; });
     const level = {};
@@ -266,7 +266,7 @@
         "data-subtask-id": s.id, "data-name": s.name, "data-status": s.status, transform: "translate(" + p.x + "," + p.y + ")" });
       el("rect", { width: W, height: H, rx: 6 }, g);
       const name = el("text", { x: 10, y: 22, class: "name" }, g);
-      name.textContent = s.name.length > 26 ? s.name.slice(0, 25) + "…" : s.name;
+      name.textContent = s.name.length > 30 ? s.name.slice(0, 29) + "…" : s.name;
       const title = el("title", {}, g);
       title.textContent = s.name + " (subtask " + s.id + "): " + s.status + (s.message ? " — " + s.message : "");
       const st = el("text", { x: 10, y: 42, class: "status" }, g);
