@@ -208,6 +208,15 @@ func TestConsoleBrowser(t *testing.T) {
 		if n := js[int](b, "counting the task page's actions", `document.querySelectorAll("#task button").length`); n != 0 {
 			t.Errorf("the viewer's task page has %d buttons", n)
 		}
+		// A batch's branches are boxed, one per host.
+		r := s.call(t, http.MethodPost, "/api/v2/compute/hosts/batchStopAgents", admin, map[string]any{"hostIds": []int64{quick.hostID}})
+		var batch taskJSON
+		r.decode(t, &batch)
+		b.do("opening a batch task", chromedp.Navigate(s.url(fmt.Sprintf("/ui/tasks/%d", batch.ID))), chromedp.WaitVisible(chromedp.CSS("#dag rect.branch")))
+		if n := js[int](b, "counting the branches", `document.querySelectorAll("#dag rect.branch").length`); n != 1 {
+			t.Errorf("the batch task's DAG has %d branch boxes, want 1", n)
+		}
+		s.waitFinal(t, batch.ID)
 		// Sent anyway, with the page's valid token: the server refuses.
 		answer := js[string](b, "posting a stop anyway", fmt.Sprintf(`fetch("/ui/api/hosts/%d/agent/stop", {method: "POST",
 			headers: {"X-CSRF-Token": document.querySelector('meta[name="csrf-token"]').content}}).then(r => r.status + " " + r.statusText)`, quick.hostID))
