@@ -519,3 +519,42 @@ func TestLogEvents(t *testing.T) {
 		t.Errorf("resumed stream %+v", ev)
 	}
 }
+
+// TestInsecureCookie: on a plaintext listener the cookie cannot be Secure,
+// nor carry the __Host- prefix; the rest holds.
+func TestInsecureCookie(t *testing.T) {
+	c, err := New(Config{
+		Hosts: &fakeDomain{}, Tasks: &fakeDomain{}, Users: users, Secret: []byte(strings.Repeat("k", 32)), Insecure: true,
+		Throttle: auth.NewThrottle(auth.ThrottleConfig{}), Log: zerolog.Nop(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(c)
+	defer srv.Close()
+	form := url.Values{"username": {"admin"}, "password": {"pw-admin"}}
+	req, _ := http.NewRequest(http.MethodPost, srv.URL+"/ui/login", strings.NewReader(form.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Origin", srv.URL)
+	res, err := (&http.Transport{}).RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	raw := res.Header.Get("Set-Cookie")
+	if res.StatusCode != http.StatusSeeOther || !strings.HasPrefix(raw, insecureCookieName+"=") || strings.Contains(raw, "Secure") ||
+		!has(raw, "HttpOnly", "SameSite=Strict") || res.Header.Get("Strict-Transport-Security") != "" {
+		t.Errorf("plaintext sign-in: %d, Set-Cookie %q, HSTS %q", res.StatusCode, raw, res.Header.Get("Strict-Transport-Security"))
+	}
+}
+
+// TestStaleSignOutForm: a form posted with a stale token gets the error
+// page, and the session stays.
+func TestStaleSignOutForm(t *testing.T) {
+	f := newFixture(t)
+	cookie, _ := f.signIn("admin")
+	res, body := f.do(http.MethodPost, "/ui/logout", cookie, url.Values{"csrf": {"stale"}}, map[string]string{"Accept": "text/html"})
+	if res.StatusCode != http.StatusForbidden || res.Header.Get("Set-Cookie") != "" || !has(body, "<html", "This page is out of date") {
+		t.Errorf("stale sign-out: %d, Set-Cookie %q: %s", res.StatusCode, res.Header.Get("Set-Cookie"), body)
+	}
+}

@@ -94,12 +94,12 @@ func (c *Console) mutation(h func(w http.ResponseWriter, r *http.Request) error)
 		}
 		if !sameOrigin(r) {
 			err = errs.New(errs.ErrPermissionDenied, msgOrigin)
-			c.writeJSONError(w, http.StatusForbidden, msgOrigin)
+			c.refuse(w, r, http.StatusForbidden, msgOrigin)
 			return
 		}
 		if serr != nil {
 			err = errs.New(errs.ErrUnauthenticated, sessionMessage(serr))
-			c.writeJSONError(w, http.StatusUnauthorized, sessionMessage(serr))
+			c.refuse(w, r, http.StatusUnauthorized, sessionMessage(serr))
 			return
 		}
 		token := r.Header.Get(CSRFHeader)
@@ -108,13 +108,23 @@ func (c *Console) mutation(h func(w http.ResponseWriter, r *http.Request) error)
 		}
 		if !s.validCSRF(token) {
 			err = errs.New(errs.ErrPermissionDenied, msgCSRF)
-			c.writeJSONError(w, http.StatusForbidden, msgCSRF)
+			c.refuse(w, r, http.StatusForbidden, msgCSRF)
 			return
 		}
 		c.ss.touch(w, s)
 		w.Header().Set("Cache-Control", "no-store")
 		err = h(w, withSession(r, s))
 	}
+}
+
+// refuse answers a refused mutation: JSON for the script, the error page
+// for a form (sign-out).
+func (c *Console) refuse(w http.ResponseWriter, r *http.Request, status int, msg string) {
+	if r.Header.Get(CSRFHeader) == "" && strings.Contains(r.Header.Get("Accept"), "text/html") {
+		c.render(w, r, status, "error", c.data(nil, "Refused", msg))
+		return
+	}
+	c.writeJSONError(w, status, msg)
 }
 
 // sessionMessage is what the user is told about a missing or expired
