@@ -558,3 +558,50 @@ func TestStaleSignOutForm(t *testing.T) {
 		t.Errorf("stale sign-out: %d, Set-Cookie %q: %s", res.StatusCode, res.Header.Get("Set-Cookie"), body)
 	}
 }
+
+// TestSessionAcrossReplicas: a cookie one console sealed opens on another
+// with the same secret (replicas share the access-key sealing key), and on
+// none with another secret.
+func TestSessionAcrossReplicas(t *testing.T) {
+	one, other := newFixture(t), newFixture(t)
+	cookie, csrf := one.signIn("admin")
+	if got := other.csrfOf(cookie); got != csrf {
+		t.Errorf("the other replica's page has CSRF token %q, want the session's %q", got, csrf)
+	}
+	c, err := New(Config{
+		Hosts: &fakeDomain{}, Tasks: &fakeDomain{}, Users: users, Secret: []byte(strings.Repeat("x", 32)),
+		Throttle: auth.NewThrottle(auth.ThrottleConfig{}), Log: zerolog.Nop(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := httptest.NewRequest(http.MethodGet, "https://example/ui/hosts", nil)
+	req.Header.Set("Cookie", cookie)
+	rec := httptest.NewRecorder()
+	c.ServeHTTP(rec, req)
+	if rec.Code != http.StatusSeeOther || !strings.HasPrefix(rec.Header().Get("Location"), "/ui/login") {
+		t.Errorf("another secret: %d to %q, want the sign-in page", rec.Code, rec.Header().Get("Location"))
+	}
+}
+
+func TestLogNotifierUnsubscribes(t *testing.T) {
+	n := NewLogNotifier(nopLogStore{})
+	ch, stop := n.subscribe(5)
+	if err := n.AppendSubtaskLogs(context.Background(), []task.SubtaskLogLine{{SubtaskID: 5}, {SubtaskID: 5}, {SubtaskID: 6}}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ch:
+	default:
+		t.Fatal("no wake-up for subtask 5's lines")
+	}
+	select {
+	case <-ch:
+		t.Fatal("a second wake-up for one append")
+	default:
+	}
+	stop()
+	if len(n.subs) != 0 {
+		t.Errorf("%d subscriptions left", len(n.subs))
+	}
+}
