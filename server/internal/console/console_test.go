@@ -327,7 +327,7 @@ func TestActions(t *testing.T) {
 	for p, want := range map[string]string{
 		"/ui/api/hosts/2/agent/delete":     "Unknown host action",
 		"/ui/api/hosts/x/agent/stop":       "HostId must be a positive id",
-		"/ui/api/hosts/404/agent/stop":     "Host 404.",
+		"/ui/api/hosts/404/agent/stop":     "Host 404 does not exist.",
 		"/ui/api/tasks/77/subtasks/0/skip": "SubtaskId must be a positive id",
 	} {
 		res, body := f.do(http.MethodPost, p, cookie, nil, tok)
@@ -397,7 +397,7 @@ func TestHeaders(t *testing.T) {
 			}
 		}
 	}
-	if res, body := f.do(http.MethodGet, "/ui/tasks/9", cookie, nil, nil); res.StatusCode != http.StatusNotFound || !has(body, "Task 9.") {
+	if res, body := f.do(http.MethodGet, "/ui/tasks/9", cookie, nil, nil); res.StatusCode != http.StatusNotFound || !has(body, "Task 9 does not exist.") {
 		t.Errorf("missing task: %d %s", res.StatusCode, body)
 	}
 	if res, body := f.do(http.MethodGet, "/ui/tasks?status=BAD", cookie, nil, nil); res.StatusCode != http.StatusBadRequest || !has(body, "Status must be RUNNING") {
@@ -477,7 +477,7 @@ func TestTaskEvents(t *testing.T) {
 	}
 	// A task that does not exist: its error before any event.
 	res = f.stream("/ui/tasks/9/events", cookie)
-	if b, _ := io.ReadAll(res.Body); res.StatusCode != http.StatusNotFound || !has(string(b), "Task 9.") {
+	if b, _ := io.ReadAll(res.Body); res.StatusCode != http.StatusNotFound || !has(string(b), "Task 9 does not exist.") {
 		t.Errorf("stream of a missing task: %d %s", res.StatusCode, b)
 	}
 }

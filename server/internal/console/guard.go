@@ -201,8 +201,11 @@ func userMessage(err error) string {
 	if k := errs.Kind(err); k != nil {
 		msg = strings.TrimSuffix(msg, ": "+k.Error())
 	}
-	if errors.Is(err, errs.ErrStoreUnavailable) {
+	switch {
+	case errors.Is(err, errs.ErrStoreUnavailable):
 		msg = errs.StoreMessage(err)
+	case errors.Is(err, errs.ErrNotFound) && msg != "":
+		msg += " does not exist" // "host 5: not found" → "Host 5 does not exist."
 	}
 	if msg == "" {
 		return "The request failed."
