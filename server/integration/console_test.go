@@ -151,9 +151,11 @@ func TestConsoleBrowser(t *testing.T) {
 	defer cancel()
 	b := newBrowser(t, ctx)
 	s := startServer(t)
+	// Its ocp_agentd takes a second to exit, so that the page sees the
+	// stop RUNNING before it sees it SUCCESSFUL.
 	home := newHome(t)
-	startFake(t, home)
-	quick := s.startAgentd(t, home, time.Second)
+	startFake(t, home, "FAKE_OCP_MODE_ocp_agentd=slow", "FAKE_OCP_SLOW=1s")
+	quick := s.startAgentd(t, home, 30*time.Second)
 	slowHome := newHome(t)
 	startFake(t, slowHome, "FAKE_OCP_MODE_ocp_agentd=slow", "FAKE_OCP_SLOW=5s")
 	slow := s.startAgentd(t, slowHome, 30*time.Second)
@@ -167,6 +169,7 @@ func TestConsoleBrowser(t *testing.T) {
 	var stopID int64
 	t.Run("stop a host and watch it", func(t *testing.T) {
 		stopID = b.stopHost(s, quick.hostID)
+		b.waitJS("the Stop subtask RUNNING", nodeStatus(stopAllName, "RUNNING"))
 		// A mark that a reload would lose.
 		js[bool](b, "marking the page", `window.notReloaded = true`)
 		b.waitJS("the three subtasks SUCCESSFUL", `document.querySelectorAll('#dag g.node[data-status="SUCCESSFUL"]').length === 3`)
