@@ -117,6 +117,9 @@ func New(cfg Config) (*Console, error) {
 // prefix is where the console lives; "/" redirects there.
 const prefix = "/ui"
 
+// maxBody bounds request bodies.
+const maxBody = 64 << 10
+
 func (c *Console) routes() {
 	m := c.mux
 	m.HandleFunc("GET /{$}", c.home)
@@ -171,6 +174,9 @@ func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.Set("Cross-Origin-Resource-Policy", "same-origin")
 	if !c.cfg.Insecure {
 		h.Set("Strict-Transport-Security", "max-age=31536000")
+	}
+	if r.Body != nil {
+		r.Body = http.MaxBytesReader(w, r.Body, maxBody) // a sign-in form is the largest
 	}
 	if r.URL.Path == prefix {
 		http.Redirect(w, r, prefix+"/", http.StatusMovedPermanently)

@@ -3,6 +3,7 @@ package console
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -28,12 +29,16 @@ const (
 	logPageLines = 1000
 )
 
+// errStreamEnded refuses a write after the answer was written.
+var errStreamEnded = errors.New("the event stream has ended")
+
 // sse writes one event stream; safe for concurrent use.
 type sse struct {
 	mu      sync.Mutex
 	w       http.ResponseWriter
 	rc      *http.ResponseController
-	started bool
+	started bool // the stream's headers are written
+	ended   bool // nothing more may be written
 }
 
 func newSSE(w http.ResponseWriter) *sse { return &sse{w: w, rc: http.NewResponseController(w)} }
@@ -54,6 +59,9 @@ func (s *sse) send(name, id string, data any) error {
 func (s *sse) write(msg string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.ended {
+		return errStreamEnded
+	}
 	if !s.started {
 		h := s.w.Header()
 		h.Set("Content-Type", "text/event-stream")
@@ -107,7 +115,7 @@ func (c *Console) streaming(w http.ResponseWriter, r *http.Request, body func(ct
 	case !s.started:
 		s.mu.Lock()
 		c.fail(w, r, err)
-		s.started = true
+		s.started, s.ended = true, true
 		s.mu.Unlock()
 	default:
 		_ = s.send("problem", "", map[string]string{"error": userMessage(err)})
