@@ -28,6 +28,7 @@ import (
 	"agentplane/server/internal/audit"
 	"agentplane/server/internal/auth"
 	"agentplane/server/internal/cluster"
+	"agentplane/server/internal/console"
 	"agentplane/server/internal/enroll"
 	"agentplane/server/internal/fleet"
 	"agentplane/server/internal/pki"
@@ -96,7 +97,7 @@ func main() {
 	fs.StringVar(&sf.spec, "store", "sqlite", storeUsage)
 	fs.StringVar(&sf.dsnFile, "store-dsn-file", "", storeDSNFileUsage)
 	fs.StringVar(&c.grpcAddr, "grpc-addr", "127.0.0.1:7070", "gRPC listen address (API and agent streams)")
-	fs.StringVar(&c.httpAddr, "http-addr", "127.0.0.1:8080", "REST listen address")
+	fs.StringVar(&c.httpAddr, "http-addr", "127.0.0.1:8080", "HTTPS listen address: the REST API and the web console (/ui/)")
 	fs.StringVar(&c.advertise, "advertise-addr", "", "host:port other replicas reach this one's gRPC listener on, registered in the store; its host is also recorded as the executor of tasks. A bare host gets --grpc-addr's port (default: this host's first non-loopback IPv4 and --grpc-addr's port)")
 	fs.StringVar(&c.replicaID, "replica-id", "", "this replica's id in the store's registry: printable, at most 128 bytes; the same id after a restart takes over its row (default: <host name>:<--grpc-addr's port>)")
 	fs.BoolVar(&c.insecure, "insecure", false, "serve gRPC and REST in plaintext, and let agents in with the bootstrap token (agent-token) instead of certificates")
@@ -275,7 +276,9 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 		}
 	}
 
-	logs := task.NewLogWriter(st)
+	// The console's log streams learn of new lines through logNotes.
+	logNotes := console.NewLogNotifier(st)
+	logs := task.NewLogWriter(logNotes)
 	agents := fleet.New(fleet.Config{
 		// Agents' progress lines, grouped into one transaction each batch.
 		Registry: st, Logs: logs, Certs: st, Token: token, HeartbeatInterval: c.heartbeat, LostAfter: c.lostAfter,
@@ -324,9 +327,16 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 		AccessKeys: keys, Throttle: throttle, Audit: audits, Replicas: self, Store: st, Log: log,
 		AgentLimits: rpc.AgentLimits{MsgsPerSec: c.agentMsgRate, MsgBurst: c.agentMsgBurst}, HandshakeTimeout: c.handshake}, grpcOpts...)
 	cluster.Register(gs, cluster.ServerConfig{Router: router, OnNotify: hooks.changed, Log: log.With().Str("component", "cluster").Logger()})
+	// The web console keys its session cookies with the sealing key, which
+	// every replica of a store shares.
+	ui, err := console.New(console.Config{Hosts: hosts, Tasks: tasks, Users: users, Throttle: throttle, Secret: sealKey,
+		Insecure: c.insecure, Audit: audits, Logs: logNotes, Log: log.With().Str("component", "console").Logger()})
+	if err != nil {
+		return err
+	}
 	hs := &http.Server{
-		Handler: rest.NewHandler(rest.Config{Hosts: hosts, Tasks: tasks, Users: users, Enroll: enrollment,
-			AccessKeys: keys, Throttle: throttle, Audit: audits, Replicas: self, Store: st, Log: log}),
+		Handler: ui.Wrap(rest.NewHandler(rest.Config{Hosts: hosts, Tasks: tasks, Users: users, Enroll: enrollment,
+			AccessKeys: keys, Throttle: throttle, Audit: audits, Replicas: self, Store: st, Log: log})),
 		// Also bounds the TLS handshake (the least of the three timeouts).
 		ReadHeaderTimeout: c.handshake,
 		ReadTimeout:       30 * time.Second,
