@@ -23,10 +23,10 @@ import (
 // migration lock renews its lease beside the migration), the reads on
 // another. A writer session silent for mysqlTxIdleTimeout is closed by the
 // database, so that a server frozen inside a transaction does not hold its
-// row locks until it thaws. The data dir's flock and the WAL checkpoints are SQLite's
-// alone; the health probe (health.go) runs on both, and is how a store
-// whose database went away turns writable again by itself. Its errors are
-// classified in mysqlerr.go.
+// row locks until it thaws. The data dir's flock and the WAL checkpoints
+// are SQLite's alone; the health probe (health.go) runs on both, and is how
+// a store whose database went away turns writable again by itself. Its
+// errors are classified in mysqlerr.go.
 
 // MySQL connection settings.
 const (
