@@ -48,8 +48,13 @@ const (
 	DefaultCommandTimeout  = 10 * time.Minute
 	DefaultGrace           = 30 * time.Second
 	DefaultScanEvery       = time.Minute
-	DefaultBeginTimeout    = 10 * time.Second
-	outQueue               = 256
+	// DefaultBeginTimeout outlasts the keepalive's verdict on a server gone
+	// silent (keepaliveTime + keepaliveTimeout, see Dial) by 5 s: the
+	// go-ahead of a command that came just before its server froze or was
+	// cut off is then ended by the stream's end, and waits for the command
+	// on the next stream (see goAhead), rather than failing.
+	DefaultBeginTimeout = keepaliveTime + keepaliveTimeout + 5*time.Second
+	outQueue            = 256
 )
 
 // Servers gives Client the server of each connection attempt;
@@ -84,7 +89,7 @@ type Config struct {
 	StableAfter     time.Duration   // a welcomed connection up this long resets the backoff; default 10s
 	ShutdownTimeout time.Duration   // on shutdown, wait this long for commands' results to be sent; default 5s
 	ScanEvery       time.Duration   // a heartbeat scans all of /proc at least this often, else re-checks the known processes; default 1m (see heartbeatProcesses)
-	BeginTimeout    time.Duration   // wait this long (at most the command's timeout) for the server's go-ahead to begin a command; default 10s (see goAhead)
+	BeginTimeout    time.Duration   // wait this long (at most the command's timeout) for the server's go-ahead to begin a command; default 20s (see goAhead)
 	Log             zerolog.Logger
 	Rand            *rand.Rand // backoff jitter source; default a random seed
 

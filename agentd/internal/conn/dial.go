@@ -32,11 +32,18 @@ func Dial(server string, creds credentials.TransportCredentials) (*grpc.ClientCo
 	return cc, nil
 }
 
+// Keepalive: a ping after keepaliveTime without a frame from the server,
+// and the connection given up keepaliveTimeout later without an answer.
+const (
+	keepaliveTime    = 10 * time.Second
+	keepaliveTimeout = 5 * time.Second
+)
+
 // DialOptions are Dial's options but the credentials: keepalive and gRPC's
 // backoff within one attempt, for a servers.Pool of several servers.
 func DialOptions() []grpc.DialOption {
 	return []grpc.DialOption{
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: keepaliveTime, Timeout: keepaliveTimeout, PermitWithoutStream: true}),
 		grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
 			MinConnectTimeout: 5 * time.Second,

@@ -21,10 +21,12 @@ import (
 // UTC, READ COMMITTED, with a strict sql_mode; the group-commit writer
 // (writer.go) runs its transactions on a small pool (two connections: the
 // migration lock renews its lease beside the migration), the reads on
-// another. The data dir's flock and the WAL checkpoints are SQLite's
-// alone; the health probe (health.go) runs on both, and is how a store
-// whose database went away turns writable again by itself. Its errors are
-// classified in mysqlerr.go.
+// another. A writer session silent for mysqlTxIdleTimeout is closed by the
+// database, so that a server frozen inside a transaction does not hold its
+// row locks until it thaws. The data dir's flock and the WAL checkpoints
+// are SQLite's alone; the health probe (health.go) runs on both, and is how
+// a store whose database went away turns writable again by itself. Its
+// errors are classified in mysqlerr.go.
 
 // MySQL connection settings.
 const (
@@ -32,9 +34,25 @@ const (
 	// mysqlIOTimeout bounds a read or write on a connection: how long a
 	// statement waits on a database that stopped answering (frozen, or cut
 	// off without a reset) before it fails as unavailable.
-	mysqlIOTimeout  = 10 * time.Second
-	mysqlWriteConns = 2
-	mysqlReadConns  = 8
+	mysqlIOTimeout = 10 * time.Second
+	// mysqlTxIdleTimeout is the writer sessions' wait_timeout: the
+	// database closes a writer session silent this long, and rolls back its
+	// transaction. A server frozen (SIGSTOP, a paused VM) or cut off in the
+	// middle of a write transaction would otherwise hold its row locks for
+	// as long as the database keeps its session (wait_timeout, 8 hours by
+	// default): a replica adopting its tasks, and any server writing those
+	// rows (a task, a log's counters), would wait on them, fail after
+	// mysqlIOTimeout, and wait again, until it thawed. It is shorter than
+	// mysqlIOTimeout, so a statement queued behind such a lock gets it,
+	// and than the replica lease (6 s), so a replica seen dead holds no
+	// lock for long. A working server is never silent that long inside a
+	// transaction (its writes run back to back, see writer.go); its writer
+	// connections idle between writes are closed by the pool first
+	// (SetConnMaxIdleTime), and one the database closed is replaced on
+	// use (the driver checks a connection's liveness first).
+	mysqlTxIdleTimeout = 5 * time.Second
+	mysqlWriteConns    = 2
+	mysqlReadConns     = 8
 	// mysqlSQLMode: strict (a value that does not fit is an error, not
 	// truncated), no silent engine substitution.
 	mysqlSQLMode = "STRICT_ALL_TABLES,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION"
@@ -183,10 +201,16 @@ func OpenMySQL(ctx context.Context, rawURL string, opts ...Option) (s *Store, er
 	if err != nil {
 		return nil, fmt.Errorf("store URL: %w", err)
 	}
-	w := sql.OpenDB(conn)
+	wcfg := cfg.Clone()
+	wcfg.Params["wait_timeout"] = strconv.Itoa(int(mysqlTxIdleTimeout / time.Second))
+	wconn, err := mysql.NewConnector(wcfg)
+	if err != nil {
+		return nil, fmt.Errorf("store URL: %w", err)
+	}
+	w := sql.OpenDB(wconn)
 	w.SetMaxOpenConns(mysqlWriteConns)
 	w.SetMaxIdleConns(mysqlWriteConns)
-	w.SetConnMaxIdleTime(5 * time.Minute)
+	w.SetConnMaxIdleTime(mysqlTxIdleTimeout / 2)
 	s = &Store{w: w, dialect: dialectMySQL, logLimits: defaultLogLimits()}
 	for _, o := range opts {
 		o(s)

@@ -1541,11 +1541,14 @@ func (x *QueryAnswer) GetResult() *CommandResult {
 // received: agentd has journaled the attempt as begun (it never runs it
 // again) and touches nothing on the host until the answer says proceed. It
 // is sent on the stream the command came on. On a refusal, or no answer
-// within min(10s, the command's timeout), agentd ends the attempt FAILED
+// within min(20s, the command's timeout), agentd ends the attempt FAILED
 // without signalling or starting anything. When that stream ends first,
 // agentd waits, touching nothing, for the same command (or a ResultQuery
 // about it) on a later stream (and asks again there) or its CancelCommand,
-// until the command's timeout.
+// until the command's timeout. The 20 s outlast agentd's keepalive (a ping
+// after 10 s without a frame from the server, given up 5 s later), so a
+// server that froze or was cut off before it answered ends the stream
+// first.
 // This fences a command read late (from a stream the server has given up
 // on, say after a partition or while agentd was frozen): the server grants
 // it only while it still waits for that attempt's result on the host's
