@@ -98,9 +98,15 @@ func Launch(dir string) (*Server, error) {
 		return nil, errors.New(reason)
 	}
 	data := filepath.Join(dir, "data")
+	// A private tmpdir: concurrent servers sharing /tmp have collided on
+	// the bootstrap's temporary tables ("Could not remove temporary table").
+	tmp := filepath.Join(dir, "tmp")
+	if err := os.MkdirAll(tmp, 0o700); err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, install, "--no-defaults", "--datadir="+data, userFlag(),
+	out, err := exec.CommandContext(ctx, install, "--no-defaults", "--datadir="+data, "--tmpdir="+tmp, userFlag(),
 		"--auth-root-authentication-method=normal", "--skip-test-db", "--innodb-log-file-size=8M").CombinedOutput()
 	if err != nil {
 		return nil, fmt.Errorf("mariadb-install-db: %w\n%s", err, out)
@@ -157,7 +163,7 @@ func (s *Server) start(ctx context.Context, port int) error {
 	defer logf.Close() // the child has its own descriptor
 	// life is the process's: stop ends it with SIGKILL when SIGTERM did not.
 	life, kill := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(life, s.bin, "--no-defaults", "--datadir="+s.data, userFlag(),
+	cmd := exec.CommandContext(life, s.bin, "--no-defaults", "--datadir="+s.data, "--tmpdir="+filepath.Join(s.dir, "tmp"), userFlag(),
 		"--bind-address=127.0.0.1", "--port="+strconv.Itoa(port),
 		"--socket="+filepath.Join(s.dir, "mariadbd.sock"), "--pid-file="+filepath.Join(s.dir, "mariadbd.pid"),
 		"--character-set-server=utf8mb4", "--collation-server=utf8mb4_bin",
