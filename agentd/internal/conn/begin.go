@@ -29,23 +29,40 @@ import (
 // that gave up sends it when agentd reconnects), or its timeout, which end
 // it CANCELED. So a server restart between a command and its go-ahead does
 // not fail the command.
+//
+// So does an answer that refuses for now only (AskAgain): the server's wait
+// for the command ended without giving up on it (the task's owner died or
+// changed, the host's stream moved) and whoever resumes the wait will send
+// the command, or ask about it, again, on this stream or a later one. The
+// command waits as above and asks again then. Only a final refusal (the
+// server gave up on the command, or it is no longer live) ends it FAILED.
 
-// errStreamEnded is why a go-ahead failed when the stream it was asked on
-// ended before the server answered.
-var errStreamEnded = errors.New("the stream it came on ended before the server answered")
+var (
+	// errStreamEnded is why a go-ahead failed when the stream it was asked
+	// on ended before the server answered.
+	errStreamEnded = errors.New("the stream it came on ended before the server answered")
+	// errAskAgain is why a go-ahead failed when the server refused it for
+	// now only (CommandBeginAnswer.ask_again).
+	errAskAgain = errors.New("refused for now")
+)
 
 // goAhead asks the server, on s, whether the command k may begin, and waits
-// for the answer (see ask). When s ends first, it waits for the command to
-// arrive again on another stream (again) and asks there, until ctx is done.
-// It returns nil when the server says proceed, ctx's cause when ctx is done
+// for the answer (see ask). When s ends first, or the server refuses for
+// now only, it waits for the command (or a query about it) to arrive again
+// on this or another stream (again) and asks there, until ctx is done. It
+// returns nil when the server says proceed, ctx's cause when ctx is done
 // first.
 func (c *Client) goAhead(ctx context.Context, log zerolog.Logger, s *session, k cmdKey, timeout time.Duration, again <-chan *session) error {
 	for {
 		err := c.ask(ctx, s, k, timeout)
-		if !errors.Is(err, errStreamEnded) {
+		switch {
+		case errors.Is(err, errStreamEnded):
+			log.Info().Msg("stream ended before the server confirmed the command; waiting for it on the next stream")
+		case errors.Is(err, errAskAgain):
+			log.Info().Err(err).Msg("the server does not wait for the command here yet; waiting for it to come again, touching nothing")
+		default:
 			return err
 		}
-		log.Info().Msg("stream ended before the server confirmed the command; waiting for it on the next stream")
 		select {
 		case s = <-again:
 		case <-ctx.Done():
@@ -57,7 +74,8 @@ func (c *Client) goAhead(ctx context.Context, log zerolog.Logger, s *session, k 
 // ask asks the server, on s, whether the command k may begin, and waits for
 // the answer: at most Config.BeginTimeout (or timeout, if shorter), until s
 // ends (errStreamEnded), or until ctx is done (its cause is returned). It
-// returns nil when the server says proceed.
+// returns nil when the server says proceed, an error wrapping errAskAgain
+// when it refuses for now only.
 func (c *Client) ask(ctx context.Context, s *session, k cmdKey, timeout time.Duration) error {
 	answer := s.expect(k)
 	defer s.forget(k)
@@ -71,8 +89,11 @@ func (c *Client) ask(ctx context.Context, s *session, k cmdKey, timeout time.Dur
 	}
 	select {
 	case a := <-answer:
-		if a.GetProceed() {
+		switch {
+		case a.GetProceed():
 			return nil
+		case a.GetAskAgain():
+			return fmt.Errorf("%w: %s", errAskAgain, a.GetReason())
 		}
 		return fmt.Errorf("refused: %s", a.GetReason())
 	case <-s.ctx.Done():

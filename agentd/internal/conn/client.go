@@ -140,7 +140,8 @@ type execution struct {
 	cancel context.CancelCauseFunc
 	// again receives the stream the command was received on again while
 	// it runs (buffered 1): a command waiting for the server's go-ahead
-	// whose stream ended asks again there (see goAhead).
+	// whose stream ended, or that the server refused for now only, asks
+	// again there (see goAhead).
 	again chan *session
 	// begun is set once the server's go-ahead came: the command is doing
 	// its work (a query's RUNNING, not WAITING).

@@ -106,7 +106,7 @@ func (f *Fleet) Dispatch(ctx context.Context, hostID int64, cmd Command) (Result
 		if err == nil && cause == nil {
 			return r, nil
 		}
-		if errors.Is(cause, task.ErrShutdown) || errors.Is(cause, task.ErrNotOwner) || errors.Is(cause, ErrMoved) || errors.Is(cause, ErrSuperseded) {
+		if leftToFinish(cause) {
 			return Result{}, cause
 		}
 		if err != nil {
@@ -198,6 +198,15 @@ func (f *Fleet) await(ctx context.Context, st *hostState, c *call, began time.Ti
 		}
 		stop()
 	}
+}
+
+// leftToFinish reports whether cause, why a Dispatch's ctx ended, leaves the
+// agent to finish the command for whoever resumes the wait (see Dispatch):
+// this server shuts down, another replica took the task over, the host's
+// stream moved, or a newer dispatch replaced this one.
+func leftToFinish(cause error) bool {
+	return errors.Is(cause, task.ErrShutdown) || errors.Is(cause, task.ErrNotOwner) ||
+		errors.Is(cause, ErrMoved) || errors.Is(cause, ErrSuperseded)
 }
 
 // supersede retires prev, a call a newer Dispatch of the same (subtask,

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/rs/zerolog"
+
 	"agentplane/server/internal/task"
 )
 
@@ -20,6 +22,13 @@ import (
 // current session. The grant and the give-up are decided under Fleet.mu, so
 // exactly one comes first: a command is never begun after its give-up, and
 // a give-up after a grant sends a Cancel, which agentd honours.
+//
+// A Dispatch that ends without giving up (leftToFinish: the task's owner
+// died or changed, the host's stream moved) leaves the command to whoever
+// resumes the wait. A Begin that comes meanwhile, or on a replica the
+// resumed dispatch has not reached yet, is refused for now only
+// (AskAgain): agentd keeps the command, touching nothing, and asks again
+// when it comes again, so a failover by itself fails no command.
 //
 // Whatever agentd reports of an attempt the fleet gave up on (progress, its
 // result, a Begin refused) is appended to the subtask's log with a marker,
@@ -128,14 +137,36 @@ func (f *Fleet) answered(k key) {
 // its ctx has not ended, and s is the host's current session. The grant
 // is logged in the subtask's log, as is a refusal of an attempt the server
 // gave up on (bounded, see recordLate).
+//
+// A refusal is for now only (BeginAnswer.AskAgain) when the command may yet
+// be sent again: its dispatch here ended leaving the agent to finish (see
+// leftToFinish: the task's owner went away or changed, the host's stream
+// moved), s is not the host's current session (the waiting dispatch sends
+// the command to the current one), or no dispatch here knows the command
+// and its attempt is still live in the store (its owner has not resumed it
+// here yet). agentd then keeps the command and asks again when the command
+// or a Query about it comes again. Only the rest is final: the server gave
+// up on the attempt, its subtask's wait ended (canceled, timed out), or
+// the attempt is no longer live; agentd ends it FAILED, signalling nothing.
 func (f *Fleet) begin(ctx context.Context, s *Session, b Begin) error {
 	k := key{b.SubtaskID, b.Attempt}
+	answer := BeginAnswer{SubtaskID: b.SubtaskID, Attempt: b.Attempt}
 	f.mu.Lock()
-	why := f.refusal(s, k)
-	s.send(Outbound{BeginAnswer: &BeginAnswer{SubtaskID: b.SubtaskID, Attempt: b.Attempt, Proceed: why == "", Reason: why}})
+	v := f.refusal(s, k)
+	if !v.unknown {
+		answer.Proceed, answer.Reason, answer.AskAgain = v.why == "", v.why, v.again
+		s.send(Outbound{BeginAnswer: &answer})
+	}
 	f.mu.Unlock()
 	log := f.cfg.Log.With().Int64("host_id", s.HostID).Int64("subtask_id", b.SubtaskID).Int("attempt", b.Attempt).Logger()
-	if why == "" {
+	if v.unknown {
+		// Nothing to order against a grant or a give-up here: the
+		// answer is a refusal either way.
+		answer.Reason, answer.AskAgain = f.unknownBegin(ctx, log, s.HostID, k)
+		s.send(Outbound{BeginAnswer: &answer})
+	}
+	switch {
+	case answer.Proceed:
 		log.Debug().Msg("command begun")
 		if err := f.cfg.Logs.AppendSubtaskLog(ctx, b.SubtaskID, task.LogLine{RunTime: b.Attempt, Time: f.cfg.Now(),
 			Line: fmt.Sprintf("agentd began attempt %d; the server confirmed it", b.Attempt)}); err != nil {
@@ -144,31 +175,66 @@ func (f *Fleet) begin(ctx context.Context, s *Session, b Begin) error {
 			f.writeFailed(err, s.HostID, "storing a go-ahead line failed; the line is skipped, the stream goes on")
 		}
 		return nil
+	case answer.AskAgain:
+		log.Info().Str("reason", answer.Reason).Msg("command not confirmed to agentd yet; it asks again when the command comes again")
+		return nil
 	}
-	log.Warn().Str("reason", why).Msg("command not confirmed to agentd")
+	log.Warn().Str("reason", answer.Reason).Msg("command not confirmed to agentd")
 	if _, err := f.recordLate(ctx, s.HostID, k, false, fmt.Sprintf(
-		"agentd asked to begin attempt %d after the server gave up; refused, so it signals nothing: %s", b.Attempt, why)); err != nil {
+		"agentd asked to begin attempt %d after the server gave up; refused, so it signals nothing: %s", b.Attempt, answer.Reason)); err != nil {
 		f.writeFailed(err, s.HostID, "storing a refused go-ahead failed; the line is skipped, the stream goes on")
 	}
 	return nil
 }
 
-// refusal says why agentd may not begin k on s, or "" when it may.
-// Callers hold mu.
-func (f *Fleet) refusal(s *Session, k key) string {
+// verdict is refusal's answer to a Begin.
+type verdict struct {
+	why     string // why agentd may not begin the command; "" grants it
+	again   bool   // the refusal is for now only (BeginAnswer.AskAgain)
+	unknown bool   // no dispatch here knows the command: see unknownBegin
+}
+
+// refusal says whether agentd may begin k on s (see begin). Callers hold
+// mu.
+func (f *Fleet) refusal(s *Session, k key) verdict {
 	if c := f.inflight[k]; c != nil && c.hostID == s.HostID && !c.canceled {
-		switch {
-		case c.ctx.Err() != nil:
-			return "the command's subtask ended: " + context.Cause(c.ctx).Error()
+		switch cause := context.Cause(c.ctx); {
+		case cause != nil && leftToFinish(cause):
+			return verdict{why: "the command's dispatch here ended, leaving it to the next: " + cause.Error(), again: true}
+		case cause != nil:
+			return verdict{why: "the command's subtask ended: " + cause.Error()}
 		case f.live(s.HostID) != s:
-			return "asked on a stream that is no longer the host's current one"
+			return verdict{why: "asked on a stream that is no longer the host's current one", again: true}
 		}
-		return ""
+		return verdict{}
 	}
 	if g := f.givenUp[k]; g != nil && g.hostID == s.HostID {
-		return "the server gave up on the command: " + g.reason
+		return verdict{why: "the server gave up on the command: " + g.reason}
 	}
-	return "the server is not waiting for this command"
+	return verdict{unknown: true}
+}
+
+// liveCheckWait bounds the store read of unknownBegin.
+const liveCheckWait = 3 * time.Second
+
+// unknownBegin is the refusal of a Begin no dispatch here knows, and
+// whether it is for now only: the attempt is still live in the store, so
+// its owner may yet dispatch it here (it resumes the wait of a dispatch
+// that ended leaving the agent to finish), or the store could not tell
+// within liveCheckWait (agentd keeps the command, touching nothing, for
+// at most its timeout).
+func (f *Fleet) unknownBegin(ctx context.Context, log zerolog.Logger, hostID int64, k key) (why string, again bool) {
+	ctx, cancel := context.WithTimeout(ctx, liveCheckWait)
+	defer cancel()
+	live, err := f.cfg.Registry.AttemptLive(ctx, hostID, k.subtask, k.attempt)
+	switch {
+	case err != nil:
+		log.Warn().Err(err).Msg("cannot tell whether a command asking to begin is still live; agentd asks again when it comes again")
+		return "the server is not waiting for this command here yet, and cannot tell whether its attempt is still live", true
+	case live:
+		return "the server is not waiting for this command here yet; its attempt is still live", true
+	}
+	return "the server is not waiting for this command", false
 }
 
 // recordLate appends line to the log of k's subtask if the server gave up

@@ -29,6 +29,8 @@ type registry struct {
 	written map[int64]int       // HostSeen calls, by host
 	seen    map[int64]time.Time // HostsSeen, by host
 	epochs  map[int64]int64     // RegisterHost calls, by host: the epoch
+	live    map[int64]bool      // AttemptLive, by subtask; unset: false
+	liveErr error               // AttemptLive's error
 }
 
 func newRegistry() *registry {
@@ -98,7 +100,11 @@ func (r *registry) SetHostStatus(_ context.Context, id int64, st host.Status) er
 	return nil
 }
 
-func (r *registry) AttemptLive(context.Context, int64, int64, int) (bool, error) { return false, nil }
+func (r *registry) AttemptLive(_ context.Context, _, subtaskID int64, _ int) (bool, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.live[subtaskID], r.liveErr
+}
 
 func (r *registry) statusOf(id int64) host.Status {
 	r.mu.Lock()

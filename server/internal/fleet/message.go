@@ -126,12 +126,16 @@ type Begin struct {
 	Attempt   int
 }
 
-// BeginAnswer answers a Begin: Proceed, or a refusal and why.
+// BeginAnswer answers a Begin: Proceed, or a refusal and why. A refusal
+// with AskAgain is for now only: agentd keeps the command, touching
+// nothing, and asks again when the command or a Query about it comes again
+// (see fence.go).
 type BeginAnswer struct {
 	SubtaskID int64
 	Attempt   int
 	Proceed   bool
 	Reason    string // why not; empty when Proceed
+	AskAgain  bool
 }
 
 // Outbound is one message to an agentd; exactly one field is set.

@@ -326,7 +326,7 @@ func toOutbound(m fleet.Outbound) *agentv1.ConnectResponse {
 	case m.BeginAnswer != nil:
 		a := m.BeginAnswer
 		return &agentv1.ConnectResponse{Kind: &agentv1.ConnectResponse_BeginAnswer{BeginAnswer: &agentv1.CommandBeginAnswer{
-			SubtaskId: a.SubtaskID, Attempt: int32(a.Attempt), Proceed: a.Proceed, Reason: a.Reason,
+			SubtaskId: a.SubtaskID, Attempt: int32(a.Attempt), Proceed: a.Proceed, Reason: a.Reason, AskAgain: a.AskAgain,
 		}}}
 	default:
 		return &agentv1.ConnectResponse{Kind: &agentv1.ConnectResponse_Ack{Ack: &agentv1.ResultAck{

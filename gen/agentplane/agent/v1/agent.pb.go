@@ -1542,13 +1542,13 @@ func (x *QueryAnswer) GetResult() *CommandResult {
 // again) and touches nothing on the host until the answer says proceed. It
 // is sent on the stream the command came on. On a refusal, or no answer
 // within min(20s, the command's timeout), agentd ends the attempt FAILED
-// without signalling or starting anything. When that stream ends first,
-// agentd waits, touching nothing, for the same command (or a ResultQuery
-// about it) on a later stream (and asks again there) or its CancelCommand,
-// until the command's timeout. The 20 s outlast agentd's keepalive (a ping
-// after 10 s without a frame from the server, given up 5 s later), so a
-// server that froze or was cut off before it answered ends the stream
-// first.
+// without signalling or starting anything. When that stream ends first, or
+// the answer says ask_again, agentd waits, touching nothing, for the same
+// command (or a ResultQuery about it) on this or a later stream (and asks
+// again there) or its CancelCommand, until the command's timeout. The 20 s
+// outlast agentd's keepalive (a ping after 10 s without a frame from the
+// server, given up 5 s later), so a server that froze or was cut off before
+// it answered ends the stream first.
 // This fences a command read late (from a stream the server has given up
 // on, say after a partition or while agentd was frozen): the server grants
 // it only while it still waits for that attempt's result on the host's
@@ -1615,11 +1615,20 @@ type CommandBeginAnswer struct {
 	// Attempt of the command.
 	Attempt int32 `protobuf:"varint,2,opt,name=attempt,proto3" json:"attempt,omitempty"`
 	// True: agentd may begin the command. False: it must not touch the host
-	// for this attempt and reports it FAILED.
+	// for this attempt and, unless ask_again, reports it FAILED.
 	Proceed bool `protobuf:"varint,3,opt,name=proceed,proto3" json:"proceed,omitempty"`
 	// Why the server refused, e.g. "the server gave up on the command: agentd
 	// lost: not heard from for 31s"; empty when proceed is true.
-	Reason        string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	Reason string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	// With proceed false: the refusal is for now only. No dispatch on this
+	// server waits for the command at the moment, but its attempt is still
+	// live: its task's new owner, or the replica the host's stream moved to,
+	// may send it again. agentd keeps the command, touching nothing, and asks
+	// again when the command or a ResultQuery about it comes again (a query
+	// is answered COMMAND_STATE_WAITING meanwhile), or ends it CANCELED on its
+	// CancelCommand or timeout. An agentd that predates the field reports the
+	// attempt FAILED.
+	AskAgain      bool `protobuf:"varint,5,opt,name=ask_again,json=askAgain,proto3" json:"ask_again,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1680,6 +1689,13 @@ func (x *CommandBeginAnswer) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+func (x *CommandBeginAnswer) GetAskAgain() bool {
+	if x != nil {
+		return x.AskAgain
+	}
+	return false
 }
 
 // CommandProgress is one step of a running command.
@@ -2006,13 +2022,14 @@ const file_agentplane_agent_v1_agent_proto_rawDesc = "" +
 	"\fCommandBegin\x12\x1d\n" +
 	"\n" +
 	"subtask_id\x18\x01 \x01(\x03R\tsubtaskId\x12\x18\n" +
-	"\aattempt\x18\x02 \x01(\x05R\aattempt\"\x7f\n" +
+	"\aattempt\x18\x02 \x01(\x05R\aattempt\"\x9c\x01\n" +
 	"\x12CommandBeginAnswer\x12\x1d\n" +
 	"\n" +
 	"subtask_id\x18\x01 \x01(\x03R\tsubtaskId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\x05R\aattempt\x12\x18\n" +
 	"\aproceed\x18\x03 \x01(\bR\aproceed\x12\x16\n" +
-	"\x06reason\x18\x04 \x01(\tR\x06reason\"\x87\x02\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x1b\n" +
+	"\task_again\x18\x05 \x01(\bR\baskAgain\"\x87\x02\n" +
 	"\x0fCommandProgress\x12\x1d\n" +
 	"\n" +
 	"subtask_id\x18\x01 \x01(\x03R\tsubtaskId\x12\x18\n" +
