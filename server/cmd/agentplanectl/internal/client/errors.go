@@ -98,6 +98,9 @@ func cleanTransport(msg string) string {
 	msg = strings.TrimPrefix(msg, "transport: ")
 	msg = strings.TrimPrefix(msg, "Error while dialing: ")
 	msg = strings.TrimPrefix(msg, "error while dialing: ")
+	if strings.Contains(msg, "produced zero addresses") {
+		return "the host name does not resolve"
+	}
 	return dialPrefix.ReplaceAllString(msg, "")
 }
 

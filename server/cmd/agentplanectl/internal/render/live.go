@@ -117,11 +117,11 @@ func (l *Live) groupBar(i int) {
 		return err
 	})
 	b, _ := l.p.Add(1, filler,
-		mpb.PrependDecorators(decor.Any(func(decor.Statistics) string {
-			return "  " + strings.Repeat("  ", min(group().Depth, 8))
-		})),
+		mpb.PrependDecorators(decor.Any(func(decor.Statistics) string { return "  " })),
 		mpb.AppendDecorators(
-			decor.Any(func(decor.Statistics) string { return " " + group().Name }, decor.WCSyncSpaceR),
+			decor.Any(func(decor.Statistics) string {
+				return " " + strings.Repeat("  ", min(group().Depth, 8)) + group().Name
+			}, decor.WCSyncSpaceR),
 			decor.Any(func(decor.Statistics) string { return group().State() }, decor.WCSyncSpaceR),
 			decor.Any(func(decor.Statistics) string {
 				if d := group().Elapsed(l.now()); d > 0 {

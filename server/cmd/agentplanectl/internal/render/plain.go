@@ -67,9 +67,8 @@ func (p *Plain) stamp() string { return p.now().Local().Format("15:04:05") }
 // Update prints what changed since the last update.
 func (p *Plain) Update(t *taskv1.Task) {
 	p.last = t
-	if s := TaskState(t.GetStatus()); s != p.taskState {
-		p.taskState = s
-		fmt.Fprintf(p.w, "%s  task %d %s: %s\n", p.stamp(), t.GetId(), t.GetName(), s)
+	if p.taskState == "" {
+		p.printTask(t)
 	}
 	every := len(t.GetSubtasks()) <= PlainLimit
 	for _, st := range t.GetSubtasks() {
@@ -85,6 +84,15 @@ func (p *Plain) Update(t *taskv1.Task) {
 	}
 	if !every {
 		p.printSummary(NewView(t), false)
+	}
+	p.printTask(t)
+}
+
+// printTask prints the task's state when it changed.
+func (p *Plain) printTask(t *taskv1.Task) {
+	if s := TaskState(t.GetStatus()); s != p.taskState {
+		p.taskState = s
+		fmt.Fprintf(p.w, "%s  task %d %s: %s\n", p.stamp(), t.GetId(), t.GetName(), s)
 	}
 }
 
