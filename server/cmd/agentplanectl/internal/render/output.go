@@ -4,6 +4,8 @@
 package render
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
@@ -32,7 +34,7 @@ func CheckFormat(f string) error {
 	return fmt.Errorf("unknown output format %q: use table, json or yaml", f)
 }
 
-var jsonOpts = protojson.MarshalOptions{Multiline: true, Indent: "  ", EmitUnpopulated: true}
+var jsonOpts = protojson.MarshalOptions{EmitUnpopulated: true}
 
 // Message writes m as protobuf JSON (protojson: lowerCamelCase names, enums
 // by name, int64 as strings, times as RFC 3339 in UTC) or as the YAML of
@@ -49,7 +51,13 @@ func Message(w io.Writer, format string, m proto.Message) error {
 		_, err = w.Write(b)
 		return err
 	}
-	_, err = fmt.Fprintf(w, "%s\n", b)
+	// protojson's own indentation varies on purpose; encoding/json's is stable.
+	var out bytes.Buffer
+	if err := json.Indent(&out, b, "", "  "); err != nil {
+		return err
+	}
+	out.WriteByte('\n')
+	_, err = out.WriteTo(w)
 	return err
 }
 
