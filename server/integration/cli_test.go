@@ -26,29 +26,12 @@ import (
 // (environment, a context file with an access key) and a watch that
 // survives a cut connection.
 
-var (
-	ctlOnce sync.Once
-	ctlBin  string
-	ctlErr  error
-)
+// ctlBin is agentplanectl, built with -race on first use.
+var ctlBin = &lazyBin{name: "agentplanectl", args: []string{"-race", "./server/cmd/agentplanectl"}}
 
-// ctl builds agentplanectl once.
 func ctl(t *testing.T) string {
 	t.Helper()
-	ctlOnce.Do(func() {
-		bin := filepath.Join(binDir, "agentplanectl")
-		cmd := exec.Command("go", "build", "-race", "-o", bin, "./server/cmd/agentplanectl")
-		cmd.Dir = moduleRoot
-		if out, err := cmd.CombinedOutput(); err != nil {
-			ctlErr = fmt.Errorf("building agentplanectl: %w\n%s", err, out)
-			return
-		}
-		ctlBin = bin
-	})
-	if ctlErr != nil {
-		t.Fatal(ctlErr)
-	}
-	return ctlBin
+	return ctlBin.get(t)
 }
 
 // ctlResult is how a run of the CLI ended.
@@ -316,5 +299,27 @@ func TestCLI(t *testing.T) {
 		}
 		r := p.wait(t)
 		r.want(t, 0, "watch lost, resuming", "Stop OCP agent SUCCESSFUL in")
+	})
+
+	t.Run("Ctrl-C stops watching, not the task", func(t *testing.T) {
+		home := newHome(t)
+		startFake(t, home, "FAKE_OCP_MODE=slow", "FAKE_OCP_SLOW=3s")
+		slow := s.startAgentd(t, home, 20*time.Second)
+		p := startCtl(t, env, "", "agent", "stop", slow.name, "--wait")
+		waitFor(t, 30*time.Second, "the stop to run", func() bool {
+			return strings.Contains(p.output(), "Stop all OCP agent processes: RUNNING")
+		})
+		if err := p.cmd.Process.Signal(os.Interrupt); err != nil {
+			t.Fatal(err)
+		}
+		r := p.wait(t)
+		r.want(t, 130, "stopped watching task")
+		h := s.getHost(t, slow.hostID)
+		if h.OperationTaskID == 0 {
+			t.Fatalf("the host holds no task after Ctrl-C: %+v", h)
+		}
+		if tk := s.waitFinal(t, h.OperationTaskID); tk.Status != "SUCCESSFUL" {
+			t.Errorf("the task ended %s after the watch was interrupted, want SUCCESSFUL", tk.Status)
+		}
 	})
 }

@@ -20,11 +20,7 @@ func (a *app) agentCmd() *cobra.Command {
 		Short: "Show a host's OCP Agent as its agentd last reported it",
 		Args:  argsN(1, 1, "get HOST"),
 		RunE: func(c *cobra.Command, args []string) error {
-			id, err := a.hostID(c.Context(), args[0])
-			if err != nil {
-				return err
-			}
-			cl, err := a.conn()
+			id, cl, err := a.hostConn(c.Context(), args[0])
 			if err != nil {
 				return err
 			}

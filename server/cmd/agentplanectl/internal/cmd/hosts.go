@@ -43,11 +43,7 @@ func (a *app) hostsCmd() *cobra.Command {
 		Short: "Show a host (by id or name)",
 		Args:  argsN(1, 1, "get HOST"),
 		RunE: func(c *cobra.Command, args []string) error {
-			id, err := a.hostID(c.Context(), args[0])
-			if err != nil {
-				return err
-			}
-			cl, err := a.conn()
+			id, cl, err := a.hostConn(c.Context(), args[0])
 			if err != nil {
 				return err
 			}

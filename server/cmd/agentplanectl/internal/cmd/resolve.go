@@ -54,6 +54,16 @@ func (a *app) hostID(ctx context.Context, arg string) (int64, error) {
 	return 0, client.Exitf(client.ExitRefused, "no host named %q ('agentplanectl hosts list' shows them)", arg)
 }
 
+// hostConn resolves a host argument and returns the connection too.
+func (a *app) hostConn(ctx context.Context, arg string) (int64, *client.Client, error) {
+	id, err := a.hostID(ctx, arg)
+	if err != nil {
+		return 0, nil, err
+	}
+	c, err := a.conn()
+	return id, c, err
+}
+
 // hostIDs resolves several host arguments; a host named twice is an error.
 func (a *app) hostIDs(ctx context.Context, args []string) ([]int64, error) {
 	ids := make([]int64, 0, len(args))

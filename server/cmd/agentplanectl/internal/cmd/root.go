@@ -167,7 +167,11 @@ func usage(format string, args ...any) error {
 func argsN(lo, hi int, what string) cobra.PositionalArgs {
 	return func(c *cobra.Command, args []string) error {
 		if len(args) < lo || (hi >= 0 && len(args) > hi) {
-			return errors.New("usage: " + c.CommandPath() + " " + what)
+			path := c.CommandPath()
+			if c.HasParent() {
+				path = c.Parent().CommandPath() // what starts with the command's name
+			}
+			return errors.New("usage: " + path + " " + what)
 		}
 		return nil
 	}
@@ -177,7 +181,7 @@ func (a *app) versionCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "version",
 		Short: "Print agentplanectl's version",
-		Args:  argsN(0, 0, ""),
+		Args:  argsN(0, 0, "version"),
 		RunE: func(*cobra.Command, []string) error {
 			fmt.Fprintf(a.io.Stdout, "agentplanectl %s\n", a.version)
 			return nil
