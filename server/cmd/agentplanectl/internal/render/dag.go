@@ -68,6 +68,10 @@ func NewView(t *taskv1.Task) *View {
 	}
 	for _, g := range v.Groups {
 		g.End = groupEnd(t, g)
+		// The clock of a group left unfinished stops with its task.
+		if g.End.IsZero() && !g.Start.IsZero() && TaskFinal(t) && t.GetEndTime() != nil {
+			g.End = t.GetEndTime().AsTime()
+		}
 	}
 	slices.SortStableFunc(v.Groups, func(a, b *Group) int { return cmp.Compare(a.Depth, b.Depth) })
 	idx := make([]int32, 0, len(branches))

@@ -20,11 +20,10 @@ import (
 //	  ✓ Prepare stop OCP agent          3 SUCCESSFUL           0.6s
 //	  ⠹ Stop all OCP agent processes    1 FAILED, 2 RUNNING    3.4s
 //	  · Finish OCP agent operation      PENDING
-//	  hosts [=========>-------------] 1/3 done, 1 failed
-//	  failed: db-7
+//	  hosts [=========>-------------] 1/3 done, 1 failed: db-7
 //
 // Each line is an mpb bar whose filler and decorators read the latest view;
-// the batch lines show only for a batch.
+// the hosts line shows only for a batch.
 type Live struct {
 	w     io.Writer
 	names HostNamer
@@ -89,16 +88,13 @@ func (l *Live) start(v *View) {
 			mpb.PrependDecorators(decor.Any(func(decor.Statistics) string { return "  hosts " })),
 			mpb.AppendDecorators(decor.Any(func(decor.Statistics) string {
 				v, _ := l.snapshot()
-				return fmt.Sprintf(" %d/%d done, %d failed", v.Done, v.Branches, v.Failed)
+				s := fmt.Sprintf(" %d/%d done, %d failed", v.Done, v.Branches, v.Failed)
+				if v.Failed > 0 {
+					s += ": " + FailedHostList(v, l.names, 5)
+				}
+				return s
 			})))
 		l.bars = append(l.bars, l.hosts)
-		line(func() string {
-			v, _ := l.snapshot()
-			if v.Failed == 0 {
-				return ""
-			}
-			return "  failed: " + FailedHostList(v, l.names, 20)
-		})
 	}
 }
 
