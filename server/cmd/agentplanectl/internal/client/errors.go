@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 	"unicode"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -70,7 +72,31 @@ func (c *Client) Describe(err error) (string, int) {
 	case codes.Canceled:
 		return "interrupted", ExitInterrupted
 	}
-	return fmt.Sprintf("%s (%s)", msg, CodeName(st.Code())), ExitRefused
+	return fmt.Sprintf("%s (%s%s)", msg, CodeName(st.Code()), details(st)), ExitRefused
+}
+
+// details renders what a status's ErrorInfo details say: its reason and
+// metadata, such as an OCP error code (", code 20003").
+func details(st *status.Status) string {
+	var b strings.Builder
+	for _, d := range st.Details() {
+		info, ok := d.(*errdetails.ErrorInfo)
+		if !ok {
+			continue
+		}
+		if info.GetReason() != "" {
+			fmt.Fprintf(&b, ", %s", info.GetReason())
+		}
+		keys := make([]string, 0, len(info.GetMetadata()))
+		for k := range info.GetMetadata() {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		for _, k := range keys {
+			fmt.Fprintf(&b, ", %s %s", k, info.GetMetadata()[k])
+		}
+	}
+	return b.String()
 }
 
 func (c *Client) who() string {

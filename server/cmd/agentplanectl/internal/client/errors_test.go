@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -35,6 +36,13 @@ func TestDescribe(t *testing.T) {
 		if msg != tc.msg || code != tc.code {
 			t.Errorf("%v:\n got %q %d\nwant %q %d", tc.err, msg, code, tc.msg, tc.code)
 		}
+	}
+	st, err := status.New(codes.FailedPrecondition, "task 3 is RUNNING").WithDetails(&errdetails.ErrorInfo{Reason: "STATE", Metadata: map[string]string{"code": "20003"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if msg, _ := c.Describe(st.Err()); msg != "task 3 is RUNNING (FAILED_PRECONDITION, STATE, code 20003)" {
+		t.Errorf("with details: %q", msg)
 	}
 	if n := CodeName(codes.ResourceExhausted); n != "RESOURCE_EXHAUSTED" {
 		t.Errorf("CodeName: %s", n)
