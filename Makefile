@@ -25,8 +25,9 @@ LDFLAGS := -X main.version=$(VERSION)
 .PHONY: build
 # agentd is built static and without grpc-go's tracing: its whole executable
 # stays resident, so its size is most of agentd's RSS (README, Performance).
-build: ## build bin/agentplane-server and bin/agentplane-agentd
+build: ## build bin/agentplane-server, bin/agentplane-agentd and bin/agentplanectl
 	go build -ldflags "$(LDFLAGS)" -o bin/agentplane-server ./server/cmd/agentplane-server
+	go build -ldflags "$(LDFLAGS)" -o bin/agentplanectl ./server/cmd/agentplanectl
 	CGO_ENABLED=0 go build -tags grpcnotrace -ldflags "$(LDFLAGS)" -o bin/agentplane-agentd ./agentd/cmd/agentplane-agentd
 
 .PHONY: build-bench

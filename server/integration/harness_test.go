@@ -91,29 +91,41 @@ func testMain(m *testing.M) int {
 	return code
 }
 
-var (
-	grpcurlOnce sync.Once
-	grpcurlBin  string
-	grpcurlErr  error
-)
+// lazyBin is a binary the tests that need it build once, with go build's
+// args (the output path is added).
+type lazyBin struct {
+	name string
+	args []string
+	once sync.Once
+	path string
+	err  error
+}
+
+// get builds the binary on first use and returns its path.
+func (b *lazyBin) get(t *testing.T) string {
+	t.Helper()
+	b.once.Do(func() {
+		bin := filepath.Join(binDir, b.name)
+		cmd := exec.Command("go", append([]string{"build", "-o", bin}, b.args...)...)
+		cmd.Dir = moduleRoot
+		if out, err := cmd.CombinedOutput(); err != nil {
+			b.err = fmt.Errorf("building %s: %w\n%s", b.name, err, out)
+			return
+		}
+		b.path = bin
+	})
+	if b.err != nil {
+		t.Fatal(b.err)
+	}
+	return b.path
+}
+
+var grpcurlBin = &lazyBin{name: "grpcurl", args: []string{"-modfile=.ci/tools/go.mod", "github.com/fullstorydev/grpcurl/cmd/grpcurl"}}
 
 // grpcurl builds grpcurl from the pinned tools module, once.
 func grpcurl(t *testing.T) string {
 	t.Helper()
-	grpcurlOnce.Do(func() {
-		bin := filepath.Join(binDir, "grpcurl")
-		cmd := exec.Command("go", "build", "-modfile=.ci/tools/go.mod", "-o", bin, "github.com/fullstorydev/grpcurl/cmd/grpcurl")
-		cmd.Dir = moduleRoot
-		if out, err := cmd.CombinedOutput(); err != nil {
-			grpcurlErr = fmt.Errorf("building grpcurl: %w\n%s", err, out)
-			return
-		}
-		grpcurlBin = bin
-	})
-	if grpcurlErr != nil {
-		t.Fatal(grpcurlErr)
-	}
-	return grpcurlBin
+	return grpcurlBin.get(t)
 }
 
 // ---- processes ----

@@ -11,11 +11,13 @@ import (
 	"agentplane/server/internal/errs"
 )
 
-// iamServer serves IamService; with no AccessKeys every call is
-// UNIMPLEMENTED.
+// iamServer serves IamService; with no AccessKeys the access-key calls are
+// UNAVAILABLE, and with Users that cannot create users (not an
+// api.UserCreator) so is CreateUser.
 type iamServer struct {
 	iamv1.UnimplementedIamServiceServer
-	keys api.AccessKeys
+	keys  api.AccessKeys
+	users api.UserCreator
 }
 
 var _ iamv1.IamServiceServer = (*iamServer)(nil)
@@ -25,6 +27,28 @@ func (s *iamServer) enabled() error {
 		return fmt.Errorf("access keys are not enabled on this server: %w", errs.ErrUnavailable)
 	}
 	return nil
+}
+
+// CreateUser creates a user (the user service checks that the caller is
+// ADMIN and validates the values), as REST's POST /iam/users.
+func (s *iamServer) CreateUser(ctx context.Context, req *iamv1.CreateUserRequest) (*iamv1.CreateUserResponse, error) {
+	audit.SetTarget(ctx, "user:"+req.GetUsername()[:min(len(req.GetUsername()), 64)])
+	if s.users == nil {
+		return nil, toStatus(ctx, fmt.Errorf("creating users is not enabled on this server: %w", errs.ErrUnavailable))
+	}
+	roles := make([]auth.Role, 0, len(req.GetRoles()))
+	for _, r := range req.GetRoles() {
+		roles = append(roles, auth.Role(r))
+	}
+	u, err := s.users.CreateUser(ctx, req.GetUsername(), req.GetPassword(), roles)
+	if err != nil {
+		return nil, toStatus(ctx, err)
+	}
+	out := &iamv1.User{Id: u.ID, Username: u.Username, CreateTime: ts(u.CreateTime), Roles: make([]string, 0, len(u.Roles))}
+	for _, r := range u.Roles {
+		out.Roles = append(out.Roles, string(r))
+	}
+	return &iamv1.CreateUserResponse{User: out}, nil
 }
 
 func toAccessKey(k auth.AccessKey) *iamv1.AccessKey {

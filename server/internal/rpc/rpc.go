@@ -43,7 +43,9 @@ type Config struct {
 	Hosts api.Hosts
 	Tasks Tasks
 	Fleet Fleet
-	// Users checks the passwords of HTTP Basic credentials.
+	// Users checks the passwords of HTTP Basic credentials; if it is also
+	// an api.UserCreator (auth.Service is), IamService.CreateUser creates
+	// users with it.
 	Users auth.PasswordChecker
 	// AccessKeys verifies access-key signatures and serves IamService
 	// (iam.go); nil: signed calls are refused and IamService is
@@ -131,7 +133,8 @@ func NewServer(cfg Config, opts ...grpc.ServerOption) *grpc.Server {
 	agentv1.RegisterAgentServiceServer(s, &agentServer{fleet: cfg.Fleet, enroll: cfg.Enroll, limits: cfg.AgentLimits.withDefaults(), log: cfg.Log})
 	registerAudit(s, cfg)
 	registerCluster(s, cfg)
-	iamv1.RegisterIamServiceServer(s, &iamServer{keys: cfg.AccessKeys})
+	users, _ := cfg.Users.(api.UserCreator)
+	iamv1.RegisterIamServiceServer(s, &iamServer{keys: cfg.AccessKeys, users: users})
 	hs := health.NewServer()
 	setHealth := func(err error) {
 		st := healthpb.HealthCheckResponse_SERVING

@@ -371,6 +371,189 @@ func (*DeleteAccessKeyResponse) Descriptor() ([]byte, []int) {
 	return file_agentplane_iam_v1_iam_proto_rawDescGZIP(), []int{6}
 }
 
+// User is a user, without its password.
+type User struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The user's id.
+	Id int64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The name it signs in with.
+	Username string `protobuf:"bytes,2,opt,name=username,proto3" json:"username,omitempty"`
+	// Its roles: ADMIN, HOST_MANAGER, HOST_VIEWER, TASK_MANAGER, TASK_VIEWER.
+	Roles []string `protobuf:"bytes,3,rep,name=roles,proto3" json:"roles,omitempty"`
+	// When it was created.
+	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *User) Reset() {
+	*x = User{}
+	mi := &file_agentplane_iam_v1_iam_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *User) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*User) ProtoMessage() {}
+
+func (x *User) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_iam_v1_iam_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use User.ProtoReflect.Descriptor instead.
+func (*User) Descriptor() ([]byte, []int) {
+	return file_agentplane_iam_v1_iam_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *User) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *User) GetUsername() string {
+	if x != nil {
+		return x.Username
+	}
+	return ""
+}
+
+func (x *User) GetRoles() []string {
+	if x != nil {
+		return x.Roles
+	}
+	return nil
+}
+
+func (x *User) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+// CreateUserRequest names the new user.
+type CreateUserRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The name, unique.
+	Username string `protobuf:"bytes,1,opt,name=username,proto3" json:"username,omitempty"`
+	// The password; the server's password rules apply.
+	Password string `protobuf:"bytes,2,opt,name=password,proto3" json:"password,omitempty"`
+	// The roles to grant.
+	Roles         []string `protobuf:"bytes,3,rep,name=roles,proto3" json:"roles,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateUserRequest) Reset() {
+	*x = CreateUserRequest{}
+	mi := &file_agentplane_iam_v1_iam_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateUserRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateUserRequest) ProtoMessage() {}
+
+func (x *CreateUserRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_iam_v1_iam_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateUserRequest.ProtoReflect.Descriptor instead.
+func (*CreateUserRequest) Descriptor() ([]byte, []int) {
+	return file_agentplane_iam_v1_iam_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *CreateUserRequest) GetUsername() string {
+	if x != nil {
+		return x.Username
+	}
+	return ""
+}
+
+func (x *CreateUserRequest) GetPassword() string {
+	if x != nil {
+		return x.Password
+	}
+	return ""
+}
+
+func (x *CreateUserRequest) GetRoles() []string {
+	if x != nil {
+		return x.Roles
+	}
+	return nil
+}
+
+// CreateUserResponse is the user created.
+type CreateUserResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The user.
+	User          *User `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateUserResponse) Reset() {
+	*x = CreateUserResponse{}
+	mi := &file_agentplane_iam_v1_iam_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateUserResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateUserResponse) ProtoMessage() {}
+
+func (x *CreateUserResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_iam_v1_iam_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateUserResponse.ProtoReflect.Descriptor instead.
+func (*CreateUserResponse) Descriptor() ([]byte, []int) {
+	return file_agentplane_iam_v1_iam_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *CreateUserResponse) GetUser() *User {
+	if x != nil {
+		return x.User
+	}
+	return nil
+}
+
 var File_agentplane_iam_v1_iam_proto protoreflect.FileDescriptor
 
 const file_agentplane_iam_v1_iam_proto_rawDesc = "" +
@@ -395,9 +578,23 @@ const file_agentplane_iam_v1_iam_proto_rawDesc = "" +
 	"accessKeys\"<\n" +
 	"\x16DeleteAccessKeyRequest\x12\"\n" +
 	"\raccess_key_id\x18\x01 \x01(\tR\vaccessKeyId\"\x19\n" +
-	"\x17DeleteAccessKeyResponse2\xc7\x02\n" +
+	"\x17DeleteAccessKeyResponse\"\x85\x01\n" +
+	"\x04User\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x1a\n" +
+	"\busername\x18\x02 \x01(\tR\busername\x12\x14\n" +
+	"\x05roles\x18\x03 \x03(\tR\x05roles\x12;\n" +
+	"\vcreate_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\"a\n" +
+	"\x11CreateUserRequest\x12\x1a\n" +
+	"\busername\x18\x01 \x01(\tR\busername\x12\x1a\n" +
+	"\bpassword\x18\x02 \x01(\tR\bpassword\x12\x14\n" +
+	"\x05roles\x18\x03 \x03(\tR\x05roles\"A\n" +
+	"\x12CreateUserResponse\x12+\n" +
+	"\x04user\x18\x01 \x01(\v2\x17.agentplane.iam.v1.UserR\x04user2\xa2\x03\n" +
 	"\n" +
-	"IamService\x12h\n" +
+	"IamService\x12Y\n" +
+	"\n" +
+	"CreateUser\x12$.agentplane.iam.v1.CreateUserRequest\x1a%.agentplane.iam.v1.CreateUserResponse\x12h\n" +
 	"\x0fCreateAccessKey\x12).agentplane.iam.v1.CreateAccessKeyRequest\x1a*.agentplane.iam.v1.CreateAccessKeyResponse\x12e\n" +
 	"\x0eListAccessKeys\x12(.agentplane.iam.v1.ListAccessKeysRequest\x1a).agentplane.iam.v1.ListAccessKeysResponse\x12h\n" +
 	"\x0fDeleteAccessKey\x12).agentplane.iam.v1.DeleteAccessKeyRequest\x1a*.agentplane.iam.v1.DeleteAccessKeyResponseB\xaf\x01\n" +
@@ -415,7 +612,7 @@ func file_agentplane_iam_v1_iam_proto_rawDescGZIP() []byte {
 	return file_agentplane_iam_v1_iam_proto_rawDescData
 }
 
-var file_agentplane_iam_v1_iam_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_agentplane_iam_v1_iam_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_agentplane_iam_v1_iam_proto_goTypes = []any{
 	(*AccessKey)(nil),               // 0: agentplane.iam.v1.AccessKey
 	(*CreateAccessKeyRequest)(nil),  // 1: agentplane.iam.v1.CreateAccessKeyRequest
@@ -424,24 +621,31 @@ var file_agentplane_iam_v1_iam_proto_goTypes = []any{
 	(*ListAccessKeysResponse)(nil),  // 4: agentplane.iam.v1.ListAccessKeysResponse
 	(*DeleteAccessKeyRequest)(nil),  // 5: agentplane.iam.v1.DeleteAccessKeyRequest
 	(*DeleteAccessKeyResponse)(nil), // 6: agentplane.iam.v1.DeleteAccessKeyResponse
-	(*timestamppb.Timestamp)(nil),   // 7: google.protobuf.Timestamp
+	(*User)(nil),                    // 7: agentplane.iam.v1.User
+	(*CreateUserRequest)(nil),       // 8: agentplane.iam.v1.CreateUserRequest
+	(*CreateUserResponse)(nil),      // 9: agentplane.iam.v1.CreateUserResponse
+	(*timestamppb.Timestamp)(nil),   // 10: google.protobuf.Timestamp
 }
 var file_agentplane_iam_v1_iam_proto_depIdxs = []int32{
-	7, // 0: agentplane.iam.v1.AccessKey.create_time:type_name -> google.protobuf.Timestamp
-	7, // 1: agentplane.iam.v1.AccessKey.last_used_time:type_name -> google.protobuf.Timestamp
-	0, // 2: agentplane.iam.v1.CreateAccessKeyResponse.access_key:type_name -> agentplane.iam.v1.AccessKey
-	0, // 3: agentplane.iam.v1.ListAccessKeysResponse.access_keys:type_name -> agentplane.iam.v1.AccessKey
-	1, // 4: agentplane.iam.v1.IamService.CreateAccessKey:input_type -> agentplane.iam.v1.CreateAccessKeyRequest
-	3, // 5: agentplane.iam.v1.IamService.ListAccessKeys:input_type -> agentplane.iam.v1.ListAccessKeysRequest
-	5, // 6: agentplane.iam.v1.IamService.DeleteAccessKey:input_type -> agentplane.iam.v1.DeleteAccessKeyRequest
-	2, // 7: agentplane.iam.v1.IamService.CreateAccessKey:output_type -> agentplane.iam.v1.CreateAccessKeyResponse
-	4, // 8: agentplane.iam.v1.IamService.ListAccessKeys:output_type -> agentplane.iam.v1.ListAccessKeysResponse
-	6, // 9: agentplane.iam.v1.IamService.DeleteAccessKey:output_type -> agentplane.iam.v1.DeleteAccessKeyResponse
-	7, // [7:10] is the sub-list for method output_type
-	4, // [4:7] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	10, // 0: agentplane.iam.v1.AccessKey.create_time:type_name -> google.protobuf.Timestamp
+	10, // 1: agentplane.iam.v1.AccessKey.last_used_time:type_name -> google.protobuf.Timestamp
+	0,  // 2: agentplane.iam.v1.CreateAccessKeyResponse.access_key:type_name -> agentplane.iam.v1.AccessKey
+	0,  // 3: agentplane.iam.v1.ListAccessKeysResponse.access_keys:type_name -> agentplane.iam.v1.AccessKey
+	10, // 4: agentplane.iam.v1.User.create_time:type_name -> google.protobuf.Timestamp
+	7,  // 5: agentplane.iam.v1.CreateUserResponse.user:type_name -> agentplane.iam.v1.User
+	8,  // 6: agentplane.iam.v1.IamService.CreateUser:input_type -> agentplane.iam.v1.CreateUserRequest
+	1,  // 7: agentplane.iam.v1.IamService.CreateAccessKey:input_type -> agentplane.iam.v1.CreateAccessKeyRequest
+	3,  // 8: agentplane.iam.v1.IamService.ListAccessKeys:input_type -> agentplane.iam.v1.ListAccessKeysRequest
+	5,  // 9: agentplane.iam.v1.IamService.DeleteAccessKey:input_type -> agentplane.iam.v1.DeleteAccessKeyRequest
+	9,  // 10: agentplane.iam.v1.IamService.CreateUser:output_type -> agentplane.iam.v1.CreateUserResponse
+	2,  // 11: agentplane.iam.v1.IamService.CreateAccessKey:output_type -> agentplane.iam.v1.CreateAccessKeyResponse
+	4,  // 12: agentplane.iam.v1.IamService.ListAccessKeys:output_type -> agentplane.iam.v1.ListAccessKeysResponse
+	6,  // 13: agentplane.iam.v1.IamService.DeleteAccessKey:output_type -> agentplane.iam.v1.DeleteAccessKeyResponse
+	10, // [10:14] is the sub-list for method output_type
+	6,  // [6:10] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_agentplane_iam_v1_iam_proto_init() }
@@ -455,7 +659,7 @@ func file_agentplane_iam_v1_iam_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentplane_iam_v1_iam_proto_rawDesc), len(file_agentplane_iam_v1_iam_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,6 +19,7 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
+	IamService_CreateUser_FullMethodName      = "/agentplane.iam.v1.IamService/CreateUser"
 	IamService_CreateAccessKey_FullMethodName = "/agentplane.iam.v1.IamService/CreateAccessKey"
 	IamService_ListAccessKeys_FullMethodName  = "/agentplane.iam.v1.IamService/ListAccessKeys"
 	IamService_DeleteAccessKey_FullMethodName = "/agentplane.iam.v1.IamService/DeleteAccessKey"
@@ -28,9 +29,12 @@ const (
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// IamService manages API credentials: OCP access keys (AK/SK) that sign
-// requests with OCP-ACCESS-KEY-HMACSHA1.
+// IamService manages API credentials: users, and OCP access keys (AK/SK)
+// that sign requests with OCP-ACCESS-KEY-HMACSHA1.
 type IamServiceClient interface {
+	// CreateUser creates a user with a password and roles (ADMIN only), as
+	// REST's POST /iam/users. The answer never holds the password or its hash.
+	CreateUser(ctx context.Context, in *CreateUserRequest, opts ...grpc.CallOption) (*CreateUserResponse, error)
 	// CreateAccessKey creates an access key for the caller, or for another
 	// user when the caller is ADMIN. The secret is in this answer only.
 	CreateAccessKey(ctx context.Context, in *CreateAccessKeyRequest, opts ...grpc.CallOption) (*CreateAccessKeyResponse, error)
@@ -48,6 +52,16 @@ type iamServiceClient struct {
 
 func NewIamServiceClient(cc grpc.ClientConnInterface) IamServiceClient {
 	return &iamServiceClient{cc}
+}
+
+func (c *iamServiceClient) CreateUser(ctx context.Context, in *CreateUserRequest, opts ...grpc.CallOption) (*CreateUserResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreateUserResponse)
+	err := c.cc.Invoke(ctx, IamService_CreateUser_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 func (c *iamServiceClient) CreateAccessKey(ctx context.Context, in *CreateAccessKeyRequest, opts ...grpc.CallOption) (*CreateAccessKeyResponse, error) {
@@ -84,9 +98,12 @@ func (c *iamServiceClient) DeleteAccessKey(ctx context.Context, in *DeleteAccess
 // All implementations must embed UnimplementedIamServiceServer
 // for forward compatibility.
 //
-// IamService manages API credentials: OCP access keys (AK/SK) that sign
-// requests with OCP-ACCESS-KEY-HMACSHA1.
+// IamService manages API credentials: users, and OCP access keys (AK/SK)
+// that sign requests with OCP-ACCESS-KEY-HMACSHA1.
 type IamServiceServer interface {
+	// CreateUser creates a user with a password and roles (ADMIN only), as
+	// REST's POST /iam/users. The answer never holds the password or its hash.
+	CreateUser(context.Context, *CreateUserRequest) (*CreateUserResponse, error)
 	// CreateAccessKey creates an access key for the caller, or for another
 	// user when the caller is ADMIN. The secret is in this answer only.
 	CreateAccessKey(context.Context, *CreateAccessKeyRequest) (*CreateAccessKeyResponse, error)
@@ -106,6 +123,9 @@ type IamServiceServer interface {
 // pointer dereference when methods are called.
 type UnimplementedIamServiceServer struct{}
 
+func (UnimplementedIamServiceServer) CreateUser(context.Context, *CreateUserRequest) (*CreateUserResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateUser not implemented")
+}
 func (UnimplementedIamServiceServer) CreateAccessKey(context.Context, *CreateAccessKeyRequest) (*CreateAccessKeyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateAccessKey not implemented")
 }
@@ -134,6 +154,24 @@ func RegisterIamServiceServer(s grpc.ServiceRegistrar, srv IamServiceServer) {
 		t.testEmbeddedByValue()
 	}
 	s.RegisterService(&IamService_ServiceDesc, srv)
+}
+
+func _IamService_CreateUser_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateUserRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(IamServiceServer).CreateUser(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: IamService_CreateUser_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(IamServiceServer).CreateUser(ctx, req.(*CreateUserRequest))
+	}
+	return interceptor(ctx, in, info, handler)
 }
 
 func _IamService_CreateAccessKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
@@ -197,6 +235,10 @@ var IamService_ServiceDesc = grpc.ServiceDesc{
 	ServiceName: "agentplane.iam.v1.IamService",
 	HandlerType: (*IamServiceServer)(nil),
 	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "CreateUser",
+			Handler:    _IamService_CreateUser_Handler,
+		},
 		{
 			MethodName: "CreateAccessKey",
 			Handler:    _IamService_CreateAccessKey_Handler,
