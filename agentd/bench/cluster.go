@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -31,7 +32,9 @@ import (
 //     the host's stream, and on another, interleaved;
 //  3. failover: a slow stop in flight, then SIGKILL of the replica holding
 //     the stream or of the one owning the task; the time from the kill to
-//     the task SUCCESSFUL seen by WatchTask on the third replica.
+//     the task SUCCESSFUL seen by WatchTask on the third replica;
+//  4. churn: stops through every replica while one is SIGKILLed every 10 s
+//     (cluster_churn.go): tasks lost, doubled or failed.
 //
 // Without mariadbd it fails (-skip cluster leaves it out).
 func init() {
@@ -50,6 +53,7 @@ type clusterRun struct {
 	tasks    []taskv1.TaskServiceClient
 	agents   []*e2eHost
 	homes    []string
+	turn     atomic.Int64 // the churn's request replicas in turn
 }
 
 func runCluster(ctx context.Context, env *Env) (rows []Row, err error) {
@@ -72,9 +76,9 @@ func runCluster(ctx context.Context, env *Env) (rows []Row, err error) {
 	env.Logf("cluster: mariadbd and %d replicas up in %s", clusterReplicas, time.Since(began).Round(time.Millisecond))
 
 	window := 30 * time.Second
-	stops, kills := 100, 10
+	stops, kills, churn := 100, 10, 1000
 	if env.Short {
-		window, stops, kills = 10*time.Second, 20, 4
+		window, stops, kills, churn = 10*time.Second, 20, 4, 100
 	}
 	idle, err := c.idleQueries(ctx, window)
 	if err != nil {
@@ -91,7 +95,15 @@ func runCluster(ctx context.Context, env *Env) (rows []Row, err error) {
 		return rows, err
 	}
 	fo, err := c.failover(ctx, kills)
-	return append(rows, fo...), err
+	rows = append(rows, fo...)
+	if err != nil {
+		return rows, err
+	}
+	ch, err := c.churn(ctx, churn)
+	if err != nil {
+		return rows, err
+	}
+	return append(rows, ch), nil
 }
 
 // start launches mariadbd, a database for the store and the replicas.
