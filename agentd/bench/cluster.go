@@ -34,7 +34,10 @@ import (
 //     the stream or of the one owning the task; the time from the kill to
 //     the task SUCCESSFUL seen by WatchTask on the third replica;
 //  4. churn: stops through every replica while one is SIGKILLed every 10 s
-//     (cluster_churn.go): tasks lost, doubled or failed.
+//     (cluster_churn.go): tasks lost, doubled or failed;
+//  5. a batch stop of N simulated hosts (agentplane-sim, given every
+//     replica) with a replica SIGKILLed mid-batch (cluster_batch.go): the
+//     batch's status and the time to all N connected again.
 //
 // Without mariadbd it fails (-skip cluster leaves it out).
 func init() {
@@ -76,9 +79,9 @@ func runCluster(ctx context.Context, env *Env) (rows []Row, err error) {
 	env.Logf("cluster: mariadbd and %d replicas up in %s", clusterReplicas, time.Since(began).Round(time.Millisecond))
 
 	window := 30 * time.Second
-	stops, kills, churn := 100, 10, 1000
+	stops, kills, churn, batch := 100, 10, 1000, fleetTargetN
 	if env.Short {
-		window, stops, kills, churn = 10*time.Second, 20, 4, 100
+		window, stops, kills, churn, batch = 10*time.Second, 20, 4, 100, 1000
 	}
 	idle, err := c.idleQueries(ctx, window)
 	if err != nil {
@@ -103,7 +106,12 @@ func runCluster(ctx context.Context, env *Env) (rows []Row, err error) {
 	if err != nil {
 		return rows, err
 	}
-	return append(rows, ch), nil
+	rows = append(rows, ch)
+	b, err := c.batchFailover(ctx, batch)
+	if err != nil {
+		return rows, err
+	}
+	return append(rows, b), nil
 }
 
 // start launches mariadbd, a database for the store and the replicas.
