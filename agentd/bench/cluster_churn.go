@@ -99,7 +99,7 @@ func (c *clusterRun) churn(ctx context.Context, stops int) (Row, error) {
 func (c *clusterRun) killEvery(ctx context.Context, down []atomic.Bool, n *atomic.Int64) error {
 	for k := 0; ; k++ {
 		if sleepCtx(ctx, clusterChurnEvery) != nil {
-			return nil
+			return nil //nolint:nilerr // the end of the churn is no error
 		}
 		v := k % len(c.replicas)
 		down[v].Store(true)
