@@ -173,10 +173,6 @@ func (c *clusterRun) addAgents(ctx context.Context, n int) error {
 	if err != nil {
 		return err
 	}
-	addrs := make([]string, len(c.replicas))
-	for i, r := range c.replicas {
-		addrs[i] = r.GRPCAddr
-	}
 	for k := range n {
 		h := &e2eHost{name: fmt.Sprintf("bench-cluster-%d", k+1), home: filepath.Join(work, fmt.Sprintf("host%d", k+1), "ocp_agent")}
 		c.homes = append(c.homes, h.home)
@@ -188,7 +184,7 @@ func (c *clusterRun) addAgents(ctx context.Context, n int) error {
 			return fmt.Errorf("creating a join token: %w", err)
 		}
 		argv := []string{c.env.Binary("agentplane-agentd"),
-			"--server", strings.Join(addrs, ","), "--ca-file", c.replicas[0].CAFile,
+			"--server", c.serverList(), "--ca-file", c.replicas[0].CAFile,
 			"--state-dir", filepath.Join(filepath.Dir(h.home), "agentd-state"),
 			"--host-name", h.name, "--install-home", h.home, "--grace", "30s", "--log-format", "json", "--log-level", "info"}
 		if h.agentd, err = c.env.Start(ctx, fmt.Sprintf("agentd%d", k+1), []string{"AGENTPLANE_JOIN_TOKEN=" + tok.GetToken()}, argv...); err != nil {
@@ -205,6 +201,15 @@ func (c *clusterRun) addAgents(ctx context.Context, n int) error {
 		}
 	}
 	return nil
+}
+
+// serverList is every replica's gRPC address, comma-separated (--server).
+func (c *clusterRun) serverList() string {
+	addrs := make([]string, len(c.replicas))
+	for i, r := range c.replicas {
+		addrs[i] = r.GRPCAddr
+	}
+	return strings.Join(addrs, ",")
 }
 
 // holder is the replica holding h's stream, from agentd's log: the server

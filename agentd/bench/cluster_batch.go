@@ -32,11 +32,7 @@ func (c *clusterRun) batchFailover(ctx context.Context, n int) (Row, error) {
 		return Row{}, err
 	}
 	defer os.RemoveAll(stateDir)
-	addrs := make([]string, len(c.replicas))
-	for i, r := range c.replicas {
-		addrs[i] = r.GRPCAddr
-	}
-	f := &fleetRun{env: c.env, srv: c.replicas[0], servers: strings.Join(addrs, ","), hosts: c.hosts[0], tasks: c.tasks[0],
+	f := &fleetRun{env: c.env, srv: c.replicas[0], servers: c.serverList(), hosts: c.hosts[0], tasks: c.tasks[0],
 		stateDir: stateDir, perSim: int((limit - 1000) / 2)}
 	c.env.Logf("cluster: batch: %d simulated hosts over %d replicas", n, len(c.replicas))
 	sims, err := f.startSims(ctx, n, fleetStopDelay)
