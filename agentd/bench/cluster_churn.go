@@ -129,6 +129,7 @@ func (c *clusterRun) churnStop(ctx context.Context, h *e2eHost, down []atomic.Bo
 		return err
 	}
 	defer func() { _ = e2eReap(sup, pids) }()
+	parent := ctx
 	ctx, cancel := context.WithTimeout(ctx, clusterStopTimeout)
 	defer cancel()
 	if wait := time.Until(h.last.Add(e2eHostInterval)); wait > 0 {
@@ -149,8 +150,16 @@ func (c *clusterRun) churnStop(ctx context.Context, h *e2eHost, down []atomic.Bo
 			id = resp.GetTask().GetId()
 			break
 		}
-		if ctx.Err() != nil {
+		if parent.Err() != nil {
 			return fmt.Errorf("StopAgent of %s: %w", h.name, err)
+		}
+		if ctx.Err() != nil {
+			// Never accepted within the bound: a miss, not an error.
+			st.mu.Lock()
+			defer st.mu.Unlock()
+			st.lost++
+			c.env.Logf("cluster: churn: StopAgent of %s not accepted within %s: %v", h.name, clusterStopTimeout, err)
+			return nil
 		}
 		st.mu.Lock()
 		st.errors++
@@ -184,13 +193,20 @@ func (c *clusterRun) churnStop(ctx context.Context, h *e2eHost, down []atomic.Bo
 			}
 			return nil
 		case err := <-werr:
-			if ctx.Err() == nil {
+			if parent.Err() != nil {
 				return err
+			}
+			// Not seen final (the watch gave up, or the bound passed): a
+			// miss, not an error.
+			if ctx.Err() == nil {
+				err = fmt.Errorf("%w: %w", errLost, err)
+			} else {
+				err = errLost
 			}
 			st.mu.Lock()
 			defer st.mu.Unlock()
 			st.lost++
-			c.env.Logf("cluster: churn: task %d through r%d: %v", id, r+1, errLost)
+			c.env.Logf("cluster: churn: task %d through r%d: %v", id, r+1, err)
 			return nil
 		}
 	}
