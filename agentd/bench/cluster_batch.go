@@ -96,7 +96,9 @@ func (c *clusterRun) batchFailover(ctx context.Context, n int) (Row, error) {
 		return Row{}, err
 	}
 	connected := sims.total().Connected
-	if !allBack {
+	if allBack {
+		connected = int64(n)
+	} else {
 		back = time.Now()
 		c.env.Logf("cluster: batch: %d of %d hosts back %s after the kill; the batch is watched %s more", connected, n,
 			back.Sub(killed).Round(time.Millisecond), backBound)
@@ -154,9 +156,14 @@ func (c *clusterRun) batchFailover(ctx context.Context, n int) (Row, error) {
 		r.Extra["batch_successful"] = 1
 	}
 	r.Check("batch SUCCESSFUL; all back ≤ 30 s", ok && allBack && took <= clusterBatchTarget)
-	c.env.Logf("cluster: batch: all %d back %s after the kill; batch final %s after the request (%s)", n,
-		took.Round(time.Millisecond), end.Sub(sent).Round(time.Millisecond), b.summary())
-	return r, sims.stop()
+	c.env.Logf("cluster: batch: %d of %d back %s after the kill; batch final %s after the request (%s; %d tasks not final)",
+		connected, n, took.Round(time.Millisecond), end.Sub(sent).Round(time.Millisecond), b.summary(), unfinished)
+	// A simulator slow to exit on SIGTERM (a starved machine) is killed
+	// and reaped; the row stands.
+	if err := sims.stop(); err != nil {
+		c.env.Logf("cluster: batch: %v", err)
+	}
+	return r, nil
 }
 
 func later(a, b time.Time) time.Time {
