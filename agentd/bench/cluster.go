@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -31,7 +32,12 @@ import (
 //     the host's stream, and on another, interleaved;
 //  3. failover: a slow stop in flight, then SIGKILL of the replica holding
 //     the stream or of the one owning the task; the time from the kill to
-//     the task SUCCESSFUL seen by WatchTask on the third replica.
+//     the task SUCCESSFUL seen by WatchTask on the third replica;
+//  4. churn: stops through every replica while one is SIGKILLed every 10 s
+//     (cluster_churn.go): tasks lost, doubled or failed;
+//  5. a batch stop of N simulated hosts (agentplane-sim, given every
+//     replica) with a replica SIGKILLed mid-batch (cluster_batch.go): the
+//     batch's status and the time to all N connected again.
 //
 // Without mariadbd it fails (-skip cluster leaves it out).
 func init() {
@@ -50,6 +56,7 @@ type clusterRun struct {
 	tasks    []taskv1.TaskServiceClient
 	agents   []*e2eHost
 	homes    []string
+	turn     atomic.Int64 // the churn's request replicas in turn
 }
 
 func runCluster(ctx context.Context, env *Env) (rows []Row, err error) {
@@ -72,9 +79,11 @@ func runCluster(ctx context.Context, env *Env) (rows []Row, err error) {
 	env.Logf("cluster: mariadbd and %d replicas up in %s", clusterReplicas, time.Since(began).Round(time.Millisecond))
 
 	window := 30 * time.Second
-	stops, kills := 100, 10
+	stops, kills, churn, batch := 100, 10, 1000, fleetTargetN
 	if env.Short {
-		window, stops, kills = 10*time.Second, 20, 4
+		// 500 simulated hosts: enrolled, stopped and re-homed in well
+		// under a minute on a loaded two-core CI machine.
+		window, stops, kills, churn, batch = 10*time.Second, 20, 4, 100, 500
 	}
 	idle, err := c.idleQueries(ctx, window)
 	if err != nil {
@@ -91,7 +100,20 @@ func runCluster(ctx context.Context, env *Env) (rows []Row, err error) {
 		return rows, err
 	}
 	fo, err := c.failover(ctx, kills)
-	return append(rows, fo...), err
+	rows = append(rows, fo...)
+	if err != nil {
+		return rows, err
+	}
+	ch, err := c.churn(ctx, churn)
+	if err != nil {
+		return rows, err
+	}
+	rows = append(rows, ch)
+	b, err := c.batchFailover(ctx, batch)
+	if err != nil {
+		return rows, err
+	}
+	return append(rows, b), nil
 }
 
 // start launches mariadbd, a database for the store and the replicas.
@@ -153,10 +175,6 @@ func (c *clusterRun) addAgents(ctx context.Context, n int) error {
 	if err != nil {
 		return err
 	}
-	addrs := make([]string, len(c.replicas))
-	for i, r := range c.replicas {
-		addrs[i] = r.GRPCAddr
-	}
 	for k := range n {
 		h := &e2eHost{name: fmt.Sprintf("bench-cluster-%d", k+1), home: filepath.Join(work, fmt.Sprintf("host%d", k+1), "ocp_agent")}
 		c.homes = append(c.homes, h.home)
@@ -168,7 +186,7 @@ func (c *clusterRun) addAgents(ctx context.Context, n int) error {
 			return fmt.Errorf("creating a join token: %w", err)
 		}
 		argv := []string{c.env.Binary("agentplane-agentd"),
-			"--server", strings.Join(addrs, ","), "--ca-file", c.replicas[0].CAFile,
+			"--server", c.serverList(), "--ca-file", c.replicas[0].CAFile,
 			"--state-dir", filepath.Join(filepath.Dir(h.home), "agentd-state"),
 			"--host-name", h.name, "--install-home", h.home, "--grace", "30s", "--log-format", "json", "--log-level", "info"}
 		if h.agentd, err = c.env.Start(ctx, fmt.Sprintf("agentd%d", k+1), []string{"AGENTPLANE_JOIN_TOKEN=" + tok.GetToken()}, argv...); err != nil {
@@ -185,6 +203,15 @@ func (c *clusterRun) addAgents(ctx context.Context, n int) error {
 		}
 	}
 	return nil
+}
+
+// serverList is every replica's gRPC address, comma-separated (--server).
+func (c *clusterRun) serverList() string {
+	addrs := make([]string, len(c.replicas))
+	for i, r := range c.replicas {
+		addrs[i] = r.GRPCAddr
+	}
+	return strings.Join(addrs, ",")
 }
 
 // holder is the replica holding h's stream, from agentd's log: the server

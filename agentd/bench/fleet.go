@@ -130,6 +130,7 @@ func fleetStateDir(env *Env) (string, error) {
 type fleetRun struct {
 	env      *Env
 	srv      *Server
+	servers  string // the simulators' --server; default srv's gRPC address
 	hosts    hostv1.HostServiceClient
 	tasks    taskv1.TaskServiceClient
 	stateDir string

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -72,12 +73,13 @@ func (f *fleetRun) startSims(ctx context.Context, n int, stopDelay time.Duration
 	sims := &fleetSims{}
 	first := 0
 	f.starts++
+	servers := cmp.Or(f.servers, f.srv.GRPCAddr)
 	for j := range k {
 		hosts := n / k
 		if j < n%k {
 			hosts++
 		}
-		argv := []string{f.env.Binary("agentplane-sim"), "--server", f.srv.GRPCAddr, "--ca-file", f.srv.CAFile,
+		argv := []string{f.env.Binary("agentplane-sim"), "--server", servers, "--ca-file", f.srv.CAFile,
 			"--hosts", strconv.Itoa(hosts), "--first", strconv.Itoa(first), "--state-dir", f.stateDir,
 			"--name-prefix", fleetPrefix, "--enroll-user", AdminUser, "--enroll-password-env", "AGENTPLANE_ADMIN_PASSWORD",
 			"--stop-delay", stopDelay.String(), "--stats-interval", fleetStatsEvery.String(), "--log-level", "warn"}

@@ -26,13 +26,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/signal"
 	"sync"
 	"syscall"
 	"time"
 
+	"agentplane/agentd/internal/servers"
 	"agentplane/agentd/internal/sim"
 	"agentplane/internal/logging"
 )
@@ -66,7 +66,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	var o options
 	fs := flag.NewFlagSet("agentplane-sim", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&o.server, "server", "127.0.0.1:7070", "agentplane-server gRPC address, host:port")
+	fs.StringVar(&o.server, "server", "127.0.0.1:7070", "agentplane-server gRPC addresses, host:port, comma-separated (several replicas): each host streams to one at a time, in its own order, as agentd")
 	fs.StringVar(&o.caFile, "ca-file", "", "PEM file of the CA that signs the server's certificate (required)")
 	fs.IntVar(&o.hosts, "hosts", 1, "number of simulated hosts")
 	fs.IntVar(&o.first, "first", 0, "index of the first host: hosts are first..first+hosts-1")
@@ -103,8 +103,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if o.statsInterval <= 0 {
 		return fmt.Errorf("--stats-interval %s must be positive", o.statsInterval)
 	}
-	if host, port, err := net.SplitHostPort(o.server); err != nil || host == "" || port == "" {
-		return fmt.Errorf("--server %q: want host:port", o.server)
+	if _, err := servers.Parse(o.server); err != nil {
+		return fmt.Errorf("--server %q: %w", o.server, err)
 	}
 	roots, err := readCAs(o.caFile)
 	if err != nil {

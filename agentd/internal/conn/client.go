@@ -196,7 +196,10 @@ func New(cfg Config) *Client {
 // failure: a new connection to one of several servers fails the attempt as
 // soon as it fails (refused at once; unanswered, gRPC's connect timeout of
 // 5 s, see DialOptions) rather than waiting WelcomeTimeout for the server
-// to come back. A stream that stayed up StableAfter starts the rounds over.
+// to come back. An attempt that fails slowly (busyAfter without a Welcome,
+// or a welcomed stream ended before StableAfter) counts as a whole failed
+// round: the server is busy, not gone (see round). A stream that stayed
+// up StableAfter starts the rounds over.
 // With one server every attempt ends a round: the same connection, waits
 // and logs as with Service.
 func (c *Client) Run(ctx context.Context) error {
@@ -220,10 +223,11 @@ func (c *Client) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		if welcomed && time.Since(start) >= c.cfg.StableAfter {
+		took := time.Since(start)
+		if welcomed && took >= c.cfg.StableAfter {
 			pace.Reset()
 		}
-		delay := pace.Failed(n, c.cfg.Rand)
+		delay := pace.Failed(c.round(n, welcomed, took), c.cfg.Rand)
 		ev := c.log.Warn()
 		if s, ok := status.FromError(err); ok && (s.Code() == codes.Unauthenticated || s.Code() == codes.PermissionDenied) {
 			ev = c.log.Error()
@@ -240,6 +244,28 @@ func (c *Client) Run(ctx context.Context) error {
 		case <-t.C:
 		}
 	}
+}
+
+// busyAfter: an attempt that failed after this long without a stable
+// stream found its server busy rather than gone (see round).
+const busyAfter = 2 * time.Second
+
+// round is the servers of a round for pacing the attempt that just ended
+// (backoff.Rounds.Failed): n, or 1 when the attempt failed slowly (no
+// connection or Welcome for busyAfter, or a welcomed stream ended before
+// StableAfter). A server that refuses at once is gone, and the next is
+// tried at once; one that takes seconds to fail is busy (taking a
+// reconnect storm: TLS handshakes queued, registrations waiting for the
+// store), and another attempt a moment later, to it or to a peer as busy,
+// adds to the load that made it fail. So each slow failure counts as a
+// failed round: the jittered backoff grows with each, and a fleet
+// reconnecting to busy servers spreads out until they keep up, instead of
+// retrying every few seconds for minutes.
+func (c *Client) round(n int, welcomed bool, took time.Duration) int {
+	if (welcomed && took < c.cfg.StableAfter) || (!welcomed && took >= busyAfter) {
+		return 1
+	}
+	return n
 }
 
 // dest is the server of one attempt.

@@ -240,3 +240,23 @@ func TestSilentServerTimesOutThenNext(t *testing.T) {
 	}
 	m.stop(t)
 }
+
+func TestSlowFailuresCountAsRounds(t *testing.T) {
+	c := &Client{cfg: Config{StableAfter: 10 * time.Second}}
+	for _, tc := range []struct {
+		name     string
+		welcomed bool
+		took     time.Duration
+		want     int
+	}{
+		{"refused at once: the next server now", false, 10 * time.Millisecond, 3},
+		{"no connection for seconds: busy", false, busyAfter, 1},
+		{"no welcome within the timeout: busy", false, DefaultWelcomeTimeout, 1},
+		{"a stream ended soon after its welcome: busy", true, 3 * time.Second, 1},
+		{"a stable stream lost: the next server now", true, time.Minute, 3},
+	} {
+		if got := c.round(3, tc.welcomed, tc.took); got != tc.want {
+			t.Errorf("%s: round %d, want %d", tc.name, got, tc.want)
+		}
+	}
+}

@@ -23,6 +23,7 @@ import (
 	"agentplane/agentd/internal/backoff"
 	"agentplane/agentd/internal/conn"
 	"agentplane/agentd/internal/identity"
+	"agentplane/agentd/internal/servers"
 	"agentplane/agentd/internal/state"
 	agentv1 "agentplane/gen/agentplane/agent/v1"
 	hostv1 "agentplane/gen/agentplane/host/v1"
@@ -40,7 +41,7 @@ const (
 // Config configures a Fleet. Server, RootCAs, Hosts, StateDir and
 // NamePrefix are required.
 type Config struct {
-	Server     string         // the server's gRPC address, host:port
+	Server     string         // the servers' gRPC addresses, host:port, comma-separated as agentd's --server: each host streams to one at a time (servers.Pool)
 	RootCAs    *x509.CertPool // the server's CA, shared by every host
 	Hosts      int            // how many hosts
 	First      int            // index of the first host
@@ -75,7 +76,8 @@ type Stats struct {
 
 // Fleet runs the simulated hosts.
 type Fleet struct {
-	cfg Config
+	cfg     Config
+	entries []servers.Entry // cfg.Server
 
 	enrolled, connected, welcomes, disconnects atomic.Int64
 	runs                                       RunnerStats
@@ -97,7 +99,7 @@ type Fleet struct {
 // host is one running simulated host.
 type host struct {
 	st   *state.State
-	cc   *grpc.ClientConn
+	pool *servers.Pool
 	done chan struct{} // closed once its client and renewal have ended
 }
 
@@ -130,7 +132,11 @@ func New(cfg Config) (*Fleet, error) {
 	if cfg.Version == "" {
 		cfg.Version = "sim"
 	}
-	return &Fleet{cfg: cfg}, nil
+	entries, err := servers.Parse(cfg.Server)
+	if err != nil {
+		return nil, fmt.Errorf("server %q: %w", cfg.Server, err)
+	}
+	return &Fleet{cfg: cfg, entries: entries}, nil
 }
 
 // Stats returns the counters now.
@@ -220,7 +226,7 @@ func (f *Fleet) shutdown() {
 		return
 	}
 	for _, h := range hosts {
-		h.cc.Close() // ends streams still open; their clients see ctx done and return
+		_ = h.pool.Close() // ends streams still open; their clients see ctx done and return
 	}
 	late := time.After(2 * time.Second)
 	for _, h := range hosts {
@@ -277,15 +283,12 @@ func (f *Fleet) startHost(ctx context.Context, i int) error {
 	}
 	f.enrolled.Add(1)
 
-	// One connection per host, as agentd's.
-	cc, err := conn.Dial(f.cfg.Server, credentials.NewTLS(id.ClientTLS()))
-	if err != nil {
-		st.Close()
-		return fmt.Errorf("host %s: %w", name, err)
-	}
-	svc := agentv1.NewAgentServiceClient(cc)
+	// One connection at a time per host, as agentd's.
+	pool := servers.NewPool(servers.Config{Entries: f.entries, Creds: credentials.NewTLS(id.ClientTLS()),
+		ServerName: id.ServerName(), Options: conn.DialOptions(), Log: log})
+	svc := agentv1.NewAgentServiceClient(pool)
 	client := conn.New(conn.Config{
-		Service:         svc,
+		Servers:         pool,
 		State:           st,
 		Runner:          NewRunner(RunnerConfig{Host: i, StopDelay: f.cfg.StopDelay, StartDelay: f.cfg.StartDelay, FailRate: f.cfg.FailRate}, &f.runs),
 		HostName:        name,
@@ -296,7 +299,6 @@ func (f *Fleet) startHost(ctx context.Context, i int) error {
 		Backoff:         f.cfg.Backoff,
 		ShutdownTimeout: f.cfg.ShutdownTimeout,
 		Log:             log,
-		ResetBackoff:    cc.ResetConnectBackoff,
 		OnSession: func(connected bool) {
 			if connected {
 				f.welcomes.Add(1)
@@ -307,14 +309,14 @@ func (f *Fleet) startHost(ctx context.Context, i int) error {
 			}
 		},
 	})
-	h := &host{st: st, cc: cc, done: make(chan struct{})}
+	h := &host{st: st, pool: pool, done: make(chan struct{})}
 	f.mu.Lock()
 	f.hosts = append(f.hosts, h)
 	f.mu.Unlock()
 	go func() {
 		defer close(h.done)
 		defer st.Close()
-		defer cc.Close()
+		defer pool.Close()
 		rctx, stop := context.WithCancel(ctx)
 		defer stop()
 		var renewal sync.WaitGroup
@@ -341,7 +343,7 @@ func (f *Fleet) joinToken(ctx context.Context, name string) (string, error) {
 			f.adminErr = errors.New("hosts need enrolling and no admin user and password were given")
 			return
 		}
-		f.adminCC, f.adminErr = grpc.NewClient(f.cfg.Server, grpc.WithTransportCredentials(credentials.NewTLS(
+		f.adminCC, f.adminErr = grpc.NewClient(f.entries[0].String(), grpc.WithTransportCredentials(credentials.NewTLS(
 			&tls.Config{RootCAs: f.cfg.RootCAs, MinVersion: tls.VersionTLS12})))
 		if f.adminErr == nil {
 			f.admin = hostv1.NewHostServiceClient(f.adminCC)

@@ -55,6 +55,9 @@ type hostState struct {
 	// dispatch to a host without one counts its lost bound from it, and
 	// Expect skips a host heard from.
 	heard time.Time
+	// handling counts the host's messages being handled now (Receive):
+	// while one is, the host is not silent.
+	handling int
 	// expected: the host is expected back after a server restart and is
 	// not back yet (Expect).
 	expected bool

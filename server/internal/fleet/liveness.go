@@ -8,7 +8,8 @@ import (
 
 // watch runs when a session's watchdog fires: it ends the session with
 // ErrLost if the host has been silent for LostAfter, else re-arms the timer
-// for the rest of the bound.
+// for the rest of the bound. A host whose message is being handled is not
+// silent: the server is not reading its stream meanwhile.
 func (f *Fleet) watch(s *Session) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -18,6 +19,9 @@ func (f *Fleet) watch(s *Session) {
 	var heard time.Time
 	if st := f.hosts[s.HostID]; st != nil {
 		heard = st.heard
+		if st.handling > 0 {
+			heard = time.Now()
+		}
 	}
 	idle := time.Since(heard)
 	if idle < f.cfg.LostAfter {

@@ -249,3 +249,54 @@ func TestPendingCancelsAreBounded(t *testing.T) {
 		t.Fatalf("%d pending, first %+v, last %+v", len(p), p[0], p[len(p)-1])
 	}
 }
+
+// stalledSeen is a registry whose HostSeen waits until release is closed:
+// a store write behind a busy writer.
+type stalledSeen struct {
+	*registry
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (r *stalledSeen) HostSeen(ctx context.Context, id int64, at time.Time, procs []host.Process) error {
+	close(r.entered)
+	select {
+	case <-r.release:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return r.registry.HostSeen(ctx, id, at, procs)
+}
+
+func TestAgentIsNotLostWhileTheServerHandlesItsMessage(t *testing.T) {
+	reg := &stalledSeen{registry: newRegistry(), entered: make(chan struct{}), release: make(chan struct{})}
+	f := New(Config{Registry: reg, Logs: reg, Token: "tok", Log: zerolog.Nop(), LostAfter: lostAfter})
+	defer f.Close()
+	s := connect(t, f, "h1")
+	// A heartbeat whose report changed is written at once (HostSeen),
+	// which stalls for twice the lost bound: the stream is not read
+	// meanwhile, so the agent is not silent.
+	done := make(chan error, 1)
+	go func() {
+		done <- f.Receive(context.Background(), s, Inbound{Heartbeat: &Heartbeat{Processes: []host.Process{{Name: "ocp_agentd", PID: 7}}}})
+	}()
+	<-reg.entered
+	time.Sleep(2 * lostAfter)
+	close(reg.release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	handled := time.Now()
+	if err := s.Err(); err != nil {
+		t.Fatalf("session ended while the server handled its message: %v", err)
+	}
+	// Silent from now on, it is lost a bound after the handling ended.
+	waitDone(t, s)
+	if !errors.Is(s.Err(), ErrLost) {
+		t.Fatalf("session ended with %v, want ErrLost", s.Err())
+	}
+	if silent := time.Since(handled); silent < lostAfter {
+		t.Fatalf("lost %s after its message was handled, before the bound", silent)
+	}
+	f.Disconnect(s)
+}

@@ -21,13 +21,17 @@ import (
 // heartbeat or progress line the store fails to record is logged (at most
 // once per writeFailLogEvery) and skipped, not an error: a full disk must
 // not end agents' streams.
+//
+// The host counts as heard from while the message is handled and when its
+// handling ends: the stream is not read meanwhile (a store write waiting
+// behind a busy writer takes seconds during a reconnect storm), and an
+// agent the server is not reading is not silent (see watch).
 func (f *Fleet) Receive(ctx context.Context, s *Session, m Inbound) error {
 	if err := checkInbound(m); err != nil {
 		return err
 	}
-	f.mu.Lock()
-	f.state(s.HostID).heard = time.Now()
-	f.mu.Unlock()
+	f.handling(s.HostID, 1)
+	defer f.handling(s.HostID, -1)
 	log := f.cfg.Log.With().Int64("host_id", s.HostID).Logger()
 	switch {
 	case m.Heartbeat != nil:
@@ -129,4 +133,14 @@ func (f *Fleet) dispatchedTo(k key, hostID int64) bool {
 	defer f.mu.Unlock()
 	c := f.inflight[k]
 	return c != nil && c.hostID == hostID
+}
+
+// handling records that the host's agentd was heard from now, and counts
+// the messages of it being handled (d: 1 as one begins, -1 as it ends).
+func (f *Fleet) handling(hostID int64, d int) {
+	f.mu.Lock()
+	st := f.state(hostID)
+	st.heard = time.Now()
+	st.handling += d
+	f.mu.Unlock()
 }

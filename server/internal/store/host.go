@@ -290,8 +290,10 @@ type HostStream struct {
 }
 
 // HostsSeen records when each host's agentd was last heard from (its
-// reports unchanged since the last HostSeen), in writes of seenChunk hosts
-// (25), so that a request's write waits behind a few rows at most, not 10,000. A time
+// reports unchanged since the last HostSeen): one UPDATE statement per
+// seenChunk hosts, each its own write, so that 10,000 hosts' heartbeats
+// cost a few round trips to the database every interval (not one per
+// host), and a request's write waits behind one statement at most. A time
 // older than the one stored is ignored. Hosts that no longer exist are
 // skipped.
 func (s *Store) HostsSeen(ctx context.Context, seen map[int64]time.Time) error {
@@ -299,30 +301,38 @@ func (s *Store) HostsSeen(ctx context.Context, seen map[int64]time.Time) error {
 	for id := range seen {
 		ids = append(ids, id)
 	}
-	slices.Sort(ids)
+	slices.Sort(ids) // rows locked in one order by every replica
 	for chunk := range slices.Chunk(ids, seenChunk) {
-		err := s.tx(ctx, func(ctx context.Context, tx *wtx) error {
-			stmt, err := tx.PrepareContext(ctx, `UPDATE hosts SET last_seen = ? WHERE id = ? AND last_seen < ?`)
-			if err != nil {
-				return err
-			}
-			defer stmt.Close()
-			for _, id := range chunk {
-				at := ms(seen[id])
-				if _, err := stmt.ExecContext(ctx, at, id, at); err != nil {
-					return fmt.Errorf("host %d: %w", id, err)
-				}
-			}
-			return nil
-		})
-		if err != nil {
+		query, args := seenUpdate(chunk, seen)
+		if _, err := s.exec(ctx, query, args...); err != nil {
 			return fmt.Errorf("recording %d hosts seen: %w", len(seen), err)
 		}
 	}
 	return nil
 }
 
-const seenChunk = 25
+// seenChunk bounds the hosts of one HostsSeen statement (4 placeholders
+// each: well under SQLite's and MySQL's limits).
+const seenChunk = 200
+
+// seenUpdate is one UPDATE moving each host of ids to its time in seen,
+// unless the stored time is later: a CASE over the ids, portable to SQLite
+// and MySQL.
+func seenUpdate(ids []int64, seen map[int64]time.Time) (string, []any) {
+	var b strings.Builder
+	args := make([]any, 0, 4*len(ids))
+	b.WriteString(`UPDATE hosts SET last_seen = CASE`)
+	for _, id := range ids {
+		at := ms(seen[id])
+		b.WriteString(` WHEN id = ? AND last_seen < ? THEN ?`)
+		args = append(args, id, at, at)
+	}
+	b.WriteString(` ELSE last_seen END WHERE id IN (?` + strings.Repeat(`,?`, len(ids)-1) + `)`)
+	for _, id := range ids {
+		args = append(args, id)
+	}
+	return b.String(), args
+}
 
 // GetHost returns a host. ErrNotFound when there is none.
 func (s *Store) GetHost(ctx context.Context, id int64) (*host.Host, error) {
