@@ -97,7 +97,7 @@ func lockHost(ctx context.Context, q querier, hostID, taskID int64) error {
 	case holder.Valid && holder.Int64 == taskID:
 		return nil // held already: MySQL counts the UPDATE that changed nothing as no row
 	}
-	return fmt.Errorf("host %d: agent operation in progress (task %d): %w", hostID, holder.Int64, errs.ErrConflict)
+	return host.BusyError(hostID, holder.Int64)
 }
 
 // FinishAgentOperation records the OCP Agent's status on the host after the
