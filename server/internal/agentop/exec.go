@@ -167,10 +167,10 @@ func (d dispatch) run(ctx context.Context, r task.Run, a action) task.Result {
 	}
 }
 
-// endedMessage is what the user of a dispatch that its subtask's end (an
-// operator's cancel, the timeout: cause) stopped is told, once agentd has
-// answered with res: "Host 2: stop canceled by an operator." (the agentd's
-// own words are in the log).
+// endedMessage is the sentence for the user of a dispatch its subtask's
+// end stopped (cause: an operator's cancel, or the timeout), once agentd
+// has answered with res: "Host 2: stop canceled by an operator." (agentd's
+// own words are in the subtask's log).
 func endedMessage(id int64, a action, cause error, res fleet.Result) string {
 	switch res.Outcome {
 	case fleet.Canceled:
