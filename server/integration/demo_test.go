@@ -2,12 +2,12 @@ package integration_test
 
 import (
 	"bytes"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -22,29 +22,10 @@ import (
 // the suite's binaries.
 type demo struct {
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	log  string // the script's output, and its children's
 	done chan struct{}
 	err  error
 	dir  string // RUN_DIR
-}
-
-// syncBuffer is the script's output, written by its process and read by the
-// test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // startDemo runs the script with DEMO=1 and the given addresses; extra is
@@ -54,30 +35,26 @@ func startDemo(t *testing.T, grpcAddr, httpAddr string, extra ...string) *demo {
 	root := tempDir(t)
 	bin := filepath.Join(root, "bin")
 	runDir := filepath.Join(root, ".run")
-	fake := filepath.Join(runDir, "ocp_agent", "bin")
-	for _, d := range []string{bin, fake} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
+	if err := os.MkdirAll(bin, 0o755); err != nil {
+		t.Fatal(err)
 	}
 	for link, target := range map[string]string{"agentplane-server": serverBin, "agentplane-agentd": agentdBin} {
 		if err := os.Symlink(target, filepath.Join(bin, link)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	b, err := os.ReadFile(fakeBin)
+	installFake(t, filepath.Join(runDir, "ocp_agent"), "ocp_agentd") // its cleanup kills what runs there
+	d := &demo{log: filepath.Join(root, "run-local.log"), done: make(chan struct{}), dir: runDir}
+	f, err := os.Create(d.log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(fake, "ocp_agentd"), b, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	d := &demo{out: &syncBuffer{}, done: make(chan struct{}), dir: runDir}
+	defer f.Close()
 	d.cmd = exec.Command("bash", filepath.Join(moduleRoot, ".ci", "run-local"))
 	d.cmd.Dir = root
 	d.cmd.Env = append(append(os.Environ(), "GORACE=atexit_sleep_ms=0", "RUN_DIR="+runDir, "GRPC_ADDR="+grpcAddr,
 		"HTTP_ADDR="+httpAddr, "DEMO=1", "AGENTPLANE_ADMIN_PASSWORD="+adminPassword), extra...)
-	d.cmd.Stdout, d.cmd.Stderr = d.out, d.out
+	d.cmd.Stdout, d.cmd.Stderr = f, f
 	procMu.Lock()
 	err = d.cmd.Start()
 	if err == nil {
@@ -95,6 +72,9 @@ func startDemo(t *testing.T, grpcAddr, httpAddr string, extra ...string) *demo {
 		close(d.done)
 	}()
 	t.Cleanup(func() {
+		if t.Failed() && !d.ended() {
+			t.Logf("run-local (pid %d) still runs; below it: %s", d.cmd.Process.Pid, psOf(descendants(d.cmd.Process.Pid)))
+		}
 		if !d.ended() {
 			_ = d.cmd.Process.Signal(syscall.SIGTERM)
 			select {
@@ -104,12 +84,17 @@ func startDemo(t *testing.T, grpcAddr, httpAddr string, extra ...string) *demo {
 				<-d.done
 			}
 		}
-		killUnder(t, filepath.Join(runDir, "ocp_agent"))
 		if t.Failed() {
-			t.Logf("run-local output:\n%s", d.out.String())
+			t.Logf("run-local output:\n%s", d.output())
 		}
 	})
 	return d
+}
+
+// output is what the script and its children wrote so far.
+func (d *demo) output() string {
+	b, _ := os.ReadFile(d.log)
+	return string(b)
 }
 
 func (d *demo) ended() bool {
@@ -124,10 +109,10 @@ func (d *demo) ended() bool {
 // waitOutput waits until the script's output contains s.
 func (d *demo) waitOutput(t *testing.T, timeout time.Duration, s string) {
 	t.Helper()
-	waitFor(t, timeout, "the demo to print "+s, func() bool { return strings.Contains(d.out.String(), s) })
+	waitFor(t, timeout, "the demo to print "+s, func() bool { return strings.Contains(d.output(), s) })
 }
 
-// waitEnd waits until the script ends and returns how long that took.
+// waitEnd waits until the script ends, failing the test after timeout.
 func (d *demo) waitEnd(t *testing.T, timeout time.Duration, what string) {
 	t.Helper()
 	select {
@@ -155,6 +140,17 @@ func descendants(root int) []int {
 		}
 	}
 	return out
+}
+
+// psOf describes processes for a failure's log: pid, state and command line.
+func psOf(pids []int) string {
+	var b strings.Builder
+	for _, pid := range pids {
+		st, _ := readStat(pid)
+		cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		fmt.Fprintf(&b, "\n  %d %c %s", pid, st.state, bytes.ReplaceAll(cmd, []byte{0}, []byte{' '}))
+	}
+	return b.String()
 }
 
 // childNamed returns the pid of the demo's descendant whose executable is
@@ -195,7 +191,7 @@ func TestDemoScriptStopsOnSignals(t *testing.T) {
 			_ = d.cmd.Process.Signal(syscall.SIGUSR1)
 			d.waitOutput(t, 30*time.Second, "agentd started again")
 			waitFor(t, 60*time.Second, "the new agentd to connect", func() bool {
-				return strings.Count(d.out.String(), "connected to server") == 2
+				return strings.Count(d.output(), "connected to server") == 2
 			})
 			kids = append(kids, descendants(d.cmd.Process.Pid)...)
 
@@ -227,8 +223,8 @@ func TestDemoScriptBusyPort(t *testing.T) {
 	start := time.Now()
 	d := startDemo(t, freeAddr(t), l.Addr().String())
 	d.waitEnd(t, 10*time.Second, "a busy port")
-	if d.err == nil || !strings.Contains(d.out.String(), l.Addr().String()+" is already in use") {
-		t.Fatalf("demo ended (%v) after %s with:\n%s\nwant a failure naming %s", d.err, time.Since(start), d.out.String(), l.Addr())
+	if d.err == nil || !strings.Contains(d.output(), l.Addr().String()+" is already in use") {
+		t.Fatalf("demo ended (%v) after %s with:\n%s\nwant a failure naming %s", d.err, time.Since(start), d.output(), l.Addr())
 	}
 }
 
@@ -239,7 +235,7 @@ func TestDemoScriptServerEndsEarly(t *testing.T) {
 	t.Parallel()
 	d := startDemo(t, "127.0.0.1:99999", freeAddr(t), "READY_TIMEOUT=300")
 	d.waitEnd(t, 60*time.Second, "the server failed")
-	out := d.out.String()
+	out := d.output()
 	if d.err == nil || !strings.Contains(out, `"server failed"`) || !strings.Contains(out, "agentplane-server ended with status 1 before it answered") {
 		t.Fatalf("demo ended (%v) with:\n%s\nwant the server's error and its end", d.err, out)
 	}

@@ -126,7 +126,7 @@ func TestStopFailures(t *testing.T) {
 		}
 		// Its log ends with why it failed.
 		log := strings.TrimRight(s.subtaskLog(t, created.ID, prep.ID), "\n")
-		if last := log[strings.LastIndex(log, "\n")+1:]; !strings.HasPrefix(last, "failed: ") || !strings.Contains(last, "agentd not connected") {
+		if last := log[strings.LastIndex(log, "\n")+1:]; !strings.Contains(last, " failed: ") || !strings.Contains(last, "agentd not connected") {
 			t.Errorf("Prepare's log ends with %q, want the reason it failed; log:\n%s", last, log)
 		}
 		h := s.getHost(t, off.hostID)
