@@ -30,6 +30,12 @@ build: ## build bin/agentplane-server, bin/agentplane-agentd and bin/agentplanec
 	go build -ldflags "$(LDFLAGS)" -o bin/agentplanectl ./server/cmd/agentplanectl
 	CGO_ENABLED=0 go build -tags grpcnotrace -ldflags "$(LDFLAGS)" -o bin/agentplane-agentd ./agentd/cmd/agentplane-agentd
 
+.PHONY: tools
+# The pinned grpcurl of the tools module (.ci/tools/go.mod), built ahead:
+# its first build downloads and compiles it, minutes on a cold cache.
+tools: ## build bin/grpcurl, the pinned grpcurl of the tools module, for the README's examples
+	go build -modfile=.ci/tools/go.mod -o bin/grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl
+
 .PHONY: build-bench
 build-bench: build ## build the benchmark tools: bin/agentplane-bench, bin/agentplane-sim, bin/fakeocpagent
 	go build -ldflags "$(LDFLAGS)" -o bin/agentplane-bench ./agentd/cmd/agentplane-bench
@@ -88,6 +94,11 @@ RUN_DIR := $(CURDIR)/.run
 GRPC_ADDR ?= 127.0.0.1:7070
 HTTP_ADDR ?= 127.0.0.1:8080
 
+# run and demo: Ctrl-C, or SIGINT/SIGTERM to the script's pid
+# (.run/run-local.pid), stops everything; SIGTERM to make is passed on too
+# (GNU make passes no SIGINT to its children: a terminal's Ctrl-C reaches
+# them all). The agentd may end (try an outage): kill -USR1 <pid> starts it
+# again. READY_TIMEOUT (60 s) bounds the wait for the server.
 .PHONY: run
 run: build ## run the server on the embedded store and an agentd for this machine (Ctrl-C stops both)
 	@RUN_DIR=$(RUN_DIR) GRPC_ADDR=$(GRPC_ADDR) HTTP_ADDR=$(HTTP_ADDR) DEMO= bash .ci/run-local

@@ -70,9 +70,15 @@ func TestStopFailures(t *testing.T) {
 		if !strings.HasPrefix(r.header.Get("WWW-Authenticate"), "Basic") {
 			t.Errorf("401 without WWW-Authenticate: Basic (got %q)", r.header.Get("WWW-Authenticate"))
 		}
-		s.stopREST(t, a.hostID, &creds{"admin", "wrong"}).wantError(t, http.StatusUnauthorized)
+		if msg := s.stopREST(t, a.hostID, &creds{"admin", "wrong"}).wantError(t, http.StatusUnauthorized); msg != "Invalid username or password." {
+			t.Errorf("wrong password: message %q, want the sentence", msg)
+		}
 		wantCode(t, grpcStop(t, nil, a.hostID), codes.Unauthenticated)
-		wantCode(t, grpcStop(t, &creds{"admin", "wrong"}, a.hostID), codes.Unauthenticated)
+		err := grpcStop(t, &creds{"admin", "wrong"}, a.hostID)
+		wantCode(t, err, codes.Unauthenticated)
+		if msg := status.Convert(err).Message(); msg != "Invalid username or password." {
+			t.Errorf("wrong password over gRPC: message %q, want the sentence", msg)
+		}
 		if h := s.getHost(t, a.hostID); h.OperationTaskID != 0 {
 			t.Errorf("a refused stop left operationTaskId %d", h.OperationTaskID)
 		}
@@ -118,6 +124,11 @@ func TestStopFailures(t *testing.T) {
 		if prep.Status != "FAILED" || !strings.Contains(prep.Message, "agentd not connected") {
 			t.Errorf("Prepare subtask %s %q, want FAILED with \"agentd not connected\"", prep.Status, prep.Message)
 		}
+		// Its log ends with why it failed.
+		log := strings.TrimRight(s.subtaskLog(t, created.ID, prep.ID), "\n")
+		if last := log[strings.LastIndex(log, "\n")+1:]; !strings.Contains(last, " failed: ") || !strings.Contains(last, "agentd not connected") {
+			t.Errorf("Prepare's log ends with %q, want the reason it failed; log:\n%s", last, log)
+		}
 		h := s.getHost(t, off.hostID)
 		t.Logf("host after the failed stop: agentStatus %s operationTaskId %d", h.AgentStatus, h.OperationTaskID)
 	})
@@ -138,10 +149,17 @@ func TestStopFailures(t *testing.T) {
 		if !strings.Contains(msg, fmt.Sprintf("task %d", first.ID)) {
 			t.Errorf("409 message %q does not name task %d", msg, first.ID)
 		}
+		busy := fmt.Sprintf("Host %d already has an agent operation in progress (task %d); wait for it to end or cancel it.", slow.hostID, first.ID)
+		if msg != busy {
+			t.Errorf("409 message %q, want the sentence %q", msg, busy)
+		}
 		err := grpcStop(t, admin, slow.hostID)
 		wantCode(t, err, codes.Aborted)
 		if err != nil && !strings.Contains(status.Convert(err).Message(), fmt.Sprintf("task %d", first.ID)) {
 			t.Errorf("gRPC conflict message %q does not name task %d", status.Convert(err).Message(), first.ID)
+		}
+		if msg := status.Convert(err).Message(); msg != busy {
+			t.Errorf("gRPC conflict message %q, want the sentence %q", msg, busy)
 		}
 		if tk := s.getTask(t, first.ID); tk.final() {
 			t.Fatalf("first task already %s: the conflict was not tested against a running stop", tk.Status)

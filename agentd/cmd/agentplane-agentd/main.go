@@ -198,6 +198,11 @@ func agent(ctx context.Context, o options, log zerolog.Logger) error {
 	log.Info().Str("server", o.server).Str("host_name", o.hostName).Str("inner_ip", ip).Bool("tls", !o.insecure).
 		Str("state_dir", o.stateDir).Str("install_home", o.installHome).Str("version", version).
 		Int64("memory_limit", debug.SetMemoryLimit(-1)).Msg("agentd starting")
+	if proc.InstallHomeMissing(o.installHome) {
+		log.Warn().Str("install_home", o.installHome).Msg("no OCP Agent is installed at " + o.installHome +
+			": the server shows this host's agent as NOT_INSTALLED and a stop finds nothing to stop; " +
+			"if the OCP Agent is installed elsewhere, start agentd with --install-home set to that directory")
+	}
 
 	creds := insecure.NewCredentials()
 	serverName := "" // the name every server's certificate must carry; "": each its own

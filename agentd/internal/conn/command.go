@@ -162,6 +162,10 @@ func (c *Client) stop(ctx context.Context, log zerolog.Logger, k cmdKey, grace, 
 	switch {
 	case err == nil:
 		if len(stopped) == 0 {
+			if c.cfg.InstallHome != "" && proc.InstallHomeMissing(c.cfg.InstallHome) {
+				return state.Result{Outcome: state.OutcomeSucceeded, Message: fmt.Sprintf(
+					"no OCP Agent is installed at %s (agentd's --install-home): nothing to stop", c.cfg.InstallHome)}, seen
+			}
 			return state.Result{Outcome: state.OutcomeSucceeded, Message: "no OCP Agent base process was running"}, seen
 		}
 		return state.Result{Outcome: state.OutcomeSucceeded, Message: fmt.Sprintf("stopped %d OCP Agent base processes", len(stopped))}, seen

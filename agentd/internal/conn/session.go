@@ -11,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc"
 
+	"agentplane/agentd/internal/proc"
 	agentv1 "agentplane/gen/agentplane/agent/v1"
 )
 
@@ -133,6 +134,9 @@ func (c *Client) session(ctx context.Context, srv dest) (welcomed bool, err erro
 		AgentdVersion:  c.cfg.Version,
 		Processes:      processMsgs(c.helloProcesses(sctx)),
 		InstallHome:    c.cfg.InstallHome,
+		// Checked at every Hello: an OCP Agent installed meanwhile shows
+		// at the next stream.
+		InstallHomeMissing: c.cfg.InstallHome != "" && proc.InstallHomeMissing(c.cfg.InstallHome),
 	}}}, false)
 
 	// The first message must be the Welcome.

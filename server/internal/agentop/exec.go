@@ -151,7 +151,8 @@ func (d dispatch) run(ctx context.Context, r task.Run, a action) task.Result {
 	if err != nil {
 		if res.Outcome != 0 {
 			r.Log("agentd: " + res.Message)
-			return task.Result{Err: fmt.Errorf("host %d: %w (agentd: %s)", id, err, res.Message), AfterCommit: ack}
+			return task.Result{Err: errs.WithMessage(fmt.Errorf("host %d: %w (agentd: %s)", id, err, res.Message),
+				endedMessage(id, a, err, res)), AfterCommit: ack}
 		}
 		return task.Result{Err: fmt.Errorf("host %d: %w", id, err)}
 	}
@@ -163,6 +164,21 @@ func (d dispatch) run(ctx context.Context, r task.Run, a action) task.Result {
 		return task.Result{Err: fmt.Errorf("host %d: %s canceled: %s", id, a, res.Message), AfterCommit: ack}
 	default:
 		return task.Result{Err: fmt.Errorf("host %d: %s failed: %s", id, a, res.Message), AfterCommit: ack}
+	}
+}
+
+// endedMessage is the sentence for the user of a dispatch its subtask's
+// end stopped (cause: an operator's cancel, or the timeout), once agentd
+// has answered with res: "Host 2: stop canceled by an operator." (agentd's
+// own words are in the subtask's log).
+func endedMessage(id int64, a action, cause error, res fleet.Result) string {
+	switch res.Outcome {
+	case fleet.Canceled:
+		return fmt.Sprintf("Host %d: %s %s.", id, a, cause)
+	case fleet.Succeeded:
+		return fmt.Sprintf("Host %d: %s %s after agentd had finished it (%s).", id, a, cause, res.Message)
+	default:
+		return fmt.Sprintf("Host %d: %s %s; agentd reported: %s.", id, a, cause, res.Message)
 	}
 }
 

@@ -38,9 +38,10 @@ const (
 	cacheSize = 1024
 )
 
-// errBadCredentials is the one answer to a failed login: it does not say
+// ErrBadCredentials is the one answer to a failed login: it does not say
 // whether the user exists.
-var errBadCredentials = fmt.Errorf("invalid username or password: %w", errs.ErrUnauthenticated)
+var ErrBadCredentials = errs.WithMessage(fmt.Errorf("invalid username or password: %w", errs.ErrUnauthenticated),
+	"Invalid username or password.")
 
 // Service authenticates users and manages them. It is safe for concurrent
 // use.
@@ -81,7 +82,7 @@ func newService(store UserStore, log zerolog.Logger, cost int) *Service {
 // that time.
 func (s *Service) Authenticate(ctx context.Context, username, password string) (Principal, error) {
 	if username == "" || len(password) > MaxPasswordLen {
-		return Principal{}, errBadCredentials
+		return Principal{}, ErrBadCredentials
 	}
 	key := cacheKey(username, password)
 	if p, ok := s.cache.get(key, s.now()); ok {
@@ -90,13 +91,13 @@ func (s *Service) Authenticate(ctx context.Context, username, password string) (
 	u, err := s.store.UserByName(ctx, username)
 	if errors.Is(err, errs.ErrNotFound) {
 		_ = bcrypt.CompareHashAndPassword(s.dummy, []byte(password))
-		return Principal{}, errBadCredentials
+		return Principal{}, ErrBadCredentials
 	}
 	if err != nil {
 		return Principal{}, fmt.Errorf("authenticating user: %w", err)
 	}
 	if bcrypt.CompareHashAndPassword([]byte(u.PasswordHash), []byte(password)) != nil {
-		return Principal{}, errBadCredentials
+		return Principal{}, ErrBadCredentials
 	}
 	p := Principal{Username: u.Username, Roles: slices.Clone(u.Roles)}
 	s.cache.put(key, p, s.now())

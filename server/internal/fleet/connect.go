@@ -80,10 +80,14 @@ func (f *Fleet) Connect(ctx context.Context, h Hello) (*Session, Welcome, error)
 			return nil, Welcome{}, err
 		}
 	}
-	reg, err := f.cfg.Registry.RegisterHost(ctx, host.Host{
+	r := host.Host{
 		ID: h.HostID, Name: h.HostName, InnerIP: h.InnerIP, MachineID: h.MachineID,
 		AgentdVersion: h.AgentdVersion, InstallHome: h.InstallHome, Processes: h.Processes, Replica: f.cfg.ReplicaID,
-	}, f.cfg.Now())
+	}
+	if h.InstallHomeMissing {
+		r.AgentStatus = host.AgentNotInstalled
+	}
+	reg, err := f.cfg.Registry.RegisterHost(ctx, r, f.cfg.Now())
 	if err != nil {
 		return nil, Welcome{}, fmt.Errorf("registering host %q: %w", h.HostName, err)
 	}

@@ -23,8 +23,11 @@ type Hello struct {
 	InnerIP       string
 	MachineID     string
 	AgentdVersion string
-	InstallHome   string         // the OCP Agent install home agentd watches
-	Processes     []host.Process // base processes running now
+	InstallHome   string // the OCP Agent install home agentd watches
+	// InstallHomeMissing: InstallHome does not exist on the host; its
+	// agent is recorded as host.AgentNotInstalled.
+	InstallHomeMissing bool
+	Processes          []host.Process // base processes running now
 }
 
 // Identity is an agent's host as its verified client certificate names it.

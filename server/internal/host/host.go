@@ -24,6 +24,12 @@ const (
 	AgentUnknown AgentStatus = ""
 	AgentStarted AgentStatus = "STARTED"
 	AgentStopped AgentStatus = "STOPPED"
+	// AgentNotInstalled: agentd found no install home on the host (its
+	// --install-home), and no base process runs. A registration says so
+	// with it (Host.AgentStatus); it stays while nothing runs, through
+	// stops, until a base process runs or agentd registers again with an
+	// install home.
+	AgentNotInstalled AgentStatus = "NOT_INSTALLED"
 )
 
 // ResourceKind is the kind of task.Resource that is a host's agent-operation
@@ -39,7 +45,7 @@ type Host struct {
 	InnerIP       string
 	MachineID     string
 	Status        Status
-	AgentStatus   AgentStatus
+	AgentStatus   AgentStatus // in a registration: AgentNotInstalled when agentd found no install home, else unset
 	AgentdVersion string
 	InstallHome   string    // the OCP Agent install home agentd watches
 	RevokeTime    time.Time // when an admin revoked the host's agent identity; zero if not

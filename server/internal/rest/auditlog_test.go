@@ -126,7 +126,7 @@ func TestAuditRecordsMutatingCalls(t *testing.T) {
 				Message: "unauthenticated"}, false},
 		{"wrong password", req{method: "POST", path: "/compute/hosts/77/agent/start", user: "mallory"}, 401,
 			audit.Event{Operation: "POST /compute/hosts/{hostId}/agent/start", HostID: 77, Target: "user:mallory",
-				Outcome: "UNAUTHENTICATED", Message: "invalid username or password: unauthenticated"}, false},
+				Outcome: "UNAUTHENTICATED", Message: "Invalid username or password."}, false},
 		{"unknown host", req{method: "POST", path: "/compute/hosts/404/agent/restart", user: "manager"}, 404,
 			audit.Event{Username: "manager", Operation: "POST /compute/hosts/{hostId}/agent/restart", HostID: 404,
 				Outcome: "NOT_FOUND", Message: "host 404: not found"}, false},

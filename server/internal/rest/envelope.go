@@ -89,6 +89,9 @@ func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error, t
 			ev = st.log.Debug() // the client went away
 		}
 		ev.Err(err).Int("status", e.Status).Msg("request failed")
+	} else if e.Message != err.Error() {
+		// The client was told a sentence; the chain behind it is logged.
+		st.log.Info().Err(err).Int("status", e.Status).Msg("request refused")
 	}
 	switch e.Status {
 	case http.StatusUnauthorized:

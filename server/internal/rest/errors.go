@@ -110,10 +110,11 @@ func subtaskTarget(err error) string {
 }
 
 // apiErrorOf is the one mapping from errors to HTTP statuses and codes.
-// Messages of errs kinds are meant for callers and are sent; anything else is
-// an internal error whose text is never sent.
+// Messages of errs kinds are meant for callers and are sent (errs.Message:
+// the sentence the error carries, else its text); anything else is an
+// internal error whose text is never sent.
 func apiErrorOf(err error, target string) apiError {
-	e := apiError{Message: err.Error(), Target: target, Kind: errs.Kind(err)}
+	e := apiError{Message: errs.Message(err), Target: target, Kind: errs.Kind(err)}
 	var tooLarge *http.MaxBytesError
 	var notAllowed *methodNotAllowedError
 	switch {

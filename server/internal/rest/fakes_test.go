@@ -117,7 +117,7 @@ func (f *fakeHosts) hostOp(ctx context.Context, name string, id int64) (*task.Ta
 	case hostMissing:
 		return nil, fmt.Errorf("host %d: %w", id, errs.ErrNotFound)
 	case hostBusy:
-		return nil, fmt.Errorf("host %d: agent operation in progress (task %d): %w", id, heldBy, errs.ErrConflict)
+		return nil, host.BusyError(id, heldBy)
 	case hostWrongState:
 		return nil, fmt.Errorf("host %d is deleting: %w", id, errs.ErrFailedPrecondition)
 	case hostUnreachable:
@@ -159,7 +159,7 @@ func (f *fakeHosts) batchOp(ctx context.Context, name string, ids []int64) (*tas
 	}
 	for _, id := range ids {
 		if id == hostBusy {
-			return nil, fmt.Errorf("host %d: agent operation in progress (task %d): %w", id, heldBy, errs.ErrConflict)
+			return nil, host.BusyError(id, heldBy)
 		}
 		if id != hostOK && id != hostBare {
 			return nil, fmt.Errorf("host %d: %w", id, errs.ErrNotFound)
@@ -304,7 +304,7 @@ func (f *fakeTasks) taskOp(ctx context.Context, id int64, op task.Operation) (*t
 		}
 		return specTask(), nil
 	case taskHostHeld:
-		return nil, fmt.Errorf("host %d: agent operation in progress (task %d): %w", hostOK, heldBy, errs.ErrConflict)
+		return nil, host.BusyError(hostOK, heldBy)
 	}
 	return nil, fmt.Errorf("task %d: %w", id, errs.ErrNotFound)
 }
@@ -388,7 +388,7 @@ func (fakeUsers) Authenticate(_ context.Context, username, password string) (aut
 	}
 	u, ok := testUsers[username]
 	if !ok || u.password != password {
-		return auth.Principal{}, fmt.Errorf("invalid username or password: %w", errs.ErrUnauthenticated)
+		return auth.Principal{}, auth.ErrBadCredentials
 	}
 	return auth.Principal{Username: username, Roles: slices.Clone(u.roles)}, nil
 }

@@ -121,7 +121,7 @@ type hostJSON struct {
 	InnerIPAddress    string  `json:"innerIpAddress"`
 	MachineID         string  `json:"machineId"`
 	Status            string  `json:"status"`
-	AgentStatus       string  `json:"agentStatus"` // STARTED, STOPPED or UNKNOWN
+	AgentStatus       string  `json:"agentStatus"` // STARTED, STOPPED, NOT_INSTALLED or UNKNOWN
 	AgentdVersion     string  `json:"agentdVersion"`
 	LastAvailableTime *string `json:"lastAvailableTime"` // null if never seen
 	OperationTaskID   int64   `json:"operationTaskId"`   // 0 if none
@@ -160,7 +160,7 @@ type hostAgentJSON struct {
 	LastAvailableTime  *string       `json:"lastAvailableTime"`
 	HostID             int64         `json:"hostId"`
 	HostInnerIPAddress string        `json:"hostInnerIpAddress"`
-	Status             string        `json:"status"` // STARTED or STOPPED
+	Status             string        `json:"status"` // STARTED, STOPPED or NOT_INSTALLED
 	Processes          []processJSON `json:"processes"`
 	CreateTime         *string       `json:"createTime"`
 	UpdateTime         *string       `json:"updateTime"`

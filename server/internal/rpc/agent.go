@@ -295,7 +295,8 @@ func fromHello(ident *fleet.Identity, hello *agentv1.Hello) fleet.Hello {
 	return fleet.Hello{
 		Identity: ident, Token: hello.GetToken(), HostID: hello.GetHostId(), HostName: hello.GetHostName(),
 		InnerIP: hello.GetInnerIpAddress(), MachineID: hello.GetMachineId(), AgentdVersion: hello.GetAgentdVersion(),
-		InstallHome: hello.GetInstallHome(), Processes: fromProcesses(hello.GetProcesses()),
+		InstallHome: hello.GetInstallHome(), InstallHomeMissing: hello.GetInstallHomeMissing(),
+		Processes: fromProcesses(hello.GetProcesses()),
 	}
 }
 

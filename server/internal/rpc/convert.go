@@ -99,8 +99,9 @@ var hostStatus = map[host.Status]hostv1.HostStatus{
 }
 
 var agentStatus = map[host.AgentStatus]hostv1.AgentStatus{
-	host.AgentStarted: hostv1.AgentStatus_AGENT_STATUS_STARTED,
-	host.AgentStopped: hostv1.AgentStatus_AGENT_STATUS_STOPPED,
+	host.AgentStarted:      hostv1.AgentStatus_AGENT_STATUS_STARTED,
+	host.AgentStopped:      hostv1.AgentStatus_AGENT_STATUS_STOPPED,
+	host.AgentNotInstalled: hostv1.AgentStatus_AGENT_STATUS_NOT_INSTALLED,
 }
 
 func toHost(h *host.Host) *hostv1.Host {

@@ -28,6 +28,7 @@ var codeOf = map[error]codes.Code{
 
 // toStatus turns a domain error into a gRPC status error that keeps err
 // (statusError), so that the audit record takes its outcome from err's kind.
+// The status's message is errs.Message(err).
 // Internal errors are logged and answered without their details.
 func toStatus(ctx context.Context, err error) error {
 	if err == nil {
@@ -48,7 +49,12 @@ func toStatus(ctx context.Context, err error) error {
 		return &statusError{status.New(codes.Unavailable, msg), err}
 	}
 	if c, ok := codeOf[errs.Kind(err)]; ok {
-		return &statusError{status.New(c, err.Error()), err}
+		msg := errs.Message(err)
+		if msg != err.Error() {
+			// The caller is told a sentence; the chain behind it is logged.
+			zerolog.Ctx(ctx).Info().Err(err).Str("code", c.String()).Msg("call refused")
+		}
+		return &statusError{status.New(c, msg), err}
 	}
 	zerolog.Ctx(ctx).Error().Err(err).Msg("internal error")
 	return &statusError{status.New(codes.Internal, "internal error; see the server log"), err}

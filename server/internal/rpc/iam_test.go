@@ -342,7 +342,7 @@ func TestGRPCBruteForceIsThrottled(t *testing.T) {
 		defer cancel()
 		cred := base64.StdEncoding.EncodeToString(fmt.Appendf(nil, "viewer:guess-%d", i))
 		_, err := env.hc.ListHosts(metadata.AppendToOutgoingContext(ctx, "authorization", "Basic "+cred), &hostv1.ListHostsRequest{})
-		checkCode(t, err, codes.Unauthenticated, "invalid username or password")
+		checkCode(t, err, codes.Unauthenticated, "Invalid username or password.")
 	}
 	_, err := env.hc.ListHosts(as(t, "viewer"), &hostv1.ListHostsRequest{})
 	checkCode(t, err, codes.ResourceExhausted, "retry in 60 s")

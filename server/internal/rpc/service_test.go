@@ -90,7 +90,7 @@ func (f *apiHosts) create(ctx context.Context, name string, ids ...int64) (*task
 		case seen[id]:
 			return nil, fmt.Errorf("hostIds: host id %d is listed twice: %w", id, errs.ErrInvalidArgument)
 		case id == apiHostBusy:
-			return nil, fmt.Errorf("host %d: agent operation in progress (task %d): %w", id, apiHeldBy, errs.ErrConflict)
+			return nil, host.BusyError(id, apiHeldBy)
 		case id != apiHostOK && id != apiHostBare:
 			return nil, fmt.Errorf("host %d: %w", id, errs.ErrNotFound)
 		}
@@ -200,7 +200,7 @@ func (f *apiTasks) taskOp(ctx context.Context, id int64, op task.Operation) (*ta
 	case apiTaskNoUndo:
 		return nil, fmt.Errorf("task %d: cannot roll back: the task's context prohibits rollback: %w", id, errs.ErrRollbackProhibited)
 	case apiTaskHeld:
-		return nil, fmt.Errorf("host %d: agent operation in progress (task %d): %w", apiHostOK, apiHeldBy, errs.ErrConflict)
+		return nil, host.BusyError(apiHostOK, apiHeldBy)
 	}
 	return nil, fmt.Errorf("task %d: %w", id, errs.ErrNotFound)
 }
@@ -267,7 +267,7 @@ var apiRoles = map[string][]auth.Role{
 func (apiUsers) Authenticate(_ context.Context, username, password string) (auth.Principal, error) {
 	roles, ok := apiRoles[username]
 	if !ok || password != username+"-pass" {
-		return auth.Principal{}, fmt.Errorf("invalid username or password: %w", errs.ErrUnauthenticated)
+		return auth.Principal{}, auth.ErrBadCredentials
 	}
 	return auth.Principal{Username: username, Roles: slices.Clone(roles)}, nil
 }

@@ -89,7 +89,8 @@ func mergeProcesses(known, reported []host.Process, at time.Time) []host.Process
 
 // RegisterHost records a connecting agentd's host and marks it ONLINE, with
 // its install home, and r.Processes (the base processes running now; nil:
-// none) merged into the host's process list as HostSeen does, and adds one
+// none) merged into the host's process list as HostSeen does (the agent
+// NOT_INSTALLED when r.AgentStatus says so and nothing runs), and adds one
 // to the host's epoch (1 for a new host): the new stream's fencing token,
 // in the same write (one transaction per stream, grouped with others by the
 // writer). The host is found by name, else created; the stored host is
@@ -112,7 +113,7 @@ func (s *Store) RegisterHost(ctx context.Context, r host.Host, at time.Time) (ho
 			res, err := tx.ExecContext(ctx, `INSERT INTO hosts (name, inner_ip, machine_id, status, agent_status,
 				agentd_version, install_home, last_seen, processes, create_time, update_time, epoch, replica_id)
 				VALUES (?,?,?,?,?,?,?,?,?,?,?,1,?)`,
-				r.Name, r.InnerIP, r.MachineID, host.StatusOnline, agentStatusOf(procs), r.AgentdVersion,
+				r.Name, r.InnerIP, r.MachineID, host.StatusOnline, registeredStatus(r, procs), r.AgentdVersion,
 				r.InstallHome, ms(at), toJSON(procs), ms(at), ms(at), r.Replica)
 			if err != nil {
 				return fmt.Errorf("inserting host %q: %w", r.Name, err)
@@ -133,7 +134,7 @@ func (s *Store) RegisterHost(ctx context.Context, r host.Host, at time.Time) (ho
 			_, err = tx.ExecContext(ctx, `UPDATE hosts SET inner_ip = ?, machine_id = ?, status = ?, agentd_version = ?,
 				install_home = ?, last_seen = ?, processes = ?, agent_status = ?, update_time = ?, epoch = epoch + 1, replica_id = ? WHERE id = ?`,
 				r.InnerIP, r.MachineID, host.StatusOnline, r.AgentdVersion, r.InstallHome, ms(at), toJSON(procs),
-				agentStatusOf(procs), ms(at), r.Replica, id)
+				registeredStatus(r, procs), ms(at), r.Replica, id)
 			if err != nil {
 				return fmt.Errorf("updating host %d: %w", id, err)
 			}
@@ -148,6 +149,22 @@ func (s *Store) RegisterHost(ctx context.Context, r host.Host, at time.Time) (ho
 	}
 	return h, nil
 }
+
+// registeredStatus is the agent's status at a registration r: as
+// agentStatusOf, but NOT_INSTALLED when r says so and nothing runs.
+func registeredStatus(r host.Host, procs []host.Process) host.AgentStatus {
+	st := agentStatusOf(procs)
+	if st == host.AgentStopped && r.AgentStatus == host.AgentNotInstalled {
+		return host.AgentNotInstalled
+	}
+	return st
+}
+
+// keepNotInstalled is the SQL value of agent_status set to the
+// parameter: NOT_INSTALLED stays while the new status is STOPPED (nothing
+// runs where agentd looks); it takes the parameter twice.
+const keepNotInstalled = `CASE WHEN agent_status = '` + string(host.AgentNotInstalled) + `' AND ? = '` +
+	string(host.AgentStopped) + `' THEN agent_status ELSE ? END`
 
 // agentStatusOf derives the agent's status from a host's merged process
 // list: STARTED when any process is STARTED, else STOPPED.
@@ -164,7 +181,7 @@ func agentStatusOf(procs []host.Process) host.AgentStatus {
 // base processes it reported running (nil: the same as last time, so only
 // last_seen moves),
 // merged into the host's process list (see RegisterHost); the agent's status
-// follows. It is one write either way.
+// follows (a host NOT_INSTALLED stays so while nothing runs). It is one write either way.
 func (s *Store) HostSeen(ctx context.Context, id int64, at time.Time, procs []host.Process) error {
 	if procs == nil {
 		if _, err := s.exec(ctx, `UPDATE hosts SET last_seen = ? WHERE id = ?`, ms(at), id); err != nil {
@@ -186,8 +203,9 @@ func (s *Store) HostSeen(ctx context.Context, id int64, at time.Time, procs []ho
 			return err
 		}
 		merged := mergeProcesses(known, procs, at)
-		_, err = tx.ExecContext(ctx, `UPDATE hosts SET last_seen = ?, processes = ?, agent_status = ?, update_time = ?
-			WHERE id = ?`, ms(at), toJSON(merged), agentStatusOf(merged), ms(at), id)
+		st := agentStatusOf(merged)
+		_, err = tx.ExecContext(ctx, `UPDATE hosts SET last_seen = ?, processes = ?, agent_status = `+keepNotInstalled+`,
+			update_time = ? WHERE id = ?`, ms(at), toJSON(merged), st, st, ms(at), id)
 		return err
 	})
 	if err != nil {

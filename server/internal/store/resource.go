@@ -97,16 +97,17 @@ func lockHost(ctx context.Context, q querier, hostID, taskID int64) error {
 	case holder.Valid && holder.Int64 == taskID:
 		return nil // held already: MySQL counts the UPDATE that changed nothing as no row
 	}
-	return fmt.Errorf("host %d: agent operation in progress (task %d): %w", hostID, holder.Int64, errs.ErrConflict)
+	return host.BusyError(hostID, holder.Int64)
 }
 
 // FinishAgentOperation records the OCP Agent's status on the host after the
-// agent operation of taskID, and releases the host's lock if that task holds
-// it. ErrConflict when another task holds the lock.
+// agent operation of taskID (a host NOT_INSTALLED stays so when st is
+// STOPPED), and releases the host's lock if that task holds it.
+// ErrConflict when another task holds the lock.
 func (s *Store) FinishAgentOperation(ctx context.Context, hostID, taskID int64, st host.AgentStatus) error {
 	now := nowMS()
-	res, err := s.exec(ctx, `UPDATE hosts SET agent_status = ?, op_task_id = NULL, `+bumpUpdateTime+`
-		WHERE id = ? AND (op_task_id IS NULL OR op_task_id = ?)`, st, now, now, hostID, taskID)
+	res, err := s.exec(ctx, `UPDATE hosts SET agent_status = `+keepNotInstalled+`, op_task_id = NULL, `+bumpUpdateTime+`
+		WHERE id = ? AND (op_task_id IS NULL OR op_task_id = ?)`, st, st, now, now, hostID, taskID)
 	if err != nil {
 		return fmt.Errorf("finishing the agent operation on host %d: %w", hostID, err)
 	}

@@ -112,6 +112,12 @@ func (e *Engine) attempt(ctx context.Context, r *running, t Task, st Subtask, re
 	if cause := context.Cause(ctx); res.Err != nil && ctx.Err() != nil && !errors.Is(res.Err, cause) {
 		res.Err = fmt.Errorf("%w: %w", cause, res.Err)
 	}
+	if res.Err != nil {
+		// The log of a failed attempt ends with why, whatever the executor
+		// logged (a Prepare that found no agentd, a Stop whose agentd was
+		// lost while it waited); its message may be the shorter sentence.
+		e.appendLog(st.ID, st.RunTime, "failed: "+res.Err.Error())
+	}
 	// The outcome is stored whatever it takes (a full disk): until then
 	// the subtask stays RUNNING and its task holds its resources, and the agent's result
 	// is not acknowledged (AfterCommit).

@@ -78,7 +78,9 @@ type Run struct {
 	Log func(line string)
 }
 
-// Result is the outcome of an attempt: Err nil for success.
+// Result is the outcome of an attempt: Err nil for success. A failed
+// subtask's message is errs.Message(Err) (the sentence for its user, when
+// Err carries one); its log ends with Err's whole text.
 type Result struct {
 	Message string
 	Err     error

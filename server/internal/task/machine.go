@@ -159,13 +159,13 @@ func finish(t *Task, st *Subtask, res Result, now time.Time) {
 	case st.Status == SubtaskCanceling:
 		st.Status = SubtaskFailed
 		if res.Err != nil {
-			st.Message = res.Err.Error()
+			st.Message = errs.Message(res.Err)
 		} else {
 			st.Message = "canceled after the work had finished: " + res.Message
 		}
 	case res.Err != nil:
 		st.Status = SubtaskFailed
-		st.Message = res.Err.Error()
+		st.Message = errs.Message(res.Err)
 	case t.RollingBack():
 		st.Status = SubtaskPending
 		st.Message = res.Message

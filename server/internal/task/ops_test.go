@@ -368,9 +368,10 @@ func TestEngineSubtaskLog(t *testing.T) {
 	want := regexp.MustCompile(`^` +
 		`############\{EXECUTE\}\{` + at + `\}############\n` +
 		at + ` first try\n` +
+		at + ` failed: first attempt fails\n` + // the engine ends a failed attempt's log with why
 		`############\{RETRY\}\{` + at + `\}############\n` +
 		at + ` second try\n$`)
-	if !want.MatchString(page.Text) || page.Lines != 4 || page.More {
+	if !want.MatchString(page.Text) || page.Lines != 5 || page.More {
 		t.Fatalf("log (%d lines, more %v):\n%s", page.Lines, page.More, page.Text)
 	}
 	waitFinal(t, e, id)

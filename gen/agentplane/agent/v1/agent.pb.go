@@ -789,9 +789,13 @@ type Hello struct {
 	// OCP Agent processes running now.
 	Processes []*Process `protobuf:"bytes,7,rep,name=processes,proto3" json:"processes,omitempty"`
 	// The OCP Agent's install home agentd watches.
-	InstallHome   string `protobuf:"bytes,8,opt,name=install_home,json=installHome,proto3" json:"install_home,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	InstallHome string `protobuf:"bytes,8,opt,name=install_home,json=installHome,proto3" json:"install_home,omitempty"`
+	// The install home does not exist on the host (or is not a directory):
+	// no OCP Agent is installed there, or agentd's --install-home is wrong.
+	// The server shows the host's agent as NOT_INSTALLED.
+	InstallHomeMissing bool `protobuf:"varint,9,opt,name=install_home_missing,json=installHomeMissing,proto3" json:"install_home_missing,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Hello) Reset() {
@@ -878,6 +882,13 @@ func (x *Hello) GetInstallHome() string {
 		return x.InstallHome
 	}
 	return ""
+}
+
+func (x *Hello) GetInstallHomeMissing() bool {
+	if x != nil {
+		return x.InstallHomeMissing
+	}
+	return false
 }
 
 // Welcome accepts a Hello.
@@ -1962,7 +1973,7 @@ const file_agentplane_agent_v1_agent_proto_rawDesc = "" +
 	"\x03ack\x18\x04 \x01(\v2\x1e.agentplane.agent.v1.ResultAckH\x00R\x03ack\x12L\n" +
 	"\fbegin_answer\x18\x05 \x01(\v2'.agentplane.agent.v1.CommandBeginAnswerH\x00R\vbeginAnswer\x128\n" +
 	"\x05query\x18\x06 \x01(\v2 .agentplane.agent.v1.ResultQueryH\x00R\x05queryB\x06\n" +
-	"\x04kind\"\xa2\x02\n" +
+	"\x04kind\"\xd4\x02\n" +
 	"\x05Hello\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x17\n" +
 	"\ahost_id\x18\x02 \x01(\x03R\x06hostId\x12\x1b\n" +
@@ -1972,7 +1983,8 @@ const file_agentplane_agent_v1_agent_proto_rawDesc = "" +
 	"machine_id\x18\x05 \x01(\tR\tmachineId\x12%\n" +
 	"\x0eagentd_version\x18\x06 \x01(\tR\ragentdVersion\x12:\n" +
 	"\tprocesses\x18\a \x03(\v2\x1c.agentplane.agent.v1.ProcessR\tprocesses\x12!\n" +
-	"\finstall_home\x18\b \x01(\tR\vinstallHome\"\x82\x01\n" +
+	"\finstall_home\x18\b \x01(\tR\vinstallHome\x120\n" +
+	"\x14install_home_missing\x18\t \x01(\bR\x12installHomeMissing\"\x82\x01\n" +
 	"\aWelcome\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\x03R\x06hostId\x12H\n" +
 	"\x12heartbeat_interval\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x12\x14\n" +

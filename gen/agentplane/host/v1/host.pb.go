@@ -99,6 +99,9 @@ const (
 	AgentStatus_AGENT_STATUS_STARTED AgentStatus = 1
 	// Its base processes were stopped.
 	AgentStatus_AGENT_STATUS_STOPPED AgentStatus = 2
+	// agentd found no install home (its --install-home) on the host: no OCP
+	// Agent is installed where it looks, and none runs.
+	AgentStatus_AGENT_STATUS_NOT_INSTALLED AgentStatus = 3
 )
 
 // Enum value maps for AgentStatus.
@@ -107,11 +110,13 @@ var (
 		0: "AGENT_STATUS_UNSPECIFIED",
 		1: "AGENT_STATUS_STARTED",
 		2: "AGENT_STATUS_STOPPED",
+		3: "AGENT_STATUS_NOT_INSTALLED",
 	}
 	AgentStatus_value = map[string]int32{
-		"AGENT_STATUS_UNSPECIFIED": 0,
-		"AGENT_STATUS_STARTED":     1,
-		"AGENT_STATUS_STOPPED":     2,
+		"AGENT_STATUS_UNSPECIFIED":   0,
+		"AGENT_STATUS_STARTED":       1,
+		"AGENT_STATUS_STOPPED":       2,
+		"AGENT_STATUS_NOT_INSTALLED": 3,
 	}
 )
 
@@ -1058,7 +1063,8 @@ type HostAgent struct {
 	HostId int64 `protobuf:"varint,6,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
 	// The host's inner IP address.
 	HostInnerIpAddress string `protobuf:"bytes,7,opt,name=host_inner_ip_address,json=hostInnerIpAddress,proto3" json:"host_inner_ip_address,omitempty"`
-	// STARTED when any base process runs, else STOPPED.
+	// STARTED when any base process runs, else STOPPED; NOT_INSTALLED when
+	// agentd found no install home and none runs.
 	Status AgentStatus `protobuf:"varint,8,opt,name=status,proto3,enum=agentplane.host.v1.AgentStatus" json:"status,omitempty"`
 	// The base processes agentd has seen on the host.
 	Processes []*AgentProcess `protobuf:"bytes,9,rep,name=processes,proto3" json:"processes,omitempty"`
@@ -1922,11 +1928,12 @@ const file_agentplane_host_v1_host_proto_rawDesc = "" +
 	"\x15HOST_STATUS_AVAILABLE\x10\x02\x12\x16\n" +
 	"\x12HOST_STATUS_ONLINE\x10\x03\x12\x17\n" +
 	"\x13HOST_STATUS_OFFLINE\x10\x04\x12\x18\n" +
-	"\x14HOST_STATUS_DELETING\x10\x05*_\n" +
+	"\x14HOST_STATUS_DELETING\x10\x05*\x7f\n" +
 	"\vAgentStatus\x12\x1c\n" +
 	"\x18AGENT_STATUS_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14AGENT_STATUS_STARTED\x10\x01\x12\x18\n" +
-	"\x14AGENT_STATUS_STOPPED\x10\x022\xcf\t\n" +
+	"\x14AGENT_STATUS_STOPPED\x10\x02\x12\x1e\n" +
+	"\x1aAGENT_STATUS_NOT_INSTALLED\x10\x032\xcf\t\n" +
 	"\vHostService\x12X\n" +
 	"\tStopAgent\x12$.agentplane.host.v1.StopAgentRequest\x1a%.agentplane.host.v1.StopAgentResponse\x12R\n" +
 	"\aGetHost\x12\".agentplane.host.v1.GetHostRequest\x1a#.agentplane.host.v1.GetHostResponse\x12X\n" +
