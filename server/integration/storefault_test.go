@@ -188,14 +188,18 @@ func (d *diskFull) free(t *testing.T) {
 	t.Log("data dir space given back")
 }
 
+// refusedUser is the user checkStoreFull tries to create on a full disk,
+// and checkStoreBack once the space is back.
+var refusedUser = map[string]any{"username": "refused-while-full", "password": "a-long-enough-password-1",
+	"roles": []string{"HOST_VIEWER"}}
+
 // checkStoreFull checks what clients see while the store cannot be written:
 // a writing REST call is a 503 with code 10503 "the data store is full", a
 // writing gRPC call UNAVAILABLE with the same message, and both health
 // checks say the store is unwritable.
 func checkStoreFull(t *testing.T, s *server) {
 	t.Helper()
-	r := s.call(t, http.MethodPost, "/api/v2/iam/users", admin,
-		map[string]any{"username": "refused-while-full", "password": "a-long-enough-password-1", "roles": []string{"HOST_VIEWER"}})
+	r := s.call(t, http.MethodPost, "/api/v2/iam/users", admin, refusedUser)
 	if e, _ := r.obj["error"].(map[string]any); r.status != http.StatusServiceUnavailable || e["code"] != float64(10503) ||
 		e["message"] != "the data store is full" {
 		t.Errorf("REST write on a full disk: %d %s, want 503 with code 10503 %q", r.status, r.body, "the data store is full")
@@ -217,7 +221,8 @@ func checkStoreFull(t *testing.T, s *server) {
 	}
 }
 
-// checkStoreBack checks both health checks say SERVING again.
+// checkStoreBack checks both health checks say SERVING again, and that the
+// user refused on the full disk left nothing behind: it can be created now.
 func checkStoreBack(t *testing.T, s *server) {
 	t.Helper()
 	if !poll(10*time.Second, func() bool { return s.call(t, http.MethodGet, "/api/v2/health", nil, nil).status == http.StatusOK }) {
@@ -228,6 +233,10 @@ func checkStoreBack(t *testing.T, s *server) {
 	hc, err := healthpb.NewHealthClient(s.conn(t)).Check(ctx, &healthpb.HealthCheckRequest{})
 	if err != nil || hc.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 		t.Errorf("gRPC health once the space is back: %v %v, want SERVING", hc.GetStatus(), err)
+	}
+	if r := s.call(t, http.MethodPost, "/api/v2/iam/users", admin, refusedUser); r.status != http.StatusOK {
+		t.Errorf("POST /iam/users of the user refused on the full disk, once the space is back: %d %s, want 200",
+			r.status, r.body)
 	}
 }
 
