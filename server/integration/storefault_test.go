@@ -60,30 +60,63 @@ type diskFull struct {
 }
 
 // fillDisk holds a read transaction on the store in dataDir, then fills the
-// file system with a file, and writes (a table of the test's own) until a
-// write fails: the WAL file may still have room left from before it last
-// started over. The snapshot keeps the WAL from starting over only if it
-// includes frames not yet copied into the database (else SQLite reads the
-// database alone), so the test writes a frame of its own just before, and
-// tries again if the server's checkpoint came in between.
+// file system with a file, and writes (tables of the test's own) until even
+// the smallest write fails, so that no write of the server's can fit (see
+// useUp). The snapshot keeps the WAL from starting over only if it includes
+// frames not yet copied into the database (else SQLite reads the database
+// alone), so the test writes frames of its own just before, and tries again
+// if the server's checkpoint came in between.
 func fillDisk(t *testing.T, dataDir string) *diskFull {
 	t.Helper()
-	blob := make([]byte, 32<<10)
 	for try := 1; ; try++ {
 		d := tryFillDisk(t, dataDir)
-		var err error
-		for i := 0; i < 4000 && err == nil; i++ {
-			_, err = d.db.Exec(`INSERT INTO disk_full_test (b) VALUES (?)`, blob)
-		}
-		if err != nil && strings.Contains(err.Error(), "full") {
+		full, err := d.useUp()
+		if full {
 			t.Logf("data dir %s filled", dataDir)
 			return d
 		}
 		if err != nil || try == 5 {
 			t.Fatalf("writes with the data dir filled (try %d): %v, want database or disk is full", try, err)
 		}
+		t.Logf("data dir %s not full after try %d: the WAL started over", dataDir, try)
 		d.free(t)
 	}
+}
+
+// useUp writes until a one-page commit fails for want of space, and says
+// whether the store is then full: no commit fits. First 32 KiB rows, which
+// use up the WAL file's room from before it last started over, then
+// one-page changes: a failed commit leaves its frames in the WAL file,
+// beyond its last commit, and the next commit writes over them, so a commit
+// smaller than the failed one may fit there. Every commit starts at the
+// same place in the WAL and takes at least a page: once a one-page commit
+// fails, every commit fails, as long as the WAL does not start over. A
+// checkpoint followed by one more one-page change checks that it cannot.
+func (d *diskFull) useUp() (full bool, err error) {
+	isFull := func(err error) bool { return err != nil && strings.Contains(err.Error(), "database or disk is full") }
+	blob := make([]byte, 32<<10)
+	for i := 0; i < 4000 && err == nil; i++ {
+		_, err = d.db.Exec(`INSERT INTO disk_full_test (b) VALUES (?)`, blob)
+	}
+	if !isFull(err) {
+		return false, err
+	}
+	const tick = `UPDATE disk_full_tick SET n = n + 1`
+	err = nil
+	for i := 0; i < 1000 && err == nil; i++ { // as many as pages of a 32 KiB row, in practice
+		_, err = d.db.Exec(tick)
+	}
+	if err == nil {
+		return false, nil // the WAL started over
+	}
+	if !isFull(err) {
+		return false, fmt.Errorf("one-page writes after a 32 KiB one failed: %w", err)
+	}
+	_, _ = d.db.Exec(`PRAGMA wal_checkpoint(PASSIVE)`)
+	if _, err := d.db.Exec(tick); !isFull(err) {
+		return false, err // nil: the WAL started over
+	}
+	return true, nil
 }
 
 func tryFillDisk(t *testing.T, dataDir string) *diskFull {
@@ -98,11 +131,16 @@ func tryFillDisk(t *testing.T, dataDir string) *diskFull {
 	if d.r, err = db.Conn(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := db.Exec(`CREATE TABLE IF NOT EXISTS disk_full_test (b BLOB)`); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := db.Exec(`DELETE FROM disk_full_test`); err != nil {
-		t.Fatal(err)
+	for _, q := range []string{
+		`CREATE TABLE IF NOT EXISTS disk_full_test (b BLOB)`,
+		`DELETE FROM disk_full_test`,
+		`CREATE TABLE IF NOT EXISTS disk_full_tick (n INTEGER)`, // one row: changing it takes one page
+		`DELETE FROM disk_full_tick`,
+		`INSERT INTO disk_full_tick (n) VALUES (0)`,
+	} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if d.rtx, err = d.r.BeginTx(ctx, nil); err != nil {
 		t.Fatal(err)
@@ -150,14 +188,18 @@ func (d *diskFull) free(t *testing.T) {
 	t.Log("data dir space given back")
 }
 
+// refusedUser is the user checkStoreFull tries to create on a full disk,
+// and checkStoreBack once the space is back.
+var refusedUser = map[string]any{"username": "refused-while-full", "password": "a-long-enough-password-1",
+	"roles": []string{"HOST_VIEWER"}}
+
 // checkStoreFull checks what clients see while the store cannot be written:
 // a writing REST call is a 503 with code 10503 "the data store is full", a
 // writing gRPC call UNAVAILABLE with the same message, and both health
 // checks say the store is unwritable.
 func checkStoreFull(t *testing.T, s *server) {
 	t.Helper()
-	r := s.call(t, http.MethodPost, "/api/v2/iam/users", admin,
-		map[string]any{"username": "refused-while-full", "password": "a-long-enough-password-1", "roles": []string{"HOST_VIEWER"}})
+	r := s.call(t, http.MethodPost, "/api/v2/iam/users", admin, refusedUser)
 	if e, _ := r.obj["error"].(map[string]any); r.status != http.StatusServiceUnavailable || e["code"] != float64(10503) ||
 		e["message"] != "the data store is full" {
 		t.Errorf("REST write on a full disk: %d %s, want 503 with code 10503 %q", r.status, r.body, "the data store is full")
@@ -179,7 +221,8 @@ func checkStoreFull(t *testing.T, s *server) {
 	}
 }
 
-// checkStoreBack checks both health checks say SERVING again.
+// checkStoreBack checks both health checks say SERVING again, and that the
+// user refused on the full disk left nothing behind: it can be created now.
 func checkStoreBack(t *testing.T, s *server) {
 	t.Helper()
 	if !poll(10*time.Second, func() bool { return s.call(t, http.MethodGet, "/api/v2/health", nil, nil).status == http.StatusOK }) {
@@ -190,6 +233,10 @@ func checkStoreBack(t *testing.T, s *server) {
 	hc, err := healthpb.NewHealthClient(s.conn(t)).Check(ctx, &healthpb.HealthCheckRequest{})
 	if err != nil || hc.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 		t.Errorf("gRPC health once the space is back: %v %v, want SERVING", hc.GetStatus(), err)
+	}
+	if r := s.call(t, http.MethodPost, "/api/v2/iam/users", admin, refusedUser); r.status != http.StatusOK {
+		t.Errorf("POST /iam/users of the user refused on the full disk, once the space is back: %d %s, want 200",
+			r.status, r.body)
 	}
 }
 
@@ -302,14 +349,15 @@ func TestDiskFullPastTimeout(t *testing.T) {
 	})
 	waitLog(t, a.proc, "stopping ocp agent processes", 30*time.Second)
 
-	// The stop's 600 s timeout, cut to what has run plus 20 s.
+	// The stop's 600 s timeout, cut to what has run plus 30 s: time for
+	// the restart and the fill (a few seconds, more on a loaded machine).
 	s.proc.kill(t)
 	stopID := tk.subtask(stopAllName).ID
 	db, err := sql.Open("sqlite", "file:"+filepath.Join(dataDir, store.FileName))
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = db.Exec(`UPDATE subtasks SET timeout_s = (? - start_time) / 1000 + 20 WHERE id = ?`, time.Now().UnixMilli(), stopID)
+	_, err = db.Exec(`UPDATE subtasks SET timeout_s = (? - start_time) / 1000 + 30 WHERE id = ?`, time.Now().UnixMilli(), stopID)
 	db.Close()
 	if err != nil {
 		t.Fatal(err)
@@ -318,8 +366,11 @@ func TestDiskFullPastTimeout(t *testing.T) {
 	s.waitHost(t, a.name, 15*time.Second, "ONLINE again", func(h hostJSON) bool { return h.Status == "ONLINE" })
 
 	full := fillDisk(t, dataDir)
+	if strings.Contains(s.proc.log(), `"subtask failed"`) {
+		t.Fatal("the stop subtask timed out before the disk was full; nothing was tested")
+	}
 	checkStoreFull(t, s)
-	waitLog(t, s.proc, "storing subtask outcome failed", 40*time.Second)
+	waitLog(t, s.proc, "storing subtask outcome failed", 50*time.Second)
 	if tk := s.getTask(t, id); tk.final() {
 		t.Fatalf("task %d %s while its outcome could not be stored", id, tk.Status)
 	}

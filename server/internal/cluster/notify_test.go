@@ -1,6 +1,7 @@
 package cluster_test
 
 import (
+	"context"
 	"slices"
 	"testing"
 	"time"
@@ -16,6 +17,12 @@ func TestNotifyCoalesces(t *testing.T) {
 	c := newCluster(t, "a", "b", "c")
 	n := cluster.NewNotifier(cluster.NotifierConfig{Peers: c.nodes["a"].peers, Every: 20 * time.Millisecond, Log: zerolog.Nop()})
 	defer n.Close()
+	// a reads the registry at most once per ListEvery, from its start: the
+	// burst goes to the peers a knows live, so it waits to know b and c.
+	eventually(t, "a to see b and c live", func() bool {
+		live, err := c.nodes["a"].peers.Live(context.Background())
+		return err == nil && len(live) == 2
+	})
 	began := time.Now()
 	const changes = 2000
 	for i := range changes {

@@ -79,6 +79,9 @@ func TestOutcomeRetriedUntilStored(t *testing.T) {
 	if n := fs.failed.Load(); n != 3 {
 		t.Errorf("%d failed stores, want 3", n)
 	}
+	// The attempt acknowledges once its outcome is stored, which may be
+	// after the next subtasks ran and the task ended: Close waits for it.
+	e.Close()
 	if n := acks.Load(); n != 1 {
 		t.Errorf("AfterCommit ran %d times, want once", n)
 	}
