@@ -105,6 +105,9 @@ func (l *migrationLock) Lock(ctx context.Context, db *sql.DB) error {
 			expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND
 			WHERE id = ? AND (owner = '' OR expires_at < UTC_TIMESTAMP(6))`, owner, l.opts.lease.Microseconds(), lockRowID)
 		if err != nil {
+			if ctx.Err() != nil { // ctx ended during the UPDATE rather than between tries: the same wait, ended
+				return fmt.Errorf("waiting for the migration lock (%s): %w", lockHolder(db), ctx.Err())
+			}
 			return fmt.Errorf("taking the migration lock: %w", err)
 		}
 		if n, err := res.RowsAffected(); err != nil {
