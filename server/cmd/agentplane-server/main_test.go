@@ -66,7 +66,7 @@ func startServer(t *testing.T, c config) running {
 	t.Cleanup(cancel)
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, c, zerolog.New(logs)) }()
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	for started := ""; started == ""; started, _ = logField(logs.String(), "server started", "http_addr") {
 		if time.Now().After(deadline) {
 			t.Fatalf("the server did not start:\n%s", logs.String())
