@@ -225,6 +225,42 @@ func TestCLI(t *testing.T) {
 		waitFakeReady(t, homeA, baseNames...)
 	})
 
+	t.Run("batch start of two hosts", func(t *testing.T) {
+		homeB := newHome(t)
+		startFake(t, homeB)
+		b := s.startAgentd(t, homeB, 2*time.Second)
+		runCtl(t, env, "", "agent", "stop", a.name, b.name, "--wait").want(t, 0, "Batch stop OCP agent SUCCESSFUL in")
+		waitFor(t, 10*time.Second, "both fake agents to be gone", func() bool {
+			return len(procsUnder(homeA)) == 0 && len(procsUnder(homeB)) == 0
+		})
+		// Several hosts, by name and by id: one batch task, a branch per host.
+		var tk taskv1.Task
+		r := runCtl(t, env, "", "agent", "start", a.name, fmt.Sprint(b.hostID), "--wait", "-o", "json")
+		r.want(t, 0)
+		r.parse(t, &tk)
+		if tk.GetName() != "Batch start OCP agent" || tk.GetStatus() != taskv1.TaskStatus_TASK_STATUS_SUCCESSFUL || len(tk.GetSubtasks()) != 6 {
+			t.Fatalf("agent start of two hosts --wait -o json: %v", &tk)
+		}
+		branches := map[int32][]string{}
+		for _, st := range tk.GetSubtasks() {
+			branches[st.GetParallelIdx()] = append(branches[st.GetParallelIdx()], st.GetName())
+		}
+		for idx := range int32(2) {
+			if got := strings.Join(branches[idx], ","); got != "Prepare start OCP agent,Start all OCP agent processes,Finish OCP agent operation" {
+				t.Errorf("branch %d: %s", idx, got)
+			}
+		}
+		waitFakeReady(t, homeA, baseNames...)
+		waitFakeReady(t, homeB, baseNames...)
+		for _, h := range []string{a.name, b.name} {
+			var ag hostv1.HostAgent
+			runCtl(t, env, "", "agent", "get", h, "-o", "json").parse(t, &ag)
+			if ag.GetStatus() != hostv1.AgentStatus_AGENT_STATUS_STARTED {
+				t.Errorf("agent get %s -o json: status %s, want STARTED", h, ag.GetStatus())
+			}
+		}
+	})
+
 	t.Run("bad input", func(t *testing.T) {
 		runCtl(t, env, "", "agent", "stop", "no-such-host").want(t, 4, `no host named "no-such-host"`)
 		runCtl(t, env, "", "task", "get", "987654").want(t, 4, "task 987654", "NOT_FOUND")

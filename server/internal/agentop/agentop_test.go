@@ -242,7 +242,7 @@ func TestFinishRecordsStartedAfterAStart(t *testing.T) {
 // Finish knows each of our operations by its task's name, whatever the
 // size of the plan; it agrees with the plan.
 func TestFinishByTaskName(t *testing.T) {
-	for op, name := range map[Op]string{OpStop: TaskBatchStopAgents, OpRestart: TaskBatchRestartAgent} {
+	for op, name := range map[Op]string{OpStop: TaskBatchStopAgents, OpStart: TaskBatchStartAgent, OpRestart: TaskBatchRestartAgent} {
 		h := &hosts{finished: map[int64]host.AgentStatus{}}
 		r, _ := run(7)
 		r.Task.Name = name
@@ -304,6 +304,34 @@ func TestRestartAndBatchPlans(t *testing.T) {
 	}
 }
 
+// A batch start is the batch form of "Start OCP agent": a branch per host,
+// each the single-host chain, and Finish records the agent STARTED.
+func TestBatchStartPlan(t *testing.T) {
+	b := BatchPlan(OpStart, []int64{4, 9}, "ops")
+	if b.Task.Name != "Batch start OCP agent" || !b.Task.Context.Parallel || b.Task.HostID != 0 ||
+		fmt.Sprint(b.Task.Context.ListMap["host_ids"]) != "[4 9]" || fmt.Sprint(b.Resources) != "[host:4 host:9]" {
+		t.Fatalf("batch task %+v locks %v", b.Task, b.Resources)
+	}
+	if fmt.Sprint(b.Edges) != "[[0 1] [1 2] [3 4] [4 5]]" {
+		t.Fatalf("batch edges %v", b.Edges)
+	}
+	single := HostPlan(OpStart, 9, "ops").Task.Subtasks
+	var names []string
+	for i, st := range b.Task.Subtasks {
+		one := single[i%len(single)]
+		if st.ParallelIdx != i/3 || st.HostID != []int64{4, 9}[i/3] || st.ClassName != one.ClassName || st.SeriesID != one.SeriesID || st.Timeout != one.Timeout {
+			t.Fatalf("subtask %d: %+v, want as %+v", i, st, one)
+		}
+		names = append(names, st.Name)
+	}
+	if strings.Join(names[:3], ",") != "Prepare start OCP agent,Start all OCP agent processes,Finish OCP agent operation" {
+		t.Fatalf("branch %v", names)
+	}
+	if !endsStarted[b.Task.Name] {
+		t.Fatal("Finish of a batch start must record STARTED")
+	}
+}
+
 func TestRevokedHostRefused(t *testing.T) {
 	ctx := auth.WithPrincipal(context.Background(), auth.Principal{Username: "u", Roles: []auth.Role{auth.RoleHostManager}})
 	h := &revokedHosts{hosts: hosts{known: map[int64]bool{1: true, 2: true}}, revoked: 2}
@@ -351,9 +379,13 @@ func TestBatchValidation(t *testing.T) {
 		{make([]int64, MaxBatch+1), errs.ErrInvalidArgument},
 		{[]int64{1, 2}, nil},
 	} {
-		_, err := s.BatchStopAgents(ctx, tt.ids)
-		if !errors.Is(err, tt.want) || tt.want == nil && err != nil {
-			t.Errorf("%v: err %v, want %v", tt.ids, err, tt.want)
+		for name, batch := range map[string]func(context.Context, []int64) (*task.Task, error){
+			"stop": s.BatchStopAgents, "start": s.BatchStartAgents, "restart": s.BatchRestartAgents,
+		} {
+			_, err := batch(ctx, tt.ids)
+			if !errors.Is(err, tt.want) || tt.want == nil && err != nil {
+				t.Errorf("batch %s %v: err %v, want %v", name, tt.ids, err, tt.want)
+			}
 		}
 	}
 }
@@ -396,6 +428,9 @@ func TestServicePermissions(t *testing.T) {
 	}
 	if sub.plan.Task.Creator != "u" {
 		t.Fatalf("creator %q", sub.plan.Task.Creator)
+	}
+	if _, err := s.BatchStartAgents(as(auth.RoleHostViewer), []int64{7}); !errors.Is(err, errs.ErrPermissionDenied) {
+		t.Fatalf("viewer's batch start: %v", err)
 	}
 	if _, err := s.GetHost(as(auth.RoleHostViewer), 7); err != nil {
 		t.Fatal(err)

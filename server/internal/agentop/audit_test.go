@@ -36,6 +36,10 @@ func TestServiceAnnotatesTheAuditNote(t *testing.T) {
 			_, err := s.BatchStopAgents(ctx, []int64{7, 8})
 			return err
 		}, 0, 42},
+		{"batch start", as(auth.RoleHostManager), func(ctx context.Context) error {
+			_, err := s.BatchStartAgents(ctx, []int64{7, 8})
+			return err
+		}, 0, 42},
 		{"batch restart", as(auth.RoleHostManager), func(ctx context.Context) error {
 			_, err := s.BatchRestartAgents(ctx, []int64{7})
 			return err

@@ -39,7 +39,7 @@ type Agents interface {
 // each of its 10,000 branches.
 var endsStarted = map[string]bool{
 	TaskStopAgent: false, TaskBatchStopAgents: false,
-	TaskStartAgent: true, TaskRestartAgent: true, TaskBatchRestartAgent: true,
+	TaskStartAgent: true, TaskBatchStartAgent: true, TaskRestartAgent: true, TaskBatchRestartAgent: true,
 }
 
 // ConnectWait is how long Prepare waits for the agentd of a host to

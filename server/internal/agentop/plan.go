@@ -29,6 +29,7 @@ const (
 	TaskStartAgent        = "Start OCP agent"
 	TaskRestartAgent      = "Restart OCP agent"
 	TaskBatchStopAgents   = "Batch stop OCP agent"
+	TaskBatchStartAgent   = "Batch start OCP agent"
 	TaskBatchRestartAgent = "Batch restart OCP agent"
 
 	NamePrepareStop    = "Prepare stop OCP agent"
@@ -70,7 +71,7 @@ var chains = map[Op][]step{
 
 // names of the single-host and batch tasks of each operation.
 var taskNames = map[Op]string{OpStop: TaskStopAgent, OpStart: TaskStartAgent, OpRestart: TaskRestartAgent}
-var batchNames = map[Op]string{OpStop: TaskBatchStopAgents, OpRestart: TaskBatchRestartAgent}
+var batchNames = map[Op]string{OpStop: TaskBatchStopAgents, OpStart: TaskBatchStartAgent, OpRestart: TaskBatchRestartAgent}
 
 // StopPlan is the "Stop OCP agent" task for one host: Prepare stop (60 s) →
 // Stop all OCP agent processes (600 s) → Finish (60 s).

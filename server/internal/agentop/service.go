@@ -56,6 +56,11 @@ func (s *Service) BatchStopAgents(ctx context.Context, hostIDs []int64) (*task.T
 	return s.batchOp(ctx, OpStop, hostIDs)
 }
 
+// BatchStartAgents is BatchStopAgents for start.
+func (s *Service) BatchStartAgents(ctx context.Context, hostIDs []int64) (*task.Task, error) {
+	return s.batchOp(ctx, OpStart, hostIDs)
+}
+
 // BatchRestartAgents is BatchStopAgents for restart.
 func (s *Service) BatchRestartAgents(ctx context.Context, hostIDs []int64) (*task.Task, error) {
 	return s.batchOp(ctx, OpRestart, hostIDs)

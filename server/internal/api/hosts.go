@@ -16,6 +16,7 @@ type AgentOperations interface {
 	StartAgent(ctx context.Context, hostID int64) (*task.Task, error)
 	RestartAgent(ctx context.Context, hostID int64) (*task.Task, error)
 	BatchStopAgents(ctx context.Context, hostIDs []int64) (*task.Task, error)
+	BatchStartAgents(ctx context.Context, hostIDs []int64) (*task.Task, error)
 	BatchRestartAgents(ctx context.Context, hostIDs []int64) (*task.Task, error)
 }
 

@@ -80,6 +80,10 @@ func (d *fakeDomain) BatchStopAgents(ctx context.Context, ids []int64) (*task.Ta
 	return nil, errs.ErrInvalidArgument
 }
 
+func (d *fakeDomain) BatchStartAgents(ctx context.Context, ids []int64) (*task.Task, error) {
+	return nil, errs.ErrInvalidArgument
+}
+
 func (d *fakeDomain) BatchRestartAgents(ctx context.Context, ids []int64) (*task.Task, error) {
 	return nil, errs.ErrInvalidArgument
 }

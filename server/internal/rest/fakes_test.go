@@ -136,6 +136,10 @@ func (f *fakeHosts) BatchStopAgents(ctx context.Context, ids []int64) (*task.Tas
 	return f.batchOp(ctx, "Batch stop OCP agent", ids)
 }
 
+func (f *fakeHosts) BatchStartAgents(ctx context.Context, ids []int64) (*task.Task, error) {
+	return f.batchOp(ctx, "Batch start OCP agent", ids)
+}
+
 func (f *fakeHosts) BatchRestartAgents(ctx context.Context, ids []int64) (*task.Task, error) {
 	return f.batchOp(ctx, "Batch restart OCP agent", ids)
 }

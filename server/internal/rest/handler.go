@@ -46,7 +46,7 @@ func (s *server) hostOp(op func(ctx context.Context, hostID int64) (*task.Task, 
 	}
 }
 
-// batchOp serves POST /compute/hosts/{batchStopAgents,batchRestartAgents}
+// batchOp serves POST /compute/hosts/{batchStopAgents,batchStartAgents,batchRestartAgents}
 // {"hostIds":[...]} → the created task. The host service validates the ids
 // (1..agentop.MaxBatch, 10,000, distinct positive ids of known hosts).
 // Idempotency-Key as hostOp.

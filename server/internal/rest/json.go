@@ -277,8 +277,8 @@ func toUserJSON(u auth.User) userJSON {
 	return userJSON{ID: u.ID, Username: u.Username, Roles: roles, CreateTime: optTime(u.CreateTime)}
 }
 
-// batchRequest is the body of POST /compute/hosts/batchStopAgents and
-// batchRestartAgents.
+// batchRequest is the body of POST /compute/hosts/batchStopAgents,
+// batchStartAgents and batchRestartAgents.
 type batchRequest struct {
 	HostIDs []int64 `json:"hostIds"`
 }

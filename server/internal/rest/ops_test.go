@@ -71,6 +71,7 @@ func TestOperationsBothPrefixes(t *testing.T) {
 		{"restart", req{method: "POST", path: "/compute/hosts/2/agent/restart", user: "manager"}, "Restart OCP agent", checkTaskOp("Restart OCP agent", task.OpExecute)},
 		{"restart json body", req{method: "POST", path: "/compute/hosts/2/agent/restart", user: "manager", contentType: jsonCT, body: "{}"}, "Restart OCP agent", checkTaskOp("Restart OCP agent", task.OpExecute)},
 		{"batch stop", req{method: "POST", path: "/compute/hosts/batchStopAgents", user: "manager", contentType: jsonCT, body: batch}, "Batch stop OCP agent", checkBatch("Batch stop OCP agent")},
+		{"batch start", req{method: "POST", path: "/compute/hosts/batchStartAgents", user: "manager", contentType: jsonCT, body: batch}, "Batch start OCP agent", checkBatch("Batch start OCP agent")},
 		{"batch restart", req{method: "POST", path: "/compute/hosts/batchRestartAgents", user: "admin", contentType: jsonCT, body: batch}, "Batch restart OCP agent", checkBatch("Batch restart OCP agent")},
 		{"host agent", req{method: "GET", path: "/compute/hosts/2/agent", user: "viewer"}, "", checkHostAgent},
 		{"list tasks", req{method: "GET", path: "/tasks/instances", user: "viewer"}, "", checkTaskPage},
@@ -128,6 +129,9 @@ func TestOperationsRefused(t *testing.T) {
 		{name: "start as viewer", req: req{method: "POST", path: "/compute/hosts/2/agent/start", user: "viewer"}, status: 403, code: CodeNotAuthorized},
 		{name: "restart as tasker", req: req{method: "POST", path: "/compute/hosts/2/agent/restart", user: "tasker"}, status: 403, code: CodeNotAuthorized},
 		{name: "batch stop as viewer", req: batchStop("viewer", `{"hostIds":[2]}`), status: 403, code: CodeNotAuthorized},
+		{name: "batch start as viewer", req: req{method: "POST", path: "/api/v2/compute/hosts/batchStartAgents", user: "viewer", contentType: jsonCT, body: `{"hostIds":[2]}`}, status: 403, code: CodeNotAuthorized},
+		{name: "batch start duplicate host ids", req: req{method: "POST", path: "/compute/hosts/batchStartAgents", user: "manager", contentType: jsonCT, body: `{"hostIds":[3,3]}`}, status: 400, code: CodeBadRequest, target: "hostIds", message: "listed twice"},
+		{name: "batch start unknown field", req: req{method: "POST", path: "/compute/hosts/batchStartAgents", user: "manager", contentType: jsonCT, body: `{"hostIds":[2],"all":true}`}, status: 400, code: CodeBadRequest, target: "body"},
 		{name: "batch restart as viewer", req: req{method: "POST", path: "/compute/hosts/batchRestartAgents", user: "viewer", contentType: jsonCT, body: `{"hostIds":[2]}`}, status: 403, code: CodeNotAuthorized},
 		{name: "host agent as tasker", req: req{method: "GET", path: "/compute/hosts/2/agent", user: "tasker"}, status: 403, code: CodeNotAuthorized},
 		{name: "retry as viewer", req: req{method: "POST", path: "/api/v2/tasks/instances/30443/retry", user: "viewer"}, status: 403, code: CodeNotAuthorized},
@@ -203,6 +207,7 @@ func TestOperationsRefused(t *testing.T) {
 
 		// Methods and paths: batch paths are not host ids.
 		{name: "GET batchStopAgents", req: req{method: "GET", path: "/compute/hosts/batchStopAgents", user: "viewer"}, status: 405, code: CodeMethodNotAllowed, allow: "POST"},
+		{name: "GET batchStartAgents", req: req{method: "GET", path: "/compute/hosts/batchStartAgents", user: "viewer"}, status: 405, code: CodeMethodNotAllowed, allow: "POST"},
 		{name: "GET batchRestartAgents", req: req{method: "GET", path: "/api/v2/compute/hosts/batchRestartAgents", user: "viewer"}, status: 405, code: CodeMethodNotAllowed, allow: "POST"},
 		{name: "HEAD batchStopAgents", req: req{method: "HEAD", path: "/compute/hosts/batchStopAgents", user: "viewer"}, status: 405, allow: "POST"},
 		{name: "DELETE batchStopAgents", req: req{method: "DELETE", path: "/compute/hosts/batchStopAgents", user: "manager"}, status: 405, code: CodeMethodNotAllowed, allow: "POST"},
@@ -259,6 +264,7 @@ func TestIdempotencyKeyReachesHostService(t *testing.T) {
 		{"Start OCP agent", req{method: "POST", path: "/api/v2/compute/hosts/2/agent/start", user: "manager"}, []int64{2}},
 		{"Restart OCP agent", req{method: "POST", path: "/compute/hosts/2/agent/restart", user: "manager"}, []int64{2}},
 		{"Batch stop OCP agent", req{method: "POST", path: "/compute/hosts/batchStopAgents", user: "manager", contentType: jsonCT, body: batch}, []int64{3, 2}},
+		{"Batch start OCP agent", req{method: "POST", path: "/compute/hosts/batchStartAgents", user: "manager", contentType: jsonCT, body: batch}, []int64{3, 2}},
 		{"Batch restart OCP agent", req{method: "POST", path: "/api/v2/compute/hosts/batchRestartAgents", user: "manager", contentType: jsonCT, body: batch}, []int64{3, 2}},
 	}
 	for _, c := range calls {

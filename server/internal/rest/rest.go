@@ -99,6 +99,7 @@ func (s *server) routes() {
 		{http.MethodPost, "/compute/hosts/{hostId}/agent/start", s.hostOp(s.cfg.Hosts.StartAgent)},
 		{http.MethodPost, "/compute/hosts/{hostId}/agent/restart", s.hostOp(s.cfg.Hosts.RestartAgent)},
 		{http.MethodPost, "/compute/hosts/batchStopAgents", s.batchOp(s.cfg.Hosts.BatchStopAgents)},
+		{http.MethodPost, "/compute/hosts/batchStartAgents", s.batchOp(s.cfg.Hosts.BatchStartAgents)},
 		{http.MethodPost, "/compute/hosts/batchRestartAgents", s.batchOp(s.cfg.Hosts.BatchRestartAgents)},
 		{http.MethodGet, "/tasks/instances", s.listTasks},
 		{http.MethodGet, "/tasks/instances/{taskInstanceId}", s.getTask},

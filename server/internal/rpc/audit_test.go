@@ -153,6 +153,10 @@ func TestAuditRecordsMutatingCalls(t *testing.T) {
 			_, err := env.hc.BatchStopAgents(as(t, "manager"), &hostv1.BatchStopAgentsRequest{HostIds: []int64{env.hostID}})
 			return err
 		}, codes.OK, audit.Event{Username: "manager", Operation: "/agentplane.host.v1.HostService/BatchStopAgents", Outcome: "OK"}, true},
+		{"batch start", func() error {
+			_, err := env.hc.BatchStartAgents(as(t, "manager"), &hostv1.BatchStartAgentsRequest{HostIds: []int64{env.hostID}})
+			return err
+		}, codes.OK, audit.Event{Username: "manager", Operation: "/agentplane.host.v1.HostService/BatchStartAgents", Outcome: "OK"}, true},
 		{"lacks the role", func() error {
 			_, err := env.hc.StopAgent(as(t, "viewer"), &hostv1.StopAgentRequest{HostId: env.hostID})
 			return err

@@ -87,6 +87,14 @@ func (s *hostServer) BatchStopAgents(ctx context.Context, req *hostv1.BatchStopA
 	return &hostv1.BatchStopAgentsResponse{Task: toTask(t)}, nil
 }
 
+func (s *hostServer) BatchStartAgents(ctx context.Context, req *hostv1.BatchStartAgentsRequest) (*hostv1.BatchStartAgentsResponse, error) {
+	t, err := create(ctx, s.hosts.BatchStartAgents, req.GetHostIds())
+	if err != nil {
+		return nil, err
+	}
+	return &hostv1.BatchStartAgentsResponse{Task: toTask(t)}, nil
+}
+
 func (s *hostServer) BatchRestartAgents(ctx context.Context, req *hostv1.BatchRestartAgentsRequest) (*hostv1.BatchRestartAgentsResponse, error) {
 	t, err := create(ctx, s.hosts.BatchRestartAgents, req.GetHostIds())
 	if err != nil {

@@ -115,6 +115,10 @@ func (f *apiHosts) BatchStopAgents(ctx context.Context, ids []int64) (*task.Task
 	return f.create(ctx, "Batch stop OCP agent", ids...)
 }
 
+func (f *apiHosts) BatchStartAgents(ctx context.Context, ids []int64) (*task.Task, error) {
+	return f.create(ctx, "Batch start OCP agent", ids...)
+}
+
 func (f *apiHosts) BatchRestartAgents(ctx context.Context, ids []int64) (*task.Task, error) {
 	return f.create(ctx, "Batch restart OCP agent", ids...)
 }
@@ -355,6 +359,10 @@ func TestHostTaskCreation(t *testing.T) {
 		}),
 		"Batch stop OCP agent": func(ctx context.Context, ids ...int64) (*taskv1.Task, error) {
 			r, err := env.hc.BatchStopAgents(ctx, &hostv1.BatchStopAgentsRequest{HostIds: ids})
+			return r.GetTask(), err
+		},
+		"Batch start OCP agent": func(ctx context.Context, ids ...int64) (*taskv1.Task, error) {
+			r, err := env.hc.BatchStartAgents(ctx, &hostv1.BatchStartAgentsRequest{HostIds: ids})
 			return r.GetTask(), err
 		},
 		"Batch restart OCP agent": func(ctx context.Context, ids ...int64) (*taskv1.Task, error) {

@@ -773,7 +773,7 @@ func (x *RestartAgentResponse) GetTask() *v1.Task {
 // BatchStopAgentsRequest names the hosts whose OCP Agents to stop.
 type BatchStopAgentsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Host ids: 1..2000 distinct positive ids.
+	// Host ids: 1..10000 distinct positive ids.
 	HostIds       []int64 `protobuf:"varint,1,rep,packed,name=host_ids,json=hostIds,proto3" json:"host_ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -862,10 +862,102 @@ func (x *BatchStopAgentsResponse) GetTask() *v1.Task {
 	return nil
 }
 
+// BatchStartAgentsRequest names the hosts whose OCP Agents to start.
+type BatchStartAgentsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Host ids: 1..10000 distinct positive ids.
+	HostIds       []int64 `protobuf:"varint,1,rep,packed,name=host_ids,json=hostIds,proto3" json:"host_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchStartAgentsRequest) Reset() {
+	*x = BatchStartAgentsRequest{}
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchStartAgentsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchStartAgentsRequest) ProtoMessage() {}
+
+func (x *BatchStartAgentsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchStartAgentsRequest.ProtoReflect.Descriptor instead.
+func (*BatchStartAgentsRequest) Descriptor() ([]byte, []int) {
+	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *BatchStartAgentsRequest) GetHostIds() []int64 {
+	if x != nil {
+		return x.HostIds
+	}
+	return nil
+}
+
+// BatchStartAgentsResponse is the created task.
+type BatchStartAgentsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The task "Batch start OCP agent", RUNNING.
+	Task          *v1.Task `protobuf:"bytes,1,opt,name=task,proto3" json:"task,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchStartAgentsResponse) Reset() {
+	*x = BatchStartAgentsResponse{}
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchStartAgentsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchStartAgentsResponse) ProtoMessage() {}
+
+func (x *BatchStartAgentsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchStartAgentsResponse.ProtoReflect.Descriptor instead.
+func (*BatchStartAgentsResponse) Descriptor() ([]byte, []int) {
+	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *BatchStartAgentsResponse) GetTask() *v1.Task {
+	if x != nil {
+		return x.Task
+	}
+	return nil
+}
+
 // BatchRestartAgentsRequest names the hosts whose OCP Agents to restart.
 type BatchRestartAgentsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Host ids: 1..2000 distinct positive ids.
+	// Host ids: 1..10000 distinct positive ids.
 	HostIds       []int64 `protobuf:"varint,1,rep,packed,name=host_ids,json=hostIds,proto3" json:"host_ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -873,7 +965,7 @@ type BatchRestartAgentsRequest struct {
 
 func (x *BatchRestartAgentsRequest) Reset() {
 	*x = BatchRestartAgentsRequest{}
-	mi := &file_agentplane_host_v1_host_proto_msgTypes[13]
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -885,7 +977,7 @@ func (x *BatchRestartAgentsRequest) String() string {
 func (*BatchRestartAgentsRequest) ProtoMessage() {}
 
 func (x *BatchRestartAgentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentplane_host_v1_host_proto_msgTypes[13]
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -898,7 +990,7 @@ func (x *BatchRestartAgentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchRestartAgentsRequest.ProtoReflect.Descriptor instead.
 func (*BatchRestartAgentsRequest) Descriptor() ([]byte, []int) {
-	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{13}
+	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *BatchRestartAgentsRequest) GetHostIds() []int64 {
@@ -919,7 +1011,7 @@ type BatchRestartAgentsResponse struct {
 
 func (x *BatchRestartAgentsResponse) Reset() {
 	*x = BatchRestartAgentsResponse{}
-	mi := &file_agentplane_host_v1_host_proto_msgTypes[14]
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -931,7 +1023,7 @@ func (x *BatchRestartAgentsResponse) String() string {
 func (*BatchRestartAgentsResponse) ProtoMessage() {}
 
 func (x *BatchRestartAgentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentplane_host_v1_host_proto_msgTypes[14]
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -944,7 +1036,7 @@ func (x *BatchRestartAgentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchRestartAgentsResponse.ProtoReflect.Descriptor instead.
 func (*BatchRestartAgentsResponse) Descriptor() ([]byte, []int) {
-	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{14}
+	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *BatchRestartAgentsResponse) GetTask() *v1.Task {
@@ -965,7 +1057,7 @@ type GetHostAgentRequest struct {
 
 func (x *GetHostAgentRequest) Reset() {
 	*x = GetHostAgentRequest{}
-	mi := &file_agentplane_host_v1_host_proto_msgTypes[15]
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -977,7 +1069,7 @@ func (x *GetHostAgentRequest) String() string {
 func (*GetHostAgentRequest) ProtoMessage() {}
 
 func (x *GetHostAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentplane_host_v1_host_proto_msgTypes[15]
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -990,7 +1082,7 @@ func (x *GetHostAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHostAgentRequest.ProtoReflect.Descriptor instead.
 func (*GetHostAgentRequest) Descriptor() ([]byte, []int) {
-	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{15}
+	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetHostAgentRequest) GetHostId() int64 {
@@ -1011,7 +1103,7 @@ type GetHostAgentResponse struct {
 
 func (x *GetHostAgentResponse) Reset() {
 	*x = GetHostAgentResponse{}
-	mi := &file_agentplane_host_v1_host_proto_msgTypes[16]
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1023,7 +1115,7 @@ func (x *GetHostAgentResponse) String() string {
 func (*GetHostAgentResponse) ProtoMessage() {}
 
 func (x *GetHostAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentplane_host_v1_host_proto_msgTypes[16]
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1036,7 +1128,7 @@ func (x *GetHostAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHostAgentResponse.ProtoReflect.Descriptor instead.
 func (*GetHostAgentResponse) Descriptor() ([]byte, []int) {
-	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{16}
+	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetHostAgentResponse) GetAgent() *HostAgent {
@@ -1078,7 +1170,7 @@ type HostAgent struct {
 
 func (x *HostAgent) Reset() {
 	*x = HostAgent{}
-	mi := &file_agentplane_host_v1_host_proto_msgTypes[17]
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1090,7 +1182,7 @@ func (x *HostAgent) String() string {
 func (*HostAgent) ProtoMessage() {}
 
 func (x *HostAgent) ProtoReflect() protoreflect.Message {
-	mi := &file_agentplane_host_v1_host_proto_msgTypes[17]
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1103,7 +1195,7 @@ func (x *HostAgent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostAgent.ProtoReflect.Descriptor instead.
 func (*HostAgent) Descriptor() ([]byte, []int) {
-	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{17}
+	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *HostAgent) GetId() int64 {
@@ -1208,7 +1300,7 @@ type AgentProcess struct {
 
 func (x *AgentProcess) Reset() {
 	*x = AgentProcess{}
-	mi := &file_agentplane_host_v1_host_proto_msgTypes[18]
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1220,7 +1312,7 @@ func (x *AgentProcess) String() string {
 func (*AgentProcess) ProtoMessage() {}
 
 func (x *AgentProcess) ProtoReflect() protoreflect.Message {
-	mi := &file_agentplane_host_v1_host_proto_msgTypes[18]
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1233,7 +1325,7 @@ func (x *AgentProcess) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentProcess.ProtoReflect.Descriptor instead.
 func (*AgentProcess) Descriptor() ([]byte, []int) {
-	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{18}
+	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *AgentProcess) GetHostId() int64 {
@@ -1305,7 +1397,7 @@ type CreateJoinTokenRequest struct {
 
 func (x *CreateJoinTokenRequest) Reset() {
 	*x = CreateJoinTokenRequest{}
-	mi := &file_agentplane_host_v1_host_proto_msgTypes[19]
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1317,7 +1409,7 @@ func (x *CreateJoinTokenRequest) String() string {
 func (*CreateJoinTokenRequest) ProtoMessage() {}
 
 func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentplane_host_v1_host_proto_msgTypes[19]
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1330,7 +1422,7 @@ func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{19}
+	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CreateJoinTokenRequest) GetHostName() string {
@@ -1362,7 +1454,7 @@ type CreateJoinTokenResponse struct {
 
 func (x *CreateJoinTokenResponse) Reset() {
 	*x = CreateJoinTokenResponse{}
-	mi := &file_agentplane_host_v1_host_proto_msgTypes[20]
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1374,7 +1466,7 @@ func (x *CreateJoinTokenResponse) String() string {
 func (*CreateJoinTokenResponse) ProtoMessage() {}
 
 func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentplane_host_v1_host_proto_msgTypes[20]
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1387,7 +1479,7 @@ func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenResponse) Descriptor() ([]byte, []int) {
-	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{20}
+	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CreateJoinTokenResponse) GetToken() string {
@@ -1422,7 +1514,7 @@ type RevokeHostRequest struct {
 
 func (x *RevokeHostRequest) Reset() {
 	*x = RevokeHostRequest{}
-	mi := &file_agentplane_host_v1_host_proto_msgTypes[21]
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1434,7 +1526,7 @@ func (x *RevokeHostRequest) String() string {
 func (*RevokeHostRequest) ProtoMessage() {}
 
 func (x *RevokeHostRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentplane_host_v1_host_proto_msgTypes[21]
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1447,7 +1539,7 @@ func (x *RevokeHostRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeHostRequest.ProtoReflect.Descriptor instead.
 func (*RevokeHostRequest) Descriptor() ([]byte, []int) {
-	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{21}
+	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RevokeHostRequest) GetHostId() int64 {
@@ -1468,7 +1560,7 @@ type RevokeHostResponse struct {
 
 func (x *RevokeHostResponse) Reset() {
 	*x = RevokeHostResponse{}
-	mi := &file_agentplane_host_v1_host_proto_msgTypes[22]
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1480,7 +1572,7 @@ func (x *RevokeHostResponse) String() string {
 func (*RevokeHostResponse) ProtoMessage() {}
 
 func (x *RevokeHostResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentplane_host_v1_host_proto_msgTypes[22]
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1493,7 +1585,7 @@ func (x *RevokeHostResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeHostResponse.ProtoReflect.Descriptor instead.
 func (*RevokeHostResponse) Descriptor() ([]byte, []int) {
-	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{22}
+	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RevokeHostResponse) GetHost() *Host {
@@ -1531,7 +1623,7 @@ type Certificate struct {
 
 func (x *Certificate) Reset() {
 	*x = Certificate{}
-	mi := &file_agentplane_host_v1_host_proto_msgTypes[23]
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1543,7 +1635,7 @@ func (x *Certificate) String() string {
 func (*Certificate) ProtoMessage() {}
 
 func (x *Certificate) ProtoReflect() protoreflect.Message {
-	mi := &file_agentplane_host_v1_host_proto_msgTypes[23]
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1556,7 +1648,7 @@ func (x *Certificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Certificate.ProtoReflect.Descriptor instead.
 func (*Certificate) Descriptor() ([]byte, []int) {
-	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{23}
+	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Certificate) GetSerial() string {
@@ -1633,7 +1725,7 @@ type ListHostCertificatesRequest struct {
 
 func (x *ListHostCertificatesRequest) Reset() {
 	*x = ListHostCertificatesRequest{}
-	mi := &file_agentplane_host_v1_host_proto_msgTypes[24]
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1645,7 +1737,7 @@ func (x *ListHostCertificatesRequest) String() string {
 func (*ListHostCertificatesRequest) ProtoMessage() {}
 
 func (x *ListHostCertificatesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentplane_host_v1_host_proto_msgTypes[24]
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1658,7 +1750,7 @@ func (x *ListHostCertificatesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListHostCertificatesRequest.ProtoReflect.Descriptor instead.
 func (*ListHostCertificatesRequest) Descriptor() ([]byte, []int) {
-	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{24}
+	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListHostCertificatesRequest) GetHostId() int64 {
@@ -1679,7 +1771,7 @@ type ListHostCertificatesResponse struct {
 
 func (x *ListHostCertificatesResponse) Reset() {
 	*x = ListHostCertificatesResponse{}
-	mi := &file_agentplane_host_v1_host_proto_msgTypes[25]
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1691,7 +1783,7 @@ func (x *ListHostCertificatesResponse) String() string {
 func (*ListHostCertificatesResponse) ProtoMessage() {}
 
 func (x *ListHostCertificatesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentplane_host_v1_host_proto_msgTypes[25]
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1704,7 +1796,7 @@ func (x *ListHostCertificatesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListHostCertificatesResponse.ProtoReflect.Descriptor instead.
 func (*ListHostCertificatesResponse) Descriptor() ([]byte, []int) {
-	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{25}
+	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListHostCertificatesResponse) GetCertificates() []*Certificate {
@@ -1725,7 +1817,7 @@ type RevokeCertificateRequest struct {
 
 func (x *RevokeCertificateRequest) Reset() {
 	*x = RevokeCertificateRequest{}
-	mi := &file_agentplane_host_v1_host_proto_msgTypes[26]
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1737,7 +1829,7 @@ func (x *RevokeCertificateRequest) String() string {
 func (*RevokeCertificateRequest) ProtoMessage() {}
 
 func (x *RevokeCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentplane_host_v1_host_proto_msgTypes[26]
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1750,7 +1842,7 @@ func (x *RevokeCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeCertificateRequest.ProtoReflect.Descriptor instead.
 func (*RevokeCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{26}
+	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RevokeCertificateRequest) GetSerial() string {
@@ -1771,7 +1863,7 @@ type RevokeCertificateResponse struct {
 
 func (x *RevokeCertificateResponse) Reset() {
 	*x = RevokeCertificateResponse{}
-	mi := &file_agentplane_host_v1_host_proto_msgTypes[27]
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1783,7 +1875,7 @@ func (x *RevokeCertificateResponse) String() string {
 func (*RevokeCertificateResponse) ProtoMessage() {}
 
 func (x *RevokeCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentplane_host_v1_host_proto_msgTypes[27]
+	mi := &file_agentplane_host_v1_host_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1796,7 +1888,7 @@ func (x *RevokeCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeCertificateResponse.ProtoReflect.Descriptor instead.
 func (*RevokeCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{27}
+	return file_agentplane_host_v1_host_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RevokeCertificateResponse) GetCertificate() *Certificate {
@@ -1854,6 +1946,10 @@ const file_agentplane_host_v1_host_proto_rawDesc = "" +
 	"\x16BatchStopAgentsRequest\x12\x19\n" +
 	"\bhost_ids\x18\x01 \x03(\x03R\ahostIds\"G\n" +
 	"\x17BatchStopAgentsResponse\x12,\n" +
+	"\x04task\x18\x01 \x01(\v2\x18.agentplane.task.v1.TaskR\x04task\"4\n" +
+	"\x17BatchStartAgentsRequest\x12\x19\n" +
+	"\bhost_ids\x18\x01 \x03(\x03R\ahostIds\"H\n" +
+	"\x18BatchStartAgentsResponse\x12,\n" +
 	"\x04task\x18\x01 \x01(\v2\x18.agentplane.task.v1.TaskR\x04task\"6\n" +
 	"\x19BatchRestartAgentsRequest\x12\x19\n" +
 	"\bhost_ids\x18\x01 \x03(\x03R\ahostIds\"J\n" +
@@ -1933,7 +2029,8 @@ const file_agentplane_host_v1_host_proto_rawDesc = "" +
 	"\x18AGENT_STATUS_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14AGENT_STATUS_STARTED\x10\x01\x12\x18\n" +
 	"\x14AGENT_STATUS_STOPPED\x10\x02\x12\x1e\n" +
-	"\x1aAGENT_STATUS_NOT_INSTALLED\x10\x032\xcf\t\n" +
+	"\x1aAGENT_STATUS_NOT_INSTALLED\x10\x032\xbe\n" +
+	"\n" +
 	"\vHostService\x12X\n" +
 	"\tStopAgent\x12$.agentplane.host.v1.StopAgentRequest\x1a%.agentplane.host.v1.StopAgentResponse\x12R\n" +
 	"\aGetHost\x12\".agentplane.host.v1.GetHostRequest\x1a#.agentplane.host.v1.GetHostResponse\x12X\n" +
@@ -1941,7 +2038,8 @@ const file_agentplane_host_v1_host_proto_rawDesc = "" +
 	"\n" +
 	"StartAgent\x12%.agentplane.host.v1.StartAgentRequest\x1a&.agentplane.host.v1.StartAgentResponse\x12a\n" +
 	"\fRestartAgent\x12'.agentplane.host.v1.RestartAgentRequest\x1a(.agentplane.host.v1.RestartAgentResponse\x12j\n" +
-	"\x0fBatchStopAgents\x12*.agentplane.host.v1.BatchStopAgentsRequest\x1a+.agentplane.host.v1.BatchStopAgentsResponse\x12s\n" +
+	"\x0fBatchStopAgents\x12*.agentplane.host.v1.BatchStopAgentsRequest\x1a+.agentplane.host.v1.BatchStopAgentsResponse\x12m\n" +
+	"\x10BatchStartAgents\x12+.agentplane.host.v1.BatchStartAgentsRequest\x1a,.agentplane.host.v1.BatchStartAgentsResponse\x12s\n" +
 	"\x12BatchRestartAgents\x12-.agentplane.host.v1.BatchRestartAgentsRequest\x1a..agentplane.host.v1.BatchRestartAgentsResponse\x12a\n" +
 	"\fGetHostAgent\x12'.agentplane.host.v1.GetHostAgentRequest\x1a(.agentplane.host.v1.GetHostAgentResponse\x12j\n" +
 	"\x0fCreateJoinToken\x12*.agentplane.host.v1.CreateJoinTokenRequest\x1a+.agentplane.host.v1.CreateJoinTokenResponse\x12[\n" +
@@ -1964,7 +2062,7 @@ func file_agentplane_host_v1_host_proto_rawDescGZIP() []byte {
 }
 
 var file_agentplane_host_v1_host_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_agentplane_host_v1_host_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_agentplane_host_v1_host_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_agentplane_host_v1_host_proto_goTypes = []any{
 	(HostStatus)(0),                      // 0: agentplane.host.v1.HostStatus
 	(AgentStatus)(0),                     // 1: agentplane.host.v1.AgentStatus
@@ -1981,87 +2079,92 @@ var file_agentplane_host_v1_host_proto_goTypes = []any{
 	(*RestartAgentResponse)(nil),         // 12: agentplane.host.v1.RestartAgentResponse
 	(*BatchStopAgentsRequest)(nil),       // 13: agentplane.host.v1.BatchStopAgentsRequest
 	(*BatchStopAgentsResponse)(nil),      // 14: agentplane.host.v1.BatchStopAgentsResponse
-	(*BatchRestartAgentsRequest)(nil),    // 15: agentplane.host.v1.BatchRestartAgentsRequest
-	(*BatchRestartAgentsResponse)(nil),   // 16: agentplane.host.v1.BatchRestartAgentsResponse
-	(*GetHostAgentRequest)(nil),          // 17: agentplane.host.v1.GetHostAgentRequest
-	(*GetHostAgentResponse)(nil),         // 18: agentplane.host.v1.GetHostAgentResponse
-	(*HostAgent)(nil),                    // 19: agentplane.host.v1.HostAgent
-	(*AgentProcess)(nil),                 // 20: agentplane.host.v1.AgentProcess
-	(*CreateJoinTokenRequest)(nil),       // 21: agentplane.host.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil),      // 22: agentplane.host.v1.CreateJoinTokenResponse
-	(*RevokeHostRequest)(nil),            // 23: agentplane.host.v1.RevokeHostRequest
-	(*RevokeHostResponse)(nil),           // 24: agentplane.host.v1.RevokeHostResponse
-	(*Certificate)(nil),                  // 25: agentplane.host.v1.Certificate
-	(*ListHostCertificatesRequest)(nil),  // 26: agentplane.host.v1.ListHostCertificatesRequest
-	(*ListHostCertificatesResponse)(nil), // 27: agentplane.host.v1.ListHostCertificatesResponse
-	(*RevokeCertificateRequest)(nil),     // 28: agentplane.host.v1.RevokeCertificateRequest
-	(*RevokeCertificateResponse)(nil),    // 29: agentplane.host.v1.RevokeCertificateResponse
-	(*timestamppb.Timestamp)(nil),        // 30: google.protobuf.Timestamp
-	(*v1.Task)(nil),                      // 31: agentplane.task.v1.Task
-	(*durationpb.Duration)(nil),          // 32: google.protobuf.Duration
+	(*BatchStartAgentsRequest)(nil),      // 15: agentplane.host.v1.BatchStartAgentsRequest
+	(*BatchStartAgentsResponse)(nil),     // 16: agentplane.host.v1.BatchStartAgentsResponse
+	(*BatchRestartAgentsRequest)(nil),    // 17: agentplane.host.v1.BatchRestartAgentsRequest
+	(*BatchRestartAgentsResponse)(nil),   // 18: agentplane.host.v1.BatchRestartAgentsResponse
+	(*GetHostAgentRequest)(nil),          // 19: agentplane.host.v1.GetHostAgentRequest
+	(*GetHostAgentResponse)(nil),         // 20: agentplane.host.v1.GetHostAgentResponse
+	(*HostAgent)(nil),                    // 21: agentplane.host.v1.HostAgent
+	(*AgentProcess)(nil),                 // 22: agentplane.host.v1.AgentProcess
+	(*CreateJoinTokenRequest)(nil),       // 23: agentplane.host.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil),      // 24: agentplane.host.v1.CreateJoinTokenResponse
+	(*RevokeHostRequest)(nil),            // 25: agentplane.host.v1.RevokeHostRequest
+	(*RevokeHostResponse)(nil),           // 26: agentplane.host.v1.RevokeHostResponse
+	(*Certificate)(nil),                  // 27: agentplane.host.v1.Certificate
+	(*ListHostCertificatesRequest)(nil),  // 28: agentplane.host.v1.ListHostCertificatesRequest
+	(*ListHostCertificatesResponse)(nil), // 29: agentplane.host.v1.ListHostCertificatesResponse
+	(*RevokeCertificateRequest)(nil),     // 30: agentplane.host.v1.RevokeCertificateRequest
+	(*RevokeCertificateResponse)(nil),    // 31: agentplane.host.v1.RevokeCertificateResponse
+	(*timestamppb.Timestamp)(nil),        // 32: google.protobuf.Timestamp
+	(*v1.Task)(nil),                      // 33: agentplane.task.v1.Task
+	(*durationpb.Duration)(nil),          // 34: google.protobuf.Duration
 }
 var file_agentplane_host_v1_host_proto_depIdxs = []int32{
 	0,  // 0: agentplane.host.v1.Host.status:type_name -> agentplane.host.v1.HostStatus
 	1,  // 1: agentplane.host.v1.Host.agent_status:type_name -> agentplane.host.v1.AgentStatus
-	30, // 2: agentplane.host.v1.Host.last_available_time:type_name -> google.protobuf.Timestamp
-	30, // 3: agentplane.host.v1.Host.create_time:type_name -> google.protobuf.Timestamp
-	30, // 4: agentplane.host.v1.Host.update_time:type_name -> google.protobuf.Timestamp
-	30, // 5: agentplane.host.v1.Host.revoke_time:type_name -> google.protobuf.Timestamp
-	31, // 6: agentplane.host.v1.StopAgentResponse.task:type_name -> agentplane.task.v1.Task
+	32, // 2: agentplane.host.v1.Host.last_available_time:type_name -> google.protobuf.Timestamp
+	32, // 3: agentplane.host.v1.Host.create_time:type_name -> google.protobuf.Timestamp
+	32, // 4: agentplane.host.v1.Host.update_time:type_name -> google.protobuf.Timestamp
+	32, // 5: agentplane.host.v1.Host.revoke_time:type_name -> google.protobuf.Timestamp
+	33, // 6: agentplane.host.v1.StopAgentResponse.task:type_name -> agentplane.task.v1.Task
 	2,  // 7: agentplane.host.v1.GetHostResponse.host:type_name -> agentplane.host.v1.Host
 	2,  // 8: agentplane.host.v1.ListHostsResponse.hosts:type_name -> agentplane.host.v1.Host
-	31, // 9: agentplane.host.v1.StartAgentResponse.task:type_name -> agentplane.task.v1.Task
-	31, // 10: agentplane.host.v1.RestartAgentResponse.task:type_name -> agentplane.task.v1.Task
-	31, // 11: agentplane.host.v1.BatchStopAgentsResponse.task:type_name -> agentplane.task.v1.Task
-	31, // 12: agentplane.host.v1.BatchRestartAgentsResponse.task:type_name -> agentplane.task.v1.Task
-	19, // 13: agentplane.host.v1.GetHostAgentResponse.agent:type_name -> agentplane.host.v1.HostAgent
-	30, // 14: agentplane.host.v1.HostAgent.last_available_time:type_name -> google.protobuf.Timestamp
-	1,  // 15: agentplane.host.v1.HostAgent.status:type_name -> agentplane.host.v1.AgentStatus
-	20, // 16: agentplane.host.v1.HostAgent.processes:type_name -> agentplane.host.v1.AgentProcess
-	30, // 17: agentplane.host.v1.HostAgent.create_time:type_name -> google.protobuf.Timestamp
-	30, // 18: agentplane.host.v1.HostAgent.update_time:type_name -> google.protobuf.Timestamp
-	30, // 19: agentplane.host.v1.AgentProcess.start_time:type_name -> google.protobuf.Timestamp
-	30, // 20: agentplane.host.v1.AgentProcess.last_active_time:type_name -> google.protobuf.Timestamp
-	1,  // 21: agentplane.host.v1.AgentProcess.status:type_name -> agentplane.host.v1.AgentStatus
-	32, // 22: agentplane.host.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
-	30, // 23: agentplane.host.v1.CreateJoinTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
-	2,  // 24: agentplane.host.v1.RevokeHostResponse.host:type_name -> agentplane.host.v1.Host
-	30, // 25: agentplane.host.v1.Certificate.not_before:type_name -> google.protobuf.Timestamp
-	30, // 26: agentplane.host.v1.Certificate.not_after:type_name -> google.protobuf.Timestamp
-	30, // 27: agentplane.host.v1.Certificate.create_time:type_name -> google.protobuf.Timestamp
-	30, // 28: agentplane.host.v1.Certificate.first_used_time:type_name -> google.protobuf.Timestamp
-	30, // 29: agentplane.host.v1.Certificate.revoke_time:type_name -> google.protobuf.Timestamp
-	25, // 30: agentplane.host.v1.ListHostCertificatesResponse.certificates:type_name -> agentplane.host.v1.Certificate
-	25, // 31: agentplane.host.v1.RevokeCertificateResponse.certificate:type_name -> agentplane.host.v1.Certificate
-	3,  // 32: agentplane.host.v1.HostService.StopAgent:input_type -> agentplane.host.v1.StopAgentRequest
-	5,  // 33: agentplane.host.v1.HostService.GetHost:input_type -> agentplane.host.v1.GetHostRequest
-	7,  // 34: agentplane.host.v1.HostService.ListHosts:input_type -> agentplane.host.v1.ListHostsRequest
-	9,  // 35: agentplane.host.v1.HostService.StartAgent:input_type -> agentplane.host.v1.StartAgentRequest
-	11, // 36: agentplane.host.v1.HostService.RestartAgent:input_type -> agentplane.host.v1.RestartAgentRequest
-	13, // 37: agentplane.host.v1.HostService.BatchStopAgents:input_type -> agentplane.host.v1.BatchStopAgentsRequest
-	15, // 38: agentplane.host.v1.HostService.BatchRestartAgents:input_type -> agentplane.host.v1.BatchRestartAgentsRequest
-	17, // 39: agentplane.host.v1.HostService.GetHostAgent:input_type -> agentplane.host.v1.GetHostAgentRequest
-	21, // 40: agentplane.host.v1.HostService.CreateJoinToken:input_type -> agentplane.host.v1.CreateJoinTokenRequest
-	23, // 41: agentplane.host.v1.HostService.RevokeHost:input_type -> agentplane.host.v1.RevokeHostRequest
-	26, // 42: agentplane.host.v1.HostService.ListHostCertificates:input_type -> agentplane.host.v1.ListHostCertificatesRequest
-	28, // 43: agentplane.host.v1.HostService.RevokeCertificate:input_type -> agentplane.host.v1.RevokeCertificateRequest
-	4,  // 44: agentplane.host.v1.HostService.StopAgent:output_type -> agentplane.host.v1.StopAgentResponse
-	6,  // 45: agentplane.host.v1.HostService.GetHost:output_type -> agentplane.host.v1.GetHostResponse
-	8,  // 46: agentplane.host.v1.HostService.ListHosts:output_type -> agentplane.host.v1.ListHostsResponse
-	10, // 47: agentplane.host.v1.HostService.StartAgent:output_type -> agentplane.host.v1.StartAgentResponse
-	12, // 48: agentplane.host.v1.HostService.RestartAgent:output_type -> agentplane.host.v1.RestartAgentResponse
-	14, // 49: agentplane.host.v1.HostService.BatchStopAgents:output_type -> agentplane.host.v1.BatchStopAgentsResponse
-	16, // 50: agentplane.host.v1.HostService.BatchRestartAgents:output_type -> agentplane.host.v1.BatchRestartAgentsResponse
-	18, // 51: agentplane.host.v1.HostService.GetHostAgent:output_type -> agentplane.host.v1.GetHostAgentResponse
-	22, // 52: agentplane.host.v1.HostService.CreateJoinToken:output_type -> agentplane.host.v1.CreateJoinTokenResponse
-	24, // 53: agentplane.host.v1.HostService.RevokeHost:output_type -> agentplane.host.v1.RevokeHostResponse
-	27, // 54: agentplane.host.v1.HostService.ListHostCertificates:output_type -> agentplane.host.v1.ListHostCertificatesResponse
-	29, // 55: agentplane.host.v1.HostService.RevokeCertificate:output_type -> agentplane.host.v1.RevokeCertificateResponse
-	44, // [44:56] is the sub-list for method output_type
-	32, // [32:44] is the sub-list for method input_type
-	32, // [32:32] is the sub-list for extension type_name
-	32, // [32:32] is the sub-list for extension extendee
-	0,  // [0:32] is the sub-list for field type_name
+	33, // 9: agentplane.host.v1.StartAgentResponse.task:type_name -> agentplane.task.v1.Task
+	33, // 10: agentplane.host.v1.RestartAgentResponse.task:type_name -> agentplane.task.v1.Task
+	33, // 11: agentplane.host.v1.BatchStopAgentsResponse.task:type_name -> agentplane.task.v1.Task
+	33, // 12: agentplane.host.v1.BatchStartAgentsResponse.task:type_name -> agentplane.task.v1.Task
+	33, // 13: agentplane.host.v1.BatchRestartAgentsResponse.task:type_name -> agentplane.task.v1.Task
+	21, // 14: agentplane.host.v1.GetHostAgentResponse.agent:type_name -> agentplane.host.v1.HostAgent
+	32, // 15: agentplane.host.v1.HostAgent.last_available_time:type_name -> google.protobuf.Timestamp
+	1,  // 16: agentplane.host.v1.HostAgent.status:type_name -> agentplane.host.v1.AgentStatus
+	22, // 17: agentplane.host.v1.HostAgent.processes:type_name -> agentplane.host.v1.AgentProcess
+	32, // 18: agentplane.host.v1.HostAgent.create_time:type_name -> google.protobuf.Timestamp
+	32, // 19: agentplane.host.v1.HostAgent.update_time:type_name -> google.protobuf.Timestamp
+	32, // 20: agentplane.host.v1.AgentProcess.start_time:type_name -> google.protobuf.Timestamp
+	32, // 21: agentplane.host.v1.AgentProcess.last_active_time:type_name -> google.protobuf.Timestamp
+	1,  // 22: agentplane.host.v1.AgentProcess.status:type_name -> agentplane.host.v1.AgentStatus
+	34, // 23: agentplane.host.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
+	32, // 24: agentplane.host.v1.CreateJoinTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
+	2,  // 25: agentplane.host.v1.RevokeHostResponse.host:type_name -> agentplane.host.v1.Host
+	32, // 26: agentplane.host.v1.Certificate.not_before:type_name -> google.protobuf.Timestamp
+	32, // 27: agentplane.host.v1.Certificate.not_after:type_name -> google.protobuf.Timestamp
+	32, // 28: agentplane.host.v1.Certificate.create_time:type_name -> google.protobuf.Timestamp
+	32, // 29: agentplane.host.v1.Certificate.first_used_time:type_name -> google.protobuf.Timestamp
+	32, // 30: agentplane.host.v1.Certificate.revoke_time:type_name -> google.protobuf.Timestamp
+	27, // 31: agentplane.host.v1.ListHostCertificatesResponse.certificates:type_name -> agentplane.host.v1.Certificate
+	27, // 32: agentplane.host.v1.RevokeCertificateResponse.certificate:type_name -> agentplane.host.v1.Certificate
+	3,  // 33: agentplane.host.v1.HostService.StopAgent:input_type -> agentplane.host.v1.StopAgentRequest
+	5,  // 34: agentplane.host.v1.HostService.GetHost:input_type -> agentplane.host.v1.GetHostRequest
+	7,  // 35: agentplane.host.v1.HostService.ListHosts:input_type -> agentplane.host.v1.ListHostsRequest
+	9,  // 36: agentplane.host.v1.HostService.StartAgent:input_type -> agentplane.host.v1.StartAgentRequest
+	11, // 37: agentplane.host.v1.HostService.RestartAgent:input_type -> agentplane.host.v1.RestartAgentRequest
+	13, // 38: agentplane.host.v1.HostService.BatchStopAgents:input_type -> agentplane.host.v1.BatchStopAgentsRequest
+	15, // 39: agentplane.host.v1.HostService.BatchStartAgents:input_type -> agentplane.host.v1.BatchStartAgentsRequest
+	17, // 40: agentplane.host.v1.HostService.BatchRestartAgents:input_type -> agentplane.host.v1.BatchRestartAgentsRequest
+	19, // 41: agentplane.host.v1.HostService.GetHostAgent:input_type -> agentplane.host.v1.GetHostAgentRequest
+	23, // 42: agentplane.host.v1.HostService.CreateJoinToken:input_type -> agentplane.host.v1.CreateJoinTokenRequest
+	25, // 43: agentplane.host.v1.HostService.RevokeHost:input_type -> agentplane.host.v1.RevokeHostRequest
+	28, // 44: agentplane.host.v1.HostService.ListHostCertificates:input_type -> agentplane.host.v1.ListHostCertificatesRequest
+	30, // 45: agentplane.host.v1.HostService.RevokeCertificate:input_type -> agentplane.host.v1.RevokeCertificateRequest
+	4,  // 46: agentplane.host.v1.HostService.StopAgent:output_type -> agentplane.host.v1.StopAgentResponse
+	6,  // 47: agentplane.host.v1.HostService.GetHost:output_type -> agentplane.host.v1.GetHostResponse
+	8,  // 48: agentplane.host.v1.HostService.ListHosts:output_type -> agentplane.host.v1.ListHostsResponse
+	10, // 49: agentplane.host.v1.HostService.StartAgent:output_type -> agentplane.host.v1.StartAgentResponse
+	12, // 50: agentplane.host.v1.HostService.RestartAgent:output_type -> agentplane.host.v1.RestartAgentResponse
+	14, // 51: agentplane.host.v1.HostService.BatchStopAgents:output_type -> agentplane.host.v1.BatchStopAgentsResponse
+	16, // 52: agentplane.host.v1.HostService.BatchStartAgents:output_type -> agentplane.host.v1.BatchStartAgentsResponse
+	18, // 53: agentplane.host.v1.HostService.BatchRestartAgents:output_type -> agentplane.host.v1.BatchRestartAgentsResponse
+	20, // 54: agentplane.host.v1.HostService.GetHostAgent:output_type -> agentplane.host.v1.GetHostAgentResponse
+	24, // 55: agentplane.host.v1.HostService.CreateJoinToken:output_type -> agentplane.host.v1.CreateJoinTokenResponse
+	26, // 56: agentplane.host.v1.HostService.RevokeHost:output_type -> agentplane.host.v1.RevokeHostResponse
+	29, // 57: agentplane.host.v1.HostService.ListHostCertificates:output_type -> agentplane.host.v1.ListHostCertificatesResponse
+	31, // 58: agentplane.host.v1.HostService.RevokeCertificate:output_type -> agentplane.host.v1.RevokeCertificateResponse
+	46, // [46:59] is the sub-list for method output_type
+	33, // [33:46] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_agentplane_host_v1_host_proto_init() }
@@ -2075,7 +2178,7 @@ func file_agentplane_host_v1_host_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentplane_host_v1_host_proto_rawDesc), len(file_agentplane_host_v1_host_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   28,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,6 +25,7 @@ const (
 	HostService_StartAgent_FullMethodName           = "/agentplane.host.v1.HostService/StartAgent"
 	HostService_RestartAgent_FullMethodName         = "/agentplane.host.v1.HostService/RestartAgent"
 	HostService_BatchStopAgents_FullMethodName      = "/agentplane.host.v1.HostService/BatchStopAgents"
+	HostService_BatchStartAgents_FullMethodName     = "/agentplane.host.v1.HostService/BatchStartAgents"
 	HostService_BatchRestartAgents_FullMethodName   = "/agentplane.host.v1.HostService/BatchRestartAgents"
 	HostService_GetHostAgent_FullMethodName         = "/agentplane.host.v1.HostService/GetHostAgent"
 	HostService_CreateJoinToken_FullMethodName      = "/agentplane.host.v1.HostService/CreateJoinToken"
@@ -59,6 +60,9 @@ type HostServiceClient interface {
 	// branch per host. One host's failure does not stop the others. Needs
 	// HOST_MANAGER. ABORTED when another agent operation holds one of the hosts.
 	BatchStopAgents(ctx context.Context, in *BatchStopAgentsRequest, opts ...grpc.CallOption) (*BatchStopAgentsResponse, error)
+	// BatchStartAgents is BatchStopAgents for start: one task "Batch start OCP
+	// agent", each branch the chain of StartAgent. Needs HOST_MANAGER.
+	BatchStartAgents(ctx context.Context, in *BatchStartAgentsRequest, opts ...grpc.CallOption) (*BatchStartAgentsResponse, error)
 	// BatchRestartAgents is BatchStopAgents for restart. Needs HOST_MANAGER.
 	BatchRestartAgents(ctx context.Context, in *BatchRestartAgentsRequest, opts ...grpc.CallOption) (*BatchRestartAgentsResponse, error)
 	// GetHostAgent returns the OCP Agent of a host with its base processes, as
@@ -141,6 +145,16 @@ func (c *hostServiceClient) BatchStopAgents(ctx context.Context, in *BatchStopAg
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(BatchStopAgentsResponse)
 	err := c.cc.Invoke(ctx, HostService_BatchStopAgents_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *hostServiceClient) BatchStartAgents(ctx context.Context, in *BatchStartAgentsRequest, opts ...grpc.CallOption) (*BatchStartAgentsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BatchStartAgentsResponse)
+	err := c.cc.Invoke(ctx, HostService_BatchStartAgents_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -233,6 +247,9 @@ type HostServiceServer interface {
 	// branch per host. One host's failure does not stop the others. Needs
 	// HOST_MANAGER. ABORTED when another agent operation holds one of the hosts.
 	BatchStopAgents(context.Context, *BatchStopAgentsRequest) (*BatchStopAgentsResponse, error)
+	// BatchStartAgents is BatchStopAgents for start: one task "Batch start OCP
+	// agent", each branch the chain of StartAgent. Needs HOST_MANAGER.
+	BatchStartAgents(context.Context, *BatchStartAgentsRequest) (*BatchStartAgentsResponse, error)
 	// BatchRestartAgents is BatchStopAgents for restart. Needs HOST_MANAGER.
 	BatchRestartAgents(context.Context, *BatchRestartAgentsRequest) (*BatchRestartAgentsResponse, error)
 	// GetHostAgent returns the OCP Agent of a host with its base processes, as
@@ -278,6 +295,9 @@ func (UnimplementedHostServiceServer) RestartAgent(context.Context, *RestartAgen
 }
 func (UnimplementedHostServiceServer) BatchStopAgents(context.Context, *BatchStopAgentsRequest) (*BatchStopAgentsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method BatchStopAgents not implemented")
+}
+func (UnimplementedHostServiceServer) BatchStartAgents(context.Context, *BatchStartAgentsRequest) (*BatchStartAgentsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method BatchStartAgents not implemented")
 }
 func (UnimplementedHostServiceServer) BatchRestartAgents(context.Context, *BatchRestartAgentsRequest) (*BatchRestartAgentsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method BatchRestartAgents not implemented")
@@ -426,6 +446,24 @@ func _HostService_BatchStopAgents_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _HostService_BatchStartAgents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BatchStartAgentsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(HostServiceServer).BatchStartAgents(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: HostService_BatchStartAgents_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(HostServiceServer).BatchStartAgents(ctx, req.(*BatchStartAgentsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _HostService_BatchRestartAgents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(BatchRestartAgentsRequest)
 	if err := dec(in); err != nil {
@@ -564,6 +602,10 @@ var HostService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "BatchStopAgents",
 			Handler:    _HostService_BatchStopAgents_Handler,
+		},
+		{
+			MethodName: "BatchStartAgents",
+			Handler:    _HostService_BatchStartAgents_Handler,
 		},
 		{
 			MethodName: "BatchRestartAgents",

@@ -33,7 +33,7 @@ func (a *app) agentCmd() *cobra.Command {
 	}
 	agent.AddCommand(get,
 		a.agentOpCmd("stop", "Stop the OCP Agent of hosts (several hosts: one batch task)", a.stop),
-		a.agentOpCmd("start", "Start the OCP Agent of a host", a.start),
+		a.agentOpCmd("start", "Start the OCP Agent of hosts (several hosts: one batch task)", a.start),
 		a.agentOpCmd("restart", "Restart the OCP Agent of hosts (several hosts: one batch task)", a.restart))
 	return agent
 }
@@ -80,10 +80,11 @@ func (a *app) stop(ctx context.Context, c *client.Client, ids []int64) (*taskv1.
 }
 
 func (a *app) start(ctx context.Context, c *client.Client, ids []int64) (*taskv1.Task, error) {
-	if len(ids) > 1 {
-		return nil, usage("agent start takes one host: the server has no batch start (OCP has none); start them one by one")
+	if len(ids) == 1 {
+		r, err := c.Hosts.StartAgent(ctx, &hostv1.StartAgentRequest{HostId: ids[0]})
+		return r.GetTask(), err
 	}
-	r, err := c.Hosts.StartAgent(ctx, &hostv1.StartAgentRequest{HostId: ids[0]})
+	r, err := c.Hosts.BatchStartAgents(ctx, &hostv1.BatchStartAgentsRequest{HostIds: ids})
 	return r.GetTask(), err
 }
 
