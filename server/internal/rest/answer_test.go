@@ -28,7 +28,7 @@ func TestAnsweredOutcome(t *testing.T) {
 		{"media", fmt.Errorf("content type %q: %w", "text/plain", errUnsupportedMediaType), http.StatusUnsupportedMediaType, CodeUnsupportedMedia, audit.OutcomeUnsupportedMedia},
 		{"too large", &http.MaxBytesError{Limit: 10}, http.StatusRequestEntityTooLarge, CodePayloadTooLarge, audit.OutcomeResourceExhausted},
 		{"timed out", fmt.Errorf("stopping: %w", context.DeadlineExceeded), http.StatusServiceUnavailable, CodeUnavailable, audit.OutcomeUnavailable},
-		{"canceled", fmt.Errorf("stopping: %w", context.Canceled), http.StatusInternalServerError, CodeInternal, audit.OutcomeInternal},
+		{"canceled", fmt.Errorf("stopping: %w", context.Canceled), statusClientClosedRequest, CodeUnavailable, audit.OutcomeCanceled},
 		{"internal", fmt.Errorf("boom"), http.StatusInternalServerError, CodeInternal, audit.OutcomeInternal},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

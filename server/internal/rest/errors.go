@@ -31,6 +31,7 @@ import (
 //	413   10013  request body larger than Config.MaxBodyBytes
 //	415   10015  request body is not application/json
 //	429   10029  too many failed authentication attempts; Retry-After says when to try again (errs.ErrTooManyRequests)
+//	499   10503  (logged only) the client closed the request before its answer (context.Canceled)
 //	500   10500  internal error; the message is generic, the cause only logged
 //	503   10503  a dependency is unavailable, or the request timed out (errs.ErrUnavailable); or the
 //	             data store cannot be written, "the data store is full" or "... unavailable" (errs.ErrStoreUnavailable)
@@ -109,6 +110,9 @@ func subtaskTarget(err error) string {
 	return targetTaskID
 }
 
+// statusClientClosedRequest is logged for a request its client gave up on.
+const statusClientClosedRequest = 499
+
 // apiErrorOf is the one mapping from errors to HTTP statuses and codes.
 // Messages of errs kinds are meant for callers and are sent (errs.Message:
 // the sentence the error carries, else its text); anything else is an
@@ -158,6 +162,12 @@ func apiErrorOf(err error, target string) apiError {
 	case errors.Is(err, context.DeadlineExceeded):
 		e.Status, e.Code, e.Kind = http.StatusServiceUnavailable, CodeUnavailable, errs.ErrUnavailable
 		e.Message = "request timed out"
+	case errors.Is(err, context.Canceled):
+		// The client went away (it closed the connection or gave up): nobody
+		// reads this answer, but the request log and the audit record say
+		// so, rather than an internal error. 499 as nginx logs it.
+		e.Status, e.Code, e.Kind = statusClientClosedRequest, CodeUnavailable, context.Canceled
+		e.Message = "the client closed the request"
 	default:
 		e.Status, e.Code = http.StatusInternalServerError, CodeInternal
 		e.Message = "internal server error"
