@@ -17,7 +17,9 @@ import (
 // the statements MariaDB ran meanwhile (its global Com_* counters, read
 // before the request and after the batch), per host. With
 // AGENTPLANE_BENCH_PPROF set, every replica's CPU profile is taken over the
-// batch's first clusterAloneProfile.
+// batch's first clusterAloneProfile; with AGENTPLANE_BENCH_GENERAL_LOG naming
+// a file, MariaDB writes every statement of the batch there (its general
+// log: slower, for counting statements by kind).
 func (c *clusterRun) batchAlone(ctx context.Context, n int) (Row, error) {
 	limit := FileLimit()
 	if limit < uint64(n)+1000 {
@@ -51,6 +53,12 @@ func (c *clusterRun) batchAlone(ctx context.Context, n int) (Row, error) {
 	before, err := globalStatus(ctx, db)
 	if err != nil {
 		return Row{}, err
+	}
+	genlog := os.Getenv("AGENTPLANE_BENCH_GENERAL_LOG")
+	if genlog != "" {
+		if err := generalLog(ctx, db, genlog, true); err != nil {
+			return Row{}, err
+		}
 	}
 	base := sims.total()
 	sent := time.Now()
@@ -86,6 +94,11 @@ func (c *clusterRun) batchAlone(ctx context.Context, n int) (Row, error) {
 	after, err := globalStatus(ctx, db)
 	if err != nil {
 		return Row{}, err
+	}
+	if genlog != "" {
+		if err := generalLog(ctx, db, genlog, false); err != nil {
+			return Row{}, err
+		}
 	}
 	if err := c.prof.wait(); err != nil {
 		c.env.Logf("cluster: batch alone: profiles: %v", err)
@@ -149,4 +162,18 @@ func globalStatus(ctx context.Context, db *sql.DB) (map[string]int64, error) {
 		out[k], _ = strconv.ParseInt(v, 10, 64)
 	}
 	return out, rows.Err()
+}
+
+// generalLog turns MariaDB's general log (every statement, to file) on or
+// off.
+func generalLog(ctx context.Context, db *sql.DB, file string, on bool) error {
+	if !on {
+		_, err := db.ExecContext(ctx, `SET GLOBAL general_log = 0`)
+		return err
+	}
+	if _, err := db.ExecContext(ctx, `SET GLOBAL general_log_file = ?`, file); err != nil {
+		return fmt.Errorf("general log file: %w", err)
+	}
+	_, err := db.ExecContext(ctx, `SET GLOBAL general_log = 1`)
+	return err
 }
