@@ -171,7 +171,10 @@ func generalLog(ctx context.Context, db *sql.DB, file string, on bool) error {
 		_, err := db.ExecContext(ctx, `SET GLOBAL general_log = 0`)
 		return err
 	}
-	if _, err := db.ExecContext(ctx, `SET GLOBAL general_log_file = ?`, file); err != nil {
+	if strings.ContainsAny(file, `'\\`) {
+		return fmt.Errorf("general log file %q: no quotes or backslashes, please", file)
+	}
+	if _, err := db.ExecContext(ctx, "SET GLOBAL general_log_file = '"+file+"'"); err != nil {
 		return fmt.Errorf("general log file: %w", err)
 	}
 	_, err := db.ExecContext(ctx, `SET GLOBAL general_log = 1`)
