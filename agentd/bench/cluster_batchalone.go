@@ -21,33 +21,14 @@ import (
 // a file, MariaDB writes every statement of the batch there (its general
 // log: slower, for counting statements by kind).
 func (c *clusterRun) batchAlone(ctx context.Context, n int) (Row, error) {
-	limit := FileLimit()
-	if limit < uint64(n)+1000 {
-		return Row{}, fmt.Errorf("open-file limit %d: the replicas need %d for %d hosts", limit, n+1000, n)
-	}
-	stateDir, err := fleetStateDir(c.env)
-	if err != nil {
-		return Row{}, err
-	}
-	defer os.RemoveAll(stateDir)
 	db, err := sql.Open("mysql", c.db.DSN(""))
 	if err != nil {
 		return Row{}, err
 	}
 	defer db.Close()
-	f := &fleetRun{env: c.env, srv: c.replicas[0], servers: c.serverList(), hosts: c.hosts[0], tasks: c.tasks[0],
-		stateDir: stateDir, perSim: int((limit - 1000) / 2)}
-	c.env.Logf("cluster: batch alone: %d simulated hosts over %d replicas", n, len(c.replicas))
-	sims, err := f.startSims(ctx, n, fleetStopDelay)
+	f, sims, ids, done, err := c.batchFleet(ctx, n)
+	defer done()
 	if err != nil {
-		return Row{}, err
-	}
-	defer func() { _ = sims.stop() }()
-	ids, err := f.waitConnected(ctx, sims, n, 60*time.Second+time.Duration(n)*20*time.Millisecond)
-	if err != nil {
-		return Row{}, err
-	}
-	if err := sleepCtx(ctx, 11*time.Second); err != nil {
 		return Row{}, err
 	}
 	before, err := globalStatus(ctx, db)
