@@ -49,7 +49,7 @@ func (s *Store) UpdateTask(ctx context.Context, before, after *task.Task, take [
 				changed = append(changed, subtaskChange{b, a})
 			}
 		}
-		if err := updateSubtasks(ctx, tx, after.ID, changed); err != nil {
+		if err := updateSubtasks(ctx, tx, s.dialect, after.ID, changed); err != nil {
 			return err
 		}
 		if after.Status.Final() {
