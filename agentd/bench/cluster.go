@@ -57,6 +57,7 @@ type clusterRun struct {
 	agents   []*e2eHost
 	homes    []string
 	turn     atomic.Int64 // the churn's request replicas in turn
+	prof     *e2eProf     // the replicas' CPU profiles (AGENTPLANE_BENCH_PPROF)
 }
 
 func runCluster(ctx context.Context, env *Env) (rows []Row, err error) {
@@ -67,7 +68,7 @@ func runCluster(ctx context.Context, env *Env) (rows []Row, err error) {
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 		return nil, fmt.Errorf("PR_SET_CHILD_SUBREAPER: %w", err)
 	}
-	c := &clusterRun{env: env}
+	c := &clusterRun{env: env, prof: newE2EProf()}
 	defer func() {
 		err = errors.Join(err, c.close())
 		_ = unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
@@ -77,6 +78,18 @@ func runCluster(ctx context.Context, env *Env) (rows []Row, err error) {
 		return nil, err
 	}
 	env.Logf("cluster: mariadbd and %d replicas up in %s", clusterReplicas, time.Since(began).Round(time.Millisecond))
+	if n := env.ClusterBatch; n > 0 {
+		var b Row
+		if env.ClusterNoKill {
+			b, err = c.batchAlone(ctx, n)
+		} else {
+			b, err = c.batchFailover(ctx, n)
+		}
+		if err != nil {
+			return nil, err
+		}
+		return []Row{b}, nil
+	}
 
 	window := 30 * time.Second
 	stops, kills, churn, batch := 100, 10, 1000, fleetTargetN
@@ -132,7 +145,8 @@ func (c *clusterRun) start(ctx context.Context) error {
 	}
 	for i := range clusterReplicas {
 		id := fmt.Sprintf("r%d", i+1)
-		args := []string{"--store-dsn-file", dsnFile, "--replica-id", id, "--advertise-addr", "127.0.0.1"}
+		args := append([]string{"--store-dsn-file", dsnFile, "--replica-id", id, "--advertise-addr", "127.0.0.1"},
+			c.prof.args(ctx, id)...)
 		var s *Server
 		if i == 0 {
 			// r1 makes the CA, the sealing key and the admin user.

@@ -34,29 +34,9 @@ func clusterBatchBackBound(short bool) time.Duration {
 // the kill to all n connected again and the batch's end. r2 is started
 // again afterwards.
 func (c *clusterRun) batchFailover(ctx context.Context, n int) (Row, error) {
-	limit := FileLimit()
-	if limit < uint64(n)+1000 {
-		return Row{}, fmt.Errorf("open-file limit %d: the replicas need %d for %d hosts", limit, n+1000, n)
-	}
-	stateDir, err := fleetStateDir(c.env)
+	f, sims, ids, done, err := c.batchFleet(ctx, n)
+	defer done()
 	if err != nil {
-		return Row{}, err
-	}
-	defer os.RemoveAll(stateDir)
-	f := &fleetRun{env: c.env, srv: c.replicas[0], servers: c.serverList(), hosts: c.hosts[0], tasks: c.tasks[0],
-		stateDir: stateDir, perSim: int((limit - 1000) / 2)}
-	c.env.Logf("cluster: batch: %d simulated hosts over %d replicas", n, len(c.replicas))
-	sims, err := f.startSims(ctx, n, fleetStopDelay)
-	if err != nil {
-		return Row{}, err
-	}
-	defer func() { _ = sims.stop() }()
-	ids, err := f.waitConnected(ctx, sims, n, 60*time.Second+time.Duration(n)*20*time.Millisecond)
-	if err != nil {
-		return Row{}, err
-	}
-	// Stable connections: agentd resets its backoff after 10 s up.
-	if err := sleepCtx(ctx, 11*time.Second); err != nil {
 		return Row{}, err
 	}
 	base := sims.total()
@@ -164,6 +144,37 @@ func (c *clusterRun) batchFailover(ctx context.Context, n int) (Row, error) {
 		c.env.Logf("cluster: batch: %v", err)
 	}
 	return r, nil
+}
+
+// batchFleet starts n simulated hosts given every replica (a fleetRun on
+// r1) and waits until all are connected and stable; done stops them and
+// removes their state (call it even on an error).
+func (c *clusterRun) batchFleet(ctx context.Context, n int) (f *fleetRun, sims *fleetSims, ids []int64, done func(), err error) {
+	done = func() {}
+	limit := FileLimit()
+	if limit < uint64(n)+1000 {
+		return nil, nil, nil, done, fmt.Errorf("open-file limit %d: the replicas need %d for %d hosts", limit, n+1000, n)
+	}
+	stateDir, err := fleetStateDir(c.env)
+	if err != nil {
+		return nil, nil, nil, done, err
+	}
+	done = func() { os.RemoveAll(stateDir) }
+	f = &fleetRun{env: c.env, srv: c.replicas[0], servers: c.serverList(), hosts: c.hosts[0], tasks: c.tasks[0],
+		stateDir: stateDir, perSim: int((limit - 1000) / 2)}
+	c.env.Logf("cluster: batch: %d simulated hosts over %d replicas", n, len(c.replicas))
+	if sims, err = f.startSims(ctx, n, fleetStopDelay); err != nil {
+		return nil, nil, nil, done, err
+	}
+	done = func() {
+		_ = sims.stop()
+		os.RemoveAll(stateDir)
+	}
+	if ids, err = f.waitConnected(ctx, sims, n, 60*time.Second+time.Duration(n)*20*time.Millisecond); err != nil {
+		return nil, nil, nil, done, err
+	}
+	// Stable connections: agentd resets its backoff after 10 s up.
+	return f, sims, ids, done, sleepCtx(ctx, 11*time.Second)
 }
 
 func later(a, b time.Time) time.Time {

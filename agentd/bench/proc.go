@@ -22,6 +22,9 @@ type Env struct {
 	Work  string // scratch dir for this scenario; removed after the run
 	Short bool   // the short mode: smaller N, shorter windows
 	Logf  func(format string, args ...any)
+	// ClusterBatch and ClusterNoKill: see Options.
+	ClusterBatch  int
+	ClusterNoKill bool
 
 	mu    sync.Mutex
 	procs []*Process

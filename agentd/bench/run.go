@@ -51,6 +51,12 @@ type Options struct {
 	Skip    []string // scenario names not to run (e.g. cluster where mariadbd is missing)
 	Version string
 	Logf    func(format string, args ...any)
+	// ClusterBatch, when above 0, makes the cluster scenario run only its
+	// batch row, with this many simulated hosts; ClusterNoKill runs it
+	// without killing a replica (the batch alone, with the database's
+	// statement counts).
+	ClusterBatch  int
+	ClusterNoKill bool
 }
 
 // Run runs the selected scenarios one after another (they measure the same
@@ -81,7 +87,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return rep, err
 		}
-		env := &Env{Bin: o.Bin, Work: dir, Short: o.Short, Logf: o.Logf}
+		env := &Env{Bin: o.Bin, Work: dir, Short: o.Short, Logf: o.Logf, ClusterBatch: o.ClusterBatch, ClusterNoKill: o.ClusterNoKill}
 		o.Logf("== %s", s.Name)
 		began := time.Now()
 		rows, err := s.Run(ctx, env)

@@ -31,12 +31,14 @@ func run() int {
 		return 0
 	}
 	var (
-		bin   = flag.String("bin", "bin", "directory with agentplane-server, agentplane-agentd, agentplane-sim and fakeocpagent")
-		out   = flag.String("o", "", "also write the report as JSON to this file")
-		short = flag.Bool("short", false, "short mode: smaller fleets and windows, under 5 minutes")
-		only  = flag.String("only", "", "comma-separated scenarios to run (default all): "+names())
-		skip  = flag.String("skip", "", "comma-separated scenarios not to run (e.g. cluster, which needs mariadbd)")
-		work  = flag.String("work", "", "scratch dir (default a new temporary dir, removed afterwards unless a scenario failed)")
+		bin    = flag.String("bin", "bin", "directory with agentplane-server, agentplane-agentd, agentplane-sim and fakeocpagent")
+		out    = flag.String("o", "", "also write the report as JSON to this file")
+		short  = flag.Bool("short", false, "short mode: smaller fleets and windows, under 5 minutes")
+		only   = flag.String("only", "", "comma-separated scenarios to run (default all): "+names())
+		skip   = flag.String("skip", "", "comma-separated scenarios not to run (e.g. cluster, which needs mariadbd)")
+		batch  = flag.Int("cluster-batch", 0, "run only the cluster scenario's batch row, with this many simulated hosts (0: all its rows, the batch with 10,000; 500 with -short)")
+		nokill = flag.Bool("cluster-no-kill", false, "with -cluster-batch: kill no replica; the row is the batch alone, with MariaDB's statement counts per host")
+		work   = flag.String("work", "", "scratch dir (default a new temporary dir, removed afterwards unless a scenario failed)")
 	)
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -51,7 +53,7 @@ func run() int {
 		}
 		dir = d
 	}
-	o := bench.Options{Bin: *bin, Work: dir, Short: *short, Version: version,
+	o := bench.Options{Bin: *bin, Work: dir, Short: *short, Version: version, ClusterBatch: *batch, ClusterNoKill: *nokill,
 		Logf: func(format string, args ...any) {
 			fmt.Fprintf(os.Stderr, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
 		}}

@@ -193,3 +193,66 @@ func TestUpdateTaskWritesLogsWithTheChange(t *testing.T) {
 		t.Fatalf("log after AppendSubtaskLogs: %+v", lines)
 	}
 }
+
+// TestUpdateTaskManySubtasks: a step changing 250 subtasks of a batch
+// (several multi-row UPDATEs, every changed column) stores each as given;
+// a stale one, whose only outdated subtask is in its last chunk, writes
+// none of them.
+func TestUpdateTaskManySubtasks(t *testing.T) {
+	ctx := context.Background()
+	s := open(t, t.TempDir())
+	before, _, err := s.CreateTask(ctx, batchPlan(150, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 250
+	start := time.UnixMilli(time.Now().UnixMilli())
+	change := func(from *task.Task, tag string) *task.Task {
+		after := *from
+		after.Subtasks = slices.Clone(from.Subtasks)
+		for i := range n {
+			st := &after.Subtasks[i]
+			st.Status, st.Executor, st.StartTime = task.SubtaskRunning, "r1", start.Add(time.Duration(i)*time.Millisecond)
+			st.Message, st.ProhibitRollback = fmt.Sprintf("%s %d", tag, i), i%2 == 0
+			if i%3 == 0 {
+				st.Operation, st.RunTime, st.EndTime = task.OpRollback, st.RunTime+1, start.Add(time.Hour)
+			}
+		}
+		return &after
+	}
+	first := change(before, "first")
+	if err := s.UpdateTask(ctx, before, first, nil); err != nil {
+		t.Fatal(err)
+	}
+	check := func(want *task.Task) {
+		t.Helper()
+		got, err := s.GetTask(ctx, before.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, w := range want.Subtasks {
+			g := got.Subtasks[i]
+			if g.ID != w.ID || g.Status != w.Status || g.Operation != w.Operation || g.RunTime != w.RunTime ||
+				g.Executor != w.Executor || !g.StartTime.Equal(w.StartTime) || !g.EndTime.Equal(w.EndTime) ||
+				g.Message != w.Message || g.ProhibitRollback != w.ProhibitRollback {
+				t.Fatalf("subtask %d: stored %+v, want %+v", i, g, w)
+			}
+		}
+	}
+	check(first)
+	// Another writer moves subtask 240 on (the last chunk).
+	moved := *first
+	moved.Subtasks = slices.Clone(first.Subtasks)
+	moved.Subtasks[240].Status = task.SubtaskSuccessful
+	if err := s.UpdateTask(ctx, first, &moved, nil); err != nil {
+		t.Fatal(err)
+	}
+	stale := change(first, "stale")
+	for i := range stale.Subtasks[:n] {
+		stale.Subtasks[i].Status = task.SubtaskFailed
+	}
+	if err := s.UpdateTask(ctx, first, stale, nil); !errors.Is(err, task.ErrChanged) {
+		t.Fatalf("stale update of %d subtasks: %v, want ErrChanged", n, err)
+	}
+	check(&moved)
+}

@@ -38,34 +38,19 @@ func (s *Store) UpdateTask(ctx context.Context, before, after *task.Task, take [
 		if err := holdResources(ctx, tx, take, after.ID); err != nil {
 			return err
 		}
-		var update *sql.Stmt
+		var changed []subtaskChange
 		for i := range after.Subtasks {
 			a := &after.Subtasks[i]
 			b := sameSubtask(before, i, a.ID)
 			if b == nil {
 				return fmt.Errorf("subtask %d is not in task %d: %w", a.ID, before.ID, errs.ErrInvalidArgument)
 			}
-			if subtaskEqual(b, a) {
-				continue
+			if !subtaskEqual(b, a) {
+				changed = append(changed, subtaskChange{b, a})
 			}
-			if update == nil {
-				var err error
-				update, err = tx.PrepareContext(ctx, `UPDATE subtasks SET operation = ?, status = ?, run_time = ?,
-					executor = ?, start_time = ?, end_time = ?, message = ?, prohibit_rollback = ?
-					WHERE id = ? AND status = ? AND operation = ? AND run_time = ?`)
-				if err != nil {
-					return fmt.Errorf("updating subtasks of task %d: %w", after.ID, err)
-				}
-				defer update.Close()
-			}
-			res, err := update.ExecContext(ctx, a.Operation, a.Status, a.RunTime, a.Executor, ms(a.StartTime),
-				ms(a.EndTime), a.Message, boolInt(a.ProhibitRollback), a.ID, b.Status, b.Operation, b.RunTime)
-			if err != nil {
-				return fmt.Errorf("updating subtask %d: %w", a.ID, err)
-			}
-			if err := expectOne(res, fmt.Sprintf("subtask %d", a.ID)); err != nil {
-				return err
-			}
+		}
+		if err := updateSubtasks(ctx, tx, s.dialect, after.ID, changed); err != nil {
+			return err
 		}
 		if after.Status.Final() {
 			if err := releaseResources(ctx, tx, after.ID); err != nil {

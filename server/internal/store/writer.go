@@ -19,7 +19,12 @@ import (
 // another 64. Alone, a write is its own transaction, without savepoints.
 //
 // SAVEPOINT, ROLLBACK TO SAVEPOINT and RELEASE SAVEPOINT are the same on
-// MySQL/OceanBase.
+// MySQL/OceanBase. There, each statement is a round trip while every write
+// queued behind waits (the writer is bound by the database's latency, not
+// by its own work), so a write's savepoint is not released: MySQL's
+// SAVEPOINT w deletes the transaction's savepoint w before setting the new
+// one, and COMMIT drops the last. SQLite's savepoints nest, so there each
+// is released.
 
 // maxGroup bounds the writes of one transaction.
 const maxGroup = 256
@@ -158,6 +163,9 @@ func (s *Store) attempt(group []*write) (errs []error, retry bool) {
 				// e.g. on a full disk: errs[i] says why.)
 				return errs, s.abort(tx, errs, fmt.Errorf("rolling back a failed write (%w): %w", errs[i], err))
 			}
+		}
+		if s.dialect == dialectMySQL {
+			continue // the next SAVEPOINT w replaces this one (see above)
 		}
 		if _, err := tx.ExecContext(bg, `RELEASE SAVEPOINT w`); err != nil {
 			return errs, s.abort(tx, errs, fmt.Errorf("release savepoint: %w", err))
