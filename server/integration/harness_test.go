@@ -165,6 +165,9 @@ func startProcess(t *testing.T, name string, env []string, argv ...string) *proc
 		// and stops dozens of race-built processes.
 		cmd.Env = append(append(os.Environ(), "GORACE=atexit_sleep_ms=0"), env...)
 		cmd.Stdout, cmd.Stderr = f, f
+		// Killed with the test binary, should it die before its cleanups
+		// (a panic on -timeout runs none of them).
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 		procMu.Lock()
 		err = cmd.Start()
 		if err == nil {
