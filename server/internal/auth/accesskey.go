@@ -2,7 +2,6 @@ package auth
 
 import (
 	"context"
-	"crypto/hmac"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
@@ -204,20 +203,21 @@ func (s *AccessKeyService) DeleteAccessKey(ctx context.Context, id string) error
 	return nil
 }
 
-// Verify checks a request signed with an access key (see StringToSign) and
+// Verify checks a request signed with an access key over either of the
+// strings StringsToSign gives (header names lowercased or as sent) and
 // returns the principal it acts as: the key's user with the user's current
 // roles, AccessKeyID set. Errors, all ErrUnauthenticated: a Date missing,
 // malformed or more than MaxDateSkew from the server's clock; a malformed
 // query; an unknown or deleted key, a key whose user is gone, or a wrong
 // signature (one message for all three). A store failure is returned as
-// is (wrapped). The signature is compared in constant time, and no error
+// is (wrapped). The signature is compared with both in constant time, and no error
 // repeats it or the secret.
 func (s *AccessKeyService) Verify(ctx context.Context, r *SignedRequest) (Principal, error) {
 	now := s.now()
 	if err := checkDate(r.Date, now); err != nil {
 		return Principal{}, err
 	}
-	sts, err := StringToSign(r)
+	stss, err := StringsToSign(r)
 	if err != nil {
 		return Principal{}, err
 	}
@@ -235,7 +235,7 @@ func (s *AccessKeyService) Verify(ctx context.Context, r *SignedRequest) (Princi
 	if err != nil {
 		return Principal{}, fmt.Errorf("access key %s: %w", k.ID, err)
 	}
-	if !hmac.Equal([]byte(Sign(secret, sts)), []byte(r.Signature)) {
+	if !signatureMatches(secret, stss, r.Signature) {
 		return Principal{}, errBadSignature
 	}
 	u, err := s.users.UserByName(ctx, k.Username)

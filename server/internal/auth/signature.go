@@ -4,6 +4,7 @@ import (
 	"crypto/hmac"
 	"crypto/md5"
 	"crypto/sha1"
+	"crypto/subtle"
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
@@ -88,7 +89,30 @@ func ParseSignatureCredentials(cred string) (accessKeyID, signature string, err 
 //     parameters, "?" and CanonicalQuery.
 //
 // It returns an ErrUnauthenticated error when the query is malformed.
+// StringsToSign gives the other form a signature may cover.
 func StringToSign(r *SignedRequest) (string, error) {
+	ss, err := stringsToSign(r, false)
+	if err != nil {
+		return "", err
+	}
+	return ss[0], nil
+}
+
+// StringsToSign returns the strings to sign a signature over r may cover,
+// one or two: StringToSign's (x-ocp-* header names lowercased: the spec's
+// form, and all that gRPC metadata and HTTP/2 can carry), then, when it
+// differs, the same with the x-ocp-* header names as r.Headers spells them,
+// lines sorted by that spelling in byte order. That second form is what
+// OCP's own Python client (OCPClient) signs: the names as its caller wrote
+// them ("X-OCP-Trace"). Only these two forms are tried, never other case
+// variants. An adapter that cannot tell how the client spelled a name
+// passes it as it has it (net/http: "X-Ocp-Trace", what a Go client
+// signing its http.Header signs).
+func StringsToSign(r *SignedRequest) ([]string, error) {
+	return stringsToSign(r, true)
+}
+
+func stringsToSign(r *SignedRequest, both bool) ([]string, error) {
 	sum := ""
 	if len(r.Body) > 0 {
 		h := md5.Sum(r.Body)
@@ -96,13 +120,23 @@ func StringToSign(r *SignedRequest) (string, error) {
 	}
 	q, err := CanonicalQuery(r.RawQuery)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	pq := r.Path
 	if q != "" {
 		pq += "?" + q
 	}
-	return strings.Join([]string{r.Method, sum, r.ContentType, r.Date, r.Host, ocpHeaders(r.Headers), pq}, "\n"), nil
+	join := func(ocp string) string {
+		return strings.Join([]string{r.Method, sum, r.ContentType, r.Date, r.Host, ocp, pq}, "\n")
+	}
+	lower := ocpHeaders(r.Headers, strings.ToLower)
+	ss := []string{join(lower)}
+	if both {
+		if asSent := ocpHeaders(r.Headers, func(s string) string { return s }); asSent != lower {
+			ss = append(ss, join(asSent))
+		}
+	}
+	return ss, nil
 }
 
 // Sign returns Base64(HMAC-SHA1(secret, stringToSign)).
@@ -112,15 +146,29 @@ func Sign(secret, stringToSign string) string {
 	return base64.StdEncoding.EncodeToString(m.Sum(nil))
 }
 
+// signatureMatches reports whether sig is the signature under secret of
+// one of stss (StringsToSign: at most two). Every one is computed and
+// compared in constant time, so the time taken does not tell which one
+// matched, nor how much of sig did.
+func signatureMatches(secret string, stss []string, sig string) bool {
+	match := 0
+	for _, sts := range stss {
+		match |= subtle.ConstantTimeCompare([]byte(Sign(secret, sts)), []byte(sig))
+	}
+	return match == 1
+}
+
 // CanonicalQuery returns the query's parameters in the signed form:
 //
 //   - the raw query is decoded as a form would be (url.ParseQuery: "+" and
 //     "%20" are both a space; a parameter without "=" has the empty value);
 //   - each name and value is percent-encoded again with PercentEncode, and
 //     rendered "name=value" (also when the value is empty);
-//   - pairs are sorted by encoded name in byte order; the values of a
-//     repeated name keep the order in which they were sent (the handlers
-//     read the first one, so reordering them must break the signature);
+//   - pairs are sorted by their decoded (raw) name in byte order, before
+//     encoding, as OCP's clients sort them (so "a." comes before "a/",
+//     whose encoded "a%2F" would sort first); the values of a repeated name
+//     keep the order in which they were sent (the handlers read the first
+//     one, so reordering them must break the signature);
 //   - pairs are joined with "&".
 //
 // An empty query, or one with no parameter ("?&"), gives "". A malformed
@@ -139,7 +187,7 @@ func CanonicalQuery(raw string) (string, error) {
 	}
 	ps := make([]param, 0, len(vals))
 	for name, vs := range vals {
-		ps = append(ps, param{PercentEncode(name), vs})
+		ps = append(ps, param{name, vs})
 	}
 	slices.SortFunc(ps, func(a, b param) int { return strings.Compare(a.name, b.name) })
 	var b strings.Builder
@@ -148,7 +196,7 @@ func CanonicalQuery(raw string) (string, error) {
 			if b.Len() > 0 {
 				b.WriteByte('&')
 			}
-			b.WriteString(p.name)
+			b.WriteString(PercentEncode(p.name))
 			b.WriteByte('=')
 			b.WriteString(PercentEncode(v))
 		}
@@ -176,26 +224,27 @@ func PercentEncode(s string) string {
 	return b.String()
 }
 
-// ocpHeaders renders the x-ocp-* headers of h, see StringToSign.
-func ocpHeaders(h map[string][]string) string {
+// ocpHeaders renders the x-ocp-* headers of h (see StringToSign), each
+// name as name(it) gives it: strings.ToLower, or as h spells it.
+func ocpHeaders(h map[string][]string, name func(string) string) string {
 	byName := map[string][]string{}
-	for name, vs := range h {
-		lower := strings.ToLower(name)
-		if !strings.HasPrefix(lower, ocpHeaderPrefix) {
+	for n, vs := range h {
+		if len(n) < len(ocpHeaderPrefix) || !strings.EqualFold(n[:len(ocpHeaderPrefix)], ocpHeaderPrefix) {
 			continue
 		}
+		n = name(n)
 		for _, v := range vs {
-			byName[lower] = append(byName[lower], strings.Trim(v, " \t"))
+			byName[n] = append(byName[n], strings.Trim(v, " \t"))
 		}
 	}
 	names := make([]string, 0, len(byName))
-	for name := range byName {
-		names = append(names, name)
+	for n := range byName {
+		names = append(names, n)
 	}
 	slices.Sort(names)
 	lines := make([]string, len(names))
-	for i, name := range names {
-		lines[i] = name + ":" + strings.Join(byName[name], ",")
+	for i, n := range names {
+		lines[i] = n + ":" + strings.Join(byName[n], ",")
 	}
 	return strings.Join(lines, "\n")
 }

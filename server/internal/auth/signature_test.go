@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -41,7 +42,8 @@ type specRequest struct {
 //
 // with agentplane's documented choices: lowercase header names; RFC 3986
 // encoding (QueryEscape is exactly that once its "+" for a space is %20);
-// parameters sorted by encoded name, repeats in the order sent.
+// parameters sorted by raw name before encoding, as OCP's clients sort
+// them, repeats in the order sent.
 func specStringToSign(r specRequest) string {
 	sum := ""
 	if len(r.body) > 0 {
@@ -53,11 +55,11 @@ func specStringToSign(r specRequest) string {
 	}
 	sort.Strings(lines) // names are distinct, so sorting the lines sorts by name
 	enc := func(s string) string { return strings.ReplaceAll(url.QueryEscape(s), "+", "%20") }
-	pairs := make([][2]string, len(r.query))
-	for i, p := range r.query {
+	pairs := slices.Clone(r.query)
+	sort.SliceStable(pairs, func(i, j int) bool { return pairs[i][0] < pairs[j][0] })
+	for i, p := range pairs {
 		pairs[i] = [2]string{enc(p[0]), enc(p[1])}
 	}
-	sort.SliceStable(pairs, func(i, j int) bool { return pairs[i][0] < pairs[j][0] })
 	pq := r.path
 	if len(pairs) > 0 {
 		var qs []string
