@@ -87,7 +87,7 @@ func ocpStringToSign(method string, body []byte, contentType, date, host string,
 }
 
 // ocpQuery decodes the raw query's parameters and renders them sorted by
-// name, each name and value percent-encoded (RFC 3986).
+// raw name, then each name and value percent-encoded (RFC 3986).
 func ocpQuery(raw string) string {
 	type param struct{ name, value string }
 	var ps []param
@@ -98,12 +98,13 @@ func ocpQuery(raw string) string {
 		n, v, _ := strings.Cut(part, "=")
 		n, _ = url.QueryUnescape(n)
 		v, _ = url.QueryUnescape(v)
-		ps = append(ps, param{pctEncode(n), pctEncode(v)})
+		ps = append(ps, param{n, v})
 	}
+	// By raw name, before encoding, as OCP's clients sort them.
 	sort.SliceStable(ps, func(i, j int) bool { return ps[i].name < ps[j].name })
 	out := make([]string, len(ps))
 	for i, p := range ps {
-		out[i] = p.name + "=" + p.value
+		out[i] = pctEncode(p.name) + "=" + pctEncode(p.value)
 	}
 	return strings.Join(out, "&")
 }

@@ -180,8 +180,9 @@ func ocpSign(r *http.Request, body []byte, ak, sk string) string {
 		k, v, _ := strings.Cut(kv, "=")
 		k, _ = url.QueryUnescape(k)
 		v, _ = url.QueryUnescape(v)
-		params = append(params, [2]string{enc(k), enc(v)})
+		params = append(params, [2]string{k, v})
 	}
+	// By raw name, before encoding, as OCP's clients sort them.
 	sort.SliceStable(params, func(i, j int) bool { return params[i][0] < params[j][0] })
 	pq := r.URL.EscapedPath()
 	for i, p := range params {
@@ -189,7 +190,7 @@ func ocpSign(r *http.Request, body []byte, ak, sk string) string {
 		if i == 0 {
 			sep = "?"
 		}
-		pq += sep + p[0] + "=" + p[1]
+		pq += sep + enc(p[0]) + "=" + enc(p[1])
 	}
 	sts := strings.Join([]string{r.Method, sum, r.Header.Get("Content-Type"), r.Header.Get("Date"), r.Host, strings.Join(headers, "\n"), pq}, "\n")
 	m := hmac.New(sha1.New, []byte(sk))
