@@ -79,7 +79,9 @@ type iamEnv struct {
 // peerHeader lets a test choose the caller's address.
 const peerHeader = "X-Test-Peer"
 
-func newIAMEnv(t *testing.T) *iamEnv {
+// newIAMEnv starts the REST handler on a test server, each of opts applied
+// to the server before it starts.
+func newIAMEnv(t *testing.T, opts ...func(*httptest.Server)) *iamEnv {
 	t.Helper()
 	dir := t.TempDir()
 	st, err := store.Open(context.Background(), dir)
@@ -106,12 +108,16 @@ func newIAMEnv(t *testing.T) *iamEnv {
 		Log:          log,
 		MaxBodyBytes: 1024,
 	})
-	env.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	env.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if p := r.Header.Get(peerHeader); p != "" {
 			r.RemoteAddr = p
 		}
 		h.ServeHTTP(w, r)
 	}))
+	for _, o := range opts {
+		o(env.srv)
+	}
+	env.srv.Start()
 	t.Cleanup(env.srv.Close)
 	t.Cleanup(func() {
 		// No secret, password, signature or Authorization value in any log line.
@@ -145,8 +151,15 @@ func (e *iamEnv) remember(s string) {
 // HMAC-SHA1(SK, METHOD\nMD5\nContent-Type\nDate\nHost\nOCP-headers\nPathAndQuery)),
 // MD5 the uppercase hex MD5 of the body, OCP-headers the x-ocp-* headers
 // as lowercase name:value lines sorted by name, PathAndQuery the path and
-// the parameters sorted by name, names and values RFC 3986 encoded.
+// the parameters sorted by raw name, names and values RFC 3986 encoded.
 func ocpSign(r *http.Request, body []byte, ak, sk string) string {
+	return ocpSignNames(r, body, ak, sk, strings.ToLower)
+}
+
+// ocpSignNames is ocpSign with each x-ocp-* header name signed as
+// spell(it) gives it: lowercased (the spec's form), or as written, as
+// OCP's Python OCPClient signs them.
+func ocpSignNames(r *http.Request, body []byte, ak, sk string, spell func(string) string) string {
 	if r.Header.Get("Date") == "" {
 		r.Header.Set("Date", time.Now().UTC().Format(http.TimeFormat))
 	}
@@ -156,8 +169,8 @@ func ocpSign(r *http.Request, body []byte, ak, sk string) string {
 	}
 	var headers []string
 	for name, vs := range r.Header {
-		if l := strings.ToLower(name); strings.HasPrefix(l, "x-ocp-") {
-			headers = append(headers, l+":"+strings.Join(vs, ","))
+		if strings.HasPrefix(strings.ToLower(name), "x-ocp-") {
+			headers = append(headers, spell(name)+":"+strings.Join(vs, ","))
 		}
 	}
 	sort.Strings(headers)

@@ -145,7 +145,7 @@ func (s *server) authenticate(w http.ResponseWriter, r *http.Request) (auth.Prin
 				ContentType: r.Header.Get("Content-Type"),
 				Date:        r.Header.Get("Date"),
 				Host:        r.Host,
-				Headers:     r.Header,
+				Headers:     spelledHeaders(r), // x-ocp-* names as sent, where the listener saw them
 				Path:        requestPath(r),
 				RawQuery:    r.URL.RawQuery,
 			}, nil, nil
