@@ -51,18 +51,20 @@ type config struct {
 	replicaID    string
 	replicaLease time.Duration // a replica whose last heartbeat is older is not live
 	insecure     bool
-	logFormat    string
-	logLevel     string
-	heartbeat    time.Duration
-	lostAfter    time.Duration
-	shutdownWait time.Duration
-	tlsCert      string
-	tlsKey       string
-	caCert       string
-	caKey        string
-	sealKeyFile  string
-	tlsSANs      listFlag
-	agentCertTTL time.Duration
+	// httpPlaintext: REST over plain HTTP on httpAddr, gRPC still on TLS.
+	httpPlaintext bool
+	logFormat     string
+	logLevel      string
+	heartbeat     time.Duration
+	lostAfter     time.Duration
+	shutdownWait  time.Duration
+	tlsCert       string
+	tlsKey        string
+	caCert        string
+	caKey         string
+	sealKeyFile   string
+	tlsSANs       listFlag
+	agentCertTTL  time.Duration
 	// Limits of the agent streams.
 	agentMsgRate      float64
 	agentMsgBurst     int
@@ -97,10 +99,11 @@ func main() {
 	fs.StringVar(&sf.spec, "store", "sqlite", storeUsage)
 	fs.StringVar(&sf.dsnFile, "store-dsn-file", "", storeDSNFileUsage)
 	fs.StringVar(&c.grpcAddr, "grpc-addr", "127.0.0.1:7070", "gRPC listen address (API and agent streams)")
-	fs.StringVar(&c.httpAddr, "http-addr", "127.0.0.1:8080", "HTTPS listen address: the REST API and the web console (/ui/)")
+	fs.StringVar(&c.httpAddr, "http-addr", "127.0.0.1:8080", "HTTPS listen address: the REST API and the web console (/ui/); plain HTTP and the REST API only with --http-plaintext")
 	fs.StringVar(&c.advertise, "advertise-addr", "", "host:port other replicas reach this one's gRPC listener on, registered in the store; its host is also recorded as the executor of tasks. A bare host gets --grpc-addr's port (default: this host's first non-loopback IPv4 and --grpc-addr's port)")
 	fs.StringVar(&c.replicaID, "replica-id", "", "this replica's id in the store's registry: printable, at most 128 bytes; the same id after a restart takes over its row (default: <host name>:<--grpc-addr's port>)")
 	fs.BoolVar(&c.insecure, "insecure", false, "serve gRPC and REST in plaintext, and let agents in with the bootstrap token (agent-token) instead of certificates")
+	fs.BoolVar(&c.httpPlaintext, "http-plaintext", false, httpPlaintextUsage)
 	fs.StringVar(&c.tlsCert, "tls-cert", "", "server certificate (PEM, may hold its chain) for both listeners, with --tls-key (default: generated in the data dir)")
 	fs.StringVar(&c.tlsKey, "tls-key", "", "private key (PEM) of --tls-cert")
 	fs.StringVar(&c.caCert, "ca-cert", "", "CA certificate (PEM) that signs and verifies agent certificates, with --ca-key; every replica of a store needs the same one (default: generated in the data dir)")
@@ -335,7 +338,7 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 		return err
 	}
 	hs := &http.Server{
-		Handler: ui.Wrap(rest.NewHandler(rest.Config{Hosts: hosts, Tasks: tasks, Users: users, Enroll: enrollment,
+		Handler: httpHandler(c, ui, rest.NewHandler(rest.Config{Hosts: hosts, Tasks: tasks, Users: users, Enroll: enrollment,
 			AccessKeys: keys, Throttle: throttle, Audit: audits, Replicas: self, Store: st, Log: log})),
 		// Also bounds the TLS handshake (the least of the three timeouts).
 		ReadHeaderTimeout: c.handshake,
@@ -346,17 +349,13 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 		// TLS handshake failures (scanners, plaintext clients) and the like.
 		ErrorLog: stdlog.New(debugWriter{log.With().Str("component", "http").Logger()}, "", 0),
 	}
-	serveHTTP := func() error { return hs.Serve(httpLis) }
-	if !c.insecure {
-		hs.TLSConfig = ca.TLSConfig()
-		serveHTTP = func() error { return hs.ServeTLS(httpLis, "", "") }
-	}
+	serveHTTP := httpServe(c, hs, httpLis, ca.TLSConfig(), log)
 	errc := make(chan error, 2)
 	agents.Serving()
 	go func() { errc <- serveGRPC(gs, grpcLis) }()
 	go func() { errc <- serveHTTP() }()
 	log.Info().Str("grpc_addr", grpcLis.Addr().String()).Str("http_addr", httpLis.Addr().String()).Int("agents_expected", len(expected)).
-		Bool("tls", !c.insecure).Str("data_dir", c.dataDir).Str("store", storeName).Str("version", version).
+		Bool("tls", !c.insecure).Bool("rest_tls", !c.restPlaintext()).Str("data_dir", c.dataDir).Str("store", storeName).Str("version", version).
 		Str("replica_id", id.id).Str("advertise_addr", id.advertise).Msg("server started")
 
 	select {
