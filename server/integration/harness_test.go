@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -513,6 +514,7 @@ type server struct {
 	client   *http.Client   // trusts the server's CA once it exists
 	caFile   string         // <data dir>/ca.crt: the CA clients and agentd trust
 	caPool   *x509.CertPool // its certificate
+	plain    bool           // REST is plain HTTP (--http-plaintext)
 }
 
 // startServer starts agentplane-server on free loopback ports with a fresh
@@ -531,7 +533,8 @@ func startServerIn(t *testing.T, dataDir string, args ...string) *server {
 
 // newServer is a server not started yet: its data dir and extra flags.
 func newServer(dataDir string, args ...string) *server {
-	return &server{dataDir: dataDir, args: args, client: &http.Client{Timeout: 10 * time.Second}}
+	return &server{dataDir: dataDir, args: args, client: &http.Client{Timeout: 10 * time.Second},
+		plain: slices.Contains(args, "--http-plaintext")}
 }
 
 // start starts s on free loopback ports (see startServer) and returns it.
@@ -627,7 +630,12 @@ func (s *server) tlsConfig() *tls.Config {
 }
 
 // url is the REST URL of path.
-func (s *server) url(path string) string { return "https://" + s.httpAddr + path }
+func (s *server) url(path string) string {
+	if s.plain {
+		return "http://" + s.httpAddr + path
+	}
+	return "https://" + s.httpAddr + path
+}
 
 func (s *server) ready() bool {
 	req, _ := http.NewRequest(http.MethodGet, s.url("/api/v2/compute/hosts"), nil)
