@@ -3,21 +3,19 @@ package rest
 import (
 	"bufio"
 	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
-	"time"
 )
 
 // AnswerPlainHTTP returns l, an HTTPS listener's, whose connections answer
-// a client that speaks plain HTTP instead of TLS with a 400 REST error
-// envelope, then close. Its message says to use https:// for that host and
-// path, then hint (what the operator may do instead). net/http's own
-// answer is a line of text ("Client sent an HTTP request to an HTTPS
-// server."), which OCP's clients cannot read. Serve it with
-// http.Server.ServeTLS: TLS runs above these connections.
+// a client that speaks plain HTTP instead of TLS with a 400 and a line of
+// text, then close: net/http's own sentence ("Client sent an HTTP request
+// to an HTTPS server."), then the https:// URL of the same host and path,
+// then hint (what the operator may do instead). It is deliberately not a
+// REST envelope: nothing answered in plaintext looks like the API. Serve
+// it with http.Server.ServeTLS: TLS runs above these connections.
 func AnswerPlainHTTP(l net.Listener, hint string) net.Listener {
 	return plainHTTPListener{l, hint}
 }
@@ -36,8 +34,8 @@ func (l plainHTTPListener) Accept() (net.Conn, error) {
 }
 
 // errPlainHTTP ends the TLS handshake of a connection answered in plain
-// HTTP; net/http logs it (at debug, through the server's error log).
-var errPlainHTTP = errors.New("plain HTTP sent to the HTTPS listener: answered with a REST error, connection closed")
+// HTTP; net/http logs it (the server logs that at debug).
+var errPlainHTTP = errors.New("plain HTTP sent to the HTTPS listener: answered with a 400 naming https://, connection closed")
 
 // maxPlainHead bounds what is read of a plain HTTP request before it is
 // answered.
@@ -66,7 +64,7 @@ func (c *plainHTTPConn) Read(p []byte) (int, error) {
 }
 
 // answer reads the rest of the request's head (up to maxPlainHead) and
-// writes the error envelope.
+// writes the 400.
 func (c *plainHTTPConn) answer(first []byte) {
 	head := bytes.Clone(first)
 	buf := make([]byte, 4096)
@@ -77,18 +75,11 @@ func (c *plainHTTPConn) answer(first []byte) {
 			break
 		}
 	}
-	msg := "this port serves HTTPS only: use https://. " + c.hint
+	msg := "Client sent an HTTP request to an HTTPS server: this port serves HTTPS only. " + c.hint + "\n"
 	if r, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(head))); err == nil {
-		msg = fmt.Sprintf("this port serves HTTPS only: send the request to https://%s%s. %s", r.Host, r.URL.RequestURI(), c.hint)
+		msg = fmt.Sprintf("Client sent an HTTP request to an HTTPS server: send it to https://%s%s instead. %s\n",
+			r.Host, r.URL.RequestURI(), c.hint)
 	}
-	server := ""
-	if a, ok := c.LocalAddr().(*net.TCPAddr); ok {
-		server = a.IP.String()
-	}
-	b, _ := json.Marshal(errorEnvelope{ // plain types: never fails
-		Status: http.StatusBadRequest, Timestamp: formatTime(time.Now()), TraceID: newTraceID(), Server: server,
-		Error: errorBody{Code: CodeBadRequest, Message: msg, SubErrors: []subError{}},
-	})
-	b = append(b, '\n')
-	_, _ = fmt.Fprintf(c.Conn, "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(b), b)
+	_, _ = fmt.Fprintf(c.Conn, "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"+
+		"X-Content-Type-Options: nosniff\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(msg), msg)
 }
