@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -274,7 +273,7 @@ func TestMetrics(t *testing.T) {
 	}
 
 	if lookErr != nil {
-		t.Skip(fmt.Sprintf("promtool not installed (%v): the scrapes were not checked with it (set %s=1 to fail instead)", lookErr, requirePromtoolEnv))
+		t.Skipf("promtool not installed (%v): the scrapes were not checked with it (set %s=1 to fail instead)", lookErr, requirePromtoolEnv)
 	}
 	promtoolCheck(t, promtool, "server", srv)
 	promtoolCheck(t, promtool, "agentd", agt)

@@ -77,8 +77,9 @@ func New(reg prometheus.Registerer) *Server {
 	// The series of fixed label sets start at zero, so that their rates
 	// exist before the first event.
 	for _, k := range errorKinds {
-		m.agents.errors.WithLabelValues(k)
+		m.agents.errors.WithLabelValues(k.name)
 	}
+	m.agents.errors.WithLabelValues("internal")
 	for _, method := range []string{authPassword, authAccessKey} {
 		m.auth.failures.WithLabelValues(method)
 		for _, action := range []string{"delayed", "refused"} {
@@ -98,39 +99,34 @@ func TasksRunning(count func() int) prometheus.Collector {
 	}, func() float64 { return float64(count()) })
 }
 
-// errorKinds are kindLabel's values.
-var errorKinds = []string{"canceled", "deadline_exceeded", "invalid_argument", "unauthenticated", "permission_denied",
-	"not_found", "conflict", "failed_precondition", "aborted", "unavailable", "too_many_requests", "store_unavailable", "internal"}
+// errorKinds name the error kinds in labels, the first that an error
+// wraps; anything else is "internal".
+var errorKinds = []struct {
+	err  error
+	name string
+}{
+	{context.Canceled, "canceled"},
+	{context.DeadlineExceeded, "deadline_exceeded"},
+	{errs.ErrInvalidArgument, "invalid_argument"},
+	{errs.ErrUnauthenticated, "unauthenticated"},
+	{errs.ErrPermissionDenied, "permission_denied"},
+	{errs.ErrNotFound, "not_found"},
+	{errs.ErrConflict, "conflict"},
+	{errs.ErrFailedPrecondition, "failed_precondition"},
+	{errs.ErrRollbackProhibited, "failed_precondition"},
+	{errs.ErrAborted, "aborted"},
+	{errs.ErrUnavailable, "unavailable"},
+	{errs.ErrTooManyRequests, "too_many_requests"},
+	{errs.ErrStoreUnavailable, "store_unavailable"},
+}
 
-// kindLabel names err's kind (package errs) for a label: one of errorKinds.
+// kindLabel names err's kind for a label: one of errorKinds' names, or
+// "internal".
 func kindLabel(err error) string {
-	switch {
-	case errors.Is(err, context.Canceled):
-		return "canceled"
-	case errors.Is(err, context.DeadlineExceeded):
-		return "deadline_exceeded"
-	}
-	switch errs.Kind(err) {
-	case errs.ErrInvalidArgument:
-		return "invalid_argument"
-	case errs.ErrUnauthenticated:
-		return "unauthenticated"
-	case errs.ErrPermissionDenied:
-		return "permission_denied"
-	case errs.ErrNotFound:
-		return "not_found"
-	case errs.ErrConflict:
-		return "conflict"
-	case errs.ErrFailedPrecondition, errs.ErrRollbackProhibited:
-		return "failed_precondition"
-	case errs.ErrAborted:
-		return "aborted"
-	case errs.ErrUnavailable:
-		return "unavailable"
-	case errs.ErrTooManyRequests:
-		return "too_many_requests"
-	case errs.ErrStoreUnavailable:
-		return "store_unavailable"
+	for _, k := range errorKinds {
+		if errors.Is(err, k.err) {
+			return k.name
+		}
 	}
 	return "internal"
 }
