@@ -8,9 +8,7 @@ package metrics
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"strings"
 	"time"
@@ -19,6 +17,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
+
+	"agentplane/internal/sidehttp"
 )
 
 // Namespace prefixes every agentplane metric.
@@ -59,49 +59,25 @@ func (l promLogger) Println(v ...any) {
 	l.log.Warn().Str("error", strings.TrimSpace(fmt.Sprintln(v...))).Msg("collecting metrics failed")
 }
 
-// Server is a running metrics listener.
-type Server struct {
-	hs   *http.Server
-	lis  net.Listener
-	done chan struct{}
-}
+// Server is a running metrics listener: Addr, Close.
+type Server struct{ *sidehttp.Server }
 
 // Start listens on addr (host:port; port 0 picks one) and serves reg's
 // metrics at Path until Close; ctx bounds the listen only. Other paths are
 // 404. The metrics need no credentials: bind addr to loopback or to a
 // network only the scrapers reach.
 func Start(ctx context.Context, addr string, reg *prometheus.Registry, log zerolog.Logger) (*Server, error) {
-	lis, err := new(net.ListenConfig).Listen(ctx, "tcp", addr)
+	mux := http.NewServeMux()
+	mux.Handle("GET "+Path, Handler(reg, log))
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second,
+		IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 16 << 10}
+	side, err := sidehttp.Start(ctx, addr, hs, log, "metrics listener failed")
 	if err != nil {
 		return nil, err
 	}
-	mux := http.NewServeMux()
-	mux.Handle("GET "+Path, Handler(reg, log))
-	s := &Server{
-		hs: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second,
-			IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 16 << 10},
-		lis:  lis,
-		done: make(chan struct{}),
-	}
-	go func() {
-		defer close(s.done)
-		if err := s.hs.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error().Err(err).Msg("metrics listener failed")
-		}
-	}()
+	s := &Server{side}
 	log.Info().Str("metrics_addr", s.Addr()).Msg("serving metrics")
 	return s, nil
-}
-
-// Addr is the address it listens on (with the port chosen for :0).
-func (s *Server) Addr() string { return s.lis.Addr().String() }
-
-// Close stops the listener and every connection, and waits until it has
-// stopped serving.
-func (s *Server) Close() error {
-	err := s.hs.Close()
-	<-s.done
-	return err
 }
 
 // Serve is Start for a daemon's --metrics-addr: nothing when addr is
