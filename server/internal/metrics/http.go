@@ -25,9 +25,9 @@ func newHTTPMetrics() httpMetrics {
 		}, []string{"method", "route", "code"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: ns, Name: "http_request_duration_seconds",
-			Help:    "Time to answer a REST request, by method and route template.",
+			Help:    "Time to answer a REST request, by method, route template and status code.",
 			Buckets: httpBuckets,
-		}, []string{"method", "route"}),
+		}, []string{"method", "route", "code"}),
 		routes: metrics.NewBounded(maxLabelValues * 2),
 	}
 }
@@ -45,8 +45,9 @@ func (m *Server) ObserveRequest(method, route string, code int, took time.Durati
 		route = "none"
 	}
 	route = m.http.routes.Value(route)
-	m.http.requests.WithLabelValues(method, route, strconv.Itoa(code)).Inc()
-	m.http.duration.WithLabelValues(method, route).Observe(took.Seconds())
+	c := strconv.Itoa(code)
+	m.http.requests.WithLabelValues(method, route, c).Inc()
+	m.http.duration.WithLabelValues(method, route, c).Observe(took.Seconds())
 }
 
 // methodLabel keeps the standard methods; anything a client made up is
