@@ -3,10 +3,11 @@ package proc
 import "time"
 
 // Observer is told what a Stopper does, for metrics. Its methods are
-// called on the Stopper's goroutines and must return at once.
+// called on the Stopper's goroutines, concurrently during a stop, and must
+// return at once.
 type Observer interface {
-	// ScanDone: a full scan of /proc took took, and failed with err (nil:
-	// it succeeded).
+	// ScanDone: a full scan of /proc ended after took, failed with err
+	// (nil: it succeeded).
 	ScanDone(took time.Duration, err error)
 	// SignalSent: sig ("SIGTERM", "SIGKILL") was sent to a base process.
 	SignalSent(sig string)
