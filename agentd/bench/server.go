@@ -57,7 +57,7 @@ func (e *Env) StartServer(ctx context.Context, name string, args ...string) (*Se
 // data dir and ports, and waits until it is ready.
 func (s *Server) Launch(ctx context.Context) error {
 	argv := append([]string{s.env.Binary("agentplane-server"), "--data-dir", s.DataDir, "--grpc-addr", s.GRPCAddr,
-		"--http-addr", s.HTTPAddr, "--log-format", "json", "--log-level", "warn"}, s.Args...)
+		"--http-addr", s.HTTPAddr, "--log-format", "json", "--log-level", "warn", "--metrics-addr", "127.0.0.1:0"}, s.Args...)
 	p, err := s.env.Start(ctx, s.name, []string{"AGENTPLANE_ADMIN_PASSWORD=" + AdminPassword}, argv...)
 	if err != nil {
 		return err

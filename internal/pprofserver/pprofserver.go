@@ -10,7 +10,6 @@ package pprofserver
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -18,14 +17,12 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"agentplane/internal/sidehttp"
 )
 
 // Server is a running pprof listener.
-type Server struct {
-	hs   *http.Server
-	lis  net.Listener
-	done chan struct{}
-}
+type Server struct{ *sidehttp.Server }
 
 // Handler is the pprof mux: the index, every named profile under it, CPU
 // profile, execution trace and symbol lookup; no cmdline.
@@ -62,35 +59,15 @@ func Start(ctx context.Context, addr string, log zerolog.Logger) (*Server, error
 	if err := CheckAddr(addr); err != nil {
 		return nil, err
 	}
-	lis, err := new(net.ListenConfig).Listen(ctx, "tcp", addr)
+	// No WriteTimeout: /debug/pprof/profile and /trace write after
+	// sampling for ?seconds=N.
+	hs := &http.Server{Handler: Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute}
+	side, err := sidehttp.Start(ctx, addr, hs, log, "pprof listener failed")
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{
-		// No WriteTimeout: /debug/pprof/profile and /trace write after
-		// sampling for ?seconds=N.
-		hs:   &http.Server{Handler: Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute},
-		lis:  lis,
-		done: make(chan struct{}),
-	}
-	go func() {
-		defer close(s.done)
-		if err := s.hs.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error().Err(err).Msg("pprof listener failed")
-		}
-	}()
+	s := &Server{side}
 	log.Warn().Str("pprof_addr", s.Addr()).
 		Msg("pprof enabled: CPU, heap and goroutine profiles are served without authentication on this address (loopback only)")
 	return s, nil
-}
-
-// Addr is the address it listens on (with the port chosen for :0).
-func (s *Server) Addr() string { return s.lis.Addr().String() }
-
-// Close stops the listener and every connection, profiles in progress
-// included, and waits until it has stopped serving.
-func (s *Server) Close() error {
-	err := s.hs.Close()
-	<-s.done
-	return err
 }

@@ -53,7 +53,7 @@ func startDemo(t *testing.T, grpcAddr, httpAddr string, extra ...string) *demo {
 	d.cmd = exec.Command("bash", filepath.Join(moduleRoot, ".ci", "run-local"))
 	d.cmd.Dir = root
 	d.cmd.Env = append(append(os.Environ(), "GORACE=atexit_sleep_ms=0", "RUN_DIR="+runDir, "GRPC_ADDR="+grpcAddr,
-		"HTTP_ADDR="+httpAddr, "DEMO=1", "AGENTPLANE_ADMIN_PASSWORD="+adminPassword), extra...)
+		"HTTP_ADDR="+httpAddr, "METRICS_ADDR="+freeAddr(t), "DEMO=1", "AGENTPLANE_ADMIN_PASSWORD="+adminPassword), extra...)
 	d.cmd.Stdout, d.cmd.Stderr = f, f
 	procMu.Lock()
 	err = d.cmd.Start()

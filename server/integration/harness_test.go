@@ -581,7 +581,7 @@ func (s *server) launch(t *testing.T) error {
 	t.Helper()
 	p := startProcess(t, "agentplane-server", []string{"AGENTPLANE_ADMIN_PASSWORD=" + adminPassword},
 		append([]string{serverBin, "--data-dir", s.dataDir, "--grpc-addr", s.grpcAddr, "--http-addr", s.httpAddr,
-			"--log-format", "json", "--shutdown-timeout", "2s"}, s.args...)...)
+			"--log-format", "json", "--shutdown-timeout", "2s", "--metrics-addr", "127.0.0.1:0"}, s.args...)...)
 	deadline := time.Now().Add(60 * time.Second)
 	for interval := 10 * time.Millisecond; ; interval = min(interval*2, 100*time.Millisecond) {
 		if p.exited() {

@@ -92,7 +92,7 @@ type options struct {
 	grace                                              time.Duration
 	insecure, showVersion                              bool
 	logFormat, logLevel                                string
-	pprofAddr                                          string
+	pprofAddr, metricsAddr                             string
 
 	// For tests: the clock of certificate expiry and renewal, and how often
 	// to check it.
@@ -117,6 +117,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.logFormat, "log-format", "auto", "log format: auto (console on a terminal, else json), json or console")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&o.pprofAddr, "pprof-addr", "", "serve net/http/pprof on this loopback host:port, e.g. 127.0.0.1:6061 (default off; unauthenticated, so loopback only)")
+	fs.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at /metrics on this host:port, e.g. 127.0.0.1:7091 (default off; no authentication: bind it to an address only the scrapers reach)")
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -192,6 +193,11 @@ func agent(ctx context.Context, o options, log zerolog.Logger) error {
 		return fmt.Errorf("--state-dir: %w", err)
 	}
 	defer st.Close()
+	am, closeMetrics, err := startMetrics(ctx, o.metricsAddr, st, log)
+	if err != nil {
+		return err
+	}
+	defer closeMetrics()
 
 	ip := innerIP(ctx, entries)
 	mid := machineID()
@@ -238,7 +244,7 @@ func agent(ctx context.Context, o options, log zerolog.Logger) error {
 	client := conn.New(conn.Config{
 		Servers:     pool,
 		State:       st,
-		Runner:      &proc.Stopper{InstallHome: o.installHome, Grace: o.grace, Log: log},
+		Runner:      &proc.Stopper{InstallHome: o.installHome, Grace: o.grace, Log: log, Observer: am},
 		Token:       token,
 		HostName:    o.hostName,
 		InnerIP:     ip,
@@ -247,6 +253,7 @@ func agent(ctx context.Context, o options, log zerolog.Logger) error {
 		InstallHome: o.installHome,
 		Grace:       o.grace,
 		Log:         log,
+		OnSession:   am.OnSession,
 	})
 
 	// Renewal runs beside the stream; when the identity is lost for good

@@ -148,6 +148,7 @@ func TestFlagErrors(t *testing.T) {
 		{"bad server", []string{"--ca-file", ca, "--server", "nowhere"}, "want host:port"},
 		{"pprof on every interface", []string{"--ca-file", ca, "--pprof-addr", ":6061"}, "--pprof-addr: \":6061\" is not a loopback address"},
 		{"pprof on a routable address", []string{"--ca-file", ca, "--pprof-addr", "0.0.0.0:0"}, "not a loopback address"},
+		{"metrics on a bad address", []string{"--ca-file", ca, "--metrics-addr", "127.0.0.1:99999"}, "--metrics-addr"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := launch(t, nil, append([]string{"--state-dir", t.TempDir()}, tc.args...)...)

@@ -66,6 +66,7 @@ type Stopper struct {
 	MaxRounds   int           // rescan/restop rounds bound; 0 means 3
 	StartWait   time.Duration // how long StartAll waits for the processes to run after starting them; 0 means 30s
 	Log         zerolog.Logger
+	Observer    Observer // told of scans, signals and commands (observe.go); nil: none
 
 	scans atomic.Int64 // full scans of /proc made, for tests
 }

@@ -52,6 +52,7 @@ func (s *Stopper) Scan(ctx context.Context) ([]Target, error) {
 // it (out).
 func (s *Stopper) scan(ctx context.Context) (in, out []Target, err error) {
 	s.scans.Add(1)
+	defer s.observeScan(time.Now(), &err)
 	homes, err := installHomes(s.InstallHome)
 	if err != nil {
 		return nil, nil, fmt.Errorf("scanning processes: %w", err)

@@ -50,7 +50,8 @@ const ctlName = "ocp_agentctl"
 //
 // emit, when not nil, gets an EventStarted for each wanted process, started
 // or found running; calls are serialized.
-func (s *Stopper) StartAll(ctx context.Context, specs []StartSpec, emit func(Event)) (int, error) {
+func (s *Stopper) StartAll(ctx context.Context, specs []StartSpec, emit func(Event)) (n int, err error) {
+	defer s.observeCommand("start", time.Now(), &err)
 	homes, err := installHomes(s.InstallHome)
 	if err != nil {
 		return 0, fmt.Errorf("starting ocp agent processes: %w", err)

@@ -85,7 +85,8 @@ func (s *Stopper) StopAll(ctx context.Context, grace time.Duration, emit func(Ev
 // all of /proc: a child that ocp_agentd restarted in between is not among
 // them, and the verifying scan finds it for the next round.
 func (s *Stopper) StopAllObserved(ctx context.Context, grace time.Duration, emit func(Event),
-	observe func([]Target)) ([]Target, error) {
+	observe func([]Target)) (left []Target, err error) {
+	defer s.observeCommand("stop", time.Now(), &err)
 	if grace <= 0 {
 		grace = s.Grace
 	}
@@ -299,6 +300,7 @@ func (r *run) event(kind EventKind, t Target, msg string) {
 		ev = log.Info()
 	}
 	ev.Int32("pid", t.PID).Str("name", t.Name).Str("event", kind.String()).Str("detail", msg).Msg("ocp agent process")
+	r.s.observeEvent(kind)
 	if r.emit == nil {
 		return
 	}

@@ -142,6 +142,26 @@ func (s *State) PendingResults() ([]Result, error) {
 	return out, nil
 }
 
+// Outbox is the number of results not yet acknowledged (PendingResults'
+// count, without reading them).
+func (s *State) Outbox() (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ents, err := os.ReadDir(filepath.Join(s.dir, "outbox"))
+	if err != nil {
+		return 0, fmt.Errorf("reading outbox: %w", err)
+	}
+	n := 0
+	for _, e := range ents {
+		if name, ok := strings.CutSuffix(e.Name(), ".json"); ok {
+			if _, _, ok := parseKey(name); ok {
+				n++
+			}
+		}
+	}
+	return n, nil
+}
+
 // Ack forgets the pending result of (subtask, attempt) once the server
 // stored it. Acknowledging an unknown or already acknowledged result is not
 // an error. The run marker is kept.

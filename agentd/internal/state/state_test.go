@@ -381,3 +381,25 @@ func TestOutboxCorruptedWhileOpen(t *testing.T) {
 		t.Fatalf("pending again: %+v %v", pending, err)
 	}
 }
+
+func TestOutboxDepth(t *testing.T) {
+	s := mustOpen(t, t.TempDir())
+	defer s.Close()
+	for i := int64(1); i <= 3; i++ {
+		if _, err := s.Begin(i, 1); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.SaveResult(Result{SubtaskID: i, Attempt: 1, Outcome: OutcomeSucceeded, FinishTime: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, err := s.Outbox(); err != nil || n != 3 {
+		t.Fatalf("Outbox = %d, %v; want 3", n, err)
+	}
+	if err := s.Ack(2, 1); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.Outbox(); err != nil || n != 2 {
+		t.Fatalf("Outbox after an Ack = %d, %v; want 2", n, err)
+	}
+}

@@ -31,6 +31,7 @@ import (
 	"agentplane/server/internal/console"
 	"agentplane/server/internal/enroll"
 	"agentplane/server/internal/fleet"
+	srvmetrics "agentplane/server/internal/metrics"
 	"agentplane/server/internal/pki"
 	"agentplane/server/internal/replica"
 	"agentplane/server/internal/rest"
@@ -71,6 +72,7 @@ type config struct {
 	agentMaxStreams   int
 	agentReplacements int
 	pprofAddr         string        // net/http/pprof on its own loopback listener; empty: off
+	metricsAddr       string        // Prometheus /metrics on its own listener; empty: off
 	logMaxBytes       int64         // bound of each subtask log's text
 	logMaxLines       int64         // bound of each subtask log's lines
 	handshake         time.Duration // a new connection's bound to handshake
@@ -125,6 +127,7 @@ func main() {
 	fs.Int64Var(&c.logMaxLines, "subtask-log-max-lines", task.DefaultLogMaxLines, "lines one subtask's log keeps (see --subtask-log-max-bytes)")
 	fs.DurationVar(&c.handshake, "handshake-timeout", rpc.DefaultHandshakeTimeout, "how long a new connection to either listener has for its TLS handshake (gRPC: and HTTP/2 preface; REST: and request headers) before it is closed")
 	fs.StringVar(&c.pprofAddr, "pprof-addr", "", "serve net/http/pprof on this loopback host:port, e.g. 127.0.0.1:6060 (default off; unauthenticated, so loopback only)")
+	fs.StringVar(&c.metricsAddr, "metrics-addr", defaultMetricsAddr, metricsUsage)
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	c.replicaLease = replica.DefaultLease
 	if err := fs.Parse(os.Args[1:]); err != nil {
@@ -182,6 +185,11 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 		}
 		defer ps.Close()
 	}
+	reg, ms, closeMetrics, err := startMetrics(ctx, c.metricsAddr, log)
+	if err != nil {
+		return err
+	}
+	defer closeMetrics()
 	port, grpcLis, err := grpcPort(ctx, c.grpcAddr)
 	if err != nil {
 		return err
@@ -197,7 +205,8 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 	}
 	c.advertise = id.advertise
 
-	st, storeName, err := openStore(ctx, c.storeURL, c.dataDir, store.WithLogLimits(store.LogLimits{MaxBytes: c.logMaxBytes, MaxLines: c.logMaxLines}))
+	st, storeName, err := openStore(ctx, c.storeURL, c.dataDir, store.WithLogLimits(store.LogLimits{MaxBytes: c.logMaxBytes, MaxLines: c.logMaxLines}),
+		store.WithCommitObserver(ms))
 	if err != nil {
 		return err
 	}
@@ -257,7 +266,7 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 	}
 	// One throttle for both adapters: failures count per user and address
 	// whichever API they come through.
-	throttle := auth.NewThrottle(auth.ThrottleConfig{})
+	throttle := auth.NewThrottle(auth.ThrottleConfig{Observer: ms})
 	audits := audit.NewService(st, log.With().Str("component", "audit").Logger(),
 		func(ctx context.Context) error { return auth.Require(ctx, auth.RoleAdmin) })
 	defer audits.Close() // before the store: writes the events kept while it could not be written
@@ -301,10 +310,11 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 		Store: st, Signer: ca, Sessions: agents, Log: log.With().Str("component", "enroll").Logger(),
 	})
 	engine := task.New(task.Config{
-		Store: st, Executors: agentop.Executors(st, router), Executor: id.executor, Holds: agentop.Holds,
+		Store: ms.TaskStore(st), Executors: agentop.Executors(st, ms.Agents(router)), Executor: id.executor, Holds: agentop.Holds,
 		Replica: id.id, Lease: c.replicaLease, OnChange: notifier.Changed, Log: log.With().Str("component", "engine").Logger(),
 	})
 	hooks.set(engine)
+	reg.MustRegister(srvmetrics.TasksRunning(engine.Owned))
 	if err := engine.Start(ctx); err != nil {
 		return err
 	}
@@ -326,10 +336,12 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 		grpcOpts = append(grpcOpts, grpc.Creds(rpc.LimitHandshakes(credentials.NewTLS(ca.MutualTLSConfig()),
 			c.maxHandshakes, rpc.DefaultHandshakeQueueWait)))
 	}
-	gs := rpc.NewServer(rpc.Config{Hosts: hosts, Tasks: tasks, Fleet: agents, Users: users, Enroll: enrollment,
+	grpcOpts = append(grpcOpts, ms.GRPCOptions()...)
+	gs := rpc.NewServer(rpc.Config{Hosts: hosts, Tasks: tasks, Fleet: ms.Fleet(agents), Users: users, Enroll: enrollment,
 		AccessKeys: keys, Throttle: throttle, Audit: audits, Replicas: self, Store: st, Log: log,
 		AgentLimits: rpc.AgentLimits{MsgsPerSec: c.agentMsgRate, MsgBurst: c.agentMsgBurst}, HandshakeTimeout: c.handshake}, grpcOpts...)
 	cluster.Register(gs, cluster.ServerConfig{Router: router, OnNotify: hooks.changed, Log: log.With().Str("component", "cluster").Logger()})
+	ms.InitGRPC(gs)
 	// The web console keys its session cookies with the sealing key, which
 	// every replica of a store shares.
 	ui, err := console.New(console.Config{Hosts: hosts, Tasks: tasks, Users: users, Throttle: throttle, Secret: sealKey,
@@ -339,7 +351,7 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 	}
 	hs := &http.Server{
 		Handler: httpHandler(c, ui, rest.NewHandler(rest.Config{Hosts: hosts, Tasks: tasks, Users: users, Enroll: enrollment,
-			AccessKeys: keys, Throttle: throttle, Audit: audits, Replicas: self, Store: st, Log: log})),
+			AccessKeys: keys, Throttle: throttle, Audit: audits, Replicas: self, Store: st, Log: log, Observer: ms})),
 		// Also bounds the TLS handshake (the least of the three timeouts).
 		ReadHeaderTimeout: c.handshake,
 		ReadTimeout:       30 * time.Second,

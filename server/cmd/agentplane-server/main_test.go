@@ -158,3 +158,11 @@ func TestPprofRefusesNonLoopback(t *testing.T) {
 		}
 	}
 }
+
+func TestMetricsAddrRefused(t *testing.T) {
+	c := testConfig(t)
+	c.metricsAddr = "127.0.0.1:99999"
+	if err := run(context.Background(), c, zerolog.Nop()); err == nil || !strings.Contains(err.Error(), "--metrics-addr") {
+		t.Errorf("--metrics-addr %s: run = %v, want its error", c.metricsAddr, err)
+	}
+}

@@ -58,6 +58,19 @@ type ThrottleConfig struct {
 	// Sleep waits d or until ctx is done (then returns ctx.Err()); default
 	// a timer.
 	Sleep func(ctx context.Context, d time.Duration) error
+	// Observer, when set, is told of failures and throttling (metrics).
+	Observer Observer
+}
+
+// Observer is told what a Throttle sees, for metrics. method is
+// "password" (Do) or "access_key" (DoSigned). Its methods must return at
+// once.
+type Observer interface {
+	// AuthFailed: credentials were checked and were wrong.
+	AuthFailed(method string)
+	// AuthThrottled: an attempt was made to wait first (refused false) or
+	// refused without its credentials checked (refused true).
+	AuthThrottled(method string, refused bool)
 }
 
 func (c *ThrottleConfig) setDefaults() {
@@ -236,12 +249,14 @@ func (t *Throttle) DoSigned(ctx context.Context, ak, addr string, verify func(co
 func (t *Throttle) do(ctx context.Context, at attempt, verify func(context.Context) (Principal, error)) (Principal, error) {
 	wait, refused := t.admit(at)
 	if refused == nil && wait > 0 {
+		t.observe(at, false, true)
 		if err := t.cfg.Sleep(ctx, wait); err != nil {
 			return Principal{}, fmt.Errorf("authentication delayed after repeated failures: %w", err)
 		}
 		_, refused = t.admit(at) // locked out meanwhile by concurrent failures?
 	}
 	if refused != nil {
+		t.observe(at, false, false)
 		t.note(ctx, at)
 		zerolog.Ctx(ctx).Info().Str(at.what, at.ident).Str("source", at.source).Int("failures", refused.Failures).
 			Dur("retry_after", refused.Wait).Msg("authentication refused: locked out")
@@ -254,6 +269,7 @@ func (t *Throttle) do(ctx context.Context, at attempt, verify func(context.Conte
 		p.Addr = at.source
 		return p, nil
 	case errors.Is(err, errs.ErrUnauthenticated):
+		t.observe(at, true, false)
 		t.note(ctx, at)
 		for _, l := range t.fail(at) {
 			zerolog.Ctx(ctx).Warn().Str(at.what, at.ident).Str("source", at.source).Str("scope", l.scope).
@@ -261,6 +277,24 @@ func (t *Throttle) do(ctx context.Context, at attempt, verify func(context.Conte
 		}
 	}
 	return Principal{}, err
+}
+
+// observe tells the Observer of a failure (failed), a delay (delayed) or
+// else a refusal.
+func (t *Throttle) observe(at attempt, failed, delayed bool) {
+	o := t.cfg.Observer
+	if o == nil {
+		return
+	}
+	method := "password"
+	if at.what == "access_key_id" {
+		method = "access_key"
+	}
+	if failed {
+		o.AuthFailed(method)
+		return
+	}
+	o.AuthThrottled(method, !delayed)
 }
 
 // note names the identity attacked in the call's audit record.

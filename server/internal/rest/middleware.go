@@ -77,6 +77,7 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			Str("user", st.user).
 			Str("access_key_id", st.key).
 			Msg("http request")
+		s.observe(r, rec.status, st.start)
 	}()
 
 	if s.cfg.Store != nil && healthPaths[r.URL.Path] {

@@ -49,6 +49,8 @@ type Config struct {
 	// Store serves GET /health, without credentials (health.go); nil: no
 	// such path.
 	Store api.StoreHealth
+	// Observer, when set, is told of each request answered (observe.go).
+	Observer Observer
 }
 
 // apiPrefix is where OCP serves its API; every route is also served bare.

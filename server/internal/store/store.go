@@ -75,6 +75,8 @@ type Store struct {
 	stop     chan struct{}
 	stopOnce sync.Once
 	stopped  chan struct{}
+	// commits, when set, is told of each group commit (observe.go).
+	commits CommitObserver
 	// maintained is closed when maintainer has returned.
 	maintained chan struct{}
 	// health is whether writes commit (health.go).

@@ -97,6 +97,7 @@ func (s *Store) writer() {
 // a lock wait timeout: MySQL) is rolled back whole and run again, at most
 // maxAttempts times; then its writes fail as the store unavailable.
 func (s *Store) commit(group []*write) {
+	began := time.Now()
 	var errs []error
 	for attempt := 1; ; attempt++ {
 		var retry bool
@@ -115,6 +116,7 @@ func (s *Store) commit(group []*write) {
 		errs[i] = classify(errs[i])
 	}
 	s.noteWrites(errs)
+	s.observeCommit(began, errs)
 	for i, w := range group {
 		w.done <- errs[i]
 	}

@@ -68,6 +68,14 @@ func (e *Engine) claimed(id, epoch int64) {
 	e.stopRunsLocked(id)
 }
 
+// Owned is the number of tasks this engine owns that are not final: the
+// tasks it runs.
+func (e *Engine) Owned() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.claims)
+}
+
 // unclaim forgets the claim of task id, final: an operation claims it again.
 func (e *Engine) unclaim(id int64) {
 	e.mu.Lock()
