@@ -6,11 +6,13 @@
 set -e
 if [ "$1" = purge ]; then
 	rm -rf /var/lib/agentplane
+	# A user still logged in or running keeps its account: say so, and let
+	# the purge finish.
 	if getent passwd agentplane >/dev/null; then
-		userdel agentplane
+		userdel agentplane || echo "agentplane-server: could not remove the user agentplane" >&2
 	fi
 	if getent group agentplane >/dev/null; then
-		groupdel agentplane
+		groupdel agentplane || echo "agentplane-server: could not remove the group agentplane" >&2
 	fi
 fi
 if [ -d /run/systemd/system ]; then
