@@ -30,6 +30,33 @@ build: ## build bin/agentplane-server, bin/agentplane-agentd and bin/agentplanec
 	go build -ldflags "$(LDFLAGS)" -o bin/agentplanectl ./server/cmd/agentplanectl
 	CGO_ENABLED=0 go build -tags grpcnotrace -ldflags "$(LDFLAGS)" -o bin/agentplane-agentd ./agentd/cmd/agentplane-agentd
 
+# make package: the packages' version is VERSION without its leading v, its
+# first - a + and the others dots (v1.2.3-4-gabc1234-dirty: 1.2.3+4.gabc1234.dirty);
+# without a tag, 0.0.0~git.<commit>, which sorts before any release.
+PKG_VERSION ?= $(shell printf '%s\n' '$(VERSION)' | sed -E 's/^v//; /^[0-9]+\.[0-9]+/!s/^/0.0.0~git./; s/-/+/; s/-/./g')
+PKG_ARCH ?= $(shell go env GOARCH)
+# nfpm configs, one a package; their paths are relative to the repository's root.
+NFPM_CONFIGS := server/packaging/agentplane-server.yaml agentd/packaging/agentplane-agentd.yaml server/packaging/agentplanectl.yaml
+
+.PHONY: package
+# Every binary static (no libc to match on the target), agentd as make build
+# builds it; dist/bin holds what the packages ship.
+package: ## build .deb and .rpm packages of the server, agentd and the CLI into dist/ (PKG_ARCH=arm64 for another)
+	rm -rf dist && mkdir -p dist/bin
+	CGO_ENABLED=0 GOARCH=$(PKG_ARCH) go build -trimpath -ldflags "$(LDFLAGS)" -o dist/bin/agentplane-server ./server/cmd/agentplane-server
+	CGO_ENABLED=0 GOARCH=$(PKG_ARCH) go build -trimpath -ldflags "$(LDFLAGS)" -o dist/bin/agentplanectl ./server/cmd/agentplanectl
+	CGO_ENABLED=0 GOARCH=$(PKG_ARCH) go build -trimpath -tags grpcnotrace -ldflags "$(LDFLAGS)" -o dist/bin/agentplane-agentd ./agentd/cmd/agentplane-agentd
+	go build -modfile=.ci/tools/go.mod -o dist/nfpm github.com/goreleaser/nfpm/v2/cmd/nfpm
+	for cfg in $(NFPM_CONFIGS); do for fmt in deb rpm; do \
+		PKG_VERSION='$(PKG_VERSION)' PKG_ARCH='$(PKG_ARCH)' dist/nfpm package -f "$$cfg" -p "$$fmt" -t dist/ || exit 1; \
+	done; done
+	@echo "version $(VERSION), packages $(PKG_VERSION):"; ls -l dist/*.deb dist/*.rpm
+
+# For .ci/check-packages: the version the packages get.
+.PHONY: package-version
+package-version:
+	@echo '$(PKG_VERSION)'
+
 .PHONY: tools
 # The pinned grpcurl of the tools module (.ci/tools/go.mod), built ahead:
 # its first build downloads and compiles it, minutes on a cold cache.
@@ -116,5 +143,5 @@ demo-cluster: build ## a private MariaDB, three replicas on it, the fake OCP Age
 	@RUN_DIR=$(RUN_DIR)/cluster bash .ci/run-cluster
 
 .PHONY: clean
-clean: ## remove bin/ and .run/ (the local run's data)
-	rm -rf bin .run
+clean: ## remove bin/, dist/ and .run/ (the local run's data)
+	rm -rf bin dist .run

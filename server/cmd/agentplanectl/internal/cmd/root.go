@@ -108,6 +108,9 @@ Exit status: 0 done (a followed task SUCCESSFUL), 1 the task FAILED (or another 
 	pf.StringVarP(&a.output, "output", "o", render.Table, "output format: table, json or yaml")
 	pf.DurationVar(&a.timeout, "timeout", 30*time.Second, "timeout of each call (following a task has none: Ctrl-C stops it)")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return err })
+	// --version as the daemons have it, besides the version command.
+	root.Version = a.version
+	root.SetVersionTemplate("agentplanectl {{.Version}}\n")
 	root.AddCommand(a.hostsCmd(), a.agentCmd(), a.taskCmd(), a.accessKeyCmd(), a.userCmd(), a.joinTokenCmd(), a.auditCmd(), a.versionCmd())
 	return root
 }

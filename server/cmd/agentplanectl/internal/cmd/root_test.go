@@ -25,6 +25,7 @@ func TestUsageAndConfigErrors(t *testing.T) {
 		want string
 	}{
 		{home, []string{"version"}, 0, "agentplanectl v-test"},
+		{home, []string{"--version"}, 0, "agentplanectl v-test\n"},
 		{home, []string{"bogus"}, 2, `unknown command "bogus"`},
 		{home, []string{"hosts", "list", "--nope"}, 2, "unknown flag: --nope"},
 		{home, []string{"agent", "stop"}, 2, "usage: agentplanectl agent stop HOST..."},
