@@ -35,6 +35,9 @@ type Fleet interface {
 	Ack(hostID, subtaskID int64, attempt int)
 	// Connected reports whether the host's agentd has a live stream here.
 	Connected(hostID int64) bool
+	// LinesStored returns once the lines of the subtask the fleet queued
+	// so far (go-ahead, progress) are stored, or with ctx's error.
+	LinesStored(ctx context.Context, subtaskID int64) error
 }
 
 // Directory says where hosts' streams are and which replicas are live

@@ -115,6 +115,13 @@ type Config struct {
 	// changes are stored (in batches, from one goroutine: the engine never
 	// waits on it), for the replicas that watch them (see Changed).
 	OnChange func(ids []int64)
+	// Logs, if set, stores the attempts' log lines (nil: a writer of the
+	// engine's own over Store). Give the engine the writer the fleet
+	// queues agents' lines on (fleet.Config.Logs): lines are stored in the
+	// order a writer is given them, so the line that ends an attempt
+	// ("agentd: ...") is stored after the attempt's go-ahead and progress
+	// lines only when both go through one writer.
+	Logs *LogWriter
 }
 
 // Engine runs tasks: event-driven, a subtask starts as soon as its upstreams
@@ -180,7 +187,10 @@ func New(cfg Config) *Engine {
 		claims: map[int64]int64{},
 		mem:    memory{watchers: map[int64]map[chan struct{}]struct{}{}, tasks: map[int64]*held{}},
 	}
-	e.logs = &LogWriter{ctx: base, store: cfg.Store}
+	e.logs = cfg.Logs
+	if e.logs == nil {
+		e.logs = newLogWriter(base, LogWriterConfig{Store: cfg.Store})
+	}
 	if cfg.OnChange != nil {
 		e.changes.wake = make(chan struct{}, 1)
 		e.wg.Add(1)
