@@ -166,11 +166,13 @@ func (f *Fleet) record(ctx context.Context, hostID, subtaskID int64, l task.LogL
 	}
 }
 
-// LinesStored returns once the go-ahead and progress lines of the subtask
-// the fleet queued so far are stored (or failed to be), or with ctx's
-// error. A replica running a command for another calls it before it
-// returns the result, so that the line the other stores next (the
-// result's) comes after them.
+// LinesStored returns once the lines of the subtask given so far to Logs
+// (the go-ahead and progress lines the fleet queued, and any the engine
+// gave the same writer) are stored or failed to be, or with ctx's error.
+// Across replicas: a replica running a command for another calls it before
+// it returns the result, so that the line the other stores next (the
+// result's) comes after them; the other calls it before it sends the
+// command, so that its "dispatching ..." line comes before them.
 func (f *Fleet) LinesStored(ctx context.Context, subtaskID int64) error {
 	if q, ok := f.cfg.Logs.(QueuedLogs); ok {
 		return q.SubtaskLogStored(ctx, subtaskID)

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"runtime/debug"
 	"time"
+
+	"github.com/rs/zerolog"
 )
 
 // This file runs attempts: it launches the attempts a step started, queues
@@ -125,6 +127,10 @@ func (e *Engine) attempt(ctx context.Context, r *running, t Task, st Subtask, re
 		// lost while it waited); its message may be the shorter sentence.
 		e.appendLog(st.ID, st.RunTime, "failed: "+res.Err.Error())
 	}
+	// The attempt's lines (the executor's, and those the fleet queued on
+	// the same writer: go-ahead, progress) are stored before its outcome,
+	// so a final task has every line of its attempts.
+	e.linesStored(&log, st.ID)
 	// The outcome is stored whatever it takes (a full disk): until then
 	// the subtask stays RUNNING and its task holds its resources, and the agent's result
 	// is not acknowledged (AfterCommit).
@@ -236,11 +242,34 @@ func (e *Engine) execute(ctx context.Context, t Task, st Subtask, resumed bool) 
 	return x.Execute(ctx, r)
 }
 
-// appendLog appends a line to a subtask's log under an attempt, and returns
-// once it is stored. Lines appended at the same time are stored together.
+// appendLog gives a line to the subtask's log under an attempt, without
+// waiting for it to be stored (only for room in the writer's queue, see
+// LogWriter.QueueSubtaskLogWait): the attempt's outcome waits for its
+// lines instead (linesStored). Lines given at the same time are stored
+// together, in the order given. A line not stored is logged.
 func (e *Engine) appendLog(subtaskID int64, runTime int, line string) {
-	err := e.logs.AppendSubtaskLog(e.base, subtaskID, LogLine{RunTime: runTime, Time: e.cfg.Now(), Line: line})
-	if err != nil && e.base.Err() == nil {
-		e.cfg.Log.Error().Err(err).Int64("subtask_id", subtaskID).Msg("appending to subtask log failed")
+	failed := func(err error) {
+		if e.base.Err() == nil {
+			e.cfg.Log.Error().Err(err).Int64("subtask_id", subtaskID).Msg("appending to subtask log failed")
+		}
+	}
+	l := LogLine{RunTime: runTime, Time: e.cfg.Now(), Line: line}
+	if err := e.logs.QueueSubtaskLogWait(e.base, subtaskID, l, failed); err != nil {
+		failed(err)
+	}
+}
+
+// linesStoredWait bounds how long an attempt's outcome waits for the
+// attempt's lines to be stored.
+const linesStoredWait = time.Minute
+
+// linesStored waits until the subtask's lines given so far are stored (or
+// failed to be), for at most linesStoredWait (then the outcome goes on,
+// with a warning: its lines may be stored after it) or until Close.
+func (e *Engine) linesStored(log *zerolog.Logger, subtaskID int64) {
+	ctx, cancel := context.WithTimeout(e.base, linesStoredWait)
+	defer cancel()
+	if err := e.logs.SubtaskLogStored(ctx, subtaskID); err != nil && e.base.Err() == nil {
+		log.Warn().Err(err).Msg("the attempt's log lines are not stored yet; its outcome is stored anyway")
 	}
 }

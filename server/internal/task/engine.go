@@ -74,7 +74,9 @@ type Run struct {
 	// server before a restart), so its work may be under way or done
 	// already: an executor asks what became of it before doing it again.
 	Resumed bool
-	// Log appends a line to the subtask's log under this attempt.
+	// Log appends a line to the subtask's log under this attempt,
+	// without waiting for it to be stored: the attempt's lines are stored
+	// in the order given, before its outcome.
 	Log func(line string)
 }
 

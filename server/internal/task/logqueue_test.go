@@ -9,12 +9,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
+
 	"agentplane/server/internal/task"
 )
 
-// gatedLogStore keeps lines in memory; its writes wait for open.
+// gatedLogStore keeps lines in memory, and stores them in to if set; its
+// writes wait for open.
 type gatedLogStore struct {
 	open  chan struct{}
+	to    task.LogStore
 	mu    sync.Mutex
 	lines []task.SubtaskLogLine
 	calls atomic.Int64
@@ -28,8 +32,11 @@ func (g *gatedLogStore) AppendSubtaskLogs(ctx context.Context, lines []task.Subt
 		return ctx.Err()
 	}
 	g.mu.Lock()
-	defer g.mu.Unlock()
 	g.lines = append(g.lines, lines...)
+	g.mu.Unlock()
+	if g.to != nil {
+		return g.to.AppendSubtaskLogs(ctx, lines)
+	}
 	return nil
 }
 
@@ -120,5 +127,56 @@ func TestLogWriterQueue(t *testing.T) {
 	}
 	if n := g.calls.Load(); n >= writers*lines {
 		t.Fatalf("%d lines in %d writes: not grouped", writers*lines, n)
+	}
+}
+
+// TestAttemptLinesAreStoredBeforeItsOutcome: an executor's Log does not
+// wait for the line to be stored, and the attempt's outcome is stored only
+// after its lines, in their order.
+func TestAttemptLinesAreStoredBeforeItsOutcome(t *testing.T) {
+	st := openStore(t, t.TempDir())
+	g := &gatedLogStore{open: make(chan struct{}), to: st}
+	logged := make(chan struct{})
+	x := execFunc(func(_ context.Context, r task.Run) task.Result {
+		r.Log("dispatching stop")
+		r.Log("agentd: stopped")
+		close(logged)
+		return task.Result{Message: "stopped"}
+	})
+	e := serve(task.New(task.Config{Store: st, Executors: map[string]task.Executor{"a": x}, Executor: "x", Log: zerolog.Nop(),
+		Logs: task.NewLogWriter(g)}))
+	if err := e.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	created, err := e.Submit(context.Background(), plan(time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-logged:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the executor's Log waits for the store")
+	}
+	time.Sleep(100 * time.Millisecond) // time for an outcome that would not wait for the lines
+	if got, err := st.GetTask(context.Background(), created.ID); err != nil || got.Subtasks[0].Status != task.SubtaskRunning {
+		t.Fatalf("while its lines are not stored, the subtask is %+v (%v), want RUNNING", got.Subtasks[0], err)
+	}
+	close(g.open)
+	if got := waitFinal(t, e, created.ID); got.Status != task.StatusSuccessful {
+		t.Fatalf("task %s", got.Status)
+	}
+	lines, _, err := st.SubtaskLog(context.Background(), created.ID, created.Subtasks[0].ID, 0, 100, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, l := range lines {
+		if !l.Header {
+			got = append(got, l.Line)
+		}
+	}
+	if len(got) != 2 || got[0] != "dispatching stop" || got[1] != "agentd: stopped" {
+		t.Fatalf("log %q", got)
 	}
 }
