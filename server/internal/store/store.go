@@ -83,6 +83,8 @@ type Store struct {
 	// tests), replaces bulkLogs (logsizes.go).
 	logLimits LogLimits
 	logBulk   int
+	// finishes groups FinishAgentOperation's writes (resource.go).
+	finishes grouper[finishReq, struct{}]
 }
 
 // FileName is the database file inside the data dir.
