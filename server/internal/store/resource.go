@@ -108,7 +108,7 @@ func lockHost(ctx context.Context, q querier, hostID, taskID int64) error {
 // does not exist. It returns once the write is committed (or failed).
 //
 // The calls that come while a group of them is written are written
-// together (grouper), one UPDATE per rowsPerInsert hosts of the same task
+// together (grouper), one UPDATE per inChunk hosts of the same task
 // and status, in one write: a batch's 10,000 Finish steps cost a few dozen
 // statements, not a savepoint and an UPDATE each. Where a host is missing
 // or held by another task, its row is written alone to tell which.
@@ -154,7 +154,7 @@ func (s *Store) finishAgentOperations(reqs []finishReq) []result[struct{}] {
 	now := nowMS()
 	err := s.tx(context.Background(), func(ctx context.Context, tx *wtx) error {
 		for _, k := range keys {
-			for chunk := range slices.Chunk(by[k], rowsPerInsert) {
+			for chunk := range slices.Chunk(by[k], inChunk) {
 				if err := finishHosts(ctx, tx, reqs, chunk, out, k.taskID, k.st, now); err != nil {
 					return err
 				}
@@ -184,17 +184,12 @@ func finishHosts(ctx context.Context, tx *wtx, reqs []finishReq, chunk []int, ou
 	for _, i := range chunk {
 		ids = append(ids, reqs[i].hostID)
 	}
-	slices.Sort(ids)
-	ids = slices.Compact(ids)
-	if len(ids) > 1 {
-		args := []any{st, st, now, now, taskID}
-		for _, id := range ids {
-			args = append(args, id)
-		}
-		res, err := tx.ExecContext(ctx, finishSet+` WHERE (op_task_id IS NULL OR op_task_id = ?) AND id IN (?`+
-			strings.Repeat(",?", len(ids)-1)+`)`, args...)
+	if ids = uniqueIDs(ids); len(ids) > 1 {
+		in, inArgs := inList(ids)
+		args := append([]any{st, st, now, now, taskID}, inArgs...)
+		res, err := tx.ExecContext(ctx, finishSet+` WHERE (op_task_id IS NULL OR op_task_id = ?) AND id IN (`+in+`)`, args...)
 		if err != nil {
-			return fmt.Errorf("finishing the agent operation on %d hosts: %w", len(ids), err)
+			return fmt.Errorf("finishing the agent operation on %d hosts: %w", len(chunk), err)
 		}
 		if n, _ := res.RowsAffected(); n == int64(len(ids)) {
 			return nil // every row changes: bumpUpdateTime

@@ -111,3 +111,70 @@ func TestFinishAgentOperationsAreGrouped(t *testing.T) {
 		t.Fatalf("host of the done ctx: %+v, %v; want still held by task 3", h, err)
 	}
 }
+
+// TestHostReadsAreGrouped: HostState and HostReplicas called for many
+// hosts at once read them in fewer queries than calls, and each caller
+// gets what a read of its own would: its host, ErrNotFound, the hosts of
+// its list that exist.
+func TestHostReadsAreGrouped(t *testing.T) {
+	ctx := context.Background()
+	s, err := OpenTest(t, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	const n = 200
+	at := time.UnixMilli(1_700_000_000_000)
+	var ids []int64
+	for i := range n {
+		h, err := s.RegisterHost(ctx, host.Host{Name: fmt.Sprint("h", i), Replica: fmt.Sprint("r", i%3)}, at)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, h.ID)
+	}
+	missing := ids[n-1] + 1000
+	var wg sync.WaitGroup
+	for i, id := range append(ids, missing) {
+		wg.Go(func() {
+			h, err := s.HostState(ctx, id)
+			switch {
+			case id == missing:
+				if !errors.Is(err, errs.ErrNotFound) {
+					t.Errorf("missing host: %v, want ErrNotFound", err)
+				}
+			case err != nil || h.ID != id || h.Name != fmt.Sprint("h", i) || h.Status != host.StatusOnline:
+				t.Errorf("host %d: %+v, %v", id, h, err)
+			}
+		})
+		wg.Go(func() {
+			list := []int64{id, missing, ids[(i+1)%n]}
+			got, err := s.HostReplicas(ctx, list)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			want := map[int64]bool{ids[(i+1)%n]: true}
+			if id != missing {
+				want[id] = true
+			}
+			if len(got) != len(want) {
+				t.Errorf("hosts %v: %v", list, got)
+			}
+			for id := range want {
+				one, err := s.HostReplica(ctx, id)
+				if err != nil || got[id] != one {
+					t.Errorf("host %d: %+v in the group, %+v, %v alone", id, got[id], one, err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if g := s.states.groupRuns(); g >= n {
+		t.Fatalf("%d HostState calls in %d queries: not grouped", n+1, g)
+	}
+	if g := s.replicas.groupRuns(); g >= n {
+		t.Fatalf("%d HostReplicas calls in %d groups: not grouped", n+1, g)
+	}
+	t.Logf("%d calls each: HostState in %d groups, HostReplicas in %d", n+1, s.states.groupRuns(), s.replicas.groupRuns())
+}
