@@ -30,6 +30,22 @@ func uniqueIDs(ids []int64) []int64 {
 	return slices.Compact(ids)
 }
 
+// readChunks calls read for ids, without repeats, inChunk at a time, under
+// groupReadWait, until it fails.
+func readChunks(ids []int64, read func(ctx context.Context, chunk []int64) error) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), groupReadWait)
+	defer cancel()
+	for chunk := range slices.Chunk(uniqueIDs(ids), inChunk) {
+		if err := read(ctx, chunk); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // hostStateRead is a HostState waiting for its group.
 type hostStateRead struct {
 	ctx context.Context
@@ -55,16 +71,7 @@ func (s *Store) hostStates(reqs []hostStateRead) []result[*host.Host] {
 		ids = append(ids, r.id)
 	}
 	got := map[int64]host.Host{}
-	var err error
-	if len(ids) > 0 {
-		ctx, cancel := context.WithTimeout(context.Background(), groupReadWait)
-		defer cancel()
-		for chunk := range slices.Chunk(uniqueIDs(ids), inChunk) {
-			if err = s.readHostStates(ctx, chunk, got); err != nil {
-				break
-			}
-		}
-	}
+	err := readChunks(ids, func(ctx context.Context, chunk []int64) error { return s.readHostStates(ctx, chunk, got) })
 	for i, r := range reqs {
 		switch h, ok := got[r.id]; {
 		case out[i].err != nil:
@@ -124,16 +131,7 @@ func (s *Store) hostReplicas(reqs []hostReplicasRead) []result[map[int64]HostStr
 		ids = append(ids, r.ids...)
 	}
 	got := map[int64]HostStream{}
-	var err error
-	if len(ids) > 0 {
-		ctx, cancel := context.WithTimeout(context.Background(), groupReadWait)
-		defer cancel()
-		for chunk := range slices.Chunk(uniqueIDs(ids), inChunk) {
-			if err = s.readHostReplicas(ctx, chunk, got); err != nil {
-				break
-			}
-		}
-	}
+	err := readChunks(ids, func(ctx context.Context, chunk []int64) error { return s.readHostReplicas(ctx, chunk, got) })
 	for i, r := range reqs {
 		if out[i].err != nil {
 			continue
