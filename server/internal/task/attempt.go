@@ -127,9 +127,9 @@ func (e *Engine) attempt(ctx context.Context, r *running, t Task, st Subtask, re
 		// lost while it waited); its message may be the shorter sentence.
 		e.appendLog(st.ID, st.RunTime, "failed: "+res.Err.Error())
 	}
-	// The attempt's lines (the executor's, and those the fleet queued on
-	// the same writer: go-ahead, progress) are stored before its outcome,
-	// so a final task has every line of its attempts.
+	// The attempt's lines (those the executor queued, and those the fleet
+	// queued on the same writer: go-ahead, progress) are stored before its
+	// outcome, so a final task has every line of its attempts.
 	e.linesStored(&log, st.ID)
 	// The outcome is stored whatever it takes (a full disk): until then
 	// the subtask stays RUNNING and its task holds its resources, and the agent's result
@@ -235,28 +235,41 @@ func (e *Engine) execute(ctx context.Context, t Task, st Subtask, resumed bool) 
 			res = Result{Err: errors.New("internal error in the executor")}
 		}
 	}()
-	r := Run{Task: t, Subtask: st, Resumed: resumed, Log: func(line string) { e.appendLog(st.ID, st.RunTime, line) }}
+	r := Run{Task: t, Subtask: st, Resumed: resumed, Log: func(line string) { e.appendLog(st.ID, st.RunTime, line) },
+		queue: func(line string) { e.queueLog(st.ID, st.RunTime, line) }}
 	if t.RollingBack() {
 		return x.Rollback(ctx, r)
 	}
 	return x.Execute(ctx, r)
 }
 
-// appendLog gives a line to the subtask's log under an attempt, without
-// waiting for it to be stored (only for room in the writer's queue, see
-// LogWriter.QueueSubtaskLogWait): the attempt's outcome waits for its
-// lines instead (linesStored). Lines given at the same time are stored
-// together, in the order given. A line not stored is logged.
+// appendLog appends a line to a subtask's log under an attempt, and returns
+// once it is stored. Lines appended at the same time are stored together.
 func (e *Engine) appendLog(subtaskID int64, runTime int, line string) {
+	err := e.logs.AppendSubtaskLog(e.base, subtaskID, LogLine{RunTime: runTime, Time: e.cfg.Now(), Line: line})
+	if err != nil && e.base.Err() == nil {
+		e.logFailed(subtaskID, err)
+	}
+}
+
+// queueLog is appendLog without waiting for the line to be stored (only
+// for room in the writer's queue, see LogWriter.QueueSubtaskLogWait): the
+// attempt's outcome waits for its lines instead (linesStored). A line not
+// stored is logged.
+func (e *Engine) queueLog(subtaskID int64, runTime int, line string) {
 	failed := func(err error) {
 		if e.base.Err() == nil {
-			e.cfg.Log.Error().Err(err).Int64("subtask_id", subtaskID).Msg("appending to subtask log failed")
+			e.logFailed(subtaskID, err)
 		}
 	}
 	l := LogLine{RunTime: runTime, Time: e.cfg.Now(), Line: line}
 	if err := e.logs.QueueSubtaskLogWait(e.base, subtaskID, l, failed); err != nil {
 		failed(err)
 	}
+}
+
+func (e *Engine) logFailed(subtaskID int64, err error) {
+	e.cfg.Log.Error().Err(err).Int64("subtask_id", subtaskID).Msg("appending to subtask log failed")
 }
 
 // linesStoredWait bounds how long an attempt's outcome waits for the

@@ -74,10 +74,25 @@ type Run struct {
 	// server before a restart), so its work may be under way or done
 	// already: an executor asks what became of it before doing it again.
 	Resumed bool
-	// Log appends a line to the subtask's log under this attempt,
-	// without waiting for it to be stored: the attempt's lines are stored
-	// in the order given, before its outcome.
+	// Log appends a line to the subtask's log under this attempt, and
+	// returns once it is stored.
 	Log func(line string)
+	// queue, set by the engine, is QueueLog's.
+	queue func(line string)
+}
+
+// QueueLog gives a line to the subtask's log under this attempt without
+// waiting for it to be stored (only for room in the engine's bounded
+// queue): for a line that must not hold the attempt's work (a command's
+// "dispatching ..." line before it is sent). The attempt's lines are
+// stored in the order given, Log's and QueueLog's, and before its outcome.
+// Outside the engine (a Run made by hand) it is Log.
+func (r Run) QueueLog(line string) {
+	if r.queue == nil {
+		r.Log(line)
+		return
+	}
+	r.queue(line)
 }
 
 // Result is the outcome of an attempt: Err nil for success. A failed

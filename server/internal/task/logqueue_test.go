@@ -130,16 +130,16 @@ func TestLogWriterQueue(t *testing.T) {
 	}
 }
 
-// TestAttemptLinesAreStoredBeforeItsOutcome: an executor's Log does not
-// wait for the line to be stored, and the attempt's outcome is stored only
-// after its lines, in their order.
+// TestAttemptLinesAreStoredBeforeItsOutcome: an executor's QueueLog does
+// not wait for the line to be stored, and the attempt's outcome is stored
+// only after its lines, in their order.
 func TestAttemptLinesAreStoredBeforeItsOutcome(t *testing.T) {
 	st := openStore(t, t.TempDir())
 	g := &gatedLogStore{open: make(chan struct{}), to: st}
 	logged := make(chan struct{})
 	x := execFunc(func(_ context.Context, r task.Run) task.Result {
-		r.Log("dispatching stop")
-		r.Log("agentd: stopped")
+		r.QueueLog("dispatching stop")
+		r.QueueLog("agentd: stopped")
 		close(logged)
 		return task.Result{Message: "stopped"}
 	})
@@ -156,7 +156,7 @@ func TestAttemptLinesAreStoredBeforeItsOutcome(t *testing.T) {
 	select {
 	case <-logged:
 	case <-time.After(10 * time.Second):
-		t.Fatal("the executor's Log waits for the store")
+		t.Fatal("the executor's QueueLog waits for the store")
 	}
 	time.Sleep(100 * time.Millisecond) // time for an outcome that would not wait for the lines
 	if got, err := st.GetTask(context.Background(), created.ID); err != nil || got.Subtasks[0].Status != task.SubtaskRunning {
