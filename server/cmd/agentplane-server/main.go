@@ -288,7 +288,9 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 		}
 	}
 
-	// The console's log streams learn of new lines through logNotes.
+	// The console's log streams learn of new lines through logNotes. The
+	// fleet queues agents' lines on logs without waiting; the engine
+	// stores the attempts' lines through it too.
 	logNotes := console.NewLogNotifier(st)
 	logs := task.NewLogWriter(logNotes)
 	agents := fleet.New(fleet.Config{
@@ -312,6 +314,9 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 	engine := task.New(task.Config{
 		Store: ms.TaskStore(st), Executors: agentop.Executors(st, ms.Agents(router)), Executor: id.executor, Holds: agentop.Holds,
 		Replica: id.id, Lease: c.replicaLease, OnChange: notifier.Changed, Log: log.With().Str("component", "engine").Logger(),
+		// The fleet's writer: an attempt's last line is stored after the
+		// go-ahead and progress lines the fleet queued (task.Config.Logs).
+		Logs: logs,
 	})
 	hooks.set(engine)
 	reg.MustRegister(srvmetrics.TasksRunning(engine.Owned))

@@ -145,7 +145,10 @@ func (d dispatch) run(ctx context.Context, r task.Run, a action) task.Result {
 	if dl, ok := ctx.Deadline(); ok {
 		cmd.Timeout = time.Until(dl)
 	}
-	r.Log(fmt.Sprintf("dispatching %s to the agentd of host %d (attempt %d)", a, id, cmd.Attempt))
+	// Not waited for: the command goes out at once. The line is stored
+	// before agentd's lines and the result's (one writer, in order; a
+	// peer replica is sent the command once it is stored: cluster.Router).
+	r.QueueLog(fmt.Sprintf("dispatching %s to the agentd of host %d (attempt %d)", a, id, cmd.Attempt))
 	res, err := d.agents.Dispatch(ctx, id, cmd)
 	ack := func() { d.agents.Ack(id, cmd.SubtaskID, cmd.Attempt) }
 	if err != nil {

@@ -35,6 +35,11 @@ type Fleet interface {
 	Ack(hostID, subtaskID int64, attempt int)
 	// Connected reports whether the host's agentd has a live stream here.
 	Connected(hostID int64) bool
+	// LinesStored returns once the lines of the subtask given so far to
+	// the fleet's log writer are stored, or with ctx's error: those the
+	// fleet queued (go-ahead, progress) and, as the server shares that
+	// writer with the engine, the engine's ("dispatching ...").
+	LinesStored(ctx context.Context, subtaskID int64) error
 }
 
 // Directory says where hosts' streams are and which replicas are live

@@ -282,6 +282,16 @@ func (r *Router) dispatchPeer(ctx context.Context, peer string, hostID int64, cm
 	if err != nil {
 		return fleet.Result{}, err, ctx.Err() == nil
 	}
+	// The peer stores the command's go-ahead and progress lines: the lines
+	// given here before (the caller's "dispatching ...", queued on the
+	// writer the fleet shares) are stored first.
+	lctx, lcancel := context.WithTimeout(ctx, linesStoredWait)
+	err = r.cfg.Fleet.LinesStored(lctx, cmd.SubtaskID)
+	lcancel()
+	if err != nil && ctx.Err() == nil {
+		r.cfg.Log.Warn().Err(err).Int64("host_id", hostID).Int64("subtask_id", cmd.SubtaskID).
+			Msg("the command's log lines are not stored yet; it is sent to the peer anyway")
+	}
 	if err := stream.Send(&replicav1.DispatchRequest{Msg: &replicav1.DispatchRequest_Command{Command: commandToProto(hostID, cmd)}}); err != nil {
 		return fleet.Result{}, err, ctx.Err() == nil
 	}

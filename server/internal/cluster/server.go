@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc"
@@ -74,9 +75,15 @@ func (s *server) refuse(ctx context.Context, method string) (string, error) {
 	return id, err
 }
 
+// linesStoredWait bounds how long a Dispatch for another replica waits for
+// the command's lines queued here to be stored before it answers.
+const linesStoredWait = 30 * time.Second
+
 // Dispatch runs the caller's command here (Router.dispatchHere), ending
 // with a Done: the command's result or error, or moved when the host's
-// stream went to another replica.
+// stream went to another replica. The Done is sent once the lines the
+// fleet queued for the command (go-ahead, progress) are stored, so the
+// line the caller stores next comes after them.
 func (s *server) Dispatch(stream replicav1.ReplicaService_DispatchServer) error {
 	from, err := s.refuse(stream.Context(), "Dispatch")
 	if err != nil {
@@ -114,6 +121,13 @@ func (s *server) Dispatch(stream replicav1.ReplicaService_DispatchServer) error 
 	if err != nil {
 		log.Info().Err(err).Msg("command for another replica ended without its result")
 	}
+	// The caller stores the attempt's last line (its result, or why it
+	// failed) once it has the Done: after the lines queued here.
+	lctx, lcancel := context.WithTimeout(context.WithoutCancel(stream.Context()), linesStoredWait)
+	if err := s.cfg.Router.cfg.Fleet.LinesStored(lctx, cmd.SubtaskID); err != nil {
+		log.Warn().Err(err).Msg("the command's lines are not stored yet; its result goes back anyway")
+	}
+	lcancel()
 	return stream.Send(&replicav1.DispatchResponse{Msg: &replicav1.DispatchResponse_Done{Done: done(res, err)}})
 }
 

@@ -168,12 +168,10 @@ func (f *Fleet) begin(ctx context.Context, s *Session, b Begin) error {
 	switch {
 	case answer.Proceed:
 		log.Debug().Msg("command begun")
-		if err := f.cfg.Logs.AppendSubtaskLog(ctx, b.SubtaskID, task.LogLine{RunTime: b.Attempt, Time: f.cfg.Now(),
-			Line: fmt.Sprintf("agentd began attempt %d; the server confirmed it", b.Attempt)}); err != nil {
-			// The answer is sent; a line the store cannot take (a full
-			// disk) is not worth the stream.
-			f.writeFailed(err, s.HostID, "storing a go-ahead line failed; the line is skipped, the stream goes on")
-		}
+		// The answer is sent; a line the store cannot take (a full disk)
+		// is not worth the stream.
+		f.record(ctx, s.HostID, b.SubtaskID, task.LogLine{RunTime: b.Attempt, Time: f.cfg.Now(),
+			Line: fmt.Sprintf("agentd began attempt %d; the server confirmed it", b.Attempt)}, "a go-ahead line")
 		return nil
 	case answer.AskAgain:
 		log.Info().Str("reason", answer.Reason).Msg("command not confirmed to agentd yet; it asks again when the command comes again")

@@ -58,10 +58,30 @@ type Logs interface {
 	AppendSubtaskLog(ctx context.Context, subtaskID int64, l task.LogLine) error
 }
 
+// QueuedLogs is what Logs also implements (task.LogWriter does) for a
+// stream's receive loop never to wait while a go-ahead or progress line is
+// stored: the fleet queues such a line and goes on. Lines are stored in
+// the order they are given (appended or queued), so an attempt's lines
+// keep their order; the line that ends the attempt, appended by the
+// dispatch's caller once Dispatch returns, comes after them when the
+// caller appends through the same writer (task.Config.Logs). Without it
+// the fleet waits for each line to be stored.
+type QueuedLogs interface {
+	// QueueSubtaskLog gives a line to the writer without waiting; failed
+	// is called (without blocking) if it could not be stored. It returns
+	// an error, and drops the line, when the writer's queue is full.
+	QueueSubtaskLog(subtaskID int64, l task.LogLine, failed func(error)) error
+	// SubtaskLogStored returns once the subtask's lines given so far are
+	// stored (or failed to be), or with ctx's error.
+	SubtaskLogStored(ctx context.Context, subtaskID int64) error
+}
+
 // Config configures a Fleet.
 type Config struct {
 	Registry Registry
-	Logs     Logs
+	// Logs stores go-ahead and progress lines: queued without waiting
+	// when it is also a QueuedLogs.
+	Logs Logs
 	// Certs, when set, admits each stream's client certificate by its
 	// serial, under the host's lock (so a revocation either comes first or
 	// ends the stream admitted); nil: any certificate the CA signed.

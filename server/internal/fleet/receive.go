@@ -20,7 +20,8 @@ import (
 // an ErrInvalidArgument error; any other error is a store failure. A
 // heartbeat or progress line the store fails to record is logged (at most
 // once per writeFailLogEvery) and skipped, not an error: a full disk must
-// not end agents' streams.
+// not end agents' streams. Go-ahead and progress lines are queued, not
+// waited for, when Logs can queue (see record).
 //
 // The host counts as heard from while the message is handled and when its
 // handling ends: the stream is not read meanwhile (a store write waiting
@@ -65,11 +66,10 @@ func (f *Fleet) Receive(ctx context.Context, s *Session, m Inbound) error {
 		if at.IsZero() {
 			at = f.cfg.Now()
 		}
-		if err := f.cfg.Logs.AppendSubtaskLog(ctx, p.SubtaskID, task.LogLine{RunTime: p.Attempt, Time: at, Line: p.Message}); err != nil {
-			// A progress line is not worth the stream (and its host's
-			// registration, which would then fail too): skipped.
-			f.writeFailed(err, s.HostID, "storing a progress line failed; the line is skipped, the stream goes on")
-		}
+		// A progress line is not worth the stream (and its host's
+		// registration, which would then fail too): skipped if it cannot
+		// be stored.
+		f.record(ctx, s.HostID, p.SubtaskID, task.LogLine{RunTime: p.Attempt, Time: at, Line: p.Message}, "a progress line")
 		return nil
 	case m.Result != nil:
 		r := *m.Result
@@ -143,4 +143,39 @@ func (f *Fleet) handling(hostID int64, d int) {
 	st.heard = time.Now()
 	st.handling += d
 	f.mu.Unlock()
+}
+
+// record stores a go-ahead or progress line (what names it) of one of the
+// host's attempts: queued without waiting when Logs can queue
+// (QueuedLogs), else appended. A line that cannot be stored, or that
+// finds the queue full, is logged (writeFailed: rate-limited, counted) and
+// skipped; the stream goes on.
+func (f *Fleet) record(ctx context.Context, hostID, subtaskID int64, l task.LogLine, what string) {
+	q, ok := f.cfg.Logs.(QueuedLogs)
+	if !ok {
+		if err := f.cfg.Logs.AppendSubtaskLog(ctx, subtaskID, l); err != nil {
+			f.writeFailed(err, hostID, "storing "+what+" failed; the line is skipped, the stream goes on")
+		}
+		return
+	}
+	err := q.QueueSubtaskLog(subtaskID, l, func(err error) {
+		f.writeFailed(err, hostID, "storing "+what+" failed; the line is skipped, the stream goes on")
+	})
+	if err != nil {
+		f.writeFailed(err, hostID, what+" not stored: the log queue is full; the line is skipped, the stream goes on")
+	}
+}
+
+// LinesStored returns once the lines of the subtask given so far to Logs
+// (the go-ahead and progress lines the fleet queued, and any the engine
+// gave the same writer) are stored or failed to be, or with ctx's error.
+// Across replicas: a replica running a command for another calls it before
+// it returns the result, so that the line the other stores next (the
+// result's) comes after them; the other calls it before it sends the
+// command, so that its "dispatching ..." line comes before them.
+func (f *Fleet) LinesStored(ctx context.Context, subtaskID int64) error {
+	if q, ok := f.cfg.Logs.(QueuedLogs); ok {
+		return q.SubtaskLogStored(ctx, subtaskID)
+	}
+	return nil
 }

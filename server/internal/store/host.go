@@ -263,43 +263,6 @@ func (s *Store) HostReplica(ctx context.Context, id int64) (HostStream, error) {
 	return hs, nil
 }
 
-// HostReplicas is HostReplica for several hosts at once (hostReplicasChunk ids a
-// query); hosts that do not exist
-// are left out.
-func (s *Store) HostReplicas(ctx context.Context, ids []int64) (map[int64]HostStream, error) {
-	out := make(map[int64]HostStream, len(ids))
-	for chunk := range slices.Chunk(ids, hostReplicasChunk) {
-		args := make([]any, len(chunk))
-		for i, id := range chunk {
-			args[i] = id
-		}
-		q := `SELECT id, replica_id, epoch, status FROM hosts WHERE id IN (?` + strings.Repeat(",?", len(chunk)-1) + `)`
-		if err := s.hostReplicas(ctx, q, args, out); err != nil {
-			return nil, err
-		}
-	}
-	return out, nil
-}
-
-const hostReplicasChunk = 500
-
-func (s *Store) hostReplicas(ctx context.Context, q string, args []any, out map[int64]HostStream) error {
-	rows, err := s.r.QueryContext(ctx, q, args...)
-	if err != nil {
-		return fmt.Errorf("reading where hosts are: %w", err)
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var id int64
-		var hs HostStream
-		if err := rows.Scan(&id, &hs.Replica, &hs.Epoch, &hs.Status); err != nil {
-			return fmt.Errorf("reading where hosts are: %w", err)
-		}
-		out[id] = hs
-	}
-	return rows.Err()
-}
-
 // HostStream is where a host's stream was last registered (HostReplica).
 type HostStream struct {
 	Replica string // "" for a host registered before replicas shared a fleet
@@ -361,25 +324,6 @@ func (s *Store) GetHost(ctx context.Context, id int64) (*host.Host, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading host %d: %w", id, err)
 	}
-	return &h, nil
-}
-
-// HostState returns a host without its process list (Processes nil): what
-// an agent operation checks on every request, without decoding the list.
-// ErrNotFound when there is none.
-func (s *Store) HostState(ctx context.Context, id int64) (*host.Host, error) {
-	var h host.Host
-	var lastSeen, revoked int64
-	var op sql.NullInt64
-	err := s.r.QueryRowContext(ctx, `SELECT id, name, status, agent_status, last_seen, op_task_id, revoke_time
-		FROM hosts WHERE id = ?`, id).Scan(&h.ID, &h.Name, &h.Status, &h.AgentStatus, &lastSeen, &op, &revoked)
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, fmt.Errorf("host %d: %w", id, errs.ErrNotFound)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("reading host %d: %w", id, err)
-	}
-	h.LastSeen, h.RevokeTime, h.OpTaskID = fromMS(lastSeen), fromMS(revoked), op.Int64
 	return &h, nil
 }
 

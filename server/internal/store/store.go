@@ -46,6 +46,7 @@ import (
 	_ "modernc.org/sqlite" // the "sqlite" database/sql driver
 
 	"agentplane/server/internal/errs"
+	"agentplane/server/internal/host"
 	"agentplane/server/internal/task"
 )
 
@@ -85,6 +86,12 @@ type Store struct {
 	// tests), replaces bulkLogs (logsizes.go).
 	logLimits LogLimits
 	logBulk   int
+	// finishes groups FinishAgentOperation's writes (resource.go);
+	// states and replicas HostState's and HostReplicas' reads
+	// (hostgroup.go).
+	finishes grouper[finishReq, struct{}]
+	states   grouper[hostStateRead, *host.Host]
+	replicas grouper[hostReplicasRead, map[int64]HostStream]
 }
 
 // FileName is the database file inside the data dir.

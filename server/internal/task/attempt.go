@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"runtime/debug"
 	"time"
+
+	"github.com/rs/zerolog"
 )
 
 // This file runs attempts: it launches the attempts a step started, queues
@@ -125,6 +127,10 @@ func (e *Engine) attempt(ctx context.Context, r *running, t Task, st Subtask, re
 		// lost while it waited); its message may be the shorter sentence.
 		e.appendLog(st.ID, st.RunTime, "failed: "+res.Err.Error())
 	}
+	// The attempt's lines (those the executor queued, and those the fleet
+	// queued on the same writer: go-ahead, progress) are stored before its
+	// outcome, so a final task has every line of its attempts.
+	e.linesStored(&log, st.ID)
 	// The outcome is stored whatever it takes (a full disk): until then
 	// the subtask stays RUNNING and its task holds its resources, and the agent's result
 	// is not acknowledged (AfterCommit).
@@ -229,7 +235,8 @@ func (e *Engine) execute(ctx context.Context, t Task, st Subtask, resumed bool) 
 			res = Result{Err: errors.New("internal error in the executor")}
 		}
 	}()
-	r := Run{Task: t, Subtask: st, Resumed: resumed, Log: func(line string) { e.appendLog(st.ID, st.RunTime, line) }}
+	r := Run{Task: t, Subtask: st, Resumed: resumed, Log: func(line string) { e.appendLog(st.ID, st.RunTime, line) },
+		queue: func(line string) { e.queueLog(st.ID, st.RunTime, line) }}
 	if t.RollingBack() {
 		return x.Rollback(ctx, r)
 	}
@@ -241,6 +248,41 @@ func (e *Engine) execute(ctx context.Context, t Task, st Subtask, resumed bool) 
 func (e *Engine) appendLog(subtaskID int64, runTime int, line string) {
 	err := e.logs.AppendSubtaskLog(e.base, subtaskID, LogLine{RunTime: runTime, Time: e.cfg.Now(), Line: line})
 	if err != nil && e.base.Err() == nil {
-		e.cfg.Log.Error().Err(err).Int64("subtask_id", subtaskID).Msg("appending to subtask log failed")
+		e.logFailed(subtaskID, err)
+	}
+}
+
+// queueLog is appendLog without waiting for the line to be stored (only
+// for room in the writer's queue, see LogWriter.QueueSubtaskLogWait): the
+// attempt's outcome waits for its lines instead (linesStored). A line not
+// stored is logged.
+func (e *Engine) queueLog(subtaskID int64, runTime int, line string) {
+	failed := func(err error) {
+		if e.base.Err() == nil {
+			e.logFailed(subtaskID, err)
+		}
+	}
+	l := LogLine{RunTime: runTime, Time: e.cfg.Now(), Line: line}
+	if err := e.logs.QueueSubtaskLogWait(e.base, subtaskID, l, failed); err != nil {
+		failed(err)
+	}
+}
+
+func (e *Engine) logFailed(subtaskID int64, err error) {
+	e.cfg.Log.Error().Err(err).Int64("subtask_id", subtaskID).Msg("appending to subtask log failed")
+}
+
+// linesStoredWait bounds how long an attempt's outcome waits for the
+// attempt's lines to be stored.
+const linesStoredWait = time.Minute
+
+// linesStored waits until the subtask's lines given so far are stored (or
+// failed to be), for at most linesStoredWait (then the outcome goes on,
+// with a warning: its lines may be stored after it) or until Close.
+func (e *Engine) linesStored(log *zerolog.Logger, subtaskID int64) {
+	ctx, cancel := context.WithTimeout(e.base, linesStoredWait)
+	defer cancel()
+	if err := e.logs.SubtaskLogStored(ctx, subtaskID); err != nil && e.base.Err() == nil {
+		log.Warn().Err(err).Msg("the attempt's log lines are not stored yet; its outcome is stored anyway")
 	}
 }

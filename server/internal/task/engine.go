@@ -74,8 +74,25 @@ type Run struct {
 	// server before a restart), so its work may be under way or done
 	// already: an executor asks what became of it before doing it again.
 	Resumed bool
-	// Log appends a line to the subtask's log under this attempt.
+	// Log appends a line to the subtask's log under this attempt, and
+	// returns once it is stored.
 	Log func(line string)
+	// queue, set by the engine, is QueueLog's.
+	queue func(line string)
+}
+
+// QueueLog gives a line to the subtask's log under this attempt without
+// waiting for it to be stored (only for room in the engine's bounded
+// queue): for a line that must not hold the attempt's work (a command's
+// "dispatching ..." line before it is sent). The attempt's lines are
+// stored in the order given, Log's and QueueLog's, and before its outcome.
+// Outside the engine (a Run made by hand) it is Log.
+func (r Run) QueueLog(line string) {
+	if r.queue == nil {
+		r.Log(line)
+		return
+	}
+	r.queue(line)
 }
 
 // Result is the outcome of an attempt: Err nil for success. A failed
@@ -115,6 +132,13 @@ type Config struct {
 	// changes are stored (in batches, from one goroutine: the engine never
 	// waits on it), for the replicas that watch them (see Changed).
 	OnChange func(ids []int64)
+	// Logs, if set, stores the attempts' log lines (nil: a writer of the
+	// engine's own over Store). Give the engine the writer the fleet
+	// queues agents' lines on (fleet.Config.Logs): lines are stored in the
+	// order a writer is given them, so the line that ends an attempt
+	// ("agentd: ...") is stored after the attempt's go-ahead and progress
+	// lines only when both go through one writer.
+	Logs *LogWriter
 }
 
 // Engine runs tasks: event-driven, a subtask starts as soon as its upstreams
@@ -180,7 +204,10 @@ func New(cfg Config) *Engine {
 		claims: map[int64]int64{},
 		mem:    memory{watchers: map[int64]map[chan struct{}]struct{}{}, tasks: map[int64]*held{}},
 	}
-	e.logs = &LogWriter{ctx: base, store: cfg.Store}
+	e.logs = cfg.Logs
+	if e.logs == nil {
+		e.logs = newLogWriter(base, LogWriterConfig{Store: cfg.Store})
+	}
 	if cfg.OnChange != nil {
 		e.changes.wake = make(chan struct{}, 1)
 		e.wg.Add(1)
