@@ -123,7 +123,7 @@ func (f *freezer) close() {
 // answer within 10s", 5 s before the keepalive gave up on the server.
 func TestCommandOfAFrozenServerWaitsForTheNextStream(t *testing.T) {
 	if testing.Short() {
-		t.Skip("waits out the keepalive (15 s)")
+		t.Skip("waits out the keepalive (30 s)")
 	}
 	t.Parallel()
 	r := newFakeRunner(false)
