@@ -86,7 +86,9 @@ type Config struct {
 	//
 	// Silence counts only while the server could have heard the agent:
 	// for a host expected back after a server restart (Expect), it counts
-	// from when the restart's reconnections settle (see Expect).
+	// from when the restart's reconnections settle (see Expect); for any
+	// host, from when the server was last too busy to take every agent
+	// that tried to connect (see Busy).
 	LostAfter time.Duration
 	// MaxStreamsPerHost bounds the agent streams one host may hold at once,
 	// from Connect to Disconnect: the current one and one replacing it.
@@ -132,6 +134,10 @@ type Fleet struct {
 	// stored status always ends as the sessions say. Per host: after a
 	// server restart 10,000 agents connect at once, each with a write.
 	online hostLocks
+
+	// busy is when the server was last too busy to take every agent that
+	// tried to connect at once (Busy), in Unix nanoseconds; 0 never.
+	busy atomic.Int64
 
 	mu      sync.Mutex
 	closing bool
