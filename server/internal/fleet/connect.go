@@ -88,7 +88,7 @@ func (f *Fleet) Connect(ctx context.Context, h Hello) (*Session, Welcome, error)
 	if h.InstallHomeMissing {
 		r.AgentStatus = host.AgentNotInstalled
 	}
-	reg, err := f.cfg.Registry.RegisterHost(ctx, r, f.cfg.Now())
+	reg, err := f.register(ctx, r)
 	if time.Since(began) >= slowConnect {
 		f.Busy() // agents queue behind this one for the host locks and the store
 	}

@@ -85,3 +85,79 @@ func TestHostsRegisterAtOnce(t *testing.T) {
 		t.Fatalf("at most %d of %d hosts registered at once", g.most, n)
 	}
 }
+
+// batchRegistry registers through RegisterHosts, counting the calls; the
+// first waits until want registrations are pending behind it.
+type batchRegistry struct {
+	*registry
+	f    *Fleet
+	want int
+
+	mu    sync.Mutex
+	calls int
+	hosts int
+}
+
+func (b *batchRegistry) RegisterHosts(ctx context.Context, rs []host.Host, at time.Time) ([]host.Host, []error) {
+	b.mu.Lock()
+	b.calls++
+	first := b.calls == 1
+	b.hosts += len(rs)
+	b.mu.Unlock()
+	if first {
+		for deadline := time.Now().Add(gateWait); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+			b.f.regs.mu.Lock()
+			n := len(b.f.regs.pending)
+			b.f.regs.mu.Unlock()
+			if n == b.want-len(rs) {
+				break
+			}
+		}
+	}
+	hs, errs := make([]host.Host, len(rs)), make([]error, len(rs))
+	for i, r := range rs {
+		hs[i], errs[i] = b.registry.RegisterHost(ctx, r, at)
+	}
+	return hs, errs
+}
+
+// TestABurstOfConnectsIsFewWrites: n agents connecting at once are
+// registered in two writes (the first, and all that came while it was
+// written), each getting its own host and epoch, not in n.
+func TestABurstOfConnectsIsFewWrites(t *testing.T) {
+	reg := newRegistry()
+	const n = 50
+	for i := range n {
+		if _, err := reg.RegisterHost(context.Background(), host.Host{Name: fmt.Sprintf("h%d", i+1)}, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f := certFleet(reg)
+	b := &batchRegistry{registry: reg, f: f, want: n}
+	f.cfg.Registry = b
+	defer f.Close()
+	var wg sync.WaitGroup
+	errc := make(chan error, n)
+	for id := int64(1); id <= n; id++ {
+		wg.Go(func() {
+			name := fmt.Sprintf("h%d", id)
+			s, w, err := f.Connect(context.Background(), Hello{Identity: &Identity{HostID: id, HostName: name}, HostName: name})
+			if err != nil {
+				errc <- err
+				return
+			}
+			if s.HostID != id || w.Epoch != 2 {
+				errc <- fmt.Errorf("host %d: session of host %d, epoch %d", id, s.HostID, w.Epoch)
+			}
+			f.Disconnect(s)
+		})
+	}
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		t.Fatal(err)
+	}
+	if b.calls != 2 || b.hosts != n {
+		t.Fatalf("%d registrations in %d writes, want %d in 2", b.hosts, b.calls, n)
+	}
+}
