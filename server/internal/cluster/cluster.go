@@ -35,6 +35,9 @@ type Fleet interface {
 	Ack(hostID, subtaskID int64, attempt int)
 	// Connected reports whether the host's agentd has a live stream here.
 	Connected(hostID int64) bool
+	// BusySince is when this replica was last too busy to take every agent
+	// connecting (fleet.Fleet.Busy); zero if never.
+	BusySince() time.Time
 }
 
 // Directory says where hosts' streams are and which replicas are live

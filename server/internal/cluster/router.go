@@ -171,20 +171,25 @@ func (r *Router) Dispatch(ctx context.Context, hostID int64, cmd fleet.Command) 
 // fails no command by itself: while the dead replica's hosts keep moving to
 // live ones (the survivors work through the reconnections, which may take
 // longer than LostAfter at thousands of hosts), the bound counts from the
-// last such move this replica saw, as the fleet's does after a restart.
+// last such move this replica saw, as the fleet's does after a restart,
+// and from the last moment this replica was too busy to take every agent
+// connecting (fleet.Fleet.Busy): the host's agentd may be one of those.
 func (r *Router) awaitMove(ctx context.Context, hostID int64, away time.Time, dead string) error {
 	s, stop := r.watch.watch(hostID)
 	defer stop()
+	deadline := func() time.Time {
+		return later(later(away, r.lastMove(dead)), r.cfg.Fleet.BusySince()).Add(r.cfg.LostAfter)
+	}
 	for {
-		at := later(away, r.lastMove(dead)).Add(r.cfg.LostAfter)
+		at := deadline()
 		t := time.NewTimer(time.Until(at))
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return context.Cause(ctx)
 		case <-t.C:
-			if at.Before(later(away, r.lastMove(dead)).Add(r.cfg.LostAfter)) {
-				continue // hosts moved meanwhile
+			if at.Before(deadline()) {
+				continue // hosts moved, or agents waited to connect, meanwhile
 			}
 			return fmt.Errorf("%w: on no live replica for %s (its replica %s is not live)", fleet.ErrAgentLost,
 				roundDuration(time.Since(away)), dead)

@@ -25,7 +25,7 @@ func (f *Fleet) watch(s *Session) {
 			heard = time.Now()
 		}
 	}
-	idle := time.Since(later(heard, f.busySince()))
+	idle := time.Since(later(heard, f.BusySince()))
 	if idle < f.cfg.LostAfter {
 		s.lost.Reset(f.cfg.LostAfter - idle)
 		return
@@ -89,8 +89,8 @@ func (f *Fleet) Serving() {
 // failover fails no task by itself. Cheap: one atomic store.
 func (f *Fleet) Busy() { f.busy.Store(time.Now().UnixNano()) }
 
-// busySince is when the server was last busy (Busy); zero if never.
-func (f *Fleet) busySince() time.Time {
+// BusySince is when the server was last busy (Busy); zero if never.
+func (f *Fleet) BusySince() time.Time {
 	if n := f.busy.Load(); n != 0 {
 		return time.Unix(0, n)
 	}
@@ -115,11 +115,11 @@ func (f *Fleet) lostDeadline(st *hostState, since time.Time, wait time.Duration)
 			settled = later(settled, f.back.Add(f.cfg.HeartbeatInterval))
 		}
 		if at = settled.Add(f.cfg.LostAfter); !at.Before(since) {
-			return later(at, f.busySince().Add(f.cfg.LostAfter)), true, true
+			return later(at, f.BusySince().Add(f.cfg.LostAfter)), true, true
 		}
 		st.expected = false
 	}
-	return later(since, f.busySince()).Add(wait), false, true
+	return later(since, f.BusySince()).Add(wait), false, true
 }
 
 // notBack says why a host expected back after the restart is given up.
