@@ -107,46 +107,20 @@ func (s *Store) registerKnown(ctx context.Context, rs []host.Host, at time.Time,
 	return rest
 }
 
+// regFound is an existing, unrevoked host of a registration: rs[i], its id
+// and its merged process list.
+type regFound struct {
+	i     int
+	id    int64
+	procs []host.Process
+}
+
 // registerChunkTx registers the existing hosts of names (each rs[byName[name][0]])
 // in tx, marking each one answered in done.
 func registerChunkTx(ctx context.Context, tx *wtx, names []string, byName map[string][]int, rs []host.Host,
 	at time.Time, out []registered, done map[int]bool) error {
-	args := make([]any, len(names))
-	for i, n := range names {
-		args[i] = n
-	}
-	rows, err := tx.QueryContext(ctx, `SELECT id, name, processes, revoke_time FROM hosts WHERE name IN (?`+
-		strings.Repeat(`,?`, len(names)-1)+`)`, args...)
+	live, err := findRegistered(ctx, tx, names, byName, rs, at, out, done)
 	if err != nil {
-		return fmt.Errorf("finding %d hosts: %w", len(names), err)
-	}
-	type found struct {
-		i     int // in rs
-		id    int64
-		procs []host.Process
-	}
-	var live []found
-	for rows.Next() {
-		var id, revoked int64
-		var name, stored string
-		if err := rows.Scan(&id, &name, &stored, &revoked); err != nil {
-			rows.Close()
-			return err
-		}
-		i := byName[name][0]
-		if revoked != 0 {
-			out[i], done[i] = registered{err: fmt.Errorf("host %d (%q) is revoked: %w", id, name, errs.ErrPermissionDenied)}, true
-			continue
-		}
-		known, err := decodeProcesses(stored)
-		if err != nil {
-			rows.Close()
-			return fmt.Errorf("host %d: %w", id, err)
-		}
-		live = append(live, found{i: i, id: id, procs: mergeProcesses(known, rs[i].Processes, at)})
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
 		return err
 	}
 	if len(live) == 0 {
@@ -155,14 +129,14 @@ func registerChunkTx(ctx context.Context, tx *wtx, names []string, byName map[st
 	// One UPDATE: the per-host columns by CASE on the id, the rest alike.
 	cols := []struct {
 		name string
-		val  func(f found) any
+		val  func(f regFound) any
 	}{
-		{"inner_ip", func(f found) any { return rs[f.i].InnerIP }},
-		{"machine_id", func(f found) any { return rs[f.i].MachineID }},
-		{"agentd_version", func(f found) any { return rs[f.i].AgentdVersion }},
-		{"install_home", func(f found) any { return rs[f.i].InstallHome }},
-		{"processes", func(f found) any { return toJSON(f.procs) }},
-		{"agent_status", func(f found) any { return string(registeredStatus(rs[f.i], f.procs)) }},
+		{"inner_ip", func(f regFound) any { return rs[f.i].InnerIP }},
+		{"machine_id", func(f regFound) any { return rs[f.i].MachineID }},
+		{"agentd_version", func(f regFound) any { return rs[f.i].AgentdVersion }},
+		{"install_home", func(f regFound) any { return rs[f.i].InstallHome }},
+		{"processes", func(f regFound) any { return toJSON(f.procs) }},
+		{"agent_status", func(f regFound) any { return string(registeredStatus(rs[f.i], f.procs)) }},
 	}
 	var b strings.Builder
 	var uargs []any
@@ -220,4 +194,39 @@ func registerChunkTx(ctx context.Context, tx *wtx, names []string, byName map[st
 		}
 	}
 	return nil
+}
+
+// findRegistered reads the hosts of names: the revoked are answered (and
+// marked in done), the others returned with their reports merged.
+func findRegistered(ctx context.Context, tx *wtx, names []string, byName map[string][]int, rs []host.Host,
+	at time.Time, out []registered, done map[int]bool) ([]regFound, error) {
+	args := make([]any, len(names))
+	for i, n := range names {
+		args[i] = n
+	}
+	rows, err := tx.QueryContext(ctx, `SELECT id, name, processes, revoke_time FROM hosts WHERE name IN (?`+
+		strings.Repeat(`,?`, len(names)-1)+`)`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("finding %d hosts: %w", len(names), err)
+	}
+	defer rows.Close()
+	var live []regFound
+	for rows.Next() {
+		var id, revoked int64
+		var name, stored string
+		if err := rows.Scan(&id, &name, &stored, &revoked); err != nil {
+			return nil, err
+		}
+		i := byName[name][0]
+		if revoked != 0 {
+			out[i], done[i] = registered{err: fmt.Errorf("host %d (%q) is revoked: %w", id, name, errs.ErrPermissionDenied)}, true
+			continue
+		}
+		known, err := decodeProcesses(stored)
+		if err != nil {
+			return nil, fmt.Errorf("host %d: %w", id, err)
+		}
+		live = append(live, regFound{i: i, id: id, procs: mergeProcesses(known, rs[i].Processes, at)})
+	}
+	return live, rows.Err()
 }
