@@ -136,12 +136,7 @@ func TestLateServerKeepsItsStream(t *testing.T) {
 	// heartbeats, and agentd's keepalive pings.
 	h := newHarness(t, r, t.TempDir(), time.Minute, 0)
 	proxy := newLagger(t, h.cc.Target())
-	h.cc.Close()
-	cc, err := grpc.NewClient(proxy.addr(), append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, DialOptions()...)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.cc = cc // closed by newHarness's cleanup
+	h.dialVia(proxy.addr())
 	h.run()
 	fs := h.stream()
 	proxy.lag(late) // the Welcome too, maybe: well within WelcomeTimeout
@@ -178,4 +173,17 @@ func TestLateServerKeepsItsStream(t *testing.T) {
 			return
 		}
 	}
+}
+
+// dialVia makes the harness's Client reach its server through addr (a
+// proxy to it), with agentd's own dial options (keepalive, connect
+// timeout). Call it before run.
+func (h *harness) dialVia(addr string) {
+	h.t.Helper()
+	h.cc.Close()
+	cc, err := grpc.NewClient(addr, append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, DialOptions()...)...)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.cc = cc // closed by newHarness's cleanup
 }

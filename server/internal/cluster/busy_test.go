@@ -16,23 +16,8 @@ import (
 // lost bound runs out as before.
 func TestCommandNotLostWhileItsReplicaIsBusy(t *testing.T) {
 	c := newCluster(t, "a", "b")
-	a, b := c.nodes["a"], c.nodes["b"]
-	ag := c.host("h1", time.Hour)
-	if err := ag.connect(b.addr); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, "the host on b", func() bool { return b.fleet.Connected(ag.hostID) })
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	done := make(chan error, 1)
-	go func() {
-		_, err := a.router.Dispatch(ctx, ag.hostID, stop(14))
-		done <- err
-	}()
-	eventually(t, "the command running on the agent", func() bool { runs, _, _ := ag.counts(ak{14, 1}); return runs == 1 })
-	b.kill()
-	ag.close()
-	c.dir.set("b", b.addr, false) // its lease passed
+	a := c.nodes["a"]
+	done := c.dispatchThenKillHolder(30*time.Second, 14)
 	var lastBusy time.Time
 	for end := time.Now().Add(2 * lostAfter); time.Now().Before(end); {
 		lastBusy = time.Now()
@@ -54,4 +39,31 @@ func TestCommandNotLostWhileItsReplicaIsBusy(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatal("Dispatch still waits")
 	}
+}
+
+// dispatchThenKillHolder runs a stop (subtask, attempt 1) through replica
+// a for a host whose stream is on b, and once agentd runs it kills b and
+// the agentd, b's lease passed; the Dispatch's error comes on the channel
+// (it has up to wait).
+func (c *cluster3) dispatchThenKillHolder(wait time.Duration, subtask int64) <-chan error {
+	t := c.t
+	t.Helper()
+	a, b := c.nodes["a"], c.nodes["b"]
+	ag := c.host("h1", time.Hour)
+	if err := ag.connect(b.addr); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the host on b", func() bool { return b.fleet.Connected(ag.hostID) })
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	t.Cleanup(cancel)
+	done := make(chan error, 1)
+	go func() {
+		_, err := a.router.Dispatch(ctx, ag.hostID, stop(subtask))
+		done <- err
+	}()
+	eventually(t, "the command running on the agent", func() bool { runs, _, _ := ag.counts(ak{subtask, 1}); return runs == 1 })
+	b.kill()
+	ag.close()
+	c.dir.set("b", b.addr, false) // its lease passed
+	return done
 }
