@@ -163,13 +163,16 @@ func (c *clusterRun) batchFleet(ctx context.Context, n int) (f *fleetRun, sims *
 	f = &fleetRun{env: c.env, srv: c.replicas[0], servers: c.serverList(), hosts: c.hosts[0], tasks: c.tasks[0],
 		stateDir: stateDir, perSim: int((limit - 1000) / 2)}
 	c.env.Logf("cluster: batch: %d simulated hosts over %d replicas", n, len(c.replicas))
-	if sims, err = f.startSims(ctx, n, fleetStopDelay); err != nil {
+	started, err := f.startSims(ctx, n, fleetStopDelay)
+	if err != nil {
 		return nil, nil, nil, done, err
 	}
+	// Not the named result, which an error return sets to nil.
 	done = func() {
-		_ = sims.stop()
+		_ = started.stop()
 		os.RemoveAll(stateDir)
 	}
+	sims = started
 	if ids, err = f.waitConnected(ctx, sims, n, 60*time.Second+time.Duration(n)*20*time.Millisecond); err != nil {
 		return nil, nil, nil, done, err
 	}

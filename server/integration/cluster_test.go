@@ -231,7 +231,7 @@ func TestClusterFrozenReplicaPastItsLeaseIsFenced(t *testing.T) {
 	t.Parallel()
 	c := startCluster(t, 3)
 	// The owner frozen is the replica with the fewest streams: an agentd
-	// finds a frozen replica gone only by its keepalive (15 s), which is
+	// finds a frozen replica gone only by its keepalive (30 s), which is
 	// agentd's failover, not the fencing this test is about.
 	frozen, streams := 0, 0
 	agents, id := startMidBatch(t, c, 3, func(agents []*agentd) int {

@@ -41,7 +41,7 @@ var (
 
 // Defaults of Config.
 const (
-	DefaultWelcomeTimeout  = 10 * time.Second
+	DefaultWelcomeTimeout  = 30 * time.Second
 	DefaultHeartbeat       = 15 * time.Second
 	DefaultStableAfter     = 10 * time.Second
 	DefaultShutdownTimeout = 5 * time.Second
@@ -85,11 +85,11 @@ type Config struct {
 
 	Grace           time.Duration   // SIGTERM→SIGKILL when a command leaves it unset; default 30s
 	Backoff         backoff.Backoff // reconnect delays
-	WelcomeTimeout  time.Duration   // wait for the Welcome; default 10s
+	WelcomeTimeout  time.Duration   // wait for the connection and the Welcome; default 30s (a busy server registers a reconnect storm's hosts through its store for seconds: a client that gives up sooner wasted that write and queues again)
 	StableAfter     time.Duration   // a welcomed connection up this long resets the backoff; default 10s
 	ShutdownTimeout time.Duration   // on shutdown, wait this long for commands' results to be sent; default 5s
 	ScanEvery       time.Duration   // a heartbeat scans all of /proc at least this often, else re-checks the known processes; default 1m (see heartbeatProcesses)
-	BeginTimeout    time.Duration   // wait this long (at most the command's timeout) for the server's go-ahead to begin a command; default 20s (see goAhead)
+	BeginTimeout    time.Duration   // wait this long (at most the command's timeout) for the server's go-ahead to begin a command; default 35s (see goAhead)
 	Log             zerolog.Logger
 	Rand            *rand.Rand // backoff jitter source; default a random seed
 
@@ -195,7 +195,7 @@ func New(cfg Config) *Client {
 // so agentd never loops hot. A dead server costs the next one only its own
 // failure: a new connection to one of several servers fails the attempt as
 // soon as it fails (refused at once; unanswered, gRPC's connect timeout of
-// 5 s, see DialOptions) rather than waiting WelcomeTimeout for the server
+// 20 s, see DialOptions) rather than waiting WelcomeTimeout for the server
 // to come back. An attempt that fails slowly (busyAfter without a Welcome,
 // or a welcomed stream ended before StableAfter) counts as a whole failed
 // round: the server is busy, not gone (see round). A stream that stayed

@@ -9,9 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
 	agentv1 "agentplane/gen/agentplane/agent/v1"
 )
 
@@ -123,18 +120,13 @@ func (f *freezer) close() {
 // answer within 10s", 5 s before the keepalive gave up on the server.
 func TestCommandOfAFrozenServerWaitsForTheNextStream(t *testing.T) {
 	if testing.Short() {
-		t.Skip("waits out the keepalive (15 s)")
+		t.Skip("waits out the keepalive (30 s)")
 	}
 	t.Parallel()
 	r := newFakeRunner(false)
 	h := newHarness(t, r, t.TempDir(), time.Second, 0)
 	proxy := newFreezer(t, h.cc.Target())
-	h.cc.Close()
-	cc, err := grpc.NewClient(proxy.addr(), append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, DialOptions()...)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.cc = cc // closed by newHarness's cleanup
+	h.dialVia(proxy.addr())
 	h.srv.setBegin(silent)
 	h.run()
 	fs := h.stream()

@@ -121,7 +121,7 @@ func main() {
 	fs.IntVar(&c.agentMsgBurst, "agent-msg-burst", rpc.DefaultAgentMsgBurst, "messages one agent stream may send at once above --agent-max-msgs-per-sec")
 	fs.IntVar(&c.agentMaxStreams, "agent-max-streams", fleet.DefaultMaxStreamsPerHost, "agent streams one host may hold at once (the current one and its replacements); more are refused with RESOURCE_EXHAUSTED")
 	fs.IntVar(&c.agentReplacements, "agent-max-replacements-per-min", fleet.DefaultMaxReplacementsPerMin, "how often a minute a host may replace its live agent stream by a new one; more are refused with RESOURCE_EXHAUSTED")
-	fs.IntVar(&c.maxHandshakes, "grpc-max-handshakes", rpc.DefaultMaxHandshakes, "gRPC TLS handshakes run at once; more connections wait (up to 3 s, then they are closed and their clients retry), so a reconnect storm after a restart runs at the server's handshake rate instead of collapsing into client timeouts")
+	fs.IntVar(&c.maxHandshakes, "grpc-max-handshakes", rpc.DefaultMaxHandshakes, "gRPC TLS handshakes run at once; more connections wait (up to 6 s, then they are closed and their clients retry), so a reconnect storm after a restart or a failover runs at the server's handshake rate instead of collapsing into client timeouts; while connections wait, no agent counts as lost (--agent-lost-after counts from the last wait)")
 	fs.DurationVar(&c.shutdownWait, "shutdown-timeout", 10*time.Second, "how long shutdown waits for calls in flight")
 	fs.Int64Var(&c.logMaxBytes, "subtask-log-max-bytes", task.DefaultLogMaxBytes, "bytes of text one subtask's log keeps; past them (or --subtask-log-max-lines) its oldest lines are dropped, attempt headers kept, and a marker line counts what was dropped")
 	fs.Int64Var(&c.logMaxLines, "subtask-log-max-lines", task.DefaultLogMaxLines, "lines one subtask's log keeps (see --subtask-log-max-bytes)")
@@ -338,8 +338,8 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 	}
 	var grpcOpts []grpc.ServerOption
 	if !c.insecure {
-		grpcOpts = append(grpcOpts, grpc.Creds(rpc.LimitHandshakes(credentials.NewTLS(ca.MutualTLSConfig()),
-			c.maxHandshakes, rpc.DefaultHandshakeQueueWait)))
+		grpcOpts = append(grpcOpts, grpc.Creds(rpc.LimitHandshakesBusy(credentials.NewTLS(ca.MutualTLSConfig()),
+			c.maxHandshakes, rpc.DefaultHandshakeQueueWait, agents.Busy)))
 	}
 	grpcOpts = append(grpcOpts, ms.GRPCOptions()...)
 	gs := rpc.NewServer(rpc.Config{Hosts: hosts, Tasks: tasks, Fleet: ms.Fleet(agents), Users: users, Enroll: enrollment,

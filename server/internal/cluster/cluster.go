@@ -40,6 +40,9 @@ type Fleet interface {
 	// fleet queued (go-ahead, progress) and, as the server shares that
 	// writer with the engine, the engine's ("dispatching ...").
 	LinesStored(ctx context.Context, subtaskID int64) error
+	// BusySince is when this replica was last too busy to take every agent
+	// connecting (fleet.Fleet.Busy); zero if never.
+	BusySince() time.Time
 }
 
 // Directory says where hosts' streams are and which replicas are live

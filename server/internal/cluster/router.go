@@ -54,6 +54,7 @@ type RouterConfig struct {
 type Router struct {
 	cfg   RouterConfig
 	watch *watcher
+	where *locations    // single hosts' locations, read in batches
 	acks  chan struct{} // bounds the Acks forwarded at once
 
 	mu    sync.Mutex
@@ -77,15 +78,22 @@ func NewRouter(cfg RouterConfig) *Router {
 	if cfg.Poll <= 0 {
 		cfg.Poll = 500 * time.Millisecond
 	}
-	return &Router{cfg: cfg, watch: newWatcher(cfg.Dir, cfg.Poll, cfg.Fleet.Connected), acks: make(chan struct{}, maxAcksForwarded)}
+	return &Router{cfg: cfg, watch: newWatcher(cfg.Dir, cfg.Poll, cfg.Fleet.Connected), where: newLocations(cfg.Dir, locateWait),
+		acks: make(chan struct{}, maxAcksForwarded)}
 }
 
 // maxAcksForwarded bounds the Acks sent to peers at once; beyond it an Ack
 // is dropped (agentd re-sends its result, acknowledged then).
 const maxAcksForwarded = 64
 
+// locateWait bounds one batch of location reads (locations).
+const locateWait = 10 * time.Second
+
 // Close stops the location reads.
-func (r *Router) Close() { r.watch.close() }
+func (r *Router) Close() {
+	r.watch.close()
+	r.where.close()
+}
 
 // where a host's stream is.
 type where int
@@ -103,13 +111,9 @@ func (r *Router) locate(ctx context.Context, hostID int64, hs *store.HostStream)
 		return here, ""
 	}
 	if hs == nil {
-		got, err := r.cfg.Dir.HostReplicas(ctx, []int64{hostID})
-		if err != nil {
+		s, ok, err := r.where.read(ctx, hostID)
+		if err != nil || !ok {
 			return here, "" // the fleet waits; the watch reads again
-		}
-		s, ok := got[hostID]
-		if !ok {
-			return here, ""
 		}
 		hs = &s
 	}
@@ -167,20 +171,25 @@ func (r *Router) Dispatch(ctx context.Context, hostID int64, cmd fleet.Command) 
 // fails no command by itself: while the dead replica's hosts keep moving to
 // live ones (the survivors work through the reconnections, which may take
 // longer than LostAfter at thousands of hosts), the bound counts from the
-// last such move this replica saw, as the fleet's does after a restart.
+// last such move this replica saw, as the fleet's does after a restart,
+// and from the last moment this replica was too busy to take every agent
+// connecting (fleet.Fleet.Busy): the host's agentd may be one of those.
 func (r *Router) awaitMove(ctx context.Context, hostID int64, away time.Time, dead string) error {
 	s, stop := r.watch.watch(hostID)
 	defer stop()
+	deadline := func() time.Time {
+		return later(later(away, r.lastMove(dead)), r.cfg.Fleet.BusySince()).Add(r.cfg.LostAfter)
+	}
 	for {
-		at := later(away, r.lastMove(dead)).Add(r.cfg.LostAfter)
+		at := deadline()
 		t := time.NewTimer(time.Until(at))
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return context.Cause(ctx)
 		case <-t.C:
-			if at.Before(later(away, r.lastMove(dead)).Add(r.cfg.LostAfter)) {
-				continue // hosts moved meanwhile
+			if at.Before(deadline()) {
+				continue // hosts moved, or agents waited to connect, meanwhile
 			}
 			return fmt.Errorf("%w: on no live replica for %s (its replica %s is not live)", fleet.ErrAgentLost,
 				roundDuration(time.Since(away)), dead)
@@ -376,12 +385,8 @@ func (r *Router) WaitConnected(ctx context.Context, hostID int64, wait time.Dura
 // connectedElsewhere reports whether the host is ONLINE on another live
 // replica.
 func (r *Router) connectedElsewhere(ctx context.Context, hostID int64) bool {
-	got, err := r.cfg.Dir.HostReplicas(ctx, []int64{hostID})
-	if err != nil {
-		return false
-	}
-	hs, ok := got[hostID]
-	if !ok || hs.Status != host.StatusOnline {
+	hs, ok, err := r.where.read(ctx, hostID)
+	if err != nil || !ok || hs.Status != host.StatusOnline {
 		return false
 	}
 	w, _ := r.locate(ctx, hostID, &hs)

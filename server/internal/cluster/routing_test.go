@@ -101,24 +101,8 @@ func TestCommandFollowsTheHostWhenItsReplicaDies(t *testing.T) {
 // replica for the lost bound: its replica died, its agent never came back.
 func TestCommandLostOnlyWhenOnNoLiveReplica(t *testing.T) {
 	c := newCluster(t, "a", "b")
-	a, b := c.nodes["a"], c.nodes["b"]
-	ag := c.host("h1", time.Hour)
-	if err := ag.connect(b.addr); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, "the host on b", func() bool { return b.fleet.Connected(ag.hostID) })
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	done := make(chan error, 1)
-	go func() {
-		_, err := a.router.Dispatch(ctx, ag.hostID, stop(13))
-		done <- err
-	}()
-	eventually(t, "the command running on the agent", func() bool { runs, _, _ := ag.counts(ak{13, 1}); return runs == 1 })
+	done := c.dispatchThenKillHolder(20*time.Second, 13)
 	killed := time.Now()
-	b.kill()
-	ag.close()
-	c.dir.set("b", b.addr, false) // its lease passed
 	select {
 	case err := <-done:
 		if !errors.Is(err, fleet.ErrAgentLost) {

@@ -37,6 +37,7 @@ import (
 // session stays. A certificate's host is checked before anything is
 // written; a bootstrap Hello's once it is registered.
 func (f *Fleet) Connect(ctx context.Context, h Hello) (*Session, Welcome, error) {
+	began := time.Now()
 	if h.Identity == nil {
 		if f.cfg.Token == "" {
 			return nil, Welcome{}, fmt.Errorf("agent stream without a client certificate: enroll agentd with a join token: %w", errs.ErrUnauthenticated)
@@ -87,7 +88,10 @@ func (f *Fleet) Connect(ctx context.Context, h Hello) (*Session, Welcome, error)
 	if h.InstallHomeMissing {
 		r.AgentStatus = host.AgentNotInstalled
 	}
-	reg, err := f.cfg.Registry.RegisterHost(ctx, r, f.cfg.Now())
+	reg, err := f.register(ctx, r)
+	if time.Since(began) >= slowConnect {
+		f.Busy() // agents queue behind this one for the host locks and the store
+	}
 	if err != nil {
 		return nil, Welcome{}, fmt.Errorf("registering host %q: %w", h.HostName, err)
 	}
@@ -155,6 +159,10 @@ func (f *Fleet) Connect(ctx context.Context, h Hello) (*Session, Welcome, error)
 		Int("cancels", len(cancels)).Msg("agent connected")
 	return s, Welcome{HostID: reg.ID, HeartbeatInterval: f.cfg.HeartbeatInterval, Epoch: reg.Epoch}, nil
 }
+
+// slowConnect: a Connect whose checks and registration took this long
+// found the server busy (see Busy), taking more agents than it can at once.
+const slowConnect = 2 * time.Second
 
 // admit checks the host's stream bounds for a new session, taking a
 // replacement token when the host has a live session. Callers hold the

@@ -19,11 +19,12 @@ import (
 //	hoststate.go  what the fleet holds per host (hostState), and per-host locks
 //	session.go    one agent stream (Session) and why it ends
 //	connect.go    sessions: Connect, the stream bounds, Disconnect, revocations
+//	register.go   Connect's registrations, written in batches
 //	dispatch.go   commands: Dispatch, the wait for a result, cancels, Ack
 //	receive.go    what agents send: Receive, results nobody waits for
 //	fence.go      the go-ahead (Begin) and the attempts the server gave up on
 //	query.go      a resumed command: ask agentd what became of it (Query) first
-//	liveness.go   lost agents, WaitConnected, a server restart (Expect, Serving)
+//	liveness.go   lost agents, WaitConnected, a server restart (Expect, Serving), a busy server (Busy)
 //	report.go     heartbeat and status writes: batched last_seen, OFFLINE retries
 //	errors.go     the errors callers tell apart
 //	message.go, validate.go  the messages, and the bounds on what agents report
@@ -106,7 +107,9 @@ type Config struct {
 	//
 	// Silence counts only while the server could have heard the agent:
 	// for a host expected back after a server restart (Expect), it counts
-	// from when the restart's reconnections settle (see Expect).
+	// from when the restart's reconnections settle (see Expect); for any
+	// host, from when the server was last too busy to take every agent
+	// that tried to connect (see Busy).
 	LostAfter time.Duration
 	// MaxStreamsPerHost bounds the agent streams one host may hold at once,
 	// from Connect to Disconnect: the current one and one replacing it.
@@ -152,6 +155,12 @@ type Fleet struct {
 	// stored status always ends as the sessions say. Per host: after a
 	// server restart 10,000 agents connect at once, each with a write.
 	online hostLocks
+
+	regs registrations // Connect's registrations, batched (register.go)
+
+	// busy is when the server was last too busy to take every agent that
+	// tried to connect at once (Busy), in Unix nanoseconds; 0 never.
+	busy atomic.Int64
 
 	mu      sync.Mutex
 	closing bool

@@ -140,19 +140,46 @@ func (st *hostState) joinedCh() chan struct{} {
 	return st.joined
 }
 
-// hostLocks are per-host mutexes (striped), and a way to hold them all.
+// hostLocks are per-host mutexes, and a way to hold them all. Each host's
+// is its own (made while held or awaited, dropped after): a Connect holds
+// its host's across the host's registration, a store write, and during a
+// failover thousands of hosts register at once. Striped locks (256) made
+// the hosts sharing a stripe register one after another, each behind a
+// whole write group: their Welcomes came after agentd's timeout.
 type hostLocks struct {
-	every   sync.RWMutex // held shared by host, exclusively by all
-	stripes [256]sync.Mutex
+	every sync.RWMutex // held shared by host, exclusively by all
+
+	mu   sync.Mutex
+	held map[int64]*hostLock // the hosts locked or awaited
+}
+
+type hostLock struct {
+	sync.Mutex
+	refs int // holders and waiters; guarded by hostLocks.mu
 }
 
 // host locks one host; call the result to unlock.
 func (l *hostLocks) host(id int64) func() {
 	l.every.RLock()
-	m := &l.stripes[uint64(id)%uint64(len(l.stripes))]
-	m.Lock()
+	l.mu.Lock()
+	if l.held == nil {
+		l.held = map[int64]*hostLock{}
+	}
+	h := l.held[id]
+	if h == nil {
+		h = &hostLock{}
+		l.held[id] = h
+	}
+	h.refs++
+	l.mu.Unlock()
+	h.Lock()
 	return func() {
-		m.Unlock()
+		h.Unlock()
+		l.mu.Lock()
+		if h.refs--; h.refs == 0 {
+			delete(l.held, id)
+		}
+		l.mu.Unlock()
 		l.every.RUnlock()
 	}
 }

@@ -9,7 +9,9 @@ import (
 // watch runs when a session's watchdog fires: it ends the session with
 // ErrLost if the host has been silent for LostAfter, else re-arms the timer
 // for the rest of the bound. A host whose message is being handled is not
-// silent: the server is not reading its stream meanwhile.
+// silent: the server is not reading its stream meanwhile. Nor is one while
+// the server is busy (see Busy): silence counts from the later of the
+// host's last message and the server's last busy moment.
 func (f *Fleet) watch(s *Session) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -23,7 +25,7 @@ func (f *Fleet) watch(s *Session) {
 			heard = time.Now()
 		}
 	}
-	idle := time.Since(heard)
+	idle := time.Since(later(heard, f.BusySince()))
 	if idle < f.cfg.LostAfter {
 		s.lost.Reset(f.cfg.LostAfter - idle)
 		return
@@ -76,9 +78,30 @@ func (f *Fleet) Serving() {
 	}
 }
 
+// Busy records that the server is, now, too busy to take every agent that
+// tries to connect: a connection waits for a TLS handshake slot (the
+// server's handshake limiter calls it), or a registration waits long for
+// the store (Connect). A replica taking a dead one's thousands of
+// reconnects is so for seconds to minutes, and an agent waiting in that
+// queue, or in the backoff it was sent to, is not silent. So no host
+// counts as lost, and no command as "agentd lost", until LostAfter after
+// the server was last busy (and after the host was last heard from): a
+// failover fails no task by itself. Cheap: one atomic store.
+func (f *Fleet) Busy() { f.busy.Store(time.Now().UnixNano()) }
+
+// BusySince is when the server was last busy (Busy); zero if never.
+func (f *Fleet) BusySince() time.Time {
+	if n := f.busy.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
+}
+
 // lostDeadline says when a wait for st's agentd to connect gives up: wait
-// after since, unless the host is expected back after the restart (see
-// Expect; restart true), when it is LostAfter after the restart settles.
+// after the later of since and the server's last busy moment (see Busy),
+// unless the host is expected back after the restart (see Expect; restart
+// true), when it is LostAfter after the restart settles (or after the
+// last busy moment, if later).
 // With ok false the server is not serving yet: there is no such time until
 // servingCh is closed. A restart's bound that ended before since no longer
 // applies: the host is no longer expected. Callers hold mu and hold st.
@@ -92,11 +115,11 @@ func (f *Fleet) lostDeadline(st *hostState, since time.Time, wait time.Duration)
 			settled = later(settled, f.back.Add(f.cfg.HeartbeatInterval))
 		}
 		if at = settled.Add(f.cfg.LostAfter); !at.Before(since) {
-			return at, true, true
+			return later(at, f.BusySince().Add(f.cfg.LostAfter)), true, true
 		}
 		st.expected = false
 	}
-	return since.Add(wait), false, true
+	return later(since, f.BusySince()).Add(wait), false, true
 }
 
 // notBack says why a host expected back after the restart is given up.

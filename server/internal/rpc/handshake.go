@@ -17,9 +17,10 @@ const (
 	// keeps each under a second or two on two busy cores.
 	DefaultMaxHandshakes = 512
 	// DefaultHandshakeQueueWait is how long a connection may wait for a
-	// handshake slot: under agentd's 5 s connect timeout, so a client
-	// still waits when its handshake runs.
-	DefaultHandshakeQueueWait = 3 * time.Second
+	// handshake slot: well under agentd's 20 s connect timeout, so a client
+	// still waits when its handshake runs, and under the server's
+	// --handshake-timeout (10 s), which bounds the handshake that follows.
+	DefaultHandshakeQueueWait = 6 * time.Second
 )
 
 // errHandshakeQueue is why a connection that waited too long for a slot is
@@ -39,16 +40,28 @@ var errHandshakeQueue = errors.New("too many TLS handshakes in progress; retry")
 // storm collapses to a few accepts a second. Bounded, each handshake
 // finishes in time and the storm runs at the server's real handshake rate.
 func LimitHandshakes(c credentials.TransportCredentials, n int, wait time.Duration) credentials.TransportCredentials {
+	return LimitHandshakesBusy(c, n, wait, nil)
+}
+
+// LimitHandshakesBusy is LimitHandshakes, calling busy (when not nil)
+// each time a connection finds every slot taken: the server is taking
+// more connections than it can at once (fleet.Fleet.Busy). busy must be
+// cheap and must not block.
+func LimitHandshakesBusy(c credentials.TransportCredentials, n int, wait time.Duration, busy func()) credentials.TransportCredentials {
 	if n < 1 {
 		return c
 	}
-	return &limitedCreds{TransportCredentials: c, slots: make(chan struct{}, n), wait: wait}
+	if busy == nil {
+		busy = func() {}
+	}
+	return &limitedCreds{TransportCredentials: c, slots: make(chan struct{}, n), wait: wait, busy: busy}
 }
 
 type limitedCreds struct {
 	credentials.TransportCredentials
 	slots chan struct{}
 	wait  time.Duration
+	busy  func()
 }
 
 func (l *limitedCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
@@ -62,6 +75,7 @@ func (l *limitedCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.Auth
 	select {
 	case l.slots <- struct{}{}: // a free slot is taken even past the deadline
 	default:
+		l.busy()
 		t := time.NewTimer(time.Until(deadline))
 		select {
 		case l.slots <- struct{}{}:
@@ -75,7 +89,7 @@ func (l *limitedCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.Auth
 }
 
 func (l *limitedCreds) Clone() credentials.TransportCredentials {
-	return &limitedCreds{TransportCredentials: l.TransportCredentials.Clone(), slots: l.slots, wait: l.wait}
+	return &limitedCreds{TransportCredentials: l.TransportCredentials.Clone(), slots: l.slots, wait: l.wait, busy: l.busy}
 }
 
 // replayConn reads first before the rest of Conn.

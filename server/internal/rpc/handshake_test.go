@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -96,5 +97,41 @@ func TestLimitHandshakes(t *testing.T) {
 	silentC.Close()
 	if r := <-silent; r.err == nil {
 		t.Fatal("a client that closed without a byte handshook")
+	}
+}
+
+// TestLimitHandshakesReportsBusy: a connection that finds every slot taken
+// reports the server busy (the fleet then counts no agent lost meanwhile);
+// one that finds a slot free does not.
+func TestLimitHandshakesReportsBusy(t *testing.T) {
+	inner := heldCreds{release: make(chan struct{}), read: make(chan []byte, 3)}
+	var busy atomic.Int64
+	creds := LimitHandshakesBusy(inner, 1, 100*time.Millisecond, func() { busy.Add(1) })
+
+	firstS, firstC := net.Pipe()
+	defer firstC.Close()
+	first := serverHandshake(creds, firstS)
+	go firstC.Write([]byte("abc"))
+	select {
+	case <-inner.read:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the first handshake did not run")
+	}
+	if n := busy.Load(); n != 0 {
+		t.Fatalf("busy reported %d times with a free slot", n)
+	}
+	secondS, secondC := net.Pipe()
+	defer secondC.Close()
+	second := serverHandshake(creds, secondS)
+	go secondC.Write([]byte("def"))
+	if r := <-second; !errors.Is(r.err, errHandshakeQueue) {
+		t.Fatalf("second handshake: %v", r.err)
+	}
+	if n := busy.Load(); n != 1 {
+		t.Fatalf("busy reported %d times for one connection waiting, want 1", n)
+	}
+	close(inner.release)
+	if r := <-first; r.err != nil {
+		t.Fatal(r.err)
 	}
 }
