@@ -54,7 +54,6 @@ type RouterConfig struct {
 type Router struct {
 	cfg   RouterConfig
 	watch *watcher
-	where *locations    // single hosts' locations, read in batches
 	acks  chan struct{} // bounds the Acks forwarded at once
 
 	mu    sync.Mutex
@@ -78,22 +77,15 @@ func NewRouter(cfg RouterConfig) *Router {
 	if cfg.Poll <= 0 {
 		cfg.Poll = 500 * time.Millisecond
 	}
-	return &Router{cfg: cfg, watch: newWatcher(cfg.Dir, cfg.Poll, cfg.Fleet.Connected), where: newLocations(cfg.Dir, locateWait),
-		acks: make(chan struct{}, maxAcksForwarded)}
+	return &Router{cfg: cfg, watch: newWatcher(cfg.Dir, cfg.Poll, cfg.Fleet.Connected), acks: make(chan struct{}, maxAcksForwarded)}
 }
 
 // maxAcksForwarded bounds the Acks sent to peers at once; beyond it an Ack
 // is dropped (agentd re-sends its result, acknowledged then).
 const maxAcksForwarded = 64
 
-// locateWait bounds one batch of location reads (locations).
-const locateWait = 10 * time.Second
-
 // Close stops the location reads.
-func (r *Router) Close() {
-	r.watch.close()
-	r.where.close()
-}
+func (r *Router) Close() { r.watch.close() }
 
 // where a host's stream is.
 type where int
@@ -111,9 +103,13 @@ func (r *Router) locate(ctx context.Context, hostID int64, hs *store.HostStream)
 		return here, ""
 	}
 	if hs == nil {
-		s, ok, err := r.where.read(ctx, hostID)
-		if err != nil || !ok {
+		got, err := r.cfg.Dir.HostReplicas(ctx, []int64{hostID})
+		if err != nil {
 			return here, "" // the fleet waits; the watch reads again
+		}
+		s, ok := got[hostID]
+		if !ok {
+			return here, ""
 		}
 		hs = &s
 	}
@@ -385,8 +381,12 @@ func (r *Router) WaitConnected(ctx context.Context, hostID int64, wait time.Dura
 // connectedElsewhere reports whether the host is ONLINE on another live
 // replica.
 func (r *Router) connectedElsewhere(ctx context.Context, hostID int64) bool {
-	hs, ok, err := r.where.read(ctx, hostID)
-	if err != nil || !ok || hs.Status != host.StatusOnline {
+	got, err := r.cfg.Dir.HostReplicas(ctx, []int64{hostID})
+	if err != nil {
+		return false
+	}
+	hs, ok := got[hostID]
+	if !ok || hs.Status != host.StatusOnline {
 		return false
 	}
 	w, _ := r.locate(ctx, hostID, &hs)
