@@ -320,6 +320,7 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 	})
 	hooks.set(engine)
 	reg.MustRegister(srvmetrics.TasksRunning(engine.Owned))
+	reg.MustRegister(srvmetrics.LogLinesDropped(logs.Dropped))
 	if err := engine.Start(ctx); err != nil {
 		return err
 	}

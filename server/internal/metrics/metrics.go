@@ -99,6 +99,17 @@ func TasksRunning(count func() int) prometheus.Collector {
 	}, func() float64 { return float64(count()) })
 }
 
+// LogLinesDropped is the counter agentplane_subtask_log_lines_dropped_total:
+// dropped, read at each scrape, counts the subtask log lines the log writer
+// dropped because its queue of lines not yet stored was full
+// (task.LogWriter.Dropped). Register it once the writer exists.
+func LogLinesDropped(dropped func() int64) prometheus.Collector {
+	return prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Namespace: ns, Name: "subtask_log_lines_dropped_total",
+		Help: "Subtask log lines dropped because the queue of lines not yet stored was full.",
+	}, func() float64 { return float64(dropped()) })
+}
+
 // errorKinds name the error kinds in labels, the first that an error
 // wraps; anything else is "internal".
 var errorKinds = []struct {

@@ -267,6 +267,21 @@ func TestTasksRunning(t *testing.T) {
 	}
 }
 
+func TestLogLinesDropped(t *testing.T) {
+	var n int64 = 2
+	reg := metrics.NewRegistry()
+	c := LogLinesDropped(func() int64 { return n })
+	reg.MustRegister(c)
+	if got := testutil.ToFloat64(c); got != 2 {
+		t.Errorf("subtask_log_lines_dropped_total = %v, want 2", got)
+	}
+	n = 5
+	if got := testutil.ToFloat64(c); got != 5 {
+		t.Errorf("subtask_log_lines_dropped_total = %v, want 5", got)
+	}
+	lint(t, reg)
+}
+
 // lint fails on anything promlint finds in what reg gathers.
 func lint(t *testing.T, reg prometheus.Gatherer) {
 	t.Helper()
