@@ -18,9 +18,12 @@ import (
 // on its own TLS connection speaking the real protocol, against one server.
 // For N in 1,000, 5,000 and 10,000 (short mode: 1,000) it measures
 //
-//   - the server's RSS per connected host: the server restarted fresh (same
-//     data dir: the hosts stay enrolled) and idle with no agent, then with N
-//     hosts ONLINE, (RSS_N - RSS_0) / N;
+//   - the server's RSS per connected host: the server just started (for
+//     the first N, the bench's fresh server; for the next, restarted on the
+//     same data dir, where the hosts of the smaller N stay enrolled) and
+//     idle with no agent, then with N hosts ONLINE, (RSS_N - RSS_0) / N.
+//     The hosts not enrolled yet (all of the first N) enroll in between:
+//     their enrollments' garbage is in the reading too;
 //   - a batch stop of all N hosts, from the BatchStopAgents request to the
 //     final task seen through WatchTask;
 //   - the reconnect storm after a server restart: with N hosts connected and

@@ -83,6 +83,9 @@ type Config struct {
 	Store api.StoreHealthWatcher
 }
 
+// staticWindow is HTTP/2's default flow-control window, 64 KiB - 1.
+const staticWindow = 1<<16 - 1
+
 // DefaultHandshakeTimeout is Config.HandshakeTimeout's default: grpc-go's
 // own is 120 s, long enough for silent connections to pile up.
 const DefaultHandshakeTimeout = 10 * time.Second
@@ -110,6 +113,15 @@ func NewServer(cfg Config, opts ...grpc.ServerOption) *grpc.Server {
 		// those buffers alone would be 320 MB. The caller's opts may
 		// override it.
 		grpc.ReadBufferSize(0),
+		// Static flow-control windows of HTTP/2's default size (64 KiB):
+		// grpc-go's dynamic windows answer each data frame read on an idle
+		// connection with a BDP ping (a write, the pooled 32 KiB write
+		// buffer taken and the ping's ack read): on every agent's every
+		// heartbeat. What clients send is small (agent messages, API
+		// requests, at most MaxRecvBytes): the windows for it need not
+		// grow; a 4 MB request over a long round trip is the one to slow.
+		grpc.StaticStreamWindowSize(staticWindow),
+		grpc.StaticConnWindowSize(staticWindow),
 	}, opts...)
 	opts = append(opts,
 		grpc.ConnectionTimeout(cfg.HandshakeTimeout),
