@@ -25,9 +25,13 @@ type gatedLogs struct {
 
 	mu    sync.Mutex
 	lines []string
+	calls int // writes begun
 }
 
 func (g *gatedLogs) AppendSubtaskLogs(ctx context.Context, lines []task.SubtaskLogLine) error {
+	g.mu.Lock()
+	g.calls++
+	g.mu.Unlock()
 	select {
 	case <-g.open:
 	case <-ctx.Done():
@@ -42,6 +46,25 @@ func (g *gatedLogs) AppendSubtaskLogs(ctx context.Context, lines []task.SubtaskL
 		g.lines = append(g.lines, fmt.Sprintf("%d %s", l.SubtaskID, l.Line))
 	}
 	return nil
+}
+
+// waitWriting returns once a write has begun (it waits for open), and
+// fails the test after 10 s.
+func (g *gatedLogs) waitWriting(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		g.mu.Lock()
+		n := g.calls
+		g.mu.Unlock()
+		if n > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no write reached the store in 10 s")
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 func (g *gatedLogs) stored() []string {
@@ -100,6 +123,7 @@ func TestReceiveDoesNotWaitForLogLines(t *testing.T) {
 	go func() {
 		first <- w.AppendSubtaskLog(context.Background(), 5, task.LogLine{RunTime: 1, Line: "dispatching stop"})
 	}()
+	g.waitWriting(t)
 	done := dispatch(context.Background(), f, s.HostID, Command{SubtaskID: 5, Attempt: 1, StopAgent: &StopAgent{}})
 	next(t, s)
 	receiveNow(t, f, s, Inbound{Begin: &Begin{SubtaskID: 5, Attempt: 1}})
