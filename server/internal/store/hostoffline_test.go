@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"errors"
-	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -20,19 +19,9 @@ import (
 // exist gets ErrNotFound; a caller whose ctx ended is not written.
 func TestABurstOfStreamEndsIsFewWrites(t *testing.T) {
 	ctx := context.Background()
-	s, err := OpenTest(t, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	const n = 600 // over two chunks when one group takes them all
+	const n = 600                                                      // over two chunks when one group takes them all
+	s, regs := groupTestHosts(t, n+1, func(int) string { return "a" }) // the last for a caller whose ctx ended
 	at := time.UnixMilli(1_700_000_000_000)
-	regs := make([]host.Host, n+1) // the last for a caller whose ctx ended
-	for i := range regs {
-		if regs[i], err = s.RegisterHost(ctx, host.Host{Name: fmt.Sprint("h", i), Replica: "a"}, at); err != nil {
-			t.Fatal(err)
-		}
-	}
 	// Every third host's stream moved to replica b (a newer epoch): its
 	// old stream's end must leave it ONLINE. Every third but one also ends
 	// its new stream in the same burst: both ends are answered.
