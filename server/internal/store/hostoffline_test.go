@@ -19,8 +19,10 @@ import (
 // exist gets ErrNotFound; a caller whose ctx ended is not written.
 func TestABurstOfStreamEndsIsFewWrites(t *testing.T) {
 	ctx := context.Background()
-	const n = 600                                                      // over two chunks when one group takes them all
-	s, regs := groupTestHosts(t, n+1, func(int) string { return "a" }) // the last for a caller whose ctx ended
+	// Over two chunks when one group takes them all; one more host for a
+	// caller whose ctx ended.
+	const n = 600
+	s, regs := groupTestHosts(t, n+1, func(int) string { return "a" })
 	at := time.UnixMilli(1_700_000_000_000)
 	// Every third host's stream moved to replica b (a newer epoch): its
 	// old stream's end must leave it ONLINE. Every third but one also ends
