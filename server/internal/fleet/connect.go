@@ -266,10 +266,14 @@ func (f *Fleet) EndCertificate(hostID int64, serial string) {
 }
 
 // Disconnect ends a session. If it is the host's current one, the host goes
-// OFFLINE.
+// OFFLINE: Disconnect returns once that is written (or failed, and left to
+// retry). A write fenced by the stream's epoch (StreamRegistry) is made
+// without the host's lock, so the host's next stream registers here
+// without waiting for it (the write may wait behind a group of others):
+// that registration raises the epoch, and the write leaves its ONLINE.
 func (f *Fleet) Disconnect(s *Session) {
 	s.close(ErrDisconnected)
-	defer f.online.host(s.HostID)()
+	unlock := f.online.host(s.HostID)
 	f.mu.Lock()
 	closing := f.closing
 	st := f.state(s.HostID)
@@ -290,14 +294,19 @@ func (f *Fleet) Disconnect(s *Session) {
 	}
 	f.release(st)
 	f.mu.Unlock()
-	if !current {
+	if !current || closing {
+		unlock()
+		if current {
+			// The server is shutting down: the next one marks every host
+			// OFFLINE before any agentd connects (one write, not one per host).
+			f.cfg.Log.Debug().Int64("host_id", s.HostID).Msg("agent disconnected at shutdown")
+		}
 		return
 	}
-	if closing {
-		// The server is shutting down: the next one marks every host
-		// OFFLINE before any agentd connects (one write, not one per host).
-		f.cfg.Log.Debug().Int64("host_id", s.HostID).Msg("agent disconnected at shutdown")
-		return
+	if f.fenced(s.Epoch) {
+		unlock()
+	} else {
+		defer unlock() // an unfenced write must not overtake the next registration
 	}
 	// The stream's context is gone; this write must still happen.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -151,9 +151,11 @@ type Fleet struct {
 	cfg Config
 
 	// online serialises, per host, the host's ONLINE write with installing
-	// its session, and removing a session with its OFFLINE write, so the
-	// stored status always ends as the sessions say. Per host: after a
-	// server restart 10,000 agents connect at once, each with a write.
+	// its session, and removing a session (with its OFFLINE write when not
+	// fenced by the stream's epoch: a fenced one needs no lock, see
+	// Disconnect), so the stored status always ends as the sessions say.
+	// Per host: after a server restart 10,000 agents connect at once, each
+	// with a write.
 	online hostLocks
 
 	regs registrations // Connect's registrations, batched (register.go)

@@ -102,10 +102,17 @@ func (f *Fleet) restoreOffline(hostID, epoch int64) {
 // newest (StreamRegistry; unconditionally without one), and reports whether
 // it wrote.
 func (f *Fleet) setOffline(ctx context.Context, hostID, epoch int64) (bool, error) {
-	if r, ok := f.cfg.Registry.(StreamRegistry); ok && epoch != 0 {
-		return r.SetHostOffline(ctx, hostID, epoch)
+	if f.fenced(epoch) {
+		return f.cfg.Registry.(StreamRegistry).SetHostOffline(ctx, hostID, epoch)
 	}
 	return true, f.cfg.Registry.SetHostStatus(ctx, hostID, host.StatusOffline)
+}
+
+// fenced reports whether setOffline writes a stream of epoch OFFLINE only
+// while epoch is still the host's (StreamRegistry).
+func (f *Fleet) fenced(epoch int64) bool {
+	_, ok := f.cfg.Registry.(StreamRegistry)
+	return ok && epoch != 0
 }
 
 // offlineLater writes the host OFFLINE again a heartbeat interval from now

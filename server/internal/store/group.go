@@ -18,6 +18,7 @@ type grouper[R, V any] struct {
 	next    *group[R, V] // requests waiting for the running group
 	running bool
 	runs    int // groups run, for tests
+	queued  int // requests queued, for tests
 }
 
 type group[R, V any] struct {
@@ -45,6 +46,7 @@ func (g *grouper[R, V]) do(ctx context.Context, req R, run func([]R) []result[V]
 	}
 	i := len(b.reqs)
 	b.reqs = append(b.reqs, req)
+	g.queued++
 	if !g.running {
 		g.running = true
 		go g.loop(run)
@@ -75,6 +77,13 @@ func (g *grouper[R, V]) loop(run func([]R) []result[V]) {
 		b.out = run(b.reqs)
 		close(b.done)
 	}
+}
+
+// queuedReqs is the number of requests g has been given.
+func (g *grouper[R, V]) queuedReqs() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.queued
 }
 
 // groupRuns is the number of groups g has run.

@@ -19,21 +19,9 @@ import (
 // ErrNotFound for a missing host; a host locked by neither is written too.
 func TestFinishAgentOperationsAreGrouped(t *testing.T) {
 	ctx := context.Background()
-	s, err := OpenTest(t, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
 	const n = 300
-	at := time.UnixMilli(1_700_000_000_000)
-	ids := make([]int64, n+1) // the last for a caller whose ctx ended
-	for i := range ids {
-		h, err := s.RegisterHost(ctx, host.Host{Name: fmt.Sprint("h", i)}, at)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ids[i] = h.ID
-	}
+	s, hs := groupTestHosts(t, n+1, func(int) string { return "" }) // the last for a caller whose ctx ended
+	ids := hostIDs(hs)
 	// Task 1 holds the first half but for host 0, which task 2 holds
 	// (its plan holds the second half's first ten too); the rest are free.
 	lock := func(taskID int64, hosts []int64) {
@@ -118,21 +106,9 @@ func TestFinishAgentOperationsAreGrouped(t *testing.T) {
 // its list that exist.
 func TestHostReadsAreGrouped(t *testing.T) {
 	ctx := context.Background()
-	s, err := OpenTest(t, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
 	const n = 200
-	at := time.UnixMilli(1_700_000_000_000)
-	var ids []int64
-	for i := range n {
-		h, err := s.RegisterHost(ctx, host.Host{Name: fmt.Sprint("h", i), Replica: fmt.Sprint("r", i%3)}, at)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, h.ID)
-	}
+	s, hs := groupTestHosts(t, n, func(i int) string { return fmt.Sprint("r", i%3) })
+	ids := hostIDs(hs)
 	missing := ids[n-1] + 1000
 	var wg sync.WaitGroup
 	for i, id := range append(ids, missing) {
@@ -177,4 +153,32 @@ func TestHostReadsAreGrouped(t *testing.T) {
 		t.Fatalf("%d HostReplicas calls in %d groups: not grouped", n+1, g)
 	}
 	t.Logf("%d calls each: HostState in %d groups, HostReplicas in %d", n+1, s.states.groupRuns(), s.replicas.groupRuns())
+}
+
+// groupTestHosts opens a test store with n hosts h0, h1, ... registered,
+// host i on replica(i).
+func groupTestHosts(t *testing.T, n int, replica func(i int) string) (*Store, []host.Host) {
+	t.Helper()
+	s, err := OpenTest(t, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	at := time.UnixMilli(1_700_000_000_000)
+	hs := make([]host.Host, n)
+	for i := range hs {
+		if hs[i], err = s.RegisterHost(context.Background(), host.Host{Name: fmt.Sprint("h", i), Replica: replica(i)}, at); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return s, hs
+}
+
+// hostIDs returns the ids of hs.
+func hostIDs(hs []host.Host) []int64 {
+	ids := make([]int64, len(hs))
+	for i, h := range hs {
+		ids[i] = h.ID
+	}
+	return ids
 }

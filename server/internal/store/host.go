@@ -227,26 +227,6 @@ func (s *Store) SetHostStatus(ctx context.Context, id int64, st host.Status) err
 	return nil
 }
 
-// SetHostOffline marks a host OFFLINE if its epoch is still epoch: the
-// stream that ended is still its newest, not replaced by one on another
-// replica (a compare-and-swap; a newer stream's ONLINE stays). It reports
-// whether it wrote; ErrNotFound when there is no such host.
-func (s *Store) SetHostOffline(ctx context.Context, id, epoch int64) (bool, error) {
-	now := nowMS()
-	res, err := s.exec(ctx, `UPDATE hosts SET status = ?, `+bumpUpdateTime+` WHERE id = ? AND epoch = ?`,
-		host.StatusOffline, now, now, id, epoch)
-	if err != nil {
-		return false, fmt.Errorf("setting host %d OFFLINE: %w", id, err)
-	}
-	if n, _ := res.RowsAffected(); n == 1 {
-		return true, nil
-	}
-	if _, err := s.HostReplica(ctx, id); err != nil {
-		return false, err
-	}
-	return false, nil
-}
-
 // HostReplica returns where the host's stream was last registered: the
 // replica id and the stream's epoch (Host.Replica, Host.Epoch). It is what
 // a replica reads to route a command to the host. ErrNotFound when there

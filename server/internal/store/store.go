@@ -86,10 +86,11 @@ type Store struct {
 	// tests), replaces bulkLogs (logsizes.go).
 	logLimits LogLimits
 	logBulk   int
-	// finishes groups FinishAgentOperation's writes (resource.go);
-	// states and replicas HostState's and HostReplicas' reads
-	// (hostgroup.go).
+	// finishes groups FinishAgentOperation's writes (resource.go),
+	// offlines SetHostOffline's (hostoffline.go); states and replicas
+	// HostState's and HostReplicas' reads (hostgroup.go).
 	finishes grouper[finishReq, struct{}]
+	offlines grouper[offlineReq, bool]
 	states   grouper[hostStateRead, *host.Host]
 	replicas grouper[hostReplicasRead, map[int64]HostStream]
 }
