@@ -93,9 +93,10 @@ type Identity struct {
 	log     zerolog.Logger
 	entries []servers.Entry // cfg.Server
 
-	mu   sync.RWMutex
-	cert *tls.Certificate // the current one, Leaf set; nil before the first enrollment
-	id   int64            // host id of cert
+	mu       sync.RWMutex
+	cert     *tls.Certificate // the current one, Leaf set; nil before the first enrollment
+	id       int64            // host id of cert
+	sessions *sessionCache    // ClientTLS's sessions, made with cert
 }
 
 // Open loads the key and certificate from cfg.Dir, completing or discarding
@@ -114,7 +115,7 @@ func Open(cfg Config) (*Identity, error) {
 	if cfg.ServerName == "" && len(entries) == 1 {
 		cfg.ServerName = entries[0].Host // as for one server always; several: the name dialled (servers.Pool)
 	}
-	id := &Identity{cfg: cfg, log: cfg.Log, entries: entries}
+	id := &Identity{cfg: cfg, log: cfg.Log, entries: entries, sessions: newSessionCache()}
 	if err := id.recover(); err != nil {
 		return nil, err
 	}
@@ -159,10 +160,15 @@ func (id *Identity) HostID() int64 {
 // server: it verifies the server with RootCAs and ServerName (when it is
 // empty, servers.Pool checks each server's entry host), and presents
 // the current certificate at each handshake, so a renewed certificate is
-// used by the next connection without a restart. Session resumption stays
-// off, so a resumed session never carries an old certificate.
+// used by the next connection without a restart. Its TLS sessions are kept
+// for the life of the Identity, so a reconnect resumes (no certificate
+// sent, no signatures: the server takes the certificate of the session's
+// full handshake), on any replica sharing the servers' ticket keys; they
+// are dropped whenever the certificate changes, so a session never carries
+// an old certificate.
 func (id *Identity) ClientTLS() *tls.Config {
 	c := id.serverAuthTLS()
+	c.ClientSessionCache = id.sessions
 	c.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 		id.mu.RLock()
 		defer id.mu.RUnlock()
@@ -184,6 +190,7 @@ func (id *Identity) set(cert *tls.Certificate) {
 	hostID, _ := HostIDOf(cert.Leaf)
 	id.mu.Lock()
 	id.cert, id.id = cert, hostID
+	id.sessions.reset()
 	id.mu.Unlock()
 }
 

@@ -470,7 +470,7 @@ func TestClientTLSPresentsCurrent(t *testing.T) {
 	if c, _ := conf.GetClientCertificate(nil); !c.Leaf.Equal(id.Certificate()) {
 		t.Fatal("not the enrolled certificate")
 	}
-	if conf.ServerName != "127.0.0.1" || conf.ClientSessionCache != nil {
+	if conf.ServerName != "127.0.0.1" || conf.ClientSessionCache != id.sessions {
 		t.Fatalf("ServerName %q, session cache %v", conf.ServerName, conf.ClientSessionCache)
 	}
 }

@@ -339,7 +339,11 @@ func run(ctx context.Context, c config, log zerolog.Logger) error {
 	}
 	var grpcOpts []grpc.ServerOption
 	if !c.insecure {
-		grpcOpts = append(grpcOpts, grpc.Creds(rpc.LimitHandshakesBusy(credentials.NewTLS(ca.MutualTLSConfig()),
+		// Session tickets sealed with keys derived from the sealing key, which
+		// every replica of a store shares: an agent resumes on any of them.
+		resume := pki.Resumable(ca.MutualTLSConfig(), sealKey, nil)
+		reg.MustRegister(srvmetrics.TLSHandshakes(resume.Handshakes))
+		grpcOpts = append(grpcOpts, grpc.Creds(rpc.LimitHandshakesBusy(credentials.NewTLS(resume.Config()),
 			c.maxHandshakes, rpc.DefaultHandshakeQueueWait, agents.Busy)))
 	}
 	grpcOpts = append(grpcOpts, ms.GRPCOptions()...)

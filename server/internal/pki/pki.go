@@ -3,7 +3,9 @@
 // present. By default both live in the data dir and are created at first
 // start; an operator may bring their own instead. It signs agents' CSRs into
 // client certificates bound to a host id (URI SAN agentplane://hosts/<id>)
-// and reads that id back from a verified peer certificate.
+// and reads that id back from a verified peer certificate. Resumable makes
+// the gRPC listener's TLS session tickets valid on every replica sharing a
+// secret.
 package pki
 
 import (

@@ -37,6 +37,13 @@ type tlsEnv struct {
 
 func newTLSEnv(t *testing.T) *tlsEnv {
 	t.Helper()
+	return newTLSEnvWith(t, (*pki.Authority).MutualTLSConfig)
+}
+
+// newTLSEnvWith is newTLSEnv with the gRPC listener's TLS configuration
+// made by serverTLS from the CA.
+func newTLSEnvWith(t *testing.T, serverTLS func(*pki.Authority) *tls.Config) *tlsEnv {
+	t.Helper()
 	dir := t.TempDir()
 	st, err := store.Open(context.Background(), dir)
 	if err != nil {
@@ -47,10 +54,10 @@ func newTLSEnv(t *testing.T) *tlsEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := fleet.New(fleet.Config{Registry: st, Logs: st, Log: zerolog.Nop()})
+	f := fleet.New(fleet.Config{Registry: st, Logs: st, Certs: st, Log: zerolog.Nop()})
 	svc := enroll.New(enroll.Config{Store: st, Signer: ca, Sessions: f, Log: zerolog.Nop()})
 	srv := NewServer(Config{Hosts: &apiHosts{}, Tasks: &apiTasks{}, Users: apiUsers{}, Fleet: f, Enroll: svc, Log: zerolog.Nop()},
-		grpc.Creds(credentials.NewTLS(ca.MutualTLSConfig())))
+		grpc.Creds(credentials.NewTLS(serverTLS(ca))))
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
