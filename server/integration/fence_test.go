@@ -131,6 +131,23 @@ func checkNoSignalSent(t *testing.T, a *agentd) {
 	}
 }
 
+// signalled returns the base processes (by pid) agentd logged the event
+// for. Each signal is logged twice, once by the stopper and once as the
+// command's progress line, so lines must not be counted.
+func signalled(a *agentd, event string) map[int]bool {
+	pids := map[int]bool{}
+	for _, l := range strings.Split(a.proc.log(), "\n") {
+		var e struct {
+			Event string `json:"event"`
+			PID   int    `json:"pid"`
+		}
+		if json.Unmarshal([]byte(l), &e) == nil && e.Event == event && e.PID > 0 {
+			pids[e.PID] = true
+		}
+	}
+	return pids
+}
+
 // TestFrozenAgentdFinishesStopLate freezes agentd (SIGSTOP) once it has sent
 // SIGTERM to every base process: the server gives up on the host ("agentd
 // lost") while the processes exit. Thawed (SIGCONT), agentd finishes the
@@ -145,7 +162,7 @@ func TestFrozenAgentdFinishesStopLate(t *testing.T) {
 	a := s.startAgentd(t, home, 20*time.Second)
 	id := s.stopOK(t, a.hostID).ID
 	waitFor(t, 30*time.Second, "agentd to send SIGTERM to every base process", func() bool {
-		return strings.Count(a.proc.log(), `"event":"sigterm_sent"`) >= len(baseNames)
+		return len(signalled(a, "sigterm_sent")) >= len(baseNames)
 	})
 
 	frozen := a.proc
